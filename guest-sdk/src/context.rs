@@ -1,0 +1,55 @@
+//! Who is calling, and for how long.
+
+use std::time::Duration;
+
+/// The context of one call, as the host sees it.
+#[derive(Debug, Clone)]
+pub struct Context {
+    request_id: String,
+    tenant: String,
+    caller_id: Option<String>,
+    scopes: Vec<String>,
+    deadline: Duration,
+}
+
+impl Context {
+    pub(crate) fn from_wit(ctx: crate::__private::CallContext) -> Self {
+        Self {
+            request_id: ctx.request_id,
+            tenant: ctx.tenant,
+            caller_id: ctx.caller_id,
+            scopes: ctx.scopes,
+            deadline: Duration::from_millis(ctx.deadline_ms),
+        }
+    }
+
+    /// Unique per call; the same id appears in the host's logs.
+    pub fn request_id(&self) -> &str {
+        &self.request_id
+    }
+
+    /// The tenant this call runs for.
+    pub fn tenant(&self) -> &str {
+        &self.tenant
+    }
+
+    /// The authenticated caller, if any.
+    pub fn caller_id(&self) -> Option<&str> {
+        self.caller_id.as_deref()
+    }
+
+    /// The caller's scopes.
+    pub fn scopes(&self) -> &[String] {
+        &self.scopes
+    }
+
+    /// Whether the caller holds `scope`.
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes.iter().any(|s| s == scope)
+    }
+
+    /// Time left, when the call started, before the host interrupts it.
+    pub fn deadline(&self) -> Duration {
+        self.deadline
+    }
+}

@@ -1,0 +1,145 @@
+//! The glue between the WIT world and a [`Plugin`]: not part of the public API.
+//!
+//! [`export!`](crate::export) defines a type in the plugin crate whose
+//! `handler` implementation forwards to the functions here.
+
+use std::sync::Once;
+
+use futures::StreamExt;
+
+use crate::plugin::{Handler, OpType};
+use crate::{Context, Error, Plugin};
+
+mod bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "opbox:plugin/plugin",
+        pub_export_macro: true,
+        export_macro_name: "__export_handler",
+        default_bindings_module: "::opbox_sdk::__private",
+        runtime_path: "::opbox_sdk::__private::wit_bindgen::rt",
+    });
+}
+
+pub use bindings::__export_handler;
+pub use bindings::exports::opbox::plugin::handler::Guest;
+pub use bindings::opbox::plugin::log;
+pub use bindings::opbox::plugin::types::{CallContext, CallError, Manifest};
+#[doc(hidden)]
+pub use bindings::{exports, opbox, wit_stream};
+pub use wit_bindgen;
+
+/// The item type of a subscription's stream, as the WIT world spells it.
+pub type Item = Result<String, CallError>;
+
+/// How many ready items are handed to the host in one stream write.
+const WRITE_BATCH: usize = 64;
+
+/// Routes panics to the host before the instance traps, so the caller's
+/// `PLUGIN_FAILED` error carries the panic message.
+fn install_panic_hook() {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        std::panic::set_hook(Box::new(|info| {
+            let payload = info.payload();
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "Box<dyn Any>".to_owned());
+            let message = match info.location() {
+                Some(at) => format!("{message} (at {}:{})", at.file(), at.line()),
+                None => message,
+            };
+            log::fatal(&message);
+        }));
+    });
+}
+
+/// `describe`: the manifest of `plugin`.
+pub fn describe(name: &str, version: &str, plugin: &Plugin) -> Manifest {
+    install_panic_hook();
+    use bindings::opbox::plugin::types::{OpType as WitOpType, OperationSpec};
+    let operations = plugin
+        .ops
+        .iter()
+        .map(|op| OperationSpec {
+            name: op.name.clone(),
+            op_type: match op.op_type {
+                OpType::Query => WitOpType::Query,
+                OpType::Mutation => WitOpType::Mutation,
+                OpType::Subscription => WitOpType::Subscription,
+            },
+            description: op.description.clone(),
+            input_schema: op.input_schema.clone(),
+            output_schema: op.output_schema.clone(),
+            internal: op.internal,
+            required_scopes: op.required_scopes.clone(),
+        })
+        .collect();
+    Manifest {
+        name: name.to_owned(),
+        version: version.to_owned(),
+        operations,
+    }
+}
+
+/// `call`: runs a query or mutation of `plugin`.
+pub async fn call(
+    plugin: &Plugin,
+    ctx: CallContext,
+    op: String,
+    input: String,
+) -> Result<String, CallError> {
+    install_panic_hook();
+    match plugin.op(&op).map(|op| &op.handler) {
+        Some(Handler::Once(handler)) => Ok(handler(Context::from_wit(ctx), input).await?),
+        Some(Handler::Stream(_)) => Err(wrong_type(&op, "a subscription")),
+        None => Err(unknown(&op)),
+    }
+}
+
+/// `subscribe`: starts a subscription of `plugin`; a spawned task feeds the
+/// stream in batches of ready items while the host reads.
+pub async fn subscribe(
+    plugin: &Plugin,
+    ctx: CallContext,
+    op: String,
+    input: String,
+) -> Result<wit_bindgen::StreamReader<Item>, CallError> {
+    install_panic_hook();
+    let items = match plugin.op(&op).map(|op| &op.handler) {
+        Some(Handler::Stream(handler)) => handler(Context::from_wit(ctx), input).await?,
+        Some(Handler::Once(_)) => return Err(wrong_type(&op, "a query or mutation")),
+        None => return Err(unknown(&op)),
+    };
+    let (mut writer, reader) = wit_stream::new::<Item>();
+    wit_bindgen::spawn_local(async move {
+        let mut batches = items.ready_chunks(WRITE_BATCH);
+        while let Some(batch) = batches.next().await {
+            let mut out = Vec::with_capacity(batch.len());
+            let mut failed = false;
+            for item in batch {
+                failed = item.is_err();
+                out.push(item.map_err(CallError::from));
+                if failed {
+                    break;
+                }
+            }
+            // `write_all` hands back what the host did not take: the reader is
+            // gone, so nobody wants the rest.
+            if !writer.write_all(out).await.is_empty() || failed {
+                return;
+            }
+        }
+    });
+    Ok(reader)
+}
+
+fn unknown(op: &str) -> CallError {
+    Error::new("NOT_FOUND", format!("this plugin has no operation `{op}`")).into()
+}
+
+fn wrong_type(op: &str, what: &str) -> CallError {
+    Error::new("INVALID_OPERATION_TYPE", format!("`{op}` is {what}")).into()
+}

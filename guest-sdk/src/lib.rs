@@ -1,0 +1,164 @@
+//! Write [opbox] plugins in Rust.
+//!
+//! A plugin is one WebAssembly component offering typed operations: queries,
+//! mutations and subscriptions, each with a JSON input and JSON output described
+//! by JSON Schema. You write plain async Rust functions over serde types; the
+//! SDK derives the schemas (with [schemars]), decodes inputs, encodes outputs,
+//! lists the operations for the host and turns a panic into a readable error.
+//!
+//! # A complete plugin
+//!
+//! `Cargo.toml`:
+//!
+//! ```toml
+//! [package]
+//! name = "greeter"
+//! edition = "2024"
+//!
+//! [lib]
+//! crate-type = ["cdylib"]
+//!
+//! [dependencies]
+//! opbox-sdk = "0.1"
+//! schemars = "1"
+//! serde = { version = "1", features = ["derive"] }
+//! ```
+//!
+//! `src/lib.rs`:
+//!
+//! ```
+//! use opbox_sdk::{Context, Error, Plugin, Result};
+//! use opbox_sdk::futures::{Stream, stream};
+//! use schemars::JsonSchema;
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Deserialize, JsonSchema)]
+//! struct Greet {
+//!     /// Who to greet.
+//!     name: String,
+//! }
+//!
+//! #[derive(Serialize, JsonSchema)]
+//! struct Greeting {
+//!     message: String,
+//! }
+//!
+//! async fn hello(_ctx: Context, input: Greet) -> Result<Greeting> {
+//!     if input.name.is_empty() {
+//!         return Err(Error::new("EMPTY_NAME", "say who to greet"));
+//!     }
+//!     Ok(Greeting { message: format!("Hello, {}!", input.name) })
+//! }
+//!
+//! async fn countdown(_ctx: Context, from: u32) -> Result<impl Stream<Item = Result<u32>>> {
+//!     Ok(stream::iter((0..=from).rev().map(Ok)))
+//! }
+//!
+//! fn plugin() -> Plugin {
+//!     Plugin::new()
+//!         .query("hello", "Greets someone by name.", hello)
+//!         .subscription("countdown", "Counts down to zero.", countdown)
+//! }
+//!
+//! opbox_sdk::export!(plugin);
+//! ```
+//!
+//! Build it with `cargo build --release --target wasm32-wasip2`; the file
+//! `target/wasm32-wasip2/release/greeter.wasm` is the plugin. Callers then
+//! reach `greeter/hello` and `greeter/countdown`.
+//!
+//! # What the host sees
+//!
+//! - The plugin's name and version come from its crate (`CARGO_PKG_NAME`,
+//!   `CARGO_PKG_VERSION`); operators may mount it under another name.
+//! - An input that does not decode answers `INVALID_INPUT` with serde's
+//!   message. The host has already checked it against the derived schema.
+//! - An [`Error`] is passed to the caller with its code and message.
+//! - A panic traps the instance; the host answers `PLUGIN_FAILED` with the
+//!   panic message and keeps serving everyone else. Every call runs in a fresh
+//!   instance, so nothing survives from one call to the next.
+//!
+//! # Modules
+//!
+//! - [`log`]: log lines attributed to the plugin and the request.
+//!
+//! [opbox]: https://github.com/opbox/opbox
+#![deny(missing_docs)]
+
+// Lets the generated bindings name this crate the same way from inside it and
+// from the plugin crates that expand `export!`.
+extern crate self as opbox_sdk;
+
+mod context;
+mod error;
+pub mod log;
+mod plugin;
+
+#[doc(hidden)]
+#[path = "guest.rs"]
+pub mod __private;
+
+pub use context::Context;
+pub use error::{Error, Result};
+pub use futures;
+pub use plugin::{OpType, Plugin};
+
+/// Exports a plugin built by a function `fn() -> Plugin`.
+///
+/// Use it once, at the root of the plugin crate:
+///
+/// ```ignore
+/// fn plugin() -> opbox_sdk::Plugin { /* … */ }
+/// opbox_sdk::export!(plugin);
+/// ```
+///
+/// The plugin is named after the crate (`CARGO_PKG_NAME`), versioned after it
+/// (`CARGO_PKG_VERSION`), and built afresh in every instance.
+#[macro_export]
+macro_rules! export {
+    ($build:path) => {
+        #[doc(hidden)]
+        struct __OpboxPlugin;
+
+        impl __OpboxPlugin {
+            fn plugin() -> &'static $crate::Plugin {
+                ::std::thread_local! {
+                    static PLUGIN: &'static $crate::Plugin =
+                        ::std::boxed::Box::leak(::std::boxed::Box::new($build()));
+                }
+                PLUGIN.with(|plugin| *plugin)
+            }
+        }
+
+        impl $crate::__private::Guest for __OpboxPlugin {
+            fn describe() -> $crate::__private::Manifest {
+                $crate::__private::describe(
+                    ::std::env!("CARGO_PKG_NAME"),
+                    ::std::env!("CARGO_PKG_VERSION"),
+                    Self::plugin(),
+                )
+            }
+
+            async fn call(
+                ctx: $crate::__private::CallContext,
+                op: ::std::string::String,
+                input: ::std::string::String,
+            ) -> ::std::result::Result<::std::string::String, $crate::__private::CallError> {
+                $crate::__private::call(Self::plugin(), ctx, op, input).await
+            }
+
+            async fn subscribe(
+                ctx: $crate::__private::CallContext,
+                op: ::std::string::String,
+                input: ::std::string::String,
+            ) -> ::std::result::Result<
+                $crate::__private::wit_bindgen::StreamReader<$crate::__private::Item>,
+                $crate::__private::CallError,
+            > {
+                $crate::__private::subscribe(Self::plugin(), ctx, op, input).await
+            }
+        }
+
+        $crate::__private::__export_handler!(__OpboxPlugin with_types_in $crate::__private);
+    };
+}

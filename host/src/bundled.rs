@@ -1,0 +1,26 @@
+//! The example plugins, built from `plugins/` by the build script and
+//! embedded, so `opbox serve` has something to serve out of the box.
+
+/// `(name, component bytes)` of each bundled example.
+pub const EXAMPLES: &[(&str, &[u8])] = &[
+    (
+        "echo",
+        include_bytes!(concat!(env!("OPBOX_PLUGINS_DIR"), "/echo.wasm")),
+    ),
+    (
+        "ticker",
+        include_bytes!(concat!(env!("OPBOX_PLUGINS_DIR"), "/ticker.wasm")),
+    ),
+    (
+        "textkit",
+        include_bytes!(concat!(env!("OPBOX_PLUGINS_DIR"), "/textkit.wasm")),
+    ),
+];
+
+/// Where the build script left the component of the plugin crate `name`
+/// (examples and test fixtures alike). For tests and benchmarks of this
+/// repository: the path is on the machine that built the host.
+#[doc(hidden)]
+pub fn built_plugin(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("OPBOX_PLUGINS_DIR")).join(format!("{}.wasm", name.replace('-', "_")))
+}

@@ -1,0 +1,46 @@
+//! `opbox:plugin/log`: guest log lines, attributed to plugin and request.
+//! Always granted.
+
+use crate::runtime::StoreState;
+use crate::runtime::bindings::Level;
+use crate::runtime::bindings::opbox::plugin::{log, types};
+
+/// The longest log line kept; the rest is cut so one call cannot flood the log.
+const MAX_LINE: usize = 4096;
+
+impl log::Host for StoreState {
+    fn log(&mut self, level: Level, message: String) {
+        let message = truncate(&message, MAX_LINE);
+        let (plugin, request_id) = (&*self.plugin, &*self.request_id);
+        match level {
+            Level::Trace => tracing::trace!(plugin, request_id, "{message}"),
+            Level::Debug => tracing::debug!(plugin, request_id, "{message}"),
+            Level::Info => tracing::info!(plugin, request_id, "{message}"),
+            Level::Warn => tracing::warn!(plugin, request_id, "{message}"),
+            Level::Error => tracing::error!(plugin, request_id, "{message}"),
+        }
+    }
+
+    fn fatal(&mut self, message: String) {
+        let message = truncate(&message, MAX_LINE);
+        tracing::error!(
+            plugin = &*self.plugin,
+            request_id = &*self.request_id,
+            "guest fatal: {message}"
+        );
+        self.fatal = Some(message.to_owned());
+    }
+}
+
+impl types::Host for StoreState {}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}

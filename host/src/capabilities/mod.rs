@@ -1,0 +1,4 @@
+//! Host capabilities a plugin imports. One file per capability, each with the
+//! same shape: the `Host` impl for the store state and its grant check.
+
+mod log;

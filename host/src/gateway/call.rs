@@ -1,0 +1,92 @@
+//! `POST /call` and `POST /batch`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::error::{ApiError, JsonBody};
+use super::{AppState, caller};
+use crate::dispatch::{CallRequest, Origin, new_request_id};
+use crate::error::{CallError, ErrorCode};
+
+/// The body of `/call` and of each `/batch` item.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CallBody {
+    operation: String,
+    #[serde(default)]
+    input: Value,
+    #[serde(default)]
+    deadline_ms: Option<u64>,
+}
+
+impl CallBody {
+    pub(super) fn into_request(self, state: &AppState) -> CallRequest {
+        CallRequest {
+            request_id: new_request_id(),
+            operation: self.operation,
+            input: self.input,
+            deadline: self.deadline_ms.map(Duration::from_millis),
+            identity: caller(state),
+            origin: Origin::Wire,
+        }
+    }
+}
+
+pub(super) async fn call(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<CallBody>,
+) -> Result<Json<Value>, ApiError> {
+    let request = body.into_request(&state);
+    let request_id = request.request_id.clone();
+    match state.dispatcher.call(request).await {
+        Ok(output) => Ok(Json(ok_body(&request_id, output))),
+        Err(error) => Err(ApiError::new(request_id, error)),
+    }
+}
+
+pub(super) async fn batch(
+    State(state): State<AppState>,
+    JsonBody(items): JsonBody<Vec<Value>>,
+) -> Result<Json<Value>, ApiError> {
+    if items.len() > state.config.max_batch {
+        return Err(CallError::invalid_input(format!(
+            "a batch holds at most {} calls",
+            state.config.max_batch
+        ))
+        .into());
+    }
+    let calls = items.into_iter().map(|item| {
+        let state = state.clone();
+        async move {
+            let body: CallBody = match serde_json::from_value(item) {
+                Ok(body) => body,
+                Err(e) => {
+                    let error =
+                        CallError::new(ErrorCode::InvalidInput, format!("not a valid call: {e}"));
+                    return error_body(&new_request_id(), &error);
+                }
+            };
+            let request = body.into_request(&state);
+            let request_id = request.request_id.clone();
+            match state.dispatcher.call(request).await {
+                Ok(output) => ok_body(&request_id, output),
+                Err(error) => error_body(&request_id, &error),
+            }
+        }
+    });
+    let results = futures::future::join_all(calls).await;
+    Ok(Json(json!({ "results": results })))
+}
+
+fn ok_body(request_id: &Arc<str>, output: Value) -> Value {
+    json!({ "request_id": request_id, "result": "ok", "output": output })
+}
+
+fn error_body(request_id: &Arc<str>, error: &CallError) -> Value {
+    json!({ "request_id": request_id, "result": "error", "error": error })
+}

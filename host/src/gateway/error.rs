@@ -1,0 +1,96 @@
+//! Errors at the HTTP edge, in the protocol's shape.
+//!
+//! Every route answers failures with
+//! `{"request_id", "result": "error", "error": {code, message, retryable, details?}}`
+//! and the status of the code (PROTOCOL.md), including failures axum finds
+//! before a handler runs: a body over the size limit, a body that is not JSON.
+
+use std::sync::Arc;
+
+use axum::extract::{FromRequest, Request};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Json, body::Bytes};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use crate::dispatch::new_request_id;
+use crate::error::{CallError, ErrorCode};
+
+/// A failed request, ready to become a response.
+#[derive(Debug)]
+pub struct ApiError {
+    request_id: Arc<str>,
+    error: CallError,
+    status: StatusCode,
+}
+
+impl ApiError {
+    /// The error of call `request_id`, with its code's status.
+    pub fn new(request_id: Arc<str>, error: CallError) -> Self {
+        let status = StatusCode::from_u16(error.code.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        Self {
+            request_id,
+            error,
+            status,
+        }
+    }
+
+    pub(super) fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = status;
+        self
+    }
+}
+
+impl From<CallError> for ApiError {
+    fn from(error: CallError) -> Self {
+        Self::new(new_request_id(), error)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({
+            "request_id": self.request_id,
+            "result": "error",
+            "error": self.error,
+        });
+        (self.status, Json(body)).into_response()
+    }
+}
+
+/// A JSON request body, with every way of failing mapped to [`ApiError`]:
+/// 413 over the size limit, 400 when it is not JSON of the expected shape.
+/// The `Content-Type` is not checked, so `curl -d` works as is.
+#[derive(Debug)]
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::from(CallError::invalid_input(
+                        "the request body is over the size limit",
+                    ))
+                    .with_status(StatusCode::PAYLOAD_TOO_LARGE)
+                } else {
+                    ApiError::from(CallError::invalid_input(
+                        "the request body could not be read",
+                    ))
+                    .with_status(StatusCode::BAD_REQUEST)
+                }
+            })?;
+        serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| {
+            ApiError::from(CallError::new(
+                ErrorCode::InvalidInput,
+                format!("the request body is not valid: {e}"),
+            ))
+            .with_status(StatusCode::BAD_REQUEST)
+        })
+    }
+}

@@ -1,0 +1,11 @@
+//! The one place that runs `bindgen!` over `wit/`. Everything else imports
+//! the generated types from here.
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "opbox:plugin/plugin",
+    exports: { default: async | store },
+});
+
+pub use opbox::plugin::log::Level;
+pub use opbox::plugin::types::{CallContext, CallError, Manifest, OpType, OperationSpec};

@@ -1,0 +1,235 @@
+//! The WebAssembly runtime: the only module that knows wasmtime.
+//!
+//! One [`Runtime`] owns one wasmtime `Engine` (pooling allocator, epoch
+//! interruption, component-model async) and the `Linker` every plugin is
+//! instantiated with. [`Runtime::load`] turns plugin bytes into a [`Plugin`]:
+//! compiled once (or taken from the artifact cache), pre-instantiated, asked
+//! to `describe` itself and checked. Each call then gets a fresh `Store` with
+//! the plugin's limits; see [`Plugin::call`] and [`Plugin::subscribe`].
+
+pub(crate) mod bindings;
+mod cache;
+mod invoke;
+mod output;
+mod plugin;
+mod state;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+pub use invoke::{GuestError, Invocation, InvokeError, Subscription};
+pub use plugin::{LoadOptions, Plugin, PluginLimits};
+pub(crate) use state::StoreState;
+
+use cache::ArtifactCache;
+use state::LiveCounter;
+
+/// Settings of the engine all plugins share.
+///
+/// | field | default |
+/// |---|---|
+/// | `max_instances` | 256 instances alive at once, across all plugins |
+/// | `max_memory_bytes` | 1 GiB: no plugin's memory limit may exceed it |
+/// | `cache_dir` | none: compile every plugin at every load |
+/// | `epoch_tick` | 10 ms: the granularity of CPU-time limits |
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Most instances alive at once, across all plugins.
+    pub max_instances: u32,
+    /// The largest linear memory any instance may have.
+    pub max_memory_bytes: usize,
+    /// Where compiled plugins are cached.
+    pub cache_dir: Option<PathBuf>,
+    /// How often the engine's epoch advances.
+    pub epoch_tick: Duration,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            max_instances: 256,
+            max_memory_bytes: 1 << 30,
+            cache_dir: None,
+            epoch_tick: Duration::from_millis(10),
+        }
+    }
+}
+
+/// Why a plugin could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    /// The engine could not be built.
+    #[error("cannot start the WebAssembly engine: {0}")]
+    Engine(String),
+    /// The bytes are not a valid component, or not one for this world.
+    #[error("not a valid opbox plugin component: {0}")]
+    Compile(String),
+    /// The component needs imports the host does not offer.
+    #[error("the plugin cannot be linked: {0}")]
+    Link(String),
+    /// `describe` trapped or returned something unusable.
+    #[error("the plugin's describe failed: {0}")]
+    Describe(String),
+    /// The manifest breaks a rule (names, duplicates, schemas).
+    #[error("invalid plugin manifest: {0}")]
+    Manifest(String),
+}
+
+/// The engine and linker shared by all plugins.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: Engine,
+    linker: Linker<StoreState>,
+    cache: Option<ArtifactCache>,
+    live: LiveCounter,
+    config: RuntimeConfig,
+    _ticker: EpochTicker,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("config", &self.config)
+            .field("live_instances", &self.live.get())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    /// Builds the engine and linker.
+    pub fn new(config: RuntimeConfig) -> Result<Self, LoadError> {
+        let engine =
+            Engine::new(&engine_config(&config)).map_err(|e| LoadError::Engine(e.to_string()))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| LoadError::Engine(e.to_string()))?;
+        bindings::Plugin::add_to_linker::<_, HasSelf<StoreState>>(&mut linker, |state| state)
+            .map_err(|e| LoadError::Engine(e.to_string()))?;
+        let cache = match &config.cache_dir {
+            Some(dir) => Some(ArtifactCache::open(dir, &engine).map_err(|e| {
+                LoadError::Engine(format!(
+                    "cannot open the artifact cache {}: {e}",
+                    dir.display()
+                ))
+            })?),
+            None => None,
+        };
+        let ticker = EpochTicker::start(engine.clone(), config.epoch_tick)
+            .map_err(|e| LoadError::Engine(format!("cannot start the epoch thread: {e}")))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                engine,
+                linker,
+                cache,
+                live: LiveCounter::default(),
+                config,
+                _ticker: ticker,
+            }),
+        })
+    }
+
+    /// How many instances are alive right now, across all plugins.
+    pub fn live_instances(&self) -> usize {
+        self.inner.live.get()
+    }
+
+    /// The engine's settings.
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.inner.config
+    }
+
+    /// Compiles (or takes from the cache) and checks a plugin.
+    pub async fn load(&self, wasm: &[u8], options: LoadOptions) -> Result<Arc<Plugin>, LoadError> {
+        let digest = hex(&Sha256::digest(wasm));
+        let engine = &self.inner.engine;
+        let component = match &self.inner.cache {
+            Some(cache) => cache.load_or_compile(engine, &digest, wasm),
+            None => wasmtime::component::Component::new(engine, wasm),
+        }
+        .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        let pre = self
+            .inner
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::Link(format!("{e:#}")))?;
+        let pre = bindings::PluginPre::new(pre).map_err(|e| LoadError::Link(format!("{e:#}")))?;
+        Plugin::load(self.clone(), pre, digest, options).await
+    }
+}
+
+fn engine_config(config: &RuntimeConfig) -> Config {
+    let instances = config.max_instances.max(1);
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(instances)
+        // A Rust component is a handful of core modules around one memory.
+        .total_core_instances(instances.saturating_mul(8))
+        .total_memories(instances.saturating_mul(2))
+        .total_tables(instances.saturating_mul(4))
+        .total_stacks(instances.saturating_mul(2))
+        .max_memory_size(config.max_memory_bytes);
+    let mut wasm = Config::new();
+    wasm.epoch_interruption(true)
+        .wasm_component_model_async(true)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    wasm
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// Advances the engine's epoch every tick, from a thread of its own, until
+/// dropped.
+#[derive(Debug)]
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine, tick: Duration) -> std::io::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::Builder::new()
+            .name("opbox-epoch".into())
+            .spawn({
+                let stop = stop.clone();
+                move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(tick);
+                        engine.increment_epoch();
+                    }
+                }
+            })?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

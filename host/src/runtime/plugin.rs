@@ -1,0 +1,231 @@
+//! A loaded plugin: its pre-instantiated component, its checked manifest and
+//! its limits.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::bindings::{self, OpType as WitOpType};
+use super::invoke::Invocation;
+use super::{LoadError, Runtime, StoreState};
+use crate::registry::{self, AccessControl, Handler, OpType, Operation, OperationSpec, Visibility};
+
+/// Limits applied to every call of one plugin.
+///
+/// | field | default |
+/// |---|---|
+/// | `memory_bytes` | 64 MiB of linear memory per instance |
+/// | `output_capture_bytes` | 64 KiB of stdout and of stderr kept per call |
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginLimits {
+    /// Linear memory per instance, in bytes.
+    pub memory_bytes: usize,
+    /// Guest stdout and stderr kept per call (each); the rest is counted and
+    /// dropped.
+    pub output_capture_bytes: usize,
+}
+
+impl Default for PluginLimits {
+    fn default() -> Self {
+        Self {
+            memory_bytes: 64 << 20,
+            output_capture_bytes: 64 << 10,
+        }
+    }
+}
+
+/// How to load a plugin.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// The namespace to mount the plugin under; the plugin's own name when
+    /// `None`.
+    pub name: Option<String>,
+    /// The plugin's limits.
+    pub limits: PluginLimits,
+}
+
+/// One operation as the plugin described it, checked.
+#[derive(Debug, Clone)]
+pub(crate) struct PluginOp {
+    pub(crate) name: String,
+    pub(crate) op_type: OpType,
+    pub(crate) description: String,
+    pub(crate) input_schema: Value,
+    pub(crate) output_schema: Value,
+    pub(crate) internal: bool,
+    pub(crate) required_scopes: Vec<String>,
+}
+
+/// A plugin ready to serve calls.
+pub struct Plugin {
+    pub(crate) runtime: Runtime,
+    pub(crate) pre: bindings::PluginPre<StoreState>,
+    pub(crate) name: Arc<str>,
+    version: String,
+    digest: String,
+    ops: Vec<PluginOp>,
+    pub(crate) limits: PluginLimits,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("digest", &self.digest)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Plugin {
+    pub(crate) async fn load(
+        runtime: Runtime,
+        pre: bindings::PluginPre<StoreState>,
+        digest: String,
+        options: LoadOptions,
+    ) -> Result<Arc<Self>, LoadError> {
+        let mut plugin = Self {
+            runtime,
+            pre,
+            name: Arc::from(options.name.as_deref().unwrap_or("loading")),
+            version: String::new(),
+            digest,
+            ops: Vec::new(),
+            limits: options.limits,
+        };
+        let manifest = plugin.describe().await?;
+        let name = options.name.unwrap_or(manifest.name);
+        if !registry::is_valid_segment(&name) {
+            return Err(LoadError::Manifest(format!(
+                "plugin name `{name}` is not valid ([a-z0-9_-]+)"
+            )));
+        }
+        plugin.name = Arc::from(name);
+        plugin.version = manifest.version;
+        plugin.ops = check_operations(manifest.operations)?;
+        Ok(Arc::new(plugin))
+    }
+
+    async fn describe(&self) -> Result<bindings::Manifest, LoadError> {
+        let invocation = Invocation::internal("describe", Duration::from_secs(10));
+        let mut store = self.new_store(&invocation);
+        let instance = self
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| LoadError::Describe(format!("{e:#}")))?;
+        store
+            .run_concurrent(async |accessor| {
+                instance
+                    .opbox_plugin_handler()
+                    .call_describe(accessor)
+                    .await
+            })
+            .await
+            .and_then(|r| r)
+            .map_err(|e| LoadError::Describe(format!("{e:#}")))
+    }
+
+    /// The namespace the plugin is mounted under.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The plugin's own version string.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// SHA-256 of the plugin's bytes, as hex.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// The plugin's limits.
+    pub fn limits(&self) -> &PluginLimits {
+        &self.limits
+    }
+
+    /// The plugin's operations, ready for the registry, named
+    /// `<plugin>/<op>`.
+    pub fn operations(self: &Arc<Self>) -> Result<Vec<Operation>, registry::RegistryError> {
+        self.ops
+            .iter()
+            .map(|op| {
+                let spec = OperationSpec {
+                    name: format!("{}/{}", self.name, op.name),
+                    op_type: op.op_type,
+                    visibility: if op.internal {
+                        Visibility::Internal
+                    } else {
+                        Visibility::External
+                    },
+                    description: op.description.clone(),
+                    input_schema: op.input_schema.clone(),
+                    output_schema: op.output_schema.clone(),
+                    access_control: AccessControl {
+                        required_scopes: op.required_scopes.clone(),
+                        required_scopes_any: Vec::new(),
+                    },
+                };
+                let handler = Handler::Plugin {
+                    plugin: self.clone(),
+                    op: op.name.clone(),
+                };
+                Operation::new(spec, handler)
+            })
+            .collect()
+    }
+}
+
+/// Checks what `describe` returned: valid and unique names, schemas that are
+/// JSON and compile.
+fn check_operations(specs: Vec<bindings::OperationSpec>) -> Result<Vec<PluginOp>, LoadError> {
+    let mut seen = HashSet::new();
+    let mut ops = Vec::with_capacity(specs.len());
+    for spec in specs {
+        if !registry::is_valid_segment(&spec.name) {
+            return Err(LoadError::Manifest(format!(
+                "operation name `{}` is not valid ([a-z0-9_-]+)",
+                spec.name
+            )));
+        }
+        if !seen.insert(spec.name.clone()) {
+            return Err(LoadError::Manifest(format!(
+                "operation `{}` is listed twice",
+                spec.name
+            )));
+        }
+        let schema = |which: &str, text: &str| -> Result<Value, LoadError> {
+            let value: Value = serde_json::from_str(text).map_err(|e| {
+                LoadError::Manifest(format!(
+                    "the {which} schema of `{}` is not JSON: {e}",
+                    spec.name
+                ))
+            })?;
+            jsonschema::validator_for(&value).map_err(|e| {
+                LoadError::Manifest(format!(
+                    "the {which} schema of `{}` does not compile: {e}",
+                    spec.name
+                ))
+            })?;
+            Ok(value)
+        };
+        ops.push(PluginOp {
+            input_schema: schema("input", &spec.input_schema)?,
+            output_schema: schema("output", &spec.output_schema)?,
+            op_type: match spec.op_type {
+                WitOpType::Query => OpType::Query,
+                WitOpType::Mutation => OpType::Mutation,
+                WitOpType::Subscription => OpType::Subscription,
+            },
+            name: spec.name,
+            description: spec.description,
+            internal: spec.internal,
+            required_scopes: spec.required_scopes,
+        });
+    }
+    Ok(ops)
+}

@@ -1,0 +1,168 @@
+//! What a store holds for one call: WASI state, limits, the CPU budget, and
+//! what the guest said before it trapped.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use wasmtime::ResourceLimiter;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::output::CapturedOutput;
+
+/// Counts live instances: one per store, from creation to drop.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LiveCounter(Arc<AtomicUsize>);
+
+impl LiveCounter {
+    pub(crate) fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn enter(&self) -> LiveGuard {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        LiveGuard(self.0.clone())
+    }
+}
+
+/// Decrements the live count when the store it lives in is dropped.
+#[derive(Debug)]
+pub(crate) struct LiveGuard(Arc<AtomicUsize>);
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A limit the guest ran into, remembered so the failure can name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LimitHit {
+    Memory { limit: usize },
+    Cpu,
+}
+
+/// Enforces the per-call memory limit and records when it is hit. A failed
+/// grow traps (rather than returning -1) so a Rust guest fails with a readable
+/// error instead of an `unreachable` abort.
+#[derive(Debug)]
+pub(crate) struct Limiter {
+    memory_bytes: usize,
+    tables: usize,
+    pub(crate) hit: Option<LimitHit>,
+}
+
+impl Limiter {
+    pub(crate) fn new(memory_bytes: usize) -> Self {
+        Self {
+            memory_bytes,
+            tables: 100_000,
+            hit: None,
+        }
+    }
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_bytes {
+            self.hit = Some(LimitHit::Memory {
+                limit: self.memory_bytes,
+            });
+            wasmtime::bail!("memory limit of {} bytes reached", self.memory_bytes);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= self.tables)
+    }
+}
+
+/// The data of one store (one call).
+pub(crate) struct StoreState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(crate) limiter: Limiter,
+    /// Epoch ticks of guest execution left before the call is interrupted.
+    pub(crate) ticks_left: u64,
+    /// The plugin and request this store serves, for log lines.
+    pub(crate) plugin: Arc<str>,
+    pub(crate) request_id: Arc<str>,
+    /// The last message the guest reported through `log.fatal`.
+    pub(crate) fatal: Option<String>,
+    stdout: CapturedOutput,
+    stderr: CapturedOutput,
+    _live: LiveGuard,
+}
+
+impl StoreState {
+    pub(crate) fn new(
+        plugin: Arc<str>,
+        request_id: Arc<str>,
+        limiter: Limiter,
+        ticks: u64,
+        output_cap: usize,
+        live: LiveGuard,
+    ) -> Self {
+        let stdout = CapturedOutput::new(output_cap);
+        let stderr = CapturedOutput::new(output_cap);
+        // No arguments, no environment, no preopened directories, no network:
+        // a plugin gets clocks, random and the captured stdout/stderr.
+        let wasi = WasiCtx::builder()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .build();
+        Self {
+            wasi,
+            table: ResourceTable::new(),
+            limiter,
+            ticks_left: ticks,
+            plugin,
+            request_id,
+            fatal: None,
+            stdout,
+            stderr,
+            _live: live,
+        }
+    }
+
+    /// The captured stderr so far (used when the guest left no `fatal`).
+    pub(crate) fn stderr_text(&self) -> String {
+        self.stderr.take().0
+    }
+}
+
+impl WasiView for StoreState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl Drop for StoreState {
+    /// Logs what the guest printed, however the call ended (returned, trapped,
+    /// timed out or was aborted).
+    fn drop(&mut self) {
+        for (stream, captured) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
+            let (text, dropped) = captured.take();
+            for line in text.lines().filter(|l| !l.is_empty()) {
+                tracing::info!(plugin = %self.plugin, request_id = %self.request_id, stream, "{line}");
+            }
+            if dropped > 0 {
+                tracing::warn!(plugin = %self.plugin, request_id = %self.request_id, stream, dropped, "guest output over the capture cap was dropped");
+            }
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! Native operations every host offers, under the `services` namespace.
+//!
+//! - `services/list` (query): the operations the caller can see, optionally
+//!   filtered by `q`.
+//! - `services/schema` (query): the full spec of one operation.
+
+use std::sync::Arc;
+
+use futures::FutureExt;
+use serde_json::{Value, json};
+
+use crate::dispatch::CallContext;
+use crate::error::CallError;
+use crate::registry::{
+    AccessControl, Handler, NativeOnce, OpType, Operation, OperationSpec, Registry, RegistryError,
+    Visibility,
+};
+
+/// The namespace of the host's own operations.
+pub const NAMESPACE: &str = "services";
+
+/// Registers `services/*` in `registry`.
+pub fn register(registry: &Registry) -> Result<(), RegistryError> {
+    registry.insert_namespace(NAMESPACE, vec![list()?, schema()?])
+}
+
+fn list() -> Result<Operation, RegistryError> {
+    let handler: NativeOnce = Arc::new(|cx: CallContext, input: Value| {
+        async move {
+            let query = input.get("q").and_then(Value::as_str);
+            let operations = cx.dispatcher.search(&cx.identity, query);
+            Ok(json!({ "operations": operations }))
+        }
+        .boxed()
+    });
+    native(
+        "list",
+        "Lists the operations the caller can see, optionally filtered by `q`.",
+        json!({
+            "type": ["object", "null"],
+            "properties": { "q": { "type": "string", "description": "Substring of name or description." } },
+            "additionalProperties": false
+        }),
+        json!({
+            "type": "object",
+            "properties": { "operations": { "type": "array", "items": { "type": "object" } } },
+            "required": ["operations"]
+        }),
+        handler,
+    )
+}
+
+fn schema() -> Result<Operation, RegistryError> {
+    let handler: NativeOnce = Arc::new(|cx: CallContext, input: Value| {
+        async move {
+            let name = input
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let spec = cx.dispatcher.schema(&cx.identity, name)?;
+            serde_json::to_value(spec).map_err(|_| CallError::internal())
+        }
+        .boxed()
+    });
+    native(
+        "schema",
+        "Returns the full spec of one operation: kind, schemas, access control.",
+        json!({
+            "type": "object",
+            "properties": { "name": { "type": "string", "description": "`namespace/op`." } },
+            "required": ["name"],
+            "additionalProperties": false
+        }),
+        json!({ "type": "object" }),
+        handler,
+    )
+}
+
+fn native(
+    op: &str,
+    description: &str,
+    input_schema: Value,
+    output_schema: Value,
+    handler: NativeOnce,
+) -> Result<Operation, RegistryError> {
+    Operation::new(
+        OperationSpec {
+            name: format!("{NAMESPACE}/{op}"),
+            op_type: OpType::Query,
+            visibility: Visibility::External,
+            description: description.to_owned(),
+            input_schema,
+            output_schema,
+            access_control: AccessControl::default(),
+        },
+        Handler::NativeOnce(handler),
+    )
+}

@@ -1,0 +1,69 @@
+//! `textkit`: text statistics.
+//!
+//! `textkit/stats` over `{"text": "..."}` counts lines, words and characters
+//! and lists the five most frequent words.
+
+use std::collections::HashMap;
+
+use opbox_sdk::{Context, Plugin, Result};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct StatsInput {
+    /// The text to measure.
+    text: String,
+}
+
+#[derive(Serialize, JsonSchema)]
+struct Stats {
+    lines: usize,
+    words: usize,
+    characters: usize,
+    /// The five most frequent words (lower-cased), most frequent first; ties
+    /// in alphabetical order.
+    top_words: Vec<WordCount>,
+}
+
+#[derive(Serialize, JsonSchema)]
+struct WordCount {
+    word: String,
+    count: usize,
+}
+
+async fn stats(_ctx: Context, input: StatsInput) -> Result<Stats> {
+    let text = input.text;
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    let mut words = 0;
+    for word in text.split(|c: char| !c.is_alphanumeric() && c != '\'') {
+        let word = word.trim_matches('\'');
+        if word.is_empty() {
+            continue;
+        }
+        words += 1;
+        *counts.entry(word.to_lowercase()).or_default() += 1;
+    }
+    let mut top_words: Vec<WordCount> = counts
+        .into_iter()
+        .map(|(word, count)| WordCount { word, count })
+        .collect();
+    top_words.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.word.cmp(&b.word)));
+    top_words.truncate(5);
+    Ok(Stats {
+        lines: text.lines().count(),
+        words,
+        characters: text.chars().count(),
+        top_words,
+    })
+}
+
+fn plugin() -> Plugin {
+    Plugin::new().query(
+        "stats",
+        "Counts lines, words and characters, and lists the five most frequent words.",
+        stats,
+    )
+}
+
+opbox_sdk::export!(plugin);

@@ -1,0 +1,230 @@
+//! The `opbox` binary: serving, inspecting, and failing with one clear line.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn opbox() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_opbox"));
+    cmd.env("RUST_LOG", "info").env_remove("RUST_BACKTRACE");
+    cmd
+}
+
+/// Kills the child when dropped, so a failed test leaves no server behind.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Asserts the command failed with one line on stderr mentioning `needle`.
+fn assert_one_line_failure(output: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "expected failure, stderr: {stderr}"
+    );
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "one error line expected: {stderr}");
+    assert!(errors[0].contains(needle), "`{needle}` not in: {stderr}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("backtrace"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn serve_with_no_config_serves_the_examples() {
+    let dir = tempfile::tempdir().unwrap();
+    let child = opbox()
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .current_dir(dir.path())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut running = Running(child);
+    let stderr = running.0.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let started = Instant::now();
+    let addr = loop {
+        let line = lines.next().expect("the server logs its address").unwrap();
+        if let Some((_, addr)) = line.split_once("serving on http://") {
+            break addr.trim().to_owned();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no address logged"
+        );
+    };
+    let output = Command::new("curl")
+        .args([
+            "-s",
+            &format!("http://{addr}/call"),
+            "-d",
+            r#"{"operation":"echo/echo","input":{"x":1}}"#,
+        ])
+        .output();
+    // curl is a convenience; fall back to a raw HTTP/1.1 request without it.
+    let body = match output {
+        Ok(output) if output.status.success() => String::from_utf8(output.stdout).unwrap(),
+        _ => raw_post(
+            &addr,
+            "/call",
+            r#"{"operation":"echo/echo","input":{"x":1}}"#,
+        ),
+    };
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["result"], "ok");
+    assert_eq!(body["output"], serde_json::json!({"x": 1}));
+    // The compiled plugins were cached in the default data directory.
+    assert!(dir.path().join(".opbox/cache").read_dir().unwrap().count() >= 3);
+}
+
+fn raw_post(addr: &str, path: &str, body: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response.split_once("\r\n\r\n").unwrap().1.to_owned()
+}
+
+#[test]
+fn a_port_in_use_is_one_clear_line() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let output = opbox()
+        .args(["serve", "--listen", &addr])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_one_line_failure(&output, &format!("cannot listen on {addr}"));
+}
+
+#[test]
+fn an_invalid_plugin_file_is_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("broken.wasm"), b"\0asm not really").unwrap();
+    let output = opbox()
+        .args(["serve", "--listen", "127.0.0.1:0", "--plugins"])
+        .arg(dir.path())
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_one_line_failure(&output, "broken.wasm");
+}
+
+#[test]
+fn a_missing_plugin_directory_is_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = opbox()
+        .args(["serve", "--plugins", "no-such-dir"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_one_line_failure(&output, "no-such-dir");
+}
+
+#[test]
+fn a_bad_config_is_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("opbox.toml");
+    std::fs::write(&config, "listen = 8080\nmystery = true\n").unwrap();
+    let output = opbox()
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_one_line_failure(&output, "invalid config file");
+
+    let output = opbox()
+        .args(["serve", "--config", "/no/such/opbox.toml"])
+        .output()
+        .unwrap();
+    assert_one_line_failure(&output, "cannot read config file");
+}
+
+#[test]
+fn a_config_file_names_plugins_relative_to_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        opbox::bundled::built_plugin("fixture-slow"),
+        dir.path().join("slow.wasm"),
+    )
+    .unwrap();
+    let config = dir.path().join("opbox.toml");
+    std::fs::write(
+        &config,
+        "examples = false\nlisten = \"127.0.0.1:0\"\n[[plugins]]\npath = \"slow.wasm\"\nname = \"tortoise\"\n",
+    )
+    .unwrap();
+    let mut running = Running(
+        opbox()
+            .args(["serve", "--config"])
+            .arg(&config)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = running.0.stderr.take().unwrap();
+    let mut loaded = Vec::new();
+    for line in BufReader::new(stderr).lines() {
+        let line = line.unwrap();
+        if line.contains("plugin loaded") {
+            loaded.push(line.clone());
+        }
+        if line.contains("serving on") {
+            break;
+        }
+    }
+    assert_eq!(loaded.len(), 1, "{loaded:?}");
+    assert!(loaded[0].contains("tortoise"), "{loaded:?}");
+}
+
+#[test]
+fn inspect_prints_operations_and_schemas() {
+    let output = opbox()
+        .arg("inspect")
+        .arg(opbox::bundled::built_plugin("ticker"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(stdout.contains("plugin   ticker"), "{stdout}");
+    assert!(stdout.contains("digest   sha256:"), "{stdout}");
+    assert!(
+        stdout.contains("ticker/count  (Subscription, External)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains(r#""maximum":1000000"#), "{stdout}");
+}
+
+#[test]
+fn inspect_of_a_missing_or_invalid_file_is_one_clear_line() {
+    let output = opbox()
+        .args(["inspect", "/no/such/plugin.wasm"])
+        .output()
+        .unwrap();
+    assert_one_line_failure(&output, "cannot read /no/such/plugin.wasm");
+
+    let dir = tempfile::tempdir().unwrap();
+    let bogus = dir.path().join("bogus.wasm");
+    std::fs::write(&bogus, b"hello").unwrap();
+    let output = opbox().arg("inspect").arg(&bogus).output().unwrap();
+    assert_one_line_failure(&output, "not a valid opbox plugin component");
+    assert!(Path::new(&bogus).exists());
+}

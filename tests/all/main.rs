@@ -1,0 +1,17 @@
+//! opbox's integration tests: one binary, real host, real plugins, real HTTP.
+//!
+//! Each test starts its own host on `127.0.0.1:0` with the bundled examples
+//! and the `fixture-*` plugins, and talks to it with an HTTP client. Compiled
+//! plugins are cached under Cargo's test tmpdir, so only the first host pays
+//! for compilation.
+
+// In a test binary a panic is how a failure is reported.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod batch;
+mod call;
+mod cli;
+mod discovery;
+mod isolation;
+mod subscribe;
+mod util;

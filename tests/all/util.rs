@@ -1,0 +1,249 @@
+//! The test harness: a host on a real socket, an HTTP client, an SSE reader.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use opbox::config::PluginConfig;
+use opbox::{Host, HostConfig};
+use reqwest::StatusCode;
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+/// The test-only plugins loaded next to the bundled examples.
+pub const FIXTURES: &[&str] = &["fixture-panic", "fixture-slow"];
+
+/// Where compiled plugins are cached across tests.
+pub fn data_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("opbox-tests")
+}
+
+/// A host serving HTTP on an ephemeral port; stops when dropped.
+pub struct TestHost {
+    pub host: Host,
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    _stop: oneshot::Sender<()>,
+}
+
+impl TestHost {
+    /// The examples and fixtures with default settings.
+    pub async fn start() -> Self {
+        Self::with_config(|_| {}).await
+    }
+
+    /// The examples and fixtures, with `configure` applied to the config.
+    pub async fn with_config(configure: impl FnOnce(&mut HostConfig)) -> Self {
+        let _ = tracing_subscriber_init();
+        let mut config = HostConfig {
+            data_dir: data_dir(),
+            plugins: FIXTURES
+                .iter()
+                .map(|name| PluginConfig {
+                    path: opbox::bundled::built_plugin(name),
+                    name: None,
+                    memory_bytes: None,
+                })
+                .collect(),
+            ..HostConfig::default()
+        };
+        configure(&mut config);
+        let host = Host::start(config).await.expect("the host starts");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn({
+            let host = host.clone();
+            async move {
+                host.serve(listener, async {
+                    let _ = stopped.await;
+                })
+                .await
+            }
+        });
+        Self {
+            host,
+            addr,
+            client: reqwest::Client::new(),
+            _stop: stop,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// POSTs a JSON body; returns the status and the JSON answer.
+    pub async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        let response = self
+            .client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("request sent");
+        let status = response.status();
+        (status, response.json().await.expect("a JSON answer"))
+    }
+
+    /// POSTs raw bytes; returns the status and the JSON answer.
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (StatusCode, Value) {
+        let response = self
+            .client
+            .post(self.url(path))
+            .body(body)
+            .send()
+            .await
+            .expect("request sent");
+        let status = response.status();
+        (status, response.json().await.expect("a JSON answer"))
+    }
+
+    /// GETs a path; returns the status and the JSON answer.
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let response = self
+            .client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request sent");
+        let status = response.status();
+        (status, response.json().await.expect("a JSON answer"))
+    }
+
+    /// `POST /call` of `operation` with `input`.
+    pub async fn call(&self, operation: &str, input: Value) -> (StatusCode, Value) {
+        self.post(
+            "/call",
+            &serde_json::json!({ "operation": operation, "input": input }),
+        )
+        .await
+    }
+
+    /// Opens `POST /subscribe` and returns its event reader.
+    pub async fn subscribe(&self, operation: &str, input: Value) -> SseReader {
+        let response = self
+            .client
+            .post(self.url("/subscribe"))
+            .json(&serde_json::json!({ "operation": operation, "input": input }))
+            .send()
+            .await
+            .expect("request sent");
+        assert_eq!(response.status(), StatusCode::OK);
+        let content_type = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            content_type.starts_with("text/event-stream"),
+            "{content_type}"
+        );
+        SseReader {
+            body: response.bytes_stream().boxed(),
+            buffer: String::new(),
+        }
+    }
+
+    /// Waits until the host has exactly `n` live instances, for at most
+    /// `within`; returns the last count seen.
+    pub async fn wait_for_live(&self, n: usize, within: Duration) -> usize {
+        let start = Instant::now();
+        loop {
+            let live = self.host.runtime().live_instances();
+            if live == n || start.elapsed() > within {
+                return live;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+fn tracing_subscriber_init() -> Result<(), ()> {
+    // Logs show with `--nocapture`; RUST_LOG picks the level.
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init()
+        .map_err(|_| ())
+}
+
+/// One Server-Sent Event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SseEvent {
+    pub event: String,
+    pub id: Option<String>,
+    pub data: String,
+}
+
+impl SseEvent {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.data).expect("event data is JSON")
+    }
+}
+
+/// Reads events off an SSE response, skipping keep-alive comments.
+pub struct SseReader {
+    body: BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    buffer: String,
+}
+
+impl SseReader {
+    /// The next event, or `None` when the stream ends.
+    pub async fn next(&mut self) -> Option<SseEvent> {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                if let Some(event) = parse_event(&block) {
+                    return Some(event);
+                }
+                continue;
+            }
+            let chunk = self.body.next().await?.expect("the stream reads");
+            self.buffer
+                .push_str(std::str::from_utf8(&chunk).expect("UTF-8"));
+        }
+    }
+
+    /// Every remaining event.
+    pub async fn collect(mut self) -> Vec<SseEvent> {
+        let mut events = Vec::new();
+        while let Some(event) = self.next().await {
+            events.push(event);
+        }
+        events
+    }
+}
+
+fn parse_event(block: &str) -> Option<SseEvent> {
+    let mut event = SseEvent {
+        event: "message".to_owned(),
+        id: None,
+        data: String::new(),
+    };
+    let mut any = false;
+    for line in block.lines() {
+        let (field, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        match field {
+            "event" => event.event = value.to_owned(),
+            "id" => event.id = Some(value.to_owned()),
+            "data" => {
+                if !event.data.is_empty() {
+                    event.data.push('\n');
+                }
+                event.data.push_str(value);
+            }
+            _ => continue,
+        }
+        any = true;
+    }
+    any.then_some(event)
+}
