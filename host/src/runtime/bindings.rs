@@ -7,5 +7,5 @@ wasmtime::component::bindgen!({
     exports: { default: async | store },
 });
 
-pub use opbox::plugin::log::Level;
-pub use opbox::plugin::types::{CallContext, CallError, Manifest, OpType, OperationSpec};
+pub use self::opbox::plugin::log::Level;
+pub use self::opbox::plugin::types::{CallContext, CallError, Manifest, OpType, OperationSpec};
