@@ -48,12 +48,19 @@ fn install_panic_hook() {
                 .or_else(|| payload.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "Box<dyn Any>".to_owned());
             let message = match info.location() {
-                Some(at) => format!("{message} (at {}:{})", at.file(), at.line()),
+                Some(at) => format!("{message} (at {}:{})", short_path(at.file()), at.line()),
                 None => message,
             };
             log::fatal(&message);
         }));
     });
+}
+
+/// The last three components of a source path: enough to find the line, and
+/// no absolute path of the machine the plugin was built on.
+fn short_path(path: &str) -> String {
+    let parts: Vec<&str> = path.rsplit(['/', '\\']).take(3).collect();
+    parts.into_iter().rev().collect::<Vec<_>>().join("/")
 }
 
 /// `describe`: the manifest of `plugin`.
@@ -71,8 +78,8 @@ pub fn describe(name: &str, version: &str, plugin: &Plugin) -> Manifest {
                 OpType::Subscription => WitOpType::Subscription,
             },
             description: op.description.clone(),
-            input_schema: op.input_schema.clone(),
-            output_schema: op.output_schema.clone(),
+            input_schema: (op.input_schema)(),
+            output_schema: (op.output_schema)(),
             internal: op.internal,
             required_scopes: op.required_scopes.clone(),
         })

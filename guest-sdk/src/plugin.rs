@@ -36,8 +36,10 @@ pub(crate) struct Op {
     pub(crate) name: String,
     pub(crate) op_type: OpType,
     pub(crate) description: String,
-    pub(crate) input_schema: String,
-    pub(crate) output_schema: String,
+    /// Schemas are only needed by `describe`: generated on demand, not in
+    /// every instance that serves a call.
+    pub(crate) input_schema: fn() -> String,
+    pub(crate) output_schema: fn() -> String,
     pub(crate) internal: bool,
     pub(crate) required_scopes: Vec<String>,
     pub(crate) handler: Handler,
@@ -224,8 +226,8 @@ impl Plugin {
             name: name.to_owned(),
             op_type,
             description: description.to_owned(),
-            input_schema: schemars::schema_for!(In).to_value().to_string(),
-            output_schema: schemars::schema_for!(Out).to_value().to_string(),
+            input_schema: schema_of::<In>,
+            output_schema: schema_of::<Out>,
             internal: false,
             required_scopes: Vec::new(),
             handler,
@@ -236,6 +238,10 @@ impl Plugin {
     pub(crate) fn op(&self, name: &str) -> Option<&Op> {
         self.ops.iter().find(|op| op.name == name)
     }
+}
+
+fn schema_of<T: JsonSchema>() -> String {
+    schemars::schema_for!(T).to_value().to_string()
 }
 
 fn decode<In: DeserializeOwned>(input: &str) -> Result<In> {

@@ -1,1 +1,278 @@
-fn main() {}
+//! opbox's benchmark: a bench binary that prints a written report.
+//!
+//! Run it in release on an otherwise idle machine:
+//!
+//! ```text
+//! cargo bench -p opbox --bench dispatch              # everything
+//! cargo bench -p opbox --bench dispatch -- dispatch  # in-process calls only
+//! cargo bench -p opbox --bench dispatch -- stream    # ticker items only
+//! cargo bench -p opbox --bench dispatch -- http      # wrk, needs `wrk` on PATH
+//! cargo bench -p opbox --bench dispatch -- http-opbox  # wrk against opbox alone
+//! ```
+//!
+//! - `dispatch`: one `echo/echo` call through the dispatcher, a fresh
+//!   instance per call, against a native echo through the same dispatcher
+//!   (the floor); median, p99 and mean over many sequential calls.
+//! - `stream`: per-item time of `ticker/count` streaming 100,000 items.
+//! - `http`: requests per second and latency of `POST /call` `echo/echo`
+//!   under `wrk -t2 -c32`, against a bare axum handler answering the same
+//!   JSON, both served from this process in the same run.
+
+#![allow(
+    clippy::expect_used,
+    reason = "a benchmark reports failure by panicking"
+)]
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{FutureExt, StreamExt};
+use opbox::registry::{AccessControl, Handler, OpType, Operation, OperationSpec, Visibility};
+use opbox::{CallRequest, Dispatcher, Host, HostConfig};
+use serde_json::{Value, json};
+
+const CALLS: usize = 20_000;
+const ITEMS: u64 = 100_000;
+const WRK_SECONDS: u32 = 10;
+
+fn main() {
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let wants =
+        |part: &str| filters.is_empty() || filters.iter().any(|f| part.contains(f.as_str()));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    runtime.block_on(async {
+        let host = start_host().await;
+        let dispatcher = host.dispatcher().clone();
+        println!("# opbox benchmark\n");
+        println!("machine: {} cores; profile: {}\n", num_cpus(), profile());
+        if wants("dispatch") {
+            bench_dispatch(&dispatcher).await;
+        }
+        if wants("stream") {
+            bench_stream(&dispatcher).await;
+        }
+        if wants("http-bare") || wants("http-opbox") {
+            bench_http(&host, wants("http-bare"), wants("http-opbox")).await;
+        }
+    });
+}
+
+async fn start_host() -> Host {
+    let config = HostConfig {
+        data_dir: std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("opbox-bench"),
+        ..HostConfig::default()
+    };
+    let host = Host::start(config).await.expect("the host starts");
+    let echo = Operation::new(
+        OperationSpec {
+            name: "bench/echo".into(),
+            op_type: OpType::Query,
+            visibility: Visibility::External,
+            description: "Native echo: the dispatcher's floor.".into(),
+            input_schema: json!(true),
+            output_schema: json!(true),
+            access_control: AccessControl::default(),
+        },
+        Handler::NativeOnce(Arc::new(|_, input: Value| async move { Ok(input) }.boxed())),
+    )
+    .expect("a valid native op");
+    host.dispatcher()
+        .registry()
+        .insert_namespace("bench", vec![echo])
+        .expect("the bench namespace is free");
+    host
+}
+
+async fn bench_dispatch(dispatcher: &Dispatcher) {
+    println!("## One call through the dispatcher, in process ({CALLS} sequential calls)\n");
+    println!("| operation | median | p99 | mean |\n|---|---|---|---|");
+    for operation in ["echo/echo", "bench/echo"] {
+        let input = json!({"x": 1});
+        // Warm up: caches, allocator, instance pool.
+        for _ in 0..1000 {
+            dispatcher
+                .call(CallRequest::new(operation, input.clone()))
+                .await
+                .expect("echo answers");
+        }
+        let mut samples = Vec::with_capacity(CALLS);
+        for _ in 0..CALLS {
+            let request = CallRequest::new(operation, input.clone());
+            let start = Instant::now();
+            let output = dispatcher.call(request).await.expect("echo answers");
+            samples.push(start.elapsed());
+            assert_eq!(output, input);
+        }
+        let stats = Stats::of(samples);
+        println!(
+            "| `{operation}` | {} | {} | {} |",
+            us(stats.median),
+            us(stats.p99),
+            us(stats.mean)
+        );
+    }
+    println!();
+}
+
+async fn bench_stream(dispatcher: &Dispatcher) {
+    println!("## `ticker/count` streaming {ITEMS} items, in process\n");
+    println!("| run | total | per item |\n|---|---|---|");
+    let mut per_item = Vec::new();
+    for run in 1..=5 {
+        let request = CallRequest::new("ticker/count", json!({ "to": ITEMS }));
+        let start = Instant::now();
+        let mut stream = dispatcher.subscribe(request).await.expect("ticker starts");
+        let mut count = 0u64;
+        while let Some(item) = stream.next().await {
+            item.expect("a tick");
+            count += 1;
+        }
+        let total = start.elapsed();
+        assert_eq!(count, ITEMS);
+        let item = total / u32::try_from(ITEMS).expect("fits");
+        per_item.push(item);
+        println!(
+            "| {run} | {:.1} ms | {} |",
+            total.as_secs_f64() * 1e3,
+            us(item)
+        );
+    }
+    per_item.sort();
+    println!("\nmedian per item: {}\n", us(per_item[per_item.len() / 2]));
+}
+
+async fn bench_http(host: &Host, bare: bool, opbox: bool) {
+    println!("## HTTP: `POST /call` `echo/echo` under `wrk -t2 -c32 -d{WRK_SECONDS}s`\n");
+    if Command::new("wrk").arg("--version").output().is_err() {
+        println!("skipped: `wrk` is not on PATH (Debian: `apt-get install wrk`)\n");
+        return;
+    }
+    let opbox_addr = serve(host.router()).await;
+    let bare_addr = serve(bare_router()).await;
+    let script = std::env::temp_dir().join("opbox-bench-post.lua");
+    std::fs::write(
+        &script,
+        "wrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\n\
+         wrk.body = '{\"operation\":\"echo/echo\",\"input\":{\"x\":1}}'\n",
+    )
+    .expect("write the wrk script");
+    println!("| server | requests/s | latency p50 | latency p99 |\n|---|---|---|---|");
+    let bare = bare.then(|| wrk(bare_addr, &script));
+    let opbox = opbox.then(|| wrk(opbox_addr, &script));
+    for (name, result) in [
+        ("bare axum handler", &bare),
+        ("opbox `/call` echo/echo", &opbox),
+    ] {
+        if let Some(result) = result {
+            println!(
+                "| {name} | {:.0} | {} | {} |",
+                result.rps, result.p50, result.p99
+            );
+        }
+    }
+    if let (Some(bare), Some(opbox)) = (bare, opbox) {
+        println!("\nopbox / bare: {:.0}%\n", 100.0 * opbox.rps / bare.rps);
+    }
+}
+
+/// A bare axum handler answering what `/call` answers, without dispatching.
+fn bare_router() -> axum::Router {
+    axum::Router::new().route(
+        "/call",
+        axum::routing::post(|axum::Json(body): axum::Json<Value>| async move {
+            axum::Json(json!({
+                "request_id": uuid::Uuid::new_v4().simple().to_string(),
+                "result": "ok",
+                "output": body["input"],
+            }))
+        }),
+    )
+}
+
+async fn serve(router: axum::Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    addr
+}
+
+struct WrkResult {
+    rps: f64,
+    p50: String,
+    p99: String,
+}
+
+fn wrk(addr: SocketAddr, script: &std::path::Path) -> WrkResult {
+    let output = Command::new("wrk")
+        .args([
+            "-t2",
+            "-c32",
+            &format!("-d{WRK_SECONDS}s"),
+            "--latency",
+            "-s",
+        ])
+        .arg(script)
+        .arg(format!("http://{addr}/call"))
+        .output()
+        .expect("wrk runs");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let field = |prefix: &str| {
+        text.lines()
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix(prefix)
+                    .map(|rest| rest.trim().to_owned())
+            })
+            .unwrap_or_else(|| "?".to_owned())
+    };
+    assert!(!text.contains("Non-2xx"), "wrk saw errors:\n{text}");
+    WrkResult {
+        rps: field("Requests/sec:").parse().unwrap_or(0.0),
+        p50: field("50%"),
+        p99: field("99%"),
+    }
+}
+
+struct Stats {
+    median: Duration,
+    p99: Duration,
+    mean: Duration,
+}
+
+impl Stats {
+    fn of(mut samples: Vec<Duration>) -> Self {
+        samples.sort();
+        let n = samples.len();
+        Self {
+            median: samples[n / 2],
+            p99: samples[(n * 99 / 100).min(n - 1)],
+            mean: samples.iter().sum::<Duration>() / u32::try_from(n).expect("fits"),
+        }
+    }
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.2} µs", d.as_secs_f64() * 1e6)
+}
+
+fn num_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn profile() -> &'static str {
+    if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    }
+}

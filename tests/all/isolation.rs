@@ -72,3 +72,50 @@ async fn every_call_gets_a_fresh_instance() {
     }
     assert_eq!(host.host.runtime().live_instances(), 0);
 }
+
+#[tokio::test]
+async fn the_memory_limit_holds_per_call() {
+    let host = TestHost::with_config(|config| config.limits.memory_bytes = 32 << 20).await;
+    let (status, body) = host.call("fixture-hog/hog", json!({"mib": 8})).await;
+    assert_eq!(
+        (status, &body["output"]),
+        (StatusCode::OK, &json!(8 << 20)),
+        "{body}"
+    );
+
+    let (status, body) = host.call("fixture-hog/hog", json!({"mib": 64})).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["error"]["code"], "RESOURCE_EXHAUSTED");
+    assert_eq!(
+        body["error"]["details"],
+        json!({"limit": "memory_bytes", "value": 32 << 20})
+    );
+
+    // The next call starts from a fresh instance, with all of its memory.
+    let (status, _) = host.call("fixture-hog/hog", json!({"mib": 8})).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_full_instance_pool_answers_unavailable_not_a_queue() {
+    let host = TestHost::with_config(|config| config.limits.max_instances = 2).await;
+    let sleepers: Vec<_> = (0..2)
+        .map(|_| {
+            let (client, url) = (host.client.clone(), host.url("/call"));
+            tokio::spawn(async move {
+                let call = json!({"operation": "fixture-slow/sleep", "input": {"ms": 2000}});
+                client.post(url).json(&call).send().await.unwrap().status()
+            })
+        })
+        .collect();
+    assert_eq!(host.wait_for_live(2, Duration::from_secs(10)).await, 2);
+    let (status, body) = host.call("echo/echo", json!(1)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "UNAVAILABLE");
+    assert_eq!(body["error"]["retryable"], true);
+    for sleeper in sleepers {
+        assert_eq!(sleeper.await.unwrap(), StatusCode::OK);
+    }
+    let (status, _) = host.call("echo/echo", json!(1)).await;
+    assert_eq!(status, StatusCode::OK);
+}

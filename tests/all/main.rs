@@ -13,5 +13,6 @@ mod call;
 mod cli;
 mod discovery;
 mod isolation;
+mod loading;
 mod subscribe;
 mod util;

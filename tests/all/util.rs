@@ -13,7 +13,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 /// The test-only plugins loaded next to the bundled examples.
-pub const FIXTURES: &[&str] = &["fixture-panic", "fixture-slow"];
+pub const FIXTURES: &[&str] = &["fixture-hog", "fixture-panic", "fixture-slow"];
 
 /// Where compiled plugins are cached across tests.
 pub fn data_dir() -> PathBuf {

@@ -2,14 +2,14 @@
 //!
 //! | route | handler |
 //! |---|---|
-//! | `POST /call` | [`call::call`]: one query or mutation |
-//! | `POST /batch` | [`call::batch`]: several, run concurrently, results in order |
-//! | `POST /subscribe` | [`subscribe::subscribe`]: a subscription as SSE |
-//! | `GET /search?q=` | [`discovery::search`]: the caller's visible operations |
-//! | `GET /schema?name=` | [`discovery::schema`]: one operation's full spec |
-//! | `GET /healthz` | [`discovery::healthz`] |
+//! | `POST /call` | `call::call`: one query or mutation |
+//! | `POST /batch` | `call::batch`: several, run concurrently, results in order |
+//! | `POST /subscribe` | `subscribe::subscribe`: a subscription as SSE |
+//! | `GET /search?q=` | `discovery::search`: the caller's visible operations |
+//! | `GET /schema?name=` | `discovery::schema`: one operation's full spec |
+//! | `GET /healthz` | `discovery::healthz` |
 //!
-//! Every failure has the protocol's error shape and status ([`error`]).
+//! Every failure has the protocol's error shape and status (`error`).
 
 mod call;
 mod discovery;

@@ -67,18 +67,19 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-#[allow(unsafe_code)]
+/// Reads the artifact into memory rather than mapping the file: a mapped file
+/// that someone truncates or rewrites in place would crash the host with
+/// SIGBUS the next time its code runs.
 fn deserialize(engine: &Engine, path: &Path) -> wasmtime::Result<Component> {
-    // SAFETY: the file is an artifact this module wrote with
-    // `Engine::precompile_component` into the host's own data directory, under
-    // a name bound to this engine's compatibility hash; wasmtime checks the
-    // header (version, settings) again before using it.
-    unsafe { Component::deserialize_file(engine, path) }
+    let bytes = std::fs::read(path)?;
+    deserialize_bytes(engine, &bytes)
 }
 
 #[allow(unsafe_code)]
 fn deserialize_bytes(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Component> {
-    // SAFETY: `bytes` were produced by `Engine::precompile_component` on this
-    // very engine a moment ago.
+    // SAFETY: `bytes` are an artifact `Engine::precompile_component` produced,
+    // either just now or earlier into the host's own data directory under a
+    // name bound to this engine's compatibility hash; wasmtime checks the
+    // header (version, settings) again before using it.
     unsafe { Component::deserialize(engine, bytes) }
 }

@@ -17,7 +17,7 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, Stream, StreamExt};
 use serde_json::Value;
 use wasmtime::component::{Source, StreamConsumer, StreamResult};
-use wasmtime::{Store, StoreContextMut, Trap, UpdateDeadline};
+use wasmtime::{PoolConcurrencyLimitError, Store, StoreContextMut, Trap, UpdateDeadline};
 
 use super::bindings::{self, CallContext};
 use super::plugin::Plugin;
@@ -153,7 +153,7 @@ impl Plugin {
         store: &mut Store<StoreState>,
     ) -> Result<bindings::Plugin, InvokeError> {
         self.pre.instantiate_async(&mut *store).await.map_err(|e| {
-            if format!("{e:#}").contains("maximum concurrent") {
+            if e.is::<PoolConcurrencyLimitError>() {
                 InvokeError::NoCapacity
             } else {
                 classify(store, e)

@@ -1,0 +1,129 @@
+//! Loading plugins: what the host checks before it serves anything.
+
+use opbox::runtime::{LoadError, LoadOptions, PluginLimits, Runtime, RuntimeConfig};
+use opbox::{Host, HostConfig, HostError};
+
+#[tokio::test]
+async fn a_manifest_with_a_duplicate_operation_is_refused() {
+    let wasm = std::fs::read(opbox::bundled::built_plugin("fixture-invalid")).unwrap();
+    let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
+    let error = runtime
+        .load(&wasm, LoadOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, LoadError::Manifest(m) if m.contains("`twice` is listed twice")),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_mount_name_is_refused() {
+    let wasm = std::fs::read(opbox::bundled::built_plugin("echo")).unwrap();
+    let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
+    let options = LoadOptions {
+        name: Some("Not/Valid".into()),
+        limits: PluginLimits::default(),
+    };
+    let error = runtime.load(&wasm, options).await.unwrap_err();
+    assert!(
+        matches!(&error, LoadError::Manifest(m) if m.contains("Not/Valid")),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn bytes_that_are_not_a_component_are_refused() {
+    let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
+    for bytes in [&b""[..], b"\0asm\x01\0\0\0", b"hello"] {
+        let error = runtime
+            .load(bytes, LoadOptions::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(error, LoadError::Compile(_)), "{error}");
+    }
+}
+
+#[tokio::test]
+async fn two_plugins_cannot_share_a_namespace() {
+    let mut config = HostConfig {
+        data_dir: crate::util::data_dir(),
+        ..HostConfig::default()
+    };
+    config.plugins.push(opbox::config::PluginConfig {
+        path: opbox::bundled::built_plugin("fixture-slow"),
+        name: Some("echo".into()),
+        memory_bytes: None,
+    });
+    let error = Host::start(config).await.unwrap_err();
+    assert!(matches!(&error, HostError::Register { .. }), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("namespace `echo` is already in use"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn a_plugin_can_be_mounted_under_another_name() {
+    let host = crate::util::TestHost::with_config(|config| {
+        config.plugins.push(opbox::config::PluginConfig {
+            path: opbox::bundled::built_plugin("echo"),
+            name: Some("mirror".into()),
+            memory_bytes: None,
+        });
+    })
+    .await;
+    let (status, body) = host
+        .call("mirror/echo", serde_json::json!("same code"))
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK);
+    assert_eq!(body["output"], "same code");
+}
+
+#[tokio::test]
+async fn a_restart_loads_compiled_plugins_from_the_cache() {
+    let data = tempfile::tempdir().unwrap();
+    let config = || HostConfig {
+        data_dir: data.path().to_owned(),
+        ..HostConfig::default()
+    };
+    Host::start(config()).await.unwrap();
+    let cache = data.path().join("cache");
+    let artifacts: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(
+        artifacts.len(),
+        opbox::bundled::EXAMPLES.len(),
+        "{artifacts:?}"
+    );
+    let written: Vec<_> = artifacts
+        .iter()
+        .map(|p| p.metadata().unwrap().modified().unwrap())
+        .collect();
+    // A second start finds every artifact and rewrites none of them.
+    let host = Host::start(config()).await.unwrap();
+    let again: Vec<_> = artifacts
+        .iter()
+        .map(|p| p.metadata().unwrap().modified().unwrap())
+        .collect();
+    assert_eq!(written, again);
+    let output = host
+        .dispatcher()
+        .call(opbox::CallRequest::new("echo/echo", serde_json::json!(1)))
+        .await
+        .unwrap();
+    assert_eq!(output, 1);
+
+    // An artifact that does not load is compiled again, not trusted.
+    std::fs::write(&artifacts[0], b"not an artifact").unwrap();
+    let host = Host::start(config()).await.unwrap();
+    assert_ne!(std::fs::read(&artifacts[0]).unwrap(), b"not an artifact");
+    for (operation, input) in [("echo/echo", "{}"), ("textkit/stats", r#"{"text": "a b"}"#)] {
+        let request = opbox::CallRequest::new(operation, serde_json::from_str(input).unwrap());
+        host.dispatcher().call(request).await.unwrap();
+    }
+}
