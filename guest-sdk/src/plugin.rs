@@ -15,7 +15,7 @@ type OnceHandler = Box<dyn Fn(Context, String) -> LocalBoxFuture<'static, Result
 type ItemStream = LocalBoxStream<'static, Result<String>>;
 type StreamHandler = Box<dyn Fn(Context, String) -> LocalBoxFuture<'static, Result<ItemStream>>>;
 
-/// What kind of operation an [`Op`] is.
+/// Whether an operation is a query, a mutation or a subscription.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OpType {
     /// No side effects; one output.
