@@ -7,7 +7,7 @@ use std::sync::Once;
 
 use futures::StreamExt;
 
-use crate::plugin::{Handler, OpType};
+use crate::plugin::{Handler, Items, OpType};
 use crate::{Context, Error, Plugin};
 
 mod bindings {
@@ -122,21 +122,34 @@ pub async fn subscribe(
     };
     let (mut writer, reader) = wit_stream::new::<Item>();
     wit_bindgen::spawn_local(async move {
-        let mut batches = items.ready_chunks(WRITE_BATCH);
-        while let Some(batch) = batches.next().await {
-            let mut out = Vec::with_capacity(batch.len());
-            let mut failed = false;
-            for item in batch {
-                failed = item.is_err();
-                out.push(item.map_err(CallError::from));
-                if failed {
-                    break;
+        match items {
+            Items::Stream(items) => {
+                let mut batches = items.ready_chunks(WRITE_BATCH);
+                while let Some(batch) = batches.next().await {
+                    let mut out = Vec::with_capacity(batch.len());
+                    let mut failed = false;
+                    for item in batch {
+                        failed = item.is_err();
+                        out.push(item.map_err(CallError::from));
+                        if failed {
+                            break;
+                        }
+                    }
+                    // `write_all` hands back what the host did not take: the
+                    // reader is gone, so nobody wants the rest.
+                    if !writer.write_all(out).await.is_empty() || failed {
+                        return;
+                    }
                 }
             }
-            // `write_all` hands back what the host did not take: the reader is
-            // gone, so nobody wants the rest.
-            if !writer.write_all(out).await.is_empty() || failed {
-                return;
+            Items::Iter(items) => {
+                for item in items {
+                    let failed = item.is_err();
+                    let unsent = writer.write_one(item.map_err(CallError::from)).await;
+                    if unsent.is_some() || failed {
+                        return;
+                    }
+                }
             }
         }
     });

@@ -103,6 +103,14 @@ pub use error::{Error, Result};
 pub use futures;
 pub use plugin::{OpType, Plugin};
 
+/// Gives the host a turn: in an async stream, the items ready so far are
+/// handed over before the stream goes on. Useful before blocking work (such
+/// as `std::thread::sleep`) inside a stream, which would otherwise hold back
+/// the items already produced.
+pub async fn yield_now() {
+    wit_bindgen::yield_async().await;
+}
+
 /// Exports a plugin built by a function `fn() -> Plugin`.
 ///
 /// Use it once, at the root of the plugin crate:

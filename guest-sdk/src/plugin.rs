@@ -4,7 +4,7 @@ use std::fmt;
 use std::future::Future;
 
 use futures::future::LocalBoxFuture;
-use futures::stream::{self, LocalBoxStream, Stream, StreamExt};
+use futures::stream::{LocalBoxStream, Stream, StreamExt};
 use schemars::JsonSchema;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -12,8 +12,16 @@ use serde::de::DeserializeOwned;
 use crate::{Context, Error, Result};
 
 type OnceHandler = Box<dyn Fn(Context, String) -> LocalBoxFuture<'static, Result<String>>>;
-type ItemStream = LocalBoxStream<'static, Result<String>>;
-type StreamHandler = Box<dyn Fn(Context, String) -> LocalBoxFuture<'static, Result<ItemStream>>>;
+type StreamHandler = Box<dyn Fn(Context, String) -> LocalBoxFuture<'static, Result<Items>>>;
+
+/// A subscription's encoded outputs.
+pub(crate) enum Items {
+    /// From an async stream: ready items are written to the host in batches.
+    Stream(LocalBoxStream<'static, Result<String>>),
+    /// From an iterator, which may block in `next`: each item is written as
+    /// soon as it exists.
+    Iter(Box<dyn Iterator<Item = Result<String>>>),
+}
 
 /// Whether an operation is a query, a mutation or a subscription.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,15 +137,14 @@ impl Plugin {
         S: Stream<Item = Result<Out>> + 'static,
     {
         let handler =
-            move |ctx: Context, input: String| -> LocalBoxFuture<'static, Result<ItemStream>> {
+            move |ctx: Context, input: String| -> LocalBoxFuture<'static, Result<Items>> {
                 match decode::<In>(&input) {
                     Ok(input) => {
                         let started = handler(ctx, input);
                         Box::pin(async move {
                             let items = started.await?;
-                            Ok(items
-                                .map(|item| item.and_then(|out| encode(&out)))
-                                .boxed_local())
+                            let encoded = items.map(|item| item.and_then(|out| encode(&out)));
+                            Ok(Items::Stream(encoded.boxed_local()))
                         })
                     }
                     Err(e) => Box::pin(async move { Err(e) }),
@@ -154,8 +161,11 @@ impl Plugin {
     /// Adds a subscription whose outputs come from an iterator.
     ///
     /// `handler` is a `fn(Context, In) -> Result<impl IntoIterator<Item =
-    /// Result<Out>>>`. The iterator runs lazily, one item per item the caller
-    /// takes, so it may block (e.g. `std::thread::sleep`) between items.
+    /// Result<Out>>>`. The iterator runs lazily and may block (e.g.
+    /// `std::thread::sleep`) between items: each item goes to the host as soon
+    /// as `next` returns it. For high item rates prefer
+    /// [`Plugin::subscription`] with an async stream, whose ready items are
+    /// handed over in batches.
     #[must_use]
     pub fn subscription_iter<In, Out, F, I>(self, name: &str, description: &str, handler: F) -> Self
     where
@@ -164,10 +174,24 @@ impl Plugin {
         F: Fn(Context, In) -> Result<I> + 'static,
         I: IntoIterator<Item = Result<Out>> + 'static,
     {
-        self.subscription(name, description, move |ctx, input: In| {
-            let items = handler(ctx, input).map(|items| stream::iter(items));
-            async move { items }
-        })
+        let handler =
+            move |ctx: Context, input: String| -> LocalBoxFuture<'static, Result<Items>> {
+                let items = decode::<In>(&input)
+                    .and_then(|input| handler(ctx, input))
+                    .map(|items| {
+                        let encoded = items
+                            .into_iter()
+                            .map(|item| item.and_then(|out| encode(&out)));
+                        Items::Iter(Box::new(encoded))
+                    });
+                Box::pin(async move { items })
+            };
+        self.push::<In, Out>(
+            OpType::Subscription,
+            name,
+            description,
+            Handler::Stream(Box::new(handler)),
+        )
     }
 
     /// Marks the operation added last as internal: callable only from other

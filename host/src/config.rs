@@ -1,7 +1,8 @@
 //! The host configuration, `opbox.toml`.
 //!
 //! Every field has a default, so an empty file (or none) is a valid
-//! configuration: the bundled examples on 127.0.0.1:8080.
+//! configuration: the bundled examples on 127.0.0.1:8080. `host/opbox.example.toml`
+//! lists every setting with its default (a test keeps it true).
 //!
 //! ```toml
 //! listen = "127.0.0.1:8080"    # where the HTTP gateway listens
@@ -9,10 +10,19 @@
 //! examples = true              # serve the bundled example plugins
 //! plugin_dirs = ["plugins"]    # load every *.wasm in these directories
 //!
-//! [limits]                     # defaults for every plugin and call
-//! memory_bytes = 67108864      # linear memory per instance (64 MiB)
+//! [limits]                     # host-wide
 //! deadline_ms = 30000          # queries and mutations
-//! max_instances = 256          # instances alive at once, host-wide
+//! max_instances = 256          # instances alive at once, all plugins together
+//!
+//! [plugin_limits]              # every plugin's limits, unless it has its own
+//! memory_bytes = 67108864      # linear memory per instance (64 MiB)
+//! cpu_ms = 5000                # guest execution per query or mutation
+//! # fuel = 1000000000          # instructions per call (off by default)
+//! output_bytes = 4194304       # per call output and per subscription item
+//! max_instances = 64           # instances of one plugin alive at once
+//! max_subscriptions = 64       # open subscriptions of one plugin
+//! item_cpu_ms = 1000           # guest execution per subscription item
+//! idle_ms = 60000              # longest wait for the next item
 //!
 //! [gateway]
 //! max_body_bytes = 1048576     # larger request bodies get 413
@@ -21,8 +31,11 @@
 //! [[plugins]]                  # one plugin, with its own settings
 //! path = "my-plugin.wasm"      # relative to this file
 //! name = "mine"                # mount under another namespace (optional)
-//! memory_bytes = 16777216      # overrides [limits] (optional)
+//! [plugins.limits]             # overrides [plugin_limits] for this plugin
+//! memory_bytes = 16777216
 //! ```
+//!
+//! The meaning and default of each plugin limit: [`PluginLimits`].
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -70,8 +83,10 @@ pub struct HostConfig {
     pub plugin_dirs: Vec<PathBuf>,
     /// Plugins with settings of their own.
     pub plugins: Vec<PluginConfig>,
-    /// Default limits.
+    /// Host-wide limits.
     pub limits: LimitsConfig,
+    /// Every plugin's limits, unless it has its own.
+    pub plugin_limits: PluginLimitsConfig,
     /// Gateway settings.
     pub gateway: GatewaySection,
 }
@@ -85,6 +100,7 @@ impl Default for HostConfig {
             plugin_dirs: Vec::new(),
             plugins: Vec::new(),
             limits: LimitsConfig::default(),
+            plugin_limits: PluginLimitsConfig::default(),
             gateway: GatewaySection::default(),
         }
     }
@@ -99,17 +115,55 @@ pub struct PluginConfig {
     /// The namespace to mount it under, if not its own name.
     #[serde(default)]
     pub name: Option<String>,
-    /// Linear memory per instance, overriding `[limits]`.
+    /// Limits of this plugin, overriding `[plugin_limits]`.
     #[serde(default)]
-    pub memory_bytes: Option<usize>,
+    pub limits: PluginLimitsConfig,
 }
 
-/// Default limits for every plugin and call.
+/// Plugin limits as written in the configuration: each one optional, falling
+/// back to `[plugin_limits]` and then to [`PluginLimits::default`].
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PluginLimitsConfig {
+    /// See [`PluginLimits::memory_bytes`].
+    pub memory_bytes: Option<usize>,
+    /// See [`PluginLimits::cpu_ms`].
+    pub cpu_ms: Option<u64>,
+    /// See [`PluginLimits::fuel`].
+    pub fuel: Option<u64>,
+    /// See [`PluginLimits::output_bytes`].
+    pub output_bytes: Option<usize>,
+    /// See [`PluginLimits::max_instances`].
+    pub max_instances: Option<u32>,
+    /// See [`PluginLimits::max_subscriptions`].
+    pub max_subscriptions: Option<u32>,
+    /// See [`PluginLimits::item_cpu_ms`].
+    pub item_cpu_ms: Option<u64>,
+    /// See [`PluginLimits::idle_ms`].
+    pub idle_ms: Option<u64>,
+}
+
+impl PluginLimitsConfig {
+    /// `base` with every limit this section sets replaced.
+    pub fn apply(&self, base: PluginLimits) -> PluginLimits {
+        PluginLimits {
+            memory_bytes: self.memory_bytes.unwrap_or(base.memory_bytes),
+            cpu_ms: self.cpu_ms.unwrap_or(base.cpu_ms),
+            fuel: self.fuel.or(base.fuel),
+            output_bytes: self.output_bytes.unwrap_or(base.output_bytes),
+            max_instances: self.max_instances.unwrap_or(base.max_instances),
+            max_subscriptions: self.max_subscriptions.unwrap_or(base.max_subscriptions),
+            item_cpu_ms: self.item_cpu_ms.unwrap_or(base.item_cpu_ms),
+            idle_ms: self.idle_ms.unwrap_or(base.idle_ms),
+            output_capture_bytes: base.output_capture_bytes,
+        }
+    }
+}
+
+/// Host-wide limits.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
-    /// Linear memory per instance, in bytes.
-    pub memory_bytes: usize,
     /// The deadline of queries and mutations, in milliseconds.
     pub deadline_ms: u64,
     /// Instances alive at once, across all plugins.
@@ -119,7 +173,6 @@ pub struct LimitsConfig {
 impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
-            memory_bytes: PluginLimits::default().memory_bytes,
             deadline_ms: 30_000,
             max_instances: RuntimeConfig::default().max_instances,
         }
@@ -177,6 +230,8 @@ impl HostConfig {
         RuntimeConfig {
             max_instances: self.limits.max_instances,
             cache_dir: Some(self.data_dir.join("cache")),
+            fuel: self.plugin_limits.fuel.is_some()
+                || self.plugins.iter().any(|p| p.limits.fuel.is_some()),
             ..RuntimeConfig::default()
         }
     }
@@ -200,11 +255,10 @@ impl HostConfig {
 
     /// The limits of a plugin, from its own settings and the defaults.
     pub fn plugin_limits(&self, plugin: Option<&PluginConfig>) -> PluginLimits {
-        PluginLimits {
-            memory_bytes: plugin
-                .and_then(|p| p.memory_bytes)
-                .unwrap_or(self.limits.memory_bytes),
-            ..PluginLimits::default()
+        let limits = self.plugin_limits.apply(PluginLimits::default());
+        match plugin {
+            Some(plugin) => plugin.limits.apply(limits),
+            None => limits,
         }
     }
 }

@@ -175,6 +175,10 @@ async fn inspect(file: PathBuf) -> Result<()> {
     println!("plugin   {}", plugin.name());
     println!("version  {}", plugin.version());
     println!("digest   sha256:{}", plugin.digest());
+    println!("imports ({})", plugin.imports().len());
+    for import in plugin.imports() {
+        println!("  {import}");
+    }
     let operations = plugin.operations()?;
     println!("operations ({})", operations.len());
     for op in &operations {

@@ -3,6 +3,8 @@
 //! - `services/list` (query): the operations the caller can see, optionally
 //!   filtered by `q`.
 //! - `services/schema` (query): the full spec of one operation.
+//! - `services/plugin` (query): one plugin's version, digest, effective
+//!   limits, live instances and open subscriptions.
 
 use std::sync::Arc;
 
@@ -21,7 +23,7 @@ pub const NAMESPACE: &str = "services";
 
 /// Registers `services/*` in `registry`.
 pub fn register(registry: &Registry) -> Result<(), RegistryError> {
-    registry.insert_namespace(NAMESPACE, vec![list()?, schema()?])
+    registry.insert_namespace(NAMESPACE, vec![list()?, schema()?, plugin()?])
 }
 
 fn list() -> Result<Operation, RegistryError> {
@@ -72,6 +74,56 @@ fn schema() -> Result<Operation, RegistryError> {
             "additionalProperties": false
         }),
         json!({ "type": "object" }),
+        handler,
+    )
+}
+
+fn plugin() -> Result<Operation, RegistryError> {
+    let handler: NativeOnce = Arc::new(|cx: CallContext, input: Value| {
+        async move {
+            let name = input
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let registry = cx.dispatcher.registry();
+            let mut operations = Vec::new();
+            let mut found = None;
+            for op in registry.all() {
+                if let Handler::Plugin { plugin, .. } = &op.handler
+                    && plugin.name() == name
+                {
+                    operations.push(op.spec.name.clone());
+                    found = Some(plugin.clone());
+                }
+            }
+            let plugin = found.ok_or_else(|| {
+                CallError::new(
+                    crate::error::ErrorCode::NotFound,
+                    format!("no plugin named `{name}`"),
+                )
+            })?;
+            Ok(json!({
+                "name": plugin.name(),
+                "version": plugin.version(),
+                "digest": plugin.digest(),
+                "limits": plugin.limits(),
+                "live_instances": plugin.live_instances(),
+                "open_subscriptions": plugin.open_subscriptions(),
+                "operations": operations,
+            }))
+        }
+        .boxed()
+    });
+    native(
+        "plugin",
+        "Describes one plugin: version, digest, effective limits, live instances and open subscriptions.",
+        json!({
+            "type": "object",
+            "properties": { "name": { "type": "string", "description": "The plugin's namespace." } },
+            "required": ["name"],
+            "additionalProperties": false
+        }),
+        json!({ "type": "object", "required": ["name", "version", "digest", "limits"] }),
         handler,
     )
 }

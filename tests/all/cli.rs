@@ -211,6 +211,9 @@ fn inspect_prints_operations_and_schemas() {
         "{stdout}"
     );
     assert!(stdout.contains(r#""maximum":1000000"#), "{stdout}");
+    // What the plugin imports: the opbox world and the WASI its std uses.
+    assert!(stdout.contains("opbox:plugin/log@0.1.0"), "{stdout}");
+    assert!(stdout.contains("wasi:cli/stderr@"), "{stdout}");
 }
 
 #[test]

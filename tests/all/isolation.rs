@@ -75,7 +75,8 @@ async fn every_call_gets_a_fresh_instance() {
 
 #[tokio::test]
 async fn the_memory_limit_holds_per_call() {
-    let host = TestHost::with_config(|config| config.limits.memory_bytes = 32 << 20).await;
+    let host =
+        TestHost::with_config(|config| config.plugin_limits.memory_bytes = Some(32 << 20)).await;
     let (status, body) = host.call("fixture-hog/hog", json!({"mib": 8})).await;
     assert_eq!(
         (status, &body["output"]),

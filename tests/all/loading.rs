@@ -53,7 +53,7 @@ async fn two_plugins_cannot_share_a_namespace() {
     config.plugins.push(opbox::config::PluginConfig {
         path: opbox::bundled::built_plugin("fixture-slow"),
         name: Some("echo".into()),
-        memory_bytes: None,
+        limits: Default::default(),
     });
     let error = Host::start(config).await.unwrap_err();
     assert!(matches!(&error, HostError::Register { .. }), "{error}");
@@ -71,7 +71,7 @@ async fn a_plugin_can_be_mounted_under_another_name() {
         config.plugins.push(opbox::config::PluginConfig {
             path: opbox::bundled::built_plugin("echo"),
             name: Some("mirror".into()),
-            memory_bytes: None,
+            limits: Default::default(),
         });
     })
     .await;
@@ -126,4 +126,21 @@ async fn a_restart_loads_compiled_plugins_from_the_cache() {
         let request = opbox::CallRequest::new(operation, serde_json::from_str(input).unwrap());
         host.dispatcher().call(request).await.unwrap();
     }
+}
+
+#[test]
+fn the_example_configuration_is_valid_and_means_what_it_says() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("opbox.example.toml");
+    let config = HostConfig::load(&path).unwrap();
+    let defaults = HostConfig::default();
+    assert_eq!(config.listen, defaults.listen);
+    assert_eq!(config.limits.deadline_ms, defaults.limits.deadline_ms);
+    assert_eq!(config.limits.max_instances, defaults.limits.max_instances);
+    // Every default limit written out equals the built-in default.
+    assert_eq!(config.plugin_limits(None), PluginLimits::default());
+    let mirror = config.plugin_limits(Some(&config.plugins[0]));
+    assert_eq!(mirror.memory_bytes, 16 << 20);
+    assert_eq!(mirror.cpu_ms, 1000);
+    assert_eq!(mirror.output_bytes, PluginLimits::default().output_bytes);
+    assert!(config.plugins[0].path.starts_with(path.parent().unwrap()));
 }

@@ -13,6 +13,7 @@ mod call;
 mod cli;
 mod discovery;
 mod isolation;
+mod limits;
 mod loading;
 mod subscribe;
 mod util;

@@ -89,6 +89,9 @@ async fn a_panic_mid_stream_is_a_terminal_plugin_failed() {
         .await
         .collect()
         .await;
+    // An iterator's items go out as they are made: none is lost to the panic.
+    assert_eq!(events.len(), 4, "{events:?}");
+    assert!(events[..3].iter().enumerate().all(|(i, e)| e.json() == i));
     let last = events.last().unwrap();
     assert_eq!(last.event, "error", "{events:?}");
     assert_eq!(last.json()["code"], "PLUGIN_FAILED");

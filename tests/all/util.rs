@@ -44,7 +44,7 @@ impl TestHost {
                 .map(|name| PluginConfig {
                     path: opbox::bundled::built_plugin(name),
                     name: None,
-                    memory_bytes: None,
+                    limits: Default::default(),
                 })
                 .collect(),
             ..HostConfig::default()

@@ -11,12 +11,7 @@ use crate::error::{CallError, ErrorCode};
 use crate::runtime::{InvokeError, Plugin};
 
 /// The caller's view of a failed plugin call.
-pub(super) fn from_invoke(
-    error: InvokeError,
-    plugin: &Plugin,
-    op: &str,
-    deadline: Duration,
-) -> CallError {
+pub(super) fn from_invoke(error: InvokeError, plugin: &Plugin, op: &str) -> CallError {
     match error {
         InvokeError::Guest(e) => {
             let mut error = CallError::new(ErrorCode::parse(&e.code), e.message);
@@ -38,12 +33,26 @@ pub(super) fn from_invoke(
                 "message": message,
             }))
         }
-        InvokeError::CpuExhausted => timeout(deadline),
-        InvokeError::MemoryExhausted { limit } => CallError::new(
-            ErrorCode::ResourceExhausted,
-            format!("plugin `{}` reached its memory limit", plugin.name()),
+        InvokeError::Limit(hit) if hit.is_time() => CallError::new(
+            ErrorCode::Timeout,
+            format!(
+                "plugin `{}` ran past its {} of {} and was interrupted",
+                plugin.name(),
+                hit.limit,
+                hit.value
+            ),
         )
-        .with_details(json!({ "limit": "memory_bytes", "value": limit })),
+        .with_details(json!({ "limit": hit.limit, "value": hit.value })),
+        InvokeError::Limit(hit) => CallError::new(
+            ErrorCode::ResourceExhausted,
+            format!(
+                "plugin `{}` reached its {} of {}",
+                plugin.name(),
+                hit.limit,
+                hit.value
+            ),
+        )
+        .with_details(json!({ "limit": hit.limit, "value": hit.value })),
         InvokeError::NoCapacity => CallError::new(
             ErrorCode::Unavailable,
             "no instance slot is free; retry shortly",

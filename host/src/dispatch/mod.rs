@@ -218,7 +218,7 @@ impl Dispatcher {
                     let output = plugin
                         .call(&invocation, name, request.input.to_string())
                         .await
-                        .map_err(|e| failure::from_invoke(e, plugin, name, deadline))?;
+                        .map_err(|e| failure::from_invoke(e, plugin, name))?;
                     failure::parse_output(&output, plugin, name)
                 }
                 Handler::NativeStream(_) => Err(CallError::internal()),
@@ -262,16 +262,15 @@ impl Dispatcher {
             Handler::NativeStream(handler) => handler(cx, request.input.clone()).await?,
             Handler::Plugin { plugin, op: name } => {
                 let invocation = invocation(request, limit.unwrap_or(NO_DEADLINE));
-                let budget = invocation.deadline;
                 let items = plugin
                     .subscribe(&invocation, name, request.input.to_string())
                     .await
-                    .map_err(|e| failure::from_invoke(e, plugin, name, budget))?;
+                    .map_err(|e| failure::from_invoke(e, plugin, name))?;
                 let (plugin, name) = (plugin.clone(), name.clone());
                 items
                     .map(move |item| match item {
                         Ok(text) => failure::parse_output(&text, &plugin, &name),
-                        Err(e) => Err(failure::from_invoke(e, &plugin, &name, budget)),
+                        Err(e) => Err(failure::from_invoke(e, &plugin, &name)),
                     })
                     .boxed()
             }

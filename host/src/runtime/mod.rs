@@ -10,9 +10,12 @@
 pub(crate) mod bindings;
 mod cache;
 mod invoke;
+mod limits;
 mod output;
 mod plugin;
 mod state;
+mod subscription;
+mod trap;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,9 +27,11 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-pub use invoke::{GuestError, Invocation, InvokeError, Subscription};
-pub use plugin::{LoadOptions, Plugin, PluginLimits};
+pub use invoke::{GuestError, Invocation, InvokeError};
+pub use limits::{LimitHit, PluginLimits};
+pub use plugin::{LoadOptions, Plugin};
 pub(crate) use state::StoreState;
+pub use subscription::Subscription;
 
 use cache::ArtifactCache;
 use state::LiveCounter;
@@ -39,6 +44,7 @@ use state::LiveCounter;
 /// | `max_memory_bytes` | 1 GiB: no plugin's memory limit may exceed it |
 /// | `cache_dir` | none: compile every plugin at every load |
 /// | `epoch_tick` | 10 ms: the granularity of CPU-time limits |
+/// | `fuel` | off: when on, every call counts instructions (for plugins with a `fuel` limit), which costs some speed |
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
     /// Most instances alive at once, across all plugins.
@@ -49,6 +55,8 @@ pub struct RuntimeConfig {
     pub cache_dir: Option<PathBuf>,
     /// How often the engine's epoch advances.
     pub epoch_tick: Duration,
+    /// Whether instructions are counted, so plugins can have a `fuel` limit.
+    pub fuel: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -58,6 +66,7 @@ impl Default for RuntimeConfig {
             max_memory_bytes: 1 << 30,
             cache_dir: None,
             epoch_tick: Duration::from_millis(10),
+            fuel: false,
         }
     }
 }
@@ -165,7 +174,12 @@ impl Runtime {
             .instantiate_pre(&component)
             .map_err(|e| LoadError::Link(format!("{e:#}")))?;
         let pre = bindings::PluginPre::new(pre).map_err(|e| LoadError::Link(format!("{e:#}")))?;
-        Plugin::load(self.clone(), pre, digest, options).await
+        let imports = component
+            .component_type()
+            .imports(engine)
+            .map(|(name, _)| name.to_owned())
+            .collect();
+        Plugin::load(self.clone(), pre, digest, imports, options).await
     }
 }
 
@@ -194,6 +208,7 @@ fn engine_config(config: &RuntimeConfig) -> Config {
         .table_keep_resident(KEEP_RESIDENT_TABLE);
     let mut wasm = Config::new();
     wasm.epoch_interruption(true)
+        .consume_fuel(config.fuel)
         .wasm_component_model_async(true)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     wasm

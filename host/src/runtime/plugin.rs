@@ -9,32 +9,9 @@ use serde_json::Value;
 
 use super::bindings::{self, OpType as WitOpType};
 use super::invoke::Invocation;
+use super::limits::{Occupancy, PluginLimits};
 use super::{LoadError, Runtime, StoreState};
 use crate::registry::{self, AccessControl, Handler, OpType, Operation, OperationSpec, Visibility};
-
-/// Limits applied to every call of one plugin.
-///
-/// | field | default |
-/// |---|---|
-/// | `memory_bytes` | 64 MiB of linear memory per instance |
-/// | `output_capture_bytes` | 64 KiB of stdout and of stderr kept per call |
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PluginLimits {
-    /// Linear memory per instance, in bytes.
-    pub memory_bytes: usize,
-    /// Guest stdout and stderr kept per call (each); the rest is counted and
-    /// dropped.
-    pub output_capture_bytes: usize,
-}
-
-impl Default for PluginLimits {
-    fn default() -> Self {
-        Self {
-            memory_bytes: 64 << 20,
-            output_capture_bytes: 64 << 10,
-        }
-    }
-}
 
 /// How to load a plugin.
 #[derive(Debug, Clone, Default)]
@@ -65,8 +42,10 @@ pub struct Plugin {
     pub(crate) name: Arc<str>,
     version: String,
     digest: String,
+    imports: Vec<String>,
     ops: Vec<PluginOp>,
     pub(crate) limits: PluginLimits,
+    pub(crate) occupancy: Occupancy,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -84,6 +63,7 @@ impl Plugin {
         runtime: Runtime,
         pre: bindings::PluginPre<StoreState>,
         digest: String,
+        imports: Vec<String>,
         options: LoadOptions,
     ) -> Result<Arc<Self>, LoadError> {
         let mut plugin = Self {
@@ -92,7 +72,9 @@ impl Plugin {
             name: Arc::from(options.name.as_deref().unwrap_or("loading")),
             version: String::new(),
             digest,
+            imports,
             ops: Vec::new(),
+            occupancy: Occupancy::new(&options.limits),
             limits: options.limits,
         };
         let manifest = plugin.describe().await?;
@@ -110,7 +92,10 @@ impl Plugin {
 
     async fn describe(&self) -> Result<bindings::Manifest, LoadError> {
         let invocation = Invocation::internal("describe", Duration::from_secs(10));
-        let mut store = self.new_store(&invocation);
+        let budget = self.budget("deadline_ms", invocation.deadline);
+        let mut store = self
+            .new_store(&invocation, budget)
+            .map_err(|e| LoadError::Describe(e.to_string()))?;
         let instance = self
             .pre
             .instantiate_async(&mut store)
@@ -146,6 +131,21 @@ impl Plugin {
     /// The plugin's limits.
     pub fn limits(&self) -> &PluginLimits {
         &self.limits
+    }
+
+    /// The interfaces the component imports (`wasi:cli/stdout@0.2.6`, …).
+    pub fn imports(&self) -> &[String] {
+        &self.imports
+    }
+
+    /// Instances of this plugin alive now.
+    pub fn live_instances(&self) -> u32 {
+        self.occupancy.instances_in_use()
+    }
+
+    /// Subscriptions of this plugin open now.
+    pub fn open_subscriptions(&self) -> u32 {
+        self.occupancy.subscriptions_open()
     }
 
     /// The plugin's operations, ready for the registry, named

@@ -4,10 +4,12 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use tokio::sync::OwnedSemaphorePermit;
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use super::limits::LimitHit;
 use super::output::CapturedOutput;
 
 /// Counts live instances: one per store, from creation to drop.
@@ -35,31 +37,36 @@ impl Drop for LiveGuard {
     }
 }
 
-/// A limit the guest ran into, remembered so the failure can name it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum LimitHit {
-    Memory { limit: usize },
-    Cpu,
-}
-
-/// Enforces the per-call memory limit and records when it is hit. A failed
-/// grow traps (rather than returning -1) so a Rust guest fails with a readable
-/// error instead of an `unreachable` abort.
+/// Enforces the per-call memory limit and remembers which limit the guest ran
+/// into, so the failure can name it. A failed grow traps (rather than
+/// returning -1) so a Rust guest fails with a readable error instead of an
+/// `unreachable` abort.
 #[derive(Debug)]
 pub(crate) struct Limiter {
     memory_bytes: usize,
     tables: usize,
+    /// The fuel the call started with, when fuel is limited.
+    pub(crate) fuel: Option<u64>,
     pub(crate) hit: Option<LimitHit>,
 }
 
 impl Limiter {
-    pub(crate) fn new(memory_bytes: usize) -> Self {
+    pub(crate) fn new(memory_bytes: usize, fuel: Option<u64>) -> Self {
         Self {
             memory_bytes,
             tables: 100_000,
+            fuel,
             hit: None,
         }
     }
+}
+
+/// The guest execution a store may still use, in epoch ticks, and the limit
+/// to name when it runs out.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CpuBudget {
+    pub(crate) ticks: u64,
+    pub(crate) limit: LimitHit,
 }
 
 impl ResourceLimiter for Limiter {
@@ -70,9 +77,7 @@ impl ResourceLimiter for Limiter {
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         if desired > self.memory_bytes {
-            self.hit = Some(LimitHit::Memory {
-                limit: self.memory_bytes,
-            });
+            self.hit = Some(LimitHit::new("memory_bytes", self.memory_bytes));
             wasmtime::bail!("memory limit of {} bytes reached", self.memory_bytes);
         }
         Ok(true)
@@ -93,8 +98,8 @@ pub(crate) struct StoreState {
     wasi: WasiCtx,
     table: ResourceTable,
     pub(crate) limiter: Limiter,
-    /// Epoch ticks of guest execution left before the call is interrupted.
-    pub(crate) ticks_left: u64,
+    /// Guest execution left before the call is interrupted.
+    pub(crate) cpu: CpuBudget,
     /// The plugin and request this store serves, for log lines.
     pub(crate) plugin: Arc<str>,
     pub(crate) request_id: Arc<str>,
@@ -103,6 +108,7 @@ pub(crate) struct StoreState {
     stdout: CapturedOutput,
     stderr: CapturedOutput,
     _live: LiveGuard,
+    _slot: Option<OwnedSemaphorePermit>,
 }
 
 impl StoreState {
@@ -110,9 +116,10 @@ impl StoreState {
         plugin: Arc<str>,
         request_id: Arc<str>,
         limiter: Limiter,
-        ticks: u64,
+        cpu: CpuBudget,
         output_cap: usize,
         live: LiveGuard,
+        slot: Option<OwnedSemaphorePermit>,
     ) -> Self {
         let stdout = CapturedOutput::new(output_cap);
         let stderr = CapturedOutput::new(output_cap);
@@ -126,13 +133,14 @@ impl StoreState {
             wasi,
             table: ResourceTable::new(),
             limiter,
-            ticks_left: ticks,
+            cpu,
             plugin,
             request_id,
             fatal: None,
             stdout,
             stderr,
             _live: live,
+            _slot: slot,
         }
     }
 

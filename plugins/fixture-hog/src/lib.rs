@@ -2,6 +2,7 @@
 //!
 //! - `fixture-hog/hog` allocates and touches `mib` MiB, then returns how many
 //!   bytes it holds.
+//! - `fixture-hog/big-stream` yields `count` strings of `bytes` bytes each.
 
 use opbox_sdk::{Context, Plugin, Result};
 use schemars::JsonSchema;
@@ -20,12 +21,28 @@ async fn hog(_ctx: Context, input: Hog) -> Result<usize> {
         .sum())
 }
 
+#[derive(Deserialize, JsonSchema)]
+struct BigStream {
+    bytes: usize,
+    count: usize,
+}
+
+fn big_stream(_ctx: Context, input: BigStream) -> Result<impl Iterator<Item = Result<String>>> {
+    Ok((0..input.count).map(move |_| Ok("x".repeat(input.bytes))))
+}
+
 fn plugin() -> Plugin {
-    Plugin::new().query(
-        "hog",
-        "Allocates `mib` MiB and returns the byte count.",
-        hog,
-    )
+    Plugin::new()
+        .query(
+            "hog",
+            "Allocates `mib` MiB and returns the byte count.",
+            hog,
+        )
+        .subscription_iter(
+            "big-stream",
+            "Yields `count` strings of `bytes` bytes.",
+            big_stream,
+        )
 }
 
 opbox_sdk::export!(plugin);

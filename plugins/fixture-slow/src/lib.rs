@@ -4,9 +4,13 @@
 //!   returns `ms`.
 //! - `fixture-slow/spin` loops in guest code until the host interrupts it.
 //! - `fixture-slow/fail-stream` yields `ok` items, then a domain error.
+//! - `fixture-slow/spin-stream` yields one item, then loops in guest code.
+//! - `fixture-slow/burst` (an async stream) yields `burst` items at once, then
+//!   `then` more, one every `every_ms`.
 
 use std::time::Duration;
 
+use opbox_sdk::futures::{Stream, StreamExt, stream};
 use opbox_sdk::{Context, Error, Plugin, Result};
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -49,6 +53,38 @@ fn fail_stream(_ctx: Context, input: FailStream) -> Result<impl Iterator<Item = 
     }))
 }
 
+fn spin_stream(
+    _ctx: Context,
+    _input: serde_json::Value,
+) -> Result<impl Iterator<Item = Result<u64>>> {
+    Ok((0..).map(|n| {
+        if n > 0 {
+            let mut spins: u64 = 0;
+            while std::hint::black_box(spins) < u64::MAX {
+                spins += 1;
+            }
+        }
+        Ok(n)
+    }))
+}
+
+#[derive(Deserialize, JsonSchema)]
+struct Burst {
+    burst: u64,
+    then: u64,
+    every_ms: u64,
+}
+
+async fn burst(_ctx: Context, input: Burst) -> Result<impl Stream<Item = Result<u64>>> {
+    let every = Duration::from_millis(input.every_ms);
+    let paced = stream::iter(input.burst..input.burst + input.then).then(move |n| async move {
+        opbox_sdk::yield_now().await;
+        std::thread::sleep(every);
+        Ok(n)
+    });
+    Ok(stream::iter((0..input.burst).map(Ok)).chain(paced))
+}
+
 fn plugin() -> Plugin {
     Plugin::new()
         .query(
@@ -58,6 +94,8 @@ fn plugin() -> Plugin {
         )
         .query("spin", "Loops until interrupted.", spin)
         .subscription_iter("fail-stream", "Yields `ok` items, then fails.", fail_stream)
+        .subscription_iter("spin-stream", "Yields one item, then loops.", spin_stream)
+        .subscription("burst", "Yields a burst of items, then paced ones.", burst)
 }
 
 opbox_sdk::export!(plugin);

@@ -1,0 +1,138 @@
+//! What one plugin may use, per call and at once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Limits applied to one plugin. Every field has a default; operators
+/// override them for all plugins (`[plugin_limits]`) or one (`[plugins.limits]`).
+///
+/// | field | default | when hit |
+/// |---|---|---|
+/// | `memory_bytes` | 64 MiB of linear memory per instance | `RESOURCE_EXHAUSTED` |
+/// | `cpu_ms` | 5,000 ms of guest execution per query or mutation | `TIMEOUT` |
+/// | `fuel` | none: no instruction budget (turning it on costs every call some speed) | `RESOURCE_EXHAUSTED` |
+/// | `output_bytes` | 4 MiB per call output and per subscription item | `RESOURCE_EXHAUSTED` |
+/// | `max_instances` | 64 instances of this plugin alive at once | `RESOURCE_EXHAUSTED` |
+/// | `max_subscriptions` | 64 open subscriptions of this plugin | `RESOURCE_EXHAUSTED` |
+/// | `item_cpu_ms` | 1,000 ms of guest execution per subscription item | `TIMEOUT` |
+/// | `idle_ms` | 60,000 ms without an item ends a subscription | `TIMEOUT` |
+/// | `output_capture_bytes` | 64 KiB of stdout and of stderr kept per call | (the rest is dropped) |
+///
+/// CPU limits count time spent running guest code, in epoch ticks; time the
+/// guest spends waiting in a host call counts against deadlines only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PluginLimits {
+    /// Linear memory per instance, in bytes.
+    pub memory_bytes: usize,
+    /// Guest execution per query or mutation, in milliseconds.
+    pub cpu_ms: u64,
+    /// Wasm instructions (fuel units) per call, if bounded.
+    pub fuel: Option<u64>,
+    /// Largest output of a call, and largest item of a subscription, in bytes.
+    pub output_bytes: usize,
+    /// Instances of this plugin alive at once.
+    pub max_instances: u32,
+    /// Open subscriptions of this plugin.
+    pub max_subscriptions: u32,
+    /// Guest execution allowed to produce one subscription item, in milliseconds.
+    pub item_cpu_ms: u64,
+    /// Longest wait for the next subscription item, in milliseconds.
+    pub idle_ms: u64,
+    /// Guest stdout and stderr kept per call (each); the rest is counted and
+    /// dropped.
+    pub output_capture_bytes: usize,
+}
+
+impl Default for PluginLimits {
+    fn default() -> Self {
+        Self {
+            memory_bytes: 64 << 20,
+            cpu_ms: 5_000,
+            fuel: None,
+            output_bytes: 4 << 20,
+            max_instances: 64,
+            max_subscriptions: 64,
+            item_cpu_ms: 1_000,
+            idle_ms: 60_000,
+            output_capture_bytes: 64 << 10,
+        }
+    }
+}
+
+/// A limit that ended a call, with its configured value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitHit {
+    /// The limit's name, as in the configuration (`cpu_ms`, `memory_bytes`, …).
+    pub limit: &'static str,
+    /// Its value, in the unit of its name.
+    pub value: u64,
+}
+
+impl LimitHit {
+    pub(crate) fn new(limit: &'static str, value: impl TryInto<u64>) -> Self {
+        Self {
+            limit,
+            value: value.try_into().unwrap_or(u64::MAX),
+        }
+    }
+
+    pub(crate) fn time(limit: &'static str, value: Duration) -> Self {
+        Self::new(limit, value.as_millis())
+    }
+
+    /// Whether this is a time limit (answered `TIMEOUT`) rather than a
+    /// resource limit (answered `RESOURCE_EXHAUSTED`).
+    pub fn is_time(&self) -> bool {
+        self.limit.ends_with("_ms")
+    }
+}
+
+/// The per-plugin counters of what is open right now.
+#[derive(Debug)]
+pub(crate) struct Occupancy {
+    instances: Arc<Semaphore>,
+    subscriptions: Arc<Semaphore>,
+    limits: (u32, u32),
+}
+
+impl Occupancy {
+    pub(crate) fn new(limits: &PluginLimits) -> Self {
+        Self {
+            instances: Arc::new(Semaphore::new(limits.max_instances as usize)),
+            subscriptions: Arc::new(Semaphore::new(limits.max_subscriptions as usize)),
+            limits: (limits.max_instances, limits.max_subscriptions),
+        }
+    }
+
+    /// A slot for one more instance, or the limit that is full. Never waits:
+    /// a full plugin answers at once instead of queueing without bound.
+    pub(crate) fn instance(&self) -> Result<OwnedSemaphorePermit, LimitHit> {
+        self.instances
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| LimitHit::new("max_instances", self.limits.0))
+    }
+
+    pub(crate) fn instances_in_use(&self) -> u32 {
+        in_use(&self.instances, self.limits.0)
+    }
+
+    pub(crate) fn subscriptions_open(&self) -> u32 {
+        in_use(&self.subscriptions, self.limits.1)
+    }
+
+    /// A slot for one more open subscription, or the limit that is full.
+    pub(crate) fn subscription(&self) -> Result<OwnedSemaphorePermit, LimitHit> {
+        self.subscriptions
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| LimitHit::new("max_subscriptions", self.limits.1))
+    }
+}
+
+fn in_use(slots: &Semaphore, total: u32) -> u32 {
+    total.saturating_sub(u32::try_from(slots.available_permits()).unwrap_or(u32::MAX))
+}
