@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use opbox_sdk::futures::{Stream, StreamExt, stream};
 use opbox_sdk::{Context, Plugin, Result};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -28,15 +29,18 @@ struct Tick {
     n: u64,
 }
 
-fn count(_ctx: Context, input: Count) -> Result<impl Iterator<Item = Result<Tick>>> {
+async fn count(_ctx: Context, input: Count) -> Result<impl Stream<Item = Result<Tick>>> {
     if input.to > MAX_TO {
         return Err(opbox_sdk::Error::invalid_input(format!(
             "`to` is at most {MAX_TO}"
         )));
     }
     let every = Duration::from_millis(input.every_ms.into());
-    Ok((1..=input.to).map(move |n| {
+    Ok(stream::iter(1..=input.to).then(move |n| async move {
         if n > 1 && !every.is_zero() {
+            // Hand the host the ticks made so far before blocking, so they
+            // reach the caller now rather than with the next batch.
+            opbox_sdk::yield_now().await;
             std::thread::sleep(every);
         }
         Ok(Tick { n })
@@ -44,7 +48,7 @@ fn count(_ctx: Context, input: Count) -> Result<impl Iterator<Item = Result<Tick
 }
 
 fn plugin() -> Plugin {
-    Plugin::new().subscription_iter(
+    Plugin::new().subscription(
         "count",
         "Counts from 1 to `to`, one tick every `every_ms`.",
         count,
