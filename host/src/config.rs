@@ -23,6 +23,7 @@
 //! max_subscriptions = 64       # open subscriptions of one plugin
 //! item_cpu_ms = 1000           # guest execution per subscription item
 //! idle_ms = 60000              # longest wait for the next item
+//! log_lines = 1000             # guest log lines kept per call
 //!
 //! [gateway]
 //! max_body_bytes = 1048576     # larger request bodies get 413
@@ -141,6 +142,8 @@ pub struct PluginLimitsConfig {
     pub item_cpu_ms: Option<u64>,
     /// See [`PluginLimits::idle_ms`].
     pub idle_ms: Option<u64>,
+    /// See [`PluginLimits::log_lines`].
+    pub log_lines: Option<u32>,
 }
 
 impl PluginLimitsConfig {
@@ -156,6 +159,7 @@ impl PluginLimitsConfig {
             item_cpu_ms: self.item_cpu_ms.unwrap_or(base.item_cpu_ms),
             idle_ms: self.idle_ms.unwrap_or(base.idle_ms),
             output_capture_bytes: base.output_capture_bytes,
+            log_lines: self.log_lines.unwrap_or(base.log_lines),
         }
     }
 }

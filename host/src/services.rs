@@ -109,6 +109,8 @@ fn plugin() -> Result<Operation, RegistryError> {
                 "limits": plugin.limits(),
                 "live_instances": plugin.live_instances(),
                 "open_subscriptions": plugin.open_subscriptions(),
+                "dropped_log_lines": plugin.dropped_log_lines(),
+                "dropped_output_bytes": plugin.dropped_output_bytes(),
                 "operations": operations,
             }))
         }

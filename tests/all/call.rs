@@ -138,7 +138,7 @@ async fn a_spinning_guest_times_out_and_is_interrupted() {
     let (status, body) = host
         .post(
             "/call",
-            &json!({"operation": "fixture-slow/spin", "deadline_ms": 200}),
+            &json!({"operation": "hostile-loop/spin", "deadline_ms": 200}),
         )
         .await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
@@ -163,7 +163,7 @@ async fn the_default_deadline_applies_without_one_in_the_request() {
     let (status, body) = host
         .post(
             "/call",
-            &json!({"operation": "fixture-slow/spin", "deadline_ms": 60_000}),
+            &json!({"operation": "hostile-loop/spin", "deadline_ms": 60_000}),
         )
         .await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");

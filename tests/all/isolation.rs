@@ -42,7 +42,7 @@ async fn a_spinning_call_does_not_hold_up_the_others() {
         async move {
             let response = client
                 .post(url)
-                .json(&json!({"operation": "fixture-slow/spin", "deadline_ms": 3000}))
+                .json(&json!({"operation": "hostile-loop/spin", "deadline_ms": 3000}))
                 .send()
                 .await
                 .unwrap();

@@ -10,7 +10,7 @@ use crate::util::TestHost;
 #[tokio::test]
 async fn cpu_ms_counts_guest_execution_not_waiting() {
     let host = TestHost::with_config(|config| config.plugin_limits.cpu_ms = Some(300)).await;
-    let (status, body) = host.call("fixture-slow/spin", json!(null)).await;
+    let (status, body) = host.call("hostile-loop/spin", json!(null)).await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
     assert_eq!(
         body["error"]["details"],
@@ -28,7 +28,7 @@ async fn cpu_ms_counts_guest_execution_not_waiting() {
 #[tokio::test]
 async fn fuel_bounds_the_instructions_of_a_call() {
     let host = TestHost::with_config(|config| config.plugin_limits.fuel = Some(50_000_000)).await;
-    let (status, body) = host.call("fixture-slow/spin", json!(null)).await;
+    let (status, body) = host.call("hostile-loop/spin", json!(null)).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
     assert_eq!(body["error"]["code"], "RESOURCE_EXHAUSTED");
     assert_eq!(
@@ -138,7 +138,7 @@ async fn max_subscriptions_bounds_open_streams() {
 async fn item_cpu_ms_stops_a_stream_that_spins_between_items() {
     let host = TestHost::with_config(|config| config.plugin_limits.item_cpu_ms = Some(300)).await;
     let events = host
-        .subscribe("fixture-slow/spin-stream", json!(null))
+        .subscribe("hostile-loop/spin-stream", json!(null))
         .await
         .collect()
         .await;

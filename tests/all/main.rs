@@ -12,6 +12,7 @@ mod batch;
 mod call;
 mod cli;
 mod discovery;
+mod hostile;
 mod isolation;
 mod limits;
 mod loading;

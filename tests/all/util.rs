@@ -12,8 +12,16 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use tokio::sync::oneshot;
 
-/// The test-only plugins loaded next to the bundled examples.
-pub const FIXTURES: &[&str] = &["fixture-hog", "fixture-panic", "fixture-slow"];
+/// The test-only plugins loaded next to the bundled examples: fixtures for
+/// functional tests, `hostile-*` for containment tests.
+pub const FIXTURES: &[&str] = &[
+    "fixture-hog",
+    "fixture-panic",
+    "fixture-slow",
+    "hostile-loop",
+    "hostile-memory",
+    "hostile-noise",
+];
 
 /// Where compiled plugins are cached across tests.
 pub fn data_dir() -> PathBuf {

@@ -1,5 +1,6 @@
 //! `opbox:plugin/log`: guest log lines, attributed to plugin and request.
-//! Always granted.
+//! Always granted; each line is cut at 4 KiB and each call may write
+//! `log_lines` of them (the rest are counted, and reported once).
 
 use crate::runtime::StoreState;
 use crate::runtime::bindings::Level;
@@ -10,6 +11,11 @@ const MAX_LINE: usize = 4096;
 
 impl log::Host for StoreState {
     fn log(&mut self, level: Level, message: String) {
+        if self.log_lines_left == 0 {
+            self.log_lines_dropped += 1;
+            return;
+        }
+        self.log_lines_left -= 1;
         let message = truncate(&message, MAX_LINE);
         let (plugin, request_id) = (&*self.plugin, &*self.request_id);
         match level {

@@ -15,7 +15,7 @@ use wasmtime::{PoolConcurrencyLimitError, Store, UpdateDeadline};
 use super::bindings::{self, CallContext};
 use super::limits::LimitHit;
 use super::plugin::Plugin;
-use super::state::{CpuBudget, Limiter, StoreState};
+use super::state::{CpuBudget, StoreState};
 use super::trap::classify;
 
 /// Who a call is for and how long it may take.
@@ -131,13 +131,12 @@ impl Plugin {
         let runtime = &self.runtime.inner;
         let fuel = self.limits.fuel.filter(|_| runtime.config.fuel);
         let state = StoreState::new(
-            self.name.clone(),
+            self,
             invocation.request_id.clone(),
-            Limiter::new(self.limits.memory_bytes, fuel),
             cpu,
-            self.limits.output_capture_bytes,
+            fuel,
             runtime.live.enter(),
-            Some(slot),
+            slot,
         );
         let mut store = Store::new(&runtime.engine, state);
         store.limiter(|state| &mut state.limiter);

@@ -1,6 +1,7 @@
 //! What one plugin may use, per call and at once.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -20,6 +21,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// | `item_cpu_ms` | 1,000 ms of guest execution per subscription item | `TIMEOUT` |
 /// | `idle_ms` | 60,000 ms without an item ends a subscription | `TIMEOUT` |
 /// | `output_capture_bytes` | 64 KiB of stdout and of stderr kept per call | (the rest is dropped) |
+/// | `log_lines` | 1,000 log lines per call | (the rest is counted and dropped) |
 ///
 /// CPU limits count time spent running guest code, in epoch ticks; time the
 /// guest spends waiting in a host call counts against deadlines only.
@@ -44,6 +46,8 @@ pub struct PluginLimits {
     /// Guest stdout and stderr kept per call (each); the rest is counted and
     /// dropped.
     pub output_capture_bytes: usize,
+    /// Log lines kept per call; the rest are counted and dropped.
+    pub log_lines: u32,
 }
 
 impl Default for PluginLimits {
@@ -58,6 +62,7 @@ impl Default for PluginLimits {
             item_cpu_ms: 1_000,
             idle_ms: 60_000,
             output_capture_bytes: 64 << 10,
+            log_lines: 1_000,
         }
     }
 }
@@ -88,6 +93,13 @@ impl LimitHit {
     pub fn is_time(&self) -> bool {
         self.limit.ends_with("_ms")
     }
+}
+
+/// What a plugin's calls lost to caps, summed over its life.
+#[derive(Debug, Default)]
+pub(crate) struct Dropped {
+    pub(crate) log_lines: AtomicU64,
+    pub(crate) output_bytes: AtomicU64,
 }
 
 /// The per-plugin counters of what is open right now.

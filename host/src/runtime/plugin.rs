@@ -3,13 +3,14 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde_json::Value;
 
 use super::bindings::{self, OpType as WitOpType};
 use super::invoke::Invocation;
-use super::limits::{Occupancy, PluginLimits};
+use super::limits::{Dropped, Occupancy, PluginLimits};
 use super::{LoadError, Runtime, StoreState};
 use crate::registry::{self, AccessControl, Handler, OpType, Operation, OperationSpec, Visibility};
 
@@ -46,6 +47,7 @@ pub struct Plugin {
     ops: Vec<PluginOp>,
     pub(crate) limits: PluginLimits,
     pub(crate) occupancy: Occupancy,
+    pub(crate) dropped: Arc<Dropped>,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -75,6 +77,7 @@ impl Plugin {
             imports,
             ops: Vec::new(),
             occupancy: Occupancy::new(&options.limits),
+            dropped: Arc::default(),
             limits: options.limits,
         };
         let manifest = plugin.describe().await?;
@@ -141,6 +144,16 @@ impl Plugin {
     /// Instances of this plugin alive now.
     pub fn live_instances(&self) -> u32 {
         self.occupancy.instances_in_use()
+    }
+
+    /// Log lines this plugin's calls wrote past their `log_lines` limit.
+    pub fn dropped_log_lines(&self) -> u64 {
+        self.dropped.log_lines.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of stdout and stderr this plugin's calls wrote past the capture cap.
+    pub fn dropped_output_bytes(&self) -> u64 {
+        self.dropped.output_bytes.load(Ordering::Relaxed)
     }
 
     /// Subscriptions of this plugin open now.

@@ -9,8 +9,9 @@ use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::limits::LimitHit;
+use super::limits::{Dropped, LimitHit};
 use super::output::CapturedOutput;
+use super::plugin::Plugin;
 
 /// Counts live instances: one per store, from creation to drop.
 #[derive(Debug, Clone, Default)]
@@ -105,22 +106,28 @@ pub(crate) struct StoreState {
     pub(crate) request_id: Arc<str>,
     /// The last message the guest reported through `log.fatal`.
     pub(crate) fatal: Option<String>,
+    /// Log lines this call may still write, and how many it lost past that.
+    pub(crate) log_lines_left: u32,
+    pub(crate) log_lines_dropped: u64,
     stdout: CapturedOutput,
     stderr: CapturedOutput,
     _live: LiveGuard,
-    _slot: Option<OwnedSemaphorePermit>,
+    _slot: OwnedSemaphorePermit,
+    dropped: Arc<Dropped>,
 }
 
 impl StoreState {
+    /// The state of one call of `plugin`, holding one of its instance slots.
     pub(crate) fn new(
-        plugin: Arc<str>,
+        plugin: &Plugin,
         request_id: Arc<str>,
-        limiter: Limiter,
         cpu: CpuBudget,
-        output_cap: usize,
+        fuel: Option<u64>,
         live: LiveGuard,
-        slot: Option<OwnedSemaphorePermit>,
+        slot: OwnedSemaphorePermit,
     ) -> Self {
+        let limits = plugin.limits();
+        let output_cap = limits.output_capture_bytes;
         let stdout = CapturedOutput::new(output_cap);
         let stderr = CapturedOutput::new(output_cap);
         // No arguments, no environment, no preopened directories, no network:
@@ -132,15 +139,18 @@ impl StoreState {
         Self {
             wasi,
             table: ResourceTable::new(),
-            limiter,
+            limiter: Limiter::new(limits.memory_bytes, fuel),
             cpu,
-            plugin,
+            plugin: plugin.name.clone(),
             request_id,
             fatal: None,
+            log_lines_left: limits.log_lines,
+            log_lines_dropped: 0,
             stdout,
             stderr,
             _live: live,
             _slot: slot,
+            dropped: plugin.dropped.clone(),
         }
     }
 
@@ -163,12 +173,21 @@ impl Drop for StoreState {
     /// Logs what the guest printed, however the call ended (returned, trapped,
     /// timed out or was aborted).
     fn drop(&mut self) {
+        if self.log_lines_dropped > 0 {
+            self.dropped
+                .log_lines
+                .fetch_add(self.log_lines_dropped, Ordering::Relaxed);
+            tracing::warn!(plugin = %self.plugin, request_id = %self.request_id, dropped = self.log_lines_dropped, "guest log lines over the per-call limit were dropped");
+        }
         for (stream, captured) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
             let (text, dropped) = captured.take();
             for line in text.lines().filter(|l| !l.is_empty()) {
                 tracing::info!(plugin = %self.plugin, request_id = %self.request_id, stream, "{line}");
             }
             if dropped > 0 {
+                self.dropped
+                    .output_bytes
+                    .fetch_add(dropped, Ordering::Relaxed);
                 tracing::warn!(plugin = %self.plugin, request_id = %self.request_id, stream, dropped, "guest output over the capture cap was dropped");
             }
         }

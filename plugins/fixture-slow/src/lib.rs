@@ -2,9 +2,7 @@
 //!
 //! - `fixture-slow/sleep` sleeps `ms` milliseconds in a host call, then
 //!   returns `ms`.
-//! - `fixture-slow/spin` loops in guest code until the host interrupts it.
 //! - `fixture-slow/fail-stream` yields `ok` items, then a domain error.
-//! - `fixture-slow/spin-stream` yields one item, then loops in guest code.
 //! - `fixture-slow/burst` (an async stream) yields `burst` items at once, then
 //!   `then` more, one every `every_ms`.
 
@@ -25,16 +23,6 @@ async fn sleep(_ctx: Context, input: Sleep) -> Result<u64> {
     Ok(input.ms)
 }
 
-async fn spin(_ctx: Context, _input: serde_json::Value) -> Result<u64> {
-    let mut n: u64 = 0;
-    loop {
-        n = std::hint::black_box(n.wrapping_add(1));
-        if n == u64::MAX {
-            return Ok(n);
-        }
-    }
-}
-
 #[derive(Deserialize, JsonSchema)]
 struct FailStream {
     ok: u32,
@@ -50,21 +38,6 @@ fn fail_stream(_ctx: Context, input: FailStream) -> Result<impl Iterator<Item = 
         } else {
             Ok(n)
         }
-    }))
-}
-
-fn spin_stream(
-    _ctx: Context,
-    _input: serde_json::Value,
-) -> Result<impl Iterator<Item = Result<u64>>> {
-    Ok((0..).map(|n| {
-        if n > 0 {
-            let mut spins: u64 = 0;
-            while std::hint::black_box(spins) < u64::MAX {
-                spins += 1;
-            }
-        }
-        Ok(n)
     }))
 }
 
@@ -92,9 +65,7 @@ fn plugin() -> Plugin {
             "Sleeps `ms` milliseconds, then returns `ms`.",
             sleep,
         )
-        .query("spin", "Loops until interrupted.", spin)
         .subscription_iter("fail-stream", "Yields `ok` items, then fails.", fail_stream)
-        .subscription_iter("spin-stream", "Yields one item, then loops.", spin_stream)
         .subscription("burst", "Yields a burst of items, then paced ones.", burst)
 }
 
