@@ -6,6 +6,7 @@
 //! - `services/plugin` (query): one plugin's version, digest, effective
 //!   limits, live instances and open subscriptions.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use futures::FutureExt;
@@ -27,14 +28,11 @@ pub fn register(registry: &Registry) -> Result<(), RegistryError> {
 }
 
 fn list() -> Result<Operation, RegistryError> {
-    let handler: NativeOnce = Arc::new(|cx: CallContext, input: Value| {
-        async move {
-            let query = input.get("q").and_then(Value::as_str);
-            let operations = cx.dispatcher.search(&cx.identity, query);
-            Ok(json!({ "operations": operations }))
-        }
-        .boxed()
-    });
+    let handler = |cx: CallContext, input: Value| async move {
+        let query = input.get("q").and_then(Value::as_str);
+        let operations = cx.dispatcher.search(&cx.identity, query);
+        Ok(json!({ "operations": operations }))
+    };
     native(
         "list",
         "Lists the operations the caller can see, optionally filtered by `q`.",
@@ -53,17 +51,14 @@ fn list() -> Result<Operation, RegistryError> {
 }
 
 fn schema() -> Result<Operation, RegistryError> {
-    let handler: NativeOnce = Arc::new(|cx: CallContext, input: Value| {
-        async move {
-            let name = input
-                .get("name")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            let spec = cx.dispatcher.schema(&cx.identity, name)?;
-            serde_json::to_value(spec).map_err(|_| CallError::internal())
-        }
-        .boxed()
-    });
+    let handler = |cx: CallContext, input: Value| async move {
+        let name = input
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let spec = cx.dispatcher.schema(&cx.identity, name)?;
+        serde_json::to_value(spec).map_err(|_| CallError::internal())
+    };
     native(
         "schema",
         "Returns the full spec of one operation: kind, schemas, access control.",
@@ -79,43 +74,40 @@ fn schema() -> Result<Operation, RegistryError> {
 }
 
 fn plugin() -> Result<Operation, RegistryError> {
-    let handler: NativeOnce = Arc::new(|cx: CallContext, input: Value| {
-        async move {
-            let name = input
-                .get("name")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            let registry = cx.dispatcher.registry();
-            let mut operations = Vec::new();
-            let mut found = None;
-            for op in registry.all() {
-                if let Handler::Plugin { plugin, .. } = &op.handler
-                    && plugin.name() == name
-                {
-                    operations.push(op.spec.name.clone());
-                    found = Some(plugin.clone());
-                }
+    let handler = |cx: CallContext, input: Value| async move {
+        let name = input
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let registry = cx.dispatcher.registry();
+        let mut operations = Vec::new();
+        let mut found = None;
+        for op in registry.all() {
+            if let Handler::Plugin { plugin, .. } = &op.handler
+                && plugin.name() == name
+            {
+                operations.push(op.spec.name.clone());
+                found = Some(plugin.clone());
             }
-            let plugin = found.ok_or_else(|| {
-                CallError::new(
-                    crate::error::ErrorCode::NotFound,
-                    format!("no plugin named `{name}`"),
-                )
-            })?;
-            Ok(json!({
-                "name": plugin.name(),
-                "version": plugin.version(),
-                "digest": plugin.digest(),
-                "limits": plugin.limits(),
-                "live_instances": plugin.live_instances(),
-                "open_subscriptions": plugin.open_subscriptions(),
-                "dropped_log_lines": plugin.dropped_log_lines(),
-                "dropped_output_bytes": plugin.dropped_output_bytes(),
-                "operations": operations,
-            }))
         }
-        .boxed()
-    });
+        let plugin = found.ok_or_else(|| {
+            CallError::new(
+                crate::error::ErrorCode::NotFound,
+                format!("no plugin named `{name}`"),
+            )
+        })?;
+        Ok(json!({
+            "name": plugin.name(),
+            "version": plugin.version(),
+            "digest": plugin.digest(),
+            "limits": plugin.limits(),
+            "live_instances": plugin.live_instances(),
+            "open_subscriptions": plugin.open_subscriptions(),
+            "dropped_log_lines": plugin.dropped_log_lines(),
+            "dropped_output_bytes": plugin.dropped_output_bytes(),
+            "operations": operations,
+        }))
+    };
     native(
         "plugin",
         "Describes one plugin: version, digest, effective limits, live instances and open subscriptions.",
@@ -130,13 +122,19 @@ fn plugin() -> Result<Operation, RegistryError> {
     )
 }
 
-fn native(
+/// A `services/*` query running `handler`.
+fn native<F, Fut>(
     op: &str,
     description: &str,
     input_schema: Value,
     output_schema: Value,
-    handler: NativeOnce,
-) -> Result<Operation, RegistryError> {
+    handler: F,
+) -> Result<Operation, RegistryError>
+where
+    F: Fn(CallContext, Value) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Value, CallError>> + Send + 'static,
+{
+    let handler: NativeOnce = Arc::new(move |cx, input| handler(cx, input).boxed());
     Operation::new(
         OperationSpec {
             name: format!("{NAMESPACE}/{op}"),

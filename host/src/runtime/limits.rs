@@ -74,24 +74,31 @@ pub struct LimitHit {
     pub limit: &'static str,
     /// Its value, in the unit of its name.
     pub value: u64,
+    time: bool,
 }
 
 impl LimitHit {
+    /// A resource limit (memory, fuel, sizes, counts).
     pub(crate) fn new(limit: &'static str, value: impl TryInto<u64>) -> Self {
         Self {
             limit,
             value: value.try_into().unwrap_or(u64::MAX),
+            time: false,
         }
     }
 
+    /// A time limit, given in milliseconds.
     pub(crate) fn time(limit: &'static str, value: Duration) -> Self {
-        Self::new(limit, value.as_millis())
+        Self {
+            time: true,
+            ..Self::new(limit, value.as_millis())
+        }
     }
 
     /// Whether this is a time limit (answered `TIMEOUT`) rather than a
     /// resource limit (answered `RESOURCE_EXHAUSTED`).
     pub fn is_time(&self) -> bool {
-        self.limit.ends_with("_ms")
+        self.time
     }
 }
 
