@@ -8,6 +8,8 @@
 //! cargo bench -p opbox --bench dispatch -- stream    # ticker items only
 //! cargo bench -p opbox --bench dispatch -- http      # wrk, needs `wrk` on PATH
 //! cargo bench -p opbox --bench dispatch -- http-opbox  # wrk against opbox alone
+//! cargo bench -p opbox --bench dispatch -- limits    # echo with and without limits
+//! cargo bench -p opbox --bench dispatch -- noisy     # echo latency under a spinning neighbour
 //! ```
 //!
 //! - `dispatch`: one `echo/echo` call through the dispatcher, a fresh
@@ -17,6 +19,12 @@
 //! - `http`: requests per second and latency of `POST /call` `echo/echo`
 //!   under `wrk -t2 -c32`, against a bare axum handler answering the same
 //!   JSON, both served from this process in the same run.
+//! - `limits`: `echo/echo` straight on the runtime (no dispatcher), with
+//!   the engine enforcing limits (epoch interruption, memory limiter) and
+//!   without, alternating rounds so both see the same machine.
+//! - `noisy`: latency of sequential `POST /call` `echo/echo` from one client,
+//!   alone, then while another client keeps 8 `hostile-loop/spin` calls (an
+//!   infinite loop each) in flight. Runs last: the spinning calls outlive it.
 
 #![allow(
     clippy::expect_used,
@@ -29,13 +37,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
+use opbox::config::PluginConfig;
 use opbox::registry::{AccessControl, Handler, OpType, Operation, OperationSpec, Visibility};
+use opbox::runtime::{Invocation, LoadOptions, Runtime, RuntimeConfig};
 use opbox::{CallRequest, Dispatcher, Host, HostConfig};
 use serde_json::{Value, json};
 
 const CALLS: usize = 20_000;
 const ITEMS: u64 = 100_000;
 const WRK_SECONDS: u32 = 10;
+const LATENCY_CALLS: usize = 3_000;
+const ATTACKERS: usize = 8;
+
+fn data_dir() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("opbox-bench")
+}
 
 fn main() {
     let filters: Vec<String> = std::env::args()
@@ -62,14 +78,30 @@ fn main() {
         if wants("http-bare") || wants("http-opbox") {
             bench_http(&host, wants("http-bare"), wants("http-opbox")).await;
         }
+        if wants("limits") {
+            bench_limits().await;
+        }
+        if wants("noisy") {
+            bench_noisy(&host).await;
+        }
     });
 }
 
 async fn start_host() -> Host {
-    let config = HostConfig {
-        data_dir: std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("opbox-bench"),
+    let mut config = HostConfig {
+        data_dir: data_dir(),
+        plugins: vec![PluginConfig {
+            path: opbox::bundled::built_plugin("hostile-loop"),
+            name: None,
+            limits: Default::default(),
+        }],
         ..HostConfig::default()
     };
+    // To see what reserving a worker for short calls buys, rerun `noisy`
+    // with `OPBOX_BENCH_CPU_LANES=2` (every worker may run a spinning guest).
+    config.limits.cpu_lanes = std::env::var("OPBOX_BENCH_CPU_LANES")
+        .ok()
+        .map(|lanes| lanes.parse().expect("OPBOX_BENCH_CPU_LANES is a number"));
     let host = Host::start(config).await.expect("the host starts");
     let echo = Operation::new(
         OperationSpec {
@@ -183,6 +215,165 @@ async fn bench_http(host: &Host, bare: bool, opbox: bool) {
     }
 }
 
+async fn bench_limits() {
+    println!("## The cost of the limits: `echo/echo` on the runtime, {CALLS} calls each\n");
+    let echo = opbox::bundled::EXAMPLES
+        .iter()
+        .find_map(|(name, wasm)| (*name == "echo").then_some(*wasm))
+        .expect("echo is bundled");
+    let mut plugins = Vec::new();
+    for enforce_limits in [true, false] {
+        let runtime = Runtime::new(RuntimeConfig {
+            cache_dir: Some(data_dir().join("cache")),
+            enforce_limits,
+            ..RuntimeConfig::default()
+        })
+        .expect("an engine");
+        let plugin = runtime
+            .load(echo, LoadOptions::default())
+            .await
+            .expect("echo loads");
+        plugins.push(plugin);
+    }
+    let invocation = Invocation {
+        request_id: Arc::from("bench"),
+        tenant: "default".into(),
+        caller_id: None,
+        scopes: Vec::new(),
+        deadline: Duration::from_secs(30),
+    };
+    let input = r#"{"x":1}"#;
+    let mut samples: [Vec<Duration>; 2] = Default::default();
+    // Alternate rounds, so a change in the machine's speed hits both alike.
+    for round in 0..=40 {
+        for (i, plugin) in plugins.iter().enumerate() {
+            for _ in 0..CALLS / 40 {
+                let start = Instant::now();
+                let output = plugin
+                    .call(&invocation, "echo", input.to_owned())
+                    .await
+                    .expect("echo answers");
+                if round > 0 {
+                    samples[i].push(start.elapsed());
+                }
+                assert_eq!(output, input);
+            }
+        }
+    }
+    println!("| engine | median | p99 | mean |\n|---|---|---|---|");
+    let [with, without] = samples.map(Stats::of);
+    for (name, stats) in [
+        ("epoch interruption + memory limiter (as served)", &with),
+        ("neither", &without),
+    ] {
+        println!(
+            "| {name} | {} | {} | {} |",
+            us(stats.median),
+            us(stats.p99),
+            us(stats.mean)
+        );
+    }
+    println!(
+        "\nwith limits / without: {:+.1}% (median)\n",
+        100.0 * (with.median.as_secs_f64() / without.median.as_secs_f64() - 1.0)
+    );
+}
+
+async fn bench_noisy(host: &Host) {
+    println!(
+        "## Noisy neighbour: `POST /call` `echo/echo`, {LATENCY_CALLS} sequential calls from one client\n"
+    );
+    println!("CPU lanes: {}\n", host.runtime().config().cpu_lanes);
+    let addr = serve(host.router()).await;
+    let alone = tokio::task::spawn_blocking(move || echo_latencies(addr))
+        .await
+        .expect("the client thread");
+    let live_before = host.runtime().live_instances();
+    std::thread::spawn(move || attack(addr));
+    // Measure only once every attacking call is running.
+    while host.runtime().live_instances() < live_before + ATTACKERS {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let attacked = tokio::task::spawn_blocking(move || echo_latencies(addr))
+        .await
+        .expect("the client thread");
+    println!("| echo calls | p50 | p99 | max |\n|---|---|---|---|");
+    for (name, stats) in [
+        ("alone", &alone),
+        (
+            "with 8 `hostile-loop/spin` calls in flight from another client",
+            &attacked,
+        ),
+    ] {
+        println!(
+            "| {name} | {} | {} | {} |",
+            us(stats.median),
+            us(stats.p99),
+            us(stats.max)
+        );
+    }
+    println!(
+        "\np99 under attack / p99 alone: {:.2}× (goal: ≤ 3×)\n",
+        attacked.p99.as_secs_f64() / alone.p99.as_secs_f64()
+    );
+}
+
+/// Sequential `echo/echo` calls over one keep-alive connection, from a
+/// thread and runtime of their own so the client never waits on the host's
+/// workers.
+fn echo_latencies(addr: SocketAddr) -> Stats {
+    let client_runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a client runtime");
+    client_runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let url = format!("http://{addr}/call");
+        let body = json!({"operation": "echo/echo", "input": {"x": 1}});
+        let mut samples = Vec::with_capacity(LATENCY_CALLS);
+        for n in 0..LATENCY_CALLS + 300 {
+            let start = Instant::now();
+            let response = client
+                .post(&url)
+                .json(&body)
+                .send()
+                .await
+                .expect("a response");
+            assert!(response.status().is_success(), "echo failed");
+            response.bytes().await.expect("a body");
+            if n >= 300 {
+                samples.push(start.elapsed());
+            }
+        }
+        Stats::of(samples)
+    })
+}
+
+/// Keeps `ATTACKERS` infinite-loop calls in flight, forever.
+fn attack(addr: SocketAddr) {
+    let client_runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("an attacker runtime");
+    client_runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let url = format!("http://{addr}/call");
+        let attackers = (0..ATTACKERS).map(|_| {
+            let (client, url) = (client.clone(), url.clone());
+            async move {
+                loop {
+                    let _ = client
+                        .post(&url)
+                        .json(&json!({"operation": "hostile-loop/spin"}))
+                        .send()
+                        .await;
+                }
+            }
+        });
+        futures::future::join_all(attackers).await;
+    });
+}
+
 /// A bare axum handler answering what `/call` answers, without dispatching.
 fn bare_router() -> axum::Router {
     axum::Router::new().route(
@@ -247,6 +438,7 @@ struct Stats {
     median: Duration,
     p99: Duration,
     mean: Duration,
+    max: Duration,
 }
 
 impl Stats {
@@ -257,6 +449,7 @@ impl Stats {
             median: samples[n / 2],
             p99: samples[(n * 99 / 100).min(n - 1)],
             mean: samples.iter().sum::<Duration>() / u32::try_from(n).expect("fits"),
+            max: samples[n - 1],
         }
     }
 }

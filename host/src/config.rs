@@ -13,9 +13,11 @@
 //! [limits]                     # host-wide
 //! deadline_ms = 30000          # queries and mutations
 //! max_instances = 256          # instances alive at once, all plugins together
+//! # cpu_lanes = 1              # CPU-bound guests running at once (default: cores - 1)
 //!
 //! [plugin_limits]              # every plugin's limits, unless it has its own
 //! memory_bytes = 67108864      # linear memory per instance (64 MiB)
+//! table_elements = 10000       # elements per table (function references)
 //! cpu_ms = 5000                # guest execution per query or mutation
 //! # fuel = 1000000000          # instructions per call (off by default)
 //! output_bytes = 4194304       # per call output and per subscription item
@@ -128,6 +130,8 @@ pub struct PluginConfig {
 pub struct PluginLimitsConfig {
     /// See [`PluginLimits::memory_bytes`].
     pub memory_bytes: Option<usize>,
+    /// See [`PluginLimits::table_elements`].
+    pub table_elements: Option<u32>,
     /// See [`PluginLimits::cpu_ms`].
     pub cpu_ms: Option<u64>,
     /// See [`PluginLimits::fuel`].
@@ -151,6 +155,7 @@ impl PluginLimitsConfig {
     pub fn apply(&self, base: PluginLimits) -> PluginLimits {
         PluginLimits {
             memory_bytes: self.memory_bytes.unwrap_or(base.memory_bytes),
+            table_elements: self.table_elements.unwrap_or(base.table_elements),
             cpu_ms: self.cpu_ms.unwrap_or(base.cpu_ms),
             fuel: self.fuel.or(base.fuel),
             output_bytes: self.output_bytes.unwrap_or(base.output_bytes),
@@ -172,6 +177,9 @@ pub struct LimitsConfig {
     pub deadline_ms: u64,
     /// Instances alive at once, across all plugins.
     pub max_instances: u32,
+    /// CPU-bound guests running at once; the other executor workers stay
+    /// free for short calls. `None`: one fewer than the machine's cores.
+    pub cpu_lanes: Option<usize>,
 }
 
 impl Default for LimitsConfig {
@@ -179,6 +187,7 @@ impl Default for LimitsConfig {
         Self {
             deadline_ms: 30_000,
             max_instances: RuntimeConfig::default().max_instances,
+            cpu_lanes: None,
         }
     }
 }
@@ -233,6 +242,10 @@ impl HostConfig {
     pub fn runtime(&self) -> RuntimeConfig {
         RuntimeConfig {
             max_instances: self.limits.max_instances,
+            cpu_lanes: self
+                .limits
+                .cpu_lanes
+                .unwrap_or(RuntimeConfig::default().cpu_lanes),
             cache_dir: Some(self.data_dir.join("cache")),
             fuel: self.plugin_limits.fuel.is_some()
                 || self.plugins.iter().any(|p| p.limits.fuel.is_some()),

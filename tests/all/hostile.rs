@@ -188,3 +188,36 @@ async fn a_thousand_concurrent_calls_are_refused_past_the_limit_not_queued() {
     );
     assert_eq!(host.wait_for_live(0, Duration::from_secs(5)).await, 0);
 }
+
+#[tokio::test]
+async fn a_plugin_has_no_ambient_authority() {
+    let host = TestHost::start().await;
+    // A port something listens on: if the guest could reach the network, its
+    // connection would be waiting in this listener's queue by the time the
+    // call returned.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (status, body) = host
+        .call("hostile-ambient/probe", json!({"tcp_port": port}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let report = &body["output"];
+    assert_eq!(report["env"], json!([]), "no environment variables");
+    assert_eq!(report["args"], json!([]), "no arguments");
+    assert_eq!(report["stdin"], "ok: 0", "stdin is empty");
+    for section in ["files", "network"] {
+        let attempts = report[section].as_array().unwrap();
+        assert!(attempts.len() >= 3, "{report}");
+        for attempt in attempts {
+            let outcome = attempt[1].as_str().unwrap();
+            assert!(outcome.starts_with("error: "), "{attempt} was allowed");
+        }
+    }
+    assert_eq!(
+        listener.accept().unwrap_err().kind(),
+        std::io::ErrorKind::WouldBlock,
+        "the guest reached a host socket"
+    );
+    assert!(!std::path::Path::new("/tmp/opbox-escape").exists());
+}

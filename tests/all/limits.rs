@@ -199,6 +199,41 @@ async fn per_plugin_limits_override_the_defaults() {
 }
 
 #[tokio::test]
+async fn table_elements_bounds_a_plugins_tables() {
+    let plugin = |name: &str, table_elements| opbox::config::PluginConfig {
+        path: opbox::bundled::built_plugin("echo"),
+        name: Some(name.into()),
+        limits: opbox::config::PluginLimitsConfig {
+            table_elements: Some(table_elements),
+            ..Default::default()
+        },
+    };
+    // A plugin whose function table does not fit is refused when it loads,
+    // with the limit named, rather than failing every call later.
+    let config = opbox::HostConfig {
+        data_dir: crate::util::data_dir(),
+        examples: false,
+        plugins: vec![plugin("cramped", 1)],
+        ..Default::default()
+    };
+    let error = opbox::Host::start(config).await.unwrap_err().to_string();
+    assert!(error.contains("table_elements = 1"), "{error}");
+    // Enough room: it serves.
+    let config = opbox::HostConfig {
+        data_dir: crate::util::data_dir(),
+        examples: false,
+        plugins: vec![plugin("roomy", 1_000)],
+        ..Default::default()
+    };
+    let host = opbox::Host::start(config).await.unwrap();
+    let request = opbox::CallRequest::new("roomy/echo", json!("fits"));
+    assert_eq!(
+        host.dispatcher().call(request).await.unwrap(),
+        json!("fits")
+    );
+}
+
+#[tokio::test]
 async fn a_plugins_limits_and_occupancy_are_visible() {
     let host = TestHost::with_config(|config| config.plugin_limits.cpu_ms = Some(1234)).await;
     let (status, body) = host

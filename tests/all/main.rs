@@ -14,6 +14,7 @@ mod cli;
 mod discovery;
 mod hostile;
 mod isolation;
+mod leaks;
 mod limits;
 mod loading;
 mod subscribe;

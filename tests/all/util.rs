@@ -18,6 +18,7 @@ pub const FIXTURES: &[&str] = &[
     "fixture-hog",
     "fixture-panic",
     "fixture-slow",
+    "hostile-ambient",
     "hostile-loop",
     "hostile-memory",
     "hostile-noise",

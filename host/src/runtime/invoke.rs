@@ -139,23 +139,28 @@ impl Plugin {
             slot,
         );
         let mut store = Store::new(&runtime.engine, state);
-        store.limiter(|state| &mut state.limiter);
         if runtime.config.fuel {
             store
                 .set_fuel(fuel.unwrap_or(u64::MAX))
                 .map_err(|e| InvokeError::Host(format!("{e:#}")))?;
         }
-        // Yield to the executor at every tick, so that a spinning guest never
-        // holds a worker thread, and count the tick against the budget.
+        if !runtime.config.enforce_limits {
+            return Ok(store);
+        }
+        store.limiter(|state| &mut state.limiter);
+        // Count every tick against the budget, and yield to the executor at
+        // each, so that a spinning guest never holds a worker thread: once
+        // CPU-bound, it runs only in its turns on the CPU lanes.
         store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(|mut cx| {
+        let lanes = runtime.lanes.clone();
+        store.epoch_deadline_callback(move |mut cx| {
             let state = cx.data_mut();
             if state.cpu.ticks == 0 {
                 state.limiter.hit = Some(state.cpu.limit);
                 return Ok(UpdateDeadline::Interrupt);
             }
             state.cpu.ticks -= 1;
-            Ok(UpdateDeadline::Yield(1))
+            Ok(lanes.next_turn(&mut state.turns))
         });
         Ok(store)
     }

@@ -13,6 +13,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// | field | default | when hit |
 /// |---|---|---|
 /// | `memory_bytes` | 64 MiB of linear memory per instance | `RESOURCE_EXHAUSTED` |
+/// | `table_elements` | 10,000 elements per table (function references) | `RESOURCE_EXHAUSTED` |
 /// | `cpu_ms` | 5,000 ms of guest execution per query or mutation | `TIMEOUT` |
 /// | `fuel` | none: no instruction budget (turning it on costs every call some speed) | `RESOURCE_EXHAUSTED` |
 /// | `output_bytes` | 4 MiB per call output and per subscription item | `RESOURCE_EXHAUSTED` |
@@ -29,6 +30,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 pub struct PluginLimits {
     /// Linear memory per instance, in bytes.
     pub memory_bytes: usize,
+    /// Elements of any one table of an instance.
+    pub table_elements: u32,
     /// Guest execution per query or mutation, in milliseconds.
     pub cpu_ms: u64,
     /// Wasm instructions (fuel units) per call, if bounded.
@@ -54,6 +57,7 @@ impl Default for PluginLimits {
     fn default() -> Self {
         Self {
             memory_bytes: 64 << 20,
+            table_elements: 10_000,
             cpu_ms: 5_000,
             fuel: None,
             output_bytes: 4 << 20,

@@ -10,6 +10,7 @@
 pub(crate) mod bindings;
 mod cache;
 mod invoke;
+mod lanes;
 mod limits;
 mod output;
 mod plugin;
@@ -34,6 +35,7 @@ pub(crate) use state::StoreState;
 pub use subscription::Subscription;
 
 use cache::ArtifactCache;
+use lanes::CpuLanes;
 use state::LiveCounter;
 
 /// Settings of the engine all plugins share.
@@ -45,6 +47,8 @@ use state::LiveCounter;
 /// | `cache_dir` | none: compile every plugin at every load |
 /// | `epoch_tick` | 10 ms: the granularity of CPU-time limits |
 /// | `fuel` | off: when on, every call counts instructions (for plugins with a `fuel` limit), which costs some speed |
+/// | `enforce_limits` | on |
+/// | `cpu_lanes` | one fewer than the machine's cores, at least one: how many CPU-bound guests run at once |
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
     /// Most instances alive at once, across all plugins.
@@ -57,6 +61,14 @@ pub struct RuntimeConfig {
     pub epoch_tick: Duration,
     /// Whether instructions are counted, so plugins can have a `fuel` limit.
     pub fuel: bool,
+    /// Whether plugin limits on CPU time and memory are enforced. Only for
+    /// measuring what enforcing them costs: without them a plugin may spin
+    /// forever and grow its memory up to `max_memory_bytes`. `opbox serve`
+    /// always enforces them.
+    pub enforce_limits: bool,
+    /// How many guests that have run for more than a tick or two may run at
+    /// once; the other executor workers stay free for short calls.
+    pub cpu_lanes: usize,
 }
 
 impl Default for RuntimeConfig {
@@ -67,6 +79,10 @@ impl Default for RuntimeConfig {
             cache_dir: None,
             epoch_tick: Duration::from_millis(10),
             fuel: false,
+            enforce_limits: true,
+            cpu_lanes: std::thread::available_parallelism()
+                .map_or(1, |cores| cores.get().saturating_sub(1))
+                .max(1),
         }
     }
 }
@@ -103,6 +119,7 @@ struct Inner {
     linker: Linker<StoreState>,
     cache: Option<ArtifactCache>,
     live: LiveCounter,
+    lanes: Arc<CpuLanes>,
     config: RuntimeConfig,
     _ticker: EpochTicker,
 }
@@ -135,7 +152,8 @@ impl Runtime {
             })?),
             None => None,
         };
-        let ticker = EpochTicker::start(engine.clone(), config.epoch_tick)
+        let lanes = Arc::new(CpuLanes::new(config.cpu_lanes));
+        let ticker = EpochTicker::start(engine.clone(), lanes.clone(), config.epoch_tick)
             .map_err(|e| LoadError::Engine(format!("cannot start the epoch thread: {e}")))?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -143,6 +161,7 @@ impl Runtime {
                 linker,
                 cache,
                 live: LiveCounter::default(),
+                lanes,
                 config,
                 _ticker: ticker,
             }),
@@ -207,7 +226,7 @@ fn engine_config(config: &RuntimeConfig) -> Config {
         .linear_memory_keep_resident(KEEP_RESIDENT_MEMORY)
         .table_keep_resident(KEEP_RESIDENT_TABLE);
     let mut wasm = Config::new();
-    wasm.epoch_interruption(true)
+    wasm.epoch_interruption(config.enforce_limits)
         .consume_fuel(config.fuel)
         .wasm_component_model_async(true)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
@@ -225,7 +244,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// Advances the engine's epoch every tick, from a thread of its own, until
-/// dropped.
+/// dropped, and keeps the CPU lanes' clock.
 #[derive(Debug)]
 struct EpochTicker {
     stop: Arc<AtomicBool>,
@@ -233,7 +252,7 @@ struct EpochTicker {
 }
 
 impl EpochTicker {
-    fn start(engine: Engine, tick: Duration) -> std::io::Result<Self> {
+    fn start(engine: Engine, lanes: Arc<CpuLanes>, tick: Duration) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let thread = std::thread::Builder::new()
             .name("opbox-epoch".into())
@@ -243,6 +262,7 @@ impl EpochTicker {
                     while !stop.load(Ordering::Relaxed) {
                         std::thread::sleep(tick);
                         engine.increment_epoch();
+                        lanes.tick();
                     }
                 }
             })?;

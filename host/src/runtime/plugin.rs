@@ -9,8 +9,9 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::bindings::{self, OpType as WitOpType};
-use super::invoke::Invocation;
+use super::invoke::{Invocation, InvokeError};
 use super::limits::{Dropped, Occupancy, PluginLimits};
+use super::trap::classify;
 use super::{LoadError, Runtime, StoreState};
 use crate::registry::{self, AccessControl, Handler, OpType, Operation, OperationSpec, Visibility};
 
@@ -100,11 +101,10 @@ impl Plugin {
             .new_store(&invocation, budget)
             .map_err(|e| LoadError::Describe(e.to_string()))?;
         let instance = self
-            .pre
-            .instantiate_async(&mut store)
+            .instantiate(&mut store)
             .await
-            .map_err(|e| LoadError::Describe(format!("{e:#}")))?;
-        store
+            .map_err(describe_failed)?;
+        let manifest = store
             .run_concurrent(async |accessor| {
                 instance
                     .opbox_plugin_handler()
@@ -112,8 +112,8 @@ impl Plugin {
                     .await
             })
             .await
-            .and_then(|r| r)
-            .map_err(|e| LoadError::Describe(format!("{e:#}")))
+            .and_then(|r| r);
+        manifest.map_err(|e| describe_failed(classify(&mut store, e)))
     }
 
     /// The namespace the plugin is mounted under.
@@ -241,4 +241,16 @@ fn check_operations(specs: Vec<bindings::OperationSpec>) -> Result<Vec<PluginOp>
         });
     }
     Ok(ops)
+}
+
+/// A failed `describe`, for the operator: with the guest's panic message when
+/// it left one.
+fn describe_failed(error: InvokeError) -> LoadError {
+    LoadError::Describe(match error {
+        InvokeError::Trap {
+            kind,
+            message: Some(message),
+        } => format!("the plugin trapped ({kind}): {message}"),
+        error => error.to_string(),
+    })
 }

@@ -9,7 +9,8 @@ use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::limits::{Dropped, LimitHit};
+use super::lanes::Turns;
+use super::limits::{Dropped, LimitHit, PluginLimits};
 use super::output::CapturedOutput;
 use super::plugin::Plugin;
 
@@ -38,24 +39,24 @@ impl Drop for LiveGuard {
     }
 }
 
-/// Enforces the per-call memory limit and remembers which limit the guest ran
-/// into, so the failure can name it. A failed grow traps (rather than
-/// returning -1) so a Rust guest fails with a readable error instead of an
-/// `unreachable` abort.
+/// Enforces the per-call memory and table limits and remembers which limit
+/// the guest ran into, so the failure can name it. A failed grow traps (rather
+/// than returning -1) so a Rust guest fails with a readable error instead of
+/// an `unreachable` abort.
 #[derive(Debug)]
 pub(crate) struct Limiter {
     memory_bytes: usize,
-    tables: usize,
+    table_elements: u32,
     /// The fuel the call started with, when fuel is limited.
     pub(crate) fuel: Option<u64>,
     pub(crate) hit: Option<LimitHit>,
 }
 
 impl Limiter {
-    pub(crate) fn new(memory_bytes: usize, fuel: Option<u64>) -> Self {
+    pub(crate) fn new(limits: &PluginLimits, fuel: Option<u64>) -> Self {
         Self {
-            memory_bytes,
-            tables: 100_000,
+            memory_bytes: limits.memory_bytes,
+            table_elements: limits.table_elements,
             fuel,
             hit: None,
         }
@@ -90,7 +91,11 @@ impl ResourceLimiter for Limiter {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= self.tables)
+        if u32::try_from(desired).map_or(true, |desired| desired > self.table_elements) {
+            self.hit = Some(LimitHit::new("table_elements", self.table_elements));
+            wasmtime::bail!("table limit of {} elements reached", self.table_elements);
+        }
+        Ok(true)
     }
 }
 
@@ -101,6 +106,8 @@ pub(crate) struct StoreState {
     pub(crate) limiter: Limiter,
     /// Guest execution left before the call is interrupted.
     pub(crate) cpu: CpuBudget,
+    /// How long this store has run, for sharing workers fairly.
+    pub(crate) turns: Turns,
     /// The plugin and request this store serves, for log lines.
     pub(crate) plugin: Arc<str>,
     pub(crate) request_id: Arc<str>,
@@ -139,8 +146,9 @@ impl StoreState {
         Self {
             wasi,
             table: ResourceTable::new(),
-            limiter: Limiter::new(limits.memory_bytes, fuel),
+            limiter: Limiter::new(limits, fuel),
             cpu,
+            turns: Turns::default(),
             plugin: plugin.name.clone(),
             request_id,
             fatal: None,

@@ -1,0 +1,103 @@
+//! Hostile plugin: reaching for authority a plugin is not given.
+//!
+//! `hostile-ambient/probe` tries the environment, its arguments, stdin, the
+//! filesystem (reading, listing, writing, escaping with `..`), the network
+//! (TCP to `tcp_port` on the loopback, UDP, name lookup), and reports what
+//! each attempt got: `"ok: …"` or the error it met.
+
+use std::io::Read;
+use std::net::{TcpStream, ToSocketAddrs, UdpSocket};
+
+use opbox_sdk::{Context, Plugin, Result};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+#[derive(Deserialize, JsonSchema)]
+struct Probe {
+    /// A loopback TCP port to try connecting to.
+    tcp_port: u16,
+}
+
+#[derive(Serialize, JsonSchema)]
+struct Report {
+    /// Environment variables seen.
+    env: Vec<(String, String)>,
+    /// Command-line arguments seen.
+    args: Vec<String>,
+    /// Bytes read from stdin.
+    stdin: String,
+    /// Each filesystem attempt and its outcome.
+    files: Vec<(String, String)>,
+    /// Each network attempt and its outcome.
+    network: Vec<(String, String)>,
+}
+
+fn outcome<T: std::fmt::Debug, E: std::fmt::Display>(result: std::result::Result<T, E>) -> String {
+    match result {
+        Ok(value) => format!("ok: {value:?}"),
+        Err(e) => format!("error: {e}"),
+    }
+}
+
+async fn probe(_ctx: Context, probe: Probe) -> Result<Report> {
+    let mut stdin = Vec::new();
+    let stdin = outcome(
+        std::io::stdin()
+            .read_to_end(&mut stdin)
+            .map(|_| stdin.len()),
+    );
+    let mut files = Vec::new();
+    for path in [
+        "/",
+        ".",
+        "..",
+        "/etc/passwd",
+        "/proc/self/environ",
+        "../../etc/hostname",
+    ] {
+        files.push((
+            format!("read_dir {path}"),
+            outcome(std::fs::read_dir(path).map(|d| d.count())),
+        ));
+        files.push((
+            format!("read {path}"),
+            outcome(std::fs::read(path).map(|b| b.len())),
+        ));
+    }
+    files.push((
+        "write /tmp/opbox-escape".into(),
+        outcome(std::fs::write("/tmp/opbox-escape", "x")),
+    ));
+    let loopback = format!("127.0.0.1:{}", probe.tcp_port);
+    let network = vec![
+        (
+            format!("tcp connect {loopback}"),
+            outcome(TcpStream::connect(&loopback).map(|_| ())),
+        ),
+        (
+            "udp bind 0.0.0.0:0".into(),
+            outcome(UdpSocket::bind("0.0.0.0:0").map(|_| ())),
+        ),
+        (
+            "dns localhost".into(),
+            outcome(("localhost", 80).to_socket_addrs().map(|a| a.count())),
+        ),
+    ];
+    Ok(Report {
+        env: std::env::vars().collect(),
+        args: std::env::args().collect(),
+        stdin,
+        files,
+        network,
+    })
+}
+
+fn plugin() -> Plugin {
+    Plugin::new().query(
+        "probe",
+        "Tries the environment, arguments, stdin, files and network; reports each outcome.",
+        probe,
+    )
+}
+
+opbox_sdk::export!(plugin);

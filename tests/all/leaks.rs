@@ -1,0 +1,144 @@
+//! No leaks: thousands of hostile calls leave the host as they found it.
+//!
+//! Runs the real `opbox` binary in a process of its own, so that its resident
+//! memory is its own, and reads it from `/proc`.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use serde_json::{Value, json};
+
+/// Calls per `/batch` request: below the default per-plugin `max_instances`,
+/// so every call really runs.
+const BATCH: usize = 50;
+
+/// The hostile plugins the test attacks with.
+const HOSTILE: [&str; 3] = ["fixture-panic", "hostile-loop", "hostile-memory"];
+
+/// The `opbox serve` process, killed when dropped.
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn start(config: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("opbox.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_opbox"))
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "warn,opbox=info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let addr = loop {
+            let line = lines.next().expect("the server starts").unwrap();
+            if let Some((_, addr)) = line.split_once("serving on http://") {
+                break addr.trim().to_owned();
+            }
+        };
+        // Keep draining the log so the server never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        Self {
+            child,
+            url: format!("http://{addr}"),
+        }
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+}
+
+/// The `n`th hostile call: panics, memory bombs and oversized outputs in
+/// turn, and every tenth an infinite loop (the slowest to stop: a CPU tick
+/// or two each).
+fn hostile_call(n: usize) -> Value {
+    match (n % 10, n % 3) {
+        (9, _) => json!({"operation": "hostile-loop/spin"}),
+        (_, 0) => json!({"operation": "fixture-panic/boom", "input": format!("attack {n}")}),
+        (_, 1) => json!({"operation": "hostile-memory/bomb"}),
+        _ => json!({"operation": "hostile-memory/big-output", "input": 2}),
+    }
+}
+
+/// Makes `calls` hostile calls, `BATCH` at a time; every one must fail the
+/// way its attack should.
+async fn attack(client: &reqwest::Client, server: &Server, calls: usize) {
+    for start in (0..calls).step_by(BATCH) {
+        let batch: Vec<Value> = (start..(start + BATCH).min(calls))
+            .map(hostile_call)
+            .collect();
+        let response = client
+            .post(format!("{}/batch", server.url))
+            .json(&batch)
+            .send()
+            .await
+            .unwrap();
+        let body: Value = response.json().await.unwrap();
+        let results = body["results"].as_array().unwrap();
+        assert_eq!(results.len(), batch.len());
+        for result in results {
+            let code = result["error"]["code"].as_str().unwrap_or("ok");
+            assert!(
+                ["PLUGIN_FAILED", "RESOURCE_EXHAUSTED", "TIMEOUT"].contains(&code),
+                "{result}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn ten_thousand_hostile_calls_leave_no_trace() {
+    let mut config = String::from(
+        "listen = \"127.0.0.1:0\"\n\
+         [plugin_limits]\nmemory_bytes = 8388608\ncpu_ms = 20\noutput_bytes = 1048576\n",
+    );
+    for name in HOSTILE {
+        config += &format!(
+            "[[plugins]]\npath = {:?}\n",
+            opbox::bundled::built_plugin(name)
+        );
+    }
+    let server = Server::start(&config);
+    let client = reqwest::Client::new();
+    // Warm up to a steady state: pool slots, allocator arenas, caches.
+    attack(&client, &server, 2_000).await;
+    let before = server.rss_kib();
+    eprintln!("resident after warming up: {before} KiB");
+    for thousand in 1..=10 {
+        attack(&client, &server, 1_000).await;
+        eprintln!("after {thousand},000 calls: {} KiB", server.rss_kib());
+    }
+    let after = server.rss_kib();
+    assert!(
+        after <= before + before / 10,
+        "resident memory grew from {before} KiB to {after} KiB over 10,000 hostile calls"
+    );
+    for plugin in HOSTILE {
+        let body: Value = client
+            .post(format!("{}/call", server.url))
+            .json(&json!({"operation": "services/plugin", "input": {"name": plugin}}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let output = &body["output"];
+        assert_eq!(output["live_instances"], 0, "{body}");
+        assert_eq!(output["open_subscriptions"], 0, "{body}");
+    }
+}
