@@ -6,6 +6,7 @@
 //!
 //! ```toml
 //! listen = "127.0.0.1:8080"    # where the HTTP gateway listens
+//! # tcp_listen = "127.0.0.1:8081"  # envelopes over TCP (off unless set)
 //! data_dir = ".opbox"          # compiled-plugin cache (and, later, state)
 //! examples = true              # serve the bundled example plugins
 //! plugin_dirs = ["plugins"]    # load every *.wasm in these directories
@@ -31,6 +32,10 @@
 //! max_body_bytes = 1048576     # larger request bodies get 413
 //! max_batch = 100              # calls per /batch
 //!
+//! [envelope]                   # TCP and WebSocket connections
+//! max_frame_bytes = 16777216   # larger frames: INVALID_FRAME, connection closed
+//! max_open_calls = 256         # calls open at once on one connection
+//!
 //! [[plugins]]                  # one plugin, with its own settings
 //! path = "my-plugin.wasm"      # relative to this file
 //! name = "mine"                # mount under another namespace (optional)
@@ -47,6 +52,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::dispatch::DispatchConfig;
+use crate::envelope::EnvelopeConfig;
 use crate::gateway::GatewayConfig;
 use crate::runtime::{PluginLimits, RuntimeConfig};
 
@@ -78,6 +84,8 @@ pub enum ConfigError {
 pub struct HostConfig {
     /// Where the HTTP gateway listens.
     pub listen: SocketAddr,
+    /// Where the envelope protocol listens over TCP; off when absent.
+    pub tcp_listen: Option<SocketAddr>,
     /// Where the host keeps its data (the compiled-plugin cache).
     pub data_dir: PathBuf,
     /// Whether to serve the bundled example plugins.
@@ -92,12 +100,15 @@ pub struct HostConfig {
     pub plugin_limits: PluginLimitsConfig,
     /// Gateway settings.
     pub gateway: GatewaySection,
+    /// Limits of envelope connections (TCP and WebSocket).
+    pub envelope: EnvelopeSection,
 }
 
 impl Default for HostConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            tcp_listen: None,
             data_dir: PathBuf::from(".opbox"),
             examples: true,
             plugin_dirs: Vec::new(),
@@ -105,6 +116,27 @@ impl Default for HostConfig {
             limits: LimitsConfig::default(),
             plugin_limits: PluginLimitsConfig::default(),
             gateway: GatewaySection::default(),
+            envelope: EnvelopeSection::default(),
+        }
+    }
+}
+
+/// Limits of envelope connections.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EnvelopeSection {
+    /// The largest envelope accepted, in bytes.
+    pub max_frame_bytes: usize,
+    /// Calls open at once on one connection.
+    pub max_open_calls: usize,
+}
+
+impl Default for EnvelopeSection {
+    fn default() -> Self {
+        let defaults = EnvelopeConfig::default();
+        Self {
+            max_frame_bytes: defaults.max_frame_bytes,
+            max_open_calls: defaults.max_open_calls,
         }
     }
 }
@@ -266,7 +298,25 @@ impl HostConfig {
         GatewayConfig {
             max_body_bytes: self.gateway.max_body_bytes,
             max_batch: self.gateway.max_batch,
+            envelope: self.envelope(),
             ..GatewayConfig::default()
+        }
+    }
+
+    /// The envelope-connection limits this configuration asks for.
+    pub fn envelope(&self) -> EnvelopeConfig {
+        EnvelopeConfig {
+            max_frame_bytes: self.envelope.max_frame_bytes,
+            max_open_calls: self.envelope.max_open_calls,
+        }
+    }
+
+    /// What `opbox serve` runs without `--config`: the defaults, plus the
+    /// envelope protocol over TCP on 127.0.0.1:8081.
+    pub fn demo() -> Self {
+        Self {
+            tcp_listen: Some(SocketAddr::from(([127, 0, 0, 1], 8081))),
+            ..Self::default()
         }
     }
 

@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use crate::bundled;
 use crate::config::{HostConfig, PluginConfig};
 use crate::dispatch::Dispatcher;
+use crate::envelope;
 use crate::gateway;
 use crate::registry::{Registry, RegistryError};
 use crate::runtime::{LoadError, LoadOptions, Plugin, Runtime};
@@ -165,6 +166,22 @@ impl Host {
     /// The HTTP gateway's routes.
     pub fn router(&self) -> axum::Router {
         gateway::router(self.dispatcher.clone(), self.config.gateway())
+    }
+
+    /// Serves the envelope protocol over TCP on `listener` until `shutdown`
+    /// resolves.
+    pub async fn serve_tcp(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) {
+        envelope::tcp::serve(
+            listener,
+            self.dispatcher.clone(),
+            self.config.envelope(),
+            shutdown,
+        )
+        .await;
     }
 
     /// Serves the gateway on `listener` until `shutdown` resolves, then stops

@@ -38,8 +38,10 @@
 
 pub mod bundled;
 mod capabilities;
+pub mod client;
 pub mod config;
 pub mod dispatch;
+pub mod envelope;
 pub mod error;
 pub mod gateway;
 mod host;

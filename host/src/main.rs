@@ -1,8 +1,11 @@
 //! The `opbox` command line.
 //!
-//! - `opbox serve [--config FILE] [--listen ADDR] [--plugins DIR]`: run the
-//!   host; with no arguments, the bundled examples on 127.0.0.1:8080.
+//! - `opbox serve [--config FILE] [--listen ADDR] [--tcp-listen ADDR] [--plugins DIR]`:
+//!   run the host; with no arguments, the bundled examples on
+//!   127.0.0.1:8080 (HTTP, WebSocket) and 127.0.0.1:8081 (TCP envelopes).
 //! - `opbox inspect FILE.wasm`: print a plugin's operations and schemas.
+//! - `opbox call OP [JSON]` and `opbox subscribe OP [JSON]`: call a running
+//!   host over the envelope protocol (`--url tcp://…` or `ws://…/call`).
 //!
 //! Failures print one line on stderr and exit non-zero.
 
@@ -14,6 +17,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use opbox::client::Client;
 use opbox::runtime::{LoadOptions, Runtime, RuntimeConfig};
 use opbox::{Host, HostConfig};
 use tracing_subscriber::EnvFilter;
@@ -36,6 +40,9 @@ enum Command {
         /// Where to listen, overriding the configuration.
         #[arg(long, value_name = "ADDR")]
         listen: Option<SocketAddr>,
+        /// Where to serve envelopes over TCP, overriding the configuration.
+        #[arg(long, value_name = "ADDR")]
+        tcp_listen: Option<SocketAddr>,
         /// Also load every *.wasm file in this directory.
         #[arg(long, value_name = "DIR")]
         plugins: Vec<PathBuf>,
@@ -45,6 +52,29 @@ enum Command {
         /// The plugin component.
         file: PathBuf,
     },
+    /// Call a query or mutation on a running host and print its output.
+    Call(Remote),
+    /// Subscribe to a subscription on a running host and print each output
+    /// as it arrives; Ctrl-C aborts it.
+    Subscribe(Remote),
+}
+
+/// An operation to reach on a running host.
+#[derive(Debug, clap::Args)]
+struct Remote {
+    /// The operation, `namespace/op`.
+    operation: String,
+    /// Its input as JSON; `null` when absent.
+    input: Option<String>,
+    /// The host: `tcp://HOST:PORT` or `ws://HOST:PORT/call`.
+    #[arg(long, default_value = "tcp://127.0.0.1:8081")]
+    url: String,
+    /// A bearer token to call with.
+    #[arg(long, env = "OPBOX_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Print each output as compact JSON on one line.
+    #[arg(long)]
+    raw: bool,
 }
 
 /// How long open requests may take to finish after a shutdown signal.
@@ -54,7 +84,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
         Command::Serve { .. } => "info",
-        Command::Inspect { .. } => "warn",
+        Command::Inspect { .. } | Command::Call(_) | Command::Subscribe(_) => "warn",
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -78,9 +108,12 @@ fn main() -> ExitCode {
             Command::Serve {
                 config,
                 listen,
+                tcp_listen,
                 plugins,
-            } => serve(config, listen, plugins).await,
+            } => serve(config, listen, tcp_listen, plugins).await,
             Command::Inspect { file } => inspect(file).await,
+            Command::Call(remote) => call(remote, false).await,
+            Command::Subscribe(remote) => call(remote, true).await,
         }
     });
     // Do not wait for lingering requests (e.g. open subscriptions).
@@ -97,17 +130,22 @@ fn main() -> ExitCode {
 async fn serve(
     config: Option<PathBuf>,
     listen: Option<SocketAddr>,
+    tcp_listen: Option<SocketAddr>,
     plugins: Vec<PathBuf>,
 ) -> Result<()> {
     let mut config = match config {
         Some(path) => HostConfig::load(&path)?,
-        None => HostConfig::default(),
+        None => HostConfig::demo(),
     };
     if let Some(listen) = listen {
         config.listen = listen;
     }
+    if tcp_listen.is_some() {
+        config.tcp_listen = tcp_listen;
+    }
     config.plugin_dirs.extend(plugins);
     let addr = config.listen;
+    let tcp_addr = config.tcp_listen;
     let host = Host::start(config).await?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -115,23 +153,39 @@ async fn serve(
     let local = listener
         .local_addr()
         .context("cannot read the listening address")?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut stop = stop_rx.clone();
+        async move {
+            let _ = stop.changed().await;
+        }
+    };
+    if let Some(tcp_addr) = tcp_addr {
+        let tcp = tokio::net::TcpListener::bind(tcp_addr)
+            .await
+            .with_context(|| format!("cannot listen on {tcp_addr}"))?;
+        let local = tcp
+            .local_addr()
+            .context("cannot read the listening address")?;
+        tracing::info!("opbox envelopes on tcp://{local}");
+        tokio::spawn({
+            let host = host.clone();
+            let stopped = stopped();
+            async move { host.serve_tcp(tcp, stopped).await }
+        });
+    }
     tracing::info!("opbox serving on http://{local}");
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn({
         let host = host.clone();
-        async move {
-            host.serve(listener, async {
-                let _ = stop_rx.await;
-            })
-            .await
-        }
+        let stopped = stopped();
+        async move { host.serve(listener, stopped).await }
     });
     shutdown_signal().await;
     tracing::info!(
         "shutting down; open requests have {} s to finish",
         SHUTDOWN_GRACE.as_secs()
     );
-    let _ = stop_tx.send(());
+    let _ = stop_tx.send(true);
     match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
         Ok(joined) => joined
             .context("the server task failed")?
@@ -159,6 +213,53 @@ async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {}
         () = terminate => {}
+    }
+}
+
+async fn call(remote: Remote, subscribe: bool) -> Result<()> {
+    use futures::StreamExt;
+
+    let input = match &remote.input {
+        Some(text) => serde_json::from_str(text).context("the input is not valid JSON")?,
+        None => serde_json::Value::Null,
+    };
+    let print = |output: &serde_json::Value| {
+        if remote.raw {
+            println!("{output}");
+        } else {
+            println!("{output:#}");
+        }
+    };
+    let client = Client::connect(&remote.url, remote.token.clone()).await?;
+    if !subscribe {
+        print(&client.call(&remote.operation, input).await?);
+        return Ok(());
+    }
+    // Watch for Ctrl-C from before the first output, so none is missed.
+    #[cfg(unix)]
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("cannot watch for Ctrl-C")?;
+    #[cfg(unix)]
+    let interrupted = async move {
+        interrupt.recv().await;
+    };
+    #[cfg(not(unix))]
+    let interrupted = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    tokio::pin!(interrupted);
+    let mut outputs = client.subscribe(&remote.operation, input).await?;
+    loop {
+        tokio::select! {
+            output = outputs.next() => match output {
+                Some(output) => print(&output?),
+                None => return Ok(()),
+            },
+            () = &mut interrupted => {
+                outputs.abort().await;
+                return Ok(());
+            }
+        }
     }
 }
 

@@ -41,7 +41,13 @@ fn assert_one_line_failure(output: &Output, needle: &str) {
 fn serve_with_no_config_serves_the_examples() {
     let dir = tempfile::tempdir().unwrap();
     let child = opbox()
-        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--tcp-listen",
+            "127.0.0.1:0",
+        ])
         .current_dir(dir.path())
         .stderr(Stdio::piped())
         .spawn()
@@ -104,7 +110,7 @@ fn a_port_in_use_is_one_clear_line() {
     let addr = taken.local_addr().unwrap().to_string();
     let dir = tempfile::tempdir().unwrap();
     let output = opbox()
-        .args(["serve", "--listen", &addr])
+        .args(["serve", "--listen", &addr, "--tcp-listen", "127.0.0.1:0"])
         .current_dir(dir.path())
         .output()
         .unwrap();
@@ -116,7 +122,14 @@ fn an_invalid_plugin_file_is_one_clear_line() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("broken.wasm"), b"\0asm not really").unwrap();
     let output = opbox()
-        .args(["serve", "--listen", "127.0.0.1:0", "--plugins"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--tcp-listen",
+            "127.0.0.1:0",
+            "--plugins",
+        ])
         .arg(dir.path())
         .current_dir(dir.path())
         .output()
@@ -128,7 +141,13 @@ fn an_invalid_plugin_file_is_one_clear_line() {
 fn a_missing_plugin_directory_is_one_clear_line() {
     let dir = tempfile::tempdir().unwrap();
     let output = opbox()
-        .args(["serve", "--plugins", "no-such-dir"])
+        .args([
+            "serve",
+            "--tcp-listen",
+            "127.0.0.1:0",
+            "--plugins",
+            "no-such-dir",
+        ])
         .current_dir(dir.path())
         .output()
         .unwrap();

@@ -97,7 +97,11 @@ async fn unknown_routes_and_methods_answer_in_the_error_shape() {
     let (status, body) = host.get("/nothing-here").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(body["error"]["code"], "NOT_FOUND");
+    // GET /call is for WebSocket upgrades only.
     let (status, body) = host.get("/call").await;
+    assert_eq!(status, StatusCode::UPGRADE_REQUIRED);
+    assert_eq!(body["error"]["code"], "INVALID_INPUT");
+    let (status, body) = host.get("/batch").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(body["result"], "error");
 }

@@ -11,7 +11,9 @@
 mod batch;
 mod call;
 mod cli;
+mod client;
 mod discovery;
+mod envelope;
 mod hostile;
 mod isolation;
 mod leaks;

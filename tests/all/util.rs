@@ -33,6 +33,8 @@ pub fn data_dir() -> PathBuf {
 pub struct TestHost {
     pub host: Host,
     pub addr: SocketAddr,
+    /// Where the envelope protocol is served over TCP.
+    pub tcp_addr: SocketAddr,
     pub client: reqwest::Client,
     _stop: oneshot::Sender<()>,
 }
@@ -64,19 +66,26 @@ impl TestHost {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("local addr");
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let tcp_addr = tcp.local_addr().expect("local addr");
         let (stop, stopped) = oneshot::channel::<()>();
+        let stopped = futures::FutureExt::shared(async {
+            let _ = stopped.await;
+        });
+        tokio::spawn({
+            let (host, stopped) = (host.clone(), stopped.clone());
+            async move { host.serve(listener, stopped).await }
+        });
         tokio::spawn({
             let host = host.clone();
-            async move {
-                host.serve(listener, async {
-                    let _ = stopped.await;
-                })
-                .await
-            }
+            async move { host.serve_tcp(tcp, stopped).await }
         });
         Self {
             host,
             addr,
+            tcp_addr,
             client: reqwest::Client::new(),
             _stop: stop,
         }
@@ -255,4 +264,55 @@ fn parse_event(block: &str) -> Option<SseEvent> {
         any = true;
     }
     any.then_some(event)
+}
+
+/// A raw TCP connection speaking length-prefixed frames, for tests that need
+/// to send what no well-behaved client would.
+pub struct Frames {
+    stream: tokio::net::TcpStream,
+}
+
+impl Frames {
+    pub async fn connect(host: &TestHost) -> Self {
+        let stream = tokio::net::TcpStream::connect(host.tcp_addr)
+            .await
+            .expect("connect");
+        Self { stream }
+    }
+
+    /// Sends `bytes` as one frame.
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        let len = u32::try_from(bytes.len()).unwrap().to_be_bytes();
+        self.stream.write_all(&len).await.unwrap();
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    /// Sends an envelope.
+    pub async fn send(&mut self, kind: &str, id: &str, payload: Value) {
+        let envelope = serde_json::json!({"type": kind, "id": id, "payload": payload});
+        self.send_raw(envelope.to_string().as_bytes()).await;
+    }
+
+    /// Sends `call.requested` for `operation` with `input`.
+    pub async fn call(&mut self, id: &str, operation: &str, input: Value) {
+        let payload = serde_json::json!({"operationId": operation, "input": input});
+        self.send("call.requested", id, payload).await;
+    }
+
+    /// The next envelope, or `None` when the host closed the connection.
+    /// Fails the test after 30 s.
+    pub async fn next(&mut self) -> Option<Value> {
+        use tokio::io::AsyncReadExt;
+        let read = async {
+            let mut len = [0u8; 4];
+            self.stream.read_exact(&mut len).await.ok()?;
+            let mut bytes = vec![0; u32::from_be_bytes(len) as usize];
+            self.stream.read_exact(&mut bytes).await.ok()?;
+            Some(serde_json::from_slice(&bytes).expect("the host sends JSON"))
+        };
+        tokio::time::timeout(Duration::from_secs(30), read)
+            .await
+            .expect("an envelope within 30 s")
+    }
 }

@@ -184,6 +184,12 @@ impl Dispatcher {
         &self.inner.registry
     }
 
+    /// Whether `request` names a query, a mutation or a subscription, as
+    /// its caller sees it: `NOT_FOUND` for what the caller cannot see.
+    pub fn op_type(&self, request: &CallRequest) -> Result<OpType, CallError> {
+        self.resolve(request).map(|op| op.spec.op_type)
+    }
+
     /// Runs a query or mutation.
     pub async fn call(&self, request: CallRequest) -> Result<Value, CallError> {
         let mut log = CallLog::start(&request);

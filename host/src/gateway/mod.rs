@@ -3,6 +3,7 @@
 //! | route | handler |
 //! |---|---|
 //! | `POST /call` | `call::call`: one query or mutation |
+//! | `GET /call` | `ws::upgrade`: the envelope protocol over WebSocket |
 //! | `POST /batch` | `call::batch`: several, run concurrently, results in order |
 //! | `POST /subscribe` | `subscribe::subscribe`: a subscription as SSE |
 //! | `GET /search?q=` | `discovery::search`: the caller's visible operations |
@@ -15,6 +16,7 @@ mod call;
 mod discovery;
 mod error;
 mod subscribe;
+mod ws;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +28,7 @@ use axum::routing::{get, post};
 pub use error::ApiError;
 
 use crate::dispatch::{Dispatcher, Identity};
+use crate::envelope::EnvelopeConfig;
 use crate::error::{CallError, ErrorCode};
 
 /// Settings of the gateway.
@@ -35,6 +38,7 @@ use crate::error::{CallError, ErrorCode};
 /// | `max_body_bytes` | 1 MiB; larger bodies get 413 |
 /// | `max_batch` | 100 calls per `/batch` |
 /// | `sse_keep_alive` | a comment every 15 s on idle SSE streams |
+/// | `envelope` | the limits of WebSocket connections: [`EnvelopeConfig`] |
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
     /// The largest request body accepted.
@@ -43,6 +47,8 @@ pub struct GatewayConfig {
     pub max_batch: usize,
     /// How often an idle SSE stream gets a keep-alive comment.
     pub sse_keep_alive: Duration,
+    /// Limits of envelope connections over WebSocket.
+    pub envelope: EnvelopeConfig,
 }
 
 impl Default for GatewayConfig {
@@ -51,6 +57,7 @@ impl Default for GatewayConfig {
             max_body_bytes: 1 << 20,
             max_batch: 100,
             sse_keep_alive: Duration::from_secs(15),
+            envelope: EnvelopeConfig::default(),
         }
     }
 }
@@ -69,7 +76,7 @@ pub fn router(dispatcher: Dispatcher, config: GatewayConfig) -> Router {
         config: Arc::new(config),
     };
     Router::new()
-        .route("/call", post(call::call))
+        .route("/call", post(call::call).get(ws::upgrade))
         .route("/batch", post(call::batch))
         .route("/subscribe", post(subscribe::subscribe))
         .route("/search", get(discovery::search))

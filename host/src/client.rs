@@ -1,0 +1,351 @@
+//! A client for the envelope protocol, over TCP or WebSocket.
+//!
+//! One [`Client`] is one connection; calls and subscriptions on it run
+//! concurrently. Dropping a [`ClientSubscription`] before it ends sends
+//! `call.aborted`, which stops the guest on the host.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), opbox::client::ClientError> {
+//! use futures::StreamExt;
+//! use opbox::client::Client;
+//! use serde_json::json;
+//!
+//! let client = Client::connect("tcp://127.0.0.1:8081", None).await?;
+//! let output = client.call("echo/echo", json!({"x": 1})).await?;
+//! let mut ticks = client.subscribe("ticker/count", json!({"to": 3})).await?;
+//! while let Some(tick) = ticks.next().await {
+//!     println!("{}", tick?);
+//! }
+//! # Ok(()) }
+//! ```
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures::{SinkExt, Stream, StreamExt};
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_util::codec::{FramedRead, FramedWrite};
+
+use crate::envelope::wire::{
+    CALL_ABORTED, CALL_COMPLETED, CALL_ERROR, CALL_REQUESTED, CALL_RESPONDED,
+};
+use crate::envelope::{EnvelopeConfig, tcp};
+use crate::error::CallError;
+
+/// Why a client call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The host answered with an error.
+    #[error("{0}")]
+    Call(CallError),
+    /// The URL is not `tcp://HOST:PORT` or `ws://HOST:PORT/PATH`.
+    #[error("unsupported URL `{0}`: use tcp://HOST:PORT or ws://HOST:PORT/call")]
+    Url(String),
+    /// The connection could not be made.
+    #[error("cannot connect to {url}: {message}")]
+    Connect {
+        /// Where to.
+        url: String,
+        /// Why not.
+        message: String,
+    },
+    /// The connection closed before the call ended.
+    #[error("the connection closed before the call ended")]
+    Closed,
+    /// The host sent something that is not an envelope.
+    #[error("the host broke the protocol: {0}")]
+    Protocol(String),
+}
+
+/// The envelopes of one call, as they arrive.
+type Replies = mpsc::UnboundedSender<Value>;
+
+/// A frame to send, and who to tell once it is written.
+type Outgoing = (Bytes, Option<oneshot::Sender<()>>);
+
+/// A connection to an opbox host.
+#[derive(Debug, Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    out: mpsc::UnboundedSender<Outgoing>,
+    calls: Arc<Mutex<HashMap<String, Replies>>>,
+    next_id: AtomicU64,
+    token: Option<String>,
+}
+
+fn lock(calls: &Mutex<HashMap<String, Replies>>) -> MutexGuard<'_, HashMap<String, Replies>> {
+    calls.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Client {
+    /// Connects to `url`: `tcp://HOST:PORT` for length-prefixed frames, or
+    /// `ws://HOST:PORT/call` for WebSocket. `token` is sent as the bearer
+    /// token (on the upgrade for WebSocket, with each call over TCP).
+    pub async fn connect(url: &str, token: Option<String>) -> Result<Self, ClientError> {
+        let connect_error = |message: String| ClientError::Connect {
+            url: url.to_owned(),
+            message,
+        };
+        let calls = Arc::new(Mutex::new(HashMap::new()));
+        let (out, outgoing) = mpsc::unbounded_channel::<Outgoing>();
+        if let Some(addr) = url.strip_prefix("tcp://") {
+            let stream = tokio::net::TcpStream::connect(addr)
+                .await
+                .map_err(|e| connect_error(e.to_string()))?;
+            let _ = stream.set_nodelay(true);
+            let (read, write) = stream.into_split();
+            let codec = tcp::codec(EnvelopeConfig::default().max_frame_bytes);
+            let incoming = FramedRead::new(read, codec.clone()).map(|frame| {
+                frame
+                    .map(bytes::BytesMut::freeze)
+                    .map_err(|e| e.to_string())
+            });
+            let sink = FramedWrite::new(write, codec);
+            tokio::spawn(pump(incoming, sink, outgoing, calls.clone()));
+            Ok(Self::new(out, calls, token))
+        } else if url.starts_with("ws://") || url.starts_with("wss://") {
+            let mut request = url
+                .into_client_request()
+                .map_err(|e| connect_error(e.to_string()))?;
+            if let Some(token) = &token {
+                let value = format!("Bearer {token}")
+                    .parse()
+                    .map_err(|_| connect_error("the token is not a valid header value".into()))?;
+                request.headers_mut().insert("authorization", value);
+            }
+            let (socket, _) = tokio_tungstenite::connect_async(request)
+                .await
+                .map_err(|e| connect_error(e.to_string()))?;
+            let (sink, stream) = socket.split();
+            let incoming = stream.filter_map(|message| {
+                std::future::ready(match message {
+                    Ok(Message::Binary(bytes)) => Some(Ok(bytes)),
+                    Ok(Message::Text(text)) => Some(Ok(Bytes::from(text))),
+                    Ok(_) => None,
+                    Err(e) => Some(Err(e.to_string())),
+                })
+            });
+            let sink = sink.with(|bytes: Bytes| {
+                std::future::ready(Ok::<_, tokio_tungstenite::tungstenite::Error>(
+                    Message::Binary(bytes),
+                ))
+            });
+            tokio::spawn(pump(incoming, Box::pin(sink), outgoing, calls.clone()));
+            Ok(Self::new(out, calls, None))
+        } else {
+            Err(ClientError::Url(url.to_owned()))
+        }
+    }
+
+    fn new(
+        out: mpsc::UnboundedSender<Outgoing>,
+        calls: Arc<Mutex<HashMap<String, Replies>>>,
+        token: Option<String>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                out,
+                calls,
+                next_id: AtomicU64::new(1),
+                token,
+            }),
+        }
+    }
+
+    /// Calls a query or mutation and waits for its output.
+    pub async fn call(&self, operation: &str, input: Value) -> Result<Value, ClientError> {
+        let (id, mut replies) = self.start(operation, input)?;
+        let reply = replies.recv().await;
+        lock(&self.inner.calls).remove(&id);
+        match reply {
+            Some(envelope) => output(envelope)?.ok_or(ClientError::Protocol(
+                "`call.completed` for a query or mutation".into(),
+            )),
+            None => Err(ClientError::Closed),
+        }
+    }
+
+    /// Subscribes to a subscription; its outputs arrive on the returned
+    /// stream, which ends when the subscription completes.
+    pub async fn subscribe(
+        &self,
+        operation: &str,
+        input: Value,
+    ) -> Result<ClientSubscription, ClientError> {
+        let (id, replies) = self.start(operation, input)?;
+        Ok(ClientSubscription {
+            client: self.clone(),
+            id,
+            replies,
+            done: false,
+        })
+    }
+
+    /// Registers a fresh id and sends `call.requested`.
+    fn start(
+        &self,
+        operation: &str,
+        input: Value,
+    ) -> Result<(String, mpsc::UnboundedReceiver<Value>), ClientError> {
+        let id = self
+            .inner
+            .next_id
+            .fetch_add(1, Ordering::Relaxed)
+            .to_string();
+        let (tx, rx) = mpsc::unbounded_channel();
+        lock(&self.inner.calls).insert(id.clone(), tx);
+        let mut payload = json!({ "operationId": operation, "input": input });
+        if let Some(token) = &self.inner.token {
+            payload["auth_token"] = json!(token);
+        }
+        self.send(CALL_REQUESTED, &id, payload, None)?;
+        Ok((id, rx))
+    }
+
+    fn send(
+        &self,
+        kind: &str,
+        id: &str,
+        payload: Value,
+        written: Option<oneshot::Sender<()>>,
+    ) -> Result<(), ClientError> {
+        let envelope = json!({ "type": kind, "id": id, "payload": payload });
+        self.inner
+            .out
+            .send((Bytes::from(envelope.to_string()), written))
+            .map_err(|_| ClientError::Closed)
+    }
+}
+
+/// The outputs of one subscription. Dropping it before it ends aborts the
+/// subscription on the host.
+#[derive(Debug)]
+pub struct ClientSubscription {
+    client: Client,
+    id: String,
+    replies: mpsc::UnboundedReceiver<Value>,
+    done: bool,
+}
+
+impl Stream for ClientSubscription {
+    type Item = Result<Value, ClientError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let item = match self.replies.poll_recv(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(None) => Some(Err(ClientError::Closed)),
+            Poll::Ready(Some(envelope)) => output(envelope).transpose(),
+        };
+        if !matches!(item, Some(Ok(_))) {
+            self.done = true;
+            lock(&self.client.inner.calls).remove(&self.id);
+        }
+        Poll::Ready(item)
+    }
+}
+
+impl ClientSubscription {
+    /// Aborts the subscription and waits until the abort has been written
+    /// to the connection. Dropping the subscription aborts it too, without
+    /// waiting.
+    pub async fn abort(mut self) {
+        if let Some(written) = self.send_abort(true) {
+            let _ = written.await;
+        }
+    }
+
+    fn send_abort(&mut self, wait: bool) -> Option<oneshot::Receiver<()>> {
+        if std::mem::replace(&mut self.done, true) {
+            return None;
+        }
+        lock(&self.client.inner.calls).remove(&self.id);
+        let (tx, rx) = oneshot::channel();
+        let tx = wait.then_some(tx);
+        self.client
+            .send(CALL_ABORTED, &self.id, json!({}), tx)
+            .ok()?;
+        Some(rx)
+    }
+}
+
+impl Drop for ClientSubscription {
+    fn drop(&mut self) {
+        self.send_abort(false);
+    }
+}
+
+/// What one reply means: an output, the end of a subscription (`None`), or
+/// an error.
+fn output(mut envelope: Value) -> Result<Option<Value>, ClientError> {
+    let mut payload = envelope["payload"].take();
+    match envelope["type"].as_str() {
+        Some(CALL_RESPONDED) => Ok(Some(payload["output"].take())),
+        Some(CALL_COMPLETED) => Ok(None),
+        Some(CALL_ERROR) => Err(ClientError::Call(
+            serde_json::from_value(payload).map_err(|e| ClientError::Protocol(e.to_string()))?,
+        )),
+        _ => Err(ClientError::Protocol(format!(
+            "unexpected envelope {envelope}"
+        ))),
+    }
+}
+
+/// Moves frames between the transport and the calls until either side ends.
+async fn pump<I, S>(
+    mut incoming: I,
+    mut sink: S,
+    mut outgoing: mpsc::UnboundedReceiver<Outgoing>,
+    calls: Arc<Mutex<HashMap<String, Replies>>>,
+) where
+    I: Stream<Item = Result<Bytes, String>> + Unpin,
+    S: futures::Sink<Bytes> + Unpin,
+{
+    loop {
+        tokio::select! {
+            frame = outgoing.recv() => match frame {
+                Some((frame, written)) => {
+                    if sink.send(frame).await.is_err() {
+                        break;
+                    }
+                    if let Some(written) = written {
+                        let _ = written.send(());
+                    }
+                }
+                None => break,
+            },
+            frame = incoming.next() => {
+                let Some(Ok(frame)) = frame else { break };
+                let Ok(envelope) = serde_json::from_slice::<Value>(&frame) else { break };
+                let id = envelope["id"].as_str().unwrap_or_default().to_owned();
+                let calls = lock(&calls);
+                match calls.get(&id) {
+                    Some(replies) => { let _ = replies.send(envelope); }
+                    // A connection-level error ends every call.
+                    None if id.is_empty() => {
+                        for replies in calls.values() {
+                            let _ = replies.send(envelope.clone());
+                        }
+                    }
+                    None => {}
+                }
+            }
+        }
+    }
+    // Every call still waiting learns the connection is gone.
+    lock(&calls).clear();
+}

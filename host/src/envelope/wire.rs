@@ -1,0 +1,272 @@
+//! Envelopes as JSON: parsing what callers send, building what the host sends.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::error::{CallError, ErrorCode};
+
+/// The envelope types a caller may send.
+pub const CALL_REQUESTED: &str = "call.requested";
+/// Cancels the call or subscription with the envelope's `id`.
+pub const CALL_ABORTED: &str = "call.aborted";
+/// An output: once for a query or mutation, once per item of a subscription.
+pub const CALL_RESPONDED: &str = "call.responded";
+/// A subscription ended normally.
+pub const CALL_COMPLETED: &str = "call.completed";
+/// A call failed; terminal for its `id`.
+pub const CALL_ERROR: &str = "call.error";
+
+/// One envelope from a caller, understood.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Incoming {
+    /// `call.requested`: start a call or subscription.
+    Call {
+        /// The caller's id for it.
+        id: String,
+        /// What to call.
+        payload: CallPayload,
+    },
+    /// `call.aborted`: stop the call with this id.
+    Abort {
+        /// The caller's id of the call.
+        id: String,
+    },
+}
+
+/// The payload of `call.requested`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallPayload {
+    /// `namespace/op`.
+    #[serde(rename = "operationId")]
+    pub operation_id: String,
+    /// The input; `null` when absent.
+    #[serde(default)]
+    pub input: Value,
+    /// A bearer token for this call only, overriding the connection's.
+    #[serde(default)]
+    pub auth_token: Option<String>,
+    /// A deadline in milliseconds; it may only shorten the host's.
+    #[serde(default)]
+    pub deadline_ms: Option<u64>,
+}
+
+impl CallPayload {
+    /// The deadline the caller asked for.
+    pub fn deadline(&self) -> Option<Duration> {
+        self.deadline_ms.map(Duration::from_millis)
+    }
+}
+
+/// Why an envelope could not be understood.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BadEnvelope {
+    /// No `id` could be read: a framing violation, answered with
+    /// `INVALID_FRAME` and the end of the connection.
+    Frame(String),
+    /// The envelope has an `id` but is otherwise wrong: answered with
+    /// `INVALID_INPUT` for that `id`; the connection stays up.
+    Call {
+        /// The envelope's id.
+        id: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+impl BadEnvelope {
+    /// The error frame this deserves.
+    pub fn to_frame(&self) -> Vec<u8> {
+        match self {
+            Self::Frame(message) => error_frame(
+                "",
+                &CallError::new(ErrorCode::InvalidFrame, message.clone()),
+            ),
+            Self::Call { id, message } => {
+                error_frame(id, &CallError::invalid_input(message.clone()))
+            }
+        }
+    }
+}
+
+/// Parses one envelope.
+pub fn parse(bytes: &[u8]) -> Result<Incoming, BadEnvelope> {
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| BadEnvelope::Frame(format!("the envelope is not UTF-8: {e}")))?;
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| BadEnvelope::Frame(format!("the envelope is not JSON: {e}")))?;
+    let Value::Object(mut envelope) = value else {
+        return Err(BadEnvelope::Frame(
+            "the envelope is not a JSON object".into(),
+        ));
+    };
+    let id = match envelope.remove("id") {
+        Some(Value::String(id)) => id,
+        Some(_) => {
+            return Err(BadEnvelope::Frame(
+                "the envelope's `id` is not a string".into(),
+            ));
+        }
+        None => return Err(BadEnvelope::Frame("the envelope has no `id`".into())),
+    };
+    let bad = |message: String| BadEnvelope::Call {
+        id: id.clone(),
+        message,
+    };
+    let kind = match envelope.remove("type") {
+        Some(Value::String(kind)) => kind,
+        _ => return Err(bad("the envelope has no `type` string".into())),
+    };
+    let payload = envelope.remove("payload").unwrap_or_else(|| json!({}));
+    if let Some(field) = envelope.keys().next() {
+        return Err(bad(format!("unknown envelope field `{field}`")));
+    }
+    match kind.as_str() {
+        CALL_REQUESTED => {
+            let payload = CallPayload::deserialize(payload)
+                .map_err(|e| bad(format!("invalid `call.requested` payload: {e}")))?;
+            Ok(Incoming::Call { id, payload })
+        }
+        CALL_ABORTED => Ok(Incoming::Abort { id }),
+        other => Err(bad(format!(
+            "`{other}` is not an envelope type a caller may send (`{CALL_REQUESTED}`, `{CALL_ABORTED}`)"
+        ))),
+    }
+}
+
+fn frame(kind: &str, id: &str, payload: Value) -> Vec<u8> {
+    // Serializing a `Value` cannot fail.
+    serde_json::to_vec(&json!({ "type": kind, "id": id, "payload": payload })).unwrap_or_default()
+}
+
+/// `call.responded` with `output`.
+pub fn responded_frame(id: &str, output: &Value) -> Vec<u8> {
+    frame(CALL_RESPONDED, id, json!({ "output": output }))
+}
+
+/// `call.completed`.
+pub fn completed_frame(id: &str) -> Vec<u8> {
+    frame(CALL_COMPLETED, id, json!({}))
+}
+
+/// `call.error` with `error`.
+pub fn error_frame(id: &str, error: &CallError) -> Vec<u8> {
+    frame(
+        CALL_ERROR,
+        id,
+        serde_json::to_value(error).unwrap_or_else(|_| json!({"code": "INTERNAL"})),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Any JSON value, a few levels deep.
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            ".{0,12}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                prop::collection::btree_map("[a-zA-Z_]{0,8}", inner, 0..4)
+                    .prop_map(|map| Value::Object(map.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        /// Whatever the bytes, parsing answers without panicking, and it
+        /// blames an id only when the bytes are an object with a string id.
+        #[test]
+        fn parse_never_panics_on_bytes(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            if let Err(BadEnvelope::Call { id, .. }) = parse(&bytes) {
+                let value: Value = serde_json::from_slice(&bytes).unwrap();
+                prop_assert_eq!(value["id"].as_str(), Some(id.as_str()));
+            }
+        }
+
+        /// Envelope-shaped JSON with arbitrary fields parses or is refused
+        /// for its own id, never for another.
+        #[test]
+        fn envelope_shaped_json_is_judged_by_its_id(
+            id in ".{0,8}",
+            kind in prop_oneof![Just(CALL_REQUESTED.to_owned()), Just(CALL_ABORTED.to_owned()), ".{0,16}"],
+            payload in json_value(),
+        ) {
+            let bytes = serde_json::to_vec(&json!({"type": kind, "id": id, "payload": payload})).unwrap();
+            match parse(&bytes) {
+                Ok(Incoming::Call { id: got, .. } | Incoming::Abort { id: got }) => prop_assert_eq!(got, id),
+                Err(BadEnvelope::Call { id: got, .. }) => prop_assert_eq!(got, id),
+                Err(BadEnvelope::Frame(message)) => prop_assert!(false, "frame error {}", message),
+            }
+        }
+
+        /// What the host builds, a client parses back as JSON with the same
+        /// id and output.
+        #[test]
+        fn replies_round_trip(id in ".{0,8}", output in json_value()) {
+            let frame: Value = serde_json::from_slice(&responded_frame(&id, &output)).unwrap();
+            prop_assert_eq!(&frame["id"], &Value::from(id));
+            prop_assert_eq!(&frame["payload"]["output"], &output);
+        }
+    }
+
+    #[test]
+    fn a_call_with_defaults() {
+        let parsed =
+            parse(br#"{"type":"call.requested","id":"1","payload":{"operationId":"echo/echo"}}"#);
+        assert_eq!(
+            parsed,
+            Ok(Incoming::Call {
+                id: "1".into(),
+                payload: CallPayload {
+                    operation_id: "echo/echo".into(),
+                    input: Value::Null,
+                    auth_token: None,
+                    deadline_ms: None,
+                }
+            })
+        );
+    }
+
+    #[test]
+    fn an_envelope_without_an_id_is_a_frame_error() {
+        for bytes in [
+            &b"\xff\xfe"[..],
+            b"not json",
+            b"[1,2]",
+            br#"{"type":"call.requested"}"#,
+            br#"{"type":"call.requested","id":7}"#,
+        ] {
+            assert!(
+                matches!(parse(bytes), Err(BadEnvelope::Frame(_))),
+                "{bytes:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_envelope_with_an_id_is_answered_for_that_id() {
+        for bytes in [
+            &br#"{"id":"a"}"#[..],
+            br#"{"id":"a","type":"call.responded","payload":{}}"#,
+            br#"{"id":"a","type":"call.requested","payload":{"input":1}}"#,
+            br#"{"id":"a","type":"call.requested","payload":{"operationId":"x/y","deadline_ms":-1}}"#,
+            br#"{"id":"a","type":"call.aborted","extra":true}"#,
+        ] {
+            match parse(bytes) {
+                Err(BadEnvelope::Call { id, .. }) => assert_eq!(id, "a"),
+                other => panic!("{other:?} for {}", String::from_utf8_lossy(bytes)),
+            }
+        }
+    }
+}
