@@ -318,15 +318,19 @@ async fn bench_noisy(host: &Host) {
     );
 }
 
+/// A single-threaded runtime for a client thread.
+fn client_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a client runtime")
+}
+
 /// Sequential `echo/echo` calls over one keep-alive connection, from a
 /// thread and runtime of their own so the client never waits on the host's
 /// workers.
 fn echo_latencies(addr: SocketAddr) -> Stats {
-    let client_runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a client runtime");
-    client_runtime.block_on(async {
+    client_runtime().block_on(async {
         let client = reqwest::Client::new();
         let url = format!("http://{addr}/call");
         let body = json!({"operation": "echo/echo", "input": {"x": 1}});
@@ -351,11 +355,7 @@ fn echo_latencies(addr: SocketAddr) -> Stats {
 
 /// Keeps `ATTACKERS` infinite-loop calls in flight, forever.
 fn attack(addr: SocketAddr) {
-    let client_runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("an attacker runtime");
-    client_runtime.block_on(async {
+    client_runtime().block_on(async {
         let client = reqwest::Client::new();
         let url = format!("http://{addr}/call");
         let attackers = (0..ATTACKERS).map(|_| {
