@@ -2,6 +2,11 @@
 
 use std::time::Duration;
 
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::{Error, Result};
+
 /// The context of one call, as the host sees it.
 #[derive(Debug, Clone)]
 pub struct Context {
@@ -51,5 +56,27 @@ impl Context {
     /// Time left, when the call started, before the host interrupts it.
     pub fn deadline(&self) -> Duration {
         self.deadline
+    }
+
+    /// Calls another query or mutation, `namespace/op`, and decodes its
+    /// output. The call runs as this call's caller, with what is left of
+    /// this call's deadline; this plugin's own internal operations are
+    /// visible to it. Its errors come back as they are (a plugin's domain
+    /// code, `NOT_FOUND`, `TIMEOUT`, …), ready to return with `?`.
+    ///
+    /// ```ignore
+    /// let stats: Stats = ctx.call("textkit/stats", &json!({"text": text})).await?;
+    /// ```
+    pub async fn call<I, O>(&self, operation: &str, input: &I) -> Result<O>
+    where
+        I: Serialize + ?Sized,
+        O: DeserializeOwned,
+    {
+        let input = serde_json::to_string(input).map_err(|e| {
+            Error::internal(format!("cannot encode the input of `{operation}`: {e}"))
+        })?;
+        let output = crate::__private::invoke::call(operation.to_owned(), input).await?;
+        serde_json::from_str(&output)
+            .map_err(|e| Error::internal(format!("unexpected output from `{operation}`: {e}")))
     }
 }

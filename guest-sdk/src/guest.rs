@@ -23,8 +23,8 @@ mod bindings {
 
 pub use bindings::__export_handler;
 pub use bindings::exports::opbox::plugin::handler::Guest;
-pub use bindings::opbox::plugin::log;
 pub use bindings::opbox::plugin::types::{CallContext, CallError, Manifest};
+pub use bindings::opbox::plugin::{invoke, log};
 #[doc(hidden)]
 pub use bindings::{exports, opbox, wit_stream};
 pub use wit_bindgen;

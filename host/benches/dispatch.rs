@@ -10,6 +10,7 @@
 //! cargo bench -p opbox --bench dispatch -- http-opbox  # wrk against opbox alone
 //! cargo bench -p opbox --bench dispatch -- limits    # echo with and without limits
 //! cargo bench -p opbox --bench dispatch -- noisy     # echo latency under a spinning neighbour
+//! cargo bench -p opbox --bench dispatch -- envelope  # TCP, WebSocket and HTTP, 64 calls in flight
 //! ```
 //!
 //! - `dispatch`: one `echo/echo` call through the dispatcher, a fresh
@@ -22,6 +23,9 @@
 //! - `limits`: `echo/echo` straight on the runtime (no dispatcher), with
 //!   the engine enforcing limits (epoch interruption, memory limiter) and
 //!   without, alternating rounds so both see the same machine.
+//! - `envelope`: `echo/echo` calls per second and latency with 64 calls in
+//!   flight over one TCP connection, one WebSocket, and HTTP `/call` (a
+//!   connection per call in flight); `ticker/count` items per second over TCP.
 //! - `noisy`: latency of sequential `POST /call` `echo/echo` from one client,
 //!   alone, then while another client keeps 8 `hostile-loop/spin` calls (an
 //!   infinite loop each) in flight. Runs last: the spinning calls outlive it.
@@ -48,6 +52,8 @@ const ITEMS: u64 = 100_000;
 const WRK_SECONDS: u32 = 10;
 const LATENCY_CALLS: usize = 3_000;
 const ATTACKERS: usize = 8;
+const IN_FLIGHT: usize = 64;
+const ENVELOPE_SECONDS: u64 = 5;
 
 fn data_dir() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("opbox-bench")
@@ -80,6 +86,9 @@ fn main() {
         }
         if wants("limits") {
             bench_limits().await;
+        }
+        if wants("envelope") {
+            bench_envelopes(&host).await;
         }
         if wants("noisy") {
             bench_noisy(&host).await;
@@ -241,6 +250,7 @@ async fn bench_limits() {
         caller_id: None,
         scopes: Vec::new(),
         deadline: Duration::from_secs(30),
+        nested: None,
     };
     let input = r#"{"x":1}"#;
     let mut samples: [Vec<Duration>; 2] = Default::default();
@@ -316,6 +326,106 @@ async fn bench_noisy(host: &Host) {
         "\np99 under attack / p99 alone: {:.2}× (goal: ≤ 3×)\n",
         attacked.p99.as_secs_f64() / alone.p99.as_secs_f64()
     );
+}
+
+async fn bench_envelopes(host: &Host) {
+    println!(
+        "## Envelopes: `echo/echo` with {IN_FLIGHT} calls in flight for {ENVELOPE_SECONDS} s\n"
+    );
+    let http = serve(host.router()).await;
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let tcp_addr = tcp.local_addr().expect("local addr");
+    tokio::spawn({
+        let host = host.clone();
+        async move { host.serve_tcp(tcp, std::future::pending()).await }
+    });
+    println!("| transport | calls/s | p50 | p99 |\n|---|---|---|---|");
+    for (name, target) in [
+        ("TCP, one connection", format!("tcp://{tcp_addr}")),
+        ("WebSocket, one connection", format!("ws://{http}/call")),
+        ("HTTP `POST /call`", format!("http://{http}/call")),
+    ] {
+        let (rate, stats) = tokio::task::spawn_blocking(move || echo_in_flight(&target))
+            .await
+            .expect("the client thread");
+        println!(
+            "| {name} | {rate:.0} | {} | {} |",
+            us(stats.median),
+            us(stats.p99)
+        );
+    }
+    let items = tokio::task::spawn_blocking(move || {
+        client_runtime().block_on(async {
+            let client = opbox::client::Client::connect(&format!("tcp://{tcp_addr}"), None)
+                .await
+                .expect("connect");
+            let start = Instant::now();
+            let count = client
+                .subscribe("ticker/count", json!({ "to": ITEMS }))
+                .await
+                .expect("ticker starts")
+                .map(|item| item.expect("a tick"))
+                .count()
+                .await;
+            assert_eq!(count as u64, ITEMS);
+            ITEMS as f64 / start.elapsed().as_secs_f64()
+        })
+    })
+    .await
+    .expect("the client thread");
+    println!("\n`ticker/count` over TCP: {items:.0} items/s ({ITEMS} items)\n");
+}
+
+/// Keeps `IN_FLIGHT` `echo/echo` calls going against `target` for
+/// `ENVELOPE_SECONDS`: calls per second and latency.
+fn echo_in_flight(target: &str) -> (f64, Stats) {
+    client_runtime().block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(ENVELOPE_SECONDS);
+        let input = json!({"x": 1});
+        let envelope = if target.starts_with("http://") {
+            None
+        } else {
+            Some(
+                opbox::client::Client::connect(target, None)
+                    .await
+                    .expect("connect"),
+            )
+        };
+        let http = reqwest::Client::new();
+        let workers = (0..IN_FLIGHT).map(|_| {
+            let (envelope, http, input) = (envelope.clone(), http.clone(), input.clone());
+            async move {
+                let mut samples = Vec::new();
+                while Instant::now() < deadline {
+                    let start = Instant::now();
+                    match &envelope {
+                        Some(client) => {
+                            client.call("echo/echo", input.clone()).await.expect("echo");
+                        }
+                        None => {
+                            let body = json!({"operation": "echo/echo", "input": input});
+                            let response =
+                                http.post(target).json(&body).send().await.expect("echo");
+                            assert!(response.status().is_success());
+                            response.bytes().await.expect("a body");
+                        }
+                    }
+                    samples.push(start.elapsed());
+                }
+                samples
+            }
+        });
+        let started = Instant::now();
+        let samples: Vec<Duration> = futures::future::join_all(workers)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        let rate = samples.len() as f64 / started.elapsed().as_secs_f64();
+        (rate, Stats::of(samples))
+    })
 }
 
 /// A single-threaded runtime for a client thread.

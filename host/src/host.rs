@@ -169,7 +169,8 @@ impl Host {
     }
 
     /// Serves the envelope protocol over TCP on `listener` until `shutdown`
-    /// resolves.
+    /// resolves, then waits for open connections to close: drain the
+    /// dispatcher first ([`Dispatcher::drain`]) so that they do.
     pub async fn serve_tcp(
         &self,
         listener: TcpListener,

@@ -160,6 +160,7 @@ async fn serve(
             let _ = stop.changed().await;
         }
     };
+    let mut tcp_server = None;
     if let Some(tcp_addr) = tcp_addr {
         let tcp = tokio::net::TcpListener::bind(tcp_addr)
             .await
@@ -168,11 +169,11 @@ async fn serve(
             .local_addr()
             .context("cannot read the listening address")?;
         tracing::info!("opbox envelopes on tcp://{local}");
-        tokio::spawn({
+        tcp_server = Some(tokio::spawn({
             let host = host.clone();
             let stopped = stopped();
             async move { host.serve_tcp(tcp, stopped).await }
-        });
+        }));
     }
     tracing::info!("opbox serving on http://{local}");
     let server = tokio::spawn({
@@ -182,15 +183,24 @@ async fn serve(
     });
     shutdown_signal().await;
     tracing::info!(
-        "shutting down; open requests have {} s to finish",
+        "shutting down; open calls have {} s to finish, subscriptions end with UNAVAILABLE",
         SHUTDOWN_GRACE.as_secs()
     );
+    // New calls are refused and subscriptions end; running calls go on.
+    host.dispatcher().drain();
     let _ = stop_tx.send(true);
-    match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
+    let finished = async {
+        host.dispatcher().idle().await;
+        if let Some(tcp_server) = tcp_server {
+            let _ = tcp_server.await;
+        }
+        server.await
+    };
+    match tokio::time::timeout(SHUTDOWN_GRACE, finished).await {
         Ok(joined) => joined
             .context("the server task failed")?
             .context("the server failed")?,
-        Err(_) => tracing::warn!("open requests did not finish in time; exiting"),
+        Err(_) => tracing::warn!("open calls did not finish in time; exiting"),
     }
     Ok(())
 }

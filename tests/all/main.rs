@@ -19,5 +19,7 @@ mod isolation;
 mod leaks;
 mod limits;
 mod loading;
+mod nested;
+mod shutdown;
 mod subscribe;
 mod util;

@@ -1,4 +1,5 @@
 //! Host capabilities a plugin imports. One file per capability, each with the
 //! same shape: the `Host` impl for the store state and its grant check.
 
+mod invoke;
 mod log;

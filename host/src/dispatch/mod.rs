@@ -8,22 +8,27 @@
 //! subscription's stream) aborts it: the guest is interrupted and its instance
 //! dropped.
 
+mod drain;
 mod failure;
 mod logged;
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::future::BoxFuture;
 use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
 use serde::Serialize;
 use serde_json::{Value, json};
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::error::{CallError, ErrorCode};
 use crate::registry::{Handler, OpType, Operation, OperationSpec, Registry, Visibility};
-use crate::runtime::Invocation;
+use crate::runtime::{GuestError, Invocation, NestedCalls};
 
+use drain::Drain;
 use logged::{CallLog, Logged};
 
 /// Who is calling.
@@ -56,8 +61,21 @@ impl Identity {
 pub enum Origin {
     /// A caller on a transport: internal operations are invisible to it.
     Wire,
-    /// Another operation.
-    Nested,
+    /// Another operation, `depth` calls down from the wire: internal
+    /// operations are visible to it.
+    Nested {
+        /// 1 for a call made by an operation called from the wire.
+        depth: u32,
+    },
+}
+
+impl Origin {
+    fn depth(self) -> u32 {
+        match self {
+            Self::Wire => 0,
+            Self::Nested { depth } => depth,
+        }
+    }
 }
 
 /// One call, as the dispatcher takes it.
@@ -123,6 +141,8 @@ pub struct DispatchConfig {
     pub default_deadline: Duration,
     /// The longest a subscription may run, if bounded.
     pub max_subscription: Option<Duration>,
+    /// The deepest chain of calls operations may make to each other.
+    pub max_call_depth: u32,
 }
 
 impl Default for DispatchConfig {
@@ -130,6 +150,7 @@ impl Default for DispatchConfig {
         Self {
             default_deadline: Duration::from_secs(30),
             max_subscription: None,
+            max_call_depth: 16,
         }
     }
 }
@@ -157,6 +178,7 @@ pub struct Dispatcher {
 struct Inner {
     registry: Arc<Registry>,
     config: DispatchConfig,
+    drain: Arc<Drain>,
 }
 
 impl fmt::Debug for Dispatcher {
@@ -175,13 +197,34 @@ impl Dispatcher {
     /// A dispatcher over `registry`.
     pub fn new(registry: Arc<Registry>, config: DispatchConfig) -> Self {
         Self {
-            inner: Arc::new(Inner { registry, config }),
+            inner: Arc::new(Inner {
+                registry,
+                config,
+                drain: Arc::new(Drain::new()),
+            }),
         }
     }
 
     /// The registry this dispatcher routes to.
     pub fn registry(&self) -> &Arc<Registry> {
         &self.inner.registry
+    }
+
+    /// Starts draining: new calls from the wire get `UNAVAILABLE`, open
+    /// subscriptions end with `UNAVAILABLE`, running queries and mutations
+    /// go on. Wait for them with [`Dispatcher::idle`].
+    pub fn drain(&self) {
+        self.inner.drain.start();
+    }
+
+    /// Resolves once the host starts draining.
+    pub fn draining(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.inner.drain.draining()
+    }
+
+    /// Resolves once no call or subscription is in flight.
+    pub fn idle(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.inner.drain.idle()
     }
 
     /// Whether `request` names a query, a mutation or a subscription, as
@@ -199,6 +242,7 @@ impl Dispatcher {
     }
 
     async fn call_inner(&self, request: CallRequest) -> Result<Value, CallError> {
+        let _in_flight = self.inner.drain.enter(request.origin)?;
         let op = self.resolve(&request)?;
         if !op.spec.op_type.is_once() {
             return Err(CallError::new(
@@ -220,7 +264,7 @@ impl Dispatcher {
             match &op.handler {
                 Handler::NativeOnce(handler) => handler(cx, request.input).await,
                 Handler::Plugin { plugin, op: name } => {
-                    let invocation = invocation(&request, deadline);
+                    let invocation = invocation(self, &request, deadline);
                     let output = plugin
                         .call(&invocation, name, request.input.to_string())
                         .await
@@ -251,6 +295,7 @@ impl Dispatcher {
     }
 
     async fn subscribe_inner(&self, request: &CallRequest) -> Result<OutputStream, CallError> {
+        let in_flight = self.inner.drain.enter(request.origin)?;
         let op = self.resolve(request)?;
         if op.spec.op_type.is_once() {
             return Err(CallError::new(
@@ -267,7 +312,7 @@ impl Dispatcher {
         let stream: OutputStream = match &op.handler {
             Handler::NativeStream(handler) => handler(cx, request.input.clone()).await?,
             Handler::Plugin { plugin, op: name } => {
-                let invocation = invocation(request, limit.unwrap_or(NO_DEADLINE));
+                let invocation = invocation(self, request, limit.unwrap_or(NO_DEADLINE));
                 let items = plugin
                     .subscribe(&invocation, name, request.input.to_string())
                     .await
@@ -282,10 +327,11 @@ impl Dispatcher {
             }
             Handler::NativeOnce(_) => return Err(CallError::internal()),
         };
-        Ok(match limit {
+        let stream = match limit {
             Some(limit) => with_time_limit(stream, limit),
             None => stream,
-        })
+        };
+        Ok(self.inner.drain.until_drained(stream, in_flight))
     }
 
     /// The operations `identity` can see from the wire, optionally filtered
@@ -323,6 +369,14 @@ impl Dispatcher {
     }
 
     fn resolve(&self, request: &CallRequest) -> Result<Arc<Operation>, CallError> {
+        let max_depth = self.inner.config.max_call_depth;
+        if request.origin.depth() > max_depth {
+            return Err(CallError::new(
+                ErrorCode::ResourceExhausted,
+                format!("calls nested more than {max_depth} deep"),
+            )
+            .with_details(json!({"limit": "max_call_depth", "value": max_depth})));
+        }
         let name = request
             .operation
             .strip_prefix('/')
@@ -348,16 +402,70 @@ impl Dispatcher {
 /// Whether `op` exists for this caller. Everything that is not visible is
 /// `NOT_FOUND`, never a different answer.
 fn visible(op: &Operation, _identity: &Identity, origin: Origin) -> bool {
-    origin == Origin::Nested || op.spec.visibility == Visibility::External
+    matches!(origin, Origin::Nested { .. }) || op.spec.visibility == Visibility::External
 }
 
-fn invocation(request: &CallRequest, deadline: Duration) -> Invocation {
+fn invocation(dispatcher: &Dispatcher, request: &CallRequest, deadline: Duration) -> Invocation {
     Invocation {
         request_id: request.request_id.clone(),
         tenant: request.identity.tenant.clone(),
         caller_id: request.identity.id.clone(),
         scopes: request.identity.scopes.clone(),
         deadline,
+        nested: Some(Arc::new(Nested {
+            dispatcher: dispatcher.clone(),
+            identity: request.identity.clone(),
+            deadline: Instant::now() + deadline,
+            depth: request.origin.depth() + 1,
+        })),
+    }
+}
+
+/// The calls a plugin makes from inside one call: by the same caller, within
+/// what is left of its deadline, one level deeper.
+#[derive(Debug)]
+struct Nested {
+    dispatcher: Dispatcher,
+    identity: Identity,
+    deadline: Instant,
+    depth: u32,
+}
+
+impl NestedCalls for Nested {
+    fn call(
+        &self,
+        operation: String,
+        input: String,
+    ) -> BoxFuture<'static, Result<String, GuestError>> {
+        let dispatcher = self.dispatcher.clone();
+        let request = CallRequest {
+            request_id: new_request_id(),
+            operation,
+            input: Value::Null,
+            deadline: Some(self.deadline.saturating_duration_since(Instant::now())),
+            identity: self.identity.clone(),
+            origin: Origin::Nested { depth: self.depth },
+        };
+        // The nested call runs on a task of its own: its store cannot be
+        // driven from inside the caller's (wasmtime refuses nested event
+        // loops). Dropping the handle, as happens when the caller is aborted,
+        // aborts the task and so the nested call and everything below it.
+        let task = AbortOnDropHandle::new(tokio::spawn(async move {
+            let input = serde_json::from_str(&input)
+                .map_err(|e| CallError::invalid_input(format!("the input is not JSON: {e}")))?;
+            dispatcher.call(CallRequest { input, ..request }).await
+        }));
+        async move {
+            let output = task.await.unwrap_or_else(|_| Err(CallError::internal()));
+            output
+                .map(|output| output.to_string())
+                .map_err(|e| GuestError {
+                    code: e.code.as_str().to_owned(),
+                    message: e.message,
+                    details: e.details,
+                })
+        }
+        .boxed()
     }
 }
 

@@ -10,6 +10,7 @@
 //! already on its way.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
@@ -73,6 +74,7 @@ pub async fn serve<R, W>(
 {
     let open = Shared::default();
     let (tx, rx) = mpsc::channel(256);
+    let draining = dispatcher.draining();
     let session = Session {
         dispatcher,
         identity,
@@ -82,7 +84,7 @@ pub async fn serve<R, W>(
     };
     tokio::select! {
         () = session.read(incoming) => {}
-        () = write(open.clone(), rx, outgoing) => {}
+        () = write(open.clone(), rx, outgoing, draining) => {}
     }
     let calls = std::mem::take(&mut lock(&open).calls);
     for (_, handle) in calls.into_values() {
@@ -273,13 +275,29 @@ impl Call {
 }
 
 /// Writes frames in the order they come, skipping those of calls no longer
-/// open, until the connection fails or a frame asks to close it.
+/// open, until the connection fails, a frame asks to close it, or the host
+/// is draining and nothing is left open on this connection.
 async fn write<W: Sink<Bytes> + Unpin>(
     open: Shared,
     mut rx: mpsc::Receiver<Outbound>,
     mut sink: W,
+    draining: impl Future<Output = ()>,
 ) {
-    while let Some(frame) = rx.recv().await {
+    let mut draining = std::pin::pin!(draining);
+    let mut drained = false;
+    loop {
+        if drained && rx.is_empty() && lock(&open).calls.is_empty() {
+            let _ = sink.close().await;
+            return;
+        }
+        let frame = tokio::select! {
+            frame = rx.recv() => frame,
+            () = &mut draining, if !drained => {
+                drained = true;
+                continue;
+            }
+        };
+        let Some(frame) = frame else { return };
         if let Some((id, seq)) = &frame.call {
             let mut open = lock(&open);
             if open.calls.get(id).map(|(live, _)| live) != Some(seq) {

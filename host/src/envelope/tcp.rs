@@ -21,8 +21,10 @@ pub fn codec(max_frame_bytes: usize) -> LengthDelimitedCodec {
         .new_codec()
 }
 
-/// Accepts connections on `listener` until `shutdown` completes; each is
-/// served on a task of its own.
+/// Accepts connections on `listener` until `shutdown` completes, serving
+/// each on a task of its own; then waits for the open connections to close.
+/// They close by themselves once the dispatcher drains and their last call
+/// has answered.
 pub async fn serve(
     listener: TcpListener,
     dispatcher: Dispatcher,
@@ -30,6 +32,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let config = Arc::new(config);
+    let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
         let stream = tokio::select! {
@@ -43,11 +46,15 @@ pub async fn serve(
                     continue;
                 }
             },
-            () = &mut shutdown => return,
+            // Reap finished connections as they end.
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(connection(stream, dispatcher.clone(), config.clone()));
+        connections.spawn(connection(stream, dispatcher.clone(), config.clone()));
     }
+    drop(listener);
+    while connections.join_next().await.is_some() {}
 }
 
 async fn connection(stream: TcpStream, dispatcher: Dispatcher, config: Arc<EnvelopeConfig>) {

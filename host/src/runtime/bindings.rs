@@ -4,6 +4,7 @@
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "opbox:plugin/plugin",
+    imports: { "opbox:plugin/invoke.call": async | store },
     exports: { default: async | store },
 });
 

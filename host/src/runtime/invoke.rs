@@ -9,6 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use serde_json::Value;
 use wasmtime::{PoolConcurrencyLimitError, Store, UpdateDeadline};
 
@@ -31,6 +32,21 @@ pub struct Invocation {
     pub scopes: Vec<String>,
     /// Time left for the call; also its CPU budget.
     pub deadline: Duration,
+    /// Who carries out the calls the guest makes to other operations; the
+    /// guest's `invoke.call` answers `UNAVAILABLE` without one.
+    pub nested: Option<Arc<dyn NestedCalls>>,
+}
+
+/// Carries out the calls a guest makes to other operations
+/// (`opbox:plugin/invoke`) on behalf of the call that made them: same caller,
+/// what is left of its deadline, one level deeper.
+pub trait NestedCalls: std::fmt::Debug + Send + Sync + 'static {
+    /// Calls the query or mutation `operation` with JSON text `input`.
+    fn call(
+        &self,
+        operation: String,
+        input: String,
+    ) -> BoxFuture<'static, Result<String, GuestError>>;
 }
 
 impl Invocation {
@@ -42,6 +58,7 @@ impl Invocation {
             caller_id: None,
             scopes: Vec::new(),
             deadline,
+            nested: None,
         }
     }
 
@@ -137,6 +154,7 @@ impl Plugin {
             fuel,
             runtime.live.enter(),
             slot,
+            invocation.nested.clone(),
         );
         let mut store = Store::new(&runtime.engine, state);
         if runtime.config.fuel {

@@ -9,6 +9,7 @@ use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use super::invoke::NestedCalls;
 use super::lanes::Turns;
 use super::limits::{Dropped, LimitHit, PluginLimits};
 use super::output::CapturedOutput;
@@ -111,6 +112,8 @@ pub(crate) struct StoreState {
     /// The plugin and request this store serves, for log lines.
     pub(crate) plugin: Arc<str>,
     pub(crate) request_id: Arc<str>,
+    /// Who carries out the guest's calls to other operations.
+    pub(crate) nested: Option<Arc<dyn NestedCalls>>,
     /// The last message the guest reported through `log.fatal`.
     pub(crate) fatal: Option<String>,
     /// Log lines this call may still write, and how many it lost past that.
@@ -132,6 +135,7 @@ impl StoreState {
         fuel: Option<u64>,
         live: LiveGuard,
         slot: OwnedSemaphorePermit,
+        nested: Option<Arc<dyn NestedCalls>>,
     ) -> Self {
         let limits = plugin.limits();
         let output_cap = limits.output_capture_bytes;
@@ -151,6 +155,7 @@ impl StoreState {
             turns: Turns::default(),
             plugin: plugin.name.clone(),
             request_id,
+            nested,
             fatal: None,
             log_lines_left: limits.log_lines,
             log_lines_dropped: 0,

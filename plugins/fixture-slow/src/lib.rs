@@ -58,8 +58,37 @@ async fn burst(_ctx: Context, input: Burst) -> Result<impl Stream<Item = Result<
     Ok(stream::iter((0..input.burst).map(Ok)).chain(paced))
 }
 
+#[derive(Deserialize, JsonSchema)]
+struct Nest {
+    /// The operation to call, `namespace/op`.
+    operation: String,
+    /// Its input.
+    #[serde(default)]
+    input: serde_json::Value,
+}
+
+async fn nest(ctx: Context, input: Nest) -> Result<serde_json::Value> {
+    ctx.call(&input.operation, &input.input).await
+}
+
+async fn recurse(ctx: Context, depth: u32) -> Result<u32> {
+    ctx.call("fixture-slow/recurse", &(depth + 1)).await
+}
+
+async fn secret(_ctx: Context, _input: serde_json::Value) -> Result<&'static str> {
+    Ok("only for operations")
+}
+
 fn plugin() -> Plugin {
     Plugin::new()
+        .query(
+            "nest",
+            "Calls `operation` with `input` and returns its output.",
+            nest,
+        )
+        .query("recurse", "Calls itself, forever.", recurse)
+        .query("secret", "An internal operation.", secret)
+        .internal()
         .query(
             "sleep",
             "Sleeps `ms` milliseconds, then returns `ms`.",

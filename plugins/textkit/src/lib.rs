@@ -1,7 +1,9 @@
 //! `textkit`: text statistics.
 //!
 //! `textkit/stats` over `{"text": "..."}` counts lines, words and characters
-//! and lists the five most frequent words.
+//! and lists the five most frequent words. `textkit/summary` composes: it
+//! calls `textkit/stats` and `echo/echo` through the host and sums them up
+//! in one line.
 
 use std::collections::HashMap;
 
@@ -16,7 +18,7 @@ struct StatsInput {
     text: String,
 }
 
-#[derive(Serialize, JsonSchema)]
+#[derive(Serialize, Deserialize, JsonSchema)]
 struct Stats {
     lines: usize,
     words: usize,
@@ -26,7 +28,7 @@ struct Stats {
     top_words: Vec<WordCount>,
 }
 
-#[derive(Serialize, JsonSchema)]
+#[derive(Serialize, Deserialize, JsonSchema)]
 struct WordCount {
     word: String,
     count: usize,
@@ -58,12 +60,41 @@ async fn stats(_ctx: Context, input: StatsInput) -> Result<Stats> {
     })
 }
 
+#[derive(Serialize, JsonSchema)]
+struct Summary {
+    /// One line about the text, e.g. `12 words on 2 lines; mostly "the"`.
+    summary: String,
+    /// What `textkit/stats` said.
+    stats: Stats,
+}
+
+/// Composes two operations through the host: `textkit/stats` (this plugin,
+/// called like any other) and `echo/echo` (another plugin).
+async fn summary(ctx: Context, input: StatsInput) -> Result<Summary> {
+    let stats: Stats = ctx
+        .call("textkit/stats", &serde_json::json!({ "text": input.text }))
+        .await?;
+    let mostly = match stats.top_words.first() {
+        Some(top) => format!("; mostly \"{}\"", top.word),
+        None => String::new(),
+    };
+    let line = format!("{} words on {} lines{mostly}", stats.words, stats.lines);
+    let summary: String = ctx.call("echo/echo", &line).await?;
+    Ok(Summary { summary, stats })
+}
+
 fn plugin() -> Plugin {
-    Plugin::new().query(
-        "stats",
-        "Counts lines, words and characters, and lists the five most frequent words.",
-        stats,
-    )
+    Plugin::new()
+        .query(
+            "stats",
+            "Counts lines, words and characters, and lists the five most frequent words.",
+            stats,
+        )
+        .query(
+            "summary",
+            "Sums a text up in one line, by calling textkit/stats and echo/echo.",
+            summary,
+        )
 }
 
 opbox_sdk::export!(plugin);

@@ -1,0 +1,98 @@
+//! Graceful shutdown of the real `opbox` binary: on SIGTERM running calls
+//! finish, subscriptions end with `UNAVAILABLE`, and the process exits 0.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use futures::StreamExt;
+use opbox::client::{Client, ClientError};
+use serde_json::json;
+
+#[tokio::test]
+async fn sigterm_lets_calls_finish_and_ends_subscriptions() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("opbox.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\ntcp_listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n\
+             [[plugins]]\npath = {:?}\n",
+            crate::util::data_dir(),
+            opbox::bundled::built_plugin("fixture-slow"),
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_opbox"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Should the test fail half-way, the host does not outlive it.
+    let _reaper = Reaper(child.id());
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let tcp = loop {
+        let line = lines.next().expect("the server starts").unwrap();
+        if let Some((_, addr)) = line.split_once("envelopes on tcp://") {
+            break addr.trim().to_owned();
+        }
+    };
+    std::thread::spawn(move || lines.for_each(drop));
+
+    let client = Client::connect(&format!("tcp://{tcp}"), None)
+        .await
+        .unwrap();
+    let slow = tokio::spawn({
+        let client = client.clone();
+        async move { client.call("fixture-slow/sleep", json!({"ms": 1500})).await }
+    });
+    let mut ticks = client
+        .subscribe("ticker/count", json!({"to": 1_000_000, "every_ms": 20}))
+        .await
+        .unwrap();
+    // The sleep was sent first on this connection, so it is running by now.
+    ticks.next().await.unwrap().unwrap();
+
+    let signalled = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(signalled.success());
+
+    let end = loop {
+        match ticks.next().await {
+            Some(Ok(_)) => continue,
+            other => break other,
+        }
+    };
+    match end {
+        Some(Err(ClientError::Call(error))) => assert_eq!(error.code.as_str(), "UNAVAILABLE"),
+        other => panic!("the subscription ended with {other:?}"),
+    }
+    assert_eq!(
+        slow.await.unwrap().unwrap(),
+        json!(1500),
+        "the running call finished"
+    );
+    let status = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::task::spawn_blocking(move || child.wait().unwrap()),
+    )
+    .await
+    .expect("the host exits")
+    .unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+/// Kills the process with this id when dropped (a no-op once it exited).
+struct Reaper(u32);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", &self.0.to_string()])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
