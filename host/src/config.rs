@@ -15,6 +15,7 @@
 //! deadline_ms = 30000          # queries and mutations
 //! max_instances = 256          # instances alive at once, all plugins together
 //! # cpu_lanes = 1              # CPU-bound guests running at once (default: cores - 1)
+//! max_call_depth = 16          # operations calling operations, this deep at most
 //!
 //! [plugin_limits]              # every plugin's limits, unless it has its own
 //! memory_bytes = 67108864      # linear memory per instance (64 MiB)
@@ -212,6 +213,8 @@ pub struct LimitsConfig {
     /// CPU-bound guests running at once; the other executor workers stay
     /// free for short calls. `None`: one fewer than the machine's cores.
     pub cpu_lanes: Option<usize>,
+    /// The deepest chain of calls operations may make to each other.
+    pub max_call_depth: u32,
 }
 
 impl Default for LimitsConfig {
@@ -220,6 +223,7 @@ impl Default for LimitsConfig {
             deadline_ms: 30_000,
             max_instances: RuntimeConfig::default().max_instances,
             cpu_lanes: None,
+            max_call_depth: DispatchConfig::default().max_call_depth,
         }
     }
 }
@@ -289,6 +293,7 @@ impl HostConfig {
     pub fn dispatch(&self) -> DispatchConfig {
         DispatchConfig {
             default_deadline: Duration::from_millis(self.limits.deadline_ms),
+            max_call_depth: self.limits.max_call_depth,
             ..DispatchConfig::default()
         }
     }

@@ -136,6 +136,15 @@ fn the_example_configuration_is_valid_and_means_what_it_says() {
     assert_eq!(config.listen, defaults.listen);
     assert_eq!(config.limits.deadline_ms, defaults.limits.deadline_ms);
     assert_eq!(config.limits.max_instances, defaults.limits.max_instances);
+    assert_eq!(config.limits.max_call_depth, defaults.limits.max_call_depth);
+    assert_eq!(
+        config.envelope.max_open_calls,
+        defaults.envelope.max_open_calls
+    );
+    assert_eq!(
+        config.envelope.max_frame_bytes,
+        defaults.envelope.max_frame_bytes
+    );
     // Every default limit written out equals the built-in default.
     assert_eq!(config.plugin_limits(None), PluginLimits::default());
     let mirror = config.plugin_limits(Some(&config.plugins[0]));

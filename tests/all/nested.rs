@@ -53,6 +53,12 @@ async fn a_plugin_calling_itself_forever_stops_at_the_depth_limit() {
         body["error"]["details"],
         json!({"limit": "max_call_depth", "value": 16})
     );
+    let host = TestHost::with_config(|config| config.limits.max_call_depth = 3).await;
+    let (_, body) = host.call("fixture-slow/recurse", json!(0)).await;
+    assert_eq!(
+        body["error"]["details"],
+        json!({"limit": "max_call_depth", "value": 3})
+    );
     assert_eq!(host.wait_for_live(0, Duration::from_secs(10)).await, 0);
 }
 
