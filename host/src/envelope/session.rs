@@ -109,7 +109,7 @@ impl Session {
                 }
                 Inbound::Frame(bytes) => match wire::parse(&bytes) {
                     Ok(Incoming::Call { id, payload }) => {
-                        self.start(id, payload);
+                        self.start(id, payload).await;
                         continue;
                     }
                     Ok(Incoming::Abort { id }) => {
@@ -131,30 +131,33 @@ impl Session {
     }
 
     /// Starts a call as a task of its own, registered under `id` before it
-    /// can produce anything.
-    fn start(&self, id: String, payload: CallPayload) {
+    /// can produce anything, or answers why not. Waits (and so stops
+    /// reading the connection) while the writer is behind.
+    async fn start(&self, id: String, payload: CallPayload) {
+        if let Some(error) = self.try_start(&id, payload) {
+            self.send_now(wire::error_frame(&id, &error), false).await;
+        }
+    }
+
+    fn try_start(&self, id: &str, payload: CallPayload) -> Option<CallError> {
         let mut open = lock(&self.open);
-        if let Some((_, handle)) = open.calls.remove(&id) {
+        if let Some((_, handle)) = open.calls.remove(id) {
             handle.abort();
-            drop(open);
-            let error = CallError::invalid_input(format!(
+            return Some(CallError::invalid_input(format!(
                 "the id `{id}` is already in use by an open call; both are cancelled"
-            ));
-            self.send_soon(wire::error_frame(&id, &error));
-            return;
+            )));
         }
         if open.calls.len() >= self.config.max_open_calls {
-            drop(open);
-            let error = CallError::new(
-                ErrorCode::ResourceExhausted,
-                "too many calls open on this connection",
-            )
-            .with_details(json!({
-                "limit": "max_open_calls",
-                "value": self.config.max_open_calls,
-            }));
-            self.send_soon(wire::error_frame(&id, &error));
-            return;
+            return Some(
+                CallError::new(
+                    ErrorCode::ResourceExhausted,
+                    "too many calls open on this connection",
+                )
+                .with_details(json!({
+                    "limit": "max_open_calls",
+                    "value": self.config.max_open_calls,
+                })),
+            );
         }
         open.next_seq += 1;
         let seq = open.next_seq;
@@ -167,12 +170,13 @@ impl Session {
             origin: Origin::Wire,
         };
         let call = Call {
-            id: id.clone(),
+            id: id.to_owned(),
             seq,
             tx: self.tx.clone(),
         };
         let task = tokio::spawn(call.run(self.dispatcher.clone(), request));
-        open.calls.insert(id, (seq, task.abort_handle()));
+        open.calls.insert(id.to_owned(), (seq, task.abort_handle()));
+        None
     }
 
     /// Stops the call with `id`, if it is open: its task is aborted, which
@@ -194,21 +198,6 @@ impl Session {
                 close,
             })
             .await;
-    }
-
-    /// Queues a connection-level frame without making the reader wait.
-    fn send_soon(&self, bytes: Vec<u8>) {
-        let tx = self.tx.clone();
-        tokio::spawn(async move {
-            let _ = tx
-                .send(Outbound {
-                    call: None,
-                    bytes,
-                    last: false,
-                    close: false,
-                })
-                .await;
-        });
     }
 }
 
