@@ -18,6 +18,11 @@ async fn an_operation_composes_others() {
     let output = &body["output"];
     assert_eq!(output["summary"], "4 words on 2 lines; mostly \"the\"");
     assert_eq!(output["stats"]["words"], 4);
+    let (_, body) = host.call("textkit/summary", json!({"text": "one"})).await;
+    assert_eq!(
+        body["output"]["summary"],
+        "1 word on 1 line; mostly \"one\""
+    );
 }
 
 #[tokio::test]

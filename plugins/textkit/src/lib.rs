@@ -78,9 +78,22 @@ async fn summary(ctx: Context, input: StatsInput) -> Result<Summary> {
         Some(top) => format!("; mostly \"{}\"", top.word),
         None => String::new(),
     };
-    let line = format!("{} words on {} lines{mostly}", stats.words, stats.lines);
+    let line = format!(
+        "{} on {}{mostly}",
+        counted(stats.words, "word"),
+        counted(stats.lines, "line")
+    );
     let summary: String = ctx.call("echo/echo", &line).await?;
     Ok(Summary { summary, stats })
+}
+
+/// `1 word`, `2 words`.
+fn counted(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
 }
 
 fn plugin() -> Plugin {
