@@ -164,16 +164,21 @@ impl Client {
         }
     }
 
-    /// Calls a query or mutation and waits for its output.
+    /// Calls a query or mutation and waits for its output. Dropping the
+    /// future before the answer aborts the call on the host.
     pub async fn call(&self, operation: &str, input: Value) -> Result<Value, ClientError> {
-        let (id, mut replies) = self.start(operation, input)?;
-        let reply = replies.recv().await;
-        lock(&self.inner.calls).remove(&id);
-        match reply {
-            Some(envelope) => output(envelope)?.ok_or(ClientError::Protocol(
+        // The same guard as a subscription: aborts unless it saw the end.
+        let mut reply = self.subscribe(operation, input).await?;
+        match reply.next().await {
+            Some(Ok(output)) => {
+                reply.done = true;
+                lock(&self.inner.calls).remove(&reply.id);
+                Ok(output)
+            }
+            Some(Err(error)) => Err(error),
+            None => Err(ClientError::Protocol(
                 "`call.completed` for a query or mutation".into(),
             )),
-            None => Err(ClientError::Closed),
         }
     }
 

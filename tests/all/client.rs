@@ -54,6 +54,14 @@ async fn dropping_a_subscription_aborts_it_on_the_host() {
     assert_eq!(host.wait_for_live(1, Duration::from_secs(10)).await, 1);
     drop(spinning);
     assert_eq!(host.wait_for_live(0, Duration::from_secs(10)).await, 0);
+    // A call given up on is aborted too.
+    let given_up = tokio::time::timeout(
+        Duration::from_millis(200),
+        client.call("hostile-loop/spin", json!(null)),
+    );
+    assert!(given_up.await.is_err(), "the spin never answers");
+    // Well before the spin's own 5 s CPU limit would end it.
+    assert_eq!(host.wait_for_live(0, Duration::from_secs(2)).await, 0);
     // The connection goes on serving.
     assert_eq!(client.call("echo/echo", json!(7)).await.unwrap(), json!(7));
 }
