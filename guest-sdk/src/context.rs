@@ -1,5 +1,6 @@
 //! Who is calling, and for how long.
 
+use std::marker::PhantomData;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -78,5 +79,81 @@ impl Context {
         let output = crate::__private::invoke::call(operation.to_owned(), input).await?;
         serde_json::from_str(&output)
             .map_err(|e| Error::internal(format!("unexpected output from `{operation}`: {e}")))
+    }
+
+    /// Subscribes to another operation's outputs, on the same terms as
+    /// [`Context::call`]. Errors found before it starts come back here; later
+    /// ones end the [`Subscription`]. Dropping the subscription, or returning
+    /// from this call, aborts it on the host.
+    ///
+    /// ```ignore
+    /// let mut ticks = ctx.subscribe::<_, Tick>("ticker/count", &json!({"to": 3})).await?;
+    /// while let Some(tick) = ticks.next().await {
+    ///     let tick = tick?;
+    /// }
+    /// ```
+    pub async fn subscribe<I, O>(&self, operation: &str, input: &I) -> Result<Subscription<O>>
+    where
+        I: Serialize + ?Sized,
+        O: DeserializeOwned,
+    {
+        let input = serde_json::to_string(input).map_err(|e| {
+            Error::internal(format!("cannot encode the input of `{operation}`: {e}"))
+        })?;
+        let reader = crate::__private::invoke::subscribe(operation.to_owned(), input).await?;
+        Ok(Subscription {
+            reader: Some(reader),
+            operation: operation.to_owned(),
+            _output: PhantomData,
+        })
+    }
+}
+
+/// The outputs of another operation this call subscribed to
+/// ([`Context::subscribe`]).
+pub struct Subscription<O> {
+    /// `None` once the subscription has ended.
+    reader: Option<wit_bindgen::StreamReader<crate::__private::Item>>,
+    operation: String,
+    _output: PhantomData<fn() -> O>,
+}
+
+impl<O> std::fmt::Debug for Subscription<O> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("operation", &self.operation)
+            .field("ended", &self.reader.is_none())
+            .finish()
+    }
+}
+
+impl<O: DeserializeOwned> Subscription<O> {
+    /// The next output; `None` once the subscription completed. An error is
+    /// the last item.
+    pub async fn next(&mut self) -> Option<Result<O>> {
+        let item = self.reader.as_mut()?.next().await;
+        let item = match item {
+            Some(Ok(text)) => serde_json::from_str(&text).map_err(|e| {
+                Error::internal(format!("unexpected output from `{}`: {e}", self.operation))
+            }),
+            Some(Err(error)) => Err(error.into()),
+            None => {
+                self.reader = None;
+                return None;
+            }
+        };
+        if item.is_err() {
+            self.reader = None;
+        }
+        Some(item)
+    }
+
+    /// The outputs as a [`futures::Stream`], e.g. to map and return as this
+    /// operation's own subscription.
+    pub fn into_stream(self) -> impl futures::Stream<Item = Result<O>> {
+        futures::stream::unfold(self, |mut outputs| async move {
+            let item = outputs.next().await?;
+            Some((item, outputs))
+        })
     }
 }

@@ -78,6 +78,27 @@
 //!   panic message and keeps serving everyone else. Every call runs in a fresh
 //!   instance, so nothing survives from one call to the next.
 //!
+//! # Calling other operations
+//!
+//! [`Context::call`] calls a query or mutation and [`Context::subscribe`]
+//! subscribes to a subscription, by full name, through the host's
+//! dispatcher: as the same caller (tenant, scopes), within what is left of
+//! the current call's deadline, with this plugin's internal operations
+//! visible. Errors come back as the callee returned them, ready for `?`.
+//! Returning (or being aborted) aborts everything the call started.
+//!
+//! ```ignore
+//! let stats: Stats = ctx.call("textkit/stats", &json!({"text": text})).await?;
+//! let ticks = ctx.subscribe::<_, Tick>("ticker/count", &json!({"to": 3})).await?;
+//! Ok(ticks.into_stream())   // pass another subscription's outputs on
+//! ```
+//!
+//! # Access control
+//!
+//! [`Plugin::scopes`] names the scopes callers of an operation must hold;
+//! operators may replace them. [`Context::scopes`] and [`Context::tenant`]
+//! tell who is calling, for decisions finer than that.
+//!
 //! # Modules
 //!
 //! - [`log`]: log lines attributed to the plugin and the request.
@@ -98,7 +119,7 @@ mod plugin;
 #[path = "guest.rs"]
 pub mod __private;
 
-pub use context::Context;
+pub use context::{Context, Subscription};
 pub use error::{Error, Result};
 pub use futures;
 pub use plugin::{OpType, Plugin};

@@ -37,15 +37,32 @@
 //! max_frame_bytes = 16777216   # larger frames: INVALID_FRAME, connection closed
 //! max_open_calls = 256         # calls open at once on one connection
 //!
+//! [[tenants]]                  # none by default: every call is UNAUTHORIZED
+//! id = "acme"
+//! anonymous = false            # callers without a valid token belong here
+//! [tenants.quotas]             # see `Quotas`
+//! max_concurrent = 64
+//! calls_per_second = 100
+//! [[tenants.tokens]]           # `opbox token new --tenant acme` prints one
+//! id = "acme-ci"
+//! sha256 = "…"
+//! scopes = ["text:read"]
+//!
+//! [access."textkit/stats"]     # overrides the scopes an operation requires
+//! required_scopes = ["text:read"]
+//!
 //! [[plugins]]                  # one plugin, with its own settings
 //! path = "my-plugin.wasm"      # relative to this file
 //! name = "mine"                # mount under another namespace (optional)
+//! tenant = "acme"              # only this tenant sees it (default: shared)
 //! [plugins.limits]             # overrides [plugin_limits] for this plugin
 //! memory_bytes = 16777216
 //! ```
 //!
-//! The meaning and default of each plugin limit: [`PluginLimits`].
+//! The meaning and default of each plugin limit: [`PluginLimits`]; of each
+//! tenant quota: [`Quotas`].
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -55,7 +72,9 @@ use serde::Deserialize;
 use crate::dispatch::DispatchConfig;
 use crate::envelope::EnvelopeConfig;
 use crate::gateway::GatewayConfig;
+use crate::registry::AccessControl;
 use crate::runtime::{PluginLimits, RuntimeConfig};
+use crate::tenants::{Quotas, TenantConfig};
 
 /// Why the configuration could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +122,12 @@ pub struct HostConfig {
     pub gateway: GatewaySection,
     /// Limits of envelope connections (TCP and WebSocket).
     pub envelope: EnvelopeSection,
+    /// The tenants, their tokens and quotas. None by default: every call is
+    /// refused until a tenant takes callers.
+    pub tenants: Vec<TenantConfig>,
+    /// The scopes operations require, by full name, replacing what the
+    /// plugin declares.
+    pub access: BTreeMap<String, AccessControl>,
 }
 
 impl Default for HostConfig {
@@ -118,6 +143,8 @@ impl Default for HostConfig {
             plugin_limits: PluginLimitsConfig::default(),
             gateway: GatewaySection::default(),
             envelope: EnvelopeSection::default(),
+            tenants: Vec::new(),
+            access: BTreeMap::new(),
         }
     }
 }
@@ -151,6 +178,9 @@ pub struct PluginConfig {
     /// The namespace to mount it under, if not its own name.
     #[serde(default)]
     pub name: Option<String>,
+    /// The tenant that owns it and alone sees it; shared when absent.
+    #[serde(default)]
+    pub tenant: Option<String>,
     /// Limits of this plugin, overriding `[plugin_limits]`.
     #[serde(default)]
     pub limits: PluginLimitsConfig,
@@ -317,20 +347,37 @@ impl HostConfig {
     }
 
     /// What `opbox serve` runs without `--config`: the defaults, plus the
-    /// envelope protocol over TCP on 127.0.0.1:8081.
+    /// envelope protocol over TCP on 127.0.0.1:8081 and one tenant,
+    /// `default`, that takes anonymous callers.
     pub fn demo() -> Self {
         Self {
             tcp_listen: Some(SocketAddr::from(([127, 0, 0, 1], 8081))),
+            tenants: vec![TenantConfig {
+                id: crate::dispatch::Identity::DEFAULT_TENANT.to_owned(),
+                anonymous: true,
+                tokens: Vec::new(),
+                quotas: Quotas::default(),
+            }],
             ..Self::default()
         }
     }
 
-    /// The limits of a plugin, from its own settings and the defaults.
+    /// The limits of a plugin, from its own settings and the defaults,
+    /// with its memory capped by its tenant's quota.
     pub fn plugin_limits(&self, plugin: Option<&PluginConfig>) -> PluginLimits {
-        let limits = self.plugin_limits.apply(PluginLimits::default());
-        match plugin {
-            Some(plugin) => plugin.limits.apply(limits),
-            None => limits,
+        let mut limits = self.plugin_limits.apply(PluginLimits::default());
+        let Some(plugin) = plugin else {
+            return limits;
+        };
+        limits = plugin.limits.apply(limits);
+        let cap = self
+            .tenants
+            .iter()
+            .find(|t| Some(&t.id) == plugin.tenant.as_ref())
+            .and_then(|t| t.quotas.memory_bytes);
+        if let Some(cap) = cap {
+            limits.memory_bytes = limits.memory_bytes.min(cap);
         }
+        limits
     }
 }

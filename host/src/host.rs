@@ -6,15 +6,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
 
 use crate::bundled;
 use crate::config::{HostConfig, PluginConfig};
 use crate::dispatch::Dispatcher;
 use crate::envelope;
 use crate::gateway;
-use crate::registry::{Registry, RegistryError};
+use crate::registry::{Operation, Owner, Registry, RegistryError};
 use crate::runtime::{LoadError, LoadOptions, Plugin, Runtime};
 use crate::services;
+use crate::tenants::{Tenants, TenantsError};
 
 /// Why the host could not start or load a plugin.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +49,20 @@ pub enum HostError {
         /// Why.
         source: RegistryError,
     },
+    /// The tenants of the config cannot be used.
+    #[error(transparent)]
+    Tenants(#[from] TenantsError),
+    /// A plugin names a tenant the config does not have.
+    #[error("plugin {origin} belongs to tenant `{tenant}`, which is not configured")]
+    UnknownTenant {
+        /// The file.
+        origin: String,
+        /// The tenant it names.
+        tenant: String,
+    },
+    /// `[access]` names an operation no plugin offers.
+    #[error("[access] names `{0}`, which no plugin offers")]
+    UnknownAccessOverride(String),
 }
 
 /// A host with its plugins loaded, ready to serve.
@@ -55,6 +71,8 @@ pub struct Host {
     runtime: Runtime,
     dispatcher: Dispatcher,
     config: Arc<HostConfig>,
+    /// The gateway's WebSocket connections.
+    websockets: TaskTracker,
 }
 
 impl Host {
@@ -62,18 +80,29 @@ impl Host {
     /// plugin the configuration names. Fails on the first plugin that does
     /// not load: a host never starts with part of its configuration missing.
     pub async fn start(config: HostConfig) -> Result<Self, HostError> {
+        let tenants = Tenants::new(&config.tenants, config.limits.max_instances)?;
+        if config.tenants.is_empty() {
+            tracing::warn!("no [[tenants]] configured: every call will be refused as UNAUTHORIZED");
+        }
         let runtime = Runtime::new(config.runtime()).map_err(HostError::Runtime)?;
         let registry = Arc::new(Registry::new());
-        services::register(&registry).map_err(|source| HostError::Register {
-            origin: services::NAMESPACE.to_owned(),
-            source,
-        })?;
-        let dispatcher = Dispatcher::new(registry, config.dispatch());
+        let dispatcher = Dispatcher::new(registry, config.dispatch(), tenants);
         let host = Self {
             runtime,
             dispatcher,
             config: Arc::new(config),
+            websockets: TaskTracker::new(),
         };
+        let register = |source| HostError::Register {
+            origin: services::NAMESPACE.to_owned(),
+            source,
+        };
+        host.register(
+            &Owner::Shared,
+            services::NAMESPACE,
+            services::operations().map_err(register)?,
+        )
+        .map_err(register)?;
         if host.config.examples {
             for (name, wasm) in bundled::EXAMPLES {
                 host.install(
@@ -82,6 +111,7 @@ impl Host {
                         name: None,
                         limits: host.config.plugin_limits(None),
                     },
+                    &Owner::Shared,
                     &format!("bundled example `{name}`"),
                 )
                 .await?;
@@ -95,6 +125,17 @@ impl Host {
         for plugin in &host.config.plugins {
             host.load_file(&plugin.path, Some(plugin)).await?;
         }
+        for name in host.config.access.keys() {
+            let offered = host
+                .dispatcher
+                .registry()
+                .all_owners()
+                .iter()
+                .any(|op| op.spec.name == *name);
+            if !offered {
+                return Err(HostError::UnknownAccessOverride(name.clone()));
+            }
+        }
         Ok(host)
     }
 
@@ -107,19 +148,25 @@ impl Host {
             path: path.to_owned(),
             source,
         })?;
+        let origin = path.display().to_string();
+        let owner = match settings.and_then(|p| p.tenant.clone()) {
+            None => Owner::Shared,
+            Some(tenant) if self.dispatcher.tenants().contains(&tenant) => Owner::Tenant(tenant),
+            Some(tenant) => return Err(HostError::UnknownTenant { origin, tenant }),
+        };
         let options = LoadOptions {
             name: settings.and_then(|p| p.name.clone()),
             limits: self.config.plugin_limits(settings),
         };
-        self.install(&wasm, options, &path.display().to_string())
-            .await
+        self.install(&wasm, options, &owner, &origin).await
     }
 
-    /// Loads a plugin and registers its operations, all or none.
+    /// Loads a plugin for `owner` and registers its operations, all or none.
     pub async fn install(
         &self,
         wasm: &[u8],
         options: LoadOptions,
+        owner: &Owner,
         origin: &str,
     ) -> Result<Arc<Plugin>, HostError> {
         let plugin = self
@@ -135,17 +182,37 @@ impl Host {
             source,
         };
         let operations = plugin.operations().map_err(register)?;
-        self.dispatcher
-            .registry()
-            .insert_namespace(plugin.name(), operations)
+        self.register(owner, plugin.name(), operations)
             .map_err(register)?;
         tracing::info!(
             plugin = plugin.name(),
+            tenant = match owner {
+                Owner::Shared => "(shared)",
+                Owner::Tenant(tenant) => tenant,
+            },
             version = plugin.version(),
             digest = plugin.digest(),
             "plugin loaded"
         );
         Ok(plugin)
+    }
+
+    /// Registers a namespace, with the scopes `[access]` requires replacing
+    /// those its operations declare.
+    fn register(
+        &self,
+        owner: &Owner,
+        namespace: &str,
+        mut operations: Vec<Operation>,
+    ) -> Result<(), RegistryError> {
+        for op in &mut operations {
+            if let Some(access) = self.config.access.get(&op.spec.name) {
+                op.spec.access_control = access.clone();
+            }
+        }
+        self.dispatcher
+            .registry()
+            .insert_namespace(owner, namespace, operations)
     }
 
     /// The dispatcher every transport calls through.
@@ -165,7 +232,11 @@ impl Host {
 
     /// The HTTP gateway's routes.
     pub fn router(&self) -> axum::Router {
-        gateway::router(self.dispatcher.clone(), self.config.gateway())
+        gateway::router(
+            self.dispatcher.clone(),
+            self.config.gateway(),
+            self.websockets.clone(),
+        )
     }
 
     /// Serves the envelope protocol over TCP on `listener` until `shutdown`
@@ -186,15 +257,19 @@ impl Host {
     }
 
     /// Serves the gateway on `listener` until `shutdown` resolves, then stops
-    /// accepting and lets open requests finish.
+    /// accepting and lets open requests and WebSocket connections finish:
+    /// drain the dispatcher first ([`Dispatcher::drain`]) so that they do.
     pub async fn serve(
         &self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        axum::serve(listener, self.router())
+        let served = axum::serve(listener, self.router())
             .with_graceful_shutdown(shutdown)
-            .await
+            .await;
+        self.websockets.close();
+        self.websockets.wait().await;
+        served
     }
 }
 

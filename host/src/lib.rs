@@ -18,7 +18,8 @@
 //!   the only module that knows wasmtime.
 //! - `capabilities`: what plugins import from the host (`log`).
 //! - [`services`]: the host's own operations (`services/list`,
-//!   `services/schema`).
+//!   `services/schema`, `services/plugin`).
+//! - [`tenants`]: identities, tokens and per-tenant quotas.
 //! - [`config`] and [`Host`]: the configuration and the assembled host.
 //!
 //! # Embedding
@@ -27,7 +28,7 @@
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! use opbox::{CallRequest, Host, HostConfig};
 //!
-//! let host = Host::start(HostConfig::default()).await?;
+//! let host = Host::start(HostConfig::demo()).await?;
 //! let output = host
 //!     .dispatcher()
 //!     .call(CallRequest::new("echo/echo", serde_json::json!({"x": 1})))
@@ -48,6 +49,7 @@ mod host;
 pub mod registry;
 pub mod runtime;
 pub mod services;
+pub mod tenants;
 
 pub use config::HostConfig;
 pub use dispatch::{CallRequest, Dispatcher, Identity};

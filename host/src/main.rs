@@ -6,6 +6,8 @@
 //! - `opbox inspect FILE.wasm`: print a plugin's operations and schemas.
 //! - `opbox call OP [JSON]` and `opbox subscribe OP [JSON]`: call a running
 //!   host over the envelope protocol (`--url tcp://…` or `ws://…/call`).
+//! - `opbox token new --tenant T [--scopes a,b] [--id NAME]`: make a bearer
+//!   token and print it once, with the config lines that grant it.
 //!
 //! Failures print one line on stderr and exit non-zero.
 
@@ -57,6 +59,26 @@ enum Command {
     /// Subscribe to a subscription on a running host and print each output
     /// as it arrives; Ctrl-C aborts it.
     Subscribe(Remote),
+    /// Manage bearer tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Make a fresh random token and print it, once, with the lines to add
+    /// to the tenant in opbox.toml. The host keeps only its SHA-256.
+    New {
+        /// The tenant the token belongs to.
+        #[arg(long)]
+        tenant: String,
+        /// The scopes it grants, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        scopes: Vec<String>,
+        /// Who holds it: the caller id logs and plugins see.
+        #[arg(long, default_value_t = default_token_id())]
+        id: String,
+    },
 }
 
 /// An operation to reach on a running host.
@@ -84,7 +106,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
         Command::Serve { .. } => "info",
-        Command::Inspect { .. } | Command::Call(_) | Command::Subscribe(_) => "warn",
+        Command::Inspect { .. } | Command::Call(_) | Command::Subscribe(_) | Command::Token(_) => {
+            "warn"
+        }
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -114,6 +138,9 @@ fn main() -> ExitCode {
             Command::Inspect { file } => inspect(file).await,
             Command::Call(remote) => call(remote, false).await,
             Command::Subscribe(remote) => call(remote, true).await,
+            Command::Token(TokenCommand::New { tenant, scopes, id }) => {
+                new_token(&tenant, &scopes, &id)
+            }
         }
     });
     // Do not wait for lingering requests (e.g. open subscriptions).
@@ -125,6 +152,30 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A token id unlikely to collide: `token-` and 8 hex digits.
+fn default_token_id() -> String {
+    format!("token-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+}
+
+fn new_token(tenant: &str, scopes: &[String], id: &str) -> Result<()> {
+    let token = opbox::tenants::new_token().context("cannot read random bytes")?;
+    let hash = opbox::tenants::hash_token_hex(&token);
+    let scopes = serde_json::to_string(scopes)?;
+    let id = serde_json::to_string(id)?;
+    let tenant_line = serde_json::to_string(tenant)?;
+    println!("# The token; this is the only time it is shown:");
+    println!("{token}");
+    println!();
+    println!(
+        "# Add to opbox.toml, below the [[tenants]] entry with id = {tenant_line} (before the next [[tenants]]):"
+    );
+    println!("[[tenants.tokens]]");
+    println!("id = {id}");
+    println!("sha256 = \"{hash}\"");
+    println!("scopes = {scopes}");
+    Ok(())
 }
 
 async fn serve(

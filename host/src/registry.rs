@@ -48,6 +48,7 @@ pub enum Visibility {
 
 /// The scopes a caller needs.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AccessControl {
     /// The caller must hold all of these.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -189,10 +190,41 @@ pub fn is_valid_name(name: &str) -> bool {
     matches!(name.split_once('/'), Some((ns, op)) if is_valid_segment(ns) && is_valid_segment(op))
 }
 
+/// Whose a plugin (and so its namespace) is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Owner {
+    /// Seen by every tenant: the host's own services, the bundled examples,
+    /// plugins loaded without a tenant.
+    Shared,
+    /// Seen only by this tenant.
+    Tenant(String),
+}
+
+impl Owner {
+    /// Whether `tenant` sees what this owner has.
+    pub fn visible_to(&self, tenant: &str) -> bool {
+        match self {
+            Self::Shared => true,
+            Self::Tenant(owner) => owner == tenant,
+        }
+    }
+}
+
+/// One namespace of one owner.
+#[derive(Debug)]
+struct Namespace {
+    owner: Owner,
+    ops: HashMap<String, Arc<Operation>>,
+}
+
 /// The operations the host knows, grouped by namespace.
+///
+/// A namespace is either shared, or held by tenants: two tenants may each
+/// have a plugin called `notes`, but then no shared plugin may be called
+/// `notes`, so that a name means one operation in every tenant's view.
 #[derive(Debug, Default)]
 pub struct Registry {
-    namespaces: RwLock<BTreeMap<String, HashMap<String, Arc<Operation>>>>,
+    namespaces: RwLock<BTreeMap<String, Vec<Namespace>>>,
 }
 
 impl Registry {
@@ -201,10 +233,12 @@ impl Registry {
         Self::default()
     }
 
-    /// Registers all operations of one namespace at once. Fails, registering
-    /// nothing, if the namespace is taken or a name is invalid or repeated.
+    /// Registers all operations of one namespace of `owner` at once. Fails,
+    /// registering nothing, if the namespace is taken in a view it would be
+    /// part of, or a name is invalid or repeated.
     pub fn insert_namespace(
         &self,
+        owner: &Owner,
         namespace: &str,
         ops: Vec<Operation>,
     ) -> Result<(), RegistryError> {
@@ -219,35 +253,148 @@ impl Registry {
             }
         }
         let mut namespaces = self.namespaces.write().unwrap_or_else(|e| e.into_inner());
-        if namespaces.contains_key(namespace) {
+        let holders = namespaces.entry(namespace.to_owned()).or_default();
+        let clash = holders.iter().any(|held| match owner {
+            Owner::Shared => true,
+            Owner::Tenant(_) => held.owner == Owner::Shared || held.owner == *owner,
+        });
+        if clash {
             return Err(RegistryError::NamespaceTaken(namespace.to_owned()));
         }
-        namespaces.insert(namespace.to_owned(), table);
+        holders.push(Namespace {
+            owner: owner.clone(),
+            ops: table,
+        });
         Ok(())
     }
 
-    /// Removes a namespace and all its operations. Calls already running keep
-    /// their handler until they end.
-    pub fn remove_namespace(&self, namespace: &str) -> bool {
+    /// Removes a namespace of `owner` and all its operations. Calls already
+    /// running keep their handler until they end.
+    pub fn remove_namespace(&self, owner: &Owner, namespace: &str) -> bool {
         let mut namespaces = self.namespaces.write().unwrap_or_else(|e| e.into_inner());
-        namespaces.remove(namespace).is_some()
+        let Some(holders) = namespaces.get_mut(namespace) else {
+            return false;
+        };
+        let before = holders.len();
+        holders.retain(|held| held.owner != *owner);
+        let removed = holders.len() < before;
+        if holders.is_empty() {
+            namespaces.remove(namespace);
+        }
+        removed
     }
 
-    /// Looks an operation up by its full name.
-    pub fn get(&self, name: &str) -> Option<Arc<Operation>> {
+    /// Looks an operation up by its full name in `tenant`'s view.
+    pub fn get(&self, tenant: &str, name: &str) -> Option<Arc<Operation>> {
         let (namespace, _) = name.split_once('/')?;
         let namespaces = self.namespaces.read().unwrap_or_else(|e| e.into_inner());
-        namespaces.get(namespace)?.get(name).cloned()
+        namespaces
+            .get(namespace)?
+            .iter()
+            .find(|held| held.owner.visible_to(tenant))?
+            .ops
+            .get(name)
+            .cloned()
     }
 
-    /// Every operation, sorted by name.
-    pub fn all(&self) -> Vec<Arc<Operation>> {
+    /// Every operation of every owner, in no particular order.
+    pub fn all_owners(&self) -> Vec<Arc<Operation>> {
+        let namespaces = self.namespaces.read().unwrap_or_else(|e| e.into_inner());
+        namespaces
+            .values()
+            .flatten()
+            .flat_map(|held| held.ops.values().cloned())
+            .collect()
+    }
+
+    /// Every operation in `tenant`'s view, sorted by name.
+    pub fn all(&self, tenant: &str) -> Vec<Arc<Operation>> {
         let namespaces = self.namespaces.read().unwrap_or_else(|e| e.into_inner());
         let mut ops: Vec<_> = namespaces
             .values()
-            .flat_map(|ops| ops.values().cloned())
+            .flatten()
+            .filter(|held| held.owner.visible_to(tenant))
+            .flat_map(|held| held.ops.values().cloned())
             .collect();
         ops.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
         ops
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn op(name: &str) -> Operation {
+        let handler: NativeOnce =
+            Arc::new(|_, input| Box::pin(async move { Ok::<_, CallError>(input) }));
+        Operation::new(
+            OperationSpec {
+                name: name.into(),
+                op_type: OpType::Query,
+                visibility: Visibility::External,
+                description: String::new(),
+                input_schema: json!(true),
+                output_schema: json!(true),
+                access_control: AccessControl::default(),
+            },
+            Handler::NativeOnce(handler),
+        )
+        .unwrap()
+    }
+
+    fn tenant(id: &str) -> Owner {
+        Owner::Tenant(id.into())
+    }
+
+    #[test]
+    fn tenants_see_their_own_namespaces_and_the_shared_ones() {
+        let registry = Registry::new();
+        registry
+            .insert_namespace(&Owner::Shared, "echo", vec![op("echo/echo")])
+            .unwrap();
+        registry
+            .insert_namespace(&tenant("a"), "notes", vec![op("notes/list")])
+            .unwrap();
+        registry
+            .insert_namespace(&tenant("b"), "notes", vec![op("notes/list")])
+            .unwrap();
+        let names = |t: &str| -> Vec<String> {
+            registry
+                .all(t)
+                .iter()
+                .map(|op| op.spec.name.clone())
+                .collect()
+        };
+        assert_eq!(names("a"), ["echo/echo", "notes/list"]);
+        assert_eq!(names("c"), ["echo/echo"]);
+        assert!(registry.get("c", "notes/list").is_none());
+        let (a, b) = (
+            registry.get("a", "notes/list").unwrap(),
+            registry.get("b", "notes/list").unwrap(),
+        );
+        assert!(!Arc::ptr_eq(&a, &b));
+        assert!(registry.remove_namespace(&tenant("a"), "notes"));
+        assert!(registry.get("a", "notes/list").is_none());
+        assert!(registry.get("b", "notes/list").is_some());
+    }
+
+    #[test]
+    fn a_name_means_one_operation_in_every_view() {
+        let registry = Registry::new();
+        registry
+            .insert_namespace(&tenant("a"), "notes", vec![op("notes/list")])
+            .unwrap();
+        for (owner, ns) in [(Owner::Shared, "notes"), (tenant("a"), "notes")] {
+            let refused = registry.insert_namespace(&owner, ns, vec![op("notes/list")]);
+            assert!(matches!(refused, Err(RegistryError::NamespaceTaken(_))));
+        }
+        registry
+            .insert_namespace(&Owner::Shared, "echo", vec![op("echo/echo")])
+            .unwrap();
+        let refused = registry.insert_namespace(&tenant("b"), "echo", vec![op("echo/echo")]);
+        assert!(matches!(refused, Err(RegistryError::NamespaceTaken(_))));
     }
 }

@@ -15,16 +15,21 @@ use serde_json::{Value, json};
 use crate::dispatch::CallContext;
 use crate::error::CallError;
 use crate::registry::{
-    AccessControl, Handler, NativeOnce, OpType, Operation, OperationSpec, Registry, RegistryError,
-    Visibility,
+    AccessControl, Handler, NativeOnce, OpType, Operation, OperationSpec, Owner, Registry,
+    RegistryError, Visibility,
 };
 
 /// The namespace of the host's own operations.
 pub const NAMESPACE: &str = "services";
 
-/// Registers `services/*` in `registry`.
+/// Registers `services/*` in `registry`, shared by every tenant.
 pub fn register(registry: &Registry) -> Result<(), RegistryError> {
-    registry.insert_namespace(NAMESPACE, vec![list()?, schema()?, plugin()?])
+    registry.insert_namespace(&Owner::Shared, NAMESPACE, operations()?)
+}
+
+/// The operations of `services/*`.
+pub fn operations() -> Result<Vec<Operation>, RegistryError> {
+    Ok(vec![list()?, schema()?, plugin()?])
 }
 
 fn list() -> Result<Operation, RegistryError> {
@@ -82,7 +87,7 @@ fn plugin() -> Result<Operation, RegistryError> {
         let registry = cx.dispatcher.registry();
         let mut operations = Vec::new();
         let mut found = None;
-        for op in registry.all() {
+        for op in registry.all(&cx.identity.tenant) {
             if let Handler::Plugin { plugin, .. } = &op.handler
                 && plugin.name() == name
             {

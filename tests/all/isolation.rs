@@ -99,7 +99,12 @@ async fn the_memory_limit_holds_per_call() {
 
 #[tokio::test]
 async fn a_full_instance_pool_answers_unavailable_not_a_queue() {
-    let host = TestHost::with_config(|config| config.limits.max_instances = 2).await;
+    let host = TestHost::with_config(|config| {
+        config.limits.max_instances = 2;
+        // More than the pool: the pool, not the tenant's share, decides.
+        config.tenants[0].quotas.max_instances = Some(10);
+    })
+    .await;
     let sleepers: Vec<_> = (0..2)
         .map(|_| {
             let (client, url) = (host.client.clone(), host.url("/call"));

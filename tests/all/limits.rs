@@ -184,6 +184,7 @@ async fn per_plugin_limits_override_the_defaults() {
         config.plugins.push(opbox::config::PluginConfig {
             path: opbox::bundled::built_plugin("echo"),
             name: Some("roomy".into()),
+            tenant: None,
             limits: opbox::config::PluginLimitsConfig {
                 output_bytes: Some(1 << 20),
                 ..Default::default()
@@ -203,6 +204,7 @@ async fn table_elements_bounds_a_plugins_tables() {
     let plugin = |name: &str, table_elements| opbox::config::PluginConfig {
         path: opbox::bundled::built_plugin("echo"),
         name: Some(name.into()),
+        tenant: None,
         limits: opbox::config::PluginLimitsConfig {
             table_elements: Some(table_elements),
             ..Default::default()
@@ -223,7 +225,7 @@ async fn table_elements_bounds_a_plugins_tables() {
         data_dir: crate::util::data_dir(),
         examples: false,
         plugins: vec![plugin("roomy", 1_000)],
-        ..Default::default()
+        ..opbox::HostConfig::demo()
     };
     let host = opbox::Host::start(config).await.unwrap();
     let request = opbox::CallRequest::new("roomy/echo", json!("fits"));

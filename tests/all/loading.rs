@@ -53,6 +53,7 @@ async fn two_plugins_cannot_share_a_namespace() {
     config.plugins.push(opbox::config::PluginConfig {
         path: opbox::bundled::built_plugin("fixture-slow"),
         name: Some("echo".into()),
+        tenant: None,
         limits: Default::default(),
     });
     let error = Host::start(config).await.unwrap_err();
@@ -71,6 +72,7 @@ async fn a_plugin_can_be_mounted_under_another_name() {
         config.plugins.push(opbox::config::PluginConfig {
             path: opbox::bundled::built_plugin("echo"),
             name: Some("mirror".into()),
+            tenant: None,
             limits: Default::default(),
         });
     })
@@ -87,7 +89,7 @@ async fn a_restart_loads_compiled_plugins_from_the_cache() {
     let data = tempfile::tempdir().unwrap();
     let config = || HostConfig {
         data_dir: data.path().to_owned(),
-        ..HostConfig::default()
+        ..HostConfig::demo()
     };
     Host::start(config()).await.unwrap();
     let cache = data.path().join("cache");
@@ -144,6 +146,13 @@ fn the_example_configuration_is_valid_and_means_what_it_says() {
     assert_eq!(
         config.envelope.max_frame_bytes,
         defaults.envelope.max_frame_bytes
+    );
+    let demo = &config.tenants[0];
+    assert_eq!(demo.quotas, opbox::tenants::Quotas::default());
+    assert!(demo.anonymous);
+    assert_eq!(
+        config.access["textkit/stats"].required_scopes,
+        ["text:read"]
     );
     // Every default limit written out equals the built-in default.
     assert_eq!(config.plugin_limits(None), PluginLimits::default());

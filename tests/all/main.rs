@@ -22,4 +22,5 @@ mod loading;
 mod nested;
 mod shutdown;
 mod subscribe;
+mod tenants;
 mod util;

@@ -94,3 +94,80 @@ async fn an_abort_reaches_every_nested_call() {
     tcp.send("call.aborted", "chain", json!({})).await;
     assert_eq!(host.wait_for_live(0, Duration::from_secs(10)).await, 0);
 }
+
+#[tokio::test]
+async fn an_operation_subscribes_to_another() {
+    let host = TestHost::start().await;
+    let relay = |input| json!({"operation": "ticker/count", "input": input});
+    let events = host
+        .subscribe("fixture-slow/nest-stream", relay(json!({"to": 3})))
+        .await
+        .collect()
+        .await;
+    let data: Vec<_> = events
+        .iter()
+        .map(|e| (e.event.as_str(), e.json()))
+        .collect();
+    assert_eq!(
+        data,
+        [
+            ("message", json!({"n": 1})),
+            ("message", json!({"n": 2})),
+            ("message", json!({"n": 3})),
+            ("completed", json!({})),
+        ]
+    );
+    // A once-operation can read a subscription through to its end.
+    let (status, body) = host
+        .call("fixture-slow/tally", relay(json!({"to": 5})))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["output"], json!({"count": 5, "last": {"n": 5}}));
+}
+
+#[tokio::test]
+async fn a_nested_subscriptions_errors_reach_its_subscriber() {
+    let host = TestHost::start().await;
+    // A terminal error mid-stream, after the items before it.
+    let input = json!({"operation": "fixture-slow/fail-stream", "input": {"ok": 2}});
+    let (_, body) = host.call("fixture-slow/tally", input.clone()).await;
+    assert_eq!(body["error"]["code"], "STREAM_BROKE", "{body}");
+    let events = host
+        .subscribe("fixture-slow/nest-stream", input)
+        .await
+        .collect()
+        .await;
+    assert_eq!(events.len(), 3, "{events:?}");
+    assert_eq!(events[2].event, "error");
+    assert_eq!(events[2].json()["code"], "STREAM_BROKE");
+    // Errors before it starts: unknown operation, wrong kind, bad input.
+    for (operation, input, code) in [
+        ("nope/nothing", json!(null), "NOT_FOUND"),
+        ("echo/echo", json!(1), "INVALID_OPERATION_TYPE"),
+        ("ticker/count", json!({"to": "three"}), "INVALID_INPUT"),
+    ] {
+        let (_, body) = host
+            .call(
+                "fixture-slow/tally",
+                json!({"operation": operation, "input": input}),
+            )
+            .await;
+        assert_eq!(body["error"]["code"], code, "{operation}: {body}");
+    }
+    assert_eq!(host.wait_for_live(0, Duration::from_secs(10)).await, 0);
+}
+
+#[tokio::test]
+async fn dropping_a_subscription_aborts_the_one_it_made() {
+    let host = TestHost::start().await;
+    let input = json!({
+        "operation": "ticker/count",
+        "input": {"to": 1_000_000, "every_ms": 10},
+    });
+    let mut events = host.subscribe("fixture-slow/nest-stream", input).await;
+    assert_eq!(events.next().await.unwrap().json(), json!({"n": 1}));
+    // Two instances: the relaying subscription and the ticker beneath it.
+    assert_eq!(host.wait_for_live(2, Duration::from_secs(10)).await, 2);
+    drop(events);
+    assert_eq!(host.wait_for_live(0, Duration::from_secs(10)).await, 0);
+}

@@ -17,6 +17,7 @@ async fn sigterm_lets_calls_finish_and_ends_subscriptions() {
         &config,
         format!(
             "listen = \"127.0.0.1:0\"\ntcp_listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n\
+             [[tenants]]\nid = \"default\"\nanonymous = true\n\
              [[plugins]]\npath = {:?}\n",
             crate::util::data_dir(),
             opbox::bundled::built_plugin("fixture-slow"),
@@ -32,12 +33,17 @@ async fn sigterm_lets_calls_finish_and_ends_subscriptions() {
     // Should the test fail half-way, the host does not outlive it.
     let _reaper = Reaper(child.id());
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let tcp = loop {
+    let (mut tcp, mut http) = (None, None);
+    while tcp.is_none() || http.is_none() {
         let line = lines.next().expect("the server starts").unwrap();
         if let Some((_, addr)) = line.split_once("envelopes on tcp://") {
-            break addr.trim().to_owned();
+            tcp = Some(addr.trim().to_owned());
         }
-    };
+        if let Some((_, addr)) = line.split_once("serving on http://") {
+            http = Some(addr.trim().to_owned());
+        }
+    }
+    let (tcp, http) = (tcp.unwrap(), http.unwrap());
     std::thread::spawn(move || lines.for_each(drop));
 
     let client = Client::connect(&format!("tcp://{tcp}"), None)
@@ -53,6 +59,19 @@ async fn sigterm_lets_calls_finish_and_ends_subscriptions() {
         .unwrap();
     // The sleep was sent first on this connection, so it is running by now.
     ticks.next().await.unwrap().unwrap();
+    // The same over a WebSocket.
+    let ws = Client::connect(&format!("ws://{http}/call"), None)
+        .await
+        .unwrap();
+    let ws_slow = tokio::spawn({
+        let ws = ws.clone();
+        async move { ws.call("fixture-slow/sleep", json!({"ms": 1500})).await }
+    });
+    let mut ws_ticks = ws
+        .subscribe("ticker/count", json!({"to": 1_000_000, "every_ms": 20}))
+        .await
+        .unwrap();
+    ws_ticks.next().await.unwrap().unwrap();
 
     let signalled = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -60,21 +79,25 @@ async fn sigterm_lets_calls_finish_and_ends_subscriptions() {
         .unwrap();
     assert!(signalled.success());
 
-    let end = loop {
-        match ticks.next().await {
-            Some(Ok(_)) => continue,
-            other => break other,
+    for ticks in [&mut ticks, &mut ws_ticks] {
+        let end = loop {
+            match ticks.next().await {
+                Some(Ok(_)) => continue,
+                other => break other,
+            }
+        };
+        match end {
+            Some(Err(ClientError::Call(error))) => assert_eq!(error.code.as_str(), "UNAVAILABLE"),
+            other => panic!("the subscription ended with {other:?}"),
         }
-    };
-    match end {
-        Some(Err(ClientError::Call(error))) => assert_eq!(error.code.as_str(), "UNAVAILABLE"),
-        other => panic!("the subscription ended with {other:?}"),
     }
-    assert_eq!(
-        slow.await.unwrap().unwrap(),
-        json!(1500),
-        "the running call finished"
-    );
+    for slow in [slow, ws_slow] {
+        assert_eq!(
+            slow.await.unwrap().unwrap(),
+            json!(1500),
+            "the running call finished"
+        );
+    }
     let status = tokio::time::timeout(
         Duration::from_secs(30),
         tokio::task::spawn_blocking(move || child.wait().unwrap()),

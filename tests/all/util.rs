@@ -55,10 +55,11 @@ impl TestHost {
                 .map(|name| PluginConfig {
                     path: opbox::bundled::built_plugin(name),
                     name: None,
+                    tenant: None,
                     limits: Default::default(),
                 })
                 .collect(),
-            ..HostConfig::default()
+            ..HostConfig::demo()
         };
         configure(&mut config);
         let host = Host::start(config).await.expect("the host starts");

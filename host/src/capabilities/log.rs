@@ -1,4 +1,5 @@
-//! `opbox:plugin/log`: guest log lines, attributed to plugin and request.
+//! `opbox:plugin/log`: guest log lines, attributed to plugin, request and
+//! tenant.
 //! Always granted; each line is cut at 4 KiB and each call may write
 //! `log_lines` of them (the rest are counted, and reported once).
 
@@ -17,13 +18,13 @@ impl log::Host for StoreState {
         }
         self.log_lines_left -= 1;
         let message = truncate(&message, MAX_LINE);
-        let (plugin, request_id) = (&*self.plugin, &*self.request_id);
+        let (plugin, request_id, tenant) = (&*self.plugin, &*self.request_id, &*self.tenant);
         match level {
-            Level::Trace => tracing::trace!(plugin, request_id, "{message}"),
-            Level::Debug => tracing::debug!(plugin, request_id, "{message}"),
-            Level::Info => tracing::info!(plugin, request_id, "{message}"),
-            Level::Warn => tracing::warn!(plugin, request_id, "{message}"),
-            Level::Error => tracing::error!(plugin, request_id, "{message}"),
+            Level::Trace => tracing::trace!(plugin, request_id, tenant, "{message}"),
+            Level::Debug => tracing::debug!(plugin, request_id, tenant, "{message}"),
+            Level::Info => tracing::info!(plugin, request_id, tenant, "{message}"),
+            Level::Warn => tracing::warn!(plugin, request_id, tenant, "{message}"),
+            Level::Error => tracing::error!(plugin, request_id, tenant, "{message}"),
         }
     }
 
@@ -32,6 +33,7 @@ impl log::Host for StoreState {
         tracing::error!(
             plugin = &*self.plugin,
             request_id = &*self.request_id,
+            tenant = &*self.tenant,
             "guest fatal: {message}"
         );
         self.fatal = Some(message.to_owned());

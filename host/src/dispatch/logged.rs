@@ -11,10 +11,13 @@ use super::{CallRequest, OutputStream};
 use crate::error::CallError;
 
 /// Logs a call once, when it finishes; a call dropped before it finished is
-/// logged as aborted.
+/// logged as aborted. The line names the tenant and the caller's id, never
+/// its token.
 pub(super) struct CallLog {
     operation: String,
     request_id: std::sync::Arc<str>,
+    tenant: String,
+    caller: Option<String>,
     started: Instant,
     items: u64,
     done: bool,
@@ -25,6 +28,8 @@ impl CallLog {
         Self {
             operation: request.operation.clone(),
             request_id: request.request_id.clone(),
+            tenant: request.identity.tenant.clone(),
+            caller: request.identity.id.clone(),
             started: Instant::now(),
             items: 0,
             done: false,
@@ -33,35 +38,28 @@ impl CallLog {
 
     pub(super) fn finish(&mut self, error: Option<&CallError>) {
         self.done = true;
+        self.emit(error.map_or("ok", |e| e.code.as_str()));
+    }
+
+    fn emit(&self, status: &str) {
         let duration_us = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        let (op, request_id, items) = (&self.operation, &*self.request_id, self.items);
-        match error {
-            None => tracing::info!(op, request_id, status = "ok", items, duration_us, "call"),
-            Some(e) => tracing::info!(
-                op,
-                request_id,
-                status = e.code.as_str(),
-                items,
-                duration_us,
-                "call"
-            ),
-        }
+        tracing::info!(
+            op = self.operation,
+            request_id = &*self.request_id,
+            tenant = self.tenant,
+            caller = self.caller.as_deref().unwrap_or("(anonymous)"),
+            status,
+            items = self.items,
+            duration_us,
+            "call"
+        );
     }
 }
 
 impl Drop for CallLog {
     fn drop(&mut self) {
         if !self.done {
-            let duration_us = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX);
-            let (op, request_id, items) = (&self.operation, &*self.request_id, self.items);
-            tracing::info!(
-                op,
-                request_id,
-                status = "aborted",
-                items,
-                duration_us,
-                "call"
-            );
+            self.emit("aborted");
         }
     }
 }

@@ -1,12 +1,13 @@
 //! The dispatcher: the one place every call goes through, whatever the
 //! transport.
 //!
-//! It looks the operation up in the caller's view, hides internal operations
-//! from the wire, checks the kind (once or stream), validates the input
-//! against the operation's schema, applies the deadline, runs the handler and
-//! turns every failure into a [`CallError`]. Dropping a call's future (or a
-//! subscription's stream) aborts it: the guest is interrupted and its instance
-//! dropped.
+//! It looks the operation up in the caller's tenant's view, hides internal
+//! operations from the wire, checks the caller's scopes, admits the call
+//! against the tenant's quotas, checks the kind (once or stream), validates
+//! the input against the operation's schema, applies the deadline, runs the
+//! handler and turns every failure into a [`CallError`]. Dropping a call's
+//! future (or a subscription's stream) aborts it: the guest is interrupted
+//! and its instance dropped.
 
 mod drain;
 mod failure;
@@ -25,8 +26,11 @@ use serde_json::{Value, json};
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::error::{CallError, ErrorCode};
-use crate::registry::{Handler, OpType, Operation, OperationSpec, Registry, Visibility};
-use crate::runtime::{GuestError, Invocation, NestedCalls};
+use crate::registry::{
+    AccessControl, Handler, OpType, Operation, OperationSpec, Registry, Visibility,
+};
+use crate::runtime::{GuestError, Invocation, NestedCalls, NestedItems};
+use crate::tenants::{Admission, Tenant, Tenants};
 
 use drain::Drain;
 use logged::{CallLog, Logged};
@@ -48,11 +52,21 @@ impl Identity {
 
     /// An anonymous caller of the default tenant.
     pub fn anonymous() -> Self {
+        Self::anonymous_of(Self::DEFAULT_TENANT)
+    }
+
+    /// An anonymous caller of `tenant`.
+    pub fn anonymous_of(tenant: &str) -> Self {
         Self {
             id: None,
-            tenant: Self::DEFAULT_TENANT.to_owned(),
+            tenant: tenant.to_owned(),
             scopes: Vec::new(),
         }
+    }
+
+    /// Whether the caller presented no valid credentials.
+    pub fn is_anonymous(&self) -> bool {
+        self.id.is_none()
     }
 }
 
@@ -178,6 +192,7 @@ pub struct Dispatcher {
 struct Inner {
     registry: Arc<Registry>,
     config: DispatchConfig,
+    tenants: Tenants,
     drain: Arc<Drain>,
 }
 
@@ -194,15 +209,27 @@ impl fmt::Debug for Dispatcher {
 const NO_DEADLINE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 impl Dispatcher {
-    /// A dispatcher over `registry`.
-    pub fn new(registry: Arc<Registry>, config: DispatchConfig) -> Self {
+    /// A dispatcher over `registry`, for the callers of `tenants`.
+    pub fn new(registry: Arc<Registry>, config: DispatchConfig, tenants: Tenants) -> Self {
         Self {
             inner: Arc::new(Inner {
                 registry,
                 config,
+                tenants,
                 drain: Arc::new(Drain::new()),
             }),
         }
+    }
+
+    /// Who presents `token` (a bearer token, or none): see
+    /// [`Tenants::authenticate`].
+    pub fn authenticate(&self, token: Option<&str>) -> Result<Identity, CallError> {
+        self.inner.tenants.authenticate(token)
+    }
+
+    /// The tenants this dispatcher serves.
+    pub fn tenants(&self) -> &Tenants {
+        &self.inner.tenants
     }
 
     /// The registry this dispatcher routes to.
@@ -230,7 +257,7 @@ impl Dispatcher {
     /// Whether `request` names a query, a mutation or a subscription, as
     /// its caller sees it: `NOT_FOUND` for what the caller cannot see.
     pub fn op_type(&self, request: &CallRequest) -> Result<OpType, CallError> {
-        self.resolve(request).map(|op| op.spec.op_type)
+        self.resolve(request).map(|(op, _)| op.spec.op_type)
     }
 
     /// Runs a query or mutation.
@@ -243,7 +270,7 @@ impl Dispatcher {
 
     async fn call_inner(&self, request: CallRequest) -> Result<Value, CallError> {
         let _in_flight = self.inner.drain.enter(request.origin)?;
-        let op = self.resolve(&request)?;
+        let (op, tenant) = self.resolve(&request)?;
         if !op.spec.op_type.is_once() {
             return Err(CallError::new(
                 ErrorCode::InvalidOperationType,
@@ -253,6 +280,10 @@ impl Dispatcher {
                 ),
             ));
         }
+        let _admitted = match request.origin {
+            Origin::Wire => Some(tenant.usage.admit_call()?),
+            Origin::Nested { .. } => None,
+        };
         validate_input(&op, &request.input)?;
         let deadline = request
             .deadline
@@ -264,6 +295,7 @@ impl Dispatcher {
             match &op.handler {
                 Handler::NativeOnce(handler) => handler(cx, request.input).await,
                 Handler::Plugin { plugin, op: name } => {
+                    let _instance = tenant.usage.instance()?;
                     let invocation = invocation(self, &request, deadline);
                     let output = plugin
                         .call(&invocation, name, request.input.to_string())
@@ -296,22 +328,28 @@ impl Dispatcher {
 
     async fn subscribe_inner(&self, request: &CallRequest) -> Result<OutputStream, CallError> {
         let in_flight = self.inner.drain.enter(request.origin)?;
-        let op = self.resolve(request)?;
+        let (op, tenant) = self.resolve(request)?;
         if op.spec.op_type.is_once() {
             return Err(CallError::new(
                 ErrorCode::InvalidOperationType,
                 format!("`{}` is a query or mutation; call it instead", op.spec.name),
             ));
         }
+        let admitted = match request.origin {
+            Origin::Wire => Some(tenant.usage.admit_subscription()?),
+            Origin::Nested { .. } => None,
+        };
         validate_input(&op, &request.input)?;
         let limit = match (request.deadline, self.inner.config.max_subscription) {
             (Some(asked), Some(max)) => Some(asked.min(max)),
             (asked, max) => asked.or(max),
         };
         let cx = self.context(request, limit);
+        let mut held = vec![admitted];
         let stream: OutputStream = match &op.handler {
             Handler::NativeStream(handler) => handler(cx, request.input.clone()).await?,
             Handler::Plugin { plugin, op: name } => {
+                held.push(Some(tenant.usage.instance()?));
                 let invocation = invocation(self, request, limit.unwrap_or(NO_DEADLINE));
                 let items = plugin
                     .subscribe(&invocation, name, request.input.to_string())
@@ -331,6 +369,7 @@ impl Dispatcher {
             Some(limit) => with_time_limit(stream, limit),
             None => stream,
         };
+        let stream = holding(stream, held);
         Ok(self.inner.drain.until_drained(stream, in_flight))
     }
 
@@ -340,9 +379,9 @@ impl Dispatcher {
         let query = query.map(str::to_lowercase).filter(|q| !q.is_empty());
         self.inner
             .registry
-            .all()
+            .all(&identity.tenant)
             .into_iter()
-            .filter(|op| visible(op, identity, Origin::Wire))
+            .filter(|op| visible(op, Origin::Wire))
             .filter(|op| {
                 query.as_ref().is_none_or(|q| {
                     op.spec.name.to_lowercase().contains(q)
@@ -362,13 +401,16 @@ impl Dispatcher {
         let name = name.strip_prefix('/').unwrap_or(name);
         self.inner
             .registry
-            .get(name)
-            .filter(|op| visible(op, identity, Origin::Wire))
+            .get(&identity.tenant, name)
+            .filter(|op| visible(op, Origin::Wire))
             .map(|op| op.spec.clone())
             .ok_or_else(|| CallError::not_found(name))
     }
 
-    fn resolve(&self, request: &CallRequest) -> Result<Arc<Operation>, CallError> {
+    /// The operation `request` names, as its caller sees it, and the
+    /// caller's tenant: `NOT_FOUND` for what the caller cannot see,
+    /// `UNAUTHORIZED` or `FORBIDDEN` for what it may not call.
+    fn resolve(&self, request: &CallRequest) -> Result<(Arc<Operation>, Arc<Tenant>), CallError> {
         let max_depth = self.inner.config.max_call_depth;
         if request.origin.depth() > max_depth {
             return Err(CallError::new(
@@ -377,15 +419,24 @@ impl Dispatcher {
             )
             .with_details(json!({"limit": "max_call_depth", "value": max_depth})));
         }
+        let identity = &request.identity;
+        // An identity the dispatcher did not issue, for a tenant it does not
+        // know: treated as no credentials.
+        let tenant = self.inner.tenants.get(&identity.tenant).ok_or_else(|| {
+            CallError::new(ErrorCode::Unauthorized, "the caller's tenant is unknown")
+        })?;
         let name = request
             .operation
             .strip_prefix('/')
             .unwrap_or(&request.operation);
-        self.inner
+        let op = self
+            .inner
             .registry
-            .get(name)
-            .filter(|op| visible(op, &request.identity, request.origin))
-            .ok_or_else(|| CallError::not_found(name))
+            .get(&identity.tenant, name)
+            .filter(|op| visible(op, request.origin))
+            .ok_or_else(|| CallError::not_found(name))?;
+        authorize(&op.spec, identity)?;
+        Ok((op, tenant.clone()))
     }
 
     fn context(&self, request: &CallRequest, deadline: Option<Duration>) -> CallContext {
@@ -399,10 +450,47 @@ impl Dispatcher {
     }
 }
 
-/// Whether `op` exists for this caller. Everything that is not visible is
-/// `NOT_FOUND`, never a different answer.
-fn visible(op: &Operation, _identity: &Identity, origin: Origin) -> bool {
+/// Whether `op`, already in the caller's tenant's view, exists for a call
+/// from `origin`. Everything that is not visible is `NOT_FOUND`, never a
+/// different answer.
+fn visible(op: &Operation, origin: Origin) -> bool {
     matches!(origin, Origin::Nested { .. }) || op.spec.visibility == Visibility::External
+}
+
+/// Whether `identity` holds the scopes `spec` requires: `UNAUTHORIZED` for
+/// an anonymous caller, `FORBIDDEN` for one whose scopes fall short.
+fn authorize(spec: &OperationSpec, identity: &Identity) -> Result<(), CallError> {
+    let AccessControl {
+        required_scopes: all,
+        required_scopes_any: any,
+    } = &spec.access_control;
+    let holds = |scope: &String| identity.scopes.contains(scope);
+    if all.iter().all(holds) && (any.is_empty() || any.iter().any(holds)) {
+        return Ok(());
+    }
+    let details = json!({ "required_scopes": all, "required_scopes_any": any });
+    if identity.is_anonymous() {
+        return Err(CallError::new(
+            ErrorCode::Unauthorized,
+            format!("`{}` requires a bearer token", spec.name),
+        )
+        .with_details(details));
+    }
+    Err(CallError::new(
+        ErrorCode::Forbidden,
+        format!("the caller lacks a scope `{}` requires", spec.name),
+    )
+    .with_details(details))
+}
+
+/// `stream`, keeping `held` (quota slots) until it is dropped.
+fn holding(stream: OutputStream, held: Vec<Option<Admission>>) -> OutputStream {
+    stream
+        .map(move |item| {
+            let _held = &held;
+            item
+        })
+        .boxed()
 }
 
 fn invocation(dispatcher: &Dispatcher, request: &CallRequest, deadline: Duration) -> Invocation {
@@ -431,39 +519,100 @@ struct Nested {
     depth: u32,
 }
 
-impl NestedCalls for Nested {
-    fn call(
-        &self,
-        operation: String,
-        input: String,
-    ) -> BoxFuture<'static, Result<String, GuestError>> {
-        let dispatcher = self.dispatcher.clone();
-        let request = CallRequest {
+impl Nested {
+    /// The request for a nested call of `operation`; its input is parsed by
+    /// [`parse_input`] on the nested call's task.
+    fn request(&self, operation: String) -> CallRequest {
+        CallRequest {
             request_id: new_request_id(),
             operation,
             input: Value::Null,
             deadline: Some(self.deadline.saturating_duration_since(Instant::now())),
             identity: self.identity.clone(),
             origin: Origin::Nested { depth: self.depth },
-        };
-        // The nested call runs on a task of its own: its store cannot be
-        // driven from inside the caller's (wasmtime refuses nested event
-        // loops). Dropping the handle, as happens when the caller is aborted,
-        // aborts the task and so the nested call and everything below it.
+        }
+    }
+}
+
+fn parse_input(input: &str) -> Result<Value, CallError> {
+    serde_json::from_str(input)
+        .map_err(|e| CallError::invalid_input(format!("the input is not JSON: {e}")))
+}
+
+fn guest_error(e: CallError) -> GuestError {
+    GuestError {
+        code: e.code.as_str().to_owned(),
+        message: e.message,
+        details: e.details,
+    }
+}
+
+// A nested call runs on a task of its own: its store cannot be driven from
+// inside the caller's (wasmtime refuses nested event loops). Dropping the
+// task's handle, as happens when the caller is aborted, aborts the task and
+// so the nested call and everything below it.
+impl NestedCalls for Nested {
+    fn call(
+        &self,
+        operation: String,
+        input: String,
+    ) -> BoxFuture<'static, Result<String, GuestError>> {
+        let (dispatcher, request) = (self.dispatcher.clone(), self.request(operation));
         let task = AbortOnDropHandle::new(tokio::spawn(async move {
-            let input = serde_json::from_str(&input)
-                .map_err(|e| CallError::invalid_input(format!("the input is not JSON: {e}")))?;
+            let input = parse_input(&input)?;
             dispatcher.call(CallRequest { input, ..request }).await
         }));
         async move {
             let output = task.await.unwrap_or_else(|_| Err(CallError::internal()));
-            output
-                .map(|output| output.to_string())
-                .map_err(|e| GuestError {
-                    code: e.code.as_str().to_owned(),
-                    message: e.message,
-                    details: e.details,
-                })
+            output.map(|output| output.to_string()).map_err(guest_error)
+        }
+        .boxed()
+    }
+
+    fn subscribe(
+        &self,
+        operation: String,
+        input: String,
+    ) -> BoxFuture<'static, Result<NestedItems, GuestError>> {
+        let (dispatcher, request) = (self.dispatcher.clone(), self.request(operation));
+        let (started, started_rx) = tokio::sync::oneshot::channel();
+        // One item at a time: the subscription runs at most an item ahead
+        // of the guest reading it.
+        let (items, items_rx) = tokio::sync::mpsc::channel(1);
+        let task = AbortOnDropHandle::new(tokio::spawn(async move {
+            let subscribed = match parse_input(&input) {
+                Ok(input) => dispatcher.subscribe(CallRequest { input, ..request }).await,
+                Err(e) => Err(e),
+            };
+            let mut outputs = match subscribed {
+                Ok(outputs) => {
+                    let _ = started.send(Ok(()));
+                    outputs
+                }
+                Err(e) => {
+                    let _ = started.send(Err(e));
+                    return;
+                }
+            };
+            while let Some(item) = outputs.next().await {
+                let last = item.is_err();
+                if items.send(item).await.is_err() || last {
+                    return;
+                }
+            }
+        }));
+        async move {
+            started_rx
+                .await
+                .unwrap_or_else(|_| Err(CallError::internal()))
+                .map_err(guest_error)?;
+            let outputs = tokio_stream::wrappers::ReceiverStream::new(items_rx).map(move |item| {
+                // The stream owns the task: dropping it aborts the
+                // subscription.
+                let _task = &task;
+                item.map(|output| output.to_string()).map_err(guest_error)
+            });
+            Ok(outputs.boxed())
         }
         .boxed()
     }

@@ -62,9 +62,15 @@ fn lock(open: &Shared) -> MutexGuard<'_, OpenCalls> {
 
 /// Serves one connection until the caller closes it, breaks the framing, or
 /// stops reading; then aborts every call still open on it.
+///
+/// `identity` is the caller the transport authenticated when the connection
+/// opened, if any. Without one, the first envelope whose `auth_token`
+/// resolves to a caller sets it. An envelope's `auth_token` always decides
+/// for its own call; calls with no caller at all are anonymous, or
+/// `UNAUTHORIZED` where the host takes no anonymous callers.
 pub async fn serve<R, W>(
     dispatcher: Dispatcher,
-    identity: Identity,
+    identity: Option<Identity>,
     config: Arc<EnvelopeConfig>,
     incoming: R,
     outgoing: W,
@@ -94,14 +100,14 @@ pub async fn serve<R, W>(
 
 struct Session {
     dispatcher: Dispatcher,
-    identity: Identity,
+    identity: Option<Identity>,
     config: Arc<EnvelopeConfig>,
     open: Shared,
     tx: mpsc::Sender<Outbound>,
 }
 
 impl Session {
-    async fn read<R: Stream<Item = Inbound> + Unpin>(self, mut incoming: R) {
+    async fn read<R: Stream<Item = Inbound> + Unpin>(mut self, mut incoming: R) {
         while let Some(inbound) = incoming.next().await {
             let bad = match inbound {
                 Inbound::Frame(bytes) if bytes.is_empty() => {
@@ -133,13 +139,17 @@ impl Session {
     /// Starts a call as a task of its own, registered under `id` before it
     /// can produce anything, or answers why not. Waits (and so stops
     /// reading the connection) while the writer is behind.
-    async fn start(&self, id: String, payload: CallPayload) {
+    async fn start(&mut self, id: String, payload: CallPayload) {
         if let Some(error) = self.try_start(&id, payload) {
             self.send_now(wire::error_frame(&id, &error), false).await;
         }
     }
 
-    fn try_start(&self, id: &str, payload: CallPayload) -> Option<CallError> {
+    fn try_start(&mut self, id: &str, mut payload: CallPayload) -> Option<CallError> {
+        let identity = match self.caller(payload.auth_token.take()) {
+            Ok(identity) => identity,
+            Err(error) => return Some(error),
+        };
         let mut open = lock(&self.open);
         if let Some((_, handle)) = open.calls.remove(id) {
             handle.abort();
@@ -166,7 +176,7 @@ impl Session {
             operation: payload.operation_id.clone(),
             deadline: payload.deadline(),
             input: payload.input,
-            identity: self.identity.clone(),
+            identity,
             origin: Origin::Wire,
         };
         let call = Call {
@@ -177,6 +187,21 @@ impl Session {
         let task = tokio::spawn(call.run(self.dispatcher.clone(), request));
         open.calls.insert(id.to_owned(), (seq, task.abort_handle()));
         None
+    }
+
+    /// Who makes a call whose envelope carries `token`.
+    fn caller(&mut self, token: Option<String>) -> Result<Identity, CallError> {
+        let Some(token) = token else {
+            return match &self.identity {
+                Some(identity) => Ok(identity.clone()),
+                None => self.dispatcher.authenticate(None),
+            };
+        };
+        let identity = self.dispatcher.authenticate(Some(&token))?;
+        if self.identity.is_none() && !identity.is_anonymous() {
+            self.identity = Some(identity.clone());
+        }
+        Ok(identity)
     }
 
     /// Stops the call with `id`, if it is open: its task is aborted, which

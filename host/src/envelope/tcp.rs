@@ -10,7 +10,7 @@ use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
 use super::EnvelopeConfig;
 use super::session::{self, Inbound};
-use crate::dispatch::{Dispatcher, Identity};
+use crate::dispatch::Dispatcher;
 
 /// The codec of the TCP framing, refusing frames over `max_frame_bytes`.
 pub fn codec(max_frame_bytes: usize) -> LengthDelimitedCodec {
@@ -78,14 +78,7 @@ async fn connection(stream: TcpStream, dispatcher: Dispatcher, config: Arc<Envel
         })
         .boxed();
     let outgoing = FramedWrite::new(write, codec);
-    session::serve(
-        dispatcher,
-        Identity::anonymous(),
-        config,
-        incoming,
-        outgoing,
-    )
-    .await;
+    session::serve(dispatcher, None, config, incoming, outgoing).await;
 }
 
 #[cfg(test)]

@@ -35,8 +35,8 @@ pub enum Incoming {
     },
 }
 
-/// The payload of `call.requested`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+/// The payload of `call.requested`. Its `Debug` never shows the token.
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CallPayload {
     /// `namespace/op`.
@@ -51,6 +51,20 @@ pub struct CallPayload {
     /// A deadline in milliseconds; it may only shorten the host's.
     #[serde(default)]
     pub deadline_ms: Option<u64>,
+}
+
+impl std::fmt::Debug for CallPayload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallPayload")
+            .field("operation_id", &self.operation_id)
+            .field("input", &self.input)
+            .field(
+                "auth_token",
+                &self.auth_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("deadline_ms", &self.deadline_ms)
+            .finish()
+    }
 }
 
 impl CallPayload {

@@ -5,12 +5,13 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
+use axum::http::HeaderMap;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::error::{ApiError, JsonBody};
 use super::{AppState, caller};
-use crate::dispatch::{CallRequest, Origin, new_request_id};
+use crate::dispatch::{CallRequest, Identity, Origin, new_request_id};
 use crate::error::{CallError, ErrorCode};
 
 /// The body of `/call` and of each `/batch` item.
@@ -25,13 +26,13 @@ pub(super) struct CallBody {
 }
 
 impl CallBody {
-    pub(super) fn into_request(self, state: &AppState) -> CallRequest {
+    pub(super) fn into_request(self, identity: Identity) -> CallRequest {
         CallRequest {
             request_id: new_request_id(),
             operation: self.operation,
             input: self.input,
             deadline: self.deadline_ms.map(Duration::from_millis),
-            identity: caller(state),
+            identity,
             origin: Origin::Wire,
         }
     }
@@ -39,9 +40,10 @@ impl CallBody {
 
 pub(super) async fn call(
     State(state): State<AppState>,
+    headers: HeaderMap,
     JsonBody(body): JsonBody<CallBody>,
 ) -> Result<Json<Value>, ApiError> {
-    let request = body.into_request(&state);
+    let request = body.into_request(caller(&state, &headers)?);
     let request_id = request.request_id.clone();
     match state.dispatcher.call(request).await {
         Ok(output) => Ok(Json(ok_body(&request_id, output))),
@@ -51,8 +53,10 @@ pub(super) async fn call(
 
 pub(super) async fn batch(
     State(state): State<AppState>,
+    headers: HeaderMap,
     JsonBody(items): JsonBody<Vec<Value>>,
 ) -> Result<Json<Value>, ApiError> {
+    let identity = caller(&state, &headers)?;
     if items.len() > state.config.max_batch {
         return Err(CallError::invalid_input(format!(
             "a batch holds at most {} calls",
@@ -61,7 +65,7 @@ pub(super) async fn batch(
         .into());
     }
     let calls = items.into_iter().map(|item| {
-        let state = state.clone();
+        let (state, identity) = (state.clone(), identity.clone());
         async move {
             let body: CallBody = match serde_json::from_value(item) {
                 Ok(body) => body,
@@ -71,7 +75,7 @@ pub(super) async fn batch(
                     return error_body(&new_request_id(), &error);
                 }
             };
-            let request = body.into_request(&state);
+            let request = body.into_request(identity);
             let request_id = request.request_id.clone();
             match state.dispatcher.call(request).await {
                 Ok(output) => ok_body(&request_id, output),

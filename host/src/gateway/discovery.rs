@@ -1,15 +1,21 @@
 //! `GET /search`, `GET /schema`, `GET /healthz`.
+//!
+//! Discovery is a call like any other: `/search` runs `services/list` and
+//! `/schema` runs `services/schema` for the caller, so it answers only with
+//! the caller's tenant's view, and counts against the tenant's quotas.
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::error::ApiError;
 use super::{AppState, caller};
+use crate::dispatch::{CallRequest, Origin, new_request_id};
 use crate::error::CallError;
+use crate::services;
 
 #[derive(Debug, Deserialize)]
 pub(super) struct SearchParams {
@@ -18,13 +24,15 @@ pub(super) struct SearchParams {
 
 pub(super) async fn search(
     State(state): State<AppState>,
+    headers: HeaderMap,
     params: Result<Query<SearchParams>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(params) = params.map_err(bad_query)?;
-    let operations = state
-        .dispatcher
-        .search(&caller(&state), params.q.as_deref());
-    Ok(Json(json!({ "operations": operations })))
+    let input = match params.q {
+        Some(q) => json!({ "q": q }),
+        None => json!({}),
+    };
+    run(&state, &headers, "list", input).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -34,20 +42,40 @@ pub(super) struct SchemaParams {
 
 pub(super) async fn schema(
     State(state): State<AppState>,
+    headers: HeaderMap,
     params: Result<Query<SchemaParams>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(params) = params.map_err(bad_query)?;
     let name = params
         .name
         .ok_or_else(|| CallError::invalid_input("the `name` query parameter is required"))?;
-    let spec = state.dispatcher.schema(&caller(&state), &name)?;
-    Ok(Json(
-        serde_json::to_value(spec).map_err(|_| CallError::internal())?,
-    ))
+    run(&state, &headers, "schema", json!({ "name": name })).await
 }
 
 pub(super) async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
+}
+
+/// Calls `services/{op}` for the sender of `headers`; its output is the body.
+async fn run(
+    state: &AppState,
+    headers: &HeaderMap,
+    op: &str,
+    input: Value,
+) -> Result<Json<Value>, ApiError> {
+    let request = CallRequest {
+        request_id: new_request_id(),
+        operation: format!("{}/{op}", services::NAMESPACE),
+        input,
+        deadline: None,
+        identity: caller(state, headers)?,
+        origin: Origin::Wire,
+    };
+    let request_id = request.request_id.clone();
+    match state.dispatcher.call(request).await {
+        Ok(output) => Ok(Json(output)),
+        Err(error) => Err(ApiError::new(request_id, error)),
+    }
 }
 
 fn bad_query(rejection: QueryRejection) -> ApiError {

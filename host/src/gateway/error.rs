@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
+use axum::http::header::RETRY_AFTER;
 use axum::response::{IntoResponse, Response};
 use axum::{Json, body::Bytes};
 use serde::de::DeserializeOwned;
@@ -51,13 +52,25 @@ impl From<CallError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let retry_after = retry_after(&self.error);
         let body = json!({
             "request_id": self.request_id,
             "result": "error",
             "error": self.error,
         });
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(seconds) = retry_after {
+            response.headers_mut().insert(RETRY_AFTER, seconds.into());
+        }
+        response
     }
+}
+
+/// `details.retry_after_ms` in whole seconds, rounded up, for the
+/// `Retry-After` header.
+fn retry_after(error: &CallError) -> Option<u64> {
+    let ms = error.details.as_ref()?.get("retry_after_ms")?.as_u64()?;
+    Some(ms.div_ceil(1000).max(1))
 }
 
 /// A JSON request body, with every way of failing mapped to [`ApiError`]:

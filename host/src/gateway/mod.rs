@@ -23,7 +23,10 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::http::HeaderMap;
+use axum::http::header::AUTHORIZATION;
 use axum::routing::{get, post};
+use tokio_util::task::TaskTracker;
 
 pub use error::ApiError;
 
@@ -66,14 +69,18 @@ impl Default for GatewayConfig {
 struct AppState {
     dispatcher: Dispatcher,
     config: Arc<GatewayConfig>,
+    websockets: TaskTracker,
 }
 
-/// The gateway's routes over `dispatcher`.
-pub fn router(dispatcher: Dispatcher, config: GatewayConfig) -> Router {
+/// The gateway's routes over `dispatcher`. Each WebSocket connection runs
+/// as a task of `websockets`, so that a server shutting down can wait for
+/// them: upgraded connections are no longer the HTTP server's to wait for.
+pub fn router(dispatcher: Dispatcher, config: GatewayConfig, websockets: TaskTracker) -> Router {
     let body_limit = config.max_body_bytes;
     let state = AppState {
         dispatcher,
         config: Arc::new(config),
+        websockets,
     };
     Router::new()
         .route("/call", post(call::call).get(ws::upgrade))
@@ -88,10 +95,22 @@ pub fn router(dispatcher: Dispatcher, config: GatewayConfig) -> Router {
         .with_state(state)
 }
 
-/// The identity of the caller. Every caller is anonymous until tenants and
-/// tokens land.
-fn caller(_state: &AppState) -> Identity {
-    Identity::anonymous()
+/// Who sent `headers`: the identity of its `Authorization: Bearer` token,
+/// or an anonymous caller, or `UNAUTHORIZED` where anonymous callers are
+/// not taken.
+fn caller(state: &AppState, headers: &HeaderMap) -> Result<Identity, CallError> {
+    state.dispatcher.authenticate(bearer(headers))
+}
+
+/// The bearer token of `headers`, if they carry one. Anything else in
+/// `Authorization` counts as no token.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|token| !token.is_empty())
 }
 
 async fn no_route() -> ApiError {

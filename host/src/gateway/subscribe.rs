@@ -9,22 +9,32 @@
 use std::convert::Infallible;
 
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::IntoResponse;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::stream::{self, Stream, StreamExt};
 
-use super::AppState;
 use super::call::CallBody;
 use super::error::JsonBody;
+use super::{AppState, caller};
 use crate::dispatch::OutputStream;
 use crate::error::CallError;
 
 pub(super) async fn subscribe(
     State(state): State<AppState>,
+    headers: HeaderMap,
     JsonBody(body): JsonBody<CallBody>,
 ) -> impl IntoResponse {
-    let request = body.into_request(&state);
-    let events = match state.dispatcher.subscribe(request).await {
+    let started = match caller(&state, &headers) {
+        Ok(identity) => {
+            state
+                .dispatcher
+                .subscribe(body.into_request(identity))
+                .await
+        }
+        Err(error) => Err(error),
+    };
+    let events = match started {
         Ok(outputs) => events(outputs).boxed(),
         Err(error) => stream::once(async move { Ok(error_event(&error)) }).boxed(),
     };

@@ -4,7 +4,10 @@
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "opbox:plugin/plugin",
-    imports: { "opbox:plugin/invoke.call": async | store },
+    imports: {
+        "opbox:plugin/invoke.call": async | store,
+        "opbox:plugin/invoke.subscribe": async | store,
+    },
     exports: { default: async | store },
 });
 

@@ -47,7 +47,19 @@ pub trait NestedCalls: std::fmt::Debug + Send + Sync + 'static {
         operation: String,
         input: String,
     ) -> BoxFuture<'static, Result<String, GuestError>>;
+
+    /// Subscribes to the subscription `operation` with JSON text `input`;
+    /// each item is one output's JSON text, and an error ends the stream.
+    /// Dropping the stream aborts the subscription.
+    fn subscribe(
+        &self,
+        operation: String,
+        input: String,
+    ) -> BoxFuture<'static, Result<NestedItems, GuestError>>;
 }
+
+/// The outputs of a subscription a guest made.
+pub type NestedItems = futures::stream::BoxStream<'static, Result<String, GuestError>>;
 
 impl Invocation {
     /// An invocation by the host itself, e.g. `describe` at load.
@@ -147,15 +159,7 @@ impl Plugin {
         let slot = self.occupancy.instance().map_err(InvokeError::Limit)?;
         let runtime = &self.runtime.inner;
         let fuel = self.limits.fuel.filter(|_| runtime.config.fuel);
-        let state = StoreState::new(
-            self,
-            invocation.request_id.clone(),
-            cpu,
-            fuel,
-            runtime.live.enter(),
-            slot,
-            invocation.nested.clone(),
-        );
+        let state = StoreState::new(self, invocation, cpu, fuel, runtime.live.enter(), slot);
         let mut store = Store::new(&runtime.engine, state);
         if runtime.config.fuel {
             store

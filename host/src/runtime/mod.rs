@@ -28,7 +28,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-pub use invoke::{GuestError, Invocation, InvokeError, NestedCalls};
+pub use invoke::{GuestError, Invocation, InvokeError, NestedCalls, NestedItems};
 pub use limits::{LimitHit, PluginLimits};
 pub use plugin::{LoadOptions, Plugin};
 pub(crate) use state::StoreState;

@@ -9,7 +9,7 @@ use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::invoke::NestedCalls;
+use super::invoke::{Invocation, NestedCalls};
 use super::lanes::Turns;
 use super::limits::{Dropped, LimitHit, PluginLimits};
 use super::output::CapturedOutput;
@@ -109,9 +109,10 @@ pub(crate) struct StoreState {
     pub(crate) cpu: CpuBudget,
     /// How long this store has run, for sharing workers fairly.
     pub(crate) turns: Turns,
-    /// The plugin and request this store serves, for log lines.
+    /// The plugin, request and tenant this store serves, for log lines.
     pub(crate) plugin: Arc<str>,
     pub(crate) request_id: Arc<str>,
+    pub(crate) tenant: String,
     /// Who carries out the guest's calls to other operations.
     pub(crate) nested: Option<Arc<dyn NestedCalls>>,
     /// The last message the guest reported through `log.fatal`.
@@ -130,12 +131,11 @@ impl StoreState {
     /// The state of one call of `plugin`, holding one of its instance slots.
     pub(crate) fn new(
         plugin: &Plugin,
-        request_id: Arc<str>,
+        invocation: &Invocation,
         cpu: CpuBudget,
         fuel: Option<u64>,
         live: LiveGuard,
         slot: OwnedSemaphorePermit,
-        nested: Option<Arc<dyn NestedCalls>>,
     ) -> Self {
         let limits = plugin.limits();
         let output_cap = limits.output_capture_bytes;
@@ -154,8 +154,9 @@ impl StoreState {
             cpu,
             turns: Turns::default(),
             plugin: plugin.name.clone(),
-            request_id,
-            nested,
+            request_id: invocation.request_id.clone(),
+            tenant: invocation.tenant.clone(),
+            nested: invocation.nested.clone(),
             fatal: None,
             log_lines_left: limits.log_lines,
             log_lines_dropped: 0,
@@ -190,18 +191,18 @@ impl Drop for StoreState {
             self.dropped
                 .log_lines
                 .fetch_add(self.log_lines_dropped, Ordering::Relaxed);
-            tracing::warn!(plugin = %self.plugin, request_id = %self.request_id, dropped = self.log_lines_dropped, "guest log lines over the per-call limit were dropped");
+            tracing::warn!(plugin = %self.plugin, request_id = %self.request_id, tenant = %self.tenant, dropped = self.log_lines_dropped, "guest log lines over the per-call limit were dropped");
         }
         for (stream, captured) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
             let (text, dropped) = captured.take();
             for line in text.lines().filter(|l| !l.is_empty()) {
-                tracing::info!(plugin = %self.plugin, request_id = %self.request_id, stream, "{line}");
+                tracing::info!(plugin = %self.plugin, request_id = %self.request_id, tenant = %self.tenant, stream, "{line}");
             }
             if dropped > 0 {
                 self.dropped
                     .output_bytes
                     .fetch_add(dropped, Ordering::Relaxed);
-                tracing::warn!(plugin = %self.plugin, request_id = %self.request_id, stream, dropped, "guest output over the capture cap was dropped");
+                tracing::warn!(plugin = %self.plugin, request_id = %self.request_id, tenant = %self.tenant, stream, dropped, "guest output over the capture cap was dropped");
             }
         }
     }

@@ -5,6 +5,9 @@
 //! - `fixture-slow/fail-stream` yields `ok` items, then a domain error.
 //! - `fixture-slow/burst` (an async stream) yields `burst` items at once, then
 //!   `then` more, one every `every_ms`.
+//! - `fixture-slow/nest` calls another operation; `nest-stream` subscribes
+//!   to one and passes its outputs on; `tally` subscribes to one and counts
+//!   its outputs; `recurse` calls itself; `secret` is internal.
 
 use std::time::Duration;
 
@@ -71,6 +74,35 @@ async fn nest(ctx: Context, input: Nest) -> Result<serde_json::Value> {
     ctx.call(&input.operation, &input.input).await
 }
 
+async fn nest_stream(
+    ctx: Context,
+    input: Nest,
+) -> Result<impl Stream<Item = Result<serde_json::Value>>> {
+    let outputs = ctx
+        .subscribe::<_, serde_json::Value>(&input.operation, &input.input)
+        .await?;
+    Ok(outputs.into_stream())
+}
+
+#[derive(serde::Serialize, JsonSchema)]
+struct Tally {
+    count: u32,
+    last: serde_json::Value,
+}
+
+async fn tally(ctx: Context, input: Nest) -> Result<Tally> {
+    let mut outputs = ctx.subscribe(&input.operation, &input.input).await?;
+    let mut tally = Tally {
+        count: 0,
+        last: serde_json::Value::Null,
+    };
+    while let Some(output) = outputs.next().await {
+        tally.last = output?;
+        tally.count += 1;
+    }
+    Ok(tally)
+}
+
 async fn recurse(ctx: Context, depth: u32) -> Result<u32> {
     ctx.call("fixture-slow/recurse", &(depth + 1)).await
 }
@@ -85,6 +117,16 @@ fn plugin() -> Plugin {
             "nest",
             "Calls `operation` with `input` and returns its output.",
             nest,
+        )
+        .subscription(
+            "nest-stream",
+            "Subscribes to `operation` with `input` and passes its outputs on.",
+            nest_stream,
+        )
+        .query(
+            "tally",
+            "Subscribes to `operation` with `input` and counts its outputs.",
+            tally,
         )
         .query("recurse", "Calls itself, forever.", recurse)
         .query("secret", "An internal operation.", secret)
