@@ -18,6 +18,7 @@ mod bindings {
         export_macro_name: "__export_handler",
         default_bindings_module: "::opbox_sdk::__private",
         runtime_path: "::opbox_sdk::__private::wit_bindgen::rt",
+        generate_all,
     });
 }
 
@@ -25,6 +26,8 @@ pub use bindings::__export_handler;
 pub use bindings::exports::opbox::plugin::handler::Guest;
 pub use bindings::opbox::plugin::types::{CallContext, CallError, Manifest};
 pub use bindings::opbox::plugin::{invoke, log};
+pub use bindings::wasi::config::store as wasi_config;
+pub use bindings::wasi::keyvalue as wasi_keyvalue;
 #[doc(hidden)]
 pub use bindings::{exports, opbox, wit_stream};
 pub use wit_bindgen;

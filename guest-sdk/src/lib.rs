@@ -102,6 +102,9 @@
 //! # Modules
 //!
 //! - [`log`]: log lines attributed to the plugin and the request.
+//! - [`config`]: values (and secrets) the operator configured for the plugin.
+//! - [`keyvalue`]: a persistent key-value store of the plugin's own.
+//! - [`http`]: outbound HTTP requests, to the hosts the operator granted.
 //!
 //! [opbox]: https://github.com/opbox/opbox
 #![deny(missing_docs)]
@@ -110,8 +113,11 @@
 // from the plugin crates that expand `export!`.
 extern crate self as opbox_sdk;
 
+pub mod config;
 mod context;
 mod error;
+pub mod http;
+pub mod keyvalue;
 pub mod log;
 mod plugin;
 

@@ -12,6 +12,8 @@
 //! cargo bench -p opbox --bench dispatch -- noisy     # echo latency under a spinning neighbour
 //! cargo bench -p opbox --bench dispatch -- envelope  # TCP, WebSocket and HTTP, 64 calls in flight
 //! cargo bench -p opbox --bench dispatch -- tenants   # a tenant's latency under another's flood
+//! cargo bench -p opbox --bench dispatch -- keyvalue  # kv/get and kv/set from a plugin
+//! cargo bench -p opbox --bench dispatch -- relay     # 100 MiB upstream body through relay/sse
 //! ```
 //!
 //! - `dispatch`: one `echo/echo` call through the dispatcher, a fresh
@@ -30,6 +32,12 @@
 //! - `tenants`: tenant B's sequential `POST /call` `echo/echo` latency
 //!   alone, then while tenant A sends 10× its `calls_per_second` quota; and
 //!   the per-call cost of authentication and admission, in process.
+//! - `keyvalue`: the `kv` example's `get` and `set` through the dispatcher,
+//!   a fresh instance per call, one at a time and 16 at once; every set is a
+//!   durable transaction of its own.
+//! - `relay`: a 100 MiB chunked upstream body through `relay/sse` to an SSE
+//!   client over HTTP, against the client reading the upstream directly;
+//!   throughput and the process's resident memory while it streams.
 //! - `noisy`: latency of sequential `POST /call` `echo/echo` from one client,
 //!   alone, then while another client keeps 8 `hostile-loop/spin` calls (an
 //!   infinite loop each) in flight. Runs last: the spinning calls outlive it.
@@ -96,6 +104,12 @@ fn main() {
         if wants("envelope") {
             bench_envelopes(&host).await;
         }
+        if wants("keyvalue") {
+            bench_keyvalue().await;
+        }
+        if wants("relay") {
+            bench_relay().await;
+        }
         if wants("tenants") {
             bench_tenants().await;
         }
@@ -112,6 +126,7 @@ async fn start_host() -> Host {
             path: opbox::bundled::built_plugin("hostile-loop"),
             name: None,
             tenant: None,
+            grants: Default::default(),
             limits: Default::default(),
         }],
         ..HostConfig::demo()
@@ -633,6 +648,183 @@ async fn bench_tenants() {
         "\nauthentication + admission per call: {} (goal: ≤ 2 µs)\n",
         ns(authenticate + admit)
     );
+}
+
+/// The upstream body `relay` streams, in 64 KiB chunks.
+const RELAY_MIB: usize = 100;
+
+async fn bench_relay() {
+    let upstream = {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let app = axum::Router::new().route(
+            "/stream",
+            axum::routing::get(|| async {
+                let chunk = bytes::Bytes::from(vec![b'x'; 64 << 10]);
+                let chunks = futures::stream::iter(
+                    (0..RELAY_MIB * 16)
+                        .map(move |_| Ok::<_, std::convert::Infallible>(chunk.clone())),
+                );
+                axum::body::Body::from_stream(chunks)
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        addr
+    };
+    let config = HostConfig {
+        data_dir: data_dir(),
+        plugins: vec![PluginConfig {
+            path: opbox::bundled::built_plugin("relay"),
+            name: None,
+            tenant: None,
+            grants: opbox::runtime::Grants {
+                allowed_outbound_hosts: vec!["http://127.0.0.1:*".into()],
+                outbound_max_response_bytes: Some(u64::MAX),
+                ..Default::default()
+            },
+            limits: Default::default(),
+        }],
+        ..HostConfig::demo()
+    };
+    let host = Host::start(config).await.expect("the host starts");
+    let gateway = serve(host.router()).await;
+    println!("## Relay: a {RELAY_MIB} MiB chunked upstream body, streamed\n");
+    println!("| path | MiB/s | resident before | peak while streaming |\n|---|---|---|---|");
+    let url = format!("http://{upstream}/stream");
+    for through_opbox in [false, true] {
+        let before = rss_kib();
+        let peak = Arc::new(std::sync::atomic::AtomicU64::new(before));
+        let sampler = tokio::spawn({
+            let peak = peak.clone();
+            async move {
+                loop {
+                    peak.fetch_max(rss_kib(), std::sync::atomic::Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        });
+        let url = url.clone();
+        let (bytes, elapsed) = tokio::task::spawn_blocking(move || {
+            client_runtime().block_on(async move {
+                let client = reqwest::Client::new();
+                let started = Instant::now();
+                let response = if through_opbox {
+                    client
+                        .post(format!("http://{gateway}/subscribe"))
+                        .json(&json!({"operation": "relay/sse", "input": {"url": url}}))
+                        .send()
+                        .await
+                } else {
+                    client.get(&url).send().await
+                }
+                .expect("a response");
+                let mut body = response.bytes_stream();
+                let mut bytes = 0usize;
+                while let Some(chunk) = body.next().await {
+                    bytes += chunk.expect("the body reads").len();
+                }
+                (bytes, started.elapsed())
+            })
+        })
+        .await
+        .expect("the client thread");
+        sampler.abort();
+        assert!(bytes >= RELAY_MIB << 20, "only {bytes} bytes arrived");
+        let name = if through_opbox {
+            "upstream → `relay/sse` → SSE client"
+        } else {
+            "upstream → client (no opbox)"
+        };
+        println!(
+            "| {name} | {:.0} | {} MiB | {} MiB |",
+            RELAY_MIB as f64 / elapsed.as_secs_f64(),
+            before / 1024,
+            peak.load(std::sync::atomic::Ordering::Relaxed) / 1024
+        );
+    }
+    println!();
+}
+
+/// This process's resident memory.
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmRSS:"))?.to_owned();
+            line.split_whitespace().nth(1)?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+/// Calls per keyvalue measurement.
+const KV_CALLS: usize = 2_000;
+
+async fn bench_keyvalue() {
+    let db = tempfile::tempdir().expect("a temporary directory");
+    let config = HostConfig {
+        data_dir: data_dir(),
+        keyvalue_path: Some(db.path().join("kv.redb")),
+        plugins: vec![PluginConfig {
+            path: opbox::bundled::built_plugin("kv"),
+            name: None,
+            tenant: None,
+            grants: opbox::runtime::Grants {
+                keyvalue: Some(opbox::runtime::KeyvalueGrant {
+                    max_bytes: u64::MAX,
+                    max_keys: u64::MAX,
+                }),
+                ..Default::default()
+            },
+            limits: Default::default(),
+        }],
+        ..HostConfig::demo()
+    };
+    let host = Host::start(config).await.expect("the host starts");
+    let dispatcher = host.dispatcher().clone();
+    println!("## Keyvalue: the `kv` example through the dispatcher, a fresh instance per call\n");
+    println!("| operation | in flight | calls/s | p50 | p99 |\n|---|---|---|---|---|");
+    for (op, in_flight) in [("set", 1), ("get", 1), ("set", 16), ("get", 16)] {
+        let started = Instant::now();
+        let per_task = KV_CALLS / in_flight;
+        let tasks: Vec<_> = (0..in_flight)
+            .map(|task| {
+                let dispatcher = dispatcher.clone();
+                tokio::spawn(async move {
+                    let mut samples = Vec::with_capacity(per_task);
+                    for n in 0..per_task {
+                        let key = format!("key-{task}-{n}");
+                        let input = match op {
+                            "set" => {
+                                json!({"key": key, "value": {"n": n, "text": "a small JSON value"}})
+                            }
+                            _ => json!({"key": key}),
+                        };
+                        let start = Instant::now();
+                        dispatcher
+                            .call(CallRequest::new(format!("kv/{op}"), input))
+                            .await
+                            .expect("kv answers");
+                        samples.push(start.elapsed());
+                    }
+                    samples
+                })
+            })
+            .collect();
+        let mut samples = Vec::new();
+        for task in tasks {
+            samples.extend(task.await.expect("a bench task"));
+        }
+        let rate = samples.len() as f64 / started.elapsed().as_secs_f64();
+        let stats = Stats::of(samples);
+        println!(
+            "| `kv/{op}` | {in_flight} | {rate:.0} | {} | {} |",
+            us(stats.median),
+            us(stats.p99)
+        );
+    }
+    println!();
 }
 
 /// Sends `rate` `echo/echo` calls per second as `token`, open loop, until

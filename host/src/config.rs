@@ -7,7 +7,8 @@
 //! ```toml
 //! listen = "127.0.0.1:8080"    # where the HTTP gateway listens
 //! # tcp_listen = "127.0.0.1:8081"  # envelopes over TCP (off unless set)
-//! data_dir = ".opbox"          # compiled-plugin cache (and, later, state)
+//! data_dir = ".opbox"          # compiled-plugin cache, key-value database
+//! # keyvalue_path = ".opbox/keyvalue.redb"  # the key-value database
 //! examples = true              # serve the bundled example plugins
 //! plugin_dirs = ["plugins"]    # load every *.wasm in these directories
 //!
@@ -57,6 +58,8 @@
 //! tenant = "acme"              # only this tenant sees it (default: shared)
 //! [plugins.limits]             # overrides [plugin_limits] for this plugin
 //! memory_bytes = 16777216
+//! [plugins.grants]             # nothing is granted unless listed here
+//! directory = { path = "notes", read_only = false }  # the plugin's `/`
 //! ```
 //!
 //! The meaning and default of each plugin limit: [`PluginLimits`]; of each
@@ -73,7 +76,7 @@ use crate::dispatch::DispatchConfig;
 use crate::envelope::EnvelopeConfig;
 use crate::gateway::GatewayConfig;
 use crate::registry::AccessControl;
-use crate::runtime::{PluginLimits, RuntimeConfig};
+use crate::runtime::{Grants, PluginLimits, RuntimeConfig};
 use crate::tenants::{Quotas, TenantConfig};
 
 /// Why the configuration could not be used.
@@ -106,8 +109,12 @@ pub struct HostConfig {
     pub listen: SocketAddr,
     /// Where the envelope protocol listens over TCP; off when absent.
     pub tcp_listen: Option<SocketAddr>,
-    /// Where the host keeps its data (the compiled-plugin cache).
+    /// Where the host keeps its data (the compiled-plugin cache, the
+    /// key-value database).
     pub data_dir: PathBuf,
+    /// The key-value database; `data_dir/keyvalue.redb` when absent. Opened
+    /// only when some plugin is granted `keyvalue`.
+    pub keyvalue_path: Option<PathBuf>,
     /// Whether to serve the bundled example plugins.
     pub examples: bool,
     /// Directories whose `*.wasm` files are loaded as plugins.
@@ -136,6 +143,7 @@ impl Default for HostConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             tcp_listen: None,
             data_dir: PathBuf::from(".opbox"),
+            keyvalue_path: None,
             examples: true,
             plugin_dirs: Vec::new(),
             plugins: Vec::new(),
@@ -184,6 +192,9 @@ pub struct PluginConfig {
     /// Limits of this plugin, overriding `[plugin_limits]`.
     #[serde(default)]
     pub limits: PluginLimitsConfig,
+    /// What this plugin may use beyond computing; nothing by default.
+    #[serde(default)]
+    pub grants: Grants,
 }
 
 /// Plugin limits as written in the configuration: each one optional, falling
@@ -295,11 +306,17 @@ impl HostConfig {
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.data_dir = base.join(&config.data_dir);
+        if let Some(path) = &mut config.keyvalue_path {
+            *path = base.join(&*path);
+        }
         for dir in &mut config.plugin_dirs {
             *dir = base.join(&*dir);
         }
         for plugin in &mut config.plugins {
             plugin.path = base.join(&plugin.path);
+            if let Some(dir) = &mut plugin.grants.directory {
+                dir.path = base.join(&dir.path);
+            }
         }
         Ok(config)
     }
@@ -313,6 +330,15 @@ impl HostConfig {
                 .cpu_lanes
                 .unwrap_or(RuntimeConfig::default().cpu_lanes),
             cache_dir: Some(self.data_dir.join("cache")),
+            keyvalue_path: self
+                .plugins
+                .iter()
+                .any(|p| p.grants.keyvalue.is_some())
+                .then(|| {
+                    self.keyvalue_path
+                        .clone()
+                        .unwrap_or_else(|| self.data_dir.join("keyvalue.redb"))
+                }),
             fuel: self.plugin_limits.fuel.is_some()
                 || self.plugins.iter().any(|p| p.limits.fuel.is_some()),
             ..RuntimeConfig::default()

@@ -14,7 +14,7 @@ use crate::dispatch::Dispatcher;
 use crate::envelope;
 use crate::gateway;
 use crate::registry::{Operation, Owner, Registry, RegistryError};
-use crate::runtime::{LoadError, LoadOptions, Plugin, Runtime};
+use crate::runtime::{Grants, LoadError, LoadOptions, Plugin, Runtime};
 use crate::services;
 use crate::tenants::{Tenants, TenantsError};
 
@@ -110,6 +110,7 @@ impl Host {
                     LoadOptions {
                         name: None,
                         limits: host.config.plugin_limits(None),
+                        grants: Grants::default(),
                     },
                     &Owner::Shared,
                     &format!("bundled example `{name}`"),
@@ -157,6 +158,7 @@ impl Host {
         let options = LoadOptions {
             name: settings.and_then(|p| p.name.clone()),
             limits: self.config.plugin_limits(settings),
+            grants: settings.map(|p| p.grants.clone()).unwrap_or_default(),
         };
         self.install(&wasm, options, &owner, &origin).await
     }

@@ -46,6 +46,7 @@ pub mod envelope;
 pub mod error;
 pub mod gateway;
 mod host;
+pub mod keyvalue;
 pub mod registry;
 pub mod runtime;
 pub mod services;

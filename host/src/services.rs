@@ -106,6 +106,7 @@ fn plugin() -> Result<Operation, RegistryError> {
             "version": plugin.version(),
             "digest": plugin.digest(),
             "limits": plugin.limits(),
+            "grants": plugin.grants().summary(),
             "live_instances": plugin.live_instances(),
             "open_subscriptions": plugin.open_subscriptions(),
             "dropped_log_lines": plugin.dropped_log_lines(),

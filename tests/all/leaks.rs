@@ -3,10 +3,9 @@
 //! Runs the real `opbox` binary in a process of its own, so that its resident
 //! memory is its own, and reads it from `/proc`.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-
 use serde_json::{Value, json};
+
+use crate::util::Server;
 
 /// Calls per `/batch` request: below the default per-plugin `max_instances`,
 /// so every call really runs.
@@ -14,53 +13,6 @@ const BATCH: usize = 50;
 
 /// The hostile plugins the test attacks with.
 const HOSTILE: [&str; 3] = ["fixture-panic", "hostile-loop", "hostile-memory"];
-
-/// The `opbox serve` process, killed when dropped.
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    fn start(config: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("opbox.toml");
-        std::fs::write(&path, config).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_opbox"))
-            .args(["serve", "--config"])
-            .arg(&path)
-            .env("RUST_LOG", "warn,opbox=info")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let addr = loop {
-            let line = lines.next().expect("the server starts").unwrap();
-            if let Some((_, addr)) = line.split_once("serving on http://") {
-                break addr.trim().to_owned();
-            }
-        };
-        // Keep draining the log so the server never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
-        Self {
-            child,
-            url: format!("http://{addr}"),
-        }
-    }
-
-    fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-        line.split_whitespace().nth(1).unwrap().parse().unwrap()
-    }
-}
 
 /// The `n`th hostile call: panics, memory bombs and oversized outputs in
 /// turn, and every tenth an infinite loop (the slowest to stop: a CPU tick

@@ -185,6 +185,7 @@ async fn per_plugin_limits_override_the_defaults() {
             path: opbox::bundled::built_plugin("echo"),
             name: Some("roomy".into()),
             tenant: None,
+            grants: Default::default(),
             limits: opbox::config::PluginLimitsConfig {
                 output_bytes: Some(1 << 20),
                 ..Default::default()
@@ -205,6 +206,7 @@ async fn table_elements_bounds_a_plugins_tables() {
         path: opbox::bundled::built_plugin("echo"),
         name: Some(name.into()),
         tenant: None,
+        grants: Default::default(),
         limits: opbox::config::PluginLimitsConfig {
             table_elements: Some(table_elements),
             ..Default::default()

@@ -23,7 +23,7 @@ async fn an_invalid_mount_name_is_refused() {
     let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
     let options = LoadOptions {
         name: Some("Not/Valid".into()),
-        limits: PluginLimits::default(),
+        ..LoadOptions::default()
     };
     let error = runtime.load(&wasm, options).await.unwrap_err();
     assert!(
@@ -54,6 +54,7 @@ async fn two_plugins_cannot_share_a_namespace() {
         path: opbox::bundled::built_plugin("fixture-slow"),
         name: Some("echo".into()),
         tenant: None,
+        grants: Default::default(),
         limits: Default::default(),
     });
     let error = Host::start(config).await.unwrap_err();
@@ -73,6 +74,7 @@ async fn a_plugin_can_be_mounted_under_another_name() {
             path: opbox::bundled::built_plugin("echo"),
             name: Some("mirror".into()),
             tenant: None,
+            grants: Default::default(),
             limits: Default::default(),
         });
     })

@@ -10,6 +10,7 @@
 
 mod batch;
 mod call;
+mod capabilities;
 mod cli;
 mod client;
 mod discovery;
@@ -20,6 +21,7 @@ mod leaks;
 mod limits;
 mod loading;
 mod nested;
+mod outbound;
 mod shutdown;
 mod subscribe;
 mod tenants;

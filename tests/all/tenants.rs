@@ -41,6 +41,7 @@ fn plugin(file: &str, name: &str, tenant: &str) -> PluginConfig {
         path: opbox::bundled::built_plugin(file),
         name: Some(name.into()),
         tenant: Some(tenant.into()),
+        grants: Default::default(),
         limits: Default::default(),
     }
 }

@@ -56,6 +56,7 @@ impl TestHost {
                     path: opbox::bundled::built_plugin(name),
                     name: None,
                     tenant: None,
+                    grants: Default::default(),
                     limits: Default::default(),
                 })
                 .collect(),
@@ -315,5 +316,70 @@ impl Frames {
         tokio::time::timeout(Duration::from_secs(30), read)
             .await
             .expect("an envelope within 30 s")
+    }
+}
+
+/// A real `opbox serve` process, killed when dropped.
+pub struct Server {
+    child: std::process::Child,
+    /// `http://ADDR` of its gateway.
+    pub url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    /// Runs `opbox serve` with `config` as its configuration file, written
+    /// to a directory of its own.
+    pub fn start(config: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(dir.path(), config)
+    }
+
+    /// Runs `opbox serve` with `config` written to `dir/opbox.toml`, so
+    /// relative paths in it are relative to `dir`.
+    pub fn start_in(dir: &std::path::Path, config: &str) -> Self {
+        use std::io::{BufRead, BufReader};
+        let path = dir.join("opbox.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_opbox"))
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "warn,opbox=info")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let addr = loop {
+            let line = lines.next().expect("the server starts").unwrap();
+            if let Some((_, addr)) = line.split_once("serving on http://") {
+                break addr.trim().to_owned();
+            }
+        };
+        // Keep draining the log so the server never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        Self {
+            child,
+            url: format!("http://{addr}"),
+        }
+    }
+
+    /// Its resident memory, from `/proc`.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    /// Kills it at once (SIGKILL: no shutdown, no flushing), as a power cut
+    /// would.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
     }
 }

@@ -7,6 +7,11 @@ wasmtime::component::bindgen!({
     imports: {
         "opbox:plugin/invoke.call": async | store,
         "opbox:plugin/invoke.subscribe": async | store,
+        // Writes wait for the disk: on a blocking thread, not a worker.
+        "wasi:keyvalue": async,
+    },
+    with: {
+        "wasi:keyvalue/store.bucket": crate::capabilities::keyvalue::Bucket,
     },
     exports: { default: async | store },
 });

@@ -9,6 +9,7 @@
 
 pub(crate) mod bindings;
 mod cache;
+mod grants;
 mod invoke;
 mod lanes;
 mod limits;
@@ -28,12 +29,16 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
+pub use grants::{
+    DirectoryGrant, GrantSummary, Grants, HostPattern, KeyvalueGrant, OutboundGrant, Secret,
+};
 pub use invoke::{GuestError, Invocation, InvokeError, NestedCalls, NestedItems};
 pub use limits::{LimitHit, PluginLimits};
 pub use plugin::{LoadOptions, Plugin};
 pub(crate) use state::StoreState;
 pub use subscription::Subscription;
 
+use crate::keyvalue::KvStore;
 use cache::ArtifactCache;
 use lanes::CpuLanes;
 use state::LiveCounter;
@@ -57,6 +62,9 @@ pub struct RuntimeConfig {
     pub max_memory_bytes: usize,
     /// Where compiled plugins are cached.
     pub cache_dir: Option<PathBuf>,
+    /// The key-value database behind `wasi:keyvalue`; without one, plugins
+    /// granted a store get errors from it.
+    pub keyvalue_path: Option<PathBuf>,
     /// How often the engine's epoch advances.
     pub epoch_tick: Duration,
     /// Whether instructions are counted, so plugins can have a `fuel` limit.
@@ -77,6 +85,7 @@ impl Default for RuntimeConfig {
             max_instances: 256,
             max_memory_bytes: 1 << 30,
             cache_dir: None,
+            keyvalue_path: None,
             epoch_tick: Duration::from_millis(10),
             fuel: false,
             enforce_limits: true,
@@ -106,6 +115,9 @@ pub enum LoadError {
     /// The manifest breaks a rule (names, duplicates, schemas).
     #[error("invalid plugin manifest: {0}")]
     Manifest(String),
+    /// A grant cannot be honoured (e.g. its directory does not exist).
+    #[error("cannot grant the plugin what its configuration says: {0}")]
+    Grant(String),
 }
 
 /// The engine and linker shared by all plugins.
@@ -118,6 +130,7 @@ struct Inner {
     engine: Engine,
     linker: Linker<StoreState>,
     cache: Option<ArtifactCache>,
+    pub(crate) kv: Option<Arc<KvStore>>,
     live: LiveCounter,
     lanes: Arc<CpuLanes>,
     config: RuntimeConfig,
@@ -143,6 +156,8 @@ impl Runtime {
             .map_err(|e| LoadError::Engine(e.to_string()))?;
         bindings::Plugin::add_to_linker::<_, HasSelf<StoreState>>(&mut linker, |state| state)
             .map_err(|e| LoadError::Engine(e.to_string()))?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(|e| LoadError::Engine(e.to_string()))?;
         let cache = match &config.cache_dir {
             Some(dir) => Some(ArtifactCache::open(dir, &engine).map_err(|e| {
                 LoadError::Engine(format!(
@@ -150,6 +165,15 @@ impl Runtime {
                     dir.display()
                 ))
             })?),
+            None => None,
+        };
+        let kv = match &config.keyvalue_path {
+            Some(path) => Some(Arc::new(KvStore::open(path).map_err(|e| {
+                LoadError::Engine(format!(
+                    "cannot open the keyvalue database {}: {e}",
+                    path.display()
+                ))
+            })?)),
             None => None,
         };
         let lanes = Arc::new(CpuLanes::new(config.cpu_lanes));
@@ -160,6 +184,7 @@ impl Runtime {
                 engine,
                 linker,
                 cache,
+                kv,
                 live: LiveCounter::default(),
                 lanes,
                 config,

@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::bindings::{self, OpType as WitOpType};
+use super::grants::{Grants, OutboundGrant};
 use super::invoke::{Invocation, InvokeError};
 use super::limits::{Dropped, Occupancy, PluginLimits};
 use super::trap::classify;
@@ -23,6 +24,8 @@ pub struct LoadOptions {
     pub name: Option<String>,
     /// The plugin's limits.
     pub limits: PluginLimits,
+    /// What the plugin may use beyond computing.
+    pub grants: Grants,
 }
 
 /// One operation as the plugin described it, checked.
@@ -47,6 +50,8 @@ pub struct Plugin {
     imports: Vec<String>,
     ops: Vec<PluginOp>,
     pub(crate) limits: PluginLimits,
+    pub(crate) grants: Arc<Grants>,
+    pub(crate) outbound: OutboundGrant,
     pub(crate) occupancy: Occupancy,
     pub(crate) dropped: Arc<Dropped>,
 }
@@ -80,7 +85,17 @@ impl Plugin {
             occupancy: Occupancy::new(&options.limits),
             dropped: Arc::default(),
             limits: options.limits,
+            outbound: options.grants.outbound().map_err(LoadError::Grant)?,
+            grants: Arc::new(options.grants),
         };
+        if let Some(dir) = &plugin.grants.directory
+            && !dir.path.is_dir()
+        {
+            return Err(LoadError::Grant(format!(
+                "the granted directory {} is not a directory",
+                dir.path.display()
+            )));
+        }
         let manifest = plugin.describe().await?;
         let name = options.name.unwrap_or(manifest.name);
         if !registry::is_valid_segment(&name) {
@@ -134,6 +149,11 @@ impl Plugin {
     /// The plugin's limits.
     pub fn limits(&self) -> &PluginLimits {
         &self.limits
+    }
+
+    /// What the plugin may use beyond computing.
+    pub fn grants(&self) -> &Grants {
+        &self.grants
     }
 
     /// The interfaces the component imports (`wasi:cli/stdout@0.2.6`, …).

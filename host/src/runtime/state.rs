@@ -7,13 +7,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::OwnedSemaphorePermit;
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use super::grants::Grants;
 use super::invoke::{Invocation, NestedCalls};
 use super::lanes::Turns;
 use super::limits::{Dropped, LimitHit, PluginLimits};
 use super::output::CapturedOutput;
 use super::plugin::Plugin;
+use crate::capabilities::http::OutboundHooks;
+use crate::keyvalue::KvStore;
 
 /// Counts live instances: one per store, from creation to drop.
 #[derive(Debug, Clone, Default)]
@@ -103,7 +107,7 @@ impl ResourceLimiter for Limiter {
 /// The data of one store (one call).
 pub(crate) struct StoreState {
     wasi: WasiCtx,
-    table: ResourceTable,
+    pub(crate) table: ResourceTable,
     pub(crate) limiter: Limiter,
     /// Guest execution left before the call is interrupted.
     pub(crate) cpu: CpuBudget,
@@ -113,6 +117,13 @@ pub(crate) struct StoreState {
     pub(crate) plugin: Arc<str>,
     pub(crate) request_id: Arc<str>,
     pub(crate) tenant: String,
+    /// What the operator granted the plugin.
+    pub(crate) grants: Arc<Grants>,
+    /// The host's key-value store, when some plugin is granted one.
+    pub(crate) kv: Option<Arc<KvStore>>,
+    /// Outbound HTTP: the interface's state, and the grant it answers to.
+    http: WasiHttpCtx,
+    http_hooks: OutboundHooks,
     /// Who carries out the guest's calls to other operations.
     pub(crate) nested: Option<Arc<dyn NestedCalls>>,
     /// The last message the guest reported through `log.fatal`.
@@ -141,12 +152,23 @@ impl StoreState {
         let output_cap = limits.output_capture_bytes;
         let stdout = CapturedOutput::new(output_cap);
         let stderr = CapturedOutput::new(output_cap);
-        // No arguments, no environment, no preopened directories, no network:
-        // a plugin gets clocks, random and the captured stdout/stderr.
-        let wasi = WasiCtx::builder()
-            .stdout(stdout.clone())
-            .stderr(stderr.clone())
-            .build();
+        // No arguments, no environment, no network: a plugin gets clocks,
+        // random, the captured stdout/stderr and what it was granted.
+        let mut wasi = WasiCtx::builder();
+        wasi.stdout(stdout.clone()).stderr(stderr.clone());
+        if let Some(dir) = &plugin.grants.directory {
+            let perms = if dir.read_only {
+                FsPerms::ReadOnly
+            } else {
+                FsPerms::ReadWrite
+            };
+            // Checked when the plugin was loaded; should it have gone since,
+            // the guest finds no directory rather than the call failing.
+            if let Err(e) = wasi.preopened_dir(&dir.path, "/", perms) {
+                tracing::warn!(plugin = %plugin.name, "cannot open the granted directory: {e:#}");
+            }
+        }
+        let wasi = wasi.build();
         Self {
             wasi,
             table: ResourceTable::new(),
@@ -156,6 +178,14 @@ impl StoreState {
             plugin: plugin.name.clone(),
             request_id: invocation.request_id.clone(),
             tenant: invocation.tenant.clone(),
+            grants: plugin.grants.clone(),
+            kv: plugin.runtime.inner.kv.clone(),
+            http: WasiHttpCtx::new(),
+            http_hooks: OutboundHooks::new(
+                plugin.outbound.clone(),
+                plugin.name.clone(),
+                invocation.tenant.clone(),
+            ),
             nested: invocation.nested.clone(),
             fatal: None,
             log_lines_left: limits.log_lines,
@@ -171,6 +201,16 @@ impl StoreState {
     /// The captured stderr so far (used when the guest left no `fatal`).
     pub(crate) fn stderr_text(&self) -> String {
         self.stderr.take().0
+    }
+}
+
+impl WasiHttpView for StoreState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            hooks: &mut self.http_hooks,
+            table: &mut self.table,
+            ctx: &mut self.http,
+        }
     }
 }
 

@@ -4,6 +4,11 @@
 //! filesystem (reading, listing, writing, escaping with `..`), the network
 //! (TCP to `tcp_port` on the loopback, UDP, name lookup), and reports what
 //! each attempt got: `"ok: …"` or the error it met.
+//!
+//! `hostile-ambient/fs` tries one filesystem operation on one path (`read`,
+//! `write`, `list`, `remove`), for testing how far a granted directory
+//! reaches; `hostile-ambient/config` reads one configuration value and all
+//! of them.
 
 use std::io::Read;
 use std::net::{TcpStream, ToSocketAddrs, UdpSocket};
@@ -92,12 +97,74 @@ async fn probe(_ctx: Context, probe: Probe) -> Result<Report> {
     })
 }
 
+#[derive(Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+enum FsOp {
+    Read,
+    Write,
+    List,
+    Remove,
+}
+
+#[derive(Deserialize, JsonSchema)]
+struct Fs {
+    op: FsOp,
+    path: String,
+    #[serde(default)]
+    text: String,
+}
+
+async fn fs(_ctx: Context, input: Fs) -> Result<String> {
+    let path = input.path.as_str();
+    Ok(match input.op {
+        FsOp::Read => outcome(std::fs::read_to_string(path)),
+        FsOp::Write => outcome(std::fs::write(path, &input.text)),
+        FsOp::List => outcome(std::fs::read_dir(path).map(|entries| {
+            let mut names: Vec<String> = entries
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .collect();
+            names.sort();
+            names
+        })),
+        FsOp::Remove => outcome(std::fs::remove_file(path)),
+    })
+}
+
+#[derive(Deserialize, JsonSchema)]
+struct Key {
+    key: String,
+}
+
+#[derive(Serialize, JsonSchema)]
+struct ConfigSeen {
+    value: Option<String>,
+    all: Vec<(String, String)>,
+}
+
+async fn config(_ctx: Context, input: Key) -> Result<ConfigSeen> {
+    Ok(ConfigSeen {
+        value: opbox_sdk::config::get(&input.key)?,
+        all: opbox_sdk::config::all()?,
+    })
+}
+
 fn plugin() -> Plugin {
-    Plugin::new().query(
-        "probe",
-        "Tries the environment, arguments, stdin, files and network; reports each outcome.",
-        probe,
-    )
+    Plugin::new()
+        .query(
+            "probe",
+            "Tries the environment, arguments, stdin, files and network; reports each outcome.",
+            probe,
+        )
+        .query(
+            "config",
+            "Reads one configuration value, and all of them.",
+            config,
+        )
+        .mutation(
+            "fs",
+            "Tries one filesystem operation on one path; reports the outcome.",
+            fs,
+        )
 }
 
 opbox_sdk::export!(plugin);

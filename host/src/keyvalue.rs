@@ -1,0 +1,380 @@
+//! The store behind `wasi:keyvalue`: one redb database in the data
+//! directory, shared by every plugin, each seeing only its own key space.
+//!
+//! A key space is a tenant and a plugin: a shared plugin called by two
+//! tenants keeps two sets of keys, and two tenants' copies of one plugin
+//! never meet. Inside it, buckets are names the plugin chooses. Every write
+//! is its own transaction, committed to disk before the guest hears it
+//! succeeded, so a crash loses no acknowledged write. Each key space has a
+//! quota of bytes (keys and values) and of keys, kept in the same
+//! transactions as the writes.
+
+use std::path::Path;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+/// (tenant, plugin, bucket, key) → value.
+const VALUES: TableDefinition<'_, (&str, &str, &str, &str), &[u8]> = TableDefinition::new("values");
+/// (tenant, plugin) → (bytes, keys) in use.
+const USAGE: TableDefinition<'_, (&str, &str), (u64, u64)> = TableDefinition::new("usage");
+
+/// Keys listed per `list-keys` page.
+pub const PAGE: usize = 1000;
+
+/// Whose keys these are: a tenant and a plugin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Space {
+    /// The tenant the calls run for.
+    pub tenant: String,
+    /// The plugin's namespace.
+    pub plugin: String,
+}
+
+/// How much one key space may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    /// Bytes of keys and values together.
+    pub max_bytes: u64,
+    /// Keys, all buckets together.
+    pub max_keys: u64,
+}
+
+/// Why a keyvalue operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KvError {
+    /// The write would take the key space past its quota.
+    #[error("the keyvalue quota is used up: {limit} = {value}")]
+    Quota {
+        /// `max_bytes` or `max_keys`.
+        limit: &'static str,
+        /// The quota.
+        value: u64,
+    },
+    /// `increment` met a value that is not a decimal `u64`, or overflowed.
+    #[error("{0}")]
+    NotANumber(String),
+    /// The database failed; the message is for logs.
+    #[error("keyvalue storage failed: {0}")]
+    Storage(String),
+}
+
+fn storage(e: impl std::fmt::Display) -> KvError {
+    KvError::Storage(e.to_string())
+}
+
+/// The database.
+#[derive(Debug)]
+pub struct KvStore {
+    db: Database,
+}
+
+impl KvStore {
+    /// Opens (or creates) the database at `path`, recovering from a crash
+    /// if the last process died mid-write.
+    pub fn open(path: &Path) -> Result<Self, KvError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(storage)?;
+        }
+        let db = Database::create(path).map_err(storage)?;
+        let txn = db.begin_write().map_err(storage)?;
+        txn.open_table(VALUES).map_err(storage)?;
+        txn.open_table(USAGE).map_err(storage)?;
+        txn.commit().map_err(storage)?;
+        Ok(Self { db })
+    }
+
+    /// The value of `key`.
+    pub fn get(&self, space: &Space, bucket: &str, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let values = txn.open_table(VALUES).map_err(storage)?;
+        let value = values
+            .get((&*space.tenant, &*space.plugin, bucket, key))
+            .map_err(storage)?;
+        Ok(value.map(|v| v.value().to_vec()))
+    }
+
+    /// Sets `key` to `value`, within `quota`.
+    pub fn set(
+        &self,
+        space: &Space,
+        bucket: &str,
+        key: &str,
+        value: &[u8],
+        quota: Quota,
+    ) -> Result<(), KvError> {
+        self.write(space, quota, |values| {
+            let old = values
+                .insert((&*space.tenant, &*space.plugin, bucket, key), value)
+                .map_err(storage)?;
+            Ok(change(key, old.map(|v| v.value().len()), Some(value.len())))
+        })
+    }
+
+    /// Removes `key`; removing a missing key is not an error.
+    pub fn delete(&self, space: &Space, bucket: &str, key: &str) -> Result<(), KvError> {
+        self.write(space, Quota::UNLIMITED, |values| {
+            let old = values
+                .remove((&*space.tenant, &*space.plugin, bucket, key))
+                .map_err(storage)?;
+            Ok(change(key, old.map(|v| v.value().len()), None))
+        })
+    }
+
+    /// Adds `delta` to the decimal number stored at `key` (0 when missing),
+    /// atomically, and returns the new number.
+    pub fn increment(
+        &self,
+        space: &Space,
+        bucket: &str,
+        key: &str,
+        delta: u64,
+        quota: Quota,
+    ) -> Result<u64, KvError> {
+        let mut result = 0;
+        self.write(space, quota, |values| {
+            let full_key = (&*space.tenant, &*space.plugin, bucket, key);
+            let old = values
+                .get(full_key)
+                .map_err(storage)?
+                .map(|v| v.value().to_vec());
+            let current = match &old {
+                None => 0,
+                Some(bytes) => std::str::from_utf8(bytes)
+                    .ok()
+                    .and_then(|text| text.parse::<u64>().ok())
+                    .ok_or_else(|| {
+                        KvError::NotANumber(format!("the value of `{key}` is not a decimal u64"))
+                    })?,
+            };
+            result = current.checked_add(delta).ok_or_else(|| {
+                KvError::NotANumber(format!("incrementing `{key}` overflows a u64"))
+            })?;
+            let new = result.to_string();
+            values.insert(full_key, new.as_bytes()).map_err(storage)?;
+            Ok(change(key, old.map(|v| v.len()), Some(new.len())))
+        })?;
+        Ok(result)
+    }
+
+    /// Up to [`PAGE`] keys of `bucket` in order, from the `cursor`-th on,
+    /// and the cursor of the next page if there is one.
+    pub fn list_keys(
+        &self,
+        space: &Space,
+        bucket: &str,
+        cursor: u64,
+    ) -> Result<(Vec<String>, Option<u64>), KvError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let values = txn.open_table(VALUES).map_err(storage)?;
+        let start = (&*space.tenant, &*space.plugin, bucket, "");
+        let skip = usize::try_from(cursor).unwrap_or(usize::MAX);
+        let mut keys = Vec::new();
+        let mut more = false;
+        for entry in values.range(start..).map_err(storage)?.skip(skip) {
+            let (full_key, _) = entry.map_err(storage)?;
+            let (tenant, plugin, in_bucket, key) = full_key.value();
+            if (tenant, plugin, in_bucket) != (&*space.tenant, &*space.plugin, bucket) {
+                break;
+            }
+            if keys.len() == PAGE {
+                more = true;
+                break;
+            }
+            keys.push(key.to_owned());
+        }
+        let next = more.then(|| cursor + keys.len() as u64);
+        Ok((keys, next))
+    }
+
+    /// Bytes and keys `space` holds.
+    pub fn usage(&self, space: &Space) -> Result<(u64, u64), KvError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let usage = txn.open_table(USAGE).map_err(storage)?;
+        let used = usage
+            .get((&*space.tenant, &*space.plugin))
+            .map_err(storage)?;
+        Ok(used.map_or((0, 0), |u| u.value()))
+    }
+
+    /// Runs `apply` in one write transaction, accounts for the change it
+    /// reports, checks `quota` and commits durably; a refused or failed
+    /// write changes nothing.
+    fn write(
+        &self,
+        space: &Space,
+        quota: Quota,
+        apply: impl FnOnce(
+            &mut redb::Table<
+                '_,
+                (&'static str, &'static str, &'static str, &'static str),
+                &'static [u8],
+            >,
+        ) -> Result<Change, KvError>,
+    ) -> Result<(), KvError> {
+        let txn = self.db.begin_write().map_err(storage)?;
+        {
+            let mut values = txn.open_table(VALUES).map_err(storage)?;
+            let change = apply(&mut values)?;
+            let mut usage = txn.open_table(USAGE).map_err(storage)?;
+            let usage_key = (&*space.tenant, &*space.plugin);
+            let (bytes, keys) = usage
+                .get(usage_key)
+                .map_err(storage)?
+                .map_or((0, 0), |u| u.value());
+            let bytes = bytes.saturating_add_signed(change.bytes);
+            let keys = keys.saturating_add_signed(change.keys);
+            if change.bytes > 0 && bytes > quota.max_bytes {
+                return Err(KvError::Quota {
+                    limit: "max_bytes",
+                    value: quota.max_bytes,
+                });
+            }
+            if change.keys > 0 && keys > quota.max_keys {
+                return Err(KvError::Quota {
+                    limit: "max_keys",
+                    value: quota.max_keys,
+                });
+            }
+            usage.insert(usage_key, (bytes, keys)).map_err(storage)?;
+        }
+        txn.commit().map_err(storage)
+    }
+}
+
+impl Quota {
+    const UNLIMITED: Self = Self {
+        max_bytes: u64::MAX,
+        max_keys: u64::MAX,
+    };
+}
+
+/// What a write changed in a key space's usage.
+struct Change {
+    bytes: i64,
+    keys: i64,
+}
+
+/// The change of replacing a value of `old` bytes at `key` by one of `new`
+/// bytes (`None`: no value).
+fn change(key: &str, old: Option<usize>, new: Option<usize>) -> Change {
+    let size = |len: Option<usize>| {
+        len.map_or(0, |len| i64::try_from(key.len() + len).unwrap_or(i64::MAX))
+    };
+    Change {
+        bytes: size(new) - size(old),
+        keys: i64::from(new.is_some()) - i64::from(old.is_some()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn space(tenant: &str) -> Space {
+        Space {
+            tenant: tenant.into(),
+            plugin: "notes".into(),
+        }
+    }
+
+    const ROOMY: Quota = Quota {
+        max_bytes: 1 << 20,
+        max_keys: 100,
+    };
+
+    #[test]
+    fn values_survive_reopening_and_spaces_do_not_meet() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kv.redb");
+        {
+            let kv = KvStore::open(&path).unwrap();
+            kv.set(&space("a"), "b", "k", b"one", ROOMY).unwrap();
+            kv.set(&space("b"), "b", "k", b"two", ROOMY).unwrap();
+        }
+        let kv = KvStore::open(&path).unwrap();
+        assert_eq!(kv.get(&space("a"), "b", "k").unwrap().unwrap(), b"one");
+        assert_eq!(kv.get(&space("b"), "b", "k").unwrap().unwrap(), b"two");
+        assert_eq!(kv.get(&space("c"), "b", "k").unwrap(), None);
+        assert_eq!(kv.get(&space("a"), "other", "k").unwrap(), None);
+    }
+
+    #[test]
+    fn quotas_count_bytes_and_keys_and_refusals_change_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = KvStore::open(&dir.path().join("kv.redb")).unwrap();
+        let quota = Quota {
+            max_bytes: 10,
+            max_keys: 2,
+        };
+        let a = space("a");
+        kv.set(&a, "b", "k1", b"12", quota).unwrap(); // 4 bytes
+        let refused = kv.set(&a, "b", "k2", b"12345", quota).unwrap_err(); // 11 > 10
+        assert!(matches!(
+            refused,
+            KvError::Quota {
+                limit: "max_bytes",
+                ..
+            }
+        ));
+        assert_eq!(kv.get(&a, "b", "k2").unwrap(), None);
+        kv.set(&a, "b", "k2", b"1", quota).unwrap(); // 7 bytes, 2 keys
+        let refused = kv.set(&a, "b", "k3", b"", quota).unwrap_err(); // 9 bytes, 3 keys
+        assert!(matches!(
+            refused,
+            KvError::Quota {
+                limit: "max_keys",
+                ..
+            }
+        ));
+        // Replacing and deleting give room back.
+        kv.set(&a, "b", "k1", b"1", quota).unwrap();
+        assert_eq!(kv.usage(&a).unwrap(), (6, 2));
+        kv.delete(&a, "b", "k1").unwrap();
+        kv.delete(&a, "b", "missing").unwrap();
+        assert_eq!(kv.usage(&a).unwrap(), (3, 1));
+    }
+
+    #[test]
+    fn increments_count_from_zero_and_refuse_what_is_not_a_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = KvStore::open(&dir.path().join("kv.redb")).unwrap();
+        let a = space("a");
+        assert_eq!(kv.increment(&a, "b", "n", 5, ROOMY).unwrap(), 5);
+        assert_eq!(kv.increment(&a, "b", "n", 2, ROOMY).unwrap(), 7);
+        assert_eq!(kv.get(&a, "b", "n").unwrap().unwrap(), b"7");
+        kv.set(&a, "b", "s", b"seven", ROOMY).unwrap();
+        assert!(matches!(
+            kv.increment(&a, "b", "s", 1, ROOMY),
+            Err(KvError::NotANumber(_))
+        ));
+        kv.set(&a, "b", "max", u64::MAX.to_string().as_bytes(), ROOMY)
+            .unwrap();
+        assert!(matches!(
+            kv.increment(&a, "b", "max", 1, ROOMY),
+            Err(KvError::NotANumber(_))
+        ));
+    }
+
+    #[test]
+    fn keys_are_listed_in_pages_within_their_bucket() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = KvStore::open(&dir.path().join("kv.redb")).unwrap();
+        let a = space("a");
+        let quota = Quota {
+            max_bytes: u64::MAX,
+            max_keys: u64::MAX,
+        };
+        for n in 0..PAGE + 5 {
+            kv.set(&a, "b", &format!("k{n:05}"), b"", quota).unwrap();
+        }
+        kv.set(&a, "c", "elsewhere", b"", quota).unwrap();
+        kv.set(&space("z"), "b", "k99999", b"", quota).unwrap();
+        let (first, next) = kv.list_keys(&a, "b", 0).unwrap();
+        assert_eq!(first.len(), PAGE);
+        assert_eq!(first[0], "k00000");
+        let (rest, after) = kv.list_keys(&a, "b", next.unwrap()).unwrap();
+        assert_eq!(rest, ["k01000", "k01001", "k01002", "k01003", "k01004"]);
+        assert_eq!(after, None);
+    }
+}

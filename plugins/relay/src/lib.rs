@@ -1,0 +1,191 @@
+//! Example plugin: follows an upstream HTTP endpoint and passes it on.
+//!
+//! Needs `allowed_outbound_hosts` to reach anything.
+//!
+//! - `relay/fetch` (query): `{url}` → `{status, content_type, body}`, the
+//!   body as text (at most 1 MiB), following up to 5 redirects to absolute
+//!   URLs.
+//! - `relay/sse` (subscription): `{url}` follows a Server-Sent Events or
+//!   chunked HTTP endpoint and re-emits, as each arrives, every event
+//!   (`{event, data, id}`) or, for any other content, every chunk
+//!   (`{delta}`). Nothing is buffered beyond the event being read.
+
+use std::collections::VecDeque;
+
+use opbox_sdk::futures::{Stream, stream};
+use opbox_sdk::http::{self, Body};
+use opbox_sdk::{Context, Error, Plugin, Result};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+#[derive(Deserialize, JsonSchema)]
+struct Target {
+    /// An absolute `http` or `https` URL.
+    url: String,
+}
+
+#[derive(Serialize, JsonSchema)]
+struct Fetched {
+    status: u16,
+    content_type: Option<String>,
+    body: String,
+}
+
+/// Redirects `relay/fetch` follows; each is a new request, which the host
+/// checks against the grant like the first.
+const MAX_REDIRECTS: usize = 5;
+
+async fn fetch(_ctx: Context, target: Target) -> Result<Fetched> {
+    let mut response = http::get(&target.url)?;
+    for _ in 0..MAX_REDIRECTS {
+        let location = response.header("location");
+        match (response.status, location) {
+            (301 | 302 | 303 | 307 | 308, Some(location)) => response = http::get(&location)?,
+            _ => break,
+        }
+    }
+    let body = response.body.read_all(1 << 20)?;
+    Ok(Fetched {
+        status: response.status,
+        content_type: response.header("content-type"),
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+/// One output of `relay/sse`.
+#[derive(Serialize, JsonSchema)]
+#[serde(untagged)]
+enum Delta {
+    /// A Server-Sent Event.
+    Event {
+        event: String,
+        data: String,
+        id: Option<String>,
+    },
+    /// A chunk of any other body, as text.
+    Chunk { delta: String },
+}
+
+struct Relay {
+    body: Body,
+    sse: bool,
+    /// Bytes of an event not complete yet.
+    partial: Vec<u8>,
+    ready: VecDeque<Delta>,
+    done: bool,
+}
+
+impl Relay {
+    /// The next output: from what was read already, else after reading
+    /// more. `None` once the upstream body ended.
+    async fn next(&mut self) -> Option<Result<Delta>> {
+        loop {
+            if let Some(delta) = self.ready.pop_front() {
+                return Some(Ok(delta));
+            }
+            if self.done {
+                return None;
+            }
+            // Hand what is ready to the host before waiting on upstream.
+            opbox_sdk::yield_now().await;
+            match self.body.chunk() {
+                Ok(Some(bytes)) if self.sse => self.parse(&bytes),
+                Ok(Some(bytes)) => self.ready.push_back(Delta::Chunk {
+                    delta: String::from_utf8_lossy(&bytes).into_owned(),
+                }),
+                Ok(None) => self.done = true,
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+
+    /// Splits complete events (blank-line terminated) off what arrived.
+    fn parse(&mut self, bytes: &[u8]) {
+        self.partial.extend_from_slice(bytes);
+        while let Some(end) = find_event_end(&self.partial) {
+            let block: Vec<u8> = self.partial.drain(..end).collect();
+            if let Some(event) = parse_event(&String::from_utf8_lossy(&block)) {
+                self.ready.push_back(event);
+            }
+        }
+    }
+}
+
+/// Where the first complete event ends (after its blank line), if any.
+fn find_event_end(bytes: &[u8]) -> Option<usize> {
+    let lf = bytes.windows(2).position(|w| w == b"\n\n").map(|at| at + 2);
+    let crlf = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|at| at + 4);
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn parse_event(block: &str) -> Option<Delta> {
+    let (mut event, mut data, mut id, mut any) = ("message".to_owned(), Vec::new(), None, false);
+    for line in block.lines() {
+        if line.is_empty() || line.starts_with(':') {
+            continue;
+        }
+        let (field, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        match field {
+            "event" => event = value.to_owned(),
+            "data" => data.push(value),
+            "id" => id = Some(value.to_owned()),
+            _ => continue,
+        }
+        any = true;
+    }
+    any.then(|| Delta::Event {
+        event,
+        data: data.join("\n"),
+        id,
+    })
+}
+
+async fn sse(_ctx: Context, target: Target) -> Result<impl Stream<Item = Result<Delta>>> {
+    let response = http::get(&target.url)?;
+    if !(200..300).contains(&response.status) {
+        return Err(Error::new(
+            "UPSTREAM_STATUS",
+            format!("the upstream answered {}", response.status),
+        ));
+    }
+    let sse = response
+        .header("content-type")
+        .is_some_and(|t| t.starts_with("text/event-stream"));
+    let relay = Relay {
+        body: response.body,
+        sse,
+        partial: Vec::new(),
+        ready: VecDeque::new(),
+        done: false,
+    };
+    Ok(stream::unfold(relay, |mut relay| async move {
+        let item = relay.next().await?;
+        Some((item, relay))
+    }))
+}
+
+fn plugin() -> Plugin {
+    Plugin::new()
+        .query(
+            "fetch",
+            "Fetches a URL and returns its status and body.",
+            fetch,
+        )
+        .subscription(
+            "sse",
+            "Follows an SSE or chunked HTTP endpoint and re-emits each event or chunk.",
+            sse,
+        )
+}
+
+opbox_sdk::export!(plugin);

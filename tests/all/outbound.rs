@@ -1,0 +1,233 @@
+//! Outbound HTTP through the `relay` example, against a real upstream
+//! server the test runs: only granted hosts, streamed bodies, caps and
+//! timeouts.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Redirect};
+use axum::routing::get;
+use futures::StreamExt;
+use opbox::config::PluginConfig;
+use opbox::runtime::Grants;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+
+use crate::util::TestHost;
+
+/// The upstream: `/hello`, `/events` (two SSE events, the second only once
+/// `gate` is notified), `/chunks`, `/redirect` (to `localhost`), `/big`
+/// (2 MiB), `/stall` (headers, then nothing).
+async fn upstream(gate: Arc<Notify>) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = Router::new()
+        .route("/hello", get(|| async { "hello from upstream" }))
+        .route(
+            "/events",
+            get(move || {
+                let gate = gate.clone();
+                async move {
+                    let events = futures::stream::unfold(0, move |n| {
+                        let gate = gate.clone();
+                        async move {
+                            match n {
+                                0 => {}
+                                1 => gate.notified().await,
+                                _ => return None,
+                            }
+                            let event = Event::default()
+                                .event("tick")
+                                .id((n + 1).to_string())
+                                .data(format!("{{\"n\":{}}}", n + 1));
+                            Some((Ok::<_, std::convert::Infallible>(event), n + 1))
+                        }
+                    });
+                    Sse::new(events)
+                }
+            }),
+        )
+        .route(
+            "/chunks",
+            get(|| async {
+                let chunks =
+                    futures::stream::iter(["one ", "two ", "three"]).then(|chunk| async move {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        Ok::<_, std::convert::Infallible>(chunk)
+                    });
+                Body::from_stream(chunks)
+            }),
+        )
+        .route(
+            "/redirect",
+            get(move || async move {
+                Redirect::temporary(&format!("http://localhost:{}/hello", addr.port()))
+            }),
+        )
+        .route("/big", get(|| async { "x".repeat(2 << 20) }))
+        .route(
+            "/stall",
+            get(|| async {
+                let never =
+                    futures::stream::pending::<Result<&'static str, std::convert::Infallible>>();
+                Body::from_stream(never).into_response()
+            }),
+        );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+fn relay(name: &str, grants: Grants) -> PluginConfig {
+    PluginConfig {
+        path: opbox::bundled::built_plugin("relay"),
+        name: Some(name.into()),
+        tenant: None,
+        grants,
+        limits: Default::default(),
+    }
+}
+
+/// A host with `relay` allowed to reach `upstream` (by IP, not by the name
+/// `localhost`), with a 1 MiB response cap and 500 ms timeouts, and
+/// `relay-denied` allowed nothing.
+async fn host_for(upstream: SocketAddr) -> TestHost {
+    TestHost::with_config(|config| {
+        config.plugins.push(relay(
+            "relay",
+            Grants {
+                allowed_outbound_hosts: vec![format!("http://127.0.0.1:{}", upstream.port())],
+                outbound_timeout_ms: Some(500),
+                outbound_max_response_bytes: Some(1 << 20),
+                ..Grants::default()
+            },
+        ));
+        config
+            .plugins
+            .push(relay("relay-denied", Grants::default()));
+    })
+    .await
+}
+
+#[tokio::test]
+async fn only_granted_hosts_are_reachable_and_redirects_are_checked_again() {
+    let addr = upstream(Arc::new(Notify::new())).await;
+    let host = host_for(addr).await;
+    let (status, body) = host
+        .call(
+            "relay/fetch",
+            json!({"url": format!("http://127.0.0.1:{}/hello", addr.port())}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["output"]["body"], "hello from upstream");
+    assert_eq!(body["output"]["status"], 200);
+    // The same server by another name, another port, no grant at all: each
+    // is the interface's denial, passed on by the plugin.
+    for (plugin, url) in [
+        ("relay", format!("http://localhost:{}/hello", addr.port())),
+        (
+            "relay",
+            format!("http://127.0.0.1:{}/hello", addr.port() + 1),
+        ),
+        ("relay", format!("https://127.0.0.1:{}/hello", addr.port())),
+        (
+            "relay-denied",
+            format!("http://127.0.0.1:{}/hello", addr.port()),
+        ),
+    ] {
+        let (status, body) = host
+            .call(&format!("{plugin}/fetch"), json!({"url": url}))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{url}: {body}");
+        assert_eq!(body["error"]["code"], "HTTP_DENIED", "{url}: {body}");
+    }
+    // A redirect to a host that is not granted: followed, and denied.
+    let (_, body) = host
+        .call(
+            "relay/fetch",
+            json!({"url": format!("http://127.0.0.1:{}/redirect", addr.port())}),
+        )
+        .await;
+    assert_eq!(body["error"]["code"], "HTTP_DENIED", "{body}");
+    let (_, body) = host.call("services/plugin", json!({"name": "relay"})).await;
+    assert_eq!(
+        body["output"]["grants"]["allowed_outbound_hosts"],
+        json!([format!("http://127.0.0.1:{}", addr.port())])
+    );
+}
+
+#[tokio::test]
+async fn upstream_events_reach_the_caller_one_by_one() {
+    let gate = Arc::new(Notify::new());
+    let addr = upstream(gate.clone()).await;
+    let host = host_for(addr).await;
+    let url = format!("http://127.0.0.1:{}/events", addr.port());
+    let mut events = host.subscribe("relay/sse", json!({"url": url})).await;
+    // The first event arrives while the upstream holds the second back: it
+    // was passed on as it came, not after the body ended.
+    let first = events.next().await.unwrap();
+    assert_eq!(
+        first.json(),
+        json!({"event": "tick", "data": "{\"n\":1}", "id": "1"})
+    );
+    gate.notify_one();
+    let second = events.next().await.unwrap();
+    assert_eq!(
+        second.json(),
+        json!({"event": "tick", "data": "{\"n\":2}", "id": "2"})
+    );
+    assert_eq!(events.next().await.unwrap().event, "completed");
+
+    let url = format!("http://127.0.0.1:{}/chunks", addr.port());
+    let outputs = host
+        .subscribe("relay/sse", json!({"url": url}))
+        .await
+        .collect()
+        .await;
+    let text: String = outputs
+        .iter()
+        .filter(|e| e.event == "message")
+        .map(|e| e.json()["delta"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(text, "one two three");
+    assert_eq!(outputs.last().unwrap().event, "completed");
+}
+
+#[tokio::test]
+async fn responses_are_capped_and_stalled_upstreams_time_out() {
+    let addr = upstream(Arc::new(Notify::new())).await;
+    let host = host_for(addr).await;
+    let url = format!("http://127.0.0.1:{}/big", addr.port());
+    let events = host
+        .subscribe("relay/sse", json!({"url": url}))
+        .await
+        .collect()
+        .await;
+    let last = events.last().unwrap();
+    assert_eq!(last.event, "error", "{events:?}");
+    assert_eq!(last.json()["code"], "HTTP_TOO_LARGE", "{last:?}");
+    let relayed: usize = events
+        .iter()
+        .filter(|e| e.event == "message")
+        .map(|e| e.json()["delta"].as_str().unwrap().len())
+        .sum();
+    assert!(relayed <= 1 << 20, "{relayed}");
+
+    // A stalled upstream ends with the grant's timeout (500 ms), an error
+    // the plugin sees, rather than the call's own deadline (`TIMEOUT`).
+    let url = format!("http://127.0.0.1:{}/stall", addr.port());
+    let (status, body) = host.call("relay/fetch", json!({"url": url})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["code"], "HTTP_FAILED", "{body}");
+    let message: &Value = &body["error"]["message"];
+    assert!(
+        message.as_str().unwrap().to_lowercase().contains("timeout"),
+        "{body}"
+    );
+    assert_eq!(host.wait_for_live(0, Duration::from_secs(10)).await, 0);
+}
