@@ -4,7 +4,9 @@
 //!   filtered by `q`.
 //! - `services/schema` (query): the full spec of one operation.
 //! - `services/plugin` (query): one plugin's version, digest, effective
-//!   limits, live instances and open subscriptions.
+//!   limits, grants, live instances and open subscriptions.
+//! - `services/openapi` (query): the OpenAPI 3.1 document of the gateway
+//!   and of the caller's operations (`GET /openapi.json`).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -29,7 +31,7 @@ pub fn register(registry: &Registry) -> Result<(), RegistryError> {
 
 /// The operations of `services/*`.
 pub fn operations() -> Result<Vec<Operation>, RegistryError> {
-    Ok(vec![list()?, schema()?, plugin()?])
+    Ok(vec![list()?, schema()?, plugin()?, openapi()?])
 }
 
 fn list() -> Result<Operation, RegistryError> {
@@ -74,6 +76,25 @@ fn schema() -> Result<Operation, RegistryError> {
             "additionalProperties": false
         }),
         json!({ "type": "object" }),
+        handler,
+    )
+}
+
+fn openapi() -> Result<Operation, RegistryError> {
+    let handler = |cx: CallContext, _input: Value| async move {
+        let specs: Vec<_> = cx
+            .dispatcher
+            .search(&cx.identity, None)
+            .iter()
+            .filter_map(|op| cx.dispatcher.schema(&cx.identity, &op.name).ok())
+            .collect();
+        Ok(crate::openapi::document(&specs))
+    };
+    native(
+        "openapi",
+        "The OpenAPI 3.1 document of the gateway and of the operations the caller can see.",
+        json!({ "type": ["object", "null"], "additionalProperties": false }),
+        json!({ "type": "object", "required": ["openapi", "paths"] }),
         handler,
     )
 }

@@ -123,3 +123,75 @@ async fn the_services_are_operations_too() {
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
 }
+
+#[tokio::test]
+async fn openapi_describes_the_routes_and_the_callers_operations() {
+    let host = TestHost::start().await;
+    let (status, doc) = host.get("/openapi.json").await;
+    assert_eq!(status, StatusCode::OK, "{doc}");
+    assert_eq!(doc["openapi"], "3.1.0");
+    for path in [
+        "/call",
+        "/batch",
+        "/subscribe",
+        "/search",
+        "/schema",
+        "/openapi.json",
+        "/healthz",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} missing");
+    }
+    let operations = |path: &str| -> Vec<String> {
+        doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]["oneOf"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|op| {
+                op["properties"]["operation"]["const"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    };
+    let (calls, subscriptions) = (operations("/call"), operations("/subscribe"));
+    assert!(calls.contains(&"echo/echo".to_owned()), "{calls:?}");
+    assert!(!calls.contains(&"ticker/count".to_owned()), "{calls:?}");
+    assert!(
+        subscriptions.contains(&"ticker/count".to_owned()),
+        "{subscriptions:?}"
+    );
+    // Internal operations are not part of anyone's API.
+    assert!(!calls.contains(&"fixture-slow/secret".to_owned()));
+    // An operation's schemas are components, as /schema gives them.
+    let (_, spec) = host.get("/schema?name=textkit/stats").await;
+    let mut component = doc["components"]["schemas"]["textkit.stats.input"].clone();
+    assert_eq!(component["$id"], "urn:opbox:schema:textkit.stats.input");
+    component.as_object_mut().unwrap().remove("$id");
+    let mut expected = spec["input_schema"].clone();
+    expected.as_object_mut().unwrap().remove("$schema");
+    assert_eq!(component, expected);
+    // Every reference to a component resolves.
+    fn refs<'a>(value: &'a serde_json::Value, out: &mut Vec<&'a str>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                if let Some(r) = map.get("$ref").and_then(|r| r.as_str()) {
+                    out.push(r);
+                }
+                map.values().for_each(|v| refs(v, out));
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| refs(v, out)),
+            _ => {}
+        }
+    }
+    let mut all = Vec::new();
+    refs(&doc, &mut all);
+    for r in all {
+        if let Some(name) = r.strip_prefix("#/components/schemas/") {
+            assert!(
+                doc["components"]["schemas"][name].is_object(),
+                "{r} dangles"
+            );
+        }
+    }
+}

@@ -372,6 +372,20 @@ async fn another_tenants_operations_do_not_exist_on_any_route() {
         let outcome = attempt(&host, route, Some(ACME_ADMIN), &theirs).await;
         assert_eq!(outcome.code(), "OK", "{route:?}: {outcome:?}");
     }
+    // Nor in the OpenAPI document, which its owner's has.
+    let openapi = |token: &'static str| {
+        let request = host
+            .client
+            .get(host.url("/openapi.json"))
+            .bearer_auth(token);
+        async move { request.send().await.unwrap().text().await.unwrap() }
+    };
+    let (theirs, mine) = (openapi(GLOBEX).await, openapi(ACME_ADMIN).await);
+    assert!(
+        theirs.contains("echo/echo") && !theirs.contains("vault/"),
+        "{theirs}"
+    );
+    assert!(mine.contains("vault/echo"));
 }
 
 #[tokio::test]

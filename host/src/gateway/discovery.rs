@@ -1,8 +1,9 @@
-//! `GET /search`, `GET /schema`, `GET /healthz`.
+//! `GET /search`, `GET /schema`, `GET /openapi.json`, `GET /healthz`.
 //!
-//! Discovery is a call like any other: `/search` runs `services/list` and
-//! `/schema` runs `services/schema` for the caller, so it answers only with
-//! the caller's tenant's view, and counts against the tenant's quotas.
+//! Discovery is a call like any other: `/search` runs `services/list`,
+//! `/schema` `services/schema` and `/openapi.json` `services/openapi` for
+//! the caller, so they answer only with the caller's tenant's view, and
+//! count against the tenant's quotas.
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
@@ -50,6 +51,13 @@ pub(super) async fn schema(
         .name
         .ok_or_else(|| CallError::invalid_input("the `name` query parameter is required"))?;
     run(&state, &headers, "schema", json!({ "name": name })).await
+}
+
+pub(super) async fn openapi(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    run(&state, &headers, "openapi", json!({})).await
 }
 
 pub(super) async fn healthz() -> Json<Value> {

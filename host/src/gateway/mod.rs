@@ -8,6 +8,7 @@
 //! | `POST /subscribe` | `subscribe::subscribe`: a subscription as SSE |
 //! | `GET /search?q=` | `discovery::search`: the caller's visible operations |
 //! | `GET /schema?name=` | `discovery::schema`: one operation's full spec |
+//! | `GET /openapi.json` | `discovery::openapi`: OpenAPI 3.1, the caller's view |
 //! | `GET /healthz` | `discovery::healthz` |
 //!
 //! Every failure has the protocol's error shape and status (`error`).
@@ -88,6 +89,7 @@ pub fn router(dispatcher: Dispatcher, config: GatewayConfig, websockets: TaskTra
         .route("/subscribe", post(subscribe::subscribe))
         .route("/search", get(discovery::search))
         .route("/schema", get(discovery::schema))
+        .route("/openapi.json", get(discovery::openapi))
         .route("/healthz", get(discovery::healthz))
         .fallback(no_route)
         .method_not_allowed_fallback(no_method)
