@@ -486,3 +486,36 @@ async fn no_acknowledged_write_is_lost_when_the_host_is_killed() {
         assert_eq!(body["output"]["value"], *n, "{key}");
     }
 }
+
+#[tokio::test]
+async fn one_call_cannot_hoard_host_resources() {
+    let db = tempfile::tempdir().unwrap();
+    let host = TestHost::with_config(|config| {
+        config.keyvalue_path = Some(db.path().join("kv.redb"));
+        config.plugins.push(PluginConfig {
+            path: opbox::bundled::built_plugin("hostile-ambient"),
+            name: Some("hoarder".into()),
+            tenant: None,
+            grants: Grants {
+                keyvalue: Some(Default::default()),
+                ..Grants::default()
+            },
+            limits: Default::default(),
+        });
+    })
+    .await;
+    let (status, body) = host.call("hoarder/hoard", json!({"n": 50_000})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let opened = body["output"]["opened"].as_u64().unwrap();
+    assert!(opened <= 10_000, "{body}");
+    assert!(
+        body["output"]["stopped_by"]
+            .as_str()
+            .unwrap()
+            .contains("KEYVALUE_FAILED"),
+        "{body}"
+    );
+    // The next call starts with an empty table.
+    let (_, body) = host.call("hoarder/hoard", json!({"n": 100})).await;
+    assert_eq!(body["output"]["opened"], 100, "{body}");
+}

@@ -104,6 +104,11 @@ impl ResourceLimiter for Limiter {
     }
 }
 
+/// Resources (buckets, HTTP requests and bodies, streams, …) one call may
+/// hold at once. wasmtime's default, a million, would let one call keep
+/// hundreds of MiB of host memory.
+const MAX_RESOURCES: usize = 10_000;
+
 /// The data of one store (one call).
 pub(crate) struct StoreState {
     wasi: WasiCtx,
@@ -169,9 +174,11 @@ impl StoreState {
             }
         }
         let wasi = wasi.build();
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_RESOURCES);
         Self {
             wasi,
-            table: ResourceTable::new(),
+            table,
             limiter: Limiter::new(limits, fuel),
             cpu,
             turns: Turns::default(),

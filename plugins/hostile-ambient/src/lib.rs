@@ -8,7 +8,8 @@
 //! `hostile-ambient/fs` tries one filesystem operation on one path (`read`,
 //! `write`, `list`, `remove`), for testing how far a granted directory
 //! reaches; `hostile-ambient/config` reads one configuration value and all
-//! of them.
+//! of them; `hostile-ambient/hoard` opens `n` keyvalue buckets and holds
+//! them all, reporting how many it got and what stopped it.
 
 use std::io::Read;
 use std::net::{TcpStream, ToSocketAddrs, UdpSocket};
@@ -148,12 +149,46 @@ async fn config(_ctx: Context, input: Key) -> Result<ConfigSeen> {
     })
 }
 
+#[derive(Deserialize, JsonSchema)]
+struct Hoard {
+    n: u32,
+}
+
+#[derive(Serialize, JsonSchema)]
+struct Hoarded {
+    opened: u32,
+    stopped_by: Option<String>,
+}
+
+async fn hoard(_ctx: Context, input: Hoard) -> Result<Hoarded> {
+    let mut held = Vec::new();
+    let mut stopped_by = None;
+    for _ in 0..input.n {
+        match opbox_sdk::keyvalue::open("hoard") {
+            Ok(bucket) => held.push(bucket),
+            Err(e) => {
+                stopped_by = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    Ok(Hoarded {
+        opened: u32::try_from(held.len()).unwrap_or(u32::MAX),
+        stopped_by,
+    })
+}
+
 fn plugin() -> Plugin {
     Plugin::new()
         .query(
             "probe",
             "Tries the environment, arguments, stdin, files and network; reports each outcome.",
             probe,
+        )
+        .query(
+            "hoard",
+            "Opens `n` keyvalue buckets and holds them all.",
+            hoard,
         )
         .query(
             "config",
