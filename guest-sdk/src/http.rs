@@ -155,7 +155,7 @@ pub fn request(
         .set_authority(Some(authority))
         .map_err(|()| invalid("authority"))?;
     request
-        .set_path_with_query(Some(path))
+        .set_path_with_query(Some(&path))
         .map_err(|()| invalid("path"))?;
     let outgoing = request.body().map_err(|()| invalid("body"))?;
     let pending = outgoing_handler::handle(request, None).map_err(failed)?;
@@ -204,8 +204,9 @@ fn failed(code: ErrorCode) -> Error {
     }
 }
 
-/// `scheme`, `host[:port]` and `/path?query` of an absolute URL.
-fn split_url(url: &str) -> Result<(Scheme, &str, &str)> {
+/// `scheme`, `host[:port]` and `/path?query` of an absolute URL (a
+/// fragment is dropped: it is not sent).
+fn split_url(url: &str) -> Result<(Scheme, &str, String)> {
     let bad = || {
         Error::new(
             "HTTP_FAILED",
@@ -218,13 +219,43 @@ fn split_url(url: &str) -> Result<(Scheme, &str, &str)> {
         "https" => Scheme::Https,
         _ => return Err(bad()),
     };
+    let rest = rest.split_once('#').map_or(rest, |(before, _)| before);
     let (authority, path) = match rest.find(['/', '?']) {
-        Some(at) if rest[at..].starts_with('/') => (&rest[..at], &rest[at..]),
-        Some(_) => return Err(bad()),
-        None => (rest, "/"),
+        Some(at) if rest[at..].starts_with('/') => (&rest[..at], rest[at..].to_owned()),
+        Some(at) => (&rest[..at], format!("/{}", &rest[at..])),
+        None => (rest, "/".to_owned()),
     };
     if authority.is_empty() {
         return Err(bad());
     }
     Ok((scheme, authority, path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(url: &str) -> (bool, String, String) {
+        let (scheme, authority, path) = split_url(url).unwrap();
+        (matches!(scheme, Scheme::Https), authority.to_owned(), path)
+    }
+
+    #[test]
+    fn urls_split_into_scheme_authority_and_path() {
+        let expect =
+            |https, authority: &str, path: &str| (https, authority.to_owned(), path.to_owned());
+        assert_eq!(
+            parts("https://api.example.com"),
+            expect(true, "api.example.com", "/")
+        );
+        assert_eq!(
+            parts("http://127.0.0.1:8080/a/b?c=d"),
+            expect(false, "127.0.0.1:8080", "/a/b?c=d")
+        );
+        assert_eq!(parts("http://h?x=1"), expect(false, "h", "/?x=1"));
+        assert_eq!(parts("http://h/p#frag"), expect(false, "h", "/p"));
+        for bad in ["ftp://h/", "h/path", "http://", "http:///path"] {
+            assert!(split_url(bad).is_err(), "{bad}");
+        }
+    }
 }
