@@ -73,12 +73,9 @@ impl Context {
         I: Serialize + ?Sized,
         O: DeserializeOwned,
     {
-        let input = serde_json::to_string(input).map_err(|e| {
-            Error::internal(format!("cannot encode the input of `{operation}`: {e}"))
-        })?;
+        let input = encode(operation, input)?;
         let output = crate::__private::invoke::call(operation.to_owned(), input).await?;
-        serde_json::from_str(&output)
-            .map_err(|e| Error::internal(format!("unexpected output from `{operation}`: {e}")))
+        decode(operation, &output)
     }
 
     /// Subscribes to another operation's outputs, on the same terms as
@@ -97,9 +94,7 @@ impl Context {
         I: Serialize + ?Sized,
         O: DeserializeOwned,
     {
-        let input = serde_json::to_string(input).map_err(|e| {
-            Error::internal(format!("cannot encode the input of `{operation}`: {e}"))
-        })?;
+        let input = encode(operation, input)?;
         let reader = crate::__private::invoke::subscribe(operation.to_owned(), input).await?;
         Ok(Subscription {
             reader: Some(reader),
@@ -133,9 +128,7 @@ impl<O: DeserializeOwned> Subscription<O> {
     pub async fn next(&mut self) -> Option<Result<O>> {
         let item = self.reader.as_mut()?.next().await;
         let item = match item {
-            Some(Ok(text)) => serde_json::from_str(&text).map_err(|e| {
-                Error::internal(format!("unexpected output from `{}`: {e}", self.operation))
-            }),
+            Some(Ok(text)) => decode(&self.operation, &text),
             Some(Err(error)) => Err(error.into()),
             None => {
                 self.reader = None;
@@ -156,4 +149,16 @@ impl<O: DeserializeOwned> Subscription<O> {
             Some((item, outputs))
         })
     }
+}
+
+/// The JSON text of `input` to `operation`.
+fn encode<I: Serialize + ?Sized>(operation: &str, input: &I) -> Result<String> {
+    serde_json::to_string(input)
+        .map_err(|e| Error::internal(format!("cannot encode the input of `{operation}`: {e}")))
+}
+
+/// An output of `operation`, decoded.
+fn decode<O: DeserializeOwned>(operation: &str, output: &str) -> Result<O> {
+    serde_json::from_str(output)
+        .map_err(|e| Error::internal(format!("unexpected output from `{operation}`: {e}")))
 }

@@ -337,21 +337,16 @@ async fn bench_noisy(host: &Host) {
     let attacked = tokio::task::spawn_blocking(move || echo_latencies(addr))
         .await
         .expect("the client thread");
-    println!("| echo calls | p50 | p99 | max |\n|---|---|---|---|");
-    for (name, stats) in [
-        ("alone", &alone),
-        (
-            "with 8 `hostile-loop/spin` calls in flight from another client",
-            &attacked,
-        ),
-    ] {
-        println!(
-            "| {name} | {} | {} | {} |",
-            us(stats.median),
-            us(stats.p99),
-            us(stats.max)
-        );
-    }
+    latency_table(
+        "echo calls",
+        &[
+            ("alone", &alone),
+            (
+                "with 8 `hostile-loop/spin` calls in flight from another client",
+                &attacked,
+            ),
+        ],
+    );
     println!(
         "\np99 under attack / p99 alone: {:.2}× (goal: ≤ 3×)\n",
         attacked.p99.as_secs_f64() / alone.p99.as_secs_f64()
@@ -559,15 +554,10 @@ async fn bench_tenants() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (served, refused) = flood.join().expect("the flood thread");
     let seconds = flood_started.elapsed().as_secs_f64();
-    println!("| B's echo calls | p50 | p99 | max |\n|---|---|---|---|");
-    for (name, stats) in [("alone", &alone), ("while A floods", &flooded)] {
-        println!(
-            "| {name} | {} | {} | {} |",
-            us(stats.median),
-            us(stats.p99),
-            us(stats.max)
-        );
-    }
+    latency_table(
+        "B's echo calls",
+        &[("alone", &alone), ("while A floods", &flooded)],
+    );
     println!(
         "\nA's quota: {A_RATE} calls/s; A sent {:.0}/s ({served} served, {refused} refused with 429 over about {seconds:.1} s)\n",
         f64::from(u32::try_from(served + refused).unwrap_or(u32::MAX)) / seconds
@@ -972,6 +962,19 @@ impl Stats {
             mean: samples.iter().sum::<Duration>() / u32::try_from(n).expect("fits"),
             max: samples[n - 1],
         }
+    }
+}
+
+/// A table of p50, p99 and max, one row per named measurement.
+fn latency_table(what: &str, rows: &[(&str, &Stats)]) {
+    println!("| {what} | p50 | p99 | max |\n|---|---|---|---|");
+    for (name, stats) in rows {
+        println!(
+            "| {name} | {} | {} | {} |",
+            us(stats.median),
+            us(stats.p99),
+            us(stats.max)
+        );
     }
 }
 

@@ -1,6 +1,7 @@
 //! A running host: runtime, registry, dispatcher and gateway, assembled from
 //! a [`HostConfig`].
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -126,16 +127,15 @@ impl Host {
         for plugin in &host.config.plugins {
             host.load_file(&plugin.path, Some(plugin)).await?;
         }
-        for name in host.config.access.keys() {
-            let offered = host
-                .dispatcher
-                .registry()
-                .all_owners()
-                .iter()
-                .any(|op| op.spec.name == *name);
-            if !offered {
-                return Err(HostError::UnknownAccessOverride(name.clone()));
-            }
+        let offered: HashSet<String> = host
+            .dispatcher
+            .registry()
+            .all_owners()
+            .iter()
+            .map(|op| op.spec.name.clone())
+            .collect();
+        if let Some(name) = host.config.access.keys().find(|n| !offered.contains(*n)) {
+            return Err(HostError::UnknownAccessOverride(name.clone()));
         }
         Ok(host)
     }

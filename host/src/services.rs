@@ -82,12 +82,7 @@ fn schema() -> Result<Operation, RegistryError> {
 
 fn openapi() -> Result<Operation, RegistryError> {
     let handler = |cx: CallContext, _input: Value| async move {
-        let specs: Vec<_> = cx
-            .dispatcher
-            .search(&cx.identity, None)
-            .iter()
-            .filter_map(|op| cx.dispatcher.schema(&cx.identity, &op.name).ok())
-            .collect();
+        let specs = cx.dispatcher.specs(&cx.identity);
         Ok(crate::openapi::document(&specs))
     };
     native(

@@ -183,42 +183,19 @@ async fn a_missing_granted_directory_stops_the_host_with_a_clear_error() {
 
 #[tokio::test]
 async fn notes_keep_each_tenants_notes_in_its_own_directory() {
-    use opbox::tenants::{Quotas, TenantConfig, TokenConfig, hash_token_hex};
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let host = TestHost::with_config(|config| {
-        config.tenants = ["acme", "globex"]
-            .iter()
-            .map(|id| TenantConfig {
-                id: (*id).into(),
-                anonymous: false,
-                tokens: vec![TokenConfig {
-                    id: format!("{id}-user"),
-                    sha256: hash_token_hex(id),
-                    scopes: vec![],
-                }],
-                quotas: Quotas::default(),
-            })
-            .collect();
+        two_tenants(config);
         for (tenant, dir) in [("acme", a.path()), ("globex", b.path())] {
             with_directory(config, "notes", "notes", dir, false);
             config.plugins.last_mut().unwrap().tenant = Some(tenant.into());
         }
     })
     .await;
+    let host = &host;
     let call = |token: &'static str, op: &str, input: Value| {
-        let (client, url) = (host.client.clone(), host.url("/call"));
-        let body = json!({"operation": format!("notes/{op}"), "input": input});
-        async move {
-            let response = client
-                .post(url)
-                .bearer_auth(token)
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
-            let status = response.status();
-            (status, response.json::<Value>().await.unwrap())
-        }
+        let operation = format!("notes/{op}");
+        async move { host.call_as(token, &operation, input).await }
     };
     let (status, body) = call("acme", "put", json!({"name": "plan", "text": "ship it"})).await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -293,10 +270,8 @@ async fn config_values_and_secrets_reach_only_their_plugin() {
     assert!(!body.to_string().contains("hello"));
 }
 
-/// Tenants `acme` and `globex` (tokens: their names) and the `kv` example
-/// granted a store with `quota`, its database in `db`; `kv-denied` is the
-/// same plugin without the grant.
-fn kv_host(config: &mut HostConfig, db: &Path, quota: opbox::runtime::KeyvalueGrant) {
+/// Tenants `acme` and `globex`, each with one token: its own name.
+fn two_tenants(config: &mut HostConfig) {
     use opbox::tenants::{Quotas, TenantConfig, TokenConfig, hash_token_hex};
     config.tenants = ["acme", "globex"]
         .iter()
@@ -311,6 +286,12 @@ fn kv_host(config: &mut HostConfig, db: &Path, quota: opbox::runtime::KeyvalueGr
             quotas: Quotas::default(),
         })
         .collect();
+}
+
+/// [`two_tenants`] and the `kv` example granted a store with `quota`, its
+/// database in `db`; `kv-denied` is the same plugin without the grant.
+fn kv_host(config: &mut HostConfig, db: &Path, quota: opbox::runtime::KeyvalueGrant) {
+    two_tenants(config);
     config.keyvalue_path = Some(db.join("kv.redb"));
     for (name, keyvalue) in [("kv", Some(quota)), ("kv-denied", None)] {
         config.plugins.push(PluginConfig {
@@ -326,24 +307,6 @@ fn kv_host(config: &mut HostConfig, db: &Path, quota: opbox::runtime::KeyvalueGr
     }
 }
 
-async fn call_as(
-    host: &TestHost,
-    token: &str,
-    operation: &str,
-    input: Value,
-) -> (StatusCode, Value) {
-    let response = host
-        .client
-        .post(host.url("/call"))
-        .bearer_auth(token)
-        .json(&json!({"operation": operation, "input": input}))
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    (status, response.json().await.unwrap())
-}
-
 #[tokio::test]
 async fn a_keyvalue_store_per_tenant_within_its_quota() {
     let db = tempfile::tempdir().unwrap();
@@ -352,30 +315,31 @@ async fn a_keyvalue_store_per_tenant_within_its_quota() {
         max_keys: 3,
     };
     let host = TestHost::with_config(|config| kv_host(config, db.path(), quota)).await;
-    let (status, body) = call_as(
-        &host,
-        "acme",
-        "kv/set",
-        json!({"key": "a", "value": {"x": 1}}),
-    )
-    .await;
+    let (status, body) = host
+        .call_as("acme", "kv/set", json!({"key": "a", "value": {"x": 1}}))
+        .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let (_, body) = call_as(&host, "acme", "kv/get", json!({"key": "a"})).await;
+    let (_, body) = host.call_as("acme", "kv/get", json!({"key": "a"})).await;
     assert_eq!(body["output"]["value"], json!({"x": 1}));
     for n in 1..=3 {
-        let (_, body) = call_as(&host, "acme", "kv/increment", json!({"key": "hits"})).await;
+        let (_, body) = host
+            .call_as("acme", "kv/increment", json!({"key": "hits"}))
+            .await;
         assert_eq!(body["output"]["count"], n, "{body}");
     }
-    let (_, body) = call_as(&host, "acme", "kv/keys", json!(null)).await;
+    let (_, body) = host.call_as("acme", "kv/keys", json!(null)).await;
     assert_eq!(body["output"]["keys"], json!(["a", "hits"]));
     // The other tenant, calling the same plugin, has keys of its own.
-    let (_, body) = call_as(&host, "globex", "kv/get", json!({"key": "a"})).await;
+    let (_, body) = host.call_as("globex", "kv/get", json!({"key": "a"})).await;
     assert_eq!(body["output"]["value"], Value::Null);
-    let (_, body) = call_as(&host, "globex", "kv/keys", json!(null)).await;
+    let (_, body) = host.call_as("globex", "kv/keys", json!(null)).await;
     assert_eq!(body["output"]["keys"], json!([]));
     // The quota: 3 keys, 100 bytes; a refused write leaves nothing behind.
-    call_as(&host, "acme", "kv/set", json!({"key": "b", "value": 2})).await;
-    let (status, body) = call_as(&host, "acme", "kv/set", json!({"key": "c", "value": 3})).await;
+    host.call_as("acme", "kv/set", json!({"key": "b", "value": 2}))
+        .await;
+    let (status, body) = host
+        .call_as("acme", "kv/set", json!({"key": "c", "value": 3}))
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["error"]["code"], "KEYVALUE_QUOTA");
     assert!(
@@ -385,22 +349,32 @@ async fn a_keyvalue_store_per_tenant_within_its_quota() {
             .contains("max_keys")
     );
     let big = "x".repeat(200);
-    let (_, body) = call_as(&host, "acme", "kv/set", json!({"key": "a", "value": big})).await;
+    let (_, body) = host
+        .call_as("acme", "kv/set", json!({"key": "a", "value": big}))
+        .await;
     assert_eq!(body["error"]["code"], "KEYVALUE_QUOTA", "{body}");
-    let (_, body) = call_as(&host, "acme", "kv/get", json!({"key": "a"})).await;
+    let (_, body) = host.call_as("acme", "kv/get", json!({"key": "a"})).await;
     assert_eq!(body["output"]["value"], json!({"x": 1}));
     // globex's quota is its own.
-    let (status, _) = call_as(&host, "globex", "kv/set", json!({"key": "c", "value": 3})).await;
+    let (status, _) = host
+        .call_as("globex", "kv/set", json!({"key": "c", "value": 3}))
+        .await;
     assert_eq!(status, StatusCode::OK);
     // Deleting gives room back.
-    call_as(&host, "acme", "kv/delete", json!({"key": "b"})).await;
-    let (status, _) = call_as(&host, "acme", "kv/set", json!({"key": "c", "value": 3})).await;
+    host.call_as("acme", "kv/delete", json!({"key": "b"})).await;
+    let (status, _) = host
+        .call_as("acme", "kv/set", json!({"key": "c", "value": 3}))
+        .await;
     assert_eq!(status, StatusCode::OK);
     // Without the grant: a denied error, not a trap, and no data.
-    let (status, body) = call_as(&host, "acme", "kv-denied/get", json!({"key": "a"})).await;
+    let (status, body) = host
+        .call_as("acme", "kv-denied/get", json!({"key": "a"}))
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["error"]["code"], "KEYVALUE_DENIED");
-    let (_, body) = call_as(&host, "acme", "services/plugin", json!({"name": "kv"})).await;
+    let (_, body) = host
+        .call_as("acme", "services/plugin", json!({"name": "kv"}))
+        .await;
     assert_eq!(
         body["output"]["grants"]["keyvalue"],
         json!({"max_bytes": 100, "max_keys": 3})
@@ -474,15 +448,7 @@ async fn no_acknowledged_write_is_lost_when_the_host_is_killed() {
         assert!(stored.contains(key.as_str()), "acknowledged {key} was lost");
     }
     for (key, n) in acknowledged.iter().step_by(25) {
-        let body: Value = client
-            .post(format!("{}/call", server.url))
-            .json(&json!({"operation": "kv/get", "input": {"key": key}}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let body = server.call(&client, "kv/get", json!({"key": key})).await;
         assert_eq!(body["output"]["value"], *n, "{key}");
     }
 }

@@ -93,15 +93,9 @@ async fn ten_thousand_hostile_calls_leave_no_trace() {
         "resident memory grew from {before} KiB to {after} KiB over 10,000 hostile calls"
     );
     for plugin in HOSTILE {
-        let body: Value = client
-            .post(format!("{}/call", server.url))
-            .json(&json!({"operation": "services/plugin", "input": {"name": plugin}}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let body = server
+            .call(&client, "services/plugin", json!({"name": plugin}))
+            .await;
         let output = &body["output"];
         assert_eq!(output["live_instances"], 0, "{body}");
         assert_eq!(output["open_subscriptions"], 0, "{body}");

@@ -1,8 +1,7 @@
 //! Graceful shutdown of the real `opbox` binary: on SIGTERM running calls
 //! finish, subscriptions end with `UNAVAILABLE`, and the process exits 0.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -12,39 +11,17 @@ use serde_json::json;
 #[tokio::test]
 async fn sigterm_lets_calls_finish_and_ends_subscriptions() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("opbox.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"127.0.0.1:0\"\ntcp_listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n\
-             [[tenants]]\nid = \"default\"\nanonymous = true\n\
-             [[plugins]]\npath = {:?}\n",
-            crate::util::data_dir(),
-            opbox::bundled::built_plugin("fixture-slow"),
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_opbox"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Should the test fail half-way, the host does not outlive it.
-    let _reaper = Reaper(child.id());
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let (mut tcp, mut http) = (None, None);
-    while tcp.is_none() || http.is_none() {
-        let line = lines.next().expect("the server starts").unwrap();
-        if let Some((_, addr)) = line.split_once("envelopes on tcp://") {
-            tcp = Some(addr.trim().to_owned());
-        }
-        if let Some((_, addr)) = line.split_once("serving on http://") {
-            http = Some(addr.trim().to_owned());
-        }
-    }
-    let (tcp, http) = (tcp.unwrap(), http.unwrap());
-    std::thread::spawn(move || lines.for_each(drop));
+    let config = format!(
+        "listen = \"127.0.0.1:0\"\ntcp_listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n\
+         [[tenants]]\nid = \"default\"\nanonymous = true\n\
+         [[plugins]]\npath = {:?}\n",
+        crate::util::data_dir(),
+        opbox::bundled::built_plugin("fixture-slow"),
+    );
+    // Killed when dropped, should the test fail half-way.
+    let server = crate::util::Server::start_in(dir.path(), &config);
+    let tcp = server.tcp.clone().unwrap();
+    let http = server.url.trim_start_matches("http://").to_owned();
 
     let client = Client::connect(&format!("tcp://{tcp}"), None)
         .await
@@ -74,7 +51,7 @@ async fn sigterm_lets_calls_finish_and_ends_subscriptions() {
     ws_ticks.next().await.unwrap().unwrap();
 
     let signalled = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &server.pid().to_string()])
         .status()
         .unwrap();
     assert!(signalled.success());
@@ -100,22 +77,10 @@ async fn sigterm_lets_calls_finish_and_ends_subscriptions() {
     }
     let status = tokio::time::timeout(
         Duration::from_secs(30),
-        tokio::task::spawn_blocking(move || child.wait().unwrap()),
+        tokio::task::spawn_blocking(move || server.wait().0),
     )
     .await
     .expect("the host exits")
     .unwrap();
     assert!(status.success(), "{status:?}");
-}
-
-/// Kills the process with this id when dropped (a no-op once it exited).
-struct Reaper(u32);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-KILL", &self.0.to_string()])
-            .stderr(Stdio::null())
-            .status();
-    }
 }

@@ -429,15 +429,14 @@ async fn sleep_call(
     token: &str,
     ms: u64,
 ) -> (StatusCode, Value) {
-    let body = json!({"operation": "fixture-slow/sleep", "input": {"ms": ms}});
-    let response = client
-        .post(url)
-        .bearer_auth(token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    (response.status(), response.json().await.unwrap())
+    crate::util::call_as(
+        &client,
+        &url,
+        token,
+        "fixture-slow/sleep",
+        json!({"ms": ms}),
+    )
+    .await
 }
 
 #[tokio::test]
@@ -516,30 +515,15 @@ async fn the_same_plugin_for_two_tenants_shares_nothing() {
     let sleep = |token: &'static str, ms: u64| {
         let (client, url) = (host.client.clone(), host.url("/call"));
         async move {
-            let body = json!({"operation": "worker/sleep", "input": {"ms": ms}});
-            let response = client
-                .post(url)
-                .bearer_auth(token)
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
-            (response.status(), response.json::<Value>().await.unwrap())
+            crate::util::call_as(&client, &url, token, "worker/sleep", json!({"ms": ms})).await
         }
     };
-    let describe = |token: &'static str| {
-        let (client, url) = (host.client.clone(), host.url("/call"));
-        async move {
-            let body = json!({"operation": "services/plugin", "input": {"name": "worker"}});
-            let response = client
-                .post(url)
-                .bearer_auth(token)
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
-            response.json::<Value>().await.unwrap()["output"].clone()
-        }
+    let host = &host;
+    let describe = |token: &'static str| async move {
+        let (_, body) = host
+            .call_as(token, "services/plugin", json!({"name": "worker"}))
+            .await;
+        body["output"].clone()
     };
     // acme fills its copy's only instance slot...
     let held = tokio::spawn(sleep(ACME_ADMIN, 2000));
@@ -559,7 +543,7 @@ async fn the_same_plugin_for_two_tenants_shares_nothing() {
     assert_eq!(acme["limits"]["memory_bytes"], 64 << 20);
     assert_eq!(globex["limits"]["memory_bytes"], 16 << 20);
     // A third tenant has no `worker` at all.
-    let outcome = attempt(&host, Route::Call, Some(TINY), "worker/sleep").await;
+    let outcome = attempt(host, Route::Call, Some(TINY), "worker/sleep").await;
     assert_eq!(outcome.code(), "NOT_FOUND");
     assert_eq!(held.await.unwrap().0, StatusCode::OK);
 }
@@ -572,31 +556,15 @@ async fn a_tenants_memory_cap_bounds_its_plugins() {
         config.plugins.push(plugin("fixture-hog", "hog", "acme"));
     })
     .await;
-    let (status, body) = {
-        let body = json!({"operation": "services/plugin", "input": {"name": "hog"}});
-        let response = host
-            .client
-            .post(host.url("/call"))
-            .bearer_auth(ACME_ADMIN)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        (response.status(), response.json::<Value>().await.unwrap())
-    };
+    let (status, body) = host
+        .call_as(ACME_ADMIN, "services/plugin", json!({"name": "hog"}))
+        .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["output"]["limits"]["memory_bytes"], 8 << 20);
-    let body = json!({"operation": "hog/hog", "input": {"mib": 16}});
-    let response = host
-        .client
-        .post(host.url("/call"))
-        .bearer_auth(ACME_ADMIN)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
-    let body: Value = response.json().await.unwrap();
+    let (status, body) = host
+        .call_as(ACME_ADMIN, "hog/hog", json!({"mib": 16}))
+        .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
     assert_eq!(body["error"]["details"]["limit"], "memory_bytes");
 }
 
@@ -708,40 +676,18 @@ async fn opbox_token_new_prints_a_token_once_and_the_lines_that_grant_it() {
 
 #[tokio::test]
 async fn tokens_never_reach_the_logs_or_the_answers() {
-    use std::io::{BufRead, BufReader};
     const SECRET: &str = "opbox_never_log_me_0123456789";
     const WRONG: &str = "opbox_never_log_me_either_0123";
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("opbox.toml");
     let config = format!(
         "listen = \"127.0.0.1:0\"\ntcp_listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n\
          [[tenants]]\nid = \"acme\"\n[[tenants.tokens]]\nid = \"ci\"\nsha256 = \"{}\"\n",
         crate::util::data_dir(),
         hash_token_hex(SECRET),
     );
-    std::fs::write(&path, config).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_opbox"))
-        .args(["serve", "--config"])
-        .arg(&path)
-        .env("RUST_LOG", "debug")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let (mut http, mut tcp) = (None, None);
-    let mut log = Vec::new();
-    while http.is_none() || tcp.is_none() {
-        let line = lines.next().expect("the server starts").unwrap();
-        if let Some((_, addr)) = line.split_once("serving on http://") {
-            http = Some(addr.trim().to_owned());
-        }
-        if let Some((_, addr)) = line.split_once("envelopes on tcp://") {
-            tcp = Some(addr.trim().to_owned());
-        }
-        log.push(line);
-    }
-    let rest = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
-    let (http, tcp) = (http.unwrap(), tcp.unwrap());
+    let server = crate::util::Server::start_logging(dir.path(), &config, "debug");
+    let http = server.url.clone();
+    let tcp = server.tcp.clone().unwrap();
 
     let client = reqwest::Client::new();
     let mut answers = Vec::new();
@@ -754,7 +700,7 @@ async fn tokens_never_reach_the_logs_or_the_answers() {
                 call
             };
             let response = client
-                .post(format!("http://{http}{path}"))
+                .post(format!("{http}{path}"))
                 .bearer_auth(token)
                 .json(&body)
                 .send()
@@ -769,9 +715,7 @@ async fn tokens_never_reach_the_logs_or_the_answers() {
     }
     assert!(answers[0].contains(r#""result":"ok""#), "{answers:?}");
     assert!(answers[4].contains("UNAUTHORIZED"), "{answers:?}");
-    child.kill().unwrap();
-    child.wait().unwrap();
-    log.extend(rest.join().unwrap());
+    let log = server.kill();
     assert!(
         log.iter().any(|line| line.contains(r#"caller="ci""#)),
         "{log:?}"

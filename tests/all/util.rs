@@ -148,6 +148,11 @@ impl TestHost {
         .await
     }
 
+    /// `POST /call` of `operation` with `input`, as the holder of `token`.
+    pub async fn call_as(&self, token: &str, operation: &str, input: Value) -> (StatusCode, Value) {
+        call_as(&self.client, &self.url("/call"), token, operation, input).await
+    }
+
     /// Opens `POST /subscribe` and returns its event reader.
     pub async fn subscribe(&self, operation: &str, input: Value) -> SseReader {
         let response = self
@@ -184,6 +189,27 @@ impl TestHost {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+}
+
+/// `POST` of `{operation, input}` to the `/call` URL `url` with `token`;
+/// returns the status and the JSON answer. Owns nothing of a `TestHost`, so
+/// it can run on a spawned task.
+pub async fn call_as(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    operation: &str,
+    input: Value,
+) -> (StatusCode, Value) {
+    let response = client
+        .post(url)
+        .bearer_auth(token)
+        .json(&serde_json::json!({ "operation": operation, "input": input }))
+        .send()
+        .await
+        .expect("request sent");
+    let status = response.status();
+    (status, response.json().await.expect("a JSON answer"))
 }
 
 fn tracing_subscriber_init() -> Result<(), ()> {
@@ -324,6 +350,11 @@ pub struct Server {
     child: std::process::Child,
     /// `http://ADDR` of its gateway.
     pub url: String,
+    /// `ADDR` of its envelope listener, when the config has `tcp_listen`.
+    pub tcp: Option<String>,
+    /// Every line it has logged so far.
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for Server {
@@ -344,29 +375,81 @@ impl Server {
     /// Runs `opbox serve` with `config` written to `dir/opbox.toml`, so
     /// relative paths in it are relative to `dir`.
     pub fn start_in(dir: &std::path::Path, config: &str) -> Self {
+        Self::start_logging(dir, config, "warn,opbox=info")
+    }
+
+    /// [`Server::start_in`] with `RUST_LOG` set to `filter`. Returns once it
+    /// listens (on TCP too, when `config` has `tcp_listen`).
+    pub fn start_logging(dir: &std::path::Path, config: &str, filter: &str) -> Self {
         use std::io::{BufRead, BufReader};
         let path = dir.join("opbox.toml");
         std::fs::write(&path, config).unwrap();
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_opbox"))
             .args(["serve", "--config"])
             .arg(&path)
-            .env("RUST_LOG", "warn,opbox=info")
+            .env("RUST_LOG", filter)
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
+        let wants_tcp = config.contains("tcp_listen");
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let addr = loop {
+        let (mut http, mut tcp, mut log) = (None, None, Vec::new());
+        while http.is_none() || (wants_tcp && tcp.is_none()) {
             let line = lines.next().expect("the server starts").unwrap();
             if let Some((_, addr)) = line.split_once("serving on http://") {
-                break addr.trim().to_owned();
+                http = Some(addr.trim().to_owned());
             }
-        };
-        // Keep draining the log so the server never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
+            if let Some((_, addr)) = line.split_once("envelopes on tcp://") {
+                tcp = Some(addr.trim().to_owned());
+            }
+            log.push(line);
+        }
+        // Keep reading the log, so the server never blocks on a full pipe.
+        let log = std::sync::Arc::new(std::sync::Mutex::new(log));
+        let reader = std::thread::spawn({
+            let log = log.clone();
+            move || {
+                for line in lines.map_while(Result::ok) {
+                    log.lock().unwrap().push(line);
+                }
+            }
+        });
         Self {
             child,
-            url: format!("http://{addr}"),
+            url: format!("http://{}", http.unwrap()),
+            tcp,
+            log,
+            reader: Some(reader),
         }
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for it to exit; every line it logged.
+    pub fn wait(mut self) -> (std::process::ExitStatus, Vec<String>) {
+        let status = self.child.wait().unwrap();
+        if let Some(reader) = self.reader.take() {
+            reader.join().unwrap();
+        }
+        let log = std::mem::take(&mut *self.log.lock().unwrap());
+        (status, log)
+    }
+
+    /// `POST /call` of `operation` with `input`, anonymously; the JSON
+    /// answer.
+    pub async fn call(&self, client: &reqwest::Client, operation: &str, input: Value) -> Value {
+        client
+            .post(format!("{}/call", self.url))
+            .json(&serde_json::json!({ "operation": operation, "input": input }))
+            .send()
+            .await
+            .expect("request sent")
+            .json()
+            .await
+            .expect("a JSON answer")
     }
 
     /// Its resident memory, from `/proc`.
@@ -377,9 +460,9 @@ impl Server {
     }
 
     /// Kills it at once (SIGKILL: no shutdown, no flushing), as a power cut
-    /// would.
-    pub fn kill(mut self) {
+    /// would; every line it logged.
+    pub fn kill(mut self) -> Vec<String> {
         self.child.kill().unwrap();
-        self.child.wait().unwrap();
+        self.wait().1
     }
 }

@@ -377,11 +377,7 @@ impl Dispatcher {
     /// by a case-insensitive substring of name or description.
     pub fn search(&self, identity: &Identity, query: Option<&str>) -> Vec<OperationSummary> {
         let query = query.map(str::to_lowercase).filter(|q| !q.is_empty());
-        self.inner
-            .registry
-            .all(&identity.tenant)
-            .into_iter()
-            .filter(|op| visible(op, Origin::Wire))
+        self.visible(identity)
             .filter(|op| {
                 query.as_ref().is_none_or(|q| {
                     op.spec.name.to_lowercase().contains(q)
@@ -394,6 +390,21 @@ impl Dispatcher {
                 description: op.spec.description.clone(),
             })
             .collect()
+    }
+
+    /// The full specs of every operation `identity` can see from the wire,
+    /// sorted by name.
+    pub fn specs(&self, identity: &Identity) -> Vec<OperationSpec> {
+        self.visible(identity).map(|op| op.spec.clone()).collect()
+    }
+
+    /// The operations `identity` can see from the wire, sorted by name.
+    fn visible(&self, identity: &Identity) -> impl Iterator<Item = Arc<Operation>> {
+        self.inner
+            .registry
+            .all(&identity.tenant)
+            .into_iter()
+            .filter(|op| visible(op, Origin::Wire))
     }
 
     /// The full spec of one operation `identity` can see from the wire.

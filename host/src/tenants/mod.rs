@@ -177,18 +177,6 @@ impl Tenants {
         })
     }
 
-    /// One tenant, [`Identity::DEFAULT_TENANT`], taking anonymous callers,
-    /// with default quotas: for embedding the dispatcher without a config.
-    pub fn open(max_instances: u32) -> Self {
-        let config = TenantConfig {
-            id: Identity::DEFAULT_TENANT.to_owned(),
-            anonymous: true,
-            tokens: Vec::new(),
-            quotas: Quotas::default(),
-        };
-        Self::new(&[config], max_instances).unwrap_or_else(|_| unreachable!("a valid tenant"))
-    }
-
     /// Who presents `token` (a bearer token, or none). Unknown tokens are
     /// anonymous; anonymous callers are `UNAUTHORIZED` unless a tenant takes
     /// them.
