@@ -36,7 +36,18 @@
 //!
 //! [envelope]                   # TCP and WebSocket connections
 //! max_frame_bytes = 16777216   # larger frames: INVALID_FRAME, connection closed
+//! max_unauthenticated_frame_bytes = 65536  # until a caller is authenticated
 //! max_open_calls = 256         # calls open at once on one connection
+//! max_queued_bytes = 1048576   # replies waiting for a slow reader
+//! idle_timeout_ms = 60000      # no frame and no open call: closed
+//! frame_timeout_ms = 10000     # to finish a frame once begun (TCP)
+//!
+//! [connections]                # every listener
+//! max_connections = 1024       # open at once, in all
+//! max_connections_per_ip = 128 # open at once from one address
+//! header_timeout_ms = 10000    # to send request headers; idle keep-alive
+//! body_timeout_ms = 30000      # to send a request body
+//! write_timeout_ms = 30000     # a peer taking nothing of what is sent
 //!
 //! [[tenants]]                  # none by default: every call is UNAUTHORIZED
 //! id = "acme"
@@ -75,6 +86,7 @@ use serde::Deserialize;
 use crate::dispatch::DispatchConfig;
 use crate::envelope::EnvelopeConfig;
 use crate::gateway::GatewayConfig;
+use crate::net::ConnectionConfig;
 use crate::registry::AccessControl;
 use crate::runtime::{Grants, PluginLimits, RuntimeConfig};
 use crate::tenants::{Quotas, TenantConfig};
@@ -129,6 +141,8 @@ pub struct HostConfig {
     pub gateway: GatewaySection,
     /// Limits of envelope connections (TCP and WebSocket).
     pub envelope: EnvelopeSection,
+    /// Caps and timeouts of every connection.
+    pub connections: ConnectionsSection,
     /// The tenants, their tokens and quotas. None by default: every call is
     /// refused until a tenant takes callers.
     pub tenants: Vec<TenantConfig>,
@@ -151,20 +165,29 @@ impl Default for HostConfig {
             plugin_limits: PluginLimitsConfig::default(),
             gateway: GatewaySection::default(),
             envelope: EnvelopeSection::default(),
+            connections: ConnectionsSection::default(),
             tenants: Vec::new(),
             access: BTreeMap::new(),
         }
     }
 }
 
-/// Limits of envelope connections.
+/// Limits of envelope connections: see [`EnvelopeConfig`].
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EnvelopeSection {
     /// The largest envelope accepted, in bytes.
     pub max_frame_bytes: usize,
+    /// The largest envelope accepted before a caller is authenticated.
+    pub max_unauthenticated_frame_bytes: usize,
     /// Calls open at once on one connection.
     pub max_open_calls: usize,
+    /// Bytes of replies queued for a peer before the connection waits.
+    pub max_queued_bytes: usize,
+    /// How long a connection with no open call may send nothing.
+    pub idle_timeout_ms: u64,
+    /// How long a peer may take to finish a frame it has begun.
+    pub frame_timeout_ms: u64,
 }
 
 impl Default for EnvelopeSection {
@@ -172,9 +195,46 @@ impl Default for EnvelopeSection {
         let defaults = EnvelopeConfig::default();
         Self {
             max_frame_bytes: defaults.max_frame_bytes,
+            max_unauthenticated_frame_bytes: defaults.max_unauthenticated_frame_bytes,
             max_open_calls: defaults.max_open_calls,
+            max_queued_bytes: defaults.max_queued_bytes,
+            idle_timeout_ms: millis(defaults.idle_timeout),
+            frame_timeout_ms: millis(defaults.frame_timeout),
         }
     }
+}
+
+/// Caps and timeouts of every connection: see [`ConnectionConfig`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConnectionsSection {
+    /// Connections open at once, in all.
+    pub max_connections: usize,
+    /// Connections open at once from one peer address.
+    pub max_connections_per_ip: usize,
+    /// The time a peer has to send a request's headers.
+    pub header_timeout_ms: u64,
+    /// The time a peer has to send a request's body.
+    pub body_timeout_ms: u64,
+    /// How long a peer may leave what the host sends it unread.
+    pub write_timeout_ms: u64,
+}
+
+impl Default for ConnectionsSection {
+    fn default() -> Self {
+        let defaults = ConnectionConfig::default();
+        Self {
+            max_connections: defaults.max_connections,
+            max_connections_per_ip: defaults.max_connections_per_ip,
+            header_timeout_ms: millis(defaults.header_timeout),
+            body_timeout_ms: millis(defaults.body_timeout),
+            write_timeout_ms: millis(defaults.write_timeout),
+        }
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// One plugin and its settings.
@@ -360,15 +420,33 @@ impl HostConfig {
             max_body_bytes: self.gateway.max_body_bytes,
             max_batch: self.gateway.max_batch,
             envelope: self.envelope(),
+            connection: self.connection(),
             ..GatewayConfig::default()
+        }
+    }
+
+    /// The caps and timeouts of every connection this configuration asks for.
+    pub fn connection(&self) -> ConnectionConfig {
+        let section = &self.connections;
+        ConnectionConfig {
+            max_connections: section.max_connections,
+            max_connections_per_ip: section.max_connections_per_ip,
+            header_timeout: Duration::from_millis(section.header_timeout_ms),
+            body_timeout: Duration::from_millis(section.body_timeout_ms),
+            write_timeout: Duration::from_millis(section.write_timeout_ms),
         }
     }
 
     /// The envelope-connection limits this configuration asks for.
     pub fn envelope(&self) -> EnvelopeConfig {
+        let section = &self.envelope;
         EnvelopeConfig {
-            max_frame_bytes: self.envelope.max_frame_bytes,
-            max_open_calls: self.envelope.max_open_calls,
+            max_frame_bytes: section.max_frame_bytes,
+            max_unauthenticated_frame_bytes: section.max_unauthenticated_frame_bytes,
+            max_open_calls: section.max_open_calls,
+            max_queued_bytes: section.max_queued_bytes,
+            idle_timeout: Duration::from_millis(section.idle_timeout_ms),
+            frame_timeout: Duration::from_millis(section.frame_timeout_ms),
         }
     }
 

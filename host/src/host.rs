@@ -14,6 +14,7 @@ use crate::config::{HostConfig, PluginConfig};
 use crate::dispatch::Dispatcher;
 use crate::envelope;
 use crate::gateway;
+use crate::net::Connections;
 use crate::registry::{Operation, Owner, Registry, RegistryError};
 use crate::runtime::{Grants, LoadError, LoadOptions, Plugin, Runtime};
 use crate::services;
@@ -74,6 +75,8 @@ pub struct Host {
     config: Arc<HostConfig>,
     /// The gateway's WebSocket connections.
     websockets: TaskTracker,
+    /// Every connection open on any listener of this host.
+    connections: Connections,
 }
 
 impl Host {
@@ -88,11 +91,16 @@ impl Host {
         let runtime = Runtime::new(config.runtime()).map_err(HostError::Runtime)?;
         let registry = Arc::new(Registry::new());
         let dispatcher = Dispatcher::new(registry, config.dispatch(), tenants);
+        let connections = Connections::new(
+            config.connections.max_connections,
+            config.connections.max_connections_per_ip,
+        );
         let host = Self {
             runtime,
             dispatcher,
             config: Arc::new(config),
             websockets: TaskTracker::new(),
+            connections,
         };
         let register = |source| HostError::Register {
             origin: services::NAMESPACE.to_owned(),
@@ -253,6 +261,8 @@ impl Host {
             listener,
             self.dispatcher.clone(),
             self.config.envelope(),
+            self.connections.clone(),
+            self.config.connection().write_timeout,
             shutdown,
         )
         .await;
@@ -265,13 +275,22 @@ impl Host {
         &self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> std::io::Result<()> {
-        let served = axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown)
-            .await;
+    ) {
+        gateway::serve(
+            listener,
+            self.router(),
+            self.connections.clone(),
+            &self.config.connection(),
+            shutdown,
+        )
+        .await;
         self.websockets.close();
         self.websockets.wait().await;
-        served
+    }
+
+    /// Connections open now, on every listener of this host.
+    pub fn open_connections(&self) -> usize {
+        self.connections.open()
     }
 }
 

@@ -47,6 +47,7 @@ pub mod error;
 pub mod gateway;
 mod host;
 pub mod keyvalue;
+pub mod net;
 pub mod openapi;
 pub mod registry;
 pub mod runtime;

@@ -197,6 +197,7 @@ async fn serve(
     config.plugin_dirs.extend(plugins);
     let addr = config.listen;
     let tcp_addr = config.tcp_listen;
+    opbox::net::raise_fd_limit(&config.connection());
     let host = Host::start(config).await?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -248,9 +249,7 @@ async fn serve(
         server.await
     };
     match tokio::time::timeout(SHUTDOWN_GRACE, finished).await {
-        Ok(joined) => joined
-            .context("the server task failed")?
-            .context("the server failed")?,
+        Ok(joined) => joined.context("the server task failed")?,
         Err(_) => tracing::warn!("open calls did not finish in time; exiting"),
     }
     Ok(())

@@ -13,6 +13,7 @@ mod call;
 mod capabilities;
 mod cli;
 mod client;
+mod connections;
 mod discovery;
 mod envelope;
 mod hostile;

@@ -302,10 +302,23 @@ pub struct Frames {
 
 impl Frames {
     pub async fn connect(host: &TestHost) -> Self {
-        let stream = tokio::net::TcpStream::connect(host.tcp_addr)
-            .await
-            .expect("connect");
+        Self::at(host.tcp_addr).await
+    }
+
+    /// Connects to the envelope listener at `addr`.
+    pub async fn at(addr: impl tokio::net::ToSocketAddrs) -> Self {
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        Self::new(stream)
+    }
+
+    /// Frames over a connection already open.
+    pub fn new(stream: tokio::net::TcpStream) -> Self {
         Self { stream }
+    }
+
+    /// The raw connection.
+    pub fn stream(&mut self) -> &mut tokio::net::TcpStream {
+        &mut self.stream
     }
 
     /// Sends `bytes` as one frame.

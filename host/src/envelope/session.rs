@@ -8,15 +8,30 @@
 //! its call is still in the table, so once a call is aborted (or its id
 //! reused by mistake) nothing more goes out for it, even a frame that was
 //! already on its way.
+//!
+//! What a peer can make the connection hold is bounded:
+//! - frames queued for the peer are counted in bytes ([`Outbox`]); past
+//!   `max_queued_bytes` the calls wait to queue more (a subscription's guest
+//!   is not read further) and the reader stops taking envelopes, until the
+//!   peer reads. A peer that reads nothing is cut off by the transport's
+//!   write timeout;
+//! - a reply larger than `max_frame_bytes` fails its own call with
+//!   `RESOURCE_EXHAUSTED`, never the connection;
+//! - until the connection has an authenticated caller, frames are held to
+//!   `max_unauthenticated_frame_bytes` ([`FrameLimit`]);
+//! - a connection with no open call that sends nothing for `idle_timeout` is
+//!   told so and closed.
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use serde_json::json;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::AbortHandle;
 
 use super::EnvelopeConfig;
@@ -30,9 +45,43 @@ use crate::error::{CallError, ErrorCode};
 pub enum Inbound {
     /// One envelope's bytes.
     Frame(Bytes),
-    /// A framing violation (a zero-length or oversized frame): answered with
-    /// `INVALID_FRAME`, then the connection is closed.
+    /// A framing violation (a zero-length or oversized frame, one not
+    /// finished in time): answered with `INVALID_FRAME`, then the connection
+    /// is closed.
     Violation(String),
+}
+
+/// The largest frame a connection takes now: small until the connection
+/// has an authenticated caller. Shared by the session, which raises it, and
+/// the transport, which refuses a longer frame before reading it.
+#[derive(Debug, Clone)]
+pub struct FrameLimit(Arc<AtomicUsize>);
+
+impl FrameLimit {
+    /// A limit of `bytes`.
+    pub fn new(bytes: usize) -> Self {
+        Self(Arc::new(AtomicUsize::new(bytes)))
+    }
+
+    /// The limit of a connection that starts with `identity` (the caller
+    /// its transport authenticated, if any).
+    pub fn for_connection(config: &EnvelopeConfig, identity: Option<&Identity>) -> Self {
+        Self::new(match identity {
+            Some(identity) if !identity.is_anonymous() => config.max_frame_bytes,
+            _ => config
+                .max_unauthenticated_frame_bytes
+                .min(config.max_frame_bytes),
+        })
+    }
+
+    /// The largest frame taken now, in bytes.
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn raise(&self, to: usize) {
+        self.0.fetch_max(to, Ordering::Relaxed);
+    }
 }
 
 /// A frame on its way to the caller.
@@ -45,13 +94,66 @@ struct Outbound {
     last: bool,
     /// Close the connection after writing it.
     close: bool,
+    /// Its room in the outbox, given back once the sink has it.
+    _room: OwnedSemaphorePermit,
 }
 
-/// The calls open on one connection.
-#[derive(Default)]
+/// Frames waiting for the writer, counted in bytes.
+#[derive(Clone)]
+struct Outbox {
+    tx: mpsc::UnboundedSender<Outbound>,
+    /// One permit per byte that may still be queued.
+    room: Arc<Semaphore>,
+    capacity: u32,
+}
+
+impl Outbox {
+    fn new(capacity: usize) -> (Self, mpsc::UnboundedReceiver<Outbound>) {
+        let capacity = u32::try_from(capacity.max(1)).unwrap_or(u32::MAX);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let room = Arc::new(Semaphore::new(capacity as usize));
+        let outbox = Self { tx, room, capacity };
+        (outbox, rx)
+    }
+
+    /// Queues a frame once there is room for it (a frame larger than the
+    /// whole outbox waits for it to be empty). False once the writer is gone.
+    async fn push(
+        &self,
+        call: Option<(String, u64)>,
+        bytes: Vec<u8>,
+        last: bool,
+        close: bool,
+    ) -> bool {
+        let size = u32::try_from(bytes.len())
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.capacity);
+        let Ok(room) = self.room.clone().acquire_many_owned(size).await else {
+            return false;
+        };
+        self.tx
+            .send(Outbound {
+                call,
+                bytes,
+                last,
+                close,
+                _room: room,
+            })
+            .is_ok()
+    }
+
+    /// Waits until the outbox is not full: the reader's turn comes after the
+    /// calls already waiting to queue.
+    async fn has_room(&self) {
+        drop(self.room.acquire().await);
+    }
+}
+
+/// The calls open on one connection, and when it last did anything.
 struct OpenCalls {
     calls: HashMap<String, (u64, AbortHandle)>,
     next_seq: u64,
+    last_active: Instant,
 }
 
 type Shared = Arc<Mutex<OpenCalls>>;
@@ -61,32 +163,39 @@ fn lock(open: &Shared) -> MutexGuard<'_, OpenCalls> {
 }
 
 /// Serves one connection until the caller closes it, breaks the framing, or
-/// stops reading; then aborts every call still open on it.
+/// idles; then aborts every call still open on it.
 ///
 /// `identity` is the caller the transport authenticated when the connection
 /// opened, if any. Without one, the first envelope whose `auth_token`
-/// resolves to a caller sets it. An envelope's `auth_token` always decides
-/// for its own call; calls with no caller at all are anonymous, or
-/// `UNAUTHORIZED` where the host takes no anonymous callers.
+/// resolves to a caller sets it, and raises `limit` to `max_frame_bytes`. An
+/// envelope's `auth_token` always decides for its own call; calls with no
+/// caller at all are anonymous, or `UNAUTHORIZED` where the host takes no
+/// anonymous callers.
 pub async fn serve<R, W>(
     dispatcher: Dispatcher,
     identity: Option<Identity>,
     config: Arc<EnvelopeConfig>,
+    limit: FrameLimit,
     incoming: R,
     outgoing: W,
 ) where
     R: Stream<Item = Inbound> + Send + Unpin,
     W: Sink<Bytes> + Send + Unpin,
 {
-    let open = Shared::default();
-    let (tx, rx) = mpsc::channel(256);
+    let open = Arc::new(Mutex::new(OpenCalls {
+        calls: HashMap::new(),
+        next_seq: 0,
+        last_active: Instant::now(),
+    }));
+    let (outbox, rx) = Outbox::new(config.max_queued_bytes);
     let draining = dispatcher.draining();
     let session = Session {
         dispatcher,
         identity,
         config,
+        limit,
         open: open.clone(),
-        tx,
+        outbox,
     };
     tokio::select! {
         () = session.read(incoming) => {}
@@ -102,16 +211,41 @@ struct Session {
     dispatcher: Dispatcher,
     identity: Option<Identity>,
     config: Arc<EnvelopeConfig>,
+    limit: FrameLimit,
     open: Shared,
-    tx: mpsc::Sender<Outbound>,
+    outbox: Outbox,
 }
 
 impl Session {
     async fn read<R: Stream<Item = Inbound> + Unpin>(mut self, mut incoming: R) {
-        while let Some(inbound) = incoming.next().await {
+        loop {
+            // A peer that does not read its replies is not read either.
+            self.outbox.has_room().await;
+            let inbound = tokio::select! {
+                inbound = incoming.next() => inbound,
+                () = idle(&self.open, self.config.idle_timeout) => {
+                    let error = CallError::new(
+                        ErrorCode::Timeout,
+                        format!(
+                            "the connection was idle for {} ms and is closed",
+                            self.config.idle_timeout.as_millis()
+                        ),
+                    )
+                    .with_details(json!({
+                        "limit": "idle_timeout_ms",
+                        "value": u64::try_from(self.config.idle_timeout.as_millis()).unwrap_or(u64::MAX),
+                    }));
+                    return self.close_with(wire::error_frame("", &error)).await;
+                }
+            };
+            let Some(inbound) = inbound else { return };
+            lock(&self.open).last_active = Instant::now();
             let bad = match inbound {
                 Inbound::Frame(bytes) if bytes.is_empty() => {
                     BadEnvelope::Frame("zero-length frame".into())
+                }
+                Inbound::Frame(bytes) if bytes.len() > self.limit.get() => {
+                    BadEnvelope::Frame(self.too_long(bytes.len()))
                 }
                 Inbound::Frame(bytes) => match wire::parse(&bytes) {
                     Ok(Incoming::Call { id, payload }) => {
@@ -126,22 +260,28 @@ impl Session {
                 },
                 Inbound::Violation(message) => BadEnvelope::Frame(message),
             };
-            let close = matches!(bad, BadEnvelope::Frame(_));
             tracing::debug!(?bad, "bad envelope");
-            self.send_now(bad.to_frame(), close).await;
-            if close {
-                // Wait for the writer to send the error and end the session.
-                std::future::pending::<()>().await;
+            if matches!(bad, BadEnvelope::Frame(_)) {
+                return self.close_with(bad.to_frame()).await;
             }
+            self.outbox.push(None, bad.to_frame(), false, false).await;
         }
     }
 
+    /// Sends a last connection-level frame and waits for the writer to send
+    /// it and end the session.
+    async fn close_with(&self, frame: Vec<u8>) {
+        self.outbox.push(None, frame, false, true).await;
+        std::future::pending::<()>().await;
+    }
+
     /// Starts a call as a task of its own, registered under `id` before it
-    /// can produce anything, or answers why not. Waits (and so stops
-    /// reading the connection) while the writer is behind.
+    /// can produce anything, or answers why not.
     async fn start(&mut self, id: String, payload: CallPayload) {
         if let Some(error) = self.try_start(&id, payload) {
-            self.send_now(wire::error_frame(&id, &error), false).await;
+            self.outbox
+                .push(None, wire::error_frame(&id, &error), false, false)
+                .await;
         }
     }
 
@@ -182,7 +322,8 @@ impl Session {
         let call = Call {
             id: id.to_owned(),
             seq,
-            tx: self.tx.clone(),
+            outbox: self.outbox.clone(),
+            max_frame_bytes: self.config.max_frame_bytes,
         };
         let task = tokio::spawn(call.run(self.dispatcher.clone(), request));
         open.calls.insert(id.to_owned(), (seq, task.abort_handle()));
@@ -200,8 +341,21 @@ impl Session {
         let identity = self.dispatcher.authenticate(Some(&token))?;
         if self.identity.is_none() && !identity.is_anonymous() {
             self.identity = Some(identity.clone());
+            self.limit.raise(self.config.max_frame_bytes);
         }
         Ok(identity)
+    }
+
+    /// Why a frame of `len` bytes is refused.
+    fn too_long(&self, len: usize) -> String {
+        let limit = self.limit.get();
+        if limit < self.config.max_frame_bytes {
+            format!(
+                "a frame of {len} bytes is longer than the {limit} bytes a connection takes before it is authenticated"
+            )
+        } else {
+            format!("a frame of {len} bytes is longer than the limit of {limit} bytes")
+        }
     }
 
     /// Stops the call with `id`, if it is open: its task is aborted, which
@@ -211,18 +365,26 @@ impl Session {
             handle.abort();
         }
     }
+}
 
-    /// Queues a connection-level frame, waiting for room.
-    async fn send_now(&self, bytes: Vec<u8>, close: bool) {
-        let _ = self
-            .tx
-            .send(Outbound {
-                call: None,
-                bytes,
-                last: false,
-                close,
-            })
-            .await;
+/// Resolves once the connection has had no open call and no traffic for
+/// `timeout`.
+async fn idle(open: &Shared, timeout: std::time::Duration) {
+    loop {
+        let (busy, since) = {
+            let open = lock(open);
+            (!open.calls.is_empty(), open.last_active)
+        };
+        let quiet_until = since + timeout;
+        if !busy && Instant::now() >= quiet_until {
+            return;
+        }
+        let wake = if busy {
+            Instant::now() + timeout
+        } else {
+            quiet_until
+        };
+        tokio::time::sleep_until(wake.into()).await;
     }
 }
 
@@ -230,7 +392,18 @@ impl Session {
 struct Call {
     id: String,
     seq: u64,
-    tx: mpsc::Sender<Outbound>,
+    outbox: Outbox,
+    max_frame_bytes: usize,
+}
+
+/// What became of a frame a call sent.
+#[derive(PartialEq)]
+enum Sent {
+    /// Queued; the call goes on.
+    Queued,
+    /// The call is over: its frame was too long and an error went instead,
+    /// or the connection is gone.
+    Over,
 }
 
 impl Call {
@@ -254,16 +427,15 @@ impl Call {
             Err(error) => return self.fail(&error).await,
         };
         while let Some(item) = outputs.next().await {
-            match item {
+            let sent = match item {
                 Ok(output) => {
-                    if !self
-                        .send(wire::responded_frame(&self.id, &output), false)
+                    self.send(wire::responded_frame(&self.id, &output), false)
                         .await
-                    {
-                        return;
-                    }
                 }
                 Err(error) => return self.fail(&error).await,
+            };
+            if sent == Sent::Over {
+                return;
             }
         }
         self.send(wire::completed_frame(&self.id), true).await;
@@ -273,18 +445,29 @@ impl Call {
         self.send(wire::error_frame(&self.id, error), true).await;
     }
 
-    /// Queues a frame of this call; waits while the writer is behind, which
-    /// holds back a subscription's guest. False once the connection is gone.
-    async fn send(&self, bytes: Vec<u8>, last: bool) -> bool {
-        self.tx
-            .send(Outbound {
-                call: Some((self.id.clone(), self.seq)),
-                bytes,
-                last,
-                close: false,
-            })
-            .await
-            .is_ok()
+    /// Queues a frame of this call; waits while the outbox is full, which
+    /// holds back a subscription's guest. A frame longer than the
+    /// connection's limit is replaced by an error that ends the call.
+    async fn send(&self, bytes: Vec<u8>, last: bool) -> Sent {
+        let (bytes, last) = if bytes.len() > self.max_frame_bytes {
+            let error = CallError::new(
+                ErrorCode::ResourceExhausted,
+                format!(
+                    "the reply of {} bytes is longer than the connection's frame limit",
+                    bytes.len()
+                ),
+            )
+            .with_details(json!({"limit": "max_frame_bytes", "value": self.max_frame_bytes}));
+            (wire::error_frame(&self.id, &error), true)
+        } else {
+            (bytes, last)
+        };
+        let call = Some((self.id.clone(), self.seq));
+        if self.outbox.push(call, bytes, last, false).await && !last {
+            Sent::Queued
+        } else {
+            Sent::Over
+        }
     }
 }
 
@@ -293,7 +476,7 @@ impl Call {
 /// is draining and nothing is left open on this connection.
 async fn write<W: Sink<Bytes> + Unpin>(
     open: Shared,
-    mut rx: mpsc::Receiver<Outbound>,
+    mut rx: mpsc::UnboundedReceiver<Outbound>,
     mut sink: W,
     draining: impl Future<Output = ()>,
 ) {
@@ -312,22 +495,26 @@ async fn write<W: Sink<Bytes> + Unpin>(
             }
         };
         let Some(frame) = frame else { return };
-        if let Some((id, seq)) = &frame.call {
+        {
             let mut open = lock(&open);
-            if open.calls.get(id).map(|(live, _)| live) != Some(seq) {
-                continue;
-            }
-            if frame.last {
-                open.calls.remove(id);
+            open.last_active = Instant::now();
+            if let Some((id, seq)) = &frame.call {
+                if open.calls.get(id).map(|(live, _)| live) != Some(seq) {
+                    continue;
+                }
+                if frame.last {
+                    open.calls.remove(id);
+                }
             }
         }
-        if sink.feed(Bytes::from(frame.bytes)).await.is_err() {
+        let Outbound { bytes, close, .. } = frame;
+        if sink.feed(Bytes::from(bytes)).await.is_err() {
             return;
         }
-        if (frame.close || rx.is_empty()) && sink.flush().await.is_err() {
+        if (close || rx.is_empty()) && sink.flush().await.is_err() {
             return;
         }
-        if frame.close {
+        if close {
             let _ = sink.close().await;
             return;
         }

@@ -1,16 +1,26 @@
 //! Envelopes over TCP: each a 4-byte big-endian length, then that many bytes
 //! of UTF-8 JSON.
+//!
+//! A frame's length is checked against the connection's [`FrameLimit`]
+//! before any of it is read, its bytes are kept only as they arrive, and a
+//! frame begun must be finished within `frame_timeout`.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use futures::StreamExt;
+use bytes::Bytes;
+use futures::Stream;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
+use tokio_util::codec::{FramedWrite, LengthDelimitedCodec};
 
 use super::EnvelopeConfig;
-use super::session::{self, Inbound};
+use super::session::{self, FrameLimit, Inbound};
+use super::wire;
 use crate::dispatch::Dispatcher;
+use crate::net::{ConnectionPermit, Connections, Guarded, Refusal};
 
 /// The codec of the TCP framing, refusing frames over `max_frame_bytes`.
 pub fn codec(max_frame_bytes: usize) -> LengthDelimitedCodec {
@@ -22,90 +32,182 @@ pub fn codec(max_frame_bytes: usize) -> LengthDelimitedCodec {
 }
 
 /// Accepts connections on `listener` until `shutdown` completes, serving
-/// each on a task of its own; then waits for the open connections to close.
-/// They close by themselves once the dispatcher drains and their last call
-/// has answered.
+/// each admitted one on a task of its own; then waits for the open
+/// connections to close. They close by themselves once the dispatcher
+/// drains and their last call has answered.
 pub async fn serve(
     listener: TcpListener,
     dispatcher: Dispatcher,
     config: EnvelopeConfig,
+    connections: Connections,
+    write_timeout: Duration,
     shutdown: impl Future<Output = ()>,
 ) {
     let config = Arc::new(config);
-    let mut connections = tokio::task::JoinSet::new();
+    let mut open = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors and the like: keep serving
                     // the connections already open.
                     tracing::warn!(error = %e, "cannot accept a TCP connection");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
             // Reap finished connections as they end.
-            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            Some(_) = open.join_next(), if !open.is_empty() => continue,
             () = &mut shutdown => break,
         };
+        let permit = match connections.admit(peer.ip()) {
+            Ok(permit) => permit,
+            Err(refusal) => {
+                refuse(&stream, peer, refusal);
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
-        connections.spawn(connection(stream, dispatcher.clone(), config.clone()));
+        open.spawn(connection(
+            stream,
+            permit,
+            dispatcher.clone(),
+            config.clone(),
+            write_timeout,
+        ));
     }
     drop(listener);
-    while connections.join_next().await.is_some() {}
+    while open.join_next().await.is_some() {}
 }
 
-async fn connection(stream: TcpStream, dispatcher: Dispatcher, config: Arc<EnvelopeConfig>) {
+/// Tells a refused peer why, with what fits in the socket's buffer right
+/// now (never waiting on it), and closes the connection.
+fn refuse(stream: &TcpStream, peer: SocketAddr, refusal: Refusal) {
+    tracing::warn!(%peer, ?refusal, "TCP connection refused");
+    let frame = wire::error_frame("", &refusal.to_error());
+    let mut bytes = u32::try_from(frame.len())
+        .unwrap_or(0)
+        .to_be_bytes()
+        .to_vec();
+    bytes.extend_from_slice(&frame);
+    let _ = stream.try_write(&bytes);
+}
+
+async fn connection(
+    stream: TcpStream,
+    _permit: ConnectionPermit,
+    dispatcher: Dispatcher,
+    config: Arc<EnvelopeConfig>,
+    write_timeout: Duration,
+) {
     let (read, write) = stream.into_split();
-    let codec = codec(config.max_frame_bytes);
-    let max = config.max_frame_bytes;
-    let incoming = FramedRead::new(read, codec.clone())
-        .scan(false, move |ended, frame| {
-            let item = match frame {
-                _ if *ended => None,
-                Ok(bytes) => Some(Inbound::Frame(bytes.freeze())),
-                // The codec reports an oversized length as invalid data.
-                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Some(Inbound::Violation(
-                    format!("frame longer than the limit of {max} bytes"),
+    let limit = FrameLimit::for_connection(&config, None);
+    let incoming = Box::pin(frames(read, limit.clone(), config.frame_timeout));
+    let outgoing = FramedWrite::new(
+        Guarded::new(write, write_timeout),
+        codec(config.max_frame_bytes),
+    );
+    session::serve(dispatcher, None, config, limit, incoming, outgoing).await;
+}
+
+/// The frames read off `read`. Waiting for a frame to begin has no limit
+/// here (the session closes idle connections); once its first byte is in,
+/// the whole frame must arrive within `frame_timeout`. A length over `limit`
+/// is refused before anything more is read. Ends after a violation, or when
+/// the peer closes or the connection breaks.
+fn frames<R: AsyncRead + Unpin + Send + 'static>(
+    read: R,
+    limit: FrameLimit,
+    frame_timeout: Duration,
+) -> impl Stream<Item = Inbound> + Send {
+    let reader = BufReader::with_capacity(64 << 10, read);
+    futures::stream::unfold(Some(reader), move |reader| {
+        let limit = limit.clone();
+        async move {
+            let mut reader = reader?;
+            match reader.fill_buf().await {
+                Ok([]) | Err(_) => return None,
+                Ok(_) => {}
+            }
+            let frame = tokio::time::timeout(frame_timeout, read_frame(&mut reader, &limit)).await;
+            match frame {
+                Ok(Ok(Ok(bytes))) => Some((Inbound::Frame(bytes), Some(reader))),
+                Ok(Ok(Err(violation))) => Some((Inbound::Violation(violation), None)),
+                // The connection broke mid-frame: the session ends as if closed.
+                Ok(Err(_)) => None,
+                Err(_) => Some((
+                    Inbound::Violation(format!(
+                        "a frame was not finished within {} ms",
+                        frame_timeout.as_millis()
+                    )),
+                    None,
                 )),
-                // The connection broke: the session ends as if closed.
-                Err(_) => None,
-            };
-            *ended = item.is_none();
-            std::future::ready(item)
-        })
-        .boxed();
-    let outgoing = FramedWrite::new(write, codec);
-    session::serve(dispatcher, None, config, incoming, outgoing).await;
+            }
+        }
+    })
+}
+
+/// One frame: its bytes, or why the stream cannot go on.
+async fn read_frame<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    limit: &FrameLimit,
+) -> std::io::Result<Result<Bytes, String>> {
+    let len = reader.read_u32().await? as usize;
+    let max = limit.get();
+    if len > max {
+        return Ok(Err(format!(
+            "a frame of {len} bytes is longer than this connection takes now ({max} bytes)"
+        )));
+    }
+    // Grows as the bytes arrive: a peer announcing a long frame and sending
+    // little of it holds little.
+    let mut bytes = Vec::with_capacity(len.min(64 << 10));
+    let read = reader.take(len as u64).read_to_end(&mut bytes).await?;
+    if read < len {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(Ok(Bytes::from(bytes)))
 }
 
 #[cfg(test)]
 mod tests {
     use bytes::{BufMut, BytesMut};
+    use futures::StreamExt;
     use proptest::prelude::*;
-    use tokio_util::codec::Decoder;
+    use tokio::io::AsyncWriteExt;
 
     use super::*;
 
-    /// Decodes `wire` fed in pieces of `chunk` bytes: the frames, and
-    /// whether the decoder refused the stream.
+    /// Reads `wire`, written in pieces of `chunk` bytes, with `frames`: the
+    /// frames, and whether the reader ended on a violation.
     fn decode(wire: &[u8], chunk: usize, max: usize) -> (Vec<Vec<u8>>, bool) {
-        let mut codec = codec(max);
-        let mut buffer = BytesMut::new();
-        let mut frames = Vec::new();
-        for piece in wire.chunks(chunk.max(1)) {
-            buffer.extend_from_slice(piece);
-            loop {
-                match codec.decode(&mut buffer) {
-                    Ok(Some(frame)) => frames.push(frame.to_vec()),
-                    Ok(None) => break,
-                    Err(_) => return (frames, true),
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let (mut tx, rx) = tokio::io::duplex(64);
+            let write = async move {
+                for piece in wire.chunks(chunk.max(1)) {
+                    if tx.write_all(piece).await.is_err() {
+                        break;
+                    }
+                }
+            };
+            let read =
+                frames(rx, FrameLimit::new(max), Duration::from_secs(10)).collect::<Vec<_>>();
+            let ((), read) = futures::join!(write, read);
+            let mut frames = Vec::new();
+            for inbound in read {
+                match inbound {
+                    Inbound::Frame(bytes) => frames.push(bytes.to_vec()),
+                    Inbound::Violation(_) => return (frames, true),
                 }
             }
-        }
-        (frames, false)
+            (frames, false)
+        })
     }
 
     proptest! {
@@ -123,15 +225,27 @@ mod tests {
             prop_assert_eq!(decode(&wire, chunk, 1024), (frames, false));
         }
 
-        /// Arbitrary bytes never panic the decoder; a length over the limit
-        /// is refused rather than buffered.
+        /// Arbitrary bytes never panic the reader; a length over the limit
+        /// is refused rather than read.
         #[test]
-        fn garbage_is_decoded_or_refused(wire in prop::collection::vec(any::<u8>(), 0..512), chunk in 1usize..64) {
+        fn garbage_is_read_or_refused(wire in prop::collection::vec(any::<u8>(), 0..512), chunk in 1usize..64) {
             let (frames, refused) = decode(&wire, chunk, 64);
             prop_assert!(frames.iter().all(|f| f.len() <= 64));
             if wire.len() >= 4 && u32::from_be_bytes([wire[0], wire[1], wire[2], wire[3]]) > 64 {
                 prop_assert!(refused && frames.is_empty());
             }
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_frame_begun_must_be_finished_in_time() {
+        let (mut tx, rx) = tokio::io::duplex(1024);
+        let mut read = Box::pin(frames(rx, FrameLimit::new(1024), Duration::from_secs(10)));
+        tx.write_all(&[0, 0, 0, 3, b'a']).await.unwrap();
+        match read.next().await {
+            Some(Inbound::Violation(message)) => assert!(message.contains("10000 ms"), "{message}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(read.next().await.is_none());
     }
 }

@@ -15,6 +15,7 @@ use axum::{Json, body::Bytes};
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
+use super::AppState;
 use crate::dispatch::new_request_id;
 use crate::error::{CallError, ErrorCode};
 
@@ -74,17 +75,36 @@ fn retry_after(error: &CallError) -> Option<u64> {
 }
 
 /// A JSON request body, with every way of failing mapped to [`ApiError`]:
-/// 413 over the size limit, 400 when it is not JSON of the expected shape.
+/// 413 over the size limit, 408 when it is not all sent within the body
+/// timeout, 400 when it is not JSON of the expected shape.
 /// The `Content-Type` is not checked, so `curl -d` works as is.
 #[derive(Debug)]
-pub struct JsonBody<T>(pub T);
+pub(super) struct JsonBody<T>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     type Rejection = ApiError;
 
-    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(request, state)
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
+        let timeout = state.config.connection.body_timeout;
+        let read = tokio::time::timeout(timeout, Bytes::from_request(request, state));
+        let bytes = read
             .await
+            .map_err(|_| {
+                ApiError::from(
+                    CallError::new(
+                        ErrorCode::Timeout,
+                        format!(
+                            "the request body was not sent within {} ms",
+                            timeout.as_millis()
+                        ),
+                    )
+                    .with_details(json!({
+                        "limit": "body_timeout_ms",
+                        "value": u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+                    })),
+                )
+                .with_status(StatusCode::REQUEST_TIMEOUT)
+            })?
             .map_err(|rejection| {
                 if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                     ApiError::from(CallError::invalid_input(

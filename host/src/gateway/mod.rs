@@ -16,6 +16,7 @@
 mod call;
 mod discovery;
 mod error;
+mod serve;
 mod subscribe;
 mod ws;
 
@@ -30,10 +31,12 @@ use axum::routing::{get, post};
 use tokio_util::task::TaskTracker;
 
 pub use error::ApiError;
+pub use serve::serve;
 
 use crate::dispatch::{Dispatcher, Identity};
 use crate::envelope::EnvelopeConfig;
 use crate::error::{CallError, ErrorCode};
+use crate::net::ConnectionConfig;
 
 /// Settings of the gateway.
 ///
@@ -43,6 +46,7 @@ use crate::error::{CallError, ErrorCode};
 /// | `max_batch` | 100 calls per `/batch` |
 /// | `sse_keep_alive` | a comment every 15 s on idle SSE streams |
 /// | `envelope` | the limits of WebSocket connections: [`EnvelopeConfig`] |
+/// | `connection` | timeouts of every connection: [`ConnectionConfig`] |
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
     /// The largest request body accepted.
@@ -53,6 +57,8 @@ pub struct GatewayConfig {
     pub sse_keep_alive: Duration,
     /// Limits of envelope connections over WebSocket.
     pub envelope: EnvelopeConfig,
+    /// Timeouts and caps of every connection.
+    pub connection: ConnectionConfig,
 }
 
 impl Default for GatewayConfig {
@@ -62,6 +68,7 @@ impl Default for GatewayConfig {
             max_batch: 100,
             sse_keep_alive: Duration::from_secs(15),
             envelope: EnvelopeConfig::default(),
+            connection: ConnectionConfig::default(),
         }
     }
 }
