@@ -17,6 +17,12 @@
 //! max_instances = 256          # instances alive at once, all plugins together
 //! # cpu_lanes = 1              # CPU-bound guests running at once (default: cores - 1)
 //! max_call_depth = 16          # operations calling operations, this deep at most
+//! max_nested_calls = 16        # calls one call may have open at once
+//! max_operations = 256         # operations one plugin may declare
+//! max_schema_bytes = 65536     # per input or output schema
+//! max_manifest_bytes = 1048576 # a plugin's whole manifest
+//! max_schema_depth = 32        # nesting of a schema
+//! max_schema_expansion = 10000 # schema objects with every $ref followed
 //!
 //! [plugin_limits]              # every plugin's limits, unless it has its own
 //! memory_bytes = 67108864      # linear memory per instance (64 MiB)
@@ -88,7 +94,7 @@ use crate::envelope::EnvelopeConfig;
 use crate::gateway::GatewayConfig;
 use crate::net::ConnectionConfig;
 use crate::registry::AccessControl;
-use crate::runtime::{Grants, PluginLimits, RuntimeConfig};
+use crate::runtime::{Grants, ManifestLimits, PluginLimits, RuntimeConfig};
 use crate::tenants::{Quotas, TenantConfig};
 
 /// Why the configuration could not be used.
@@ -316,15 +322,35 @@ pub struct LimitsConfig {
     pub cpu_lanes: Option<usize>,
     /// The deepest chain of calls operations may make to each other.
     pub max_call_depth: u32,
+    /// Calls and subscriptions one call may have open at once.
+    pub max_nested_calls: u32,
+    /// Operations one plugin may declare.
+    pub max_operations: usize,
+    /// Bytes of one input or output schema.
+    pub max_schema_bytes: usize,
+    /// Bytes of a plugin's whole manifest.
+    pub max_manifest_bytes: usize,
+    /// Nesting of one schema.
+    pub max_schema_depth: usize,
+    /// Schema objects in a schema with its `$ref`s followed.
+    pub max_schema_expansion: u64,
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
+        let dispatch = DispatchConfig::default();
+        let manifest = ManifestLimits::default();
         Self {
             deadline_ms: 30_000,
             max_instances: RuntimeConfig::default().max_instances,
             cpu_lanes: None,
-            max_call_depth: DispatchConfig::default().max_call_depth,
+            max_call_depth: dispatch.max_call_depth,
+            max_nested_calls: dispatch.max_nested_calls,
+            max_operations: manifest.max_operations,
+            max_schema_bytes: manifest.max_schema_bytes,
+            max_manifest_bytes: manifest.max_manifest_bytes,
+            max_schema_depth: manifest.max_schema_depth,
+            max_schema_expansion: manifest.max_schema_expansion,
         }
     }
 }
@@ -401,6 +427,13 @@ impl HostConfig {
                 }),
             fuel: self.plugin_limits.fuel.is_some()
                 || self.plugins.iter().any(|p| p.limits.fuel.is_some()),
+            manifest: ManifestLimits {
+                max_operations: self.limits.max_operations,
+                max_schema_bytes: self.limits.max_schema_bytes,
+                max_manifest_bytes: self.limits.max_manifest_bytes,
+                max_schema_depth: self.limits.max_schema_depth,
+                max_schema_expansion: self.limits.max_schema_expansion,
+            },
             ..RuntimeConfig::default()
         }
     }
@@ -410,6 +443,8 @@ impl HostConfig {
         DispatchConfig {
             default_deadline: Duration::from_millis(self.limits.deadline_ms),
             max_call_depth: self.limits.max_call_depth,
+            max_nested_calls: self.limits.max_nested_calls,
+            max_input_bytes: self.gateway.max_body_bytes,
             ..DispatchConfig::default()
         }
     }

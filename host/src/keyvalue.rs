@@ -6,8 +6,9 @@
 //! never meet. Inside it, buckets are names the plugin chooses. Every write
 //! is its own transaction, committed to disk before the guest hears it
 //! succeeded, so a crash loses no acknowledged write. Each key space has a
-//! quota of bytes (keys and values) and of keys, kept in the same
-//! transactions as the writes.
+//! quota of bytes and of keys, kept in the same transactions as the writes.
+//! Every byte the plugin chooses counts: each entry costs its bucket's name,
+//! its key and its value, and names and keys have a length limit.
 
 use std::path::Path;
 
@@ -20,6 +21,12 @@ const USAGE: TableDefinition<'_, (&str, &str), (u64, u64)> = TableDefinition::ne
 
 /// Keys listed per `list-keys` page.
 pub const PAGE: usize = 1000;
+
+/// The longest bucket name, in bytes.
+pub const MAX_BUCKET_NAME: usize = 256;
+
+/// The longest key, in bytes.
+pub const MAX_KEY: usize = 1024;
 
 /// Whose keys these are: a tenant and a plugin.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +58,16 @@ pub enum KvError {
         /// The quota.
         value: u64,
     },
+    /// A bucket name or a key is longer than its limit.
+    #[error("the {what} is {len} bytes long, more than the limit of {limit}")]
+    TooLong {
+        /// `bucket name` or `key`.
+        what: &'static str,
+        /// Its length.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// `increment` met a value that is not a decimal `u64`, or overflowed.
     #[error("{0}")]
     NotANumber(String),
@@ -61,6 +78,22 @@ pub enum KvError {
 
 fn storage(e: impl std::fmt::Display) -> KvError {
     KvError::Storage(e.to_string())
+}
+
+/// Refuses a bucket name over [`MAX_BUCKET_NAME`] bytes.
+pub fn check_bucket_name(name: &str) -> Result<(), KvError> {
+    check_len("bucket name", name, MAX_BUCKET_NAME)
+}
+
+fn check_len(what: &'static str, text: &str, limit: usize) -> Result<(), KvError> {
+    if text.len() > limit {
+        return Err(KvError::TooLong {
+            what,
+            len: text.len(),
+            limit,
+        });
+    }
+    Ok(())
 }
 
 /// The database.
@@ -103,11 +136,18 @@ impl KvStore {
         value: &[u8],
         quota: Quota,
     ) -> Result<(), KvError> {
+        check_bucket_name(bucket)?;
+        check_len("key", key, MAX_KEY)?;
         self.write(space, quota, |values| {
             let old = values
                 .insert((&*space.tenant, &*space.plugin, bucket, key), value)
                 .map_err(storage)?;
-            Ok(change(key, old.map(|v| v.value().len()), Some(value.len())))
+            Ok(change(
+                bucket,
+                key,
+                old.map(|v| v.value().len()),
+                Some(value.len()),
+            ))
         })
     }
 
@@ -117,7 +157,7 @@ impl KvStore {
             let old = values
                 .remove((&*space.tenant, &*space.plugin, bucket, key))
                 .map_err(storage)?;
-            Ok(change(key, old.map(|v| v.value().len()), None))
+            Ok(change(bucket, key, old.map(|v| v.value().len()), None))
         })
     }
 
@@ -131,6 +171,8 @@ impl KvStore {
         delta: u64,
         quota: Quota,
     ) -> Result<u64, KvError> {
+        check_bucket_name(bucket)?;
+        check_len("key", key, MAX_KEY)?;
         let mut result = 0;
         self.write(space, quota, |values| {
             let full_key = (&*space.tenant, &*space.plugin, bucket, key);
@@ -152,7 +194,7 @@ impl KvStore {
             })?;
             let new = result.to_string();
             values.insert(full_key, new.as_bytes()).map_err(storage)?;
-            Ok(change(key, old.map(|v| v.len()), Some(new.len())))
+            Ok(change(bucket, key, old.map(|v| v.len()), Some(new.len())))
         })?;
         Ok(result)
     }
@@ -255,11 +297,14 @@ struct Change {
     keys: i64,
 }
 
-/// The change of replacing a value of `old` bytes at `key` by one of `new`
-/// bytes (`None`: no value).
-fn change(key: &str, old: Option<usize>, new: Option<usize>) -> Change {
+/// The change of replacing a value of `old` bytes at `key` of `bucket` by
+/// one of `new` bytes (`None`: no value). An entry costs its bucket's name,
+/// its key and its value.
+fn change(bucket: &str, key: &str, old: Option<usize>, new: Option<usize>) -> Change {
     let size = |len: Option<usize>| {
-        len.map_or(0, |len| i64::try_from(key.len() + len).unwrap_or(i64::MAX))
+        len.map_or(0, |len| {
+            i64::try_from(bucket.len() + key.len() + len).unwrap_or(i64::MAX)
+        })
     };
     Change {
         bytes: size(new) - size(old),
@@ -304,12 +349,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let kv = KvStore::open(&dir.path().join("kv.redb")).unwrap();
         let quota = Quota {
-            max_bytes: 10,
+            max_bytes: 12,
             max_keys: 2,
         };
         let a = space("a");
-        kv.set(&a, "b", "k1", b"12", quota).unwrap(); // 4 bytes
-        let refused = kv.set(&a, "b", "k2", b"12345", quota).unwrap_err(); // 11 > 10
+        kv.set(&a, "b", "k1", b"12", quota).unwrap(); // 5 bytes: bucket, key, value
+        let refused = kv.set(&a, "b", "k2", b"12345", quota).unwrap_err(); // 13 > 12
         assert!(matches!(
             refused,
             KvError::Quota {
@@ -318,8 +363,8 @@ mod tests {
             }
         ));
         assert_eq!(kv.get(&a, "b", "k2").unwrap(), None);
-        kv.set(&a, "b", "k2", b"1", quota).unwrap(); // 7 bytes, 2 keys
-        let refused = kv.set(&a, "b", "k3", b"", quota).unwrap_err(); // 9 bytes, 3 keys
+        kv.set(&a, "b", "k2", b"1", quota).unwrap(); // 9 bytes, 2 keys
+        let refused = kv.set(&a, "b", "k3", b"", quota).unwrap_err(); // 12 bytes, 3 keys
         assert!(matches!(
             refused,
             KvError::Quota {
@@ -329,10 +374,47 @@ mod tests {
         ));
         // Replacing and deleting give room back.
         kv.set(&a, "b", "k1", b"1", quota).unwrap();
-        assert_eq!(kv.usage(&a).unwrap(), (6, 2));
+        assert_eq!(kv.usage(&a).unwrap(), (8, 2));
         kv.delete(&a, "b", "k1").unwrap();
         kv.delete(&a, "b", "missing").unwrap();
-        assert_eq!(kv.usage(&a).unwrap(), (3, 1));
+        assert_eq!(kv.usage(&a).unwrap(), (4, 1));
+    }
+
+    #[test]
+    fn bucket_names_count_and_names_and_keys_have_a_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = KvStore::open(&dir.path().join("kv.redb")).unwrap();
+        let quota = Quota {
+            max_bytes: 1000,
+            max_keys: 100,
+        };
+        let a = space("a");
+        let bucket = "b".repeat(MAX_BUCKET_NAME);
+        for n in 0..3 {
+            kv.set(&a, &bucket, &n.to_string(), b"", quota).unwrap();
+        }
+        assert_eq!(kv.usage(&a).unwrap(), (3 * 257, 3));
+        let refused = kv.set(&a, &bucket, "3", b"", quota).unwrap_err();
+        assert!(matches!(
+            refused,
+            KvError::Quota {
+                limit: "max_bytes",
+                ..
+            }
+        ));
+        let long = "b".repeat(MAX_BUCKET_NAME + 1);
+        let refused = kv.set(&a, &long, "k", b"", quota).unwrap_err();
+        assert!(matches!(
+            refused,
+            KvError::TooLong {
+                what: "bucket name",
+                ..
+            }
+        ));
+        let refused = kv
+            .increment(&a, "b", &"k".repeat(MAX_KEY + 1), 1, quota)
+            .unwrap_err();
+        assert!(matches!(refused, KvError::TooLong { what: "key", .. }));
     }
 
     #[test]

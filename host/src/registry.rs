@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use futures::future::BoxFuture;
@@ -225,6 +226,9 @@ struct Namespace {
 #[derive(Debug, Default)]
 pub struct Registry {
     namespaces: RwLock<BTreeMap<String, Vec<Namespace>>>,
+    /// Bumped by every change, so views built from the registry know when
+    /// they are stale.
+    generation: AtomicU64,
 }
 
 impl Registry {
@@ -265,7 +269,13 @@ impl Registry {
             owner: owner.clone(),
             ops: table,
         });
+        self.generation.fetch_add(1, Ordering::Release);
         Ok(())
+    }
+
+    /// A number that changes whenever the registry does.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Removes a namespace of `owner` and all its operations. Calls already
@@ -281,6 +291,7 @@ impl Registry {
         if holders.is_empty() {
             namespaces.remove(namespace);
         }
+        self.generation.fetch_add(1, Ordering::Release);
         removed
     }
 

@@ -82,8 +82,7 @@ fn schema() -> Result<Operation, RegistryError> {
 
 fn openapi() -> Result<Operation, RegistryError> {
     let handler = |cx: CallContext, _input: Value| async move {
-        let specs = cx.dispatcher.specs(&cx.identity);
-        Ok(crate::openapi::document(&specs))
+        Ok(Value::clone(&cx.dispatcher.openapi(&cx.identity)))
     };
     native(
         "openapi",
@@ -123,8 +122,10 @@ fn plugin() -> Result<Operation, RegistryError> {
             "digest": plugin.digest(),
             "limits": plugin.limits(),
             "grants": plugin.grants().summary(),
-            "live_instances": plugin.live_instances(),
-            "open_subscriptions": plugin.open_subscriptions(),
+            // The caller's own usage: a shared plugin's other callers are
+            // other tenants' business.
+            "live_instances": plugin.live_instances_for(&cx.identity.tenant),
+            "open_subscriptions": plugin.open_subscriptions_for(&cx.identity.tenant),
             "dropped_log_lines": plugin.dropped_log_lines(),
             "dropped_output_bytes": plugin.dropped_output_bytes(),
             "operations": operations,

@@ -9,6 +9,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod batch;
+mod budgets;
 mod call;
 mod capabilities;
 mod cli;

@@ -41,18 +41,23 @@ async fn internal_operations_answer_operations_but_not_the_wire() {
         (StatusCode::OK, &json!("only for operations")),
         "{body}"
     );
-    // A nested call's errors come back to the caller as they were.
+    // A nested call's errors come back to the plugin as they were; the
+    // plugin returning one makes it the plugin's own error (status 400:
+    // only the host answers with the host's statuses).
     let (status, body) = host
         .call("fixture-slow/nest", json!({"operation": "nope/nothing"}))
         .await;
-    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["code"], "NOT_FOUND");
 }
 
 #[tokio::test]
 async fn a_plugin_calling_itself_forever_stops_at_the_depth_limit() {
     let host = TestHost::start().await;
     let (status, body) = host.call("fixture-slow/recurse", json!(0)).await;
-    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    // The host refuses the deepest call; each plugin above returns that
+    // error as its own (400).
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["error"]["code"], "RESOURCE_EXHAUSTED");
     assert_eq!(
         body["error"]["details"],

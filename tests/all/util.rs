@@ -19,6 +19,7 @@ pub const FIXTURES: &[&str] = &[
     "fixture-panic",
     "fixture-slow",
     "hostile-ambient",
+    "hostile-edge",
     "hostile-loop",
     "hostile-memory",
     "hostile-noise",

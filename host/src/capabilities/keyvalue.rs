@@ -61,6 +61,7 @@ impl store::Host for StoreState {
         let (Some(grant), Some(kv)) = (self.grants.keyvalue, self.kv.clone()) else {
             return Err(Error::AccessDenied);
         };
+        crate::keyvalue::check_bucket_name(&identifier).map_err(|e| Error::Other(e.to_string()))?;
         let bucket = Bucket {
             name: identifier,
             space: Space {

@@ -1,7 +1,8 @@
 //! `opbox:plugin/log`: guest log lines, attributed to plugin, request and
 //! tenant.
 //! Always granted; each line is cut at 4 KiB and each call may write
-//! `log_lines` of them (the rest are counted, and reported once).
+//! `log_lines` of them, `fatal` included (the rest are counted, and reported
+//! once).
 
 use crate::runtime::StoreState;
 use crate::runtime::bindings::Level;
@@ -28,15 +29,22 @@ impl log::Host for StoreState {
         }
     }
 
+    /// Counts against `log_lines` like any line; the last message is kept
+    /// either way, as the panic message of a call that traps.
     fn fatal(&mut self, message: String) {
         let message = truncate(&message, MAX_LINE);
+        self.fatal = Some(message.to_owned());
+        if self.log_lines_left == 0 {
+            self.log_lines_dropped += 1;
+            return;
+        }
+        self.log_lines_left -= 1;
         tracing::error!(
             plugin = &*self.plugin,
             request_id = &*self.request_id,
             tenant = &*self.tenant,
             "guest fatal: {message}"
         );
-        self.fatal = Some(message.to_owned());
     }
 }
 

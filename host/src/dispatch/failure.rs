@@ -11,10 +11,15 @@ use crate::error::{CallError, ErrorCode};
 use crate::runtime::{InvokeError, Plugin};
 
 /// The caller's view of a failed plugin call.
+///
+/// A plugin's error is always the plugin's own: its code is a domain code
+/// even when it spells one the host reserves (`UNAUTHORIZED`,
+/// `RESOURCE_EXHAUSTED`, …), so it answers 400, is not retryable and never
+/// sets `Retry-After`. Only the host speaks with the host's codes.
 pub(super) fn from_invoke(error: InvokeError, plugin: &Plugin, op: &str) -> CallError {
     match error {
         InvokeError::Guest(e) => {
-            let mut error = CallError::new(ErrorCode::parse(&e.code), e.message);
+            let mut error = CallError::new(ErrorCode::Domain(e.code), e.message);
             error.details = e.details;
             error
         }

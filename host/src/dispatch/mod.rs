@@ -12,28 +12,31 @@
 mod drain;
 mod failure;
 mod logged;
+mod nested;
+mod validate;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use futures::future::BoxFuture;
+use futures::StreamExt;
 use futures::stream::BoxStream;
-use futures::{FutureExt, StreamExt};
 use serde::Serialize;
 use serde_json::{Value, json};
-use tokio_util::task::AbortOnDropHandle;
+use tokio::sync::Semaphore;
 
 use crate::error::{CallError, ErrorCode};
 use crate::registry::{
     AccessControl, Handler, OpType, Operation, OperationSpec, Registry, Visibility,
 };
-use crate::runtime::{GuestError, Invocation, NestedCalls, NestedItems};
 use crate::tenants::{Admission, Tenant, Tenants};
 
 use drain::Drain;
 use logged::{CallLog, Logged};
+use nested::invocation;
+use validate::{is_large, validate_input};
 
 /// Who is calling.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,6 +152,9 @@ pub struct CallContext {
 /// |---|---|
 /// | `default_deadline` | 30 s for queries and mutations |
 /// | `max_subscription` | none: a subscription runs until it ends or the caller leaves |
+/// | `max_call_depth` | 16 operations calling operations |
+/// | `max_nested_calls` | 16 calls and subscriptions one call may have open at once |
+/// | `max_input_bytes` | 1 MiB: the largest input of a nested call, as on the wire |
 #[derive(Debug, Clone)]
 pub struct DispatchConfig {
     /// The deadline of a query or mutation when the caller asks for none.
@@ -157,6 +163,10 @@ pub struct DispatchConfig {
     pub max_subscription: Option<Duration>,
     /// The deepest chain of calls operations may make to each other.
     pub max_call_depth: u32,
+    /// Calls and subscriptions one call may have open at once.
+    pub max_nested_calls: u32,
+    /// The largest input a nested call may carry, in bytes of JSON.
+    pub max_input_bytes: usize,
 }
 
 impl Default for DispatchConfig {
@@ -165,6 +175,8 @@ impl Default for DispatchConfig {
             default_deadline: Duration::from_secs(30),
             max_subscription: None,
             max_call_depth: 16,
+            max_nested_calls: 16,
+            max_input_bytes: 1 << 20,
         }
     }
 }
@@ -194,6 +206,11 @@ struct Inner {
     config: DispatchConfig,
     tenants: Tenants,
     drain: Arc<Drain>,
+    /// Large inputs validated at once, off the async workers.
+    validations: Arc<Semaphore>,
+    /// Each tenant's OpenAPI document, and the registry generation it was
+    /// built from.
+    documents: Mutex<HashMap<String, (u64, Arc<Value>)>>,
 }
 
 impl fmt::Debug for Dispatcher {
@@ -217,6 +234,10 @@ impl Dispatcher {
                 config,
                 tenants,
                 drain: Arc::new(Drain::new()),
+                validations: Arc::new(Semaphore::new(
+                    std::thread::available_parallelism().map_or(1, |n| n.get()),
+                )),
+                documents: Mutex::default(),
             }),
         }
     }
@@ -268,7 +289,7 @@ impl Dispatcher {
         result
     }
 
-    async fn call_inner(&self, request: CallRequest) -> Result<Value, CallError> {
+    async fn call_inner(&self, mut request: CallRequest) -> Result<Value, CallError> {
         let _in_flight = self.inner.drain.enter(request.origin)?;
         let (op, tenant) = self.resolve(&request)?;
         if !op.spec.op_type.is_once() {
@@ -284,21 +305,27 @@ impl Dispatcher {
             Origin::Wire => Some(tenant.usage.admit_call()?),
             Origin::Nested { .. } => None,
         };
-        validate_input(&op, &request.input)?;
         let deadline = request
             .deadline
             .map_or(self.inner.config.default_deadline, |d| {
                 d.min(self.inner.config.default_deadline)
             });
         let cx = self.context(&request, Some(deadline));
+        let input = std::mem::take(&mut request.input);
         let run = async {
+            let input = self.validate(&op, input).await?;
             match &op.handler {
-                Handler::NativeOnce(handler) => handler(cx, request.input).await,
+                Handler::NativeOnce(handler) => {
+                    // Host work done for an operation counts like a plugin
+                    // instance against the tenant.
+                    let _native = nested_native(&request, &tenant)?;
+                    handler(cx, input).await
+                }
                 Handler::Plugin { plugin, op: name } => {
                     let _instance = tenant.usage.instance()?;
                     let invocation = invocation(self, &request, deadline);
                     let output = plugin
-                        .call(&invocation, name, request.input.to_string())
+                        .call(&invocation, name, input.to_string())
                         .await
                         .map_err(|e| failure::from_invoke(e, plugin, name))?;
                     failure::parse_output(&output, plugin, name)
@@ -339,7 +366,7 @@ impl Dispatcher {
             Origin::Wire => Some(tenant.usage.admit_subscription()?),
             Origin::Nested { .. } => None,
         };
-        validate_input(&op, &request.input)?;
+        let input = self.validate(&op, request.input.clone()).await?;
         let limit = match (request.deadline, self.inner.config.max_subscription) {
             (Some(asked), Some(max)) => Some(asked.min(max)),
             (asked, max) => asked.or(max),
@@ -347,12 +374,15 @@ impl Dispatcher {
         let cx = self.context(request, limit);
         let mut held = vec![admitted];
         let stream: OutputStream = match &op.handler {
-            Handler::NativeStream(handler) => handler(cx, request.input.clone()).await?,
+            Handler::NativeStream(handler) => {
+                held.push(nested_native(request, &tenant)?);
+                handler(cx, input).await?
+            }
             Handler::Plugin { plugin, op: name } => {
                 held.push(Some(tenant.usage.instance()?));
                 let invocation = invocation(self, request, limit.unwrap_or(NO_DEADLINE));
                 let items = plugin
-                    .subscribe(&invocation, name, request.input.to_string())
+                    .subscribe(&invocation, name, input.to_string())
                     .await
                     .map_err(|e| failure::from_invoke(e, plugin, name))?;
                 let (plugin, name) = (plugin.clone(), name.clone());
@@ -396,6 +426,33 @@ impl Dispatcher {
     /// sorted by name.
     pub fn specs(&self, identity: &Identity) -> Vec<OperationSpec> {
         self.visible(identity).map(|op| op.spec.clone()).collect()
+    }
+
+    /// The OpenAPI document of what `identity` can see, built once per
+    /// tenant and registry change (one per configured tenant at most) and
+    /// shared by every request for it.
+    pub fn openapi(&self, identity: &Identity) -> Arc<Value> {
+        let generation = self.inner.registry.generation();
+        let cached = |documents: &HashMap<String, (u64, Arc<Value>)>| {
+            documents
+                .get(&identity.tenant)
+                .filter(|(built, _)| *built == generation)
+                .map(|(_, document)| document.clone())
+        };
+        if let Some(document) = cached(&self.documents()) {
+            return document;
+        }
+        let document = Arc::new(crate::openapi::document(&self.specs(identity)));
+        self.documents()
+            .insert(identity.tenant.clone(), (generation, document.clone()));
+        document
+    }
+
+    fn documents(&self) -> MutexGuard<'_, HashMap<String, (u64, Arc<Value>)>> {
+        self.inner
+            .documents
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The operations `identity` can see from the wire, sorted by name.
@@ -450,6 +507,28 @@ impl Dispatcher {
         Ok((op, tenant.clone()))
     }
 
+    /// Checks `input` against the operation's schema and hands it back.
+    /// A large input is checked on the blocking pool, a few at a time, so
+    /// that it never holds an async worker; the call's deadline, which runs
+    /// around this, bounds the wait. (What one check can cost is bounded
+    /// when the plugin loads: see `runtime::ManifestLimits`.)
+    async fn validate(&self, op: &Arc<Operation>, input: Value) -> Result<Value, CallError> {
+        if !is_large(&input) {
+            return validate_input(op, &input).map(|()| input);
+        }
+        let _turn = self
+            .inner
+            .validations
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| CallError::internal())?;
+        let op = op.clone();
+        tokio::task::spawn_blocking(move || validate_input(&op, &input).map(|()| input))
+            .await
+            .unwrap_or_else(|_| Err(CallError::internal()))
+    }
+
     fn context(&self, request: &CallRequest, deadline: Option<Duration>) -> CallContext {
         CallContext {
             request_id: request.request_id.clone(),
@@ -494,6 +573,15 @@ fn authorize(spec: &OperationSpec, identity: &Identity) -> Result<(), CallError>
     .with_details(details))
 }
 
+/// The tenant slot a nested call of a native operation holds while it runs;
+/// none for a call from the wire, which its admission already counts.
+fn nested_native(request: &CallRequest, tenant: &Tenant) -> Result<Option<Admission>, CallError> {
+    match request.origin {
+        Origin::Wire => Ok(None),
+        Origin::Nested { .. } => tenant.usage.instance().map(Some),
+    }
+}
+
 /// `stream`, keeping `held` (quota slots) until it is dropped.
 fn holding(stream: OutputStream, held: Vec<Option<Admission>>) -> OutputStream {
     stream
@@ -502,156 +590,6 @@ fn holding(stream: OutputStream, held: Vec<Option<Admission>>) -> OutputStream {
             item
         })
         .boxed()
-}
-
-fn invocation(dispatcher: &Dispatcher, request: &CallRequest, deadline: Duration) -> Invocation {
-    Invocation {
-        request_id: request.request_id.clone(),
-        tenant: request.identity.tenant.clone(),
-        caller_id: request.identity.id.clone(),
-        scopes: request.identity.scopes.clone(),
-        deadline,
-        nested: Some(Arc::new(Nested {
-            dispatcher: dispatcher.clone(),
-            identity: request.identity.clone(),
-            deadline: Instant::now() + deadline,
-            depth: request.origin.depth() + 1,
-        })),
-    }
-}
-
-/// The calls a plugin makes from inside one call: by the same caller, within
-/// what is left of its deadline, one level deeper.
-#[derive(Debug)]
-struct Nested {
-    dispatcher: Dispatcher,
-    identity: Identity,
-    deadline: Instant,
-    depth: u32,
-}
-
-impl Nested {
-    /// The request for a nested call of `operation`; its input is parsed by
-    /// [`parse_input`] on the nested call's task.
-    fn request(&self, operation: String) -> CallRequest {
-        CallRequest {
-            request_id: new_request_id(),
-            operation,
-            input: Value::Null,
-            deadline: Some(self.deadline.saturating_duration_since(Instant::now())),
-            identity: self.identity.clone(),
-            origin: Origin::Nested { depth: self.depth },
-        }
-    }
-}
-
-fn parse_input(input: &str) -> Result<Value, CallError> {
-    serde_json::from_str(input)
-        .map_err(|e| CallError::invalid_input(format!("the input is not JSON: {e}")))
-}
-
-fn guest_error(e: CallError) -> GuestError {
-    GuestError {
-        code: e.code.as_str().to_owned(),
-        message: e.message,
-        details: e.details,
-    }
-}
-
-// A nested call runs on a task of its own: its store cannot be driven from
-// inside the caller's (wasmtime refuses nested event loops). Dropping the
-// task's handle, as happens when the caller is aborted, aborts the task and
-// so the nested call and everything below it.
-impl NestedCalls for Nested {
-    fn call(
-        &self,
-        operation: String,
-        input: String,
-    ) -> BoxFuture<'static, Result<String, GuestError>> {
-        let (dispatcher, request) = (self.dispatcher.clone(), self.request(operation));
-        let task = AbortOnDropHandle::new(tokio::spawn(async move {
-            let input = parse_input(&input)?;
-            dispatcher.call(CallRequest { input, ..request }).await
-        }));
-        async move {
-            let output = task.await.unwrap_or_else(|_| Err(CallError::internal()));
-            output.map(|output| output.to_string()).map_err(guest_error)
-        }
-        .boxed()
-    }
-
-    fn subscribe(
-        &self,
-        operation: String,
-        input: String,
-    ) -> BoxFuture<'static, Result<NestedItems, GuestError>> {
-        let (dispatcher, request) = (self.dispatcher.clone(), self.request(operation));
-        let (started, started_rx) = tokio::sync::oneshot::channel();
-        // One item at a time: the subscription runs at most an item ahead
-        // of the guest reading it.
-        let (items, items_rx) = tokio::sync::mpsc::channel(1);
-        let task = AbortOnDropHandle::new(tokio::spawn(async move {
-            let subscribed = match parse_input(&input) {
-                Ok(input) => dispatcher.subscribe(CallRequest { input, ..request }).await,
-                Err(e) => Err(e),
-            };
-            let mut outputs = match subscribed {
-                Ok(outputs) => {
-                    let _ = started.send(Ok(()));
-                    outputs
-                }
-                Err(e) => {
-                    let _ = started.send(Err(e));
-                    return;
-                }
-            };
-            while let Some(item) = outputs.next().await {
-                let last = item.is_err();
-                if items.send(item).await.is_err() || last {
-                    return;
-                }
-            }
-        }));
-        async move {
-            started_rx
-                .await
-                .unwrap_or_else(|_| Err(CallError::internal()))
-                .map_err(guest_error)?;
-            let outputs = tokio_stream::wrappers::ReceiverStream::new(items_rx).map(move |item| {
-                // The stream owns the task: dropping it aborts the
-                // subscription.
-                let _task = &task;
-                item.map(|output| output.to_string()).map_err(guest_error)
-            });
-            Ok(outputs.boxed())
-        }
-        .boxed()
-    }
-}
-
-/// The most schema violations reported for one input.
-const MAX_REPORTED_VIOLATIONS: usize = 10;
-
-fn validate_input(op: &Operation, input: &Value) -> Result<(), CallError> {
-    let violations: Vec<Value> = op
-        .input
-        .iter_errors(input)
-        .take(MAX_REPORTED_VIOLATIONS)
-        .map(|e| {
-            let path = e.instance_path().to_string();
-            json!({ "path": if path.is_empty() { "/".to_owned() } else { path }, "message": e.masked().to_string() })
-        })
-        .collect();
-    let Some(first) = violations.first() else {
-        return Ok(());
-    };
-    let message = format!(
-        "input does not match the schema of `{}` at {}: {}",
-        op.spec.name,
-        first["path"].as_str().unwrap_or("/"),
-        first["message"].as_str().unwrap_or_default()
-    );
-    Err(CallError::invalid_input(message).with_details(json!({ "violations": violations })))
 }
 
 /// Ends `stream` with `TIMEOUT` once `limit` has passed.

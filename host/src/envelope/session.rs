@@ -10,7 +10,7 @@
 //! already on its way.
 //!
 //! What a peer can make the connection hold is bounded:
-//! - frames queued for the peer are counted in bytes ([`Outbox`]); past
+//! - frames queued for the peer are counted in bytes (the outbox); past
 //!   `max_queued_bytes` the calls wait to queue more (a subscription's guest
 //!   is not read further) and the reader stops taking envelopes, until the
 //!   peer reads. A peer that reads nothing is cut off by the transport's

@@ -68,8 +68,15 @@ impl IntoResponse for ApiError {
 }
 
 /// `details.retry_after_ms` in whole seconds, rounded up, for the
-/// `Retry-After` header.
+/// `Retry-After` header: only for the host's own refusals, never for a
+/// plugin's error, whatever its details say.
 fn retry_after(error: &CallError) -> Option<u64> {
+    if !matches!(
+        error.code,
+        ErrorCode::ResourceExhausted | ErrorCode::Unavailable
+    ) {
+        return None;
+    }
     let ms = error.details.as_ref()?.get("retry_after_ms")?.as_u64()?;
     Some(ms.div_ceil(1000).max(1))
 }

@@ -106,6 +106,17 @@ impl From<bindings::CallError> for GuestError {
     }
 }
 
+/// A domain error the guest returned, held to `output_bytes` like any
+/// output: its code, message and details together. Checked before the
+/// details are parsed, so an oversized error costs no more than its bytes.
+pub(super) fn guest_failure(e: bindings::CallError, output_bytes: usize) -> InvokeError {
+    let size = e.code.len() + e.message.len() + e.details.as_ref().map_or(0, String::len);
+    if size > output_bytes {
+        return InvokeError::Limit(LimitHit::new("output_bytes", output_bytes));
+    }
+    InvokeError::Guest(e.into())
+}
+
 /// Why a call of a plugin failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -156,7 +167,10 @@ impl Plugin {
         invocation: &Invocation,
         cpu: CpuBudget,
     ) -> Result<Store<StoreState>, InvokeError> {
-        let slot = self.occupancy.instance().map_err(InvokeError::Limit)?;
+        let slot = self
+            .occupancy
+            .instance(&invocation.tenant)
+            .map_err(InvokeError::Limit)?;
         let runtime = &self.runtime.inner;
         let fuel = self.limits.fuel.filter(|_| runtime.config.fuel);
         let state = StoreState::new(self, invocation, cpu, fuel, runtime.live.enter(), slot);
@@ -231,7 +245,7 @@ impl Plugin {
                 LimitHit::new("output_bytes", self.limits.output_bytes),
             )),
             Ok(Ok(output)) => Ok(output),
-            Ok(Err(e)) => Err(InvokeError::Guest(e.into())),
+            Ok(Err(e)) => Err(guest_failure(e, self.limits.output_bytes)),
             Err(e) => Err(classify(&mut store, e)),
         }
     }

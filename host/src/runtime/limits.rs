@@ -1,7 +1,8 @@
 //! What one plugin may use, per call and at once.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -17,8 +18,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// | `cpu_ms` | 5,000 ms of guest execution per query or mutation | `TIMEOUT` |
 /// | `fuel` | none: no instruction budget (turning it on costs every call some speed) | `RESOURCE_EXHAUSTED` |
 /// | `output_bytes` | 4 MiB per call output and per subscription item | `RESOURCE_EXHAUSTED` |
-/// | `max_instances` | 64 instances of this plugin alive at once | `RESOURCE_EXHAUSTED` |
-/// | `max_subscriptions` | 64 open subscriptions of this plugin | `RESOURCE_EXHAUSTED` |
+/// | `max_instances` | 64 instances of this plugin alive at once, for each calling tenant | `RESOURCE_EXHAUSTED` |
+/// | `max_subscriptions` | 64 open subscriptions of this plugin, for each calling tenant | `RESOURCE_EXHAUSTED` |
 /// | `item_cpu_ms` | 1,000 ms of guest execution per subscription item | `TIMEOUT` |
 /// | `idle_ms` | 60,000 ms without an item ends a subscription | `TIMEOUT` |
 /// | `output_capture_bytes` | 64 KiB of stdout and of stderr kept per call | (the rest is dropped) |
@@ -38,9 +39,9 @@ pub struct PluginLimits {
     pub fuel: Option<u64>,
     /// Largest output of a call, and largest item of a subscription, in bytes.
     pub output_bytes: usize,
-    /// Instances of this plugin alive at once.
+    /// Instances of this plugin alive at once, for each calling tenant.
     pub max_instances: u32,
-    /// Open subscriptions of this plugin.
+    /// Open subscriptions of this plugin, for each calling tenant.
     pub max_subscriptions: u32,
     /// Guest execution allowed to produce one subscription item, in milliseconds.
     pub item_cpu_ms: u64,
@@ -113,46 +114,86 @@ pub(crate) struct Dropped {
     pub(crate) output_bytes: AtomicU64,
 }
 
-/// The per-plugin counters of what is open right now.
+/// What one plugin has open right now, counted per calling tenant: each
+/// tenant has the plugin's whole `max_instances` and `max_subscriptions` to
+/// itself, so a tenant filling its share never refuses another. (A tenant's
+/// own plugins are called by that tenant alone; for a shared plugin this is
+/// what keeps tenants apart. The host-wide and per-tenant instance caps
+/// bound the sum.)
 #[derive(Debug)]
 pub(crate) struct Occupancy {
+    limits: (u32, u32),
+    shares: Mutex<HashMap<String, Arc<Share>>>,
+}
+
+/// One tenant's share of a plugin.
+#[derive(Debug)]
+struct Share {
     instances: Arc<Semaphore>,
     subscriptions: Arc<Semaphore>,
-    limits: (u32, u32),
 }
 
 impl Occupancy {
     pub(crate) fn new(limits: &PluginLimits) -> Self {
         Self {
-            instances: Arc::new(Semaphore::new(limits.max_instances as usize)),
-            subscriptions: Arc::new(Semaphore::new(limits.max_subscriptions as usize)),
             limits: (limits.max_instances, limits.max_subscriptions),
+            shares: Mutex::default(),
         }
     }
 
-    /// A slot for one more instance, or the limit that is full. Never waits:
-    /// a full plugin answers at once instead of queueing without bound.
-    pub(crate) fn instance(&self) -> Result<OwnedSemaphorePermit, LimitHit> {
-        self.instances
+    /// `tenant`'s share, made on its first call. Tenants are the host's
+    /// configured ones, so the map stays small.
+    fn share(&self, tenant: &str) -> Arc<Share> {
+        let mut shares = self.shares.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(share) = shares.get(tenant) {
+            return share.clone();
+        }
+        let share = Arc::new(Share {
+            instances: Arc::new(Semaphore::new(self.limits.0 as usize)),
+            subscriptions: Arc::new(Semaphore::new(self.limits.1 as usize)),
+        });
+        shares.insert(tenant.to_owned(), share.clone());
+        share
+    }
+
+    /// A slot for one more instance for `tenant`, or the limit that is
+    /// full. Never waits: a full plugin answers at once instead of queueing
+    /// without bound.
+    pub(crate) fn instance(&self, tenant: &str) -> Result<OwnedSemaphorePermit, LimitHit> {
+        self.share(tenant)
+            .instances
             .clone()
             .try_acquire_owned()
             .map_err(|_| LimitHit::new("max_instances", self.limits.0))
     }
 
-    pub(crate) fn instances_in_use(&self) -> u32 {
-        in_use(&self.instances, self.limits.0)
-    }
-
-    pub(crate) fn subscriptions_open(&self) -> u32 {
-        in_use(&self.subscriptions, self.limits.1)
-    }
-
-    /// A slot for one more open subscription, or the limit that is full.
-    pub(crate) fn subscription(&self) -> Result<OwnedSemaphorePermit, LimitHit> {
-        self.subscriptions
+    /// A slot for one more open subscription for `tenant`, or the limit
+    /// that is full.
+    pub(crate) fn subscription(&self, tenant: &str) -> Result<OwnedSemaphorePermit, LimitHit> {
+        self.share(tenant)
+            .subscriptions
             .clone()
             .try_acquire_owned()
             .map_err(|_| LimitHit::new("max_subscriptions", self.limits.1))
+    }
+
+    /// Instances alive for `tenant`, or for every tenant.
+    pub(crate) fn instances_in_use(&self, tenant: Option<&str>) -> u32 {
+        self.sum(tenant, |share| in_use(&share.instances, self.limits.0))
+    }
+
+    /// Subscriptions open for `tenant`, or for every tenant.
+    pub(crate) fn subscriptions_open(&self, tenant: Option<&str>) -> u32 {
+        self.sum(tenant, |share| in_use(&share.subscriptions, self.limits.1))
+    }
+
+    fn sum(&self, tenant: Option<&str>, count: impl Fn(&Share) -> u32) -> u32 {
+        let shares = self.shares.lock().unwrap_or_else(PoisonError::into_inner);
+        shares
+            .iter()
+            .filter(|(owner, _)| tenant.is_none_or(|tenant| tenant == owner.as_str()))
+            .map(|(_, share)| count(share))
+            .sum()
     }
 }
 

@@ -13,6 +13,7 @@ mod grants;
 mod invoke;
 mod lanes;
 mod limits;
+mod manifest;
 mod output;
 mod plugin;
 mod state;
@@ -34,6 +35,7 @@ pub use grants::{
 };
 pub use invoke::{GuestError, Invocation, InvokeError, NestedCalls, NestedItems};
 pub use limits::{LimitHit, PluginLimits};
+pub use manifest::ManifestLimits;
 pub use plugin::{LoadOptions, Plugin};
 pub(crate) use state::StoreState;
 pub use subscription::Subscription;
@@ -54,6 +56,7 @@ use state::LiveCounter;
 /// | `fuel` | off: when on, every call counts instructions (for plugins with a `fuel` limit), which costs some speed |
 /// | `enforce_limits` | on |
 /// | `cpu_lanes` | one fewer than the machine's cores, at least one: how many CPU-bound guests run at once |
+/// | `manifest` | what a plugin may declare: [`ManifestLimits`] |
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
     /// Most instances alive at once, across all plugins.
@@ -77,6 +80,8 @@ pub struct RuntimeConfig {
     /// How many guests that have run for more than a tick or two may run at
     /// once; the other executor workers stay free for short calls.
     pub cpu_lanes: usize,
+    /// What a plugin may declare: operations, schema sizes and complexity.
+    pub manifest: ManifestLimits,
 }
 
 impl Default for RuntimeConfig {
@@ -92,6 +97,7 @@ impl Default for RuntimeConfig {
             cpu_lanes: std::thread::available_parallelism()
                 .map_or(1, |cores| cores.get().saturating_sub(1))
                 .max(1),
+            manifest: ManifestLimits::default(),
         }
     }
 }

@@ -1,17 +1,17 @@
 //! A loaded plugin: its pre-instantiated component, its checked manifest and
 //! its limits.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde_json::Value;
 
-use super::bindings::{self, OpType as WitOpType};
+use super::bindings;
 use super::grants::{Grants, OutboundGrant};
 use super::invoke::{Invocation, InvokeError};
 use super::limits::{Dropped, Occupancy, PluginLimits};
+use super::manifest::check_operations;
 use super::trap::classify;
 use super::{LoadError, Runtime, StoreState};
 use crate::registry::{self, AccessControl, Handler, OpType, Operation, OperationSpec, Visibility};
@@ -105,7 +105,7 @@ impl Plugin {
         }
         plugin.name = Arc::from(name);
         plugin.version = manifest.version;
-        plugin.ops = check_operations(manifest.operations)?;
+        plugin.ops = check_operations(manifest.operations, &plugin.runtime.inner.config.manifest)?;
         Ok(Arc::new(plugin))
     }
 
@@ -161,9 +161,14 @@ impl Plugin {
         &self.imports
     }
 
-    /// Instances of this plugin alive now.
+    /// Instances of this plugin alive now, for every tenant.
     pub fn live_instances(&self) -> u32 {
-        self.occupancy.instances_in_use()
+        self.occupancy.instances_in_use(None)
+    }
+
+    /// Instances of this plugin alive now for calls of `tenant`.
+    pub fn live_instances_for(&self, tenant: &str) -> u32 {
+        self.occupancy.instances_in_use(Some(tenant))
     }
 
     /// Log lines this plugin's calls wrote past their `log_lines` limit.
@@ -176,9 +181,14 @@ impl Plugin {
         self.dropped.output_bytes.load(Ordering::Relaxed)
     }
 
-    /// Subscriptions of this plugin open now.
+    /// Subscriptions of this plugin open now, for every tenant.
     pub fn open_subscriptions(&self) -> u32 {
-        self.occupancy.subscriptions_open()
+        self.occupancy.subscriptions_open(None)
+    }
+
+    /// Subscriptions of this plugin open now for calls of `tenant`.
+    pub fn open_subscriptions_for(&self, tenant: &str) -> u32 {
+        self.occupancy.subscriptions_open(Some(tenant))
     }
 
     /// The plugin's operations, ready for the registry, named
@@ -211,56 +221,6 @@ impl Plugin {
             })
             .collect()
     }
-}
-
-/// Checks what `describe` returned: valid and unique names, schemas that are
-/// JSON and compile.
-fn check_operations(specs: Vec<bindings::OperationSpec>) -> Result<Vec<PluginOp>, LoadError> {
-    let mut seen = HashSet::new();
-    let mut ops = Vec::with_capacity(specs.len());
-    for spec in specs {
-        if !registry::is_valid_segment(&spec.name) {
-            return Err(LoadError::Manifest(format!(
-                "operation name `{}` is not valid ([a-z0-9_-]+)",
-                spec.name
-            )));
-        }
-        if !seen.insert(spec.name.clone()) {
-            return Err(LoadError::Manifest(format!(
-                "operation `{}` is listed twice",
-                spec.name
-            )));
-        }
-        let schema = |which: &str, text: &str| -> Result<Value, LoadError> {
-            let value: Value = serde_json::from_str(text).map_err(|e| {
-                LoadError::Manifest(format!(
-                    "the {which} schema of `{}` is not JSON: {e}",
-                    spec.name
-                ))
-            })?;
-            jsonschema::validator_for(&value).map_err(|e| {
-                LoadError::Manifest(format!(
-                    "the {which} schema of `{}` does not compile: {e}",
-                    spec.name
-                ))
-            })?;
-            Ok(value)
-        };
-        ops.push(PluginOp {
-            input_schema: schema("input", &spec.input_schema)?,
-            output_schema: schema("output", &spec.output_schema)?,
-            op_type: match spec.op_type {
-                WitOpType::Query => OpType::Query,
-                WitOpType::Mutation => OpType::Mutation,
-                WitOpType::Subscription => OpType::Subscription,
-            },
-            name: spec.name,
-            description: spec.description,
-            internal: spec.internal,
-            required_scopes: spec.required_scopes,
-        });
-    }
-    Ok(ops)
 }
 
 /// A failed `describe`, for the operator: with the guest's panic message when

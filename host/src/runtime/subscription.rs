@@ -21,7 +21,7 @@ use wasmtime::StoreContextMut;
 use wasmtime::component::{Source, StreamConsumer, StreamResult};
 
 use super::bindings;
-use super::invoke::{GuestError, Invocation, InvokeError};
+use super::invoke::{GuestError, Invocation, InvokeError, guest_failure};
 use super::limits::LimitHit;
 use super::plugin::Plugin;
 use super::state::StoreState;
@@ -40,7 +40,10 @@ impl Plugin {
         op: &str,
         input: String,
     ) -> Result<Subscription, InvokeError> {
-        let slot = self.occupancy.subscription().map_err(InvokeError::Limit)?;
+        let slot = self
+            .occupancy
+            .subscription(&invocation.tenant)
+            .map_err(InvokeError::Limit)?;
         let item_cpu = Duration::from_millis(self.limits.item_cpu_ms);
         let budget = self.budget("item_cpu_ms", item_cpu);
         let (started_tx, started_rx) = oneshot::channel::<()>();
@@ -184,7 +187,7 @@ impl Stream for Subscription {
                         LimitHit::new("output_bytes", this.output_bytes),
                     )),
                     Ok(text) => Ok(text),
-                    Err(e) => Err(InvokeError::Guest(e.into())),
+                    Err(e) => Err(guest_failure(e, this.output_bytes)),
                 };
                 if item.is_err() {
                     // An error is terminal: stop the guest now.

@@ -78,8 +78,7 @@ struct FannedOut {
 }
 
 async fn fan_out(ctx: Context, input: FanOut) -> Result<FannedOut> {
-    let calls =
-        (0..input.count).map(|_| ctx.call::<_, Value>(&input.operation, &input.input));
+    let calls = (0..input.count).map(|_| ctx.call::<_, Value>(&input.operation, &input.input));
     let mut out = FannedOut {
         ok: 0,
         errors: Vec::new(),
@@ -126,9 +125,17 @@ fn plugin() -> Plugin {
             "Yields `ok` items, then fails.",
             error_stream,
         )
-        .query("fatal-flood", "Reports `count` fatal messages.", fatal_flood)
+        .query(
+            "fatal-flood",
+            "Reports `count` fatal messages.",
+            fatal_flood,
+        )
         .query("fan-out", "Makes `count` nested calls at once.", fan_out)
-        .query("big-input", "Calls echo/echo with a large input.", big_input)
+        .query(
+            "big-input",
+            "Makes one nested call with a large input.",
+            big_input,
+        )
         .mutation("bucket", "Fills a bucket with a long name.", bucket)
 }
 

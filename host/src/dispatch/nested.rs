@@ -1,0 +1,193 @@
+//! The calls a plugin makes from inside a call (`opbox:plugin/invoke`):
+//! through the dispatcher, as the same caller, within what is left of the
+//! deadline, one level deeper, at most `max_nested_calls` open at once, each
+//! input held to the wire's size limit.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::task::AbortOnDropHandle;
+
+use super::{CallRequest, Dispatcher, Identity, Origin, new_request_id};
+use crate::error::{CallError, ErrorCode};
+use crate::runtime::{GuestError, Invocation, NestedCalls, NestedItems};
+
+/// What a plugin's call runs with: who for, how long, and the way back into
+/// the dispatcher for the calls it makes.
+pub(super) fn invocation(
+    dispatcher: &Dispatcher,
+    request: &CallRequest,
+    deadline: Duration,
+) -> Invocation {
+    Invocation {
+        request_id: request.request_id.clone(),
+        tenant: request.identity.tenant.clone(),
+        caller_id: request.identity.id.clone(),
+        scopes: request.identity.scopes.clone(),
+        deadline,
+        nested: Some(Arc::new(Nested {
+            dispatcher: dispatcher.clone(),
+            identity: request.identity.clone(),
+            deadline: Instant::now() + deadline,
+            depth: request.origin.depth() + 1,
+            open: Arc::new(Semaphore::new(
+                dispatcher.inner.config.max_nested_calls as usize,
+            )),
+        })),
+    }
+}
+
+/// The calls a plugin makes from inside one call: by the same caller, within
+/// what is left of its deadline, one level deeper.
+#[derive(Debug)]
+struct Nested {
+    dispatcher: Dispatcher,
+    identity: Identity,
+    deadline: Instant,
+    depth: u32,
+    /// The calls and subscriptions the call may still have open at once.
+    open: Arc<Semaphore>,
+}
+
+impl Nested {
+    /// A place for one more nested call, and its input checked against the
+    /// wire's size limit.
+    fn admit(&self, input: &str) -> Result<OwnedSemaphorePermit, GuestError> {
+        let config = &self.dispatcher.inner.config;
+        if input.len() > config.max_input_bytes {
+            return Err(guest_error(
+                CallError::invalid_input(format!(
+                    "a nested call's input of {} bytes is over the limit of {}",
+                    input.len(),
+                    config.max_input_bytes
+                ))
+                .with_details(json!({"limit": "max_input_bytes", "value": config.max_input_bytes})),
+            ));
+        }
+        self.open.clone().try_acquire_owned().map_err(|_| {
+            guest_error(
+                CallError::new(
+                    ErrorCode::ResourceExhausted,
+                    format!(
+                        "a call may have {} nested calls open at once",
+                        config.max_nested_calls
+                    ),
+                )
+                .with_details(
+                    json!({"limit": "max_nested_calls", "value": config.max_nested_calls}),
+                ),
+            )
+        })
+    }
+
+    /// The request for a nested call of `operation`; its input is parsed by
+    /// [`parse_input`] on the nested call's task.
+    fn request(&self, operation: String) -> CallRequest {
+        CallRequest {
+            request_id: new_request_id(),
+            operation,
+            input: Value::Null,
+            deadline: Some(self.deadline.saturating_duration_since(Instant::now())),
+            identity: self.identity.clone(),
+            origin: Origin::Nested { depth: self.depth },
+        }
+    }
+}
+
+fn parse_input(input: &str) -> Result<Value, CallError> {
+    serde_json::from_str(input)
+        .map_err(|e| CallError::invalid_input(format!("the input is not JSON: {e}")))
+}
+
+fn guest_error(e: CallError) -> GuestError {
+    GuestError {
+        code: e.code.as_str().to_owned(),
+        message: e.message,
+        details: e.details,
+    }
+}
+
+// A nested call runs on a task of its own: its store cannot be driven from
+// inside the caller's (wasmtime refuses nested event loops). Dropping the
+// task's handle, as happens when the caller is aborted, aborts the task and
+// so the nested call and everything below it.
+impl NestedCalls for Nested {
+    fn call(
+        &self,
+        operation: String,
+        input: String,
+    ) -> BoxFuture<'static, Result<String, GuestError>> {
+        let open = match self.admit(&input) {
+            Ok(open) => open,
+            Err(e) => return futures::future::ready(Err(e)).boxed(),
+        };
+        let (dispatcher, request) = (self.dispatcher.clone(), self.request(operation));
+        let task = AbortOnDropHandle::new(tokio::spawn(async move {
+            let _open = open;
+            let input = parse_input(&input)?;
+            dispatcher.call(CallRequest { input, ..request }).await
+        }));
+        async move {
+            let output = task.await.unwrap_or_else(|_| Err(CallError::internal()));
+            output.map(|output| output.to_string()).map_err(guest_error)
+        }
+        .boxed()
+    }
+
+    fn subscribe(
+        &self,
+        operation: String,
+        input: String,
+    ) -> BoxFuture<'static, Result<NestedItems, GuestError>> {
+        let open = match self.admit(&input) {
+            Ok(open) => open,
+            Err(e) => return futures::future::ready(Err(e)).boxed(),
+        };
+        let (dispatcher, request) = (self.dispatcher.clone(), self.request(operation));
+        let (started, started_rx) = tokio::sync::oneshot::channel();
+        // One item at a time: the subscription runs at most an item ahead
+        // of the guest reading it.
+        let (items, items_rx) = tokio::sync::mpsc::channel(1);
+        let task = AbortOnDropHandle::new(tokio::spawn(async move {
+            let _open = open;
+            let subscribed = match parse_input(&input) {
+                Ok(input) => dispatcher.subscribe(CallRequest { input, ..request }).await,
+                Err(e) => Err(e),
+            };
+            let mut outputs = match subscribed {
+                Ok(outputs) => {
+                    let _ = started.send(Ok(()));
+                    outputs
+                }
+                Err(e) => {
+                    let _ = started.send(Err(e));
+                    return;
+                }
+            };
+            while let Some(item) = outputs.next().await {
+                let last = item.is_err();
+                if items.send(item).await.is_err() || last {
+                    return;
+                }
+            }
+        }));
+        async move {
+            started_rx
+                .await
+                .unwrap_or_else(|_| Err(CallError::internal()))
+                .map_err(guest_error)?;
+            let outputs = tokio_stream::wrappers::ReceiverStream::new(items_rx).map(move |item| {
+                // The stream owns the task: dropping it aborts the
+                // subscription.
+                let _task = &task;
+                item.map(|output| output.to_string()).map_err(guest_error)
+            });
+            Ok(outputs.boxed())
+        }
+        .boxed()
+    }
+}
