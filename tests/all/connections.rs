@@ -161,6 +161,40 @@ async fn half_sent_frames_and_idle_connections_are_closed() {
 }
 
 #[tokio::test]
+async fn a_websocket_message_begun_must_be_finished_in_time() {
+    let host = TestHost::with_config(|config| config.envelope.frame_timeout_ms = 300).await;
+    let url = host.url("/call").replace("http://", "ws://");
+    let stream = TcpStream::connect(host.addr).await.unwrap();
+    let (mut socket, _) = tokio_tungstenite::client_async(&url, stream).await.unwrap();
+    // A call open on the connection, so it is not idle …
+    let call = json!({"type": "call.requested", "id": "t",
+        "payload": {"operationId": "ticker/count", "input": {"to": 2, "every_ms": 5000}}});
+    socket.send(Message::text(call.to_string())).await.unwrap();
+    // … and a binary message of 100 bytes of which 10 are sent (masked with
+    // a zero key).
+    let mut partial = vec![0x82, 0x80 | 100, 0, 0, 0, 0];
+    partial.extend_from_slice(&[b' '; 10]);
+    socket.get_mut().write_all(&partial).await.unwrap();
+    let error = loop {
+        if let Message::Binary(bytes) = socket.next().await.unwrap().unwrap() {
+            let envelope: Value = serde_json::from_slice(&bytes).unwrap();
+            if envelope["id"] == "" {
+                break envelope;
+            }
+        }
+    };
+    assert!(is(&error, "call.error", ""), "{error}");
+    assert_eq!(error["payload"]["code"], "INVALID_FRAME");
+    assert!(
+        error["payload"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not finished within 300 ms"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
 async fn connections_are_capped_per_address_and_in_all() {
     let host = TestHost::with_config(|config| {
         config.connections.max_connections = 4;

@@ -231,3 +231,81 @@ async fn responses_are_capped_and_stalled_upstreams_time_out() {
     );
     assert_eq!(host.wait_for_live(0, Duration::from_secs(10)).await, 0);
 }
+
+#[tokio::test]
+async fn a_granted_name_reaches_the_hosts_own_network_only_when_the_grant_says_so() {
+    let addr = upstream(Arc::new(Notify::new())).await;
+    let by_name = |allow_internal| Grants {
+        allowed_outbound_hosts: vec![format!("http://localhost:{}", addr.port())],
+        outbound_timeout_ms: Some(2000),
+        outbound_allow_internal: allow_internal,
+        ..Grants::default()
+    };
+    let host = TestHost::with_config(|config| {
+        config.plugins.push(relay("outside", by_name(false)));
+        config.plugins.push(relay("inside", by_name(true)));
+    })
+    .await;
+    let url = json!({"url": format!("http://localhost:{}/hello", addr.port())});
+    // `localhost` is granted, but it resolves to a loopback address: the
+    // grant names a host, not the host's own network.
+    let (status, body) = host.call("outside/fetch", url.clone()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["code"], "HTTP_FAILED", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Prohibited"),
+        "{body}"
+    );
+    let (status, body) = host.call("inside/fetch", url).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["output"]["body"], "hello from upstream");
+}
+
+#[tokio::test]
+async fn a_plugins_requests_in_flight_are_capped() {
+    let addr = upstream(Arc::new(Notify::new())).await;
+    let host = TestHost::with_config(|config| {
+        config.plugins.push(relay(
+            "relay",
+            Grants {
+                allowed_outbound_hosts: vec![format!("http://127.0.0.1:{}", addr.port())],
+                outbound_timeout_ms: Some(1500),
+                outbound_max_requests: Some(1),
+                ..Grants::default()
+            },
+        ));
+    })
+    .await;
+    let url = |path: &str| json!({"url": format!("http://127.0.0.1:{}{path}", addr.port())});
+    // One exchange held open by a stalled upstream …
+    let stalled = {
+        let (client, call) = (host.client.clone(), host.url("/call"));
+        let input = url("/stall");
+        tokio::spawn(async move {
+            let body = json!({"operation": "relay/fetch", "input": input});
+            client.post(call).json(&body).send().await.unwrap().status()
+        })
+    };
+    // … leaves no room for a second, until it ends.
+    let refused = loop {
+        let (_, body) = host.call("relay/fetch", url("/hello")).await;
+        if body["error"]["code"] == "HTTP_FAILED" {
+            break body;
+        }
+        assert!(!stalled.is_finished(), "{body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("ConnectionLimitReached"),
+        "{refused}"
+    );
+    stalled.await.unwrap();
+    let (status, body) = host.call("relay/fetch", url("/hello")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}

@@ -4,11 +4,16 @@
 //! The upgrade is done here rather than by axum's extractor, so that the
 //! socket's buffers are ours to bound: incoming messages are held to the
 //! connection's frame limit (small unless the upgrade carried a valid bearer
-//! token), and replies go out in fragments of at most 64 KiB, which keeps
-//! the write buffer, automatic pongs included, within a fixed size however
-//! the peer behaves.
+//! token), a message begun must be finished within `frame_timeout`, and
+//! replies go out in fragments of at most 64 KiB, which keeps the write
+//! buffer, automatic pongs included, within a fixed size however the peer
+//! behaves.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -19,6 +24,8 @@ use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Sleep;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
@@ -68,11 +75,12 @@ pub(super) async fn upgrade(State(state): State<AppState>, mut request: Request)
             Ok(upgraded) => upgraded,
             Err(e) => return tracing::debug!("WebSocket upgrade failed: {e}"),
         };
+        let counted = Counted::new(TokioIo::new(upgraded));
+        let read = counted.read.clone();
         let socket =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(socket_config))
-                .await;
+            WebSocketStream::from_raw_socket(counted, Role::Server, Some(socket_config)).await;
         let (sink, stream) = socket.split();
-        let incoming = stream
+        let incoming = Finishing::new(stream, read, envelope.frame_timeout)
             .scan(false, |ended, message| {
                 let item = match message {
                     _ if *ended => None,
@@ -85,6 +93,9 @@ pub(super) async fn upgrade(State(state): State<AppState>, mut request: Request)
                         Some(Some(Inbound::Violation(format!(
                             "a message of {size} bytes is longer than this connection takes ({max_size} bytes)"
                         ))))
+                    }
+                    Err(WsError::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+                        Some(Some(Inbound::Violation(e.to_string())))
                     }
                     Err(_) => None,
                 };
@@ -136,6 +147,104 @@ fn handshake_key(headers: &HeaderMap) -> Option<String> {
                 .map(str::to_owned)
         })
         .flatten()
+}
+
+/// A socket that counts the bytes read from it.
+struct Counted<S> {
+    inner: S,
+    read: Arc<AtomicU64>,
+}
+
+impl<S> Counted<S> {
+    fn new(inner: S) -> Self {
+        Self {
+            inner,
+            read: Arc::default(),
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let read = (buf.filled().len() - before) as u64;
+        self.read.fetch_add(read, Ordering::Relaxed);
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The socket's messages, ending with a violation when bytes of a message
+/// have arrived and the message is not finished within `timeout`. A message
+/// (of any kind, pings included) marks everything read so far as finished.
+struct Finishing<M> {
+    messages: M,
+    read: Arc<AtomicU64>,
+    finished: u64,
+    timeout: Duration,
+    started: Option<Pin<Box<Sleep>>>,
+}
+
+impl<M> Finishing<M> {
+    fn new(messages: M, read: Arc<AtomicU64>, timeout: Duration) -> Self {
+        Self {
+            messages,
+            read,
+            finished: 0,
+            timeout,
+            started: None,
+        }
+    }
+}
+
+impl<M: futures::Stream<Item = Result<Message, WsError>> + Unpin> futures::Stream for Finishing<M> {
+    type Item = Result<Message, WsError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if let Poll::Ready(item) = this.messages.poll_next_unpin(cx) {
+            this.finished = this.read.load(Ordering::Relaxed);
+            this.started = None;
+            return Poll::Ready(item);
+        }
+        if this.read.load(Ordering::Relaxed) == this.finished {
+            return Poll::Pending;
+        }
+        let timeout = this.timeout;
+        let started = this
+            .started
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        ready!(started.as_mut().poll(cx));
+        Poll::Ready(Some(Err(WsError::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "a message was not finished within {} ms",
+                timeout.as_millis()
+            ),
+        )))))
+    }
 }
 
 /// A reply as WebSocket messages: one binary message, sent as frames of at

@@ -31,6 +31,15 @@ pub struct Grants {
     pub outbound_timeout_ms: Option<u64>,
     /// The largest response body, in bytes; 64 MiB when absent.
     pub outbound_max_response_bytes: Option<u64>,
+    /// Whether a granted host name may resolve to an address inside the
+    /// host's own networks (loopback, link-local, private). Off: only
+    /// patterns that name an address reach such addresses.
+    pub outbound_allow_internal: bool,
+    /// Exchanges the plugin may have open at once, all calls together; 64
+    /// when absent.
+    pub outbound_max_requests: Option<u32>,
+    /// Exchanges one call may have open at once; 8 when absent.
+    pub outbound_max_requests_per_call: Option<u32>,
 }
 
 /// One entry of `allowed_outbound_hosts`, parsed.
@@ -90,6 +99,12 @@ impl HostPattern {
         };
         self.scheme == scheme && host_ok && self.port.is_none_or(|p| p == port)
     }
+
+    /// Whether the pattern names an address (`http://127.0.0.1:*`) rather
+    /// than a host name: such a grant means that address, wherever it is.
+    pub fn names_address(&self) -> bool {
+        self.host.parse::<std::net::IpAddr>().is_ok()
+    }
 }
 
 /// The outbound HTTP policy of a plugin, ready to apply.
@@ -101,6 +116,13 @@ pub struct OutboundGrant {
     pub timeout: std::time::Duration,
     /// The largest response body.
     pub max_response_bytes: u64,
+    /// Whether host names may resolve to addresses inside the host's own
+    /// networks.
+    pub allow_internal: bool,
+    /// The plugin's exchanges open now, all calls together.
+    pub in_flight: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Exchanges one call may have open at once.
+    pub max_requests_per_call: u32,
 }
 
 /// A key-value store granted to a plugin, with its quota per tenant.
@@ -218,6 +240,11 @@ impl Grants {
             hosts: hosts.into(),
             timeout: std::time::Duration::from_millis(self.outbound_timeout_ms.unwrap_or(30_000)),
             max_response_bytes: self.outbound_max_response_bytes.unwrap_or(64 << 20),
+            allow_internal: self.outbound_allow_internal,
+            in_flight: std::sync::Arc::new(tokio::sync::Semaphore::new(
+                self.outbound_max_requests.unwrap_or(64) as usize,
+            )),
+            max_requests_per_call: self.outbound_max_requests_per_call.unwrap_or(8),
         })
     }
 
