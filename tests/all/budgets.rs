@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use opbox::config::PluginConfig;
 use opbox::runtime::{Grants, KeyvalueGrant};
-use opbox::tenants::{Quotas, TenantConfig, TokenConfig, hash_token_hex};
 use opbox::{Host, HostConfig};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -201,19 +200,7 @@ async fn a_plugin_declaring_thousands_of_operations_is_refused() {
 #[tokio::test]
 async fn each_tenant_has_its_own_share_of_a_shared_plugin() {
     let host = TestHost::with_config(|config| {
-        config.tenants = ["acme", "globex"]
-            .into_iter()
-            .map(|id| TenantConfig {
-                id: id.into(),
-                anonymous: false,
-                tokens: vec![TokenConfig {
-                    id: format!("{id}-user"),
-                    sha256: hash_token_hex(id),
-                    scopes: vec![],
-                }],
-                quotas: Quotas::default(),
-            })
-            .collect();
+        crate::util::two_tenants(config);
         let slow = config
             .plugins
             .iter_mut()

@@ -9,7 +9,7 @@ use opbox::runtime::{DirectoryGrant, Grants};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::util::TestHost;
+use crate::util::{TestHost, two_tenants};
 
 /// Mounts the built plugin `file` as `name`, with `dir` granted.
 fn with_directory(config: &mut HostConfig, file: &str, name: &str, dir: &Path, read_only: bool) {
@@ -268,24 +268,6 @@ async fn config_values_and_secrets_reach_only_their_plugin() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["error"]["code"], "CONFIG_DENIED");
     assert!(!body.to_string().contains("hello"));
-}
-
-/// Tenants `acme` and `globex`, each with one token: its own name.
-fn two_tenants(config: &mut HostConfig) {
-    use opbox::tenants::{Quotas, TenantConfig, TokenConfig, hash_token_hex};
-    config.tenants = ["acme", "globex"]
-        .iter()
-        .map(|id| TenantConfig {
-            id: (*id).into(),
-            anonymous: false,
-            tokens: vec![TokenConfig {
-                id: format!("{id}-user"),
-                sha256: hash_token_hex(id),
-                scopes: vec![],
-            }],
-            quotas: Quotas::default(),
-        })
-        .collect();
 }
 
 /// [`two_tenants`] and the `kv` example granted a store with `quota`, its

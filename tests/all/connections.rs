@@ -77,7 +77,8 @@ async fn a_peer_must_authenticate_before_sending_large_frames() {
 }
 
 #[tokio::test]
-async fn websockets_without_a_token_take_small_messages_and_replies_of_any_size() {
+async fn websockets_answer_in_text_take_small_messages_until_authenticated_and_replies_of_any_size()
+{
     let host = TestHost::with_config(with_token).await;
     let url = host.url("/call").replace("http://", "ws://");
     let big = "y".repeat(200 << 10);
@@ -89,19 +90,24 @@ async fn websockets_without_a_token_take_small_messages_and_replies_of_any_size(
 
     let (mut anonymous, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
     anonymous.send(call("a")).await.unwrap();
-    // Refused as too long; the socket is closed.
-    let mut refused = false;
+    // Refused as too long, and the socket is closed with 1009 (message too
+    // big).
+    let mut refused = None;
+    let mut close_code = None;
     while let Some(Ok(message)) = anonymous.next().await {
-        if let Message::Binary(bytes) = message {
-            let error: Value = serde_json::from_slice(&bytes).unwrap();
-            assert_eq!(error["payload"]["code"], "INVALID_FRAME", "{error}");
-            refused = true;
+        match message {
+            Message::Text(text) => refused = Some(serde_json::from_str::<Value>(&text).unwrap()),
+            Message::Close(frame) => close_code = frame.map(|f| u16::from(f.code)),
+            _ => {}
         }
     }
-    assert!(refused);
+    let refused = refused.expect("an INVALID_FRAME envelope, as text");
+    assert_eq!(refused["payload"]["code"], "INVALID_FRAME", "{refused}");
+    assert_eq!(close_code, Some(1009));
 
     // With a token on the upgrade, the same message goes through, and the
-    // reply of 200 KiB (sent in fragments) arrives whole.
+    // reply of 200 KiB (sent in fragments) arrives whole, as text, so a
+    // browser can `JSON.parse` it.
     let mut request = url.as_str().into_client_request().unwrap();
     request
         .headers_mut()
@@ -110,7 +116,8 @@ async fn websockets_without_a_token_take_small_messages_and_replies_of_any_size(
     socket.send(call("b")).await.unwrap();
     let reply = loop {
         match socket.next().await.unwrap().unwrap() {
-            Message::Binary(bytes) => break serde_json::from_slice::<Value>(&bytes).unwrap(),
+            Message::Text(text) => break serde_json::from_str::<Value>(&text).unwrap(),
+            Message::Binary(_) => panic!("replies are text"),
             _ => continue,
         }
     };
@@ -176,8 +183,8 @@ async fn a_websocket_message_begun_must_be_finished_in_time() {
     partial.extend_from_slice(&[b' '; 10]);
     socket.get_mut().write_all(&partial).await.unwrap();
     let error = loop {
-        if let Message::Binary(bytes) = socket.next().await.unwrap().unwrap() {
-            let envelope: Value = serde_json::from_slice(&bytes).unwrap();
+        if let Message::Text(text) = socket.next().await.unwrap().unwrap() {
+            let envelope: Value = serde_json::from_str(&text).unwrap();
             if envelope["id"] == "" {
                 break envelope;
             }

@@ -480,3 +480,21 @@ impl Server {
         self.wait().1
     }
 }
+
+/// Tenants `acme` and `globex`, each with one token: its own name.
+pub fn two_tenants(config: &mut HostConfig) {
+    use opbox::tenants::{Quotas, TenantConfig, TokenConfig, hash_token_hex};
+    config.tenants = ["acme", "globex"]
+        .iter()
+        .map(|id| TenantConfig {
+            id: (*id).into(),
+            anonymous: false,
+            tokens: vec![TokenConfig {
+                id: format!("{id}-user"),
+                sha256: hash_token_hex(id),
+                scopes: vec![],
+            }],
+            quotas: Quotas::default(),
+        })
+        .collect();
+}

@@ -20,7 +20,7 @@ use super::EnvelopeConfig;
 use super::session::{self, FrameLimit, Inbound};
 use super::wire;
 use crate::dispatch::Dispatcher;
-use crate::net::{ConnectionPermit, Connections, Guarded, Refusal};
+use crate::net::{self, ConnectionPermit, Connections, Guarded, Refusal};
 
 /// The codec of the TCP framing, refusing frames over `max_frame_bytes`.
 pub fn codec(max_frame_bytes: usize) -> LengthDelimitedCodec {
@@ -48,16 +48,7 @@ pub async fn serve(
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors and the like: keep serving
-                    // the connections already open.
-                    tracing::warn!(error = %e, "cannot accept a TCP connection");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = net::accept(&listener) => accepted,
             // Reap finished connections as they end.
             Some(_) = open.join_next(), if !open.is_empty() => continue,
             () = &mut shutdown => break,

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::dispatch::new_request_id;
-use crate::net::{ConnectionConfig, ConnectionPermit, Connections, Guarded, Refusal};
+use crate::net::{self, ConnectionConfig, ConnectionPermit, Connections, Guarded, Refusal};
 
 /// Serves `router` on `listener` until `shutdown` resolves; then stops
 /// accepting, lets each connection finish the request it is serving, and
@@ -46,16 +46,7 @@ pub async fn serve(
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors and the like: keep serving
-                    // the connections already open.
-                    tracing::warn!(error = %e, "cannot accept an HTTP connection");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = net::accept(&listener) => accepted,
             () = &mut shutdown => break,
         };
         let permit = match connections.admit(peer.ip()) {

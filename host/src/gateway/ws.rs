@@ -1,5 +1,6 @@
 //! `GET /call` upgraded to a WebSocket: the envelope protocol, one message
-//! per envelope (binary, or text holding the same JSON).
+//! per envelope (binary, or text holding the same JSON). Replies are always
+//! text messages.
 //!
 //! The upgrade is done here rather than by axum's extractor, so that the
 //! socket's buffers are ours to bound: incoming messages are held to the
@@ -9,9 +10,10 @@
 //! buffer, automatic pongs included, within a fixed size however the peer
 //! behaves.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -21,7 +23,7 @@ use axum::http::header::{CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UP
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
+use futures::{Sink, SinkExt, StreamExt};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -31,8 +33,9 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 
 use super::{ApiError, AppState, bearer};
 use crate::envelope::session::{self, FrameLimit, Inbound};
@@ -80,31 +83,42 @@ pub(super) async fn upgrade(State(state): State<AppState>, mut request: Request)
         let socket =
             WebSocketStream::from_raw_socket(counted, Role::Server, Some(socket_config)).await;
         let (sink, stream) = socket.split();
+        let manner = Arc::new(Manner::default());
         let incoming = Finishing::new(stream, read, envelope.frame_timeout)
-            .scan(false, |ended, message| {
-                let item = match message {
-                    _ if *ended => None,
-                    Ok(Message::Binary(bytes)) => Some(Some(Inbound::Frame(bytes))),
-                    Ok(Message::Text(text)) => Some(Some(Inbound::Frame(Bytes::from(text)))),
-                    Ok(Message::Close(_)) => None,
-                    // Pings are answered by the socket.
-                    Ok(_) => Some(None),
-                    Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size })) => {
-                        Some(Some(Inbound::Violation(format!(
-                            "a message of {size} bytes is longer than this connection takes ({max_size} bytes)"
-                        ))))
-                    }
-                    Err(WsError::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
-                        Some(Some(Inbound::Violation(e.to_string())))
-                    }
-                    Err(_) => None,
-                };
-                *ended = !matches!(item, Some(None | Some(Inbound::Frame(_))));
-                std::future::ready(item)
+            .scan(false, {
+                let manner = manner.clone();
+                move |ended, message| {
+                    let item = match message {
+                        _ if *ended => None,
+                        Ok(Message::Binary(bytes)) => Some(Some(Inbound::Frame(bytes))),
+                        Ok(Message::Text(text)) => Some(Some(Inbound::Frame(Bytes::from(text)))),
+                        Ok(Message::Close(_)) => None,
+                        // Pings are answered by the socket.
+                        Ok(_) => Some(None),
+                        Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size })) => {
+                            manner.close_with(CloseCode::Size);
+                            Some(Some(Inbound::Violation(format!(
+                                "a message of {size} bytes is longer than this connection takes ({max_size} bytes)"
+                            ))))
+                        }
+                        Err(WsError::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+                            manner.close_with(CloseCode::Policy);
+                            Some(Some(Inbound::Violation(e.to_string())))
+                        }
+                        Err(_) => None,
+                    };
+                    *ended = !matches!(item, Some(None | Some(Inbound::Frame(_))));
+                    std::future::ready(item)
+                }
             })
             .filter_map(std::future::ready)
             .boxed();
-        let outgoing = sink.with_flat_map(|bytes: Bytes| futures::stream::iter(fragments(bytes).map(Ok)));
+        let outgoing = Replies {
+            socket: sink,
+            pending: VecDeque::new(),
+            manner,
+            closing: false,
+        };
         session::serve(
             state.dispatcher,
             identity,
@@ -247,17 +261,78 @@ impl<M: futures::Stream<Item = Result<Message, WsError>> + Unpin> futures::Strea
     }
 }
 
-/// A reply as WebSocket messages: one binary message, sent as frames of at
-/// most [`FRAGMENT`] bytes.
+/// The close code a violation on one WebSocket calls for, once one has.
+#[derive(Debug, Default)]
+struct Manner {
+    close: AtomicU16,
+}
+
+impl Manner {
+    fn close_with(&self, code: CloseCode) {
+        self.close.store(code.into(), Ordering::Relaxed);
+    }
+}
+
+/// The session's side of the socket: each reply goes out as the frames of
+/// one message; closing sends the close frame a violation called for (1009
+/// for a message too long, 1008 for one not finished in time) first.
+struct Replies<S> {
+    socket: S,
+    /// Frames of the reply being sent.
+    pending: VecDeque<Message>,
+    manner: Arc<Manner>,
+    closing: bool,
+}
+
+impl<S: Sink<Message, Error = WsError> + Unpin> Sink<Bytes> for Replies<S> {
+    type Error = WsError;
+
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        let this = &mut *self;
+        while !this.pending.is_empty() {
+            ready!(this.socket.poll_ready_unpin(cx))?;
+            if let Some(frame) = this.pending.pop_front() {
+                this.socket.start_send_unpin(frame)?;
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn start_send(mut self: Pin<&mut Self>, reply: Bytes) -> Result<(), WsError> {
+        self.pending.extend(fragments(reply));
+        Ok(())
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        ready!(self.as_mut().poll_ready(cx))?;
+        self.socket.poll_flush_unpin(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        ready!(self.as_mut().poll_ready(cx))?;
+        let code = self.manner.close.load(Ordering::Relaxed);
+        if code != 0 && !self.closing {
+            ready!(self.socket.poll_ready_unpin(cx))?;
+            self.socket
+                .start_send_unpin(Message::Close(Some(CloseFrame {
+                    code: CloseCode::from(code),
+                    reason: "".into(),
+                })))?;
+            self.closing = true;
+        }
+        self.socket.poll_close_unpin(cx)
+    }
+}
+
+/// A reply as WebSocket messages: one text message (an envelope is UTF-8
+/// JSON, and a browser gets a string it can `JSON.parse`), sent as frames of
+/// at most [`FRAGMENT`] bytes.
 fn fragments(bytes: Bytes) -> impl Iterator<Item = Message> {
     let len = bytes.len();
     let count = len.div_ceil(FRAGMENT).max(1);
     (0..count).map(move |n| {
-        if count == 1 {
-            return Message::Binary(bytes.clone());
-        }
         let chunk = bytes.slice(n * FRAGMENT..((n + 1) * FRAGMENT).min(len));
-        let opcode = if n == 0 { Data::Binary } else { Data::Continue };
+        let opcode = if n == 0 { Data::Text } else { Data::Continue };
         Message::Frame(Frame::message(chunk, OpCode::Data(opcode), n + 1 == count))
     })
 }

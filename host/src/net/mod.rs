@@ -17,7 +17,10 @@
 mod admission;
 mod guarded;
 
+use std::net::SocketAddr;
 use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
 
 pub use admission::{ConnectionPermit, Connections, Refusal};
 pub use guarded::Guarded;
@@ -82,4 +85,19 @@ pub fn raise_fd_limit(connections: &ConnectionConfig) -> Option<u64> {
         );
     }
     Some(limit)
+}
+
+/// The next connection on `listener`. Failures to accept (out of file
+/// descriptors, mostly) are logged and retried after a pause, so the
+/// connections already open keep being served.
+pub async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(accepted) => return accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot accept a connection");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
 }
