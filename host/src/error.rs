@@ -176,3 +176,13 @@ impl CallError {
 
 /// The result of a call.
 pub type Result<T, E = CallError> = std::result::Result<T, E>;
+
+/// `text`, cut to at most `max` bytes on a character boundary: for log lines
+/// whose length a guest or caller chooses.
+pub(crate) fn cut(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}

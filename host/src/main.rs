@@ -75,9 +75,10 @@ enum TokenCommand {
         /// The scopes it grants, comma-separated.
         #[arg(long, value_delimiter = ',')]
         scopes: Vec<String>,
-        /// Who holds it: the caller id logs and plugins see.
-        #[arg(long, default_value_t = default_token_id())]
-        id: String,
+        /// Who holds it: the caller id logs and plugins see [default:
+        /// `token-` and 8 random hex digits].
+        #[arg(long)]
+        id: Option<String>,
     },
 }
 
@@ -139,7 +140,7 @@ fn main() -> ExitCode {
             Command::Call(remote) => call(remote, false).await,
             Command::Subscribe(remote) => call(remote, true).await,
             Command::Token(TokenCommand::New { tenant, scopes, id }) => {
-                new_token(&tenant, &scopes, &id)
+                new_token(&tenant, &scopes, &id.unwrap_or_else(default_token_id))
             }
         }
     });

@@ -250,3 +250,60 @@ fn inspect_of_a_missing_or_invalid_file_is_one_clear_line() {
     assert_one_line_failure(&output, "not a valid opbox plugin component");
     assert!(Path::new(&bogus).exists());
 }
+
+#[test]
+fn token_new_help_is_the_same_every_time() {
+    let help = || opbox().args(["token", "new", "--help"]).output().unwrap();
+    let (first, second) = (help(), help());
+    assert!(first.status.success());
+    assert_eq!(first.stdout, second.stdout);
+    assert!(String::from_utf8_lossy(&first.stdout).contains("`token-` and 8 random hex digits"));
+}
+
+#[tokio::test]
+async fn every_call_refused_or_failed_has_a_log_line_with_its_cause() {
+    let config = format!(
+        "listen = \"127.0.0.1:0\"\ntcp_listen = \"127.0.0.1:0\"\n\
+         [[tenants]]\nid = \"acme\"\n[[tenants.tokens]]\nid = \"ci\"\nsha256 = \"{}\"\n\
+         [[plugins]]\npath = {:?}\n",
+        opbox::tenants::hash_token_hex("opbox_test_logs"),
+        opbox::bundled::built_plugin("fixture-panic"),
+    );
+    let server = crate::util::Server::start(&config);
+    let client = reqwest::Client::new();
+    // Refused at the gateway: no token.
+    let refused = server
+        .call(&client, "echo/echo", serde_json::json!(1))
+        .await;
+    assert_eq!(refused["error"]["code"], "UNAUTHORIZED");
+    // Refused on an envelope connection.
+    let mut tcp = crate::util::Frames::at(server.tcp.as_deref().unwrap()).await;
+    tcp.call("1", "echo/echo", serde_json::json!(1)).await;
+    assert_eq!(tcp.next().await.unwrap()["payload"]["code"], "UNAUTHORIZED");
+    // A panic.
+    let failed = client
+        .post(format!("{}/call", server.url))
+        .bearer_auth("opbox_test_logs")
+        .json(&serde_json::json!({"operation": "fixture-panic/boom", "input": "kaboom"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(failed.status(), 500);
+    let log = server.kill();
+    let refusals: Vec<_> = log
+        .iter()
+        .filter(|l| l.contains("call refused") && l.contains("UNAUTHORIZED"))
+        .collect();
+    assert_eq!(refusals.len(), 2, "{log:#?}");
+    assert!(
+        refusals
+            .iter()
+            .any(|l| l.contains("transport=\"http\"") || l.contains("transport=http"))
+    );
+    let failure = log
+        .iter()
+        .find(|l| l.contains("PLUGIN_FAILED"))
+        .unwrap_or_else(|| panic!("{log:#?}"));
+    assert!(failure.contains("kaboom"), "{failure}");
+    assert!(failure.contains("trap="), "{failure}");
+}

@@ -4,6 +4,7 @@
 //! `log_lines` of them, `fatal` included (the rest are counted, and reported
 //! once).
 
+use crate::error::cut;
 use crate::runtime::StoreState;
 use crate::runtime::bindings::Level;
 use crate::runtime::bindings::opbox::plugin::{log, types};
@@ -18,7 +19,7 @@ impl log::Host for StoreState {
             return;
         }
         self.log_lines_left -= 1;
-        let message = truncate(&message, MAX_LINE);
+        let message = cut(&message, MAX_LINE);
         let (plugin, request_id, tenant) = (&*self.plugin, &*self.request_id, &*self.tenant);
         match level {
             Level::Trace => tracing::trace!(plugin, request_id, tenant, "{message}"),
@@ -32,7 +33,7 @@ impl log::Host for StoreState {
     /// Counts against `log_lines` like any line; the last message is kept
     /// either way, as the panic message of a call that traps.
     fn fatal(&mut self, message: String) {
-        let message = truncate(&message, MAX_LINE);
+        let message = cut(&message, MAX_LINE);
         self.fatal = Some(message.to_owned());
         if self.log_lines_left == 0 {
             self.log_lines_dropped += 1;
@@ -49,14 +50,3 @@ impl log::Host for StoreState {
 }
 
 impl types::Host for StoreState {}
-
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}

@@ -8,7 +8,7 @@ use futures::Stream;
 use serde_json::Value;
 
 use super::{CallRequest, OutputStream};
-use crate::error::CallError;
+use crate::error::{CallError, cut};
 
 /// Logs a call once, when it finishes; a call dropped before it finished is
 /// logged as aborted. The line names the tenant and the caller's id, never
@@ -38,31 +38,58 @@ impl CallLog {
 
     pub(super) fn finish(&mut self, error: Option<&CallError>) {
         self.done = true;
-        self.emit(error.map_or("ok", |e| e.code.as_str()));
+        self.emit(error.map_or("ok", |e| e.code.as_str()), error);
     }
 
-    fn emit(&self, status: &str) {
+    /// The call's line; a failure's carries its cause as the caller was told
+    /// it (the trap kind, the limit, the panic message), cut short.
+    fn emit(&self, status: &str, error: Option<&CallError>) {
         let duration_us = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        tracing::info!(
-            op = self.operation,
-            request_id = &*self.request_id,
-            tenant = self.tenant,
-            caller = self.caller.as_deref().unwrap_or("(anonymous)"),
-            status,
-            items = self.items,
-            duration_us,
-            "call"
-        );
+        let caller = self.caller.as_deref().unwrap_or("(anonymous)");
+        let (op, request_id, tenant, items) =
+            (&self.operation, &*self.request_id, &self.tenant, self.items);
+        match error {
+            None => tracing::info!(
+                op,
+                request_id,
+                tenant,
+                caller,
+                status,
+                items,
+                duration_us,
+                "call"
+            ),
+            Some(error) => {
+                let details = error.details.as_ref();
+                let detail = |key: &str| details.and_then(|d| d.get(key)).and_then(|v| v.as_str());
+                tracing::info!(
+                    op,
+                    request_id,
+                    tenant,
+                    caller,
+                    status,
+                    items,
+                    duration_us,
+                    cause = cut(&error.message, MAX_CAUSE),
+                    trap = detail("trap"),
+                    limit = detail("limit"),
+                    "call"
+                );
+            }
+        }
     }
 }
 
 impl Drop for CallLog {
     fn drop(&mut self) {
         if !self.done {
-            self.emit("aborted");
+            self.emit("aborted", None);
         }
     }
 }
+
+/// The most of an error's message a log line keeps.
+const MAX_CAUSE: usize = 512;
 
 /// A subscription's outputs, logged when the stream ends or is dropped.
 pub(super) struct Logged {

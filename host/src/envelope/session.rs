@@ -288,7 +288,15 @@ impl Session {
     fn try_start(&mut self, id: &str, mut payload: CallPayload) -> Option<CallError> {
         let identity = match self.caller(payload.auth_token.take()) {
             Ok(identity) => identity,
-            Err(error) => return Some(error),
+            Err(error) => {
+                tracing::info!(
+                    op = payload.operation_id,
+                    status = error.code.as_str(),
+                    transport = "envelope",
+                    "call refused: no valid bearer token"
+                );
+                return Some(error);
+            }
         };
         let mut open = lock(&self.open);
         if let Some((_, handle)) = open.calls.remove(id) {

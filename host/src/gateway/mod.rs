@@ -108,7 +108,16 @@ pub fn router(dispatcher: Dispatcher, config: GatewayConfig, websockets: TaskTra
 /// or an anonymous caller, or `UNAUTHORIZED` where anonymous callers are
 /// not taken.
 fn caller(state: &AppState, headers: &HeaderMap) -> Result<Identity, CallError> {
-    state.dispatcher.authenticate(bearer(headers))
+    state
+        .dispatcher
+        .authenticate(bearer(headers))
+        .inspect_err(|e| {
+            tracing::info!(
+                status = e.code.as_str(),
+                transport = "http",
+                "call refused: no valid bearer token"
+            )
+        })
 }
 
 /// The bearer token of `headers`, if they carry one. Anything else in
