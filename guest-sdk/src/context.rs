@@ -159,6 +159,6 @@ fn encode<I: Serialize + ?Sized>(operation: &str, input: &I) -> Result<String> {
 
 /// An output of `operation`, decoded.
 fn decode<O: DeserializeOwned>(operation: &str, output: &str) -> Result<O> {
-    serde_json::from_str(output)
+    crate::json::from_json(output)
         .map_err(|e| Error::internal(format!("unexpected output from `{operation}`: {e}")))
 }

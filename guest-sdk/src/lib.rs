@@ -117,6 +117,7 @@ pub mod config;
 mod context;
 mod error;
 pub mod http;
+mod json;
 pub mod keyvalue;
 pub mod log;
 mod plugin;

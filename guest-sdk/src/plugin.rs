@@ -269,7 +269,7 @@ fn schema_of<T: JsonSchema>() -> String {
 }
 
 fn decode<In: DeserializeOwned>(input: &str) -> Result<In> {
-    serde_json::from_str(input).map_err(|e| Error::invalid_input(e.to_string()))
+    crate::json::from_json(input).map_err(|e| Error::invalid_input(e.to_string()))
 }
 
 fn encode<Out: Serialize>(output: &Out) -> Result<String> {

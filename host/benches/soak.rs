@@ -47,7 +47,7 @@ const ATTACKER: &str = "opbox_soak_attacker";
 /// The victim's calls per second.
 const RATE: u64 = 200;
 /// How long the victim is measured alone.
-const BASELINE: Duration = Duration::from_secs(15);
+const BASELINE: Duration = Duration::from_secs(10);
 
 /// The host's configuration; `{plugins}` and `{data}` are filled in.
 const CONFIG: &str = r#"
@@ -113,13 +113,18 @@ fn main() {
     // Warm the caches and the pool first.
     runtime.block_on(victim(&http, Duration::from_secs(3)));
     let idle = rss_kib(host.id());
+    let cpu_before = cpu_secs(host.id());
     let alone = runtime.block_on(victim(&http, BASELINE));
+    let cpu_alone = cpu_secs(host.id()) - cpu_before;
     let attacker = Command::new(std::env::current_exe().unwrap())
         .env("OPBOX_SOAK_ATTACK", format!("{http} {tcp} {secs}"))
+        .env_remove("OPBOX_SOAK_BASELINE")
         .stdout(Stdio::inherit())
         .spawn()
         .unwrap();
+    let cpu_before = cpu_secs(host.id());
     let attacked = runtime.block_on(victim(&http, Duration::from_secs(secs)));
+    let cpu_attacked = cpu_secs(host.id()) - cpu_before;
     let attacker_exit = wait_child(attacker);
     std::thread::sleep(Duration::from_secs(2));
     let peak = hwm_kib(host.id());
@@ -144,6 +149,10 @@ fn main() {
         attacked.percentile(0.99) / alone.percentile(0.99)
     );
     println!();
+    println!(
+        "host CPU: {cpu_alone:.1} s in {} s alone, {cpu_attacked:.1} s in {secs} s under attack",
+        BASELINE.as_secs()
+    );
     println!(
         "host resident memory: idle {} MiB, peak {} MiB, after {} MiB",
         idle / 1024,
@@ -195,6 +204,25 @@ fn proc_status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time the process has used, user and system, in seconds.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name, which is in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of stat; 11 and 12 after the name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 fn rss_kib(pid: u32) -> u64 {
     proc_status_kib(pid, "VmRSS:")
 }
@@ -226,7 +254,12 @@ impl Run {
 /// each call on its own task (an open loop: a slow answer does not slow the
 /// next call down).
 async fn victim(http: &str, duration: Duration) -> Run {
-    let client = reqwest::Client::new();
+    // From an address of its own, as a real victim would be: the attacker's
+    // connections count against the attacker's address.
+    let client = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap();
     let url = format!("http://{http}/call");
     let mut ticks = tokio::time::interval(Duration::from_micros(1_000_000 / RATE));
     let end = Instant::now() + duration;
@@ -246,9 +279,10 @@ async fn victim(http: &str, duration: Duration) -> Run {
             match sent {
                 Ok(response) if response.status().is_success() => {
                     let _ = response.bytes().await;
-                    Some(started.elapsed().as_secs_f64() * 1000.0)
+                    Ok(started.elapsed().as_secs_f64() * 1000.0)
                 }
-                _ => None,
+                Ok(response) => Err(response.status().to_string()),
+                Err(e) => Err(e.to_string()),
             }
         }));
     }
@@ -256,11 +290,19 @@ async fn victim(http: &str, duration: Duration) -> Run {
         latencies: Vec::new(),
         failures: 0,
     };
+    let mut reasons = std::collections::BTreeMap::<String, usize>::new();
     for call in calls {
-        match call.await.ok().flatten() {
-            Some(ms) => run.latencies.push(ms),
-            None => run.failures += 1,
+        match call.await {
+            Ok(Ok(ms)) => run.latencies.push(ms),
+            Ok(Err(reason)) => {
+                run.failures += 1;
+                *reasons.entry(reason).or_default() += 1;
+            }
+            Err(_) => run.failures += 1,
         }
+    }
+    for (reason, count) in reasons {
+        println!("victim failure ×{count}: {reason}");
     }
     run
 }
@@ -276,8 +318,19 @@ fn attack(target: &str) {
     let stats = Arc::new(Stats::default());
     runtime.block_on(async {
         let mut tasks = Vec::new();
+        // `OPBOX_SOAK_ATTACKS=pings,share` runs only those (to see what each
+        // costs); all of them by default.
+        let only = std::env::var("OPBOX_SOAK_ATTACKS").ok();
         let mut spawn =
-            |n: usize, attack: fn(Target) -> futures::future::BoxFuture<'static, ()>| {
+            |name: &str,
+             n: usize,
+             attack: fn(Target) -> futures::future::BoxFuture<'static, ()>| {
+                if only
+                    .as_ref()
+                    .is_some_and(|only| !only.split(',').any(|o| o == name))
+                {
+                    return;
+                }
                 for _ in 0..n {
                     let target = Target {
                         http: http.clone(),
@@ -288,36 +341,38 @@ fn attack(target: &str) {
                     tasks.push(tokio::spawn(until(end, attack(target))));
                 }
             };
-        spawn(4, |t| Box::pin(ping_flood(t)));
-        spawn(32, |t| Box::pin(unauthenticated_big_frames(t)));
-        spawn(16, |t| Box::pin(half_sent_frames(t)));
-        spawn(64, |t| Box::pin(slow_headers(t)));
-        spawn(8, |t| Box::pin(stalled_subscriber(t)));
-        spawn(4, |t| {
+        spawn("pings", 4, |t| Box::pin(ping_flood(t)));
+        spawn("big-frames", 32, |t| {
+            Box::pin(unauthenticated_big_frames(t))
+        });
+        spawn("half-frames", 16, |t| Box::pin(half_sent_frames(t)));
+        spawn("slow-headers", 64, |t| Box::pin(slow_headers(t)));
+        spawn("stalled", 8, |t| Box::pin(stalled_subscriber(t)));
+        spawn("errors", 4, |t| {
             Box::pin(calls(
                 t,
                 "hostile-edge/error",
                 json!({"code": "HUGE", "message_bytes": 12 << 20}),
             ))
         });
-        spawn(2, |t| {
+        spawn("fan-out", 2, |t| {
             Box::pin(calls(
                 t,
                 "hostile-edge/fan-out",
                 json!({"operation": "services/openapi", "count": 500}),
             ))
         });
-        spawn(1, |t| {
+        spawn("fatal", 1, |t| {
             Box::pin(calls(t, "hostile-edge/fatal-flood", json!(20_000)))
         });
-        spawn(1, |t| {
+        spawn("bucket", 1, |t| {
             Box::pin(calls(
                 t,
                 "hostile-edge/bucket",
                 json!({"name_bytes": 256, "keys": 100_000}),
             ))
         });
-        spawn(80, |t| {
+        spawn("share", 80, |t| {
             Box::pin(calls(t, "fixture-slow/sleep", json!({"ms": 2000})))
         });
         for task in tasks {
@@ -325,10 +380,11 @@ fn attack(target: &str) {
         }
     });
     println!(
-        "attacker: {} connections opened, {} refused or closed by the host, {} calls answered",
+        "attacker: {} connections opened, {} refused or closed by the host, {} calls answered, {:.1} s of CPU",
         stats.connections.load(Ordering::Relaxed),
         stats.closed.load(Ordering::Relaxed),
         stats.calls.load(Ordering::Relaxed),
+        cpu_secs(std::process::id()),
     );
 }
 

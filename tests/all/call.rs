@@ -193,3 +193,43 @@ async fn the_default_body_limit_is_one_mebibyte() {
     let (status, _) = host.call("echo/echo", json!("a".repeat(900_000))).await;
     assert_eq!(status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn whole_numbers_written_as_floats_are_integers_on_both_sides() {
+    let host = TestHost::start().await;
+    // The plugin's own decoding: `to` is a u64.
+    let events = host
+        .subscribe("ticker/count", json!({"to": 3.0}))
+        .await
+        .collect()
+        .await;
+    let outputs: Vec<_> = events.iter().filter(|e| e.event == "message").collect();
+    assert_eq!(outputs.len(), 3, "{events:?}");
+    // The host's own fields.
+    let (status, body) = host
+        .post(
+            "/call",
+            &json!({"operation": "echo/echo", "input": 1, "deadline_ms": 1000.0}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = host
+        .post(
+            "/call",
+            &json!({"operation": "echo/echo", "input": 1, "deadline_ms": 1.5}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("whole, non-negative number of milliseconds"),
+        "{body}"
+    );
+    let mut tcp = crate::util::Frames::connect(&host).await;
+    let payload = json!({"operationId": "echo/echo", "input": 2, "deadline_ms": 500.0});
+    tcp.send("call.requested", "d", payload).await;
+    let reply = tcp.next().await.unwrap();
+    assert_eq!(reply["type"], "call.responded", "{reply}");
+}

@@ -202,6 +202,33 @@ async fn a_websocket_message_begun_must_be_finished_in_time() {
 }
 
 #[tokio::test]
+async fn a_websocket_sending_pings_by_the_hundred_is_closed() {
+    let host = TestHost::start().await;
+    let url = host.url("/call").replace("http://", "ws://");
+    let (mut socket, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    for _ in 0..40 {
+        socket.send(Message::Ping(vec![1].into())).await.unwrap();
+    }
+    let (mut refused, mut close_code) = (None, None);
+    while let Some(Ok(message)) = socket.next().await {
+        match message {
+            Message::Text(text) => refused = Some(serde_json::from_str::<Value>(&text).unwrap()),
+            Message::Close(frame) => close_code = frame.map(|f| u16::from(f.code)),
+            _ => {}
+        }
+    }
+    let refused = refused.expect("an INVALID_FRAME envelope");
+    assert_eq!(refused["payload"]["code"], "INVALID_FRAME", "{refused}");
+    assert!(
+        refused["payload"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("pings")
+    );
+    assert_eq!(close_code, Some(1008));
+}
+
+#[tokio::test]
 async fn connections_are_capped_per_address_and_in_all() {
     let host = TestHost::with_config(|config| {
         config.connections.max_connections = 4;

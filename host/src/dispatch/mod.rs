@@ -126,6 +126,27 @@ impl CallRequest {
     }
 }
 
+/// Reads an optional count of milliseconds, written as an integer or as a
+/// whole-valued float (`1.0`): JSON has one kind of number. For the
+/// `deadline_ms` of the wire's call bodies.
+pub fn whole_millis<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    use serde::Deserialize;
+    let Some(number) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    if let Some(ms) = number.as_u64() {
+        return Ok(Some(ms));
+    }
+    match number.as_f64() {
+        Some(ms) if ms.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&ms) => {
+            Ok(Some(ms as u64))
+        }
+        _ => Err(serde::de::Error::custom(format!(
+            "{number} is not a whole, non-negative number of milliseconds"
+        ))),
+    }
+}
+
 /// A fresh request id.
 pub fn new_request_id() -> Arc<str> {
     Arc::from(uuid::Uuid::new_v4().simple().to_string())

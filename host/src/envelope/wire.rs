@@ -49,7 +49,7 @@ pub struct CallPayload {
     #[serde(default)]
     pub auth_token: Option<String>,
     /// A deadline in milliseconds; it may only shorten the host's.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::dispatch::whole_millis")]
     pub deadline_ms: Option<u64>,
 }
 

@@ -21,7 +21,7 @@ pub(super) struct CallBody {
     operation: String,
     #[serde(default)]
     input: Value,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::dispatch::whole_millis")]
     deadline_ms: Option<u64>,
 }
 

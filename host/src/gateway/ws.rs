@@ -85,14 +85,20 @@ pub(super) async fn upgrade(State(state): State<AppState>, mut request: Request)
         let (sink, stream) = socket.split();
         let manner = Arc::new(Manner::default());
         let incoming = Finishing::new(stream, read, envelope.frame_timeout)
-            .scan(false, {
+            .scan(Reading::default(), {
                 let manner = manner.clone();
-                move |ended, message| {
+                move |reading, message| {
                     let item = match message {
-                        _ if *ended => None,
+                        _ if reading.ended => None,
                         Ok(Message::Binary(bytes)) => Some(Some(Inbound::Frame(bytes))),
                         Ok(Message::Text(text)) => Some(Some(Inbound::Frame(Bytes::from(text)))),
                         Ok(Message::Close(_)) => None,
+                        Ok(Message::Ping(_)) if reading.one_ping_too_many() => {
+                            manner.close_with(CloseCode::Policy);
+                            Some(Some(Inbound::Violation(format!(
+                                "more than {MAX_PINGS_PER_SECOND} pings in a second"
+                            ))))
+                        }
                         // Pings are answered by the socket.
                         Ok(_) => Some(None),
                         Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size })) => {
@@ -107,7 +113,7 @@ pub(super) async fn upgrade(State(state): State<AppState>, mut request: Request)
                         }
                         Err(_) => None,
                     };
-                    *ended = !matches!(item, Some(None | Some(Inbound::Frame(_))));
+                    reading.ended = !matches!(item, Some(None | Some(Inbound::Frame(_))));
                     std::future::ready(item)
                 }
             })
@@ -258,6 +264,41 @@ impl<M: futures::Stream<Item = Result<Message, WsError>> + Unpin> futures::Strea
                 timeout.as_millis()
             ),
         )))))
+    }
+}
+
+/// The most pings a peer may send in one second: a client checking that
+/// the connection lives sends a few a minute; a flood costs the host a read
+/// and a pong each, and is closed with 1008.
+const MAX_PINGS_PER_SECOND: u32 = 32;
+
+/// What the reading side of one WebSocket keeps between messages.
+#[derive(Debug)]
+struct Reading {
+    ended: bool,
+    pings: u32,
+    window: std::time::Instant,
+}
+
+impl Default for Reading {
+    fn default() -> Self {
+        Self {
+            ended: false,
+            pings: 0,
+            window: std::time::Instant::now(),
+        }
+    }
+}
+
+impl Reading {
+    /// Counts a ping; whether it is one more than a second allows.
+    fn one_ping_too_many(&mut self) -> bool {
+        if self.window.elapsed() >= Duration::from_secs(1) {
+            self.window = std::time::Instant::now();
+            self.pings = 0;
+        }
+        self.pings += 1;
+        self.pings > MAX_PINGS_PER_SECOND
     }
 }
 
