@@ -13,15 +13,18 @@
 //! ```toml
 //! [package]
 //! name = "greeter"
+//! version = "0.1.0"            # what `services/plugin` and `opbox inspect` show
 //! edition = "2024"
 //!
 //! [lib]
 //! crate-type = ["cdylib"]
 //!
 //! [dependencies]
-//! opbox-sdk = "0.1"
+//! # Not on crates.io yet: a path to (or a git checkout of) opbox's guest-sdk.
+//! opbox-sdk = { path = "../opbox/guest-sdk" }
 //! schemars = "1"
 //! serde = { version = "1", features = ["derive"] }
+//! serde_json = "1"             # for `serde_json::Value` inputs and nested calls
 //! ```
 //!
 //! `src/lib.rs`:
@@ -66,6 +69,25 @@
 //! Build it with `cargo build --release --target wasm32-wasip2`; the file
 //! `target/wasm32-wasip2/release/greeter.wasm` is the plugin. Callers then
 //! reach `greeter/hello` and `greeter/countdown`.
+//!
+//! # Subscriptions take turns with the host
+//!
+//! A subscription written as an async stream hands the host its items when
+//! it yields to it: at an `.await` that waits (a timer, a nested call, a
+//! read). A stream that blocks between items instead (`std::thread::sleep`,
+//! a busy loop) yields nothing until it is done, so its caller gets every
+//! item at the end. Call [`yield_now`] after each item (before blocking
+//! work), wait with an async timer between items (see `plugins/ticker`), or
+//! write the subscription as an iterator ([`Plugin::subscription_iter`]),
+//! whose items go out one by one as they are made.
+//!
+//! # Errors the host keeps for itself
+//!
+//! An [`Error`]'s code is the plugin's own. Codes the protocol reserves for
+//! the host (`NOT_FOUND`, `UNAUTHORIZED`, `RESOURCE_EXHAUSTED`, …) may be
+//! used, but reach the caller as the plugin's error: HTTP status 400, not
+//! retryable, no `Retry-After`. Errors count against the plugin's
+//! `output_bytes` like outputs.
 //!
 //! # What the host sees
 //!

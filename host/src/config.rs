@@ -375,6 +375,30 @@ impl Default for GatewaySection {
     }
 }
 
+/// The line (from 1) of byte `offset` of `text`, and the dotted name of the
+/// key set on that line (`limits.deadline_ms`), when the line sets one.
+fn locate(text: &str, offset: usize) -> (usize, Option<String>) {
+    let before = &text[..offset.min(text.len())];
+    let line_no = before.matches('\n').count() + 1;
+    let table = before
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|header| header.trim_matches(['[', ']']).trim().to_owned());
+    let line = text.lines().nth(line_no - 1).unwrap_or_default();
+    let key = line
+        .split_once('=')
+        .map(|(key, _)| key.trim().trim_matches('"').to_owned())
+        .filter(|key| !key.is_empty() && !key.starts_with('['));
+    let key = match (table, key) {
+        (Some(table), Some(key)) => Some(format!("{table}.{key}")),
+        (None, key) => key,
+        (Some(table), None) => Some(table),
+    };
+    (line_no, key)
+}
+
 impl HostConfig {
     /// Reads a config file; relative paths in it become relative to its
     /// directory.
@@ -385,10 +409,14 @@ impl HostConfig {
         })?;
         let mut config: Self = toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            message: e.message().to_owned()
-                + &e.span()
-                    .map(|span| format!(" (at byte {})", span.start))
-                    .unwrap_or_default(),
+            message: match e.span() {
+                Some(span) => {
+                    let (line, key) = locate(&text, span.start);
+                    let key = key.map(|key| format!("`{key}` ")).unwrap_or_default();
+                    format!("{key}(line {line}): {}", e.message().trim())
+                }
+                None => e.message().trim().to_owned(),
+            },
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.data_dir = base.join(&config.data_dir);

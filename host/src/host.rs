@@ -35,6 +35,14 @@ pub enum HostError {
         /// Why.
         source: std::io::Error,
     },
+    /// A plugin directory could not be read.
+    #[error("cannot read the plugin directory {path}: {source}")]
+    ReadPluginDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// A plugin could not be loaded.
     #[error("cannot load plugin {origin}: {source}")]
     Load {
@@ -296,7 +304,7 @@ impl Host {
 
 /// The `*.wasm` files directly in `dir`, sorted.
 fn wasm_files(dir: &Path) -> Result<Vec<PathBuf>, HostError> {
-    let read_error = |source| HostError::ReadPlugin {
+    let read_error = |source| HostError::ReadPluginDir {
         path: dir.to_owned(),
         source,
     };

@@ -31,6 +31,19 @@ fn assert_one_line_failure(output: &Output, needle: &str) {
     let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(errors.len(), 1, "one error line expected: {stderr}");
     assert!(errors[0].contains(needle), "`{needle}` not in: {stderr}");
+    // Nothing after the error line (no dump), and no cause said twice.
+    let after = stderr.split(errors[0]).nth(1).unwrap_or_default();
+    assert!(
+        after.trim().is_empty(),
+        "more after the error line: {stderr}"
+    );
+    let parts: Vec<&str> = errors[0].split(": ").collect();
+    for (i, part) in parts.iter().enumerate() {
+        assert!(
+            !parts[i + 1..].contains(part),
+            "`{part}` said twice: {stderr}"
+        );
+    }
     assert!(
         !stderr.contains("panicked") && !stderr.contains("backtrace"),
         "{stderr}"
@@ -121,6 +134,7 @@ fn a_port_in_use_is_one_clear_line() {
 fn an_invalid_plugin_file_is_one_clear_line() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("broken.wasm"), b"\0asm not really").unwrap();
+    std::fs::write(dir.path().join("text.wasm"), b"not wasm at all").unwrap();
     let output = opbox()
         .args([
             "serve",
@@ -135,6 +149,22 @@ fn an_invalid_plugin_file_is_one_clear_line() {
         .output()
         .unwrap();
     assert_one_line_failure(&output, "broken.wasm");
+    // Bytes that are not WebAssembly at all are called that, with no dump.
+    std::fs::remove_file(dir.path().join("broken.wasm")).unwrap();
+    let output = opbox()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--tcp-listen",
+            "127.0.0.1:0",
+            "--plugins",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_one_line_failure(&output, "text.wasm");
+    assert_one_line_failure(&output, "is not WebAssembly");
 }
 
 #[test]
@@ -151,7 +181,7 @@ fn a_missing_plugin_directory_is_one_clear_line() {
         .current_dir(dir.path())
         .output()
         .unwrap();
-    assert_one_line_failure(&output, "no-such-dir");
+    assert_one_line_failure(&output, "cannot read the plugin directory no-such-dir");
 }
 
 #[test]
@@ -165,6 +195,14 @@ fn a_bad_config_is_one_clear_line() {
         .output()
         .unwrap();
     assert_one_line_failure(&output, "invalid config file");
+    // A value of the wrong type names its key and line.
+    std::fs::write(&config, "[limits]\ndeadline_ms = \"30s\"\n").unwrap();
+    let output = opbox()
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_one_line_failure(&output, "`limits.deadline_ms` (line 2)");
 
     let output = opbox()
         .args(["serve", "--config", "/no/such/opbox.toml"])
@@ -306,4 +344,48 @@ async fn every_call_refused_or_failed_has_a_log_line_with_its_cause() {
         .unwrap_or_else(|| panic!("{log:#?}"));
     assert!(failure.contains("kaboom"), "{failure}");
     assert!(failure.contains("trap="), "{failure}");
+}
+
+#[tokio::test]
+async fn sighup_is_logged_and_ignored() {
+    let server = crate::util::Server::start(
+        "listen = \"127.0.0.1:0\"\n[[tenants]]\nid = \"default\"\nanonymous = true\n",
+    );
+    let status = Command::new("kill")
+        .args(["-HUP", &server.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let client = reqwest::Client::new();
+    // Still serving, and it said why.
+    let started = Instant::now();
+    loop {
+        let answer = server
+            .call(&client, "echo/echo", serde_json::json!(1))
+            .await;
+        assert_eq!(answer["output"], 1);
+        if server.logged("SIGHUP ignored") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "no log line");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[test]
+fn two_plugins_on_one_namespace_is_one_line_said_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let echo = opbox::bundled::built_plugin("echo");
+    let config = dir.path().join("opbox.toml");
+    std::fs::write(
+        &config,
+        format!("examples = false\n[[plugins]]\npath = {echo:?}\n[[plugins]]\npath = {echo:?}\n"),
+    )
+    .unwrap();
+    let output = opbox()
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_one_line_failure(&output, "namespace `echo` is already in use");
 }

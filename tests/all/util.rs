@@ -392,16 +392,23 @@ impl Server {
         Self::start_logging(dir, config, "warn,opbox=info")
     }
 
-    /// [`Server::start_in`] with `RUST_LOG` set to `filter`. Returns once it
-    /// listens (on TCP too, when `config` has `tcp_listen`).
+    /// [`Server::start_in`] with `RUST_LOG` set to `filter`.
     pub fn start_logging(dir: &std::path::Path, config: &str, filter: &str) -> Self {
+        Self::start_with(dir, config, &[("RUST_LOG", filter)])
+    }
+
+    /// Runs `opbox serve` with `config` written to `dir/opbox.toml` and
+    /// `env` set. Returns once it listens (on TCP too, when `config` has
+    /// `tcp_listen`).
+    pub fn start_with(dir: &std::path::Path, config: &str, env: &[(&str, &str)]) -> Self {
         use std::io::{BufRead, BufReader};
         let path = dir.join("opbox.toml");
         std::fs::write(&path, config).unwrap();
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_opbox"))
             .args(["serve", "--config"])
             .arg(&path)
-            .env("RUST_LOG", filter)
+            .env("RUST_LOG", "warn,opbox=info")
+            .envs(env.iter().copied())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
@@ -440,6 +447,15 @@ impl Server {
     /// Its process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Whether it has logged a line containing `text` so far.
+    pub fn logged(&self, text: &str) -> bool {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|line| line.contains(text))
     }
 
     /// Waits for it to exit; every line it logged.

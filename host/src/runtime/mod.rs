@@ -211,6 +211,7 @@ impl Runtime {
 
     /// Compiles (or takes from the cache) and checks a plugin.
     pub async fn load(&self, wasm: &[u8], options: LoadOptions) -> Result<Arc<Plugin>, LoadError> {
+        check_header(wasm)?;
         let digest = hex(&Sha256::digest(wasm));
         let engine = &self.inner.engine;
         let component = match &self.inner.cache {
@@ -231,6 +232,25 @@ impl Runtime {
             .collect();
         Plugin::load(self.clone(), pre, digest, imports, options).await
     }
+}
+
+/// Refuses, in words an operator can act on, bytes that are not a
+/// WebAssembly component at all.
+fn check_header(wasm: &[u8]) -> Result<(), LoadError> {
+    const MAGIC: &[u8] = b"\0asm";
+    /// Version 1, layer 0: a core module.
+    const CORE_MODULE: [u8; 4] = [1, 0, 0, 0];
+    if !wasm.starts_with(MAGIC) {
+        return Err(LoadError::Compile(
+            "the file is not WebAssembly (it does not start with `\\0asm`)".into(),
+        ));
+    }
+    if wasm.get(4..8) == Some(&CORE_MODULE[..]) {
+        return Err(LoadError::Compile(
+            "the file is a core WebAssembly module, not a component: build it for wasm32-wasip2 with the opbox SDK".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Bytes at the bottom of each pooled linear memory reset in place between
