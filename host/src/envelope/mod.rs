@@ -8,6 +8,7 @@
 //! - [`tcp`]: the TCP listener and its framing. The WebSocket side lives in
 //!   the gateway, next to the route it upgrades.
 
+mod outbox;
 pub mod session;
 pub mod tcp;
 pub mod wire;

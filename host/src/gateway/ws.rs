@@ -23,6 +23,7 @@ use axum::http::header::{CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UP
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use futures::stream::BoxStream;
 use futures::{Sink, SinkExt, StreamExt};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -84,41 +85,10 @@ pub(super) async fn upgrade(State(state): State<AppState>, mut request: Request)
             WebSocketStream::from_raw_socket(counted, Role::Server, Some(socket_config)).await;
         let (sink, stream) = socket.split();
         let manner = Arc::new(Manner::default());
-        let incoming = Finishing::new(stream, read, envelope.frame_timeout)
-            .scan(Reading::default(), {
-                let manner = manner.clone();
-                move |reading, message| {
-                    let item = match message {
-                        _ if reading.ended => None,
-                        Ok(Message::Binary(bytes)) => Some(Some(Inbound::Frame(bytes))),
-                        Ok(Message::Text(text)) => Some(Some(Inbound::Frame(Bytes::from(text)))),
-                        Ok(Message::Close(_)) => None,
-                        Ok(Message::Ping(_)) if reading.one_ping_too_many() => {
-                            manner.close_with(CloseCode::Policy);
-                            Some(Some(Inbound::Violation(format!(
-                                "more than {MAX_PINGS_PER_SECOND} pings in a second"
-                            ))))
-                        }
-                        // Pings are answered by the socket.
-                        Ok(_) => Some(None),
-                        Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size })) => {
-                            manner.close_with(CloseCode::Size);
-                            Some(Some(Inbound::Violation(format!(
-                                "a message of {size} bytes is longer than this connection takes ({max_size} bytes)"
-                            ))))
-                        }
-                        Err(WsError::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
-                            manner.close_with(CloseCode::Policy);
-                            Some(Some(Inbound::Violation(e.to_string())))
-                        }
-                        Err(_) => None,
-                    };
-                    reading.ended = !matches!(item, Some(None | Some(Inbound::Frame(_))));
-                    std::future::ready(item)
-                }
-            })
-            .filter_map(std::future::ready)
-            .boxed();
+        let incoming = envelopes(
+            Finishing::new(stream, read, envelope.frame_timeout),
+            manner.clone(),
+        );
         let outgoing = Replies {
             socket: sink,
             pending: VecDeque::new(),
@@ -144,6 +114,48 @@ pub(super) async fn upgrade(State(state): State<AppState>, mut request: Request)
         headers.insert(SEC_WEBSOCKET_ACCEPT, accept);
     }
     response
+}
+
+/// The socket's messages as the session takes them: envelopes, and then the
+/// violation that ends the connection, if one does, with the close code it
+/// calls for left in `manner`. Pings are answered by the socket; more than
+/// [`MAX_PINGS_PER_SECOND`] of them is a violation.
+fn envelopes<M>(messages: M, manner: Arc<Manner>) -> BoxStream<'static, Inbound>
+where
+    M: futures::Stream<Item = Result<Message, WsError>> + Send + 'static,
+{
+    messages
+        .scan(Reading::default(), move |reading, message| {
+                let item = match message {
+                    _ if reading.ended => None,
+                    Ok(Message::Binary(bytes)) => Some(Some(Inbound::Frame(bytes))),
+                    Ok(Message::Text(text)) => Some(Some(Inbound::Frame(Bytes::from(text)))),
+                    Ok(Message::Close(_)) => None,
+                    Ok(Message::Ping(_)) if reading.one_ping_too_many() => {
+                        manner.close_with(CloseCode::Policy);
+                        Some(Some(Inbound::Violation(format!(
+                            "more than {MAX_PINGS_PER_SECOND} pings in a second"
+                        ))))
+                    }
+                    // Pings are answered by the socket.
+                    Ok(_) => Some(None),
+                    Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size })) => {
+                        manner.close_with(CloseCode::Size);
+                        Some(Some(Inbound::Violation(format!(
+                            "a message of {size} bytes is longer than this connection takes ({max_size} bytes)"
+                        ))))
+                    }
+                    Err(WsError::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+                        manner.close_with(CloseCode::Policy);
+                        Some(Some(Inbound::Violation(e.to_string())))
+                    }
+                    Err(_) => None,
+                };
+                reading.ended = !matches!(item, Some(None | Some(Inbound::Frame(_))));
+                std::future::ready(item)
+        })
+        .filter_map(std::future::ready)
+        .boxed()
 }
 
 /// The `Sec-WebSocket-Key` of a well-formed WebSocket upgrade request.
