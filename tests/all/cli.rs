@@ -389,3 +389,30 @@ fn two_plugins_on_one_namespace_is_one_line_said_once() {
         .unwrap();
     assert_one_line_failure(&output, "namespace `echo` is already in use");
 }
+
+#[test]
+fn serve_raises_its_open_file_limit_to_the_hard_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("opbox.toml");
+    std::fs::write(&config, "listen = \"127.0.0.1:0\"\n").unwrap();
+    // Started with a soft limit of 256, below whatever the hard limit is.
+    let child = Command::new("sh")
+        .args(["-c", "ulimit -Sn 256 && exec \"$0\" serve --config \"$1\""])
+        .arg(env!("CARGO_BIN_EXE_opbox"))
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut running = Running(child);
+    let mut lines = BufReader::new(running.0.stderr.take().unwrap()).lines();
+    while !lines.next().unwrap().unwrap().contains("serving on") {}
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", running.0.id())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let numbers: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
+    assert_ne!(numbers[0], "256", "{line}");
+    assert_eq!(numbers[0], numbers[1], "soft and hard: {line}");
+}
