@@ -135,34 +135,25 @@ fn an_invalid_plugin_file_is_one_clear_line() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("broken.wasm"), b"\0asm not really").unwrap();
     std::fs::write(dir.path().join("text.wasm"), b"not wasm at all").unwrap();
-    let output = opbox()
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--tcp-listen",
-            "127.0.0.1:0",
-            "--plugins",
-        ])
-        .arg(dir.path())
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    assert_one_line_failure(&output, "broken.wasm");
+    let serve = || {
+        opbox()
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--tcp-listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--plugins")
+            .arg(dir.path())
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    assert_one_line_failure(&serve(), "broken.wasm");
     // Bytes that are not WebAssembly at all are called that, with no dump.
     std::fs::remove_file(dir.path().join("broken.wasm")).unwrap();
-    let output = opbox()
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--tcp-listen",
-            "127.0.0.1:0",
-            "--plugins",
-        ])
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    let output = serve();
     assert_one_line_failure(&output, "text.wasm");
     assert_one_line_failure(&output, "is not WebAssembly");
 }

@@ -32,6 +32,23 @@ fn is(envelope: &Value, kind: &str, id: &str) -> bool {
     envelope["type"] == kind && envelope["id"] == id
 }
 
+/// Reads a WebSocket to its end: the last envelope the host sent, and the
+/// code of its close frame.
+async fn last_words<S>(socket: &mut S) -> (Option<Value>, Option<u16>)
+where
+    S: futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    let (mut envelope, mut close_code) = (None, None);
+    while let Some(Ok(message)) = socket.next().await {
+        match message {
+            Message::Text(text) => envelope = Some(serde_json::from_str::<Value>(&text).unwrap()),
+            Message::Close(frame) => close_code = frame.map(|f| u16::from(f.code)),
+            _ => {}
+        }
+    }
+    (envelope, close_code)
+}
+
 /// Reads until the host closes the connection; fails after 10 s.
 async fn closed_by_host(stream: &mut TcpStream) -> Vec<u8> {
     let mut seen = Vec::new();
@@ -92,15 +109,7 @@ async fn websockets_answer_in_text_take_small_messages_until_authenticated_and_r
     anonymous.send(call("a")).await.unwrap();
     // Refused as too long, and the socket is closed with 1009 (message too
     // big).
-    let mut refused = None;
-    let mut close_code = None;
-    while let Some(Ok(message)) = anonymous.next().await {
-        match message {
-            Message::Text(text) => refused = Some(serde_json::from_str::<Value>(&text).unwrap()),
-            Message::Close(frame) => close_code = frame.map(|f| u16::from(f.code)),
-            _ => {}
-        }
-    }
+    let (refused, close_code) = last_words(&mut anonymous).await;
     let refused = refused.expect("an INVALID_FRAME envelope, as text");
     assert_eq!(refused["payload"]["code"], "INVALID_FRAME", "{refused}");
     assert_eq!(close_code, Some(1009));
@@ -209,14 +218,7 @@ async fn a_websocket_sending_pings_by_the_hundred_is_closed() {
     for _ in 0..40 {
         socket.send(Message::Ping(vec![1].into())).await.unwrap();
     }
-    let (mut refused, mut close_code) = (None, None);
-    while let Some(Ok(message)) = socket.next().await {
-        match message {
-            Message::Text(text) => refused = Some(serde_json::from_str::<Value>(&text).unwrap()),
-            Message::Close(frame) => close_code = frame.map(|f| u16::from(f.code)),
-            _ => {}
-        }
-    }
+    let (refused, close_code) = last_words(&mut socket).await;
     let refused = refused.expect("an INVALID_FRAME envelope");
     assert_eq!(refused["payload"]["code"], "INVALID_FRAME", "{refused}");
     assert!(

@@ -48,35 +48,22 @@ impl CallLog {
         let caller = self.caller.as_deref().unwrap_or("(anonymous)");
         let (op, request_id, tenant, items) =
             (&self.operation, &*self.request_id, &self.tenant, self.items);
-        match error {
-            None => tracing::info!(
-                op,
-                request_id,
-                tenant,
-                caller,
-                status,
-                items,
-                duration_us,
-                "call"
-            ),
-            Some(error) => {
-                let details = error.details.as_ref();
-                let detail = |key: &str| details.and_then(|d| d.get(key)).and_then(|v| v.as_str());
-                tracing::info!(
-                    op,
-                    request_id,
-                    tenant,
-                    caller,
-                    status,
-                    items,
-                    duration_us,
-                    cause = cut(&error.message, MAX_CAUSE),
-                    trap = detail("trap"),
-                    limit = detail("limit"),
-                    "call"
-                );
-            }
-        }
+        let details = error.and_then(|e| e.details.as_ref());
+        let detail = |key: &str| details.and_then(|d| d.get(key)).and_then(|v| v.as_str());
+        // Fields that are `None` are left out of the line.
+        tracing::info!(
+            op,
+            request_id,
+            tenant,
+            caller,
+            status,
+            items,
+            duration_us,
+            cause = error.map(|e| cut(&e.message, MAX_CAUSE)),
+            trap = detail("trap"),
+            limit = detail("limit"),
+            "call"
+        );
     }
 }
 
