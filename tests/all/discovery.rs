@@ -102,9 +102,16 @@ async fn unknown_routes_and_methods_answer_in_the_error_shape() {
     let (status, body) = host.get("/call").await;
     assert_eq!(status, StatusCode::UPGRADE_REQUIRED);
     assert_eq!(body["error"]["code"], "INVALID_INPUT");
-    let (status, body) = host.get("/batch").await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
+    // A known route with a method it does not take: 405, with `Allow`.
+    let response = host.client.get(host.url("/batch")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(response.headers()["allow"], "POST");
+    let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["result"], "error");
+    assert_eq!(body["error"]["code"], "INVALID_INPUT");
+    let response = host.client.post(host.url("/healthz")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(response.headers()["allow"], "GET,HEAD");
 }
 
 #[tokio::test]

@@ -49,6 +49,23 @@ async fn sigterm_lets_calls_finish_and_ends_subscriptions() {
         .await
         .unwrap();
     ws_ticks.next().await.unwrap().unwrap();
+    // Both sleeps are running (calls on one connection start in no set
+    // order, so the ticks alone do not tell).
+    let probe = reqwest::Client::new();
+    let both_running = async {
+        loop {
+            let info = server
+                .call(&probe, "services/plugin", json!({"name": "fixture-slow"}))
+                .await;
+            if info["output"]["live_instances"] == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(1), both_running)
+        .await
+        .expect("both sleeps run at once within their 1.5 s");
 
     let signalled = Command::new("kill")
         .args(["-TERM", &server.pid().to_string()])

@@ -135,6 +135,11 @@ async fn no_route() -> ApiError {
     CallError::new(ErrorCode::NotFound, "no such route").into()
 }
 
+/// A known route asked with a method it does not take: 405, in the error
+/// shape; axum adds the `Allow` header listing the methods it does take.
 async fn no_method() -> ApiError {
-    CallError::new(ErrorCode::NotFound, "this route does not take that method").into()
+    ApiError::from(CallError::invalid_input(
+        "this route does not take that method; `Allow` lists the ones it does",
+    ))
+    .with_status(axum::http::StatusCode::METHOD_NOT_ALLOWED)
 }
