@@ -10,14 +10,18 @@ use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
 use crate::bundled;
+use crate::call::SharedObserver;
+use crate::capabilities::Grants;
 use crate::config::{HostConfig, PluginConfig};
-use crate::dispatch::Dispatcher;
+use crate::dispatch::{DispatchConfig, Dispatcher, Operation, Registry};
 use crate::envelope;
 use crate::gateway;
 use crate::net::Connections;
-use crate::registry::{Operation, Owner, Registry, RegistryError};
-use crate::runtime::{Grants, LoadError, LoadOptions, Plugin, Runtime};
+use crate::plugins::{self, PluginError, Plugins};
+use crate::registry::{Owner, RegistryError};
+use crate::runtime::{LoadError, LoadOptions, Plugin, Runtime, RuntimeConfig};
 use crate::services;
+use crate::store::{EventLog, StoreError};
 use crate::tenants::{Tenants, TenantsError};
 
 /// Why the host could not start or load a plugin.
@@ -70,6 +74,13 @@ pub enum HostError {
         /// The tenant it names.
         tenant: String,
     },
+    /// Installed plugins could not be restored, or a fixed one not loaded.
+    #[error(transparent)]
+    Plugins(PluginError),
+    /// The event feed cannot be opened (another host using the data
+    /// directory, say).
+    #[error("cannot open the event feed: {0}")]
+    Events(StoreError),
     /// `[access]` names an operation no plugin offers.
     #[error("[access] names `{0}`, which no plugin offers")]
     UnknownAccessOverride(String),
@@ -80,6 +91,7 @@ pub enum HostError {
 pub struct Host {
     runtime: Runtime,
     dispatcher: Dispatcher,
+    plugins: Plugins,
     config: Arc<HostConfig>,
     /// The gateway's WebSocket connections.
     websockets: TaskTracker,
@@ -96,9 +108,27 @@ impl Host {
         if config.tenants.is_empty() {
             tracing::warn!("no [[tenants]] configured: every call will be refused as UNAUTHORIZED");
         }
-        let runtime = Runtime::new(config.runtime()).map_err(HostError::Runtime)?;
+        let events = Arc::new(
+            EventLog::open(&config.data_dir, config.admin.max_events).map_err(HostError::Events)?,
+        );
+        let observer: SharedObserver = events.clone();
+        let runtime = Runtime::new(RuntimeConfig {
+            observer: observer.clone(),
+            ..config.runtime()
+        })
+        .map_err(HostError::Runtime)?;
         let registry = Arc::new(Registry::new());
-        let dispatcher = Dispatcher::new(registry, config.dispatch(), tenants);
+        let dispatch = DispatchConfig {
+            observer,
+            ..config.dispatch()
+        };
+        let dispatcher = Dispatcher::new(registry, dispatch, tenants);
+        let plugins = Plugins::new(
+            runtime.clone(),
+            dispatcher.clone(),
+            config.plugin_policy(),
+            events,
+        );
         let connections = Connections::new(
             config.connections.max_connections,
             config.connections.max_connections_per_ip,
@@ -106,6 +136,7 @@ impl Host {
         let host = Self {
             runtime,
             dispatcher,
+            plugins,
             config: Arc::new(config),
             websockets: TaskTracker::new(),
             connections,
@@ -114,12 +145,14 @@ impl Host {
             origin: services::NAMESPACE.to_owned(),
             source,
         };
-        host.register(
-            &Owner::Shared,
+        host.register_native(
             services::NAMESPACE,
             services::operations().map_err(register)?,
         )
         .map_err(register)?;
+        let admin = plugins::operations(&host.plugins).map_err(register)?;
+        host.register_native(plugins::NAMESPACE, admin)
+            .map_err(register)?;
         if host.config.examples {
             for (name, wasm) in bundled::EXAMPLES {
                 host.install(
@@ -142,6 +175,10 @@ impl Host {
         }
         for plugin in &host.config.plugins {
             host.load_file(&plugin.path, Some(plugin)).await?;
+        }
+        let restored = host.plugins.restore().await.map_err(HostError::Plugins)?;
+        if restored > 0 {
+            tracing::info!(restored, "installed plugins restored");
         }
         let offered: HashSet<String> = host
             .dispatcher
@@ -180,6 +217,7 @@ impl Host {
     }
 
     /// Loads a plugin for `owner` and registers its operations, all or none.
+    /// A plugin loaded this way is fixed: the admin API may not change it.
     pub async fn install(
         &self,
         wasm: &[u8],
@@ -187,21 +225,21 @@ impl Host {
         owner: &Owner,
         origin: &str,
     ) -> Result<Arc<Plugin>, HostError> {
-        let plugin = self
-            .runtime
-            .load(wasm, options)
-            .await
-            .map_err(|source| HostError::Load {
-                origin: origin.to_owned(),
-                source,
-            })?;
-        let register = |source| HostError::Register {
-            origin: origin.to_owned(),
-            source,
-        };
-        let operations = plugin.operations().map_err(register)?;
-        self.register(owner, plugin.name(), operations)
-            .map_err(register)?;
+        let plugin =
+            self.plugins
+                .declare(wasm, options, owner)
+                .await
+                .map_err(|error| match error {
+                    PluginError::Load(source) => HostError::Load {
+                        origin: origin.to_owned(),
+                        source,
+                    },
+                    PluginError::Register(source) => HostError::Register {
+                        origin: origin.to_owned(),
+                        source,
+                    },
+                    other => HostError::Plugins(other),
+                })?;
         tracing::info!(
             plugin = plugin.name(),
             tenant = match owner {
@@ -215,11 +253,10 @@ impl Host {
         Ok(plugin)
     }
 
-    /// Registers a namespace, with the scopes `[access]` requires replacing
-    /// those its operations declare.
-    fn register(
+    /// Registers the host's own operations under `namespace`, shared, with
+    /// the scopes `[access]` sets replacing those they declare.
+    fn register_native(
         &self,
-        owner: &Owner,
         namespace: &str,
         mut operations: Vec<Operation>,
     ) -> Result<(), RegistryError> {
@@ -230,7 +267,12 @@ impl Host {
         }
         self.dispatcher
             .registry()
-            .insert_namespace(owner, namespace, operations)
+            .insert_namespace(&Owner::Shared, namespace, operations)
+    }
+
+    /// The plugins, and the door through which they change while serving.
+    pub fn plugins(&self) -> &Plugins {
+        &self.plugins
     }
 
     /// The dispatcher every transport calls through.
@@ -246,15 +288,6 @@ impl Host {
     /// The configuration the host was started with.
     pub fn config(&self) -> &HostConfig {
         &self.config
-    }
-
-    /// The HTTP gateway's routes.
-    pub fn router(&self) -> axum::Router {
-        gateway::router(
-            self.dispatcher.clone(),
-            self.config.gateway(),
-            self.websockets.clone(),
-        )
     }
 
     /// Serves the envelope protocol over TCP on `listener` until `shutdown`
@@ -286,7 +319,11 @@ impl Host {
     ) {
         gateway::serve(
             listener,
-            self.router(),
+            gateway::router(
+                self.dispatcher.clone(),
+                self.config.gateway(),
+                self.websockets.clone(),
+            ),
             self.connections.clone(),
             &self.config.connection(),
             shutdown,

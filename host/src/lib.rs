@@ -7,20 +7,38 @@
 //!
 //! # Layout
 //!
-//! Data flows top to bottom:
+//! Data flows down this list, and so do dependencies: each module uses only
+//! modules listed after it (`tests/all/layers.rs` checks this from the
+//! source, and that axum and wasmtime stay where this list says).
 //!
+//! - `host` ([`Host`]): assembles the layers below from a [`HostConfig`]
+//!   and serves them.
+//! - [`config`]: the configuration file, one section per layer below.
 //! - [`gateway`]: HTTP routes (`/call`, `/batch`, `/subscribe` as SSE,
-//!   `/search`, `/schema`, `/healthz`); the only module that knows axum.
-//! - [`dispatch`]: the one place for lookup, visibility, input validation,
-//!   deadlines, once vs stream, and error mapping.
-//! - [`registry`]: operation specs and handlers, native and plugin alike.
-//! - [`runtime`]: the wasmtime engine, plugin loading, one store per call;
-//!   the only module that knows wasmtime.
-//! - `capabilities`: what plugins import from the host (`log`).
-//! - [`services`]: the host's own operations (`services/list`,
-//!   `services/schema`, `services/plugin`).
+//!   `/search`, `/schema`, `/openapi.json`, `/healthz`, the WebSocket
+//!   upgrade); the only module that knows axum.
+//! - [`envelope`]: the envelope protocol over TCP and WebSocket, and a
+//!   client for it.
+//! - [`net`]: connection admission and stall-guarded sockets, for every
+//!   listener.
+//! - [`plugins`]: plugins coming and going while the host serves:
+//!   install, replace and remove (the `admin/*` operations), no call
+//!   dropped.
+//! - [`store`]: the plugin store on disk: components by digest, records in
+//!   redb.
+//! - [`services`]: the host's own operations (`services/*`), the OpenAPI
+//!   document among them.
+//! - [`dispatch`]: the one place every call goes through: lookup,
+//!   visibility, scopes, admission, kind, input validation, deadlines,
+//!   errors; what a handler is, native or plugin.
+//! - [`registry`]: operations by name and owner; handlers are opaque to it.
 //! - [`tenants`]: identities, tokens and per-tenant quotas.
-//! - [`config`] and [`Host`]: the configuration and the assembled host.
+//! - [`runtime`]: the wasmtime engine, plugin loading, one store per call.
+//! - [`capabilities`]: what plugins import from the host, one module each;
+//!   with `runtime`, the only place that knows wasmtime.
+//! - [`call`]: the types every layer passes around: requests, identities,
+//!   operation specs, errors.
+//! - [`bundled`]: the example plugins, embedded in the binary.
 //!
 //! # Embedding
 //!
@@ -38,23 +56,22 @@
 //! ```
 
 pub mod bundled;
-mod capabilities;
-pub mod client;
+pub mod call;
+pub mod capabilities;
 pub mod config;
 pub mod dispatch;
 pub mod envelope;
-pub mod error;
 pub mod gateway;
 mod host;
-pub mod keyvalue;
 pub mod net;
-pub mod openapi;
+pub mod plugins;
 pub mod registry;
 pub mod runtime;
 pub mod services;
+pub mod store;
 pub mod tenants;
 
+pub use call::{CallError, CallRequest, ErrorCode, Identity};
 pub use config::HostConfig;
-pub use dispatch::{CallRequest, Dispatcher, Identity};
-pub use error::{CallError, ErrorCode};
+pub use dispatch::Dispatcher;
 pub use host::{Host, HostError};

@@ -8,128 +8,22 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use futures::future::BoxFuture;
-use futures::stream::BoxStream;
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::dispatch::CallContext;
-use crate::error::CallError;
-use crate::runtime::Plugin;
+use crate::call::{OperationSpec, is_valid_name};
 
-/// What kind of operation this is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OpType {
-    /// No side effects; one input, one output.
-    Query,
-    /// May change state; one input, one output.
-    Mutation,
-    /// One input, a stream of outputs.
-    Subscription,
-}
-
-impl OpType {
-    /// Whether the operation answers once (query, mutation) rather than with
-    /// a stream.
-    pub fn is_once(self) -> bool {
-        !matches!(self, Self::Subscription)
-    }
-}
-
-/// Who may call an operation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Visibility {
-    /// Callable from the wire.
-    External,
-    /// Callable only from other operations.
-    Internal,
-}
-
-/// The scopes a caller needs.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AccessControl {
-    /// The caller must hold all of these.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub required_scopes: Vec<String>,
-    /// The caller must hold at least one of these, when there are any.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub required_scopes_any: Vec<String>,
-}
-
-/// An operation's public description (PROTOCOL.md, "Operations").
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct OperationSpec {
-    /// `namespace/op`.
-    pub name: String,
-    /// Query, mutation or subscription.
-    pub op_type: OpType,
-    /// External or internal.
-    pub visibility: Visibility,
-    /// One line for humans.
-    pub description: String,
-    /// JSON Schema of the input.
-    pub input_schema: Value,
-    /// JSON Schema of the output (of each item, for subscriptions).
-    pub output_schema: Value,
-    /// Required scopes.
-    pub access_control: AccessControl,
-}
-
-/// A once-operation implemented in the host.
-pub type NativeOnce =
-    Arc<dyn Fn(CallContext, Value) -> BoxFuture<'static, Result<Value, CallError>> + Send + Sync>;
-
-/// A subscription implemented in the host.
-pub type NativeStream = Arc<
-    dyn Fn(
-            CallContext,
-            Value,
-        )
-            -> BoxFuture<'static, Result<BoxStream<'static, Result<Value, CallError>>, CallError>>
-        + Send
-        + Sync,
->;
-
-/// What runs when an operation is called.
-#[derive(Clone)]
-pub enum Handler {
-    /// A host function answering once.
-    NativeOnce(NativeOnce),
-    /// A host function answering with a stream.
-    NativeStream(NativeStream),
-    /// An operation of a loaded plugin, by its name inside the plugin.
-    Plugin {
-        /// The plugin.
-        plugin: Arc<Plugin>,
-        /// The operation's name inside the plugin.
-        op: String,
-    },
-}
-
-impl fmt::Debug for Handler {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::NativeOnce(_) => f.write_str("NativeOnce"),
-            Self::NativeStream(_) => f.write_str("NativeStream"),
-            Self::Plugin { plugin, op } => write!(f, "Plugin({}/{op})", plugin.name()),
-        }
-    }
-}
-
-/// A registered operation: its spec, its input validator and its handler.
-pub struct Operation {
+/// A registered operation: its spec, its compiled input schema and what
+/// runs it. The registry does not look into `H`; the dispatcher does.
+pub struct Operation<H> {
     /// The public description.
     pub spec: OperationSpec,
-    /// The compiled input schema.
-    pub input: jsonschema::Validator,
+    /// The compiled input schema, compiled once where the spec was made.
+    pub input: Arc<jsonschema::Validator>,
     /// What runs.
-    pub handler: Handler,
+    pub handler: H,
 }
 
-impl fmt::Debug for Operation {
+impl<H: fmt::Debug> fmt::Debug for Operation<H> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Operation")
             .field("spec", &self.spec)
@@ -138,21 +32,29 @@ impl fmt::Debug for Operation {
     }
 }
 
-impl Operation {
-    /// Compiles `spec.input_schema`.
-    pub fn new(spec: OperationSpec, handler: Handler) -> Result<Self, RegistryError> {
-        let input = jsonschema::validator_for(&spec.input_schema).map_err(|e| {
-            RegistryError::InvalidSchema {
-                operation: spec.name.clone(),
-                reason: e.to_string(),
-            }
-        })?;
-        Ok(Self {
+impl<H> Operation<H> {
+    /// An operation whose input schema is already compiled.
+    pub fn new(spec: OperationSpec, input: Arc<jsonschema::Validator>, handler: H) -> Self {
+        Self {
             spec,
             input,
             handler,
-        })
+        }
     }
+
+    /// An operation, compiling `spec.input_schema`.
+    pub fn compile(spec: OperationSpec, handler: H) -> Result<Self, RegistryError> {
+        let input = compile(&spec.input_schema).map_err(|reason| RegistryError::InvalidSchema {
+            operation: spec.name.clone(),
+            reason,
+        })?;
+        Ok(Self::new(spec, Arc::new(input), handler))
+    }
+}
+
+/// Compiles a JSON Schema; why not.
+pub fn compile(schema: &Value) -> Result<jsonschema::Validator, String> {
+    jsonschema::validator_for(schema).map_err(|e| e.to_string())
 }
 
 /// Why the registry refused a change.
@@ -168,6 +70,9 @@ pub enum RegistryError {
     /// A name does not have the `namespace/op` form.
     #[error("`{0}` is not a valid operation name (`namespace/op`, segments of [a-z0-9_-])")]
     InvalidName(String),
+    /// A namespace to replace is not held by that owner.
+    #[error("namespace `{0}` is not installed")]
+    NotHeld(String),
     /// A schema does not compile.
     #[error("the input schema of `{operation}` does not compile: {reason}")]
     InvalidSchema {
@@ -178,17 +83,41 @@ pub enum RegistryError {
     },
 }
 
-/// Whether `segment` is a valid name segment: `[a-z0-9_-]+`.
-pub fn is_valid_segment(segment: &str) -> bool {
-    !segment.is_empty()
-        && segment
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+/// `ops` by name, each checked to be `namespace/op` and named once.
+fn table<H>(
+    namespace: &str,
+    ops: Vec<Operation<H>>,
+) -> Result<HashMap<String, Arc<Operation<H>>>, RegistryError> {
+    let mut table = HashMap::with_capacity(ops.len());
+    for op in ops {
+        let name = op.spec.name.clone();
+        if !is_valid_name(&name) || name.split_once('/').map(|(ns, _)| ns) != Some(namespace) {
+            return Err(RegistryError::InvalidName(name));
+        }
+        if table.insert(name.clone(), Arc::new(op)).is_some() {
+            return Err(RegistryError::Duplicate(name));
+        }
+    }
+    Ok(table)
 }
 
-/// Whether `name` is `namespace/op` with valid segments.
-pub fn is_valid_name(name: &str) -> bool {
-    matches!(name.split_once('/'), Some((ns, op)) if is_valid_segment(ns) && is_valid_segment(op))
+/// Whether `owner` may take `namespace`: not if that would make one name
+/// mean two operations in some tenant's view.
+fn free<H>(
+    namespaces: &BTreeMap<String, Vec<Namespace<H>>>,
+    owner: &Owner,
+    namespace: &str,
+) -> Result<(), RegistryError> {
+    let clash = namespaces.get(namespace).is_some_and(|holders| {
+        holders.iter().any(|held| match owner {
+            Owner::Shared => true,
+            Owner::Tenant(_) => held.owner == Owner::Shared || held.owner == *owner,
+        })
+    });
+    if clash {
+        return Err(RegistryError::NamespaceTaken(namespace.to_owned()));
+    }
+    Ok(())
 }
 
 /// Whose a plugin (and so its namespace) is.
@@ -213,9 +142,9 @@ impl Owner {
 
 /// One namespace of one owner.
 #[derive(Debug)]
-struct Namespace {
+struct Namespace<H> {
     owner: Owner,
-    ops: HashMap<String, Arc<Operation>>,
+    ops: HashMap<String, Arc<Operation<H>>>,
 }
 
 /// The operations the host knows, grouped by namespace.
@@ -223,15 +152,24 @@ struct Namespace {
 /// A namespace is either shared, or held by tenants: two tenants may each
 /// have a plugin called `notes`, but then no shared plugin may be called
 /// `notes`, so that a name means one operation in every tenant's view.
-#[derive(Debug, Default)]
-pub struct Registry {
-    namespaces: RwLock<BTreeMap<String, Vec<Namespace>>>,
+#[derive(Debug)]
+pub struct Registry<H> {
+    namespaces: RwLock<BTreeMap<String, Vec<Namespace<H>>>>,
     /// Bumped by every change, so views built from the registry know when
     /// they are stale.
     generation: AtomicU64,
 }
 
-impl Registry {
+impl<H> Default for Registry<H> {
+    fn default() -> Self {
+        Self {
+            namespaces: RwLock::default(),
+            generation: AtomicU64::new(0),
+        }
+    }
+}
+
+impl<H> Registry<H> {
     /// An empty registry.
     pub fn new() -> Self {
         Self::default()
@@ -244,31 +182,45 @@ impl Registry {
         &self,
         owner: &Owner,
         namespace: &str,
-        ops: Vec<Operation>,
+        ops: Vec<Operation<H>>,
     ) -> Result<(), RegistryError> {
-        let mut table = HashMap::with_capacity(ops.len());
-        for op in ops {
-            let name = op.spec.name.clone();
-            if !is_valid_name(&name) || name.split_once('/').map(|(ns, _)| ns) != Some(namespace) {
-                return Err(RegistryError::InvalidName(name));
-            }
-            if table.insert(name.clone(), Arc::new(op)).is_some() {
-                return Err(RegistryError::Duplicate(name));
-            }
-        }
+        let table = table(namespace, ops)?;
         let mut namespaces = self.namespaces.write().unwrap_or_else(|e| e.into_inner());
-        let holders = namespaces.entry(namespace.to_owned()).or_default();
-        let clash = holders.iter().any(|held| match owner {
-            Owner::Shared => true,
-            Owner::Tenant(_) => held.owner == Owner::Shared || held.owner == *owner,
-        });
-        if clash {
-            return Err(RegistryError::NamespaceTaken(namespace.to_owned()));
-        }
-        holders.push(Namespace {
-            owner: owner.clone(),
-            ops: table,
-        });
+        free(&namespaces, owner, namespace)?;
+        namespaces
+            .entry(namespace.to_owned())
+            .or_default()
+            .push(Namespace {
+                owner: owner.clone(),
+                ops: table,
+            });
+        self.generation.fetch_add(1, Ordering::Release);
+        Ok(())
+    }
+
+    /// Whether `owner` could insert `namespace` now; why not.
+    pub fn check_free(&self, owner: &Owner, namespace: &str) -> Result<(), RegistryError> {
+        let namespaces = self.namespaces.read().unwrap_or_else(|e| e.into_inner());
+        free(&namespaces, owner, namespace)
+    }
+
+    /// Swaps the operations of `owner`'s `namespace` for `ops`, all at once:
+    /// a lookup sees either the old operations or the new ones, never
+    /// neither. Calls already running keep the handler they found. Fails,
+    /// changing nothing, when `owner` does not hold `namespace`.
+    pub fn replace_namespace(
+        &self,
+        owner: &Owner,
+        namespace: &str,
+        ops: Vec<Operation<H>>,
+    ) -> Result<(), RegistryError> {
+        let table = table(namespace, ops)?;
+        let mut namespaces = self.namespaces.write().unwrap_or_else(|e| e.into_inner());
+        let held = namespaces
+            .get_mut(namespace)
+            .and_then(|holders| holders.iter_mut().find(|held| held.owner == *owner))
+            .ok_or_else(|| RegistryError::NotHeld(namespace.to_owned()))?;
+        held.ops = table;
         self.generation.fetch_add(1, Ordering::Release);
         Ok(())
     }
@@ -296,7 +248,7 @@ impl Registry {
     }
 
     /// Looks an operation up by its full name in `tenant`'s view.
-    pub fn get(&self, tenant: &str, name: &str) -> Option<Arc<Operation>> {
+    pub fn get(&self, tenant: &str, name: &str) -> Option<Arc<Operation<H>>> {
         let (namespace, _) = name.split_once('/')?;
         let namespaces = self.namespaces.read().unwrap_or_else(|e| e.into_inner());
         namespaces
@@ -309,7 +261,7 @@ impl Registry {
     }
 
     /// Every operation of every owner, in no particular order.
-    pub fn all_owners(&self) -> Vec<Arc<Operation>> {
+    pub fn all_owners(&self) -> Vec<Arc<Operation<H>>> {
         let namespaces = self.namespaces.read().unwrap_or_else(|e| e.into_inner());
         namespaces
             .values()
@@ -319,7 +271,7 @@ impl Registry {
     }
 
     /// Every operation in `tenant`'s view, sorted by name.
-    pub fn all(&self, tenant: &str) -> Vec<Arc<Operation>> {
+    pub fn all(&self, tenant: &str) -> Vec<Arc<Operation<H>>> {
         let namespaces = self.namespaces.read().unwrap_or_else(|e| e.into_inner());
         let mut ops: Vec<_> = namespaces
             .values()
@@ -338,10 +290,11 @@ mod tests {
 
     use super::*;
 
-    fn op(name: &str) -> Operation {
-        let handler: NativeOnce =
-            Arc::new(|_, input| Box::pin(async move { Ok::<_, CallError>(input) }));
-        Operation::new(
+    use crate::call::{AccessControl, OpType, Visibility};
+
+    /// The registry does not care what a handler is.
+    fn op(name: &str) -> Operation<()> {
+        Operation::compile(
             OperationSpec {
                 name: name.into(),
                 op_type: OpType::Query,
@@ -351,7 +304,7 @@ mod tests {
                 output_schema: json!(true),
                 access_control: AccessControl::default(),
             },
-            Handler::NativeOnce(handler),
+            (),
         )
         .unwrap()
     }
@@ -362,7 +315,7 @@ mod tests {
 
     #[test]
     fn tenants_see_their_own_namespaces_and_the_shared_ones() {
-        let registry = Registry::new();
+        let registry = Registry::<()>::new();
         registry
             .insert_namespace(&Owner::Shared, "echo", vec![op("echo/echo")])
             .unwrap();
@@ -394,7 +347,7 @@ mod tests {
 
     #[test]
     fn a_name_means_one_operation_in_every_view() {
-        let registry = Registry::new();
+        let registry = Registry::<()>::new();
         registry
             .insert_namespace(&tenant("a"), "notes", vec![op("notes/list")])
             .unwrap();

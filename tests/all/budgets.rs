@@ -4,8 +4,9 @@
 
 use std::time::Duration;
 
+use opbox::capabilities::Grants;
+use opbox::capabilities::keyvalue::KeyvalueGrant;
 use opbox::config::PluginConfig;
-use opbox::runtime::{Grants, KeyvalueGrant};
 use opbox::{Host, HostConfig};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -164,6 +165,7 @@ async fn bucket_names_count_toward_the_keyvalue_quota() {
 async fn refused_at_load(name: &str) -> String {
     let config = HostConfig {
         data_dir: crate::util::data_dir(),
+        cache_dir: Some(crate::util::cache_dir()),
         plugins: vec![PluginConfig {
             path: opbox::bundled::built_plugin(name),
             name: None,

@@ -4,8 +4,9 @@
 use std::path::Path;
 
 use opbox::HostConfig;
+use opbox::capabilities::Grants;
+use opbox::capabilities::files::DirectoryGrant;
 use opbox::config::PluginConfig;
-use opbox::runtime::{DirectoryGrant, Grants};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -165,6 +166,7 @@ async fn without_a_grant_there_is_no_filesystem_and_no_trap() {
 async fn a_missing_granted_directory_stops_the_host_with_a_clear_error() {
     let mut config = HostConfig {
         data_dir: crate::util::data_dir(),
+        cache_dir: Some(crate::util::cache_dir()),
         ..HostConfig::demo()
     };
     with_directory(
@@ -272,7 +274,11 @@ async fn config_values_and_secrets_reach_only_their_plugin() {
 
 /// [`two_tenants`] and the `kv` example granted a store with `quota`, its
 /// database in `db`; `kv-denied` is the same plugin without the grant.
-fn kv_host(config: &mut HostConfig, db: &Path, quota: opbox::runtime::KeyvalueGrant) {
+fn kv_host(
+    config: &mut HostConfig,
+    db: &Path,
+    quota: opbox::capabilities::keyvalue::KeyvalueGrant,
+) {
     two_tenants(config);
     config.keyvalue_path = Some(db.join("kv.redb"));
     for (name, keyvalue) in [("kv", Some(quota)), ("kv-denied", None)] {
@@ -292,7 +298,7 @@ fn kv_host(config: &mut HostConfig, db: &Path, quota: opbox::runtime::KeyvalueGr
 #[tokio::test]
 async fn a_keyvalue_store_per_tenant_within_its_quota() {
     let db = tempfile::tempdir().unwrap();
-    let quota = opbox::runtime::KeyvalueGrant {
+    let quota = opbox::capabilities::keyvalue::KeyvalueGrant {
         max_bytes: 100,
         max_keys: 3,
     };
@@ -367,10 +373,11 @@ async fn a_keyvalue_store_per_tenant_within_its_quota() {
 async fn no_acknowledged_write_is_lost_when_the_host_is_killed() {
     let dir = tempfile::tempdir().unwrap();
     let config = format!(
-        "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\nkeyvalue_path = \"kv.redb\"\n\
+        "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\ncache_dir = {:?}\nkeyvalue_path = \"kv.redb\"\n\
          [[tenants]]\nid = \"default\"\nanonymous = true\n\
          [[plugins]]\npath = {:?}\n[plugins.grants.keyvalue]\n",
         crate::util::data_dir(),
+        crate::util::cache_dir(),
         opbox::bundled::built_plugin("kv"),
     );
     let server = crate::util::Server::start_in(dir.path(), &config);

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use futures::StreamExt;
-use opbox::client::{Client, ClientError};
+use opbox::envelope::client::{Client, ClientError};
 use serde_json::json;
 
 use crate::util::TestHost;
@@ -133,4 +133,49 @@ async fn ctrl_c_on_opbox_subscribe_aborts_the_subscription() {
         .unwrap();
     assert!(status.success(), "{status:?}");
     assert_eq!(host.wait_for_live(0, Duration::from_secs(10)).await, 0);
+}
+
+#[tokio::test]
+async fn the_wrong_kind_is_an_error_in_the_client_and_the_cli() {
+    let host = TestHost::start().await;
+    let url = format!("tcp://{}", host.tcp_addr);
+    let client = Client::connect(&url, None).await.unwrap();
+    let code = |result: Result<serde_json::Value, ClientError>| match result {
+        Err(ClientError::Call(error)) => error.code.as_str().to_owned(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        code(client.call("ticker/count", json!({"to": 5})).await),
+        "INVALID_OPERATION_TYPE"
+    );
+    let mut outputs = client.subscribe("echo/echo", json!(1)).await.unwrap();
+    assert_eq!(
+        code(outputs.next().await.unwrap()),
+        "INVALID_OPERATION_TYPE"
+    );
+    assert!(outputs.next().await.is_none(), "the error ends it");
+    // The CLI says so in one line and exits 1, rather than printing a
+    // first tick or waiting for an end that never comes.
+    for args in [
+        ["call", "ticker/count", r#"{"to": 5}"#],
+        ["subscribe", "echo/echo", "1"],
+    ] {
+        let mut command = opbox();
+        command.args(args).args(["--url", &url]);
+        let output = tokio::time::timeout(
+            Duration::from_secs(60),
+            tokio::task::spawn_blocking(move || command.output().unwrap()),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{args:?} did not end"))
+        .unwrap();
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {output:?}");
+        assert!(output.stdout.is_empty(), "{args:?}: {output:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.starts_with("error: INVALID_OPERATION_TYPE"),
+            "{stderr}"
+        );
+    }
 }

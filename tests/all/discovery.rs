@@ -170,14 +170,24 @@ async fn openapi_describes_the_routes_and_the_callers_operations() {
     );
     // Internal operations are not part of anyone's API.
     assert!(!calls.contains(&"fixture-slow/secret".to_owned()));
-    // An operation's schemas are components, as /schema gives them.
+    // An operation's schemas are components, as /schema gives them, their
+    // definitions components of their own.
     let (_, spec) = host.get("/schema?name=textkit/stats").await;
-    let mut component = doc["components"]["schemas"]["textkit.stats.input"].clone();
-    assert_eq!(component["$id"], "urn:opbox:schema:textkit.stats.input");
-    component.as_object_mut().unwrap().remove("$id");
+    let schemas = &doc["components"]["schemas"];
     let mut expected = spec["input_schema"].clone();
     expected.as_object_mut().unwrap().remove("$schema");
-    assert_eq!(component, expected);
+    assert_eq!(schemas["textkit.stats.input"], expected);
+    let output = &spec["output_schema"];
+    assert!(output["$defs"]["WordCount"].is_object(), "{output}");
+    assert!(schemas["textkit.stats.output"].get("$defs").is_none());
+    assert_eq!(
+        schemas["textkit.stats.output.WordCount"],
+        output["$defs"]["WordCount"]
+    );
+    assert!(
+        !doc.to_string().contains("\"$id\""),
+        "no schema sets its own base"
+    );
     // Every reference to a component resolves.
     fn refs<'a>(value: &'a serde_json::Value, out: &mut Vec<&'a str>) {
         match value {
@@ -194,11 +204,9 @@ async fn openapi_describes_the_routes_and_the_callers_operations() {
     let mut all = Vec::new();
     refs(&doc, &mut all);
     for r in all {
-        if let Some(name) = r.strip_prefix("#/components/schemas/") {
-            assert!(
-                doc["components"]["schemas"][name].is_object(),
-                "{r} dangles"
-            );
-        }
+        let pointer = r
+            .strip_prefix('#')
+            .unwrap_or_else(|| panic!("{r} leaves the document"));
+        assert!(doc.pointer(pointer).is_some(), "{r} dangles");
     }
 }

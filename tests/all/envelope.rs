@@ -175,3 +175,41 @@ async fn framing_violations_close_only_their_connection() {
     let reply = bystander.next().await.unwrap();
     assert!(is(&reply, "call.responded", "b"), "{reply}");
 }
+
+#[tokio::test]
+async fn a_caller_that_says_the_kind_it_expects_gets_that_sequence_or_an_error() {
+    let host = TestHost::start().await;
+    let mut tcp = Frames::connect(&host).await;
+    // Sends one call with `expect` and returns the first reply for it.
+    async fn ask(tcp: &mut Frames, id: &str, op: &str, input: Value, expect: &str) -> Value {
+        let payload = json!({"operationId": op, "input": input, "expect": expect});
+        tcp.send("call.requested", id, payload).await;
+        let reply = tcp.next().await.unwrap();
+        assert_eq!(reply["id"], id, "{reply}");
+        reply
+    }
+    let code = |reply: &Value| {
+        assert_eq!(reply["type"], "call.error", "{reply}");
+        reply["payload"]["code"].as_str().unwrap().to_owned()
+    };
+    // The wrong kind either way is INVALID_OPERATION_TYPE, and nothing
+    // runs: no output before the error, nothing after it.
+    let reply = ask(&mut tcp, "sub", "echo/echo", json!(1), "stream").await;
+    assert_eq!(code(&reply), "INVALID_OPERATION_TYPE");
+    let reply = ask(&mut tcp, "once", "ticker/count", json!({"to": 3}), "once").await;
+    assert_eq!(code(&reply), "INVALID_OPERATION_TYPE");
+    // The right kind gets its sequence.
+    let first = ask(&mut tcp, "ok", "ticker/count", json!({"to": 2}), "stream").await;
+    let kinds: Vec<Value> = [Some(first), tcp.next().await, tcp.next().await]
+        .into_iter()
+        .map(|frame| frame.unwrap()["type"].clone())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["call.responded", "call.responded", "call.completed"],
+        "after the errors, only this call's frames"
+    );
+    // A kind that is neither is bad input for that id.
+    let reply = ask(&mut tcp, "odd", "echo/echo", json!(1), "twice").await;
+    assert_eq!(code(&reply), "INVALID_INPUT");
+}

@@ -216,6 +216,7 @@ async fn table_elements_bounds_a_plugins_tables() {
     // with the limit named, rather than failing every call later.
     let config = opbox::HostConfig {
         data_dir: crate::util::data_dir(),
+        cache_dir: Some(crate::util::cache_dir()),
         examples: false,
         plugins: vec![plugin("cramped", 1)],
         ..Default::default()
@@ -225,6 +226,7 @@ async fn table_elements_bounds_a_plugins_tables() {
     // Enough room: it serves.
     let config = opbox::HostConfig {
         data_dir: crate::util::data_dir(),
+        cache_dir: Some(crate::util::cache_dir()),
         examples: false,
         plugins: vec![plugin("roomy", 1_000)],
         ..opbox::HostConfig::demo()

@@ -48,6 +48,7 @@ async fn bytes_that_are_not_a_component_are_refused() {
 async fn two_plugins_cannot_share_a_namespace() {
     let mut config = HostConfig {
         data_dir: crate::util::data_dir(),
+        cache_dir: Some(crate::util::cache_dir()),
         ..HostConfig::default()
     };
     config.plugins.push(opbox::config::PluginConfig {
@@ -124,6 +125,7 @@ async fn a_restart_loads_compiled_plugins_from_the_cache() {
 
     // An artifact that does not load is compiled again, not trusted.
     std::fs::write(&artifacts[0], b"not an artifact").unwrap();
+    drop(host);
     let host = Host::start(config()).await.unwrap();
     assert_ne!(std::fs::read(&artifacts[0]).unwrap(), b"not an artifact");
     for (operation, input) in [("echo/echo", "{}"), ("textkit/stats", r#"{"text": "a b"}"#)] {
@@ -156,6 +158,12 @@ fn the_example_configuration_is_valid_and_means_what_it_says() {
         config.access["textkit/stats"].required_scopes,
         ["text:read"]
     );
+    assert_eq!(config.admin.grace_ms, defaults.admin.grace_ms);
+    assert_eq!(
+        config.admin.max_plugin_bytes,
+        defaults.admin.max_plugin_bytes
+    );
+    assert_eq!(config.admin.max_uploads, defaults.admin.max_uploads);
     // Every default limit written out equals the built-in default.
     assert_eq!(config.plugin_limits(None), PluginLimits::default());
     let mirror = config.plugin_limits(Some(&config.plugins[0]));

@@ -8,6 +8,7 @@
 // In a test binary a panic is how a failure is reported.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod admin;
 mod batch;
 mod budgets;
 mod call;
@@ -17,14 +18,19 @@ mod client;
 mod connections;
 mod discovery;
 mod envelope;
+mod events;
 mod hostile;
 mod isolation;
+mod layers;
 mod leaks;
 mod limits;
 mod loading;
 mod nested;
+mod openapi;
 mod outbound;
 mod shutdown;
 mod subscribe;
+mod tenant_plugins;
 mod tenants;
+mod tools;
 mod util;

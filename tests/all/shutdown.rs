@@ -5,17 +5,18 @@ use std::process::Command;
 use std::time::Duration;
 
 use futures::StreamExt;
-use opbox::client::{Client, ClientError};
+use opbox::envelope::client::{Client, ClientError};
 use serde_json::json;
 
 #[tokio::test]
 async fn sigterm_lets_calls_finish_and_ends_subscriptions() {
     let dir = tempfile::tempdir().unwrap();
     let config = format!(
-        "listen = \"127.0.0.1:0\"\ntcp_listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n\
+        "listen = \"127.0.0.1:0\"\ntcp_listen = \"127.0.0.1:0\"\ndata_dir = {:?}\ncache_dir = {:?}\n\
          [[tenants]]\nid = \"default\"\nanonymous = true\n\
          [[plugins]]\npath = {:?}\n",
         crate::util::data_dir(),
+        crate::util::cache_dir(),
         opbox::bundled::built_plugin("fixture-slow"),
     );
     // Killed when dropped, should the test fail half-way.

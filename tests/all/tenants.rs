@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use opbox::HostConfig;
+use opbox::call::AccessControl;
 use opbox::config::PluginConfig;
-use opbox::registry::AccessControl;
 use opbox::tenants::{Quotas, TenantConfig, TokenConfig, hash_token_hex};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -33,6 +33,7 @@ fn tenant(id: &str, tokens: &[(&str, &str, &[&str])], quotas: Quotas) -> TenantC
             })
             .collect(),
         quotas,
+        plugins: Default::default(),
     }
 }
 
@@ -606,16 +607,17 @@ async fn a_connection_takes_its_callers_token_and_envelopes_override_it() {
     assert_eq!(frames.next().await.unwrap()["type"], "call.responded");
 
     // Over WebSocket, the upgrade's bearer token names the caller.
-    let client = opbox::client::Client::connect(
+    let client = opbox::envelope::client::Client::connect(
         &host.url("/call").replace("http://", "ws://"),
         Some(ACME_ADMIN.into()),
     )
     .await
     .unwrap();
     assert_eq!(client.call("vault/echo", json!(2)).await.unwrap(), json!(2));
-    let client = opbox::client::Client::connect(&format!("tcp://{}", host.tcp_addr), None)
-        .await
-        .unwrap();
+    let client =
+        opbox::envelope::client::Client::connect(&format!("tcp://{}", host.tcp_addr), None)
+            .await
+            .unwrap();
     let error = client.call("vault/echo", json!(2)).await.unwrap_err();
     assert!(error.to_string().contains("UNAUTHORIZED"), "{error}");
 }
@@ -680,9 +682,10 @@ async fn tokens_never_reach_the_logs_or_the_answers() {
     const WRONG: &str = "opbox_never_log_me_either_0123";
     let dir = tempfile::tempdir().unwrap();
     let config = format!(
-        "listen = \"127.0.0.1:0\"\ntcp_listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n\
+        "listen = \"127.0.0.1:0\"\ntcp_listen = \"127.0.0.1:0\"\ndata_dir = {:?}\ncache_dir = {:?}\n\
          [[tenants]]\nid = \"acme\"\n[[tenants.tokens]]\nid = \"ci\"\nsha256 = \"{}\"\n",
         crate::util::data_dir(),
+        crate::util::cache_dir(),
         hash_token_hex(SECRET),
     );
     let server = crate::util::Server::start_logging(dir.path(), &config, "debug");
@@ -708,9 +711,10 @@ async fn tokens_never_reach_the_logs_or_the_answers() {
                 .unwrap();
             answers.push(response.text().await.unwrap());
         }
-        let tcp = opbox::client::Client::connect(&format!("tcp://{tcp}"), Some(token.into()))
-            .await
-            .unwrap();
+        let tcp =
+            opbox::envelope::client::Client::connect(&format!("tcp://{tcp}"), Some(token.into()))
+                .await
+                .unwrap();
         answers.push(format!("{:?}", tcp.call("echo/echo", json!(1)).await));
     }
     assert!(answers[0].contains(r#""result":"ok""#), "{answers:?}");

@@ -25,9 +25,30 @@ pub const FIXTURES: &[&str] = &[
     "hostile-noise",
 ];
 
-/// Where compiled plugins are cached across tests.
+/// Where compiled plugins are cached, shared by every test.
+pub fn cache_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("opbox-tests/cache")
+}
+
+/// A data directory of its own for one host (one host at a time may use
+/// one). Those of earlier runs are deleted the first time.
 pub fn data_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("opbox-tests")
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    static CLEARED: std::sync::Once = std::sync::Once::new();
+    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("opbox-tests/hosts");
+    let pid = std::process::id();
+    CLEARED.call_once(|| {
+        for entry in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.starts_with(&format!("{pid}-")) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    });
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = root.join(format!("{pid}-{n}"));
+    std::fs::create_dir_all(&dir).expect("a data directory");
+    dir
 }
 
 /// A host serving HTTP on an ephemeral port; stops when dropped.
@@ -51,6 +72,7 @@ impl TestHost {
         let _ = tracing_subscriber_init();
         let mut config = HostConfig {
             data_dir: data_dir(),
+            cache_dir: Some(cache_dir()),
             plugins: FIXTURES
                 .iter()
                 .map(|name| PluginConfig {
@@ -511,6 +533,7 @@ pub fn two_tenants(config: &mut HostConfig) {
                 scopes: vec![],
             }],
             quotas: Quotas::default(),
+            plugins: Default::default(),
         })
         .collect();
 }

@@ -2,29 +2,79 @@
 //! (`[plugins.grants.config]` and `[plugins.grants.secrets]`). A plugin
 //! without such a grant gets an error from every call, never a trap.
 
-use crate::runtime::StoreState;
-use crate::runtime::bindings::wasi::config::store::{Error, Host};
+use std::fmt;
+use std::sync::Arc;
 
-impl Host for StoreState {
-    fn get(&mut self, key: String) -> Result<Option<String>, Error> {
-        self.config_granted()?;
-        Ok(self.grants.config_value(&key).map(str::to_owned))
-    }
+use serde::Deserialize;
+use wasmtime::component::{HasSelf, Linker};
 
-    fn get_all(&mut self) -> Result<Vec<(String, String)>, Error> {
-        self.config_granted()?;
-        Ok(self.grants.config_values())
+use super::bindings::wasi::config::store::{self, Error, Host};
+use super::denied::Denial;
+use super::grants::Grants;
+
+/// A configuration value that is never displayed.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The value itself.
+    pub fn expose(&self) -> &str {
+        &self.0
     }
 }
 
-impl StoreState {
-    fn config_granted(&self) -> Result<(), Error> {
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<secret>")
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Self(value)
+    }
+}
+
+/// What one call of a plugin reads its configuration from.
+#[derive(Debug)]
+pub struct ConfigState {
+    grants: Arc<Grants>,
+    denial: Denial,
+}
+
+impl ConfigState {
+    pub(super) fn new(grants: Arc<Grants>, denial: Denial) -> Self {
+        Self { grants, denial }
+    }
+
+    fn granted(&self) -> Result<(), Error> {
         if self.grants.config_granted() {
             Ok(())
         } else {
+            self.denial.report(serde_json::json!({}));
             Err(Error::Upstream(
                 "denied: wasi:config is not granted to this plugin".into(),
             ))
         }
     }
+}
+
+impl Host for ConfigState {
+    fn get(&mut self, key: String) -> Result<Option<String>, Error> {
+        self.granted()?;
+        Ok(self.grants.config_value(&key).map(str::to_owned))
+    }
+
+    fn get_all(&mut self) -> Result<Vec<(String, String)>, Error> {
+        self.granted()?;
+        Ok(self.grants.config_values())
+    }
+}
+
+pub(super) fn add_to_linker<T: super::View>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    fn state<T: super::View>(store: &mut T) -> &mut ConfigState {
+        &mut store.capabilities().0.config
+    }
+    store::add_to_linker::<T, HasSelf<ConfigState>>(linker, state)
 }

@@ -1,25 +1,95 @@
 //! `opbox:plugin/invoke`: a plugin calling other operations, through the
 //! dispatcher, as its caller.
+//!
+//! The capability does not know the dispatcher: it is handed a
+//! [`NestedCalls`] for each call, which the dispatcher implements.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures::StreamExt;
+use futures::future::BoxFuture;
+use serde_json::Value;
 use wasmtime::StoreContextMut;
 use wasmtime::component::{
-    Accessor, Destination, HasSelf, StreamProducer, StreamReader, StreamResult,
+    Accessor, Destination, HasSelf, Linker, StreamProducer, StreamReader, StreamResult,
 };
 
-use crate::runtime::bindings::CallError;
-use crate::runtime::bindings::opbox::plugin::invoke;
-use crate::runtime::{GuestError, NestedCalls, StoreState};
+use super::bindings::CallError;
+use super::bindings::opbox::plugin::invoke;
 
-impl invoke::Host for StoreState {}
+/// Carries out the calls a guest makes to other operations
+/// (`opbox:plugin/invoke`) on behalf of the call that made them: same caller,
+/// what is left of its deadline, one level deeper.
+pub trait NestedCalls: std::fmt::Debug + Send + Sync + 'static {
+    /// Calls the query or mutation `operation` with JSON text `input`.
+    fn call(
+        &self,
+        operation: String,
+        input: String,
+    ) -> BoxFuture<'static, Result<String, GuestError>>;
+
+    /// Subscribes to the subscription `operation` with JSON text `input`;
+    /// each item is one output's JSON text, and an error ends the stream.
+    /// Dropping the stream aborts the subscription.
+    fn subscribe(
+        &self,
+        operation: String,
+        input: String,
+    ) -> BoxFuture<'static, Result<NestedItems, GuestError>>;
+}
+
+/// The outputs of a subscription a guest made.
+pub type NestedItems = futures::stream::BoxStream<'static, Result<String, GuestError>>;
+
+/// A domain error returned by the guest, or by an operation it called.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GuestError {
+    /// The guest's code.
+    pub code: String,
+    /// The guest's message.
+    pub message: String,
+    /// The guest's details, if they were a JSON value.
+    pub details: Option<Value>,
+}
+
+impl From<CallError> for GuestError {
+    fn from(e: CallError) -> Self {
+        Self {
+            code: e.code,
+            message: e.message,
+            details: e.details.and_then(|d| serde_json::from_str(&d).ok()),
+        }
+    }
+}
+
+/// Who carries out one call's calls to other operations; without anyone
+/// (`describe` at load), `invoke.call` answers `UNAVAILABLE`.
+#[derive(Debug)]
+pub struct InvokeState {
+    nested: Option<Arc<dyn NestedCalls>>,
+}
+
+impl InvokeState {
+    pub(super) fn new(nested: Option<Arc<dyn NestedCalls>>) -> Self {
+        Self { nested }
+    }
+}
+
+impl invoke::Host for InvokeState {}
+
+pub(super) fn add_to_linker<T: super::View>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    fn state<T: super::View>(store: &mut T) -> &mut InvokeState {
+        &mut store.capabilities().0.invoke
+    }
+    invoke::add_to_linker::<T, HasSelf<InvokeState>>(linker, state)
+}
 
 /// One item of a subscription's stream, as the guest reads it.
 type Item = Result<String, CallError>;
 
-impl<T> invoke::HostWithStore<T> for HasSelf<StoreState> {
+impl<T> invoke::HostWithStore<T> for HasSelf<InvokeState> {
     async fn call(
         accessor: &Accessor<T, Self>,
         operation: String,
@@ -50,8 +120,8 @@ impl<T> invoke::HostWithStore<T> for HasSelf<StoreState> {
 }
 
 fn nested<T>(
-    accessor: &Accessor<T, HasSelf<StoreState>>,
-) -> Result<std::sync::Arc<dyn NestedCalls>, CallError> {
+    accessor: &Accessor<T, HasSelf<InvokeState>>,
+) -> Result<Arc<dyn NestedCalls>, CallError> {
     accessor
         .with(|mut store| store.get().nested.clone())
         .ok_or_else(|| CallError {
@@ -73,7 +143,7 @@ fn to_wit(e: GuestError) -> CallError {
 /// pulled from the subscription only when the guest asks, so a guest that
 /// reads slowly holds the subscription back. Dropping it (the guest dropped
 /// the stream, or its call ended) aborts the subscription.
-struct Outputs(crate::runtime::NestedItems);
+struct Outputs(NestedItems);
 
 impl<D> StreamProducer<D> for Outputs {
     type Item = Item;

@@ -4,21 +4,64 @@
 //! `log_lines` of them, `fatal` included (the rest are counted, and reported
 //! once).
 
-use crate::error::cut;
-use crate::runtime::StoreState;
-use crate::runtime::bindings::Level;
-use crate::runtime::bindings::opbox::plugin::{log, types};
+use std::sync::Arc;
+
+use wasmtime::component::{HasSelf, Linker};
+
+use super::bindings::Level;
+use super::bindings::opbox::plugin::{log, types};
+use crate::call::cut;
 
 /// The longest log line kept; the rest is cut so one call cannot flood the log.
 const MAX_LINE: usize = 4096;
 
-impl log::Host for StoreState {
+/// The log of one call: whom its lines are attributed to, how many it may
+/// still write, and the last thing it said before it failed.
+#[derive(Debug)]
+pub struct LogState {
+    plugin: Arc<str>,
+    request_id: Arc<str>,
+    tenant: Arc<str>,
+    lines_left: u32,
+    /// Lines written past the limit, and so dropped.
+    pub(crate) dropped: u64,
+    /// The last message the guest reported through `log.fatal`.
+    pub(crate) fatal: Option<String>,
+}
+
+impl LogState {
+    pub(super) fn new(
+        plugin: Arc<str>,
+        request_id: Arc<str>,
+        tenant: Arc<str>,
+        lines: u32,
+    ) -> Self {
+        Self {
+            plugin,
+            request_id,
+            tenant,
+            lines_left: lines,
+            dropped: 0,
+            fatal: None,
+        }
+    }
+
+    /// Takes one line of the allowance; `false` once it is spent.
+    fn take_line(&mut self) -> bool {
+        if self.lines_left == 0 {
+            self.dropped += 1;
+            return false;
+        }
+        self.lines_left -= 1;
+        true
+    }
+}
+
+impl log::Host for LogState {
     fn log(&mut self, level: Level, message: String) {
-        if self.log_lines_left == 0 {
-            self.log_lines_dropped += 1;
+        if !self.take_line() {
             return;
         }
-        self.log_lines_left -= 1;
         let message = cut(&message, MAX_LINE);
         let (plugin, request_id, tenant) = (&*self.plugin, &*self.request_id, &*self.tenant);
         match level {
@@ -35,11 +78,9 @@ impl log::Host for StoreState {
     fn fatal(&mut self, message: String) {
         let message = cut(&message, MAX_LINE);
         self.fatal = Some(message.to_owned());
-        if self.log_lines_left == 0 {
-            self.log_lines_dropped += 1;
+        if !self.take_line() {
             return;
         }
-        self.log_lines_left -= 1;
         tracing::error!(
             plugin = &*self.plugin,
             request_id = &*self.request_id,
@@ -49,4 +90,12 @@ impl log::Host for StoreState {
     }
 }
 
-impl types::Host for StoreState {}
+impl types::Host for LogState {}
+
+pub(super) fn add_to_linker<T: super::View>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    fn state<T: super::View>(store: &mut T) -> &mut LogState {
+        &mut store.capabilities().0.log
+    }
+    types::add_to_linker::<T, HasSelf<LogState>>(linker, state)?;
+    log::add_to_linker::<T, HasSelf<LogState>>(linker, state)
+}

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use futures::StreamExt;
 use tokio::sync::watch;
 
-use super::{Origin, OutputStream};
-use crate::error::{CallError, ErrorCode};
+use super::OutputStream;
+use crate::call::{CallError, ErrorCode, Origin};
 
 /// Whether the host is draining, and how many calls are in flight.
 #[derive(Debug)]

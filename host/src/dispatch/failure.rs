@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::error::{CallError, ErrorCode};
+use crate::call::{CallError, ErrorCode};
 use crate::runtime::{InvokeError, Plugin};
 
 /// The caller's view of a failed plugin call.

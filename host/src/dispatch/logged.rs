@@ -5,10 +5,10 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use futures::Stream;
-use serde_json::Value;
+use serde_json::{Value, json};
 
-use super::{CallRequest, OutputStream};
-use crate::error::{CallError, cut};
+use super::OutputStream;
+use crate::call::{CallError, CallRequest, ErrorCode, Event, SharedObserver, cut};
 
 /// Logs a call once, when it finishes; a call dropped before it finished is
 /// logged as aborted. The line names the tenant and the caller's id, never
@@ -21,10 +21,11 @@ pub(super) struct CallLog {
     started: Instant,
     items: u64,
     done: bool,
+    observer: SharedObserver,
 }
 
 impl CallLog {
-    pub(super) fn start(request: &CallRequest) -> Self {
+    pub(super) fn start(request: &CallRequest, observer: &SharedObserver) -> Self {
         Self {
             operation: request.operation.clone(),
             request_id: request.request_id.clone(),
@@ -33,12 +34,16 @@ impl CallLog {
             started: Instant::now(),
             items: 0,
             done: false,
+            observer: observer.clone(),
         }
     }
 
     pub(super) fn finish(&mut self, error: Option<&CallError>) {
         self.done = true;
         self.emit(error.map_or("ok", |e| e.code.as_str()), error);
+        if let Some(event) = error.and_then(|e| event_of(e, &self.operation, &self.tenant)) {
+            self.observer.observe(event);
+        }
     }
 
     /// The call's line; a failure's carries its cause as the caller was told
@@ -73,6 +78,46 @@ impl Drop for CallLog {
             self.emit("aborted", None);
         }
     }
+}
+
+/// The event a failed call is, if it is one: a trap, a limit hit or a
+/// quota refusal, for the calling tenant.
+fn event_of(error: &CallError, operation: &str, tenant: &str) -> Option<Event> {
+    let details = error.details.as_ref()?;
+    // A caller's own words: bounded before they are kept.
+    let operation = cut(operation.strip_prefix('/').unwrap_or(operation), 256);
+    let namespace = operation.split('/').next().map(str::to_owned);
+    let (kind, plugin, detail) = match (&error.code, details.get("limit").and_then(|l| l.as_str()))
+    {
+        (ErrorCode::PluginFailed, _) if details.get("trap").is_some() => (
+            "call.trapped",
+            details["plugin"].as_str().map(str::to_owned),
+            json!({
+                "operation": operation,
+                "trap": details["trap"],
+                "version": details["version"],
+            }),
+        ),
+        (_, Some(limit)) => match limit.strip_prefix("tenant.") {
+            Some(quota) => (
+                "quota.refused",
+                None,
+                json!({ "operation": operation, "quota": quota, "value": details["value"] }),
+            ),
+            None => (
+                "limit.hit",
+                namespace,
+                json!({ "operation": operation, "limit": limit, "value": details["value"] }),
+            ),
+        },
+        _ => return None,
+    };
+    Some(Event {
+        kind,
+        tenant: Some(tenant.to_owned()),
+        plugin,
+        detail,
+    })
 }
 
 /// The most of an error's message a log line keeps.

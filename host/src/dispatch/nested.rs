@@ -12,9 +12,11 @@ use serde_json::{Value, json};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::AbortOnDropHandle;
 
-use super::{CallRequest, Dispatcher, Identity, Origin, new_request_id};
-use crate::error::{CallError, ErrorCode};
-use crate::runtime::{GuestError, Invocation, NestedCalls, NestedItems};
+use super::Dispatcher;
+use crate::call::{CallError, ErrorCode};
+use crate::call::{CallRequest, Identity, Origin, new_request_id};
+use crate::capabilities::invoke::{GuestError, NestedCalls, NestedItems};
+use crate::runtime::Invocation;
 
 /// What a plugin's call runs with: who for, how long, and the way back into
 /// the dispatcher for the calls it makes.

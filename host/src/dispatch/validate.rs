@@ -2,8 +2,8 @@
 
 use serde_json::{Value, json};
 
-use crate::error::CallError;
-use crate::registry::Operation;
+use super::Operation;
+use crate::call::CallError;
 
 /// Inputs with more JSON values than this are validated off the async
 /// workers.

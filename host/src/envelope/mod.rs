@@ -7,7 +7,10 @@
 //!   tasks, aborts, the open-call limit, bad input answered per the protocol.
 //! - [`tcp`]: the TCP listener and its framing. The WebSocket side lives in
 //!   the gateway, next to the route it upgrades.
+//! - [`client`]: the other end: a client of the protocol, over TCP or
+//!   WebSocket, as `opbox call` and `opbox subscribe` use it.
 
+pub mod client;
 mod outbox;
 pub mod session;
 pub mod tcp;

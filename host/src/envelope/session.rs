@@ -36,9 +36,10 @@ use tokio::task::AbortHandle;
 
 use super::EnvelopeConfig;
 use super::outbox::{Outbound, Outbox};
-use super::wire::{self, BadEnvelope, CallPayload, Incoming};
-use crate::dispatch::{CallRequest, Dispatcher, Identity, Origin, new_request_id};
-use crate::error::{CallError, ErrorCode};
+use super::wire::{self, BadEnvelope, CallPayload, Expect, Incoming};
+use crate::call::{CallError, ErrorCode};
+use crate::call::{CallRequest, Identity, Origin, new_request_id};
+use crate::dispatch::Dispatcher;
 
 /// What a transport hands the session: a frame, or why the byte stream
 /// cannot go on.
@@ -265,6 +266,7 @@ impl Session {
         };
         let call = Call {
             id: id.to_owned(),
+            expect: payload.expect,
             seq,
             outbox: self.outbox.clone(),
             max_frame_bytes: self.config.max_frame_bytes,
@@ -335,6 +337,8 @@ async fn idle(open: &Shared, timeout: std::time::Duration) {
 /// One call's end of the connection.
 struct Call {
     id: String,
+    /// The kind the caller asked for, if it said.
+    expect: Option<Expect>,
     seq: u64,
     outbox: Outbox,
     max_frame_bytes: usize,
@@ -352,11 +356,17 @@ enum Sent {
 
 impl Call {
     async fn run(self, dispatcher: Dispatcher, request: CallRequest) {
-        let op_type = match dispatcher.op_type(&request) {
-            Ok(op_type) => op_type,
-            Err(error) => return self.fail(&error).await,
+        // A caller that says which kind it means gets `INVALID_OPERATION_TYPE`
+        // from the dispatcher for the other kind; one that does not gets the
+        // reply sequence of the operation's kind.
+        let once = match self.expect {
+            Some(expect) => expect == Expect::Once,
+            None => match dispatcher.op_type(&request) {
+                Ok(op_type) => op_type.is_once(),
+                Err(error) => return self.fail(&error).await,
+            },
         };
-        if op_type.is_once() {
+        if once {
             match dispatcher.call(request).await {
                 Ok(output) => {
                     self.send(wire::responded_frame(&self.id, &output), true)

@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::error::{CallError, ErrorCode};
+use crate::call::{CallError, ErrorCode};
 
 /// The envelope types a caller may send.
 pub const CALL_REQUESTED: &str = "call.requested";
@@ -49,8 +49,23 @@ pub struct CallPayload {
     #[serde(default)]
     pub auth_token: Option<String>,
     /// A deadline in milliseconds; it may only shorten the host's.
-    #[serde(default, deserialize_with = "crate::dispatch::whole_millis")]
+    #[serde(default, deserialize_with = "crate::call::whole_millis")]
     pub deadline_ms: Option<u64>,
+    /// The kind of call the caller means to make; a call of the other
+    /// kind fails with `INVALID_OPERATION_TYPE`, as over HTTP.
+    #[serde(default)]
+    pub expect: Option<Expect>,
+}
+
+/// The reply sequence a caller asks for in `call.requested`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Expect {
+    /// A query or mutation: one `call.responded` or one `call.error`.
+    Once,
+    /// A subscription: `call.responded` for each output, then one
+    /// `call.completed` or one `call.error`.
+    Stream,
 }
 
 impl std::fmt::Debug for CallPayload {
@@ -63,6 +78,7 @@ impl std::fmt::Debug for CallPayload {
                 &self.auth_token.as_ref().map(|_| "<redacted>"),
             )
             .field("deadline_ms", &self.deadline_ms)
+            .field("expect", &self.expect)
             .finish()
     }
 }
@@ -247,6 +263,7 @@ mod tests {
                     input: Value::Null,
                     auth_token: None,
                     deadline_ms: None,
+                    expect: None,
                 }
             })
         );
@@ -275,6 +292,7 @@ mod tests {
             br#"{"id":"a","type":"call.responded","payload":{}}"#,
             br#"{"id":"a","type":"call.requested","payload":{"input":1}}"#,
             br#"{"id":"a","type":"call.requested","payload":{"operationId":"x/y","deadline_ms":-1}}"#,
+            br#"{"id":"a","type":"call.requested","payload":{"operationId":"x/y","expect":"twice"}}"#,
             br#"{"id":"a","type":"call.aborted","extra":true}"#,
         ] {
             match parse(bytes) {

@@ -11,8 +11,8 @@ use serde_json::{Value, json};
 
 use super::error::{ApiError, JsonBody};
 use super::{AppState, caller};
-use crate::dispatch::{CallRequest, Identity, Origin, new_request_id};
-use crate::error::{CallError, ErrorCode};
+use crate::call::{CallError, ErrorCode};
+use crate::call::{CallRequest, Identity, Origin, new_request_id};
 
 /// The body of `/call` and of each `/batch` item.
 #[derive(Debug, Deserialize)]
@@ -21,7 +21,7 @@ pub(super) struct CallBody {
     operation: String,
     #[serde(default)]
     input: Value,
-    #[serde(default, deserialize_with = "crate::dispatch::whole_millis")]
+    #[serde(default, deserialize_with = "crate::call::whole_millis")]
     deadline_ms: Option<u64>,
 }
 

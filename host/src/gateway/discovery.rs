@@ -14,8 +14,8 @@ use serde_json::{Value, json};
 
 use super::error::ApiError;
 use super::{AppState, caller};
-use crate::dispatch::{CallRequest, Origin, new_request_id};
-use crate::error::CallError;
+use crate::call::CallError;
+use crate::call::{CallRequest, Origin, new_request_id};
 use crate::services;
 
 #[derive(Debug, Deserialize)]
@@ -86,7 +86,7 @@ async fn run(
     }
 }
 
-fn bad_query(rejection: QueryRejection) -> ApiError {
+pub(super) fn bad_query(rejection: QueryRejection) -> ApiError {
     ApiError::from(CallError::invalid_input(format!(
         "the query string is not valid: {}",
         rejection.body_text()

@@ -16,8 +16,8 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use super::AppState;
-use crate::dispatch::new_request_id;
-use crate::error::{CallError, ErrorCode};
+use crate::call::new_request_id;
+use crate::call::{CallError, ErrorCode};
 
 /// A failed request, ready to become a response.
 #[derive(Debug)]

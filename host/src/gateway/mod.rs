@@ -10,12 +10,16 @@
 //! | `GET /schema?name=` | `discovery::schema`: one operation's full spec |
 //! | `GET /openapi.json` | `discovery::openapi`: OpenAPI 3.1, the caller's view |
 //! | `GET /healthz` | `discovery::healthz` |
+//! | `/admin/v1/plugins…` | `admin::*`: install, list, show, replace, remove |
+//! | `GET /admin/v1/events` | `events::events`: a page of the event feed, or a WebSocket following it |
 //!
 //! Every failure has the protocol's error shape and status (`error`).
 
+mod admin;
 mod call;
 mod discovery;
 mod error;
+mod events;
 mod serve;
 mod subscribe;
 mod ws;
@@ -33,9 +37,10 @@ use tokio_util::task::TaskTracker;
 pub use error::ApiError;
 pub use serve::serve;
 
-use crate::dispatch::{Dispatcher, Identity};
+use crate::call::Identity;
+use crate::call::{CallError, ErrorCode};
+use crate::dispatch::Dispatcher;
 use crate::envelope::EnvelopeConfig;
-use crate::error::{CallError, ErrorCode};
 use crate::net::ConnectionConfig;
 
 /// Settings of the gateway.
@@ -44,6 +49,8 @@ use crate::net::ConnectionConfig;
 /// |---|---|
 /// | `max_body_bytes` | 1 MiB; larger bodies get 413 |
 /// | `max_batch` | 100 calls per `/batch` |
+/// | `max_plugin_bytes` | 64 MiB: the largest component an admin upload carries |
+/// | `max_uploads` | 2 admin uploads read at once |
 /// | `sse_keep_alive` | a comment every 15 s on idle SSE streams |
 /// | `envelope` | the limits of WebSocket connections: [`EnvelopeConfig`] |
 /// | `connection` | timeouts of every connection: [`ConnectionConfig`] |
@@ -53,6 +60,10 @@ pub struct GatewayConfig {
     pub max_body_bytes: usize,
     /// The most calls in one `/batch`.
     pub max_batch: usize,
+    /// The largest component an admin upload may carry.
+    pub max_plugin_bytes: usize,
+    /// Admin uploads read at once.
+    pub max_uploads: usize,
     /// How often an idle SSE stream gets a keep-alive comment.
     pub sse_keep_alive: Duration,
     /// Limits of envelope connections over WebSocket.
@@ -66,6 +77,8 @@ impl Default for GatewayConfig {
         Self {
             max_body_bytes: 1 << 20,
             max_batch: 100,
+            max_plugin_bytes: 64 << 20,
+            max_uploads: 2,
             sse_keep_alive: Duration::from_secs(15),
             envelope: EnvelopeConfig::default(),
             connection: ConnectionConfig::default(),
@@ -78,6 +91,8 @@ struct AppState {
     dispatcher: Dispatcher,
     config: Arc<GatewayConfig>,
     websockets: TaskTracker,
+    /// Admin uploads being read now.
+    uploads: Arc<admin::Uploads>,
 }
 
 /// The gateway's routes over `dispatcher`. Each WebSocket connection runs
@@ -87,6 +102,7 @@ pub fn router(dispatcher: Dispatcher, config: GatewayConfig, websockets: TaskTra
     let body_limit = config.max_body_bytes;
     let state = AppState {
         dispatcher,
+        uploads: Arc::new(admin::Uploads::new(config.max_uploads)),
         config: Arc::new(config),
         websockets,
     };
@@ -98,6 +114,12 @@ pub fn router(dispatcher: Dispatcher, config: GatewayConfig, websockets: TaskTra
         .route("/schema", get(discovery::schema))
         .route("/openapi.json", get(discovery::openapi))
         .route("/healthz", get(discovery::healthz))
+        .route("/admin/v1/plugins", post(admin::install).get(admin::list))
+        .route(
+            "/admin/v1/plugins/{name}",
+            get(admin::show).put(admin::replace).delete(admin::remove),
+        )
+        .route("/admin/v1/events", get(events::events))
         .fallback(no_route)
         .method_not_allowed_fallback(no_method)
         .layer(DefaultBodyLimit::max(body_limit))

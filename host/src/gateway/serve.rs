@@ -24,7 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::dispatch::new_request_id;
+use crate::call::new_request_id;
 use crate::net::{self, ConnectionConfig, ConnectionPermit, Connections, Guarded, Refusal};
 
 /// Serves `router` on `listener` until `shutdown` resolves; then stops

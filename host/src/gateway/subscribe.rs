@@ -17,8 +17,8 @@ use futures::stream::{self, Stream, StreamExt};
 use super::call::CallBody;
 use super::error::JsonBody;
 use super::{AppState, caller};
+use crate::call::CallError;
 use crate::dispatch::OutputStream;
-use crate::error::CallError;
 
 pub(super) async fn subscribe(
     State(state): State<AppState>,

@@ -39,8 +39,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 
 use super::{ApiError, AppState, bearer};
+use crate::call::CallError;
 use crate::envelope::session::{self, FrameLimit, Inbound};
-use crate::error::CallError;
 use crate::net::ConnectionPermit;
 
 /// The largest WebSocket frame the host sends; longer replies are fragmented.
@@ -159,7 +159,7 @@ where
 }
 
 /// The `Sec-WebSocket-Key` of a well-formed WebSocket upgrade request.
-fn handshake_key(headers: &HeaderMap) -> Option<String> {
+pub(super) fn handshake_key(headers: &HeaderMap) -> Option<String> {
     let has_token = |name, token: &str| {
         headers.get_all(name).iter().any(|value| {
             value.to_str().is_ok_and(|value| {
@@ -380,7 +380,7 @@ impl<S: Sink<Message, Error = WsError> + Unpin> Sink<Bytes> for Replies<S> {
 /// A reply as WebSocket messages: one text message (an envelope is UTF-8
 /// JSON, and a browser gets a string it can `JSON.parse`), sent as frames of
 /// at most [`FRAGMENT`] bytes.
-fn fragments(bytes: Bytes) -> impl Iterator<Item = Message> {
+pub(super) fn fragments(bytes: Bytes) -> impl Iterator<Item = Message> {
     let len = bytes.len();
     let count = len.div_ceil(FRAGMENT).max(1);
     (0..count).map(move |n| {

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use serde_json::json;
 
-use crate::error::{CallError, ErrorCode};
+use crate::call::{CallError, ErrorCode};
 
 /// The connections open now, counted host-wide and per peer address. Cheap
 /// to clone; every listener of a host shares one.

@@ -9,15 +9,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
-use serde_json::Value;
 use wasmtime::{PoolConcurrencyLimitError, Store, UpdateDeadline};
 
-use super::bindings::{self, CallContext};
 use super::limits::LimitHit;
 use super::plugin::Plugin;
 use super::state::{CpuBudget, StoreState};
 use super::trap::classify;
+use crate::capabilities::bindings::{self, CallContext};
+use crate::capabilities::invoke::{GuestError, NestedCalls};
 
 /// Who a call is for and how long it may take.
 #[derive(Debug, Clone)]
@@ -36,30 +35,6 @@ pub struct Invocation {
     /// guest's `invoke.call` answers `UNAVAILABLE` without one.
     pub nested: Option<Arc<dyn NestedCalls>>,
 }
-
-/// Carries out the calls a guest makes to other operations
-/// (`opbox:plugin/invoke`) on behalf of the call that made them: same caller,
-/// what is left of its deadline, one level deeper.
-pub trait NestedCalls: std::fmt::Debug + Send + Sync + 'static {
-    /// Calls the query or mutation `operation` with JSON text `input`.
-    fn call(
-        &self,
-        operation: String,
-        input: String,
-    ) -> BoxFuture<'static, Result<String, GuestError>>;
-
-    /// Subscribes to the subscription `operation` with JSON text `input`;
-    /// each item is one output's JSON text, and an error ends the stream.
-    /// Dropping the stream aborts the subscription.
-    fn subscribe(
-        &self,
-        operation: String,
-        input: String,
-    ) -> BoxFuture<'static, Result<NestedItems, GuestError>>;
-}
-
-/// The outputs of a subscription a guest made.
-pub type NestedItems = futures::stream::BoxStream<'static, Result<String, GuestError>>;
 
 impl Invocation {
     /// An invocation by the host itself, e.g. `describe` at load.
@@ -81,27 +56,6 @@ impl Invocation {
             caller_id: self.caller_id.clone(),
             scopes: self.scopes.clone(),
             deadline_ms: u64::try_from(self.deadline.as_millis()).unwrap_or(u64::MAX),
-        }
-    }
-}
-
-/// A domain error returned by the guest.
-#[derive(Debug, Clone, PartialEq)]
-pub struct GuestError {
-    /// The guest's code.
-    pub code: String,
-    /// The guest's message.
-    pub message: String,
-    /// The guest's details, if they were a JSON value.
-    pub details: Option<Value>,
-}
-
-impl From<bindings::CallError> for GuestError {
-    fn from(e: bindings::CallError) -> Self {
-        Self {
-            code: e.code,
-            message: e.message,
-            details: e.details.and_then(|d| serde_json::from_str(&d).ok()),
         }
     }
 }

@@ -5,7 +5,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Limits applied to one plugin. Every field has a default; operators
@@ -199,4 +199,50 @@ impl Occupancy {
 
 fn in_use(slots: &Semaphore, total: u32) -> u32 {
     total.saturating_sub(u32::try_from(slots.available_permits()).unwrap_or(u32::MAX))
+}
+
+/// Plugin limits as written in the configuration: each one optional, falling
+/// back to `[plugin_limits]` and then to [`PluginLimits::default`].
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PluginLimitsConfig {
+    /// See [`PluginLimits::memory_bytes`].
+    pub memory_bytes: Option<usize>,
+    /// See [`PluginLimits::table_elements`].
+    pub table_elements: Option<u32>,
+    /// See [`PluginLimits::cpu_ms`].
+    pub cpu_ms: Option<u64>,
+    /// See [`PluginLimits::fuel`].
+    pub fuel: Option<u64>,
+    /// See [`PluginLimits::output_bytes`].
+    pub output_bytes: Option<usize>,
+    /// See [`PluginLimits::max_instances`].
+    pub max_instances: Option<u32>,
+    /// See [`PluginLimits::max_subscriptions`].
+    pub max_subscriptions: Option<u32>,
+    /// See [`PluginLimits::item_cpu_ms`].
+    pub item_cpu_ms: Option<u64>,
+    /// See [`PluginLimits::idle_ms`].
+    pub idle_ms: Option<u64>,
+    /// See [`PluginLimits::log_lines`].
+    pub log_lines: Option<u32>,
+}
+
+impl PluginLimitsConfig {
+    /// `base` with every limit this section sets replaced.
+    pub fn apply(&self, base: PluginLimits) -> PluginLimits {
+        PluginLimits {
+            memory_bytes: self.memory_bytes.unwrap_or(base.memory_bytes),
+            table_elements: self.table_elements.unwrap_or(base.table_elements),
+            cpu_ms: self.cpu_ms.unwrap_or(base.cpu_ms),
+            fuel: self.fuel.or(base.fuel),
+            output_bytes: self.output_bytes.unwrap_or(base.output_bytes),
+            max_instances: self.max_instances.unwrap_or(base.max_instances),
+            max_subscriptions: self.max_subscriptions.unwrap_or(base.max_subscriptions),
+            item_cpu_ms: self.item_cpu_ms.unwrap_or(base.item_cpu_ms),
+            idle_ms: self.idle_ms.unwrap_or(base.idle_ms),
+            output_capture_bytes: base.output_capture_bytes,
+            log_lines: self.log_lines.unwrap_or(base.log_lines),
+        }
+    }
 }

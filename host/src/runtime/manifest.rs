@@ -13,13 +13,14 @@
 //! types expand to tens or hundreds.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use serde_json::Value;
 
 use super::LoadError;
 use super::bindings::{self, OpType as WitOpType};
 use super::plugin::PluginOp;
-use crate::registry::{self, OpType};
+use crate::call::{OpType, is_valid_segment};
 
 /// What a plugin may declare.
 ///
@@ -92,7 +93,7 @@ pub(super) fn check_operations(
     let mut seen = HashSet::new();
     let mut ops = Vec::with_capacity(specs.len());
     for spec in specs {
-        if !registry::is_valid_segment(&spec.name) {
+        if !is_valid_segment(&spec.name) {
             return Err(refuse(format!(
                 "operation name `{}` is not valid ([a-z0-9_-]+)",
                 spec.name
@@ -101,7 +102,9 @@ pub(super) fn check_operations(
         if !seen.insert(spec.name.clone()) {
             return Err(refuse(format!("operation `{}` is listed twice", spec.name)));
         }
-        let schema = |which: &str, text: &str| -> Result<Value, LoadError> {
+        let schema = |which: &str,
+                      text: &str|
+         -> Result<(Value, jsonschema::Validator), LoadError> {
             let bad = |why: String| refuse(format!("the {which} schema of `{}` {why}", spec.name));
             if text.len() > limits.max_schema_bytes {
                 return Err(bad(format!(
@@ -113,12 +116,16 @@ pub(super) fn check_operations(
             let value: Value =
                 serde_json::from_str(text).map_err(|e| bad(format!("is not JSON: {e}")))?;
             check_schema(&value, limits).map_err(bad)?;
-            jsonschema::validator_for(&value).map_err(|e| bad(format!("does not compile: {e}")))?;
-            Ok(value)
+            let compiled = jsonschema::validator_for(&value)
+                .map_err(|e| bad(format!("does not compile: {e}")))?;
+            Ok((value, compiled))
         };
+        let (input_schema, input) = schema("input", &spec.input_schema)?;
+        let (output_schema, _) = schema("output", &spec.output_schema)?;
         ops.push(PluginOp {
-            input_schema: schema("input", &spec.input_schema)?,
-            output_schema: schema("output", &spec.output_schema)?,
+            input_schema,
+            output_schema,
+            input: Arc::new(input),
             op_type: match spec.op_type {
                 WitOpType::Query => OpType::Query,
                 WitOpType::Mutation => OpType::Mutation,

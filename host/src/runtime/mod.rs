@@ -1,4 +1,5 @@
-//! The WebAssembly runtime: the only module that knows wasmtime.
+//! The WebAssembly runtime: with [`crate::capabilities`], the only module
+//! that knows wasmtime.
 //!
 //! One [`Runtime`] owns one wasmtime `Engine` (pooling allocator, epoch
 //! interruption, component-model async) and the `Linker` every plugin is
@@ -6,10 +7,10 @@
 //! compiled once (or taken from the artifact cache), pre-instantiated, asked
 //! to `describe` itself and checked. Each call then gets a fresh `Store` with
 //! the plugin's limits; see [`Plugin::call`] and [`Plugin::subscribe`].
+//! What a guest may import is linked from [`crate::capabilities`], whose
+//! [`View`](crate::capabilities::View) the store's state implements.
 
-pub(crate) mod bindings;
 mod cache;
-mod grants;
 mod invoke;
 mod lanes;
 mod limits;
@@ -27,20 +28,18 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::{HasSelf, Linker};
+use wasmtime::component::Linker;
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-pub use grants::{
-    DirectoryGrant, GrantSummary, Grants, HostPattern, KeyvalueGrant, OutboundGrant, Secret,
-};
-pub use invoke::{GuestError, Invocation, InvokeError, NestedCalls, NestedItems};
-pub use limits::{LimitHit, PluginLimits};
+pub use invoke::{Invocation, InvokeError};
+pub use limits::{LimitHit, PluginLimits, PluginLimitsConfig};
 pub use manifest::ManifestLimits;
-pub use plugin::{LoadOptions, Plugin};
+pub use plugin::{Counted, LoadOptions, Plugin, PluginOperation};
 pub(crate) use state::StoreState;
 pub use subscription::Subscription;
 
-use crate::keyvalue::KvStore;
+use crate::call::{SharedObserver, Unobserved};
+use crate::capabilities::{self, bindings, keyvalue::KvStore};
 use cache::ArtifactCache;
 use lanes::CpuLanes;
 use state::LiveCounter;
@@ -65,11 +64,14 @@ pub struct RuntimeConfig {
     pub max_memory_bytes: usize,
     /// Where compiled plugins are cached.
     pub cache_dir: Option<PathBuf>,
-    /// The key-value database behind `wasi:keyvalue`; without one, plugins
-    /// granted a store get errors from it.
+    /// The key-value database behind `wasi:keyvalue`, opened when the
+    /// first plugin granted `keyvalue` loads; without one, such a plugin is
+    /// refused.
     pub keyvalue_path: Option<PathBuf>,
     /// How often the engine's epoch advances.
     pub epoch_tick: Duration,
+    /// Where capabilities a plugin was denied are reported.
+    pub observer: SharedObserver,
     /// Whether instructions are counted, so plugins can have a `fuel` limit.
     pub fuel: bool,
     /// Whether plugin limits on CPU time and memory are enforced. Only for
@@ -92,6 +94,7 @@ impl Default for RuntimeConfig {
             cache_dir: None,
             keyvalue_path: None,
             epoch_tick: Duration::from_millis(10),
+            observer: Arc::new(Unobserved),
             fuel: false,
             enforce_limits: true,
             cpu_lanes: std::thread::available_parallelism()
@@ -136,8 +139,11 @@ struct Inner {
     engine: Engine,
     linker: Linker<StoreState>,
     cache: Option<ArtifactCache>,
-    pub(crate) kv: Option<Arc<KvStore>>,
+    /// Opened by the first plugin granted `keyvalue`.
+    pub(crate) kv: std::sync::OnceLock<Arc<KvStore>>,
     live: LiveCounter,
+    /// Plugins loaded and not yet dropped, current and retired versions.
+    plugins: LiveCounter,
     lanes: Arc<CpuLanes>,
     config: RuntimeConfig,
     _ticker: EpochTicker,
@@ -158,12 +164,7 @@ impl Runtime {
         let engine =
             Engine::new(&engine_config(&config)).map_err(|e| LoadError::Engine(e.to_string()))?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-            .map_err(|e| LoadError::Engine(e.to_string()))?;
-        bindings::Plugin::add_to_linker::<_, HasSelf<StoreState>>(&mut linker, |state| state)
-            .map_err(|e| LoadError::Engine(e.to_string()))?;
-        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
-            .map_err(|e| LoadError::Engine(e.to_string()))?;
+        capabilities::add_to_linker(&mut linker).map_err(|e| LoadError::Engine(e.to_string()))?;
         let cache = match &config.cache_dir {
             Some(dir) => Some(ArtifactCache::open(dir, &engine).map_err(|e| {
                 LoadError::Engine(format!(
@@ -171,15 +172,6 @@ impl Runtime {
                     dir.display()
                 ))
             })?),
-            None => None,
-        };
-        let kv = match &config.keyvalue_path {
-            Some(path) => Some(Arc::new(KvStore::open(path).map_err(|e| {
-                LoadError::Engine(format!(
-                    "cannot open the keyvalue database {}: {e}",
-                    path.display()
-                ))
-            })?)),
             None => None,
         };
         let lanes = Arc::new(CpuLanes::new(config.cpu_lanes));
@@ -190,8 +182,9 @@ impl Runtime {
                 engine,
                 linker,
                 cache,
-                kv,
+                kv: std::sync::OnceLock::new(),
                 live: LiveCounter::default(),
+                plugins: LiveCounter::default(),
                 lanes,
                 config,
                 _ticker: ticker,
@@ -204,6 +197,12 @@ impl Runtime {
         self.inner.live.get()
     }
 
+    /// How many plugins are loaded, counting a replaced or removed version
+    /// until its last call ends and its compiled code is released.
+    pub fn loaded_plugins(&self) -> usize {
+        self.inner.plugins.get()
+    }
+
     /// The engine's settings.
     pub fn config(&self) -> &RuntimeConfig {
         &self.inner.config
@@ -212,7 +211,10 @@ impl Runtime {
     /// Compiles (or takes from the cache) and checks a plugin.
     pub async fn load(&self, wasm: &[u8], options: LoadOptions) -> Result<Arc<Plugin>, LoadError> {
         check_header(wasm)?;
-        let digest = hex(&Sha256::digest(wasm));
+        if options.grants.keyvalue.is_some() {
+            self.keyvalue()?;
+        }
+        let digest = digest(wasm);
         let engine = &self.inner.engine;
         let component = match &self.inner.cache {
             Some(cache) => cache.load_or_compile(engine, &digest, wasm),
@@ -231,6 +233,27 @@ impl Runtime {
             .map(|(name, _)| name.to_owned())
             .collect();
         Plugin::load(self.clone(), pre, digest, imports, options).await
+    }
+}
+
+impl Runtime {
+    /// The key-value database, opened on first use.
+    fn keyvalue(&self) -> Result<&Arc<KvStore>, LoadError> {
+        if let Some(kv) = self.inner.kv.get() {
+            return Ok(kv);
+        }
+        let Some(path) = &self.inner.config.keyvalue_path else {
+            return Err(LoadError::Grant(
+                "`keyvalue` is granted but this host has no key-value database".into(),
+            ));
+        };
+        let kv = KvStore::open(path).map_err(|e| {
+            LoadError::Engine(format!(
+                "cannot open the keyvalue database {}: {e}",
+                path.display()
+            ))
+        })?;
+        Ok(self.inner.kv.get_or_init(|| Arc::new(kv)))
     }
 }
 
@@ -282,6 +305,11 @@ fn engine_config(config: &RuntimeConfig) -> Config {
         .wasm_component_model_async(true)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     wasm
+}
+
+/// The digest a plugin is known by: the SHA-256 of its component, in hex.
+pub fn digest(wasm: &[u8]) -> String {
+    hex(&Sha256::digest(wasm))
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -2,19 +2,21 @@
 //! its limits.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 
 use super::bindings;
-use super::grants::{Grants, OutboundGrant};
 use super::invoke::{Invocation, InvokeError};
 use super::limits::{Dropped, Occupancy, PluginLimits};
 use super::manifest::check_operations;
+use super::state::LiveGuard;
 use super::trap::classify;
 use super::{LoadError, Runtime, StoreState};
-use crate::registry::{self, AccessControl, Handler, OpType, Operation, OperationSpec, Visibility};
+use crate::call::{AccessControl, OpType, OperationSpec, Visibility, is_valid_segment};
+use crate::capabilities::{self, Grants, http::OutboundGrant};
 
 /// How to load a plugin.
 #[derive(Debug, Clone, Default)]
@@ -36,6 +38,8 @@ pub(crate) struct PluginOp {
     pub(crate) description: String,
     pub(crate) input_schema: Value,
     pub(crate) output_schema: Value,
+    /// The input schema, compiled once, here.
+    pub(crate) input: Arc<jsonschema::Validator>,
     pub(crate) internal: bool,
     pub(crate) required_scopes: Vec<String>,
 }
@@ -54,6 +58,37 @@ pub struct Plugin {
     pub(crate) outbound: OutboundGrant,
     pub(crate) occupancy: Occupancy,
     pub(crate) dropped: Arc<Dropped>,
+    /// Cancelled when the plugin's open subscriptions must end: a grace
+    /// period after it was replaced or removed.
+    ending: CancellationToken,
+    retired: AtomicBool,
+    /// Calls this version took, and how many of them failed.
+    calls: AtomicU64,
+    failures: AtomicU64,
+    _alive: LiveGuard,
+}
+
+/// One call on a plugin version, counted: a failure unless it is marked a
+/// success before it is dropped (a call cut off by its deadline failed).
+#[derive(Debug)]
+pub struct Counted<'a> {
+    plugin: &'a Plugin,
+    succeeded: bool,
+}
+
+impl Counted<'_> {
+    /// The plugin answered (an answer, or an error of its own domain).
+    pub fn succeeded(mut self) {
+        self.succeeded = true;
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        if !self.succeeded {
+            self.plugin.failures.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl std::fmt::Debug for Plugin {
@@ -74,6 +109,7 @@ impl Plugin {
         imports: Vec<String>,
         options: LoadOptions,
     ) -> Result<Arc<Self>, LoadError> {
+        let alive = runtime.inner.plugins.enter();
         let mut plugin = Self {
             runtime,
             pre,
@@ -83,22 +119,19 @@ impl Plugin {
             imports,
             ops: Vec::new(),
             occupancy: Occupancy::new(&options.limits),
+            ending: CancellationToken::new(),
+            retired: AtomicBool::new(false),
+            calls: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            _alive: alive,
             dropped: Arc::default(),
             limits: options.limits,
-            outbound: options.grants.outbound().map_err(LoadError::Grant)?,
+            outbound: capabilities::check(&options.grants).map_err(LoadError::Grant)?,
             grants: Arc::new(options.grants),
         };
-        if let Some(dir) = &plugin.grants.directory
-            && !dir.path.is_dir()
-        {
-            return Err(LoadError::Grant(format!(
-                "the granted directory {} is not a directory",
-                dir.path.display()
-            )));
-        }
         let manifest = plugin.describe().await?;
         let name = options.name.unwrap_or(manifest.name);
-        if !registry::is_valid_segment(&name) {
+        if !is_valid_segment(&name) {
             return Err(LoadError::Manifest(format!(
                 "plugin name `{name}` is not valid ([a-z0-9_-]+)"
             )));
@@ -191,13 +224,55 @@ impl Plugin {
         self.occupancy.subscriptions_open(Some(tenant))
     }
 
-    /// The plugin's operations, ready for the registry, named
-    /// `<plugin>/<op>`.
-    pub fn operations(self: &Arc<Self>) -> Result<Vec<Operation>, registry::RegistryError> {
+    /// Retires this version: it was replaced or removed. Calls running on
+    /// it finish; its open subscriptions get `grace` to end on their own,
+    /// then end with `UNAVAILABLE`. Its instances and compiled code are
+    /// released when the last call holding it ends.
+    pub fn retire(&self, grace: Duration) {
+        self.retired.store(true, Ordering::Relaxed);
+        let ending = self.ending.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            ending.cancel();
+        });
+    }
+
+    /// Whether this version was replaced or removed.
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Relaxed)
+    }
+
+    /// Counts a call on this version; see [`Counted`].
+    pub fn count_call(&self) -> Counted<'_> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        Counted {
+            plugin: self,
+            succeeded: false,
+        }
+    }
+
+    /// Calls this version has taken since it was loaded.
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    /// Calls on this version that trapped (a limit hit among them) or ran
+    /// out of time.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Resolves when the open subscriptions of this version must end.
+    pub fn ending(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
+        self.ending.clone().cancelled_owned()
+    }
+
+    /// The plugin's operations, named `<plugin>/<op>`.
+    pub fn operations(&self) -> Vec<PluginOperation> {
         self.ops
             .iter()
-            .map(|op| {
-                let spec = OperationSpec {
+            .map(|op| PluginOperation {
+                spec: OperationSpec {
                     name: format!("{}/{}", self.name, op.name),
                     op_type: op.op_type,
                     visibility: if op.internal {
@@ -212,15 +287,23 @@ impl Plugin {
                         required_scopes: op.required_scopes.clone(),
                         required_scopes_any: Vec::new(),
                     },
-                };
-                let handler = Handler::Plugin {
-                    plugin: self.clone(),
-                    op: op.name.clone(),
-                };
-                Operation::new(spec, handler)
+                },
+                input: op.input.clone(),
+                op: op.name.clone(),
             })
             .collect()
     }
+}
+
+/// One operation of a loaded plugin, as the dispatcher registers it.
+#[derive(Debug)]
+pub struct PluginOperation {
+    /// The spec, named `<plugin>/<op>`.
+    pub spec: OperationSpec,
+    /// The compiled input schema.
+    pub input: Arc<jsonschema::Validator>,
+    /// The operation's name inside the plugin, to call it by.
+    pub op: String,
 }
 
 /// A failed `describe`, for the operator: with the guest's panic message when

@@ -7,17 +7,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::OwnedSemaphorePermit;
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
-use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
-use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+use wasmtime_wasi::{WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtxView, WasiHttpView};
 
-use super::grants::Grants;
-use super::invoke::{Invocation, NestedCalls};
+use super::invoke::Invocation;
 use super::lanes::Turns;
 use super::limits::{Dropped, LimitHit, PluginLimits};
 use super::output::CapturedOutput;
 use super::plugin::Plugin;
-use crate::capabilities::http::OutboundHooks;
-use crate::keyvalue::KvStore;
+use crate::capabilities::{self, Call, CallState, files, http};
 
 /// Counts live instances: one per store, from creation to drop.
 #[derive(Debug, Clone, Default)]
@@ -111,7 +109,8 @@ const MAX_RESOURCES: usize = 10_000;
 
 /// The data of one store (one call).
 pub(crate) struct StoreState {
-    wasi: WasiCtx,
+    /// What the call may use beyond computing.
+    pub(crate) capabilities: CallState,
     pub(crate) table: ResourceTable,
     pub(crate) limiter: Limiter,
     /// Guest execution left before the call is interrupted.
@@ -119,23 +118,9 @@ pub(crate) struct StoreState {
     /// How long this store has run, for sharing workers fairly.
     pub(crate) turns: Turns,
     /// The plugin, request and tenant this store serves, for log lines.
-    pub(crate) plugin: Arc<str>,
-    pub(crate) request_id: Arc<str>,
-    pub(crate) tenant: String,
-    /// What the operator granted the plugin.
-    pub(crate) grants: Arc<Grants>,
-    /// The host's key-value store, when some plugin is granted one.
-    pub(crate) kv: Option<Arc<KvStore>>,
-    /// Outbound HTTP: the interface's state, and the grant it answers to.
-    http: WasiHttpCtx,
-    http_hooks: OutboundHooks,
-    /// Who carries out the guest's calls to other operations.
-    pub(crate) nested: Option<Arc<dyn NestedCalls>>,
-    /// The last message the guest reported through `log.fatal`.
-    pub(crate) fatal: Option<String>,
-    /// Log lines this call may still write, and how many it lost past that.
-    pub(crate) log_lines_left: u32,
-    pub(crate) log_lines_dropped: u64,
+    plugin: Arc<str>,
+    request_id: Arc<str>,
+    tenant: String,
     stdout: CapturedOutput,
     stderr: CapturedOutput,
     _live: LiveGuard,
@@ -157,27 +142,22 @@ impl StoreState {
         let output_cap = limits.output_capture_bytes;
         let stdout = CapturedOutput::new(output_cap);
         let stderr = CapturedOutput::new(output_cap);
-        // No arguments, no environment, no network: a plugin gets clocks,
-        // random, the captured stdout/stderr and what it was granted.
-        let mut wasi = WasiCtx::builder();
-        wasi.stdout(stdout.clone()).stderr(stderr.clone());
-        if let Some(dir) = &plugin.grants.directory {
-            let perms = if dir.read_only {
-                FsPerms::ReadOnly
-            } else {
-                FsPerms::ReadWrite
-            };
-            // Checked when the plugin was loaded; should it have gone since,
-            // the guest finds no directory rather than the call failing.
-            if let Err(e) = wasi.preopened_dir(&dir.path, "/", perms) {
-                tracing::warn!(plugin = %plugin.name, "cannot open the granted directory: {e:#}");
-            }
-        }
-        let wasi = wasi.build();
+        let call = Call {
+            plugin: &plugin.name,
+            request_id: &invocation.request_id,
+            tenant: &invocation.tenant,
+            grants: &plugin.grants,
+            outbound: &plugin.outbound,
+            kv: plugin.runtime.inner.kv.get().cloned(),
+            nested: invocation.nested.clone(),
+            log_lines: limits.log_lines,
+            observer: &plugin.runtime.inner.config.observer,
+        };
+        let capabilities = CallState::new(call, stdout.clone(), stderr.clone());
         let mut table = ResourceTable::new();
         table.set_max_capacity(MAX_RESOURCES);
         Self {
-            wasi,
+            capabilities,
             table,
             limiter: Limiter::new(limits, fuel),
             cpu,
@@ -185,18 +165,6 @@ impl StoreState {
             plugin: plugin.name.clone(),
             request_id: invocation.request_id.clone(),
             tenant: invocation.tenant.clone(),
-            grants: plugin.grants.clone(),
-            kv: plugin.runtime.inner.kv.clone(),
-            http: WasiHttpCtx::new(),
-            http_hooks: OutboundHooks::new(
-                plugin.outbound.clone(),
-                plugin.name.clone(),
-                invocation.tenant.clone(),
-            ),
-            nested: invocation.nested.clone(),
-            fatal: None,
-            log_lines_left: limits.log_lines,
-            log_lines_dropped: 0,
             stdout,
             stderr,
             _live: live,
@@ -211,22 +179,21 @@ impl StoreState {
     }
 }
 
+impl capabilities::View for StoreState {
+    fn capabilities(&mut self) -> (&mut CallState, &mut ResourceTable) {
+        (&mut self.capabilities, &mut self.table)
+    }
+}
+
 impl WasiHttpView for StoreState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView {
-            hooks: &mut self.http_hooks,
-            table: &mut self.table,
-            ctx: &mut self.http,
-        }
+        http::view(&mut self.capabilities.http, &mut self.table)
     }
 }
 
 impl WasiView for StoreState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+        files::view(&mut self.capabilities.wasi, &mut self.table)
     }
 }
 
@@ -234,11 +201,10 @@ impl Drop for StoreState {
     /// Logs what the guest printed, however the call ended (returned, trapped,
     /// timed out or was aborted).
     fn drop(&mut self) {
-        if self.log_lines_dropped > 0 {
-            self.dropped
-                .log_lines
-                .fetch_add(self.log_lines_dropped, Ordering::Relaxed);
-            tracing::warn!(plugin = %self.plugin, request_id = %self.request_id, tenant = %self.tenant, dropped = self.log_lines_dropped, "guest log lines over the per-call limit were dropped");
+        let lines = self.capabilities.log_lines_dropped();
+        if lines > 0 {
+            self.dropped.log_lines.fetch_add(lines, Ordering::Relaxed);
+            tracing::warn!(plugin = %self.plugin, request_id = %self.request_id, tenant = %self.tenant, dropped = lines, "guest log lines over the per-call limit were dropped");
         }
         for (stream, captured) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
             let (text, dropped) = captured.take();

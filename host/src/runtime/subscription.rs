@@ -21,11 +21,12 @@ use wasmtime::StoreContextMut;
 use wasmtime::component::{Source, StreamConsumer, StreamResult};
 
 use super::bindings;
-use super::invoke::{GuestError, Invocation, InvokeError, guest_failure};
+use super::invoke::{Invocation, InvokeError, guest_failure};
 use super::limits::LimitHit;
 use super::plugin::Plugin;
 use super::state::StoreState;
 use super::trap::classify;
+use crate::capabilities::invoke::GuestError;
 
 /// One item of a subscription as the guest writes it.
 type WitItem = Result<String, bindings::CallError>;

@@ -21,8 +21,8 @@ pub(super) fn classify(store: &mut Store<StoreState>, error: wasmtime::Error) ->
         return InvokeError::Limit(LimitHit::new("fuel", fuel));
     }
     let message = state
-        .fatal
-        .take()
+        .capabilities
+        .take_fatal()
         .or_else(|| panic_from_stderr(&state.stderr_text()));
     InvokeError::Trap {
         kind: trap_kind(trap).to_owned(),

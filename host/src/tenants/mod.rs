@@ -20,6 +20,7 @@
 //! scopes = ["text:read"]
 //! ```
 
+mod allowance;
 mod quota;
 mod token;
 
@@ -28,14 +29,15 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
+pub use allowance::PluginAllowance;
 pub use quota::Admission;
 pub use quota::Quotas;
 pub(crate) use quota::Usage;
 pub use token::{TOKEN_PREFIX, TokenHash, hash_token, hash_token_hex, new_token, parse_hash};
 
-use crate::dispatch::Identity;
-use crate::error::{CallError, ErrorCode};
-use crate::registry::is_valid_segment;
+use crate::call::Identity;
+use crate::call::is_valid_segment;
+use crate::call::{CallError, ErrorCode};
 
 /// One tenant in the config.
 #[derive(Debug, Clone, Deserialize)]
@@ -53,6 +55,9 @@ pub struct TenantConfig {
     /// The tenant's quotas.
     #[serde(default)]
     pub quotas: Quotas,
+    /// What its callers holding `plugins:write` may install.
+    #[serde(default)]
+    pub plugins: PluginAllowance,
 }
 
 /// One bearer token of a tenant.
@@ -106,6 +111,7 @@ pub enum TenantsError {
 #[derive(Debug)]
 pub(crate) struct Tenant {
     pub(crate) quotas: Quotas,
+    pub(crate) allowance: PluginAllowance,
     pub(crate) usage: Usage,
 }
 
@@ -135,6 +141,7 @@ impl Tenants {
             }
             let tenant = Tenant {
                 quotas: config.quotas.clone(),
+                allowance: config.plugins.clone(),
                 usage: Usage::new(&config.quotas, fair_share),
             };
             if tenants
@@ -197,6 +204,11 @@ impl Tenants {
         self.tenants.contains_key(tenant)
     }
 
+    /// What `tenant`'s own callers may install for it.
+    pub fn allowance(&self, tenant: &str) -> Option<&PluginAllowance> {
+        self.tenants.get(tenant).map(|t| &t.allowance)
+    }
+
     /// A tenant's quotas.
     pub fn quotas(&self, tenant: &str) -> Option<&Quotas> {
         self.tenants.get(tenant).map(|t| &t.quotas)
@@ -228,6 +240,7 @@ mod tests {
             anonymous,
             tokens,
             quotas: Quotas::default(),
+            plugins: PluginAllowance::default(),
         }
     }
 
@@ -279,6 +292,7 @@ mod tests {
                     calls_per_second: Some(0.0),
                     ..Quotas::default()
                 },
+                plugins: PluginAllowance::default(),
                 ..tenant("a", false, vec![])
             }],
             vec![tenant(

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::error::{CallError, ErrorCode};
+use crate::call::{CallError, ErrorCode};
 
 /// A tenant's quotas, as `[tenants.quotas]` writes them.
 ///

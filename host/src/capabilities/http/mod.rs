@@ -4,7 +4,7 @@
 //! A request to any other host gets the interface's `HTTP-request-denied`
 //! error, and the attempt is logged (scheme, host and port: never the path
 //! or query, which may carry secrets). The name is resolved by the host and
-//! the address checked before connecting ([`send`]): addresses inside the
+//! the address checked before connecting (`send`): addresses inside the
 //! host's own networks are reached only where the grant names an address
 //! or says `outbound_allow_internal`. Bodies stream both ways: the host
 //! never holds a whole request or response. Each response is cut off past
@@ -14,33 +14,90 @@
 //! `outbound_max_requests_per_call`. Redirects are not followed by the host:
 //! a plugin that follows one makes a new request, checked like the first.
 
+mod grant;
 mod send;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
-use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
-use crate::runtime::{HostPattern, OutboundGrant};
+use super::denied::Denial;
+use crate::call::cut;
+use wasmtime::component::{Linker, ResourceTable};
+use wasmtime_wasi_http::{
+    Error, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
+};
+
+pub use grant::{HostPattern, OutboundGrant};
+
+/// The HTTP state of one call: the interface's own, and the policy its
+/// requests answer to.
+pub struct HttpState {
+    ctx: WasiHttpCtx,
+    hooks: OutboundHooks,
+}
+
+impl HttpState {
+    pub(super) fn new(
+        grant: OutboundGrant,
+        plugin: Arc<str>,
+        tenant: Arc<str>,
+        denial: Denial,
+    ) -> Self {
+        Self {
+            ctx: WasiHttpCtx::new(),
+            hooks: OutboundHooks::new(grant, plugin, tenant, denial),
+        }
+    }
+}
+
+impl std::fmt::Debug for HttpState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpState")
+            .field("plugin", &self.hooks.plugin)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What wasmtime-wasi-http needs of a store: the call's HTTP state and the
+/// table its requests and bodies live in.
+pub(crate) fn view<'a>(
+    state: &'a mut HttpState,
+    table: &'a mut ResourceTable,
+) -> WasiHttpCtxView<'a> {
+    WasiHttpCtxView {
+        ctx: &mut state.ctx,
+        hooks: &mut state.hooks,
+        table,
+    }
+}
+
+pub(super) fn add_to_linker<T: WasiHttpView + 'static>(
+    linker: &mut Linker<T>,
+) -> wasmtime::Result<()> {
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)
+}
 
 /// The outbound policy of one call.
-pub(crate) struct OutboundHooks {
+struct OutboundHooks {
     grant: OutboundGrant,
     plugin: Arc<str>,
-    tenant: String,
+    tenant: Arc<str>,
     /// Exchanges this call may still open.
     in_flight: Arc<Semaphore>,
+    denial: Denial,
 }
 
 impl OutboundHooks {
-    pub(crate) fn new(grant: OutboundGrant, plugin: Arc<str>, tenant: String) -> Self {
+    fn new(grant: OutboundGrant, plugin: Arc<str>, tenant: Arc<str>, denial: Denial) -> Self {
         let in_flight = Arc::new(Semaphore::new(grant.max_requests_per_call as usize));
         Self {
             grant,
             plugin,
             tenant,
             in_flight,
+            denial,
         }
     }
 }
@@ -64,6 +121,8 @@ impl WasiHttpHooks for OutboundHooks {
         );
         let Some(pattern) = self.grant.hosts.iter().find(|pattern| allows(pattern, uri)) else {
             tracing::warn!(plugin = %self.plugin, tenant = %self.tenant, target, "outbound request denied");
+            self.denial
+                .report(serde_json::json!({ "target": cut(&target, 256) }));
             return Box::new(async { Err(Error::HttpRequestDenied) });
         };
         let allow_internal = self.grant.allow_internal || pattern.names_address();

@@ -7,7 +7,8 @@
 //! ```toml
 //! listen = "127.0.0.1:8080"    # where the HTTP gateway listens
 //! # tcp_listen = "127.0.0.1:8081"  # envelopes over TCP (off unless set)
-//! data_dir = ".opbox"          # compiled-plugin cache, key-value database
+//! data_dir = ".opbox"          # installed plugins, events, key-value database
+//! # cache_dir = ".opbox/cache" # compiled plugins (default: data_dir/cache)
 //! # keyvalue_path = ".opbox/keyvalue.redb"  # the key-value database
 //! examples = true              # serve the bundled example plugins
 //! plugin_dirs = ["plugins"]    # load every *.wasm in these directories
@@ -40,6 +41,12 @@
 //! max_body_bytes = 1048576     # larger request bodies get 413
 //! max_batch = 100              # calls per /batch
 //!
+//! [admin]                      # plugins changed while serving
+//! grace_ms = 30000             # subscriptions on a retired version end after this
+//! max_plugin_bytes = 67108864  # the largest upload
+//! max_uploads = 2              # uploads read at once
+//! max_events = 100000          # events the feed keeps
+//!
 //! [envelope]                   # TCP and WebSocket connections
 //! max_frame_bytes = 16777216   # larger frames: INVALID_FRAME, connection closed
 //! max_unauthenticated_frame_bytes = 65536  # until a caller is authenticated
@@ -61,6 +68,8 @@
 //! [tenants.quotas]             # see `Quotas`
 //! max_concurrent = 64
 //! calls_per_second = 100
+//! [tenants.plugins]            # what its `plugins:write` callers may install
+//! max_plugins = 4              # see `PluginAllowance`
 //! [[tenants.tokens]]           # `opbox token new --tenant acme` prints one
 //! id = "acme-ci"
 //! sha256 = "…"
@@ -89,13 +98,20 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::call::AccessControl;
 use crate::dispatch::DispatchConfig;
 use crate::envelope::EnvelopeConfig;
 use crate::gateway::GatewayConfig;
 use crate::net::ConnectionConfig;
-use crate::registry::AccessControl;
-use crate::runtime::{Grants, ManifestLimits, PluginLimits, RuntimeConfig};
+use crate::runtime::{ManifestLimits, PluginLimits, RuntimeConfig};
 use crate::tenants::{Quotas, TenantConfig};
+
+mod sections;
+
+pub use sections::{
+    AdminSection, ConnectionsSection, EnvelopeSection, GatewaySection, LimitsConfig, PluginConfig,
+    PluginLimitsConfig,
+};
 
 /// Why the configuration could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -127,11 +143,15 @@ pub struct HostConfig {
     pub listen: SocketAddr,
     /// Where the envelope protocol listens over TCP; off when absent.
     pub tcp_listen: Option<SocketAddr>,
-    /// Where the host keeps its data (the compiled-plugin cache, the
-    /// key-value database).
+    /// Where the host keeps its data: installed plugins, the event feed,
+    /// the key-value database and (unless `cache_dir` says otherwise) the
+    /// compiled-plugin cache. One host at a time may use it.
     pub data_dir: PathBuf,
+    /// Where compiled plugins are cached; `data_dir/cache` when absent.
+    /// Hosts may share it.
+    pub cache_dir: Option<PathBuf>,
     /// The key-value database; `data_dir/keyvalue.redb` when absent. Opened
-    /// only when some plugin is granted `keyvalue`.
+    /// when the first plugin granted `keyvalue` loads.
     pub keyvalue_path: Option<PathBuf>,
     /// Whether to serve the bundled example plugins.
     pub examples: bool,
@@ -145,6 +165,8 @@ pub struct HostConfig {
     pub plugin_limits: PluginLimitsConfig,
     /// Gateway settings.
     pub gateway: GatewaySection,
+    /// `[admin]`: plugins coming and going while the host runs.
+    pub admin: AdminSection,
     /// Limits of envelope connections (TCP and WebSocket).
     pub envelope: EnvelopeSection,
     /// Caps and timeouts of every connection.
@@ -163,6 +185,7 @@ impl Default for HostConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             tcp_listen: None,
             data_dir: PathBuf::from(".opbox"),
+            cache_dir: None,
             keyvalue_path: None,
             examples: true,
             plugin_dirs: Vec::new(),
@@ -170,207 +193,11 @@ impl Default for HostConfig {
             limits: LimitsConfig::default(),
             plugin_limits: PluginLimitsConfig::default(),
             gateway: GatewaySection::default(),
+            admin: AdminSection::default(),
             envelope: EnvelopeSection::default(),
             connections: ConnectionsSection::default(),
             tenants: Vec::new(),
             access: BTreeMap::new(),
-        }
-    }
-}
-
-/// Limits of envelope connections: see [`EnvelopeConfig`].
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct EnvelopeSection {
-    /// The largest envelope accepted, in bytes.
-    pub max_frame_bytes: usize,
-    /// The largest envelope accepted before a caller is authenticated.
-    pub max_unauthenticated_frame_bytes: usize,
-    /// Calls open at once on one connection.
-    pub max_open_calls: usize,
-    /// Bytes of replies queued for a peer before the connection waits.
-    pub max_queued_bytes: usize,
-    /// How long a connection with no open call may send nothing.
-    pub idle_timeout_ms: u64,
-    /// How long a peer may take to finish a frame it has begun.
-    pub frame_timeout_ms: u64,
-}
-
-impl Default for EnvelopeSection {
-    fn default() -> Self {
-        let defaults = EnvelopeConfig::default();
-        Self {
-            max_frame_bytes: defaults.max_frame_bytes,
-            max_unauthenticated_frame_bytes: defaults.max_unauthenticated_frame_bytes,
-            max_open_calls: defaults.max_open_calls,
-            max_queued_bytes: defaults.max_queued_bytes,
-            idle_timeout_ms: millis(defaults.idle_timeout),
-            frame_timeout_ms: millis(defaults.frame_timeout),
-        }
-    }
-}
-
-/// Caps and timeouts of every connection: see [`ConnectionConfig`].
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ConnectionsSection {
-    /// Connections open at once, in all.
-    pub max_connections: usize,
-    /// Connections open at once from one peer address.
-    pub max_connections_per_ip: usize,
-    /// The time a peer has to send a request's headers.
-    pub header_timeout_ms: u64,
-    /// The time a peer has to send a request's body.
-    pub body_timeout_ms: u64,
-    /// How long a peer may leave what the host sends it unread.
-    pub write_timeout_ms: u64,
-}
-
-impl Default for ConnectionsSection {
-    fn default() -> Self {
-        let defaults = ConnectionConfig::default();
-        Self {
-            max_connections: defaults.max_connections,
-            max_connections_per_ip: defaults.max_connections_per_ip,
-            header_timeout_ms: millis(defaults.header_timeout),
-            body_timeout_ms: millis(defaults.body_timeout),
-            write_timeout_ms: millis(defaults.write_timeout),
-        }
-    }
-}
-
-fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// One plugin and its settings.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PluginConfig {
-    /// The `.wasm` file; relative paths are relative to the config file.
-    pub path: PathBuf,
-    /// The namespace to mount it under, if not its own name.
-    #[serde(default)]
-    pub name: Option<String>,
-    /// The tenant that owns it and alone sees it; shared when absent.
-    #[serde(default)]
-    pub tenant: Option<String>,
-    /// Limits of this plugin, overriding `[plugin_limits]`.
-    #[serde(default)]
-    pub limits: PluginLimitsConfig,
-    /// What this plugin may use beyond computing; nothing by default.
-    #[serde(default)]
-    pub grants: Grants,
-}
-
-/// Plugin limits as written in the configuration: each one optional, falling
-/// back to `[plugin_limits]` and then to [`PluginLimits::default`].
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PluginLimitsConfig {
-    /// See [`PluginLimits::memory_bytes`].
-    pub memory_bytes: Option<usize>,
-    /// See [`PluginLimits::table_elements`].
-    pub table_elements: Option<u32>,
-    /// See [`PluginLimits::cpu_ms`].
-    pub cpu_ms: Option<u64>,
-    /// See [`PluginLimits::fuel`].
-    pub fuel: Option<u64>,
-    /// See [`PluginLimits::output_bytes`].
-    pub output_bytes: Option<usize>,
-    /// See [`PluginLimits::max_instances`].
-    pub max_instances: Option<u32>,
-    /// See [`PluginLimits::max_subscriptions`].
-    pub max_subscriptions: Option<u32>,
-    /// See [`PluginLimits::item_cpu_ms`].
-    pub item_cpu_ms: Option<u64>,
-    /// See [`PluginLimits::idle_ms`].
-    pub idle_ms: Option<u64>,
-    /// See [`PluginLimits::log_lines`].
-    pub log_lines: Option<u32>,
-}
-
-impl PluginLimitsConfig {
-    /// `base` with every limit this section sets replaced.
-    pub fn apply(&self, base: PluginLimits) -> PluginLimits {
-        PluginLimits {
-            memory_bytes: self.memory_bytes.unwrap_or(base.memory_bytes),
-            table_elements: self.table_elements.unwrap_or(base.table_elements),
-            cpu_ms: self.cpu_ms.unwrap_or(base.cpu_ms),
-            fuel: self.fuel.or(base.fuel),
-            output_bytes: self.output_bytes.unwrap_or(base.output_bytes),
-            max_instances: self.max_instances.unwrap_or(base.max_instances),
-            max_subscriptions: self.max_subscriptions.unwrap_or(base.max_subscriptions),
-            item_cpu_ms: self.item_cpu_ms.unwrap_or(base.item_cpu_ms),
-            idle_ms: self.idle_ms.unwrap_or(base.idle_ms),
-            output_capture_bytes: base.output_capture_bytes,
-            log_lines: self.log_lines.unwrap_or(base.log_lines),
-        }
-    }
-}
-
-/// Host-wide limits.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LimitsConfig {
-    /// The deadline of queries and mutations, in milliseconds.
-    pub deadline_ms: u64,
-    /// Instances alive at once, across all plugins.
-    pub max_instances: u32,
-    /// CPU-bound guests running at once; the other executor workers stay
-    /// free for short calls. `None`: one fewer than the machine's cores.
-    pub cpu_lanes: Option<usize>,
-    /// The deepest chain of calls operations may make to each other.
-    pub max_call_depth: u32,
-    /// Calls and subscriptions one call may have open at once.
-    pub max_nested_calls: u32,
-    /// Operations one plugin may declare.
-    pub max_operations: usize,
-    /// Bytes of one input or output schema.
-    pub max_schema_bytes: usize,
-    /// Bytes of a plugin's whole manifest.
-    pub max_manifest_bytes: usize,
-    /// Nesting of one schema.
-    pub max_schema_depth: usize,
-    /// Schema objects in a schema with its `$ref`s followed.
-    pub max_schema_expansion: u64,
-}
-
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        let dispatch = DispatchConfig::default();
-        let manifest = ManifestLimits::default();
-        Self {
-            deadline_ms: 30_000,
-            max_instances: RuntimeConfig::default().max_instances,
-            cpu_lanes: None,
-            max_call_depth: dispatch.max_call_depth,
-            max_nested_calls: dispatch.max_nested_calls,
-            max_operations: manifest.max_operations,
-            max_schema_bytes: manifest.max_schema_bytes,
-            max_manifest_bytes: manifest.max_manifest_bytes,
-            max_schema_depth: manifest.max_schema_depth,
-            max_schema_expansion: manifest.max_schema_expansion,
-        }
-    }
-}
-
-/// Gateway settings.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct GatewaySection {
-    /// The largest request body accepted, in bytes.
-    pub max_body_bytes: usize,
-    /// The most calls in one `/batch`.
-    pub max_batch: usize,
-}
-
-impl Default for GatewaySection {
-    fn default() -> Self {
-        let defaults = GatewayConfig::default();
-        Self {
-            max_body_bytes: defaults.max_body_bytes,
-            max_batch: defaults.max_batch,
         }
     }
 }
@@ -420,6 +247,9 @@ impl HostConfig {
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.data_dir = base.join(&config.data_dir);
+        if let Some(path) = &mut config.cache_dir {
+            *path = base.join(&*path);
+        }
         if let Some(path) = &mut config.keyvalue_path {
             *path = base.join(&*path);
         }
@@ -443,18 +273,19 @@ impl HostConfig {
                 .limits
                 .cpu_lanes
                 .unwrap_or(RuntimeConfig::default().cpu_lanes),
-            cache_dir: Some(self.data_dir.join("cache")),
-            keyvalue_path: self
-                .plugins
-                .iter()
-                .any(|p| p.grants.keyvalue.is_some())
-                .then(|| {
-                    self.keyvalue_path
-                        .clone()
-                        .unwrap_or_else(|| self.data_dir.join("keyvalue.redb"))
-                }),
+            cache_dir: Some(
+                self.cache_dir
+                    .clone()
+                    .unwrap_or_else(|| self.data_dir.join("cache")),
+            ),
+            keyvalue_path: Some(
+                self.keyvalue_path
+                    .clone()
+                    .unwrap_or_else(|| self.data_dir.join("keyvalue.redb")),
+            ),
             fuel: self.plugin_limits.fuel.is_some()
-                || self.plugins.iter().any(|p| p.limits.fuel.is_some()),
+                || self.plugins.iter().any(|p| p.limits.fuel.is_some())
+                || self.tenants.iter().any(|t| t.plugins.limits.fuel.is_some()),
             manifest: ManifestLimits {
                 max_operations: self.limits.max_operations,
                 max_schema_bytes: self.limits.max_schema_bytes,
@@ -482,9 +313,26 @@ impl HostConfig {
         GatewayConfig {
             max_body_bytes: self.gateway.max_body_bytes,
             max_batch: self.gateway.max_batch,
+            max_plugin_bytes: self.admin.max_plugin_bytes,
+            max_uploads: self.admin.max_uploads,
             envelope: self.envelope(),
             connection: self.connection(),
             ..GatewayConfig::default()
+        }
+    }
+
+    /// How plugins installed through the admin API are set up.
+    pub fn plugin_policy(&self) -> crate::plugins::Policy {
+        crate::plugins::Policy {
+            defaults: self.plugin_limits(None),
+            memory_caps: self
+                .tenants
+                .iter()
+                .filter_map(|t| Some((t.id.clone(), t.quotas.memory_bytes?)))
+                .collect(),
+            access: self.access.clone(),
+            grace: Duration::from_millis(self.admin.grace_ms),
+            store_dir: self.data_dir.join("plugins"),
         }
     }
 
@@ -520,10 +368,11 @@ impl HostConfig {
         Self {
             tcp_listen: Some(SocketAddr::from(([127, 0, 0, 1], 8081))),
             tenants: vec![TenantConfig {
-                id: crate::dispatch::Identity::DEFAULT_TENANT.to_owned(),
+                id: crate::call::Identity::DEFAULT_TENANT.to_owned(),
                 anonymous: true,
                 tokens: Vec::new(),
                 quotas: Quotas::default(),
+                plugins: crate::tenants::PluginAllowance::default(),
             }],
             ..Self::default()
         }

@@ -8,6 +8,9 @@
 //!   host over the envelope protocol (`--url tcp://…` or `ws://…/call`).
 //! - `opbox token new --tenant T [--scopes a,b] [--id NAME]`: make a bearer
 //!   token and print it once, with the config lines that grant it.
+//! - `opbox plugins install|list|show|replace|remove …` and `opbox events
+//!   [--cursor N] [--follow]`: the admin API of a running host over HTTP
+//!   (`--url http://…`, `--token`).
 //!
 //! Failures print one line on stderr and exit non-zero.
 
@@ -19,10 +22,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use opbox::client::Client;
+use opbox::envelope::client::Client;
 use opbox::runtime::{LoadOptions, Runtime, RuntimeConfig};
 use opbox::{Host, HostConfig};
 use tracing_subscriber::EnvFilter;
+
+mod admin;
 
 /// A host for operations written as sandboxed WebAssembly components.
 #[derive(Debug, Parser)]
@@ -62,6 +67,20 @@ enum Command {
     /// Manage bearer tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Install, list, show, replace and remove plugins of a running host.
+    Plugins {
+        #[command(flatten)]
+        host: admin::Host,
+        #[command(subcommand)]
+        command: admin::PluginsCommand,
+    },
+    /// Read a running host's event feed.
+    Events {
+        #[command(flatten)]
+        host: admin::Host,
+        #[command(flatten)]
+        events: admin::Events,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -107,9 +126,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
         Command::Serve { .. } => "info",
-        Command::Inspect { .. } | Command::Call(_) | Command::Subscribe(_) | Command::Token(_) => {
-            "warn"
-        }
+        _ => "warn",
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -142,12 +159,15 @@ fn main() -> ExitCode {
             Command::Token(TokenCommand::New { tenant, scopes, id }) => {
                 new_token(&tenant, &scopes, &id.unwrap_or_else(default_token_id))
             }
+            Command::Plugins { host, command } => admin::plugins(host, command).await,
+            Command::Events { host, events } => admin::events(host, events).await,
         }
     });
     // Do not wait for lingering requests (e.g. open subscriptions).
     runtime.shutdown_timeout(Duration::from_millis(100));
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<admin::Reported>() => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("error: {}", one_line(&e));
             ExitCode::FAILURE
@@ -216,6 +236,7 @@ async fn serve(
     let addr = config.listen;
     let tcp_addr = config.tcp_listen;
     opbox::net::raise_fd_limit(&config.connection());
+    let signals = Signals::new()?;
     let host = Host::start(config).await?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -251,7 +272,7 @@ async fn serve(
         let stopped = stopped();
         async move { host.serve(listener, stopped).await }
     });
-    shutdown_signal().await;
+    signals.stop().await;
     tracing::info!(
         "shutting down; open calls have {} s to finish, subscriptions end with UNAVAILABLE",
         SHUTDOWN_GRACE.as_secs()
@@ -273,43 +294,51 @@ async fn serve(
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    // SIGHUP would end the process by default; opbox reloads nothing on it,
-    // so it says so and goes on.
+/// The signals that stop the host (Ctrl-C, SIGTERM), and SIGHUP, which it
+/// logs and ignores (by default it would end the process; opbox reloads
+/// nothing). Registered when made, before the host says it serves, so that
+/// none arriving after that line is missed or takes its default action.
+struct Signals {
     #[cfg(unix)]
-    let hangup = async {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::hangup()) {
-            Ok(mut hangups) => {
-                while hangups.recv().await.is_some() {
-                    tracing::warn!(
-                        "SIGHUP ignored: opbox does not reload its configuration; restart it to apply changes"
-                    );
-                }
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let hangup = std::future::pending::<()>();
+    interrupt: tokio::signal::unix::Signal,
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending().await,
+    terminate: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let watch = |kind| signal(kind).context("cannot watch for signals");
+            Ok(Self {
+                interrupt: watch(SignalKind::interrupt())?,
+                terminate: watch(SignalKind::terminate())?,
+                hangup: watch(SignalKind::hangup())?,
+            })
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
-        () = hangup => {}
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    /// Resolves at the first signal to stop.
+    async fn stop(mut self) {
+        #[cfg(unix)]
+        loop {
+            tokio::select! {
+                _ = self.interrupt.recv() => return,
+                _ = self.terminate.recv() => return,
+                _ = self.hangup.recv() => tracing::warn!(
+                    "SIGHUP ignored: opbox does not reload its configuration; restart it to apply changes"
+                ),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
@@ -377,7 +406,7 @@ async fn inspect(file: PathBuf) -> Result<()> {
     for import in plugin.imports() {
         println!("  {import}");
     }
-    let operations = plugin.operations()?;
+    let operations = plugin.operations();
     println!("operations ({})", operations.len());
     for op in &operations {
         let spec = &op.spec;

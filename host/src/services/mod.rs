@@ -8,18 +8,17 @@
 //! - `services/openapi` (query): the OpenAPI 3.1 document of the gateway
 //!   and of the caller's operations (`GET /openapi.json`).
 
+mod openapi;
+
 use std::future::Future;
 use std::sync::Arc;
 
 use futures::FutureExt;
 use serde_json::{Value, json};
 
-use crate::dispatch::CallContext;
-use crate::error::CallError;
-use crate::registry::{
-    AccessControl, Handler, NativeOnce, OpType, Operation, OperationSpec, Owner, Registry,
-    RegistryError, Visibility,
-};
+use crate::call::{AccessControl, CallError, OpType, OperationSpec, Visibility};
+use crate::dispatch::{CallContext, Handler, NativeOnce, Operation, Registry};
+use crate::registry::{Owner, RegistryError};
 
 /// The namespace of the host's own operations.
 pub const NAMESPACE: &str = "services";
@@ -81,8 +80,10 @@ fn schema() -> Result<Operation, RegistryError> {
 }
 
 fn openapi() -> Result<Operation, RegistryError> {
-    let handler = |cx: CallContext, _input: Value| async move {
-        Ok(Value::clone(&cx.dispatcher.openapi(&cx.identity)))
+    let documents = Arc::new(openapi::Documents::default());
+    let handler = move |cx: CallContext, _input: Value| {
+        let documents = documents.clone();
+        async move { Ok(Value::clone(&documents.get(&cx.dispatcher, &cx.identity))) }
     };
     native(
         "openapi",
@@ -112,7 +113,7 @@ fn plugin() -> Result<Operation, RegistryError> {
         }
         let plugin = found.ok_or_else(|| {
             CallError::new(
-                crate::error::ErrorCode::NotFound,
+                crate::call::ErrorCode::NotFound,
                 format!("no plugin named `{name}`"),
             )
         })?;
@@ -158,7 +159,7 @@ where
     Fut: Future<Output = Result<Value, CallError>> + Send + 'static,
 {
     let handler: NativeOnce = Arc::new(move |cx, input| handler(cx, input).boxed());
-    Operation::new(
+    Operation::compile(
         OperationSpec {
             name: format!("{NAMESPACE}/{op}"),
             op_type: OpType::Query,

@@ -5,9 +5,9 @@
 //! `call.aborted`, which stops the guest on the host.
 //!
 //! ```no_run
-//! # async fn run() -> Result<(), opbox::client::ClientError> {
+//! # async fn run() -> Result<(), opbox::envelope::client::ClientError> {
 //! use futures::StreamExt;
-//! use opbox::client::Client;
+//! use opbox::envelope::client::Client;
 //! use serde_json::json;
 //!
 //! let client = Client::connect("tcp://127.0.0.1:8081", None).await?;
@@ -33,11 +33,9 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_util::codec::{FramedRead, FramedWrite};
 
-use crate::envelope::wire::{
-    CALL_ABORTED, CALL_COMPLETED, CALL_ERROR, CALL_REQUESTED, CALL_RESPONDED,
-};
-use crate::envelope::{EnvelopeConfig, tcp};
-use crate::error::CallError;
+use super::wire::{CALL_ABORTED, CALL_COMPLETED, CALL_ERROR, CALL_REQUESTED, CALL_RESPONDED};
+use super::{EnvelopeConfig, tcp};
+use crate::call::CallError;
 
 /// Why a client call failed.
 #[derive(Debug, thiserror::Error)]
@@ -164,15 +162,15 @@ impl Client {
         }
     }
 
-    /// Calls a query or mutation and waits for its output. Dropping the
-    /// future before the answer aborts the call on the host.
+    /// Calls a query or mutation and waits for its output. A subscription
+    /// fails with `INVALID_OPERATION_TYPE`. Dropping the future before the
+    /// answer aborts the call on the host.
     pub async fn call(&self, operation: &str, input: Value) -> Result<Value, ClientError> {
         // The same guard as a subscription: aborts unless it saw the end.
-        let mut reply = self.subscribe(operation, input).await?;
+        let mut reply = self.start(operation, input, "once")?;
         match reply.next().await {
             Some(Ok(output)) => {
-                reply.done = true;
-                lock(&self.inner.calls).remove(&reply.id);
+                reply.finish();
                 Ok(output)
             }
             Some(Err(error)) => Err(error),
@@ -183,40 +181,44 @@ impl Client {
     }
 
     /// Subscribes to a subscription; its outputs arrive on the returned
-    /// stream, which ends when the subscription completes.
+    /// stream, which ends when the subscription completes. A query or
+    /// mutation fails with `INVALID_OPERATION_TYPE`.
     pub async fn subscribe(
         &self,
         operation: &str,
         input: Value,
     ) -> Result<ClientSubscription, ClientError> {
-        let (id, replies) = self.start(operation, input)?;
-        Ok(ClientSubscription {
-            client: self.clone(),
-            id,
-            replies,
-            done: false,
-        })
+        self.start(operation, input, "stream")
     }
 
-    /// Registers a fresh id and sends `call.requested`.
+    /// Registers a fresh id and sends `call.requested`, saying which reply
+    /// sequence the caller expects.
     fn start(
         &self,
         operation: &str,
         input: Value,
-    ) -> Result<(String, mpsc::UnboundedReceiver<Value>), ClientError> {
+        expect: &str,
+    ) -> Result<ClientSubscription, ClientError> {
         let id = self
             .inner
             .next_id
             .fetch_add(1, Ordering::Relaxed)
             .to_string();
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, replies) = mpsc::unbounded_channel();
         lock(&self.inner.calls).insert(id.clone(), tx);
-        let mut payload = json!({ "operationId": operation, "input": input });
+        let mut payload = json!({ "operationId": operation, "input": input, "expect": expect });
         if let Some(token) = &self.inner.token {
             payload["auth_token"] = json!(token);
         }
-        self.send(CALL_REQUESTED, &id, payload, None)?;
-        Ok((id, rx))
+        // From here on, dropping the guard aborts the call.
+        let guard = ClientSubscription {
+            client: self.clone(),
+            id,
+            replies,
+            done: false,
+        };
+        self.send(CALL_REQUESTED, &guard.id, payload, None)?;
+        Ok(guard)
     }
 
     fn send(
@@ -257,14 +259,19 @@ impl Stream for ClientSubscription {
             Poll::Ready(Some(envelope)) => output(envelope).transpose(),
         };
         if !matches!(item, Some(Ok(_))) {
-            self.done = true;
-            lock(&self.client.inner.calls).remove(&self.id);
+            self.finish();
         }
         Poll::Ready(item)
     }
 }
 
 impl ClientSubscription {
+    /// The call ended: forget it, and abort nothing on drop.
+    fn finish(&mut self) {
+        self.done = true;
+        lock(&self.client.inner.calls).remove(&self.id);
+    }
+
     /// Aborts the subscription and waits until the abort has been written
     /// to the connection. Dropping the subscription aborts it too, without
     /// waiting.

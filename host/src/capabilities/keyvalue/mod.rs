@@ -5,14 +5,39 @@
 //! The database is used from a blocking thread, since a write waits for the
 //! disk; the guest's call waits for it, the executor does not.
 
+mod store;
+
 use std::sync::Arc;
 
-use wasmtime::component::Resource;
+use serde::Deserialize;
+use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
-use crate::keyvalue::{KvError, KvStore, Quota, Space};
-use crate::runtime::StoreState;
-use crate::runtime::bindings::wasi::keyvalue::store::{Error, KeyResponse};
-use crate::runtime::bindings::wasi::keyvalue::{atomics, batch, store};
+use super::bindings::wasi::keyvalue::store::{Error, KeyResponse};
+use super::bindings::wasi::keyvalue::{atomics, batch, store as wit};
+use super::denied::Denial;
+use crate::call::cut;
+pub use store::{
+    KvError, KvStore, MAX_BUCKET_NAME, MAX_KEY, PAGE, Quota, Space, check_bucket_name,
+};
+
+/// A key-value store granted to a plugin, with its quota per tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KeyvalueGrant {
+    /// Bytes of keys and values together.
+    pub max_bytes: u64,
+    /// Keys, all buckets together.
+    pub max_keys: u64,
+}
+
+impl Default for KeyvalueGrant {
+    fn default() -> Self {
+        Self {
+            max_bytes: 16 << 20,
+            max_keys: 100_000,
+        }
+    }
+}
 
 /// An open bucket: a name inside the plugin's key space.
 #[derive(Debug)]
@@ -23,12 +48,71 @@ pub struct Bucket {
     kv: Arc<KvStore>,
 }
 
-impl StoreState {
+/// The key-value store as one call of a plugin sees it.
+#[derive(Debug)]
+pub struct KeyvalueState {
+    /// The quota, when a store is granted.
+    grant: Option<KeyvalueGrant>,
+    /// The host's database, when it has one.
+    kv: Option<Arc<KvStore>>,
+    /// Whose keys the call reads and writes: the tenant it runs for, and
+    /// the plugin.
+    tenant: Arc<str>,
+    plugin: Arc<str>,
+    denial: Denial,
+}
+
+impl KeyvalueState {
+    pub(super) fn new(
+        grant: Option<KeyvalueGrant>,
+        kv: Option<Arc<KvStore>>,
+        tenant: Arc<str>,
+        plugin: Arc<str>,
+        denial: Denial,
+    ) -> Self {
+        Self {
+            grant,
+            kv,
+            denial,
+            tenant,
+            plugin,
+        }
+    }
+}
+
+/// A call's key-value state with the table its buckets live in: what the
+/// `wasi:keyvalue` host traits are implemented on.
+#[derive(Debug)]
+pub struct KeyvalueView<'a> {
+    state: &'a mut KeyvalueState,
+    table: &'a mut ResourceTable,
+}
+
+impl KeyvalueView<'_> {
     fn bucket(&self, bucket: &Resource<Bucket>) -> Result<&Bucket, Error> {
         self.table
             .get(bucket)
             .map_err(|e| Error::Other(format!("no such bucket: {e}")))
     }
+}
+
+struct Keyvalue;
+
+impl HasData for Keyvalue {
+    type Data<'a> = KeyvalueView<'a>;
+}
+
+pub(super) fn add_to_linker<T: super::View>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    fn view<T: super::View>(store: &mut T) -> KeyvalueView<'_> {
+        let (capabilities, table) = store.capabilities();
+        KeyvalueView {
+            state: &mut capabilities.keyvalue,
+            table,
+        }
+    }
+    wit::add_to_linker::<T, Keyvalue>(linker, view)?;
+    atomics::add_to_linker::<T, Keyvalue>(linker, view)?;
+    batch::add_to_linker::<T, Keyvalue>(linker, view)
 }
 
 /// Runs `op` on the bucket's store from a blocking thread.
@@ -56,17 +140,20 @@ async fn blocking<T: Send + 'static>(
     })
 }
 
-impl store::Host for StoreState {
+impl wit::Host for KeyvalueView<'_> {
     async fn open(&mut self, identifier: String) -> Result<Resource<Bucket>, Error> {
-        let (Some(grant), Some(kv)) = (self.grants.keyvalue, self.kv.clone()) else {
+        let (Some(grant), Some(kv)) = (self.state.grant, self.state.kv.clone()) else {
+            self.state
+                .denial
+                .report(serde_json::json!({ "bucket": cut(&identifier, 64) }));
             return Err(Error::AccessDenied);
         };
-        crate::keyvalue::check_bucket_name(&identifier).map_err(|e| Error::Other(e.to_string()))?;
+        check_bucket_name(&identifier).map_err(|e| Error::Other(e.to_string()))?;
         let bucket = Bucket {
             name: identifier,
             space: Space {
-                tenant: self.tenant.clone(),
-                plugin: self.plugin.to_string(),
+                tenant: self.state.tenant.to_string(),
+                plugin: self.state.plugin.to_string(),
             },
             quota: Quota {
                 max_bytes: grant.max_bytes,
@@ -80,7 +167,7 @@ impl store::Host for StoreState {
     }
 }
 
-impl store::HostBucket for StoreState {
+impl wit::HostBucket for KeyvalueView<'_> {
     async fn get(
         &mut self,
         bucket: Resource<Bucket>,
@@ -138,7 +225,7 @@ impl store::HostBucket for StoreState {
     }
 }
 
-impl atomics::Host for StoreState {
+impl atomics::Host for KeyvalueView<'_> {
     async fn increment(
         &mut self,
         bucket: Resource<Bucket>,
@@ -153,7 +240,7 @@ impl atomics::Host for StoreState {
     }
 }
 
-impl batch::Host for StoreState {
+impl batch::Host for KeyvalueView<'_> {
     async fn get_many(
         &mut self,
         bucket: Resource<Bucket>,

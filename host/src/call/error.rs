@@ -35,6 +35,9 @@ pub enum ErrorCode {
     Internal,
     /// A framing violation on a stream transport.
     InvalidFrame,
+    /// The change asked for conflicts with what is there: a plugin name in
+    /// use, or a new version incompatible with the one it would replace.
+    Conflict,
     /// A plugin's own code (upper snake case).
     Domain(String),
 }
@@ -54,6 +57,7 @@ impl ErrorCode {
             Self::PluginFailed => "PLUGIN_FAILED",
             Self::Internal => "INTERNAL",
             Self::InvalidFrame => "INVALID_FRAME",
+            Self::Conflict => "CONFLICT",
             Self::Domain(code) => code,
         }
     }
@@ -72,6 +76,7 @@ impl ErrorCode {
             "PLUGIN_FAILED" => Self::PluginFailed,
             "INTERNAL" => Self::Internal,
             "INVALID_FRAME" => Self::InvalidFrame,
+            "CONFLICT" => Self::Conflict,
             other => Self::Domain(other.to_owned()),
         }
     }
@@ -95,6 +100,7 @@ impl ErrorCode {
             Self::Timeout => 504,
             Self::ResourceExhausted => 429,
             Self::Unavailable => 503,
+            Self::Conflict => 409,
             Self::PluginFailed | Self::Internal => 500,
         }
     }

@@ -1,0 +1,177 @@
+//! Shared by every scenario: the host under test, clients, latency statistics and the report's tables.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use opbox::call::{AccessControl, OpType, OperationSpec, Visibility};
+use opbox::config::PluginConfig;
+use opbox::dispatch::{Handler, Operation};
+use opbox::registry::Owner;
+use opbox::{Host, HostConfig};
+use serde_json::{Value, json};
+
+pub(crate) const CALLS: usize = 20_000;
+
+pub(crate) const ITEMS: u64 = 100_000;
+
+pub(crate) const LATENCY_CALLS: usize = 3_000;
+
+pub(crate) fn data_dir() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("opbox-bench")
+}
+
+pub(crate) async fn start_host() -> Host {
+    let mut config = HostConfig {
+        data_dir: data_dir(),
+        plugins: vec![PluginConfig {
+            path: opbox::bundled::built_plugin("hostile-loop"),
+            name: None,
+            tenant: None,
+            grants: Default::default(),
+            limits: Default::default(),
+        }],
+        ..HostConfig::demo()
+    };
+    // To see what reserving a worker for short calls buys, rerun `noisy`
+    // with `OPBOX_BENCH_CPU_LANES=2` (every worker may run a spinning guest).
+    config.limits.cpu_lanes = std::env::var("OPBOX_BENCH_CPU_LANES")
+        .ok()
+        .map(|lanes| lanes.parse().expect("OPBOX_BENCH_CPU_LANES is a number"));
+    let host = Host::start(config).await.expect("the host starts");
+    let echo = native_echo();
+    host.dispatcher()
+        .registry()
+        .insert_namespace(&Owner::Shared, "bench", vec![echo])
+        .expect("the bench namespace is free");
+    host
+}
+
+/// `bench/echo`: a native echo, the dispatcher's floor.
+pub(crate) fn native_echo() -> Operation {
+    Operation::compile(
+        OperationSpec {
+            name: "bench/echo".into(),
+            op_type: OpType::Query,
+            visibility: Visibility::External,
+            description: "Native echo: the dispatcher's floor.".into(),
+            input_schema: json!(true),
+            output_schema: json!(true),
+            access_control: AccessControl::default(),
+        },
+        Handler::NativeOnce(Arc::new(|_, input: Value| async move { Ok(input) }.boxed())),
+    )
+    .expect("a valid native op")
+}
+
+/// A single-threaded runtime for a client thread.
+pub(crate) fn client_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a client runtime")
+}
+
+/// Sequential `echo/echo` calls over one keep-alive connection, from a
+/// thread and runtime of their own so the client never waits on the host's
+/// workers.
+pub(crate) fn echo_latencies(addr: SocketAddr) -> Stats {
+    echo_latencies_as(addr, None, LATENCY_CALLS)
+}
+
+/// [`echo_latencies`] with a bearer token.
+pub(crate) fn echo_latencies_as(addr: SocketAddr, token: Option<&str>, calls: usize) -> Stats {
+    client_runtime().block_on(async {
+        let client = reqwest::Client::new();
+        let url = format!("http://{addr}/call");
+        let body = json!({"operation": "echo/echo", "input": {"x": 1}});
+        let mut samples = Vec::with_capacity(calls);
+        for n in 0..calls + 300 {
+            let start = Instant::now();
+            let mut request = client.post(&url).json(&body);
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            let response = request.send().await.expect("a response");
+            assert!(response.status().is_success(), "echo failed");
+            response.bytes().await.expect("a body");
+            if n >= 300 {
+                samples.push(start.elapsed());
+            }
+        }
+        Stats::of(samples)
+    })
+}
+
+pub(crate) async fn serve(router: axum::Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    addr
+}
+
+pub(crate) struct Stats {
+    pub(crate) median: Duration,
+    pub(crate) p99: Duration,
+    pub(crate) mean: Duration,
+    pub(crate) max: Duration,
+}
+
+impl Stats {
+    pub(crate) fn of(mut samples: Vec<Duration>) -> Self {
+        samples.sort();
+        let n = samples.len();
+        Self {
+            median: samples[n / 2],
+            p99: samples[(n * 99 / 100).min(n - 1)],
+            mean: samples.iter().sum::<Duration>() / u32::try_from(n).expect("fits"),
+            max: samples[n - 1],
+        }
+    }
+}
+
+/// A table of p50, p99 and max, one row per named measurement.
+pub(crate) fn latency_table(what: &str, rows: &[(&str, &Stats)]) {
+    println!("| {what} | p50 | p99 | max |\n|---|---|---|---|");
+    for (name, stats) in rows {
+        println!(
+            "| {name} | {} | {} | {} |",
+            us(stats.median),
+            us(stats.p99),
+            us(stats.max)
+        );
+    }
+}
+
+pub(crate) fn ns(d: Duration) -> String {
+    format!("{} ns", d.as_nanos())
+}
+
+pub(crate) fn us(d: Duration) -> String {
+    format!("{:.2} µs", d.as_secs_f64() * 1e6)
+}
+
+pub(crate) fn num_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+pub(crate) fn profile() -> &'static str {
+    if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    }
+}
+
+/// The gateway's routes for `host`, to serve with axum as the bare handler
+/// is served.
+pub(crate) fn router(host: &Host) -> axum::Router {
+    opbox::gateway::router(
+        host.dispatcher().clone(),
+        host.config().gateway(),
+        tokio_util::task::TaskTracker::new(),
+    )
+}

@@ -1,0 +1,39 @@
+//! `dispatch`: one `echo/echo` call through the dispatcher, a fresh instance per call, against a native echo through the same dispatcher.
+
+use std::time::Instant;
+
+use opbox::{CallRequest, Dispatcher};
+use serde_json::json;
+
+use super::common::*;
+
+pub(crate) async fn bench_dispatch(dispatcher: &Dispatcher) {
+    println!("## One call through the dispatcher, in process ({CALLS} sequential calls)\n");
+    println!("| operation | median | p99 | mean |\n|---|---|---|---|");
+    for operation in ["echo/echo", "bench/echo"] {
+        let input = json!({"x": 1});
+        // Warm up: caches, allocator, instance pool.
+        for _ in 0..1000 {
+            dispatcher
+                .call(CallRequest::new(operation, input.clone()))
+                .await
+                .expect("echo answers");
+        }
+        let mut samples = Vec::with_capacity(CALLS);
+        for _ in 0..CALLS {
+            let request = CallRequest::new(operation, input.clone());
+            let start = Instant::now();
+            let output = dispatcher.call(request).await.expect("echo answers");
+            samples.push(start.elapsed());
+            assert_eq!(output, input);
+        }
+        let stats = Stats::of(samples);
+        println!(
+            "| `{operation}` | {} | {} | {} |",
+            us(stats.median),
+            us(stats.p99),
+            us(stats.mean)
+        );
+    }
+    println!();
+}

@@ -1,0 +1,107 @@
+//! opbox's benchmark: a bench binary that prints a written report.
+//!
+//! Run it in release on an otherwise idle machine:
+//!
+//! ```text
+//! cargo bench -p opbox --bench dispatch              # everything
+//! cargo bench -p opbox --bench dispatch -- dispatch  # in-process calls only
+//! cargo bench -p opbox --bench dispatch -- stream    # ticker items only
+//! cargo bench -p opbox --bench dispatch -- http      # wrk, needs `wrk` on PATH
+//! cargo bench -p opbox --bench dispatch -- http-opbox  # wrk against opbox alone
+//! cargo bench -p opbox --bench dispatch -- limits    # echo with and without limits
+//! cargo bench -p opbox --bench dispatch -- noisy     # echo latency under a spinning neighbour
+//! cargo bench -p opbox --bench dispatch -- envelope  # TCP, WebSocket and HTTP, 64 calls in flight
+//! cargo bench -p opbox --bench dispatch -- tenants   # a tenant's latency under another's flood
+//! cargo bench -p opbox --bench dispatch -- keyvalue  # kv/get and kv/set from a plugin
+//! cargo bench -p opbox --bench dispatch -- relay     # 100 MiB upstream body through relay/sse
+//! ```
+//!
+//! - `dispatch`: one `echo/echo` call through the dispatcher, a fresh
+//!   instance per call, against a native echo through the same dispatcher
+//!   (the floor); median, p99 and mean over many sequential calls.
+//! - `stream`: per-item time of `ticker/count` streaming 100,000 items.
+//! - `http`: requests per second and latency of `POST /call` `echo/echo`
+//!   under `wrk -t2 -c32`, against a bare axum handler answering the same
+//!   JSON, both served from this process in the same run.
+//! - `limits`: `echo/echo` straight on the runtime (no dispatcher), with
+//!   the engine enforcing limits (epoch interruption, memory limiter) and
+//!   without, alternating rounds so both see the same machine.
+//! - `envelope`: `echo/echo` calls per second and latency with 64 calls in
+//!   flight over one TCP connection, one WebSocket, and HTTP `/call` (a
+//!   connection per call in flight); `ticker/count` items per second over TCP.
+//! - `tenants`: tenant B's sequential `POST /call` `echo/echo` latency
+//!   alone, then while tenant A sends 10× its `calls_per_second` quota; and
+//!   the per-call cost of authentication and admission, in process.
+//! - `keyvalue`: the `kv` example's `get` and `set` through the dispatcher,
+//!   a fresh instance per call, one at a time and 16 at once; every set is a
+//!   durable transaction of its own.
+//! - `relay`: a 100 MiB chunked upstream body through `relay/sse` to an SSE
+//!   client over HTTP, against the client reading the upstream directly;
+//!   throughput and the process's resident memory while it streams.
+//! - `noisy`: latency of sequential `POST /call` `echo/echo` from one client,
+//!   alone, then while another client keeps 8 `hostile-loop/spin` calls (an
+//!   infinite loop each) in flight. Runs last: the spinning calls outlive it.
+
+#![allow(
+    clippy::expect_used,
+    reason = "a benchmark reports failure by panicking"
+)]
+
+mod common;
+mod dispatch;
+mod envelope;
+mod http;
+mod keyvalue;
+mod limits;
+mod noisy;
+mod relay;
+mod stream;
+mod tenants;
+
+use common::{num_cpus, profile, start_host};
+
+fn main() {
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let wants =
+        |part: &str| filters.is_empty() || filters.iter().any(|f| part.contains(f.as_str()));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    runtime.block_on(async {
+        let host = start_host().await;
+        let dispatcher = host.dispatcher().clone();
+        println!("# opbox benchmark\n");
+        println!("machine: {} cores; profile: {}\n", num_cpus(), profile());
+        if wants("dispatch") {
+            dispatch::bench_dispatch(&dispatcher).await;
+        }
+        if wants("stream") {
+            stream::bench_stream(&dispatcher).await;
+        }
+        if wants("http-bare") || wants("http-opbox") {
+            http::bench_http(&host, wants("http-bare"), wants("http-opbox")).await;
+        }
+        if wants("limits") {
+            limits::bench_limits().await;
+        }
+        if wants("envelope") {
+            envelope::bench_envelopes(&host).await;
+        }
+        if wants("keyvalue") {
+            keyvalue::bench_keyvalue().await;
+        }
+        if wants("relay") {
+            relay::bench_relay().await;
+        }
+        if wants("tenants") {
+            tenants::bench_tenants().await;
+        }
+        if wants("noisy") {
+            noisy::bench_noisy(&host).await;
+        }
+    });
+}

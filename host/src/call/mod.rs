@@ -1,0 +1,14 @@
+//! The types every layer passes around: a call, its caller, an operation's
+//! spec, the error a caller sees and the events the host reports. The bottom of the host: it uses no
+//! other module of the crate, and knows nothing of tasks, wasmtime or axum.
+
+mod error;
+mod event;
+mod request;
+mod spec;
+
+pub(crate) use error::cut;
+pub use error::{CallError, ErrorCode};
+pub use event::{Event, Observer, SharedObserver, Unobserved};
+pub use request::{CallRequest, Identity, Origin, new_request_id, whole_millis};
+pub use spec::{AccessControl, OpType, OperationSpec, Visibility, is_valid_name, is_valid_segment};

@@ -1,0 +1,122 @@
+//! One call as every layer passes it on: who makes it, from where, to
+//! what, with which input and deadline.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// Who is calling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The caller's id; `None` for anonymous callers.
+    pub id: Option<String>,
+    /// The tenant the caller belongs to.
+    pub tenant: String,
+    /// The caller's scopes.
+    pub scopes: Vec<String>,
+}
+
+impl Identity {
+    /// The tenant anonymous callers belong to.
+    pub const DEFAULT_TENANT: &'static str = "default";
+
+    /// An anonymous caller of the default tenant.
+    pub fn anonymous() -> Self {
+        Self::anonymous_of(Self::DEFAULT_TENANT)
+    }
+
+    /// An anonymous caller of `tenant`.
+    pub fn anonymous_of(tenant: &str) -> Self {
+        Self {
+            id: None,
+            tenant: tenant.to_owned(),
+            scopes: Vec::new(),
+        }
+    }
+
+    /// Whether the caller presented no valid credentials.
+    pub fn is_anonymous(&self) -> bool {
+        self.id.is_none()
+    }
+}
+
+/// Where a call comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A caller on a transport: internal operations are invisible to it.
+    Wire,
+    /// Another operation, `depth` calls down from the wire: internal
+    /// operations are visible to it.
+    Nested {
+        /// 1 for a call made by an operation called from the wire.
+        depth: u32,
+    },
+}
+
+impl Origin {
+    /// How many calls down from the wire this is: 0 for the wire.
+    pub fn depth(self) -> u32 {
+        match self {
+            Self::Wire => 0,
+            Self::Nested { depth } => depth,
+        }
+    }
+}
+
+/// One call, as the dispatcher takes it.
+#[derive(Debug, Clone)]
+pub struct CallRequest {
+    /// Unique per call; see [`new_request_id`].
+    pub request_id: Arc<str>,
+    /// `namespace/op`; a leading `/` is accepted.
+    pub operation: String,
+    /// The input; `null` when the caller sent none.
+    pub input: Value,
+    /// A deadline the caller asked for; it may only shorten the host's.
+    pub deadline: Option<Duration>,
+    /// Who is calling.
+    pub identity: Identity,
+    /// Where the call comes from.
+    pub origin: Origin,
+}
+
+impl CallRequest {
+    /// A wire call of `operation` with `input`, by an anonymous caller.
+    pub fn new(operation: impl Into<String>, input: Value) -> Self {
+        Self {
+            request_id: new_request_id(),
+            operation: operation.into(),
+            input,
+            deadline: None,
+            identity: Identity::anonymous(),
+            origin: Origin::Wire,
+        }
+    }
+}
+
+/// Reads an optional count of milliseconds, written as an integer or as a
+/// whole-valued float (`1.0`): JSON has one kind of number. For the
+/// `deadline_ms` of the wire's call bodies.
+pub fn whole_millis<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    use serde::Deserialize;
+    let Some(number) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    if let Some(ms) = number.as_u64() {
+        return Ok(Some(ms));
+    }
+    match number.as_f64() {
+        Some(ms) if ms.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&ms) => {
+            Ok(Some(ms as u64))
+        }
+        _ => Err(serde::de::Error::custom(format!(
+            "{number} is not a whole, non-negative number of milliseconds"
+        ))),
+    }
+}
+
+/// A fresh request id.
+pub fn new_request_id() -> Arc<str> {
+    Arc::from(uuid::Uuid::new_v4().simple().to_string())
+}

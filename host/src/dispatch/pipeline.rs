@@ -1,0 +1,336 @@
+//! The path every call takes: one admission for queries, mutations and
+//! subscriptions alike (in flight → resolve → kind → admit), then input
+//! validation, the deadline and the handler.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+use super::drain::InFlight;
+use super::nested::invocation;
+use super::validate::{is_large, validate_input};
+use super::{CallContext, Dispatcher, Handler, Operation, OutputStream, failure};
+use crate::call::{
+    AccessControl, CallError, CallRequest, ErrorCode, Identity, OperationSpec, Origin, Visibility,
+};
+use crate::tenants::{Admission, Tenant};
+
+/// The longest a deadline can be: far enough to mean "none", near enough not
+/// to overflow `Instant` arithmetic.
+const NO_DEADLINE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// Which kind of operation a caller asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    /// A query or mutation (`call`).
+    Once,
+    /// A subscription (`subscribe`).
+    Stream,
+}
+
+/// A call past admission: what it runs, for which tenant, and the slots it
+/// holds until it ends.
+pub(super) struct Admitted {
+    pub(super) op: Arc<Operation>,
+    pub(super) tenant: Arc<Tenant>,
+    /// Counts the call as in flight, for draining.
+    pub(super) in_flight: InFlight,
+    /// The tenant's admission of a call from the wire.
+    pub(super) admission: Option<Admission>,
+}
+
+impl Dispatcher {
+    /// The admission every call goes through: not while draining (from the
+    /// wire), an operation the caller can see and may call, of the kind
+    /// asked for, within the tenant's quotas.
+    fn admit(&self, request: &CallRequest, kind: Kind) -> Result<Admitted, CallError> {
+        let in_flight = self.inner.drain.enter(request.origin)?;
+        let (op, tenant) = self.resolve(request)?;
+        match (kind, op.spec.op_type.is_once()) {
+            (Kind::Once, false) => {
+                return Err(CallError::new(
+                    ErrorCode::InvalidOperationType,
+                    format!(
+                        "`{}` is a subscription; subscribe to it instead",
+                        op.spec.name
+                    ),
+                ));
+            }
+            (Kind::Stream, true) => {
+                return Err(CallError::new(
+                    ErrorCode::InvalidOperationType,
+                    format!("`{}` is a query or mutation; call it instead", op.spec.name),
+                ));
+            }
+            _ => {}
+        }
+        let admission = match (request.origin, kind) {
+            (Origin::Nested { .. }, _) => None,
+            (Origin::Wire, Kind::Once) => Some(tenant.usage.admit_call()?),
+            (Origin::Wire, Kind::Stream) => Some(tenant.usage.admit_subscription()?),
+        };
+        Ok(Admitted {
+            op,
+            tenant,
+            in_flight,
+            admission,
+        })
+    }
+
+    /// A query or mutation: admitted, then validated and run within its
+    /// deadline.
+    pub(super) async fn call_inner(&self, mut request: CallRequest) -> Result<Value, CallError> {
+        let Admitted {
+            op,
+            tenant,
+            in_flight: _in_flight,
+            admission: _admission,
+        } = self.admit(&request, Kind::Once)?;
+        let deadline = request
+            .deadline
+            .map_or(self.inner.config.default_deadline, |d| {
+                d.min(self.inner.config.default_deadline)
+            });
+        let cx = self.context(&request, Some(deadline));
+        let input = std::mem::take(&mut request.input);
+        let run = async {
+            let input = self.validate(&op, input).await?;
+            match &op.handler {
+                Handler::NativeOnce(handler) => {
+                    // Host work done for an operation counts like a plugin
+                    // instance against the tenant.
+                    let _native = nested_native(&request, &tenant)?;
+                    handler(cx, input).await
+                }
+                Handler::Plugin { plugin, op: name } => {
+                    let _instance = tenant.usage.instance()?;
+                    let invocation = invocation(self, &request, deadline);
+                    let counted = plugin.count_call();
+                    let output = plugin
+                        .call(&invocation, name, input.to_string())
+                        .await
+                        .map_err(|e| failure::from_invoke(e, plugin, name))?;
+                    counted.succeeded();
+                    failure::parse_output(&output, plugin, name)
+                }
+                Handler::NativeStream(_) => Err(CallError::internal()),
+            }
+        };
+        match tokio::time::timeout(deadline, run).await {
+            Ok(result) => result,
+            Err(_) => Err(failure::timeout(deadline)),
+        }
+    }
+
+    /// A subscription: admitted and validated, then its stream, which
+    /// holds its slots until it ends and ends when the host drains.
+    pub(super) async fn subscribe_inner(
+        &self,
+        request: &CallRequest,
+    ) -> Result<OutputStream, CallError> {
+        let Admitted {
+            op,
+            tenant,
+            in_flight,
+            admission,
+        } = self.admit(request, Kind::Stream)?;
+        let input = self.validate(&op, request.input.clone()).await?;
+        let limit = match (request.deadline, self.inner.config.max_subscription) {
+            (Some(asked), Some(max)) => Some(asked.min(max)),
+            (asked, max) => asked.or(max),
+        };
+        let cx = self.context(request, limit);
+        let mut held = vec![admission];
+        let stream: OutputStream = match &op.handler {
+            Handler::NativeStream(handler) => {
+                held.push(nested_native(request, &tenant)?);
+                handler(cx, input).await?
+            }
+            Handler::Plugin { plugin, op: name } => {
+                held.push(Some(tenant.usage.instance()?));
+                let invocation = invocation(self, request, limit.unwrap_or(NO_DEADLINE));
+                let counted = plugin.count_call();
+                let items = plugin
+                    .subscribe(&invocation, name, input.to_string())
+                    .await
+                    .map_err(|e| failure::from_invoke(e, plugin, name))?;
+                counted.succeeded();
+                let ending = plugin.ending();
+                let (plugin, name) = (plugin.clone(), name.clone());
+                let outputs = items
+                    .map(move |item| match item {
+                        Ok(text) => failure::parse_output(&text, &plugin, &name),
+                        Err(e) => Err(failure::from_invoke(e, &plugin, &name)),
+                    })
+                    .boxed();
+                until_retired(outputs, ending)
+            }
+            Handler::NativeOnce(_) => return Err(CallError::internal()),
+        };
+        let stream = match limit {
+            Some(limit) => with_time_limit(stream, limit),
+            None => stream,
+        };
+        let stream = holding(stream, held);
+        Ok(self.inner.drain.until_drained(stream, in_flight))
+    }
+
+    /// The operation `request` names, as its caller sees it, and the
+    /// caller's tenant: `NOT_FOUND` for what the caller cannot see,
+    /// `UNAUTHORIZED` or `FORBIDDEN` for what it may not call.
+    pub(super) fn resolve(
+        &self,
+        request: &CallRequest,
+    ) -> Result<(Arc<Operation>, Arc<Tenant>), CallError> {
+        let max_depth = self.inner.config.max_call_depth;
+        if request.origin.depth() > max_depth {
+            return Err(CallError::new(
+                ErrorCode::ResourceExhausted,
+                format!("calls nested more than {max_depth} deep"),
+            )
+            .with_details(json!({"limit": "max_call_depth", "value": max_depth})));
+        }
+        let identity = &request.identity;
+        // An identity the dispatcher did not issue, for a tenant it does not
+        // know: treated as no credentials.
+        let tenant = self.inner.tenants.get(&identity.tenant).ok_or_else(|| {
+            CallError::new(ErrorCode::Unauthorized, "the caller's tenant is unknown")
+        })?;
+        let name = request
+            .operation
+            .strip_prefix('/')
+            .unwrap_or(&request.operation);
+        let op = self
+            .inner
+            .registry
+            .get(&identity.tenant, name)
+            .filter(|op| visible(op, request.origin))
+            .ok_or_else(|| CallError::not_found(name))?;
+        authorize(&op.spec, identity)?;
+        Ok((op, tenant.clone()))
+    }
+
+    /// Checks `input` against the operation's schema and hands it back.
+    /// A large input is checked on the blocking pool, a few at a time, so
+    /// that it never holds an async worker; the call's deadline, which runs
+    /// around this, bounds the wait. (What one check can cost is bounded
+    /// when the plugin loads: see `runtime::ManifestLimits`.)
+    async fn validate(&self, op: &Arc<Operation>, input: Value) -> Result<Value, CallError> {
+        if !is_large(&input) {
+            return validate_input(op, &input).map(|()| input);
+        }
+        let _turn = self
+            .inner
+            .validations
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| CallError::internal())?;
+        let op = op.clone();
+        tokio::task::spawn_blocking(move || validate_input(&op, &input).map(|()| input))
+            .await
+            .unwrap_or_else(|_| Err(CallError::internal()))
+    }
+
+    fn context(&self, request: &CallRequest, deadline: Option<Duration>) -> CallContext {
+        CallContext {
+            request_id: request.request_id.clone(),
+            identity: request.identity.clone(),
+            origin: request.origin,
+            deadline: deadline.map(|d| Instant::now() + d),
+            dispatcher: self.clone(),
+        }
+    }
+}
+
+/// Whether `op`, already in the caller's tenant's view, exists for a call
+/// from `origin`. Everything that is not visible is `NOT_FOUND`, never a
+/// different answer.
+pub(super) fn visible(op: &Operation, origin: Origin) -> bool {
+    matches!(origin, Origin::Nested { .. }) || op.spec.visibility == Visibility::External
+}
+
+/// Whether `identity` holds the scopes `spec` requires: `UNAUTHORIZED` for
+/// an anonymous caller, `FORBIDDEN` for one whose scopes fall short.
+fn authorize(spec: &OperationSpec, identity: &Identity) -> Result<(), CallError> {
+    let AccessControl {
+        required_scopes: all,
+        required_scopes_any: any,
+    } = &spec.access_control;
+    let holds = |scope: &String| identity.scopes.contains(scope);
+    if all.iter().all(holds) && (any.is_empty() || any.iter().any(holds)) {
+        return Ok(());
+    }
+    let details = json!({ "required_scopes": all, "required_scopes_any": any });
+    if identity.is_anonymous() {
+        return Err(CallError::new(
+            ErrorCode::Unauthorized,
+            format!("`{}` requires a bearer token", spec.name),
+        )
+        .with_details(details));
+    }
+    Err(CallError::new(
+        ErrorCode::Forbidden,
+        format!("the caller lacks a scope `{}` requires", spec.name),
+    )
+    .with_details(details))
+}
+
+/// The tenant slot a nested call of a native operation holds while it runs;
+/// none for a call from the wire, which its admission already counts.
+fn nested_native(request: &CallRequest, tenant: &Tenant) -> Result<Option<Admission>, CallError> {
+    match request.origin {
+        Origin::Wire => Ok(None),
+        Origin::Nested { .. } => tenant.usage.instance().map(Some),
+    }
+}
+
+/// `stream`, keeping `held` (quota slots) until it is dropped.
+fn holding(stream: OutputStream, held: Vec<Option<Admission>>) -> OutputStream {
+    stream
+        .map(move |item| {
+            let _held = &held;
+            item
+        })
+        .boxed()
+}
+
+/// Ends `stream` with `TIMEOUT` once `limit` has passed.
+fn with_time_limit(stream: OutputStream, limit: Duration) -> OutputStream {
+    cut_off(stream, tokio::time::sleep(limit), failure::timeout(limit))
+}
+
+/// Ends `stream` with `UNAVAILABLE` once `ending` resolves: the plugin
+/// version it runs on was replaced or removed, and its grace period is over.
+fn until_retired(
+    stream: OutputStream,
+    ending: impl Future<Output = ()> + Send + 'static,
+) -> OutputStream {
+    let error = CallError::new(
+        ErrorCode::Unavailable,
+        "the plugin was replaced or removed; subscribe again",
+    );
+    cut_off(stream, ending, error)
+}
+
+/// `stream` until `signal` resolves, then `error` as its last item.
+fn cut_off(
+    stream: OutputStream,
+    signal: impl Future<Output = ()> + Send + 'static,
+    error: CallError,
+) -> OutputStream {
+    futures::stream::unfold(
+        (stream, Box::pin(signal), Some(error)),
+        |(mut stream, mut signal, error)| async move {
+            let error = error?;
+            tokio::select! {
+                item = stream.next() => item.map(|item| (item, (stream, signal, Some(error)))),
+                () = &mut signal => Some((Err(error), (stream, signal, None))),
+            }
+        },
+    )
+    .boxed()
+}

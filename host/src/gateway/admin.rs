@@ -1,0 +1,256 @@
+//! `/admin/v1/plugins`: the plugin lifecycle over HTTP, each route a thin
+//! layer over an `admin/*` operation.
+//!
+//! | route | operation | body | answer |
+//! |---|---|---|---|
+//! | `POST /admin/v1/plugins` | `admin/install` | the component (`application/wasm`) | `201`, the plugin |
+//! | `GET /admin/v1/plugins` | `admin/list` | | `{"plugins": [...]}` |
+//! | `GET /admin/v1/plugins/{name}` | `admin/show` | | the plugin |
+//! | `PUT /admin/v1/plugins/{name}` | `admin/replace` | the new component | the plugin |
+//! | `DELETE /admin/v1/plugins/{name}` | `admin/remove` | | `{"removed": name}` |
+//!
+//! `?tenant=ID` addresses a tenant's plugins (shared ones without it);
+//! `PUT …?force=true` skips the compatibility gate. An
+//! upload's other settings travel in one JSON header, `opbox-plugin`:
+//! `{"name": "…", "limits": {…}, "grants": {…}}`, the fields of a
+//! `[[plugins]]` entry (`name` on install only: a replace keeps the name).
+//!
+//! An upload is read only once its sender is known to be allowed to make
+//! it, at most `max_plugin_bytes` of it, and at most `max_uploads` at once.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use tokio::sync::Semaphore;
+
+use super::error::ApiError;
+use super::{AppState, caller};
+use crate::call::{CallError, CallRequest, ErrorCode, Origin, new_request_id};
+
+/// The namespace of the lifecycle operations (`plugins::NAMESPACE`).
+const ADMIN: &str = "admin";
+
+/// The header carrying an upload's settings.
+const SETTINGS: &str = "opbox-plugin";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Whose {
+    tenant: Option<String>,
+}
+
+/// A replace's query: whose plugin, and whether to skip the compatibility
+/// gate.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ReplaceQuery {
+    tenant: Option<String>,
+    #[serde(default)]
+    force: bool,
+}
+
+/// Uploads being read now, all callers together.
+#[derive(Debug)]
+pub(super) struct Uploads(Arc<Semaphore>);
+
+impl Uploads {
+    pub(super) fn new(max: usize) -> Self {
+        Self(Arc::new(Semaphore::new(max.max(1))))
+    }
+}
+
+pub(super) async fn install(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    whose: Result<Query<Whose>, QueryRejection>,
+    body: Body,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Query(whose) = whose.map_err(super::discovery::bad_query)?;
+    let mut input = settings(&headers, true)?;
+    let output = upload(&state, &headers, "install", whose, &mut input, body).await?;
+    Ok((StatusCode::CREATED, Json(output)))
+}
+
+pub(super) async fn replace(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    query: Result<Query<ReplaceQuery>, QueryRejection>,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let Query(ReplaceQuery { tenant, force }) = query.map_err(super::discovery::bad_query)?;
+    let whose = Whose { tenant };
+    let mut input = settings(&headers, false)?;
+    input.insert("name".into(), json!(name));
+    if force {
+        input.insert("force".into(), json!(true));
+    }
+    upload(&state, &headers, "replace", whose, &mut input, body)
+        .await
+        .map(Json)
+}
+
+pub(super) async fn list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    whose: Result<Query<Whose>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(whose) = whose.map_err(super::discovery::bad_query)?;
+    run(&state, &headers, "list", with_tenant(Map::new(), whose))
+        .await
+        .map(Json)
+}
+
+pub(super) async fn show(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    whose: Result<Query<Whose>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    named(&state, &headers, "show", name, whose).await
+}
+
+pub(super) async fn remove(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    whose: Result<Query<Whose>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    named(&state, &headers, "remove", name, whose).await
+}
+
+/// Runs `admin/{op}` on the plugin `name` of the tenant `whose` names.
+async fn named(
+    state: &AppState,
+    headers: &HeaderMap,
+    op: &str,
+    name: String,
+    whose: Result<Query<Whose>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(whose) = whose.map_err(super::discovery::bad_query)?;
+    let input = with_tenant(Map::from_iter([("name".into(), json!(name))]), whose);
+    run(state, headers, op, input).await.map(Json)
+}
+
+/// The `opbox-plugin` header as an input: `limits`, `grants` and, on an
+/// install, `name`.
+fn settings(headers: &HeaderMap, named: bool) -> Result<Map<String, Value>, ApiError> {
+    let Some(value) = headers.get(SETTINGS) else {
+        return Ok(Map::new());
+    };
+    let bad = |why: String| {
+        ApiError::from(CallError::invalid_input(format!(
+            "the `{SETTINGS}` header {why}"
+        )))
+    };
+    let text = value.to_str().map_err(|_| bad("is not text".into()))?;
+    let Value::Object(fields) =
+        serde_json::from_str(text).map_err(|e| bad(format!("is not JSON: {e}")))?
+    else {
+        return Err(bad("must be a JSON object".into()));
+    };
+    let allowed: &[&str] = if named {
+        &["name", "limits", "grants"]
+    } else {
+        &["limits", "grants"]
+    };
+    if let Some(key) = fields.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(bad(format!("has `{key}`; it takes {}", allowed.join(", "))));
+    }
+    Ok(fields)
+}
+
+fn with_tenant(mut input: Map<String, Value>, whose: Whose) -> Value {
+    if let Some(tenant) = whose.tenant {
+        input.insert("tenant".into(), json!(tenant));
+    }
+    Value::Object(input)
+}
+
+/// Reads an upload, once its sender may make it, and runs `admin/{op}`.
+async fn upload(
+    state: &AppState,
+    headers: &HeaderMap,
+    op: &str,
+    whose: Whose,
+    input: &mut Map<String, Value>,
+    body: Body,
+) -> Result<Value, ApiError> {
+    let request = request(state, headers, op, Value::Null)?;
+    // Who may not make the change gets its answer before a byte is read.
+    state
+        .dispatcher
+        .op_type(&request)
+        .map_err(|e| ApiError::new(request.request_id.clone(), e))?;
+    let _turn = state.uploads.0.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            request.request_id.clone(),
+            CallError::new(
+                ErrorCode::ResourceExhausted,
+                "too many plugin uploads at once; try again shortly",
+            )
+            .with_details(json!({ "limit": "max_uploads", "value": state.config.max_uploads })),
+        )
+    })?;
+    let max = state.config.max_plugin_bytes;
+    let wasm = axum::body::to_bytes(body, max).await.map_err(|_| {
+        ApiError::new(
+            request.request_id.clone(),
+            CallError::new(
+                ErrorCode::ResourceExhausted,
+                format!("the component is larger than {max} bytes, or its upload broke off"),
+            )
+            .with_details(json!({ "limit": "max_plugin_bytes", "value": max })),
+        )
+        .with_status(StatusCode::PAYLOAD_TOO_LARGE)
+    })?;
+    input.insert(
+        "wasm_base64".into(),
+        json!(base64::engine::general_purpose::STANDARD.encode(&wasm)),
+    );
+    drop(wasm);
+    let input = with_tenant(std::mem::take(input), whose);
+    call(state, CallRequest { input, ..request }).await
+}
+
+/// Runs `admin/{op}` with `input` for the sender of `headers`.
+async fn run(
+    state: &AppState,
+    headers: &HeaderMap,
+    op: &str,
+    input: Value,
+) -> Result<Value, ApiError> {
+    call(state, request(state, headers, op, input)?).await
+}
+
+fn request(
+    state: &AppState,
+    headers: &HeaderMap,
+    op: &str,
+    input: Value,
+) -> Result<CallRequest, ApiError> {
+    Ok(CallRequest {
+        request_id: new_request_id(),
+        operation: format!("{ADMIN}/{op}"),
+        input,
+        deadline: None,
+        identity: caller(state, headers)?,
+        origin: Origin::Wire,
+    })
+}
+
+async fn call(state: &AppState, request: CallRequest) -> Result<Value, ApiError> {
+    let request_id = request.request_id.clone();
+    state
+        .dispatcher
+        .call(request)
+        .await
+        .map_err(|error| ApiError::new(request_id, error))
+}

@@ -1,0 +1,336 @@
+//! `admin/*`: the plugin lifecycle as operations, so that every transport,
+//! access control, quota and log sees a change like any other call. The
+//! HTTP API (`/admin/v1/plugins`) is a thin layer over these.
+//!
+//! The host operator (scope `admin`) manages every plugin: `tenant` names
+//! whose plugin it is, and absent, a shared one. A tenant's caller with the
+//! scope `plugins:write` manages only its own tenant's plugins, within the
+//! tenant's allowance: another tenant's do not exist for it (`NOT_FOUND`,
+//! as for a name nobody uses), and shared ones are not its to change.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use base64::Engine;
+use futures::FutureExt;
+use serde_json::{Map, Value, json};
+
+use super::{Authority, Listed, Plugins, WeakPlugins};
+use crate::call::{AccessControl, CallError, OpType, OperationSpec, Visibility};
+use crate::dispatch::{CallContext, Handler, NativeOnce, Operation};
+use crate::registry::RegistryError;
+use crate::runtime::Plugin;
+
+/// The namespace of the lifecycle operations.
+pub const NAMESPACE: &str = "admin";
+
+/// The scope of the host operator: every plugin.
+pub(super) const OPERATOR: &str = "admin";
+
+/// The scope of a tenant's caller managing its own tenant's plugins.
+pub(super) const TENANT: &str = "plugins:write";
+
+/// The operations of `admin/*`, over `plugins`.
+pub fn operations(plugins: &Plugins) -> Result<Vec<Operation>, RegistryError> {
+    // Weak: the registry holding these operations belongs to the host
+    // that holds the plugins.
+    let plugins = plugins.downgrade();
+    let mut operations = vec![
+        install(&plugins)?,
+        replace(&plugins)?,
+        remove(&plugins)?,
+        list(&plugins)?,
+        show(&plugins)?,
+    ];
+    operations.extend(super::feed::operations(&plugins)?);
+    Ok(operations)
+}
+
+/// What callers learn of a plugin: never secret values or host paths.
+pub(crate) fn detail(plugin: &Plugin, tenant: Option<&str>, fixed: bool) -> Value {
+    json!({
+        "state": if plugin.is_retired() { "retired" } else { "active" },
+        "name": plugin.name(),
+        "tenant": tenant,
+        "source": if fixed { "config" } else { "api" },
+        "version": plugin.version(),
+        "digest": plugin.digest(),
+        "operations": plugin
+            .operations()
+            .into_iter()
+            .map(|op| json!({ "name": op.spec.name, "op_type": op.spec.op_type }))
+            .collect::<Vec<_>>(),
+        "limits": plugin.limits(),
+        "grants": plugin.grants().summary(),
+        "live_instances": plugin.live_instances(),
+        "open_subscriptions": plugin.open_subscriptions(),
+        "calls": plugin.calls(),
+        "failures": plugin.failures(),
+    })
+}
+
+/// The fields of an input naming a plugin and, for a change, its settings.
+struct Target {
+    /// Who asks: the operator, or a tenant's caller.
+    authority: Authority,
+    /// The tenant whose plugin it is; `None`: shared.
+    tenant: Option<String>,
+    name: Option<String>,
+    /// `limits` and `grants`, as given.
+    settings: Value,
+    wasm: Option<Vec<u8>>,
+    /// A replace that skips the compatibility gate.
+    force: bool,
+}
+
+impl Target {
+    /// Reads an input its operation's schema has checked, for the caller
+    /// of `cx`: a tenant's caller always addresses its own tenant, and
+    /// naming another reads as naming one that does not exist.
+    fn of(cx: &CallContext, input: Value) -> Result<Self, CallError> {
+        let Value::Object(mut fields) = input else {
+            return Err(CallError::invalid_input("the input must be an object"));
+        };
+        let mut text = |key: &str| match fields.remove(key) {
+            Some(Value::String(text)) => Some(text),
+            _ => None,
+        };
+        let (tenant, name, wasm) = (text("tenant"), text("name"), text("wasm_base64"));
+        let identity = &cx.identity;
+        let (authority, tenant) = if identity.scopes.iter().any(|s| s == OPERATOR) {
+            (Authority::Operator, tenant)
+        } else {
+            match tenant {
+                Some(other) if other != identity.tenant => {
+                    return Err(match &name {
+                        Some(name) => super::PluginError::NotFound(name.clone()).into(),
+                        None => super::PluginError::UnknownTenant(other).into(),
+                    });
+                }
+                _ => (Authority::Tenant, Some(identity.tenant.clone())),
+            }
+        };
+        let force = fields.remove("force") == Some(Value::Bool(true));
+        let wasm = wasm
+            .map(|b64| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(b64)
+                    .map_err(|e| {
+                        CallError::invalid_input(format!("`wasm_base64` is not base64: {e}"))
+                    })
+            })
+            .transpose()?;
+        let mut settings = Map::new();
+        for key in ["limits", "grants"] {
+            if let Some(value) = fields.remove(key) {
+                settings.insert(key.to_owned(), value);
+            }
+        }
+        Ok(Self {
+            authority,
+            tenant,
+            name,
+            settings: Value::Object(settings),
+            wasm,
+            force,
+        })
+    }
+
+    fn name(&self) -> Result<&str, CallError> {
+        self.name
+            .as_deref()
+            .ok_or_else(|| CallError::invalid_input("`name` is required"))
+    }
+
+    fn wasm(&self) -> Result<&[u8], CallError> {
+        self.wasm
+            .as_deref()
+            .ok_or_else(|| CallError::invalid_input("`wasm_base64` is required"))
+    }
+}
+
+fn install(plugins: &WeakPlugins) -> Result<Operation, RegistryError> {
+    admin_op(
+        "install",
+        OpType::Mutation,
+        "Installs a plugin: a component (base64), its namespace (default: its own), tenant (default: shared), limits and grants.",
+        change_schema(&["wasm_base64"]),
+        plugins,
+        |plugins, target| async move {
+            let tenant = target.tenant.as_deref();
+            let plugin = plugins
+                .install(
+                    target.authority,
+                    tenant,
+                    target.name.as_deref(),
+                    target.wasm()?,
+                    target.settings.clone(),
+                )
+                .await?;
+            Ok(detail(&plugin, tenant, false))
+        },
+    )
+}
+
+fn replace(plugins: &WeakPlugins) -> Result<Operation, RegistryError> {
+    admin_op(
+        "replace",
+        OpType::Mutation,
+        "Replaces an installed plugin with a new version, without dropping a call. A version that breaks callers of the old one is refused unless `force` is true.",
+        change_schema(&["name", "wasm_base64"]),
+        plugins,
+        |plugins, target| async move {
+            let tenant = target.tenant.as_deref();
+            let plugin = plugins
+                .replace(
+                    target.authority,
+                    tenant,
+                    target.name()?,
+                    target.wasm()?,
+                    target.settings.clone(),
+                    target.force,
+                )
+                .await?;
+            Ok(detail(&plugin, tenant, false))
+        },
+    )
+}
+
+fn remove(plugins: &WeakPlugins) -> Result<Operation, RegistryError> {
+    admin_op(
+        "remove",
+        OpType::Mutation,
+        "Removes an installed plugin; calls running on it finish.",
+        place_schema(true),
+        plugins,
+        |plugins, target| async move {
+            plugins
+                .remove(target.tenant.as_deref(), target.name()?)
+                .await?;
+            Ok(json!({ "removed": target.name }))
+        },
+    )
+}
+
+fn list(plugins: &WeakPlugins) -> Result<Operation, RegistryError> {
+    admin_op(
+        "list",
+        OpType::Query,
+        "Lists the plugins of a tenant (default: the shared ones) and the shared ones.",
+        place_schema(false),
+        plugins,
+        |plugins, target| async move {
+            let listed = plugins
+                .list(target.tenant.as_deref())
+                .iter()
+                .map(|listed| detail(&listed.plugin, listed.tenant.as_deref(), listed.fixed))
+                .collect::<Vec<_>>();
+            Ok(json!({ "plugins": listed }))
+        },
+    )
+}
+
+fn show(plugins: &WeakPlugins) -> Result<Operation, RegistryError> {
+    admin_op(
+        "show",
+        OpType::Query,
+        "Describes one plugin: version, digest, operations, limits, grants, live instances.",
+        place_schema(true),
+        plugins,
+        |plugins, target| async move {
+            let name = target.name()?;
+            // The tenant's own plugin of that name, else the shared one it
+            // sees.
+            let listed = plugins.list(target.tenant.as_deref());
+            let found = |tenant: &Option<String>| {
+                listed
+                    .iter()
+                    .find(|l: &&Listed| l.plugin.name() == name && l.tenant == *tenant)
+            };
+            let listed = found(&target.tenant)
+                .or_else(|| found(&None))
+                .ok_or_else(|| CallError::not_found(name))?;
+            Ok(detail(
+                &listed.plugin,
+                listed.tenant.as_deref(),
+                listed.fixed,
+            ))
+        },
+    )
+}
+
+/// The input of an install or replace: `required` among the fields.
+fn change_schema(required: &[&str]) -> Value {
+    let mut schema = json!({
+        "type": "object",
+        "properties": {
+            "wasm_base64": { "type": "string", "contentEncoding": "base64", "description": "The component." },
+            "name": { "type": "string", "description": "The namespace." },
+            "tenant": { "type": "string", "description": "The owning tenant; shared when absent." },
+            "limits": { "type": "object", "description": "As in a `[[plugins]]` entry." },
+            "grants": { "type": "object", "description": "As in a `[[plugins]]` entry." },
+        },
+        "required": required,
+        "additionalProperties": false,
+    });
+    if required.contains(&"name") {
+        schema["properties"]["force"] =
+            json!({ "type": "boolean", "description": "Skip the compatibility gate." });
+    }
+    schema
+}
+
+/// The input naming a plugin (`name` required or not).
+fn place_schema(named: bool) -> Value {
+    let required: &[&str] = if named { &["name"] } else { &[] };
+    json!({
+        "type": ["object", "null"],
+        "properties": {
+            "name": { "type": "string" },
+            "tenant": { "type": "string" },
+        },
+        "required": required,
+        "additionalProperties": false,
+    })
+}
+
+/// An `admin/*` operation requiring the scope `admin`: `run` gets the
+/// plugins and the input read as a [`Target`].
+fn admin_op<F, Fut>(
+    op: &str,
+    op_type: OpType,
+    description: &str,
+    input_schema: Value,
+    plugins: &WeakPlugins,
+    run: F,
+) -> Result<Operation, RegistryError>
+where
+    F: Fn(Plugins, Target) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Value, CallError>> + Send + 'static,
+{
+    let plugins = plugins.clone();
+    let handler: NativeOnce = Arc::new(move |cx: CallContext, input| {
+        match plugins
+            .upgrade()
+            .and_then(|plugins| Ok((plugins, Target::of(&cx, input)?)))
+        {
+            Ok((plugins, target)) => run(plugins, target).boxed(),
+            Err(error) => std::future::ready(Err(error)).boxed(),
+        }
+    });
+    Operation::compile(
+        OperationSpec {
+            name: format!("{NAMESPACE}/{op}"),
+            op_type,
+            visibility: Visibility::External,
+            description: description.to_owned(),
+            input_schema,
+            output_schema: json!({ "type": "object" }),
+            access_control: AccessControl {
+                required_scopes: Vec::new(),
+                required_scopes_any: vec![OPERATOR.to_owned(), TENANT.to_owned()],
+            },
+        },
+        Handler::NativeOnce(handler),
+    )
+}

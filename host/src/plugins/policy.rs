@@ -1,0 +1,182 @@
+//! What a tenant's own callers may install: the checks of a tenant's
+//! [`PluginAllowance`] against an install or a replace.
+//!
+//! The host operator (scope `admin`) is not held to an allowance; a caller
+//! holding `plugins:write` is, for its own tenant's plugins. A refusal
+//! names the rule it broke, as the config spells it.
+
+use crate::capabilities::Grants;
+use crate::runtime::{PluginLimits, PluginLimitsConfig};
+use crate::tenants::PluginAllowance;
+
+/// A rule of an allowance that a change breaks.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Refusal {
+    /// The rule, as the config names it (`max_plugins`, `limits.cpu_ms`,
+    /// `grants.keyvalue`, …).
+    pub rule: String,
+    /// What is wrong, for a person.
+    pub message: String,
+}
+
+fn refuse(rule: &str, message: String) -> Refusal {
+    Refusal {
+        rule: rule.to_owned(),
+        message,
+    }
+}
+
+/// What the tenant holds now, besides the plugin being changed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Holding {
+    /// Plugins installed through the API.
+    pub plugins: usize,
+    /// Bytes of their components.
+    pub bytes: u64,
+}
+
+/// Checks a new component of `bytes` bytes, with `limits` and `grants` as
+/// given, against `allowance`, given what the tenant already `holds`
+/// (without the version a replace retires). `install` counts it as one
+/// more plugin.
+pub fn check(
+    allowance: &PluginAllowance,
+    holds: Holding,
+    install: bool,
+    bytes: u64,
+    limits: &PluginLimitsConfig,
+    grants: &Grants,
+) -> Result<(), Refusal> {
+    if install && holds.plugins >= allowance.max_plugins {
+        return Err(refuse(
+            "max_plugins",
+            format!(
+                "this tenant may have {} plugin(s) installed at once",
+                allowance.max_plugins
+            ),
+        ));
+    }
+    if holds.bytes.saturating_add(bytes) > allowance.max_bytes {
+        return Err(refuse(
+            "max_bytes",
+            format!(
+                "this tenant's components may take {} bytes in all; this one would make {}",
+                allowance.max_bytes,
+                holds.bytes.saturating_add(bytes)
+            ),
+        ));
+    }
+    for (name, asked, ceiling) in limit_pairs(limits, &allowance.limits) {
+        if let (Some(asked), Some(ceiling)) = (asked, ceiling)
+            && asked > ceiling
+        {
+            return Err(refuse(
+                &format!("limits.{name}"),
+                format!("`{name}` may be at most {ceiling} for this tenant's plugins"),
+            ));
+        }
+    }
+    check_grants(allowance, grants)
+}
+
+fn check_grants(allowance: &PluginAllowance, grants: &Grants) -> Result<(), Refusal> {
+    if grants.directory.is_some() {
+        return Err(refuse(
+            "grants.directory",
+            "a tenant's plugins are never granted a host directory".into(),
+        ));
+    }
+    if grants.outbound_allow_internal {
+        return Err(refuse(
+            "grants.outbound_allow_internal",
+            "a tenant's plugins never reach the host's internal addresses".into(),
+        ));
+    }
+    if grants.keyvalue.is_some() && !allowance.keyvalue {
+        return Err(refuse(
+            "grants.keyvalue",
+            "this tenant's plugins may not be granted `keyvalue`".into(),
+        ));
+    }
+    if let Some(host) = grants
+        .allowed_outbound_hosts
+        .iter()
+        .find(|host| !allowance.outbound_hosts.contains(host))
+    {
+        return Err(refuse(
+            "grants.allowed_outbound_hosts",
+            format!("this tenant's plugins may not be granted `{host}`"),
+        ));
+    }
+    Ok(())
+}
+
+/// `limits` with every limit the ceiling sets held to it: what a tenant's
+/// plugin gets for the limits it does not set itself.
+pub fn hold_to(limits: PluginLimits, ceiling: &PluginLimitsConfig) -> PluginLimits {
+    let min = |value: u64, cap: Option<u64>| cap.map_or(value, |cap| value.min(cap));
+    let min_usize = |value: usize, cap: Option<usize>| cap.map_or(value, |cap| value.min(cap));
+    let min_u32 = |value: u32, cap: Option<u32>| cap.map_or(value, |cap| value.min(cap));
+    PluginLimits {
+        memory_bytes: min_usize(limits.memory_bytes, ceiling.memory_bytes),
+        table_elements: min_u32(limits.table_elements, ceiling.table_elements),
+        cpu_ms: min(limits.cpu_ms, ceiling.cpu_ms),
+        fuel: match (limits.fuel, ceiling.fuel) {
+            (Some(fuel), Some(cap)) => Some(fuel.min(cap)),
+            (fuel, cap) => fuel.or(cap),
+        },
+        output_bytes: min_usize(limits.output_bytes, ceiling.output_bytes),
+        max_instances: min_u32(limits.max_instances, ceiling.max_instances),
+        max_subscriptions: min_u32(limits.max_subscriptions, ceiling.max_subscriptions),
+        item_cpu_ms: min(limits.item_cpu_ms, ceiling.item_cpu_ms),
+        idle_ms: min(limits.idle_ms, ceiling.idle_ms),
+        log_lines: min_u32(limits.log_lines, ceiling.log_lines),
+        ..limits
+    }
+}
+
+/// Each limit's name, the value asked and the ceiling, as `u64`s.
+fn limit_pairs(
+    asked: &PluginLimitsConfig,
+    ceiling: &PluginLimitsConfig,
+) -> [(&'static str, Option<u64>, Option<u64>); 10] {
+    let wide = |v: Option<usize>| v.map(|v| u64::try_from(v).unwrap_or(u64::MAX));
+    let from32 = |v: Option<u32>| v.map(u64::from);
+    [
+        (
+            "memory_bytes",
+            wide(asked.memory_bytes),
+            wide(ceiling.memory_bytes),
+        ),
+        (
+            "table_elements",
+            from32(asked.table_elements),
+            from32(ceiling.table_elements),
+        ),
+        ("cpu_ms", asked.cpu_ms, ceiling.cpu_ms),
+        ("fuel", asked.fuel, ceiling.fuel),
+        (
+            "output_bytes",
+            wide(asked.output_bytes),
+            wide(ceiling.output_bytes),
+        ),
+        (
+            "max_instances",
+            from32(asked.max_instances),
+            from32(ceiling.max_instances),
+        ),
+        (
+            "max_subscriptions",
+            from32(asked.max_subscriptions),
+            from32(ceiling.max_subscriptions),
+        ),
+        ("item_cpu_ms", asked.item_cpu_ms, ceiling.item_cpu_ms),
+        ("idle_ms", asked.idle_ms, ceiling.idle_ms),
+        (
+            "log_lines",
+            from32(asked.log_lines),
+            from32(ceiling.log_lines),
+        ),
+    ]
+}

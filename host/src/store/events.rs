@@ -1,0 +1,365 @@
+//! The event feed: every [`Event`] the host reports, numbered by a cursor
+//! that only grows, kept in `events.redb` in the data directory so that it
+//! survives a restart.
+//!
+//! Reporting an event never waits: it goes into a queue of
+//! [`QUEUE`] events that one writer thread takes in batches, each batch
+//! one transaction. When the queue is full (a flood of failing calls, say)
+//! the event is counted instead, and the next batch records how many were
+//! lost as an `events.dropped` event, so the feed says so. The newest
+//! `max_events` events are kept; older ones are deleted as new ones come.
+//!
+//! Readers page through what is stored ([`EventLog::page`]) and follow
+//! what comes next ([`EventLog::follow`]): an event is sent to followers
+//! once it is committed, in cursor order.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::time::SystemTime;
+
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+
+use super::{StoreError, failed};
+use crate::call::{Event, Observer};
+
+/// The database file, in the data directory.
+pub const DATABASE: &str = "events.redb";
+
+/// Events waiting for the writer, at most.
+pub const QUEUE: usize = 4096;
+
+/// Events a follower may fall behind the newest before it is cut off.
+pub const FOLLOW_BUFFER: usize = 1024;
+
+/// Events the writer takes in one transaction, at most.
+const BATCH: usize = 512;
+
+/// Stored entries a page reads through, at most, looking for the reader's
+/// own events among other tenants'.
+const SCAN: usize = 10_000;
+
+/// cursor → the event as JSON.
+const EVENTS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("events");
+
+/// An event as stored and sent: `{"cursor", "at_ms", "kind", "tenant",
+/// "plugin", "detail"}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stored {
+    /// Its place in the feed.
+    pub cursor: u64,
+    /// Its tenant; `None`: the host's.
+    pub tenant: Option<String>,
+    /// The event as JSON.
+    pub json: Value,
+}
+
+impl Stored {
+    /// Whether a reader of `tenant` (`None`: the operator, who sees all)
+    /// may see it.
+    pub fn visible_to(&self, tenant: Option<&str>) -> bool {
+        tenant.is_none() || self.tenant.as_deref() == tenant
+    }
+}
+
+/// Why a page cannot be read from where the reader asked.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// Events after the cursor were deleted already.
+    #[error("cursor {cursor} is older than what the feed keeps; the oldest event kept is {oldest}")]
+    Expired {
+        /// The cursor asked for.
+        cursor: u64,
+        /// The oldest event's cursor.
+        oldest: u64,
+    },
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What the writer and readers share.
+#[derive(Debug)]
+struct Shared {
+    db: Database,
+    /// The newest committed cursor; 0 before the first event.
+    last: AtomicU64,
+    /// The oldest kept cursor; `last + 1` when none is kept.
+    oldest: AtomicU64,
+    /// Events refused by a full queue since the last batch.
+    dropped: AtomicU64,
+    live: broadcast::Sender<Arc<Stored>>,
+}
+
+/// The event feed of a host. Dropping it stops the writer once the queue
+/// is written.
+#[derive(Debug)]
+pub struct EventLog {
+    shared: Arc<Shared>,
+    /// Taken when the log is dropped, which ends the writer.
+    queue: Option<SyncSender<Event>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for EventLog {
+    fn drop(&mut self) {
+        drop(self.queue.take());
+        if let Some(writer) = self.writer.take() {
+            // The writer ends once the queue is written: the database is
+            // closed when this returns, and may be opened again.
+            let _ = writer.join();
+        }
+    }
+}
+
+impl EventLog {
+    /// Opens (or creates) the feed in `dir`, keeping the newest
+    /// `max_events` events.
+    pub fn open(dir: &std::path::Path, max_events: u64) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(failed)?;
+        let db = Database::create(dir.join(DATABASE)).map_err(failed)?;
+        let txn = db.begin_write().map_err(failed)?;
+        let (first, last) = {
+            let table = txn.open_table(EVENTS).map_err(failed)?;
+            let first = table.first().map_err(failed)?.map(|(k, _)| k.value());
+            let last = table.last().map_err(failed)?.map(|(k, _)| k.value());
+            (first, last)
+        };
+        txn.commit().map_err(failed)?;
+        let last = last.unwrap_or(0);
+        let (live, _) = broadcast::channel(FOLLOW_BUFFER);
+        let shared = Arc::new(Shared {
+            db,
+            last: AtomicU64::new(last),
+            oldest: AtomicU64::new(first.unwrap_or(last + 1)),
+            dropped: AtomicU64::new(0),
+            live,
+        });
+        let (queue, taken) = std::sync::mpsc::sync_channel(QUEUE);
+        let writer = std::thread::Builder::new()
+            .name("opbox-events".into())
+            .spawn({
+                let shared = shared.clone();
+                move || write_events(&shared, &taken, max_events.max(1))
+            })
+            .map_err(failed)?;
+        Ok(Self {
+            shared,
+            queue: Some(queue),
+            writer: Some(writer),
+        })
+    }
+
+    /// The newest committed cursor; 0 before the first event.
+    pub fn last(&self) -> u64 {
+        self.shared.last.load(Ordering::Acquire)
+    }
+
+    /// The oldest cursor still kept.
+    pub fn oldest(&self) -> u64 {
+        self.shared.oldest.load(Ordering::Acquire)
+    }
+
+    /// Up to `limit` events after `after` that a reader of `tenant` may
+    /// see (`None`: all), and the cursor to ask from next. `after = None`
+    /// starts from the oldest kept.
+    pub fn page(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+        tenant: Option<&str>,
+    ) -> Result<(Vec<Arc<Stored>>, u64), ReadError> {
+        let oldest = self.oldest();
+        let after = match after {
+            Some(cursor) if cursor.saturating_add(1) < oldest => {
+                return Err(ReadError::Expired { cursor, oldest });
+            }
+            Some(cursor) => cursor,
+            None => oldest.saturating_sub(1),
+        };
+        let txn = self.shared.db.begin_read().map_err(failed)?;
+        let table = txn.open_table(EVENTS).map_err(failed)?;
+        let mut events = Vec::new();
+        let mut next = after;
+        for entry in table
+            .range(after.saturating_add(1)..)
+            .map_err(failed)?
+            .take(SCAN)
+        {
+            let (cursor, bytes) = entry.map_err(failed)?;
+            next = cursor.value();
+            let stored = decode(next, bytes.value())?;
+            if stored.visible_to(tenant) {
+                events.push(Arc::new(stored));
+                if events.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok((events, next))
+    }
+
+    /// Every event committed from now on, in cursor order. A receiver that
+    /// falls [`FOLLOW_BUFFER`] events behind gets `Lagged`.
+    pub fn follow(&self) -> broadcast::Receiver<Arc<Stored>> {
+        self.shared.live.subscribe()
+    }
+
+    /// How many events are stored now.
+    pub fn len(&self) -> Result<u64, StoreError> {
+        let txn = self.shared.db.begin_read().map_err(failed)?;
+        let table = txn.open_table(EVENTS).map_err(failed)?;
+        table.len().map_err(failed)
+    }
+
+    /// Whether no event is stored.
+    pub fn is_empty(&self) -> Result<bool, StoreError> {
+        Ok(self.len()? == 0)
+    }
+}
+
+impl Observer for EventLog {
+    fn observe(&self, event: Event) {
+        let Some(queue) = &self.queue else { return };
+        if let Err(TrySendError::Full(_)) = queue.try_send(event) {
+            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn decode(cursor: u64, bytes: &[u8]) -> Result<Stored, StoreError> {
+    let json: Value = serde_json::from_slice(bytes).map_err(failed)?;
+    let tenant = json["tenant"].as_str().map(str::to_owned);
+    Ok(Stored {
+        cursor,
+        tenant,
+        json,
+    })
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The writer: takes events in batches until every sender is gone.
+fn write_events(shared: &Shared, taken: &Receiver<Event>, max_events: u64) {
+    while let Ok(first) = taken.recv() {
+        let mut batch = vec![first];
+        while batch.len() < BATCH {
+            match taken.try_recv() {
+                Ok(event) => batch.push(event),
+                Err(_) => break,
+            }
+        }
+        let dropped = shared.dropped.swap(0, Ordering::Relaxed);
+        if dropped > 0 {
+            batch.push(Event {
+                kind: "events.dropped",
+                tenant: None,
+                plugin: None,
+                detail: json!({ "count": dropped }),
+            });
+        }
+        match commit(shared, batch, max_events) {
+            Ok(stored) => {
+                for event in stored {
+                    // No follower is not an error.
+                    let _ = shared.live.send(Arc::new(event));
+                }
+            }
+            Err(e) => tracing::error!("cannot record events: {e}"),
+        }
+    }
+}
+
+/// Stores `batch` after the newest event, deletes what is past
+/// retention, and returns the batch as stored.
+fn commit(shared: &Shared, batch: Vec<Event>, max_events: u64) -> Result<Vec<Stored>, StoreError> {
+    let at_ms = now_ms();
+    let mut cursor = shared.last.load(Ordering::Acquire);
+    let mut stored = Vec::with_capacity(batch.len());
+    let txn = shared.db.begin_write().map_err(failed)?;
+    let oldest = {
+        let mut table = txn.open_table(EVENTS).map_err(failed)?;
+        for event in batch {
+            cursor += 1;
+            let json = json!({
+                "cursor": cursor,
+                "at_ms": at_ms,
+                "kind": event.kind,
+                "tenant": event.tenant,
+                "plugin": event.plugin,
+                "detail": event.detail,
+            });
+            let bytes = serde_json::to_vec(&json).map_err(failed)?;
+            table.insert(cursor, &*bytes).map_err(failed)?;
+            stored.push(Stored {
+                cursor,
+                tenant: event.tenant,
+                json,
+            });
+        }
+        let keep_from = cursor.saturating_sub(max_events) + 1;
+        let mut oldest = shared.oldest.load(Ordering::Acquire).min(cursor);
+        if oldest < keep_from {
+            table.retain_in(..keep_from, |_, _| false).map_err(failed)?;
+            oldest = keep_from;
+        }
+        oldest
+    };
+    txn.commit().map_err(failed)?;
+    shared.oldest.store(oldest, Ordering::Release);
+    shared.last.store(cursor, Ordering::Release);
+    Ok(stored)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(tenant: Option<&str>, n: u64) -> Event {
+        Event {
+            kind: "call.trapped",
+            tenant: tenant.map(str::to_owned),
+            plugin: Some("p".into()),
+            detail: json!({ "n": n }),
+        }
+    }
+
+    #[tokio::test]
+    async fn events_are_numbered_kept_within_retention_and_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EventLog::open(dir.path(), 5).unwrap();
+        let mut live = log.follow();
+        for n in 0..8 {
+            log.observe(event(if n % 2 == 0 { Some("acme") } else { None }, n));
+        }
+        let mut cursors = Vec::new();
+        while cursors.len() < 8 {
+            cursors.push(live.recv().await.unwrap().cursor);
+        }
+        assert_eq!(cursors, (1..=8).collect::<Vec<_>>());
+        // Only the newest five are kept; an older cursor has expired.
+        assert_eq!(log.oldest(), 4);
+        assert!(matches!(
+            log.page(Some(1), 10, None),
+            Err(ReadError::Expired { oldest: 4, .. })
+        ));
+        let (page, next) = log.page(Some(3), 10, None).unwrap();
+        assert_eq!(page.len(), 5);
+        assert_eq!(next, 8);
+        // A tenant reads only its own.
+        let (page, _) = log.page(None, 10, Some("acme")).unwrap();
+        let ns: Vec<_> = page.iter().map(|e| e.json["detail"]["n"].clone()).collect();
+        assert_eq!(ns, [json!(4), json!(6)]);
+        drop(live);
+        drop(log);
+        let log = EventLog::open(dir.path(), 5).unwrap();
+        assert_eq!((log.oldest(), log.last()), (4, 8));
+        assert_eq!(log.len().unwrap(), 5);
+    }
+}

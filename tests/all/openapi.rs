@@ -1,0 +1,228 @@
+//! `/openapi.json` as outside tools read it: it passes an OpenAPI
+//! validator, and what the gateway really answers fits what it declares.
+
+use std::path::Path;
+
+use opbox::HostConfig;
+use opbox::capabilities::Grants;
+use opbox::capabilities::files::DirectoryGrant;
+use opbox::capabilities::keyvalue::KeyvalueGrant;
+use opbox::config::PluginConfig;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::tools::python_with;
+use crate::util::TestHost;
+
+/// Every example plugin and the services, with the grants they need, and
+/// no test fixtures.
+async fn examples(dir: &Path) -> TestHost {
+    TestHost::with_config(|config: &mut HostConfig| {
+        config.plugins.clear();
+        config.keyvalue_path = Some(dir.join("kv.redb"));
+        let notes = dir.join("notes");
+        std::fs::create_dir_all(&notes).unwrap();
+        for (name, grants) in [
+            (
+                "kv",
+                Grants {
+                    keyvalue: Some(KeyvalueGrant {
+                        max_bytes: 1 << 20,
+                        max_keys: 100,
+                    }),
+                    ..Grants::default()
+                },
+            ),
+            (
+                "notes",
+                Grants {
+                    directory: Some(DirectoryGrant {
+                        path: notes,
+                        read_only: false,
+                    }),
+                    ..Grants::default()
+                },
+            ),
+        ] {
+            config.plugins.push(PluginConfig {
+                path: opbox::bundled::built_plugin(name),
+                name: None,
+                tenant: None,
+                grants,
+                limits: Default::default(),
+            });
+        }
+    })
+    .await
+}
+
+/// A validator for the schema at `pointer` in `doc`, its references
+/// resolved within `doc` as an OpenAPI client resolves them.
+fn schema_at(doc: &Value, pointer: &str) -> jsonschema::Validator {
+    assert!(
+        doc.pointer(pointer).is_some(),
+        "{pointer} is not in the document"
+    );
+    let mut root = doc.clone();
+    root["$ref"] = json!(format!("#{pointer}"));
+    jsonschema::validator_for(&root).unwrap_or_else(|e| panic!("{pointer}: {e}"))
+}
+
+fn assert_fits(schema: &jsonschema::Validator, what: &str, value: &Value) {
+    let errors: Vec<String> = schema.iter_errors(value).map(|e| e.to_string()).collect();
+    assert!(
+        errors.is_empty(),
+        "{what} does not fit: {errors:?}\n{value}"
+    );
+}
+
+const CALL_BODY: &str = "/paths/~1call/post/requestBody/content/application~1json/schema";
+const BATCH_OK: &str = "/paths/~1batch/post/responses/200/content/application~1json/schema";
+
+#[tokio::test]
+async fn the_document_passes_an_openapi_validator() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = examples(dir.path()).await;
+    let (status, doc) = host.get("/openapi.json").await;
+    assert_eq!(status, StatusCode::OK);
+    let file = dir.path().join("openapi.json");
+    std::fs::write(&file, doc.to_string()).unwrap();
+    let python = python_with("openapi-spec-validator", "0.9.0");
+    let output = std::process::Command::new(python)
+        .args(["-m", "openapi_spec_validator"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{said}");
+    assert!(said.contains("OK"), "{said}");
+}
+
+#[tokio::test]
+async fn every_example_operation_answers_as_documented() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = examples(dir.path()).await;
+    let (_, doc) = host.get("/openapi.json").await;
+    // Each call, in an order that makes each succeed, and whether it does.
+    let samples = [
+        ("echo/echo", json!({"any": ["thing", 1, null]}), true),
+        ("echo/fail", json!(null), false),
+        ("textkit/stats", json!({"text": "to be or not to be"}), true),
+        (
+            "textkit/summary",
+            json!({"text": "to be or not to be"}),
+            true,
+        ),
+        ("services/list", json!(null), true),
+        ("services/openapi", json!(null), true),
+        ("services/schema", json!({"name": "kv/get"}), true),
+        ("services/plugin", json!({"name": "notes"}), true),
+        ("kv/set", json!({"key": "k", "value": {"n": 1}}), true),
+        ("kv/get", json!({"key": "k"}), true),
+        ("kv/increment", json!({"key": "hits", "by": 2}), true),
+        ("kv/keys", json!(null), true),
+        ("kv/delete", json!({"key": "k"}), true),
+        (
+            "notes/put",
+            json!({"name": "plan", "text": "ship it"}),
+            true,
+        ),
+        ("notes/get", json!({"name": "plan"}), true),
+        ("notes/list", json!(null), true),
+        ("notes/delete", json!({"name": "plan"}), true),
+        // The lifecycle operations and the event feed need the scope
+        // `admin` (or `plugins:write`): refused here.
+        ("admin/install", json!({"wasm_base64": ""}), false),
+        (
+            "admin/replace",
+            json!({"name": "kv", "wasm_base64": ""}),
+            false,
+        ),
+        ("admin/remove", json!({"name": "kv"}), false),
+        ("admin/list", json!(null), false),
+        ("admin/show", json!({"name": "kv"}), false),
+        ("admin/events", json!(null), false),
+    ];
+    let documented: Vec<&str> = doc.pointer(CALL_BODY).unwrap()["oneOf"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|request| {
+            request["properties"]["operation"]["const"]
+                .as_str()
+                .unwrap()
+        })
+        .collect();
+    for name in &documented {
+        assert!(
+            samples.iter().any(|(op, _, _)| op == name),
+            "no sample call for {name}"
+        );
+    }
+    let request = schema_at(&doc, CALL_BODY);
+    let ok = schema_at(&doc, "/components/schemas/CallOk");
+    let error = schema_at(&doc, "/components/schemas/ErrorBody");
+    let mut batch = Vec::new();
+    for (op, input, succeeds) in samples {
+        assert!(documented.contains(&op), "{op} is not documented");
+        let body = json!({ "operation": op, "input": input });
+        assert_fits(&request, op, &body);
+        let (status, answer) = host.post("/call", &body).await;
+        assert_eq!(status.is_success(), succeeds, "{op}: {answer}");
+        let schema = if status.is_success() { &ok } else { &error };
+        assert_fits(schema, op, &answer);
+        batch.push(body);
+    }
+    // A batch answer, with an item that is not a call: an error in its
+    // place, as documented.
+    batch.push(json!({ "input": 1 }));
+    let (status, answer) = host.post("/batch", &Value::Array(batch)).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_fits(&schema_at(&doc, BATCH_OK), "the batch", &answer);
+    let last = answer["results"].as_array().unwrap().last().unwrap();
+    assert_eq!(last["error"]["code"], "INVALID_INPUT", "{last}");
+    // A subscription's outputs fit its output schema.
+    let outputs = schema_at(&doc, "/components/schemas/ticker.count.output");
+    let events = host
+        .subscribe("ticker/count", json!({ "to": 3 }))
+        .await
+        .collect()
+        .await;
+    let data: Vec<Value> = events
+        .iter()
+        .filter(|e| e.event == "message" || e.event.is_empty())
+        .map(|e| e.json())
+        .collect();
+    assert_eq!(data.len(), 3, "{events:?}");
+    for output in &data {
+        assert_fits(&outputs, "a tick", output);
+    }
+}
+
+#[tokio::test]
+async fn request_bodies_say_what_the_gateway_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = examples(dir.path()).await;
+    let (_, doc) = host.get("/openapi.json").await;
+    let request = schema_at(&doc, CALL_BODY);
+    for (body, accepted) in [
+        (json!({ "operation": "echo/echo" }), true),
+        (
+            json!({ "operation": "echo/echo", "deadline_ms": 1000 }),
+            true,
+        ),
+        // Unknown fields are refused.
+        (
+            json!({ "operation": "echo/echo", "input": 1, "extra": 1 }),
+            false,
+        ),
+        // A missing input is null, which textkit/stats does not take.
+        (json!({ "operation": "textkit/stats" }), false),
+        (json!({ "input": 1 }), false),
+    ] {
+        let (status, answer) = host.post("/call", &body).await;
+        assert_eq!(status.is_success(), accepted, "{body}: {answer}");
+        assert_eq!(request.is_valid(&body), accepted, "the document on {body}");
+    }
+}
