@@ -187,6 +187,13 @@ async fn plugins_are_installed_replaced_and_removed_over_http() {
         body["operations"].to_string().contains("versioned/added"),
         "{body}"
     );
+    // Calls are counted from the version's install: two since the replace.
+    assert_eq!(
+        (&body["calls"], &body["failures"]),
+        (&json!(2), &json!(0)),
+        "{body}"
+    );
+    assert_eq!(body["state"], "active");
 
     // A version that breaks callers is refused, each break named, and
     // nothing changes; forced, it goes in.
@@ -396,7 +403,7 @@ async fn a_subscription_on_a_replaced_version_runs_out_its_grace_then_ends_unava
 
 /// `opbox serve` in `dir` with no examples, anonymous callers and the
 /// operator's token.
-fn serve_in(dir: &std::path::Path) -> Server {
+pub fn serve_in(dir: &std::path::Path) -> Server {
     let config = format!(
         "listen = \"127.0.0.1:0\"\nexamples = false\ncache_dir = {:?}\n\n[[tenants]]\nid = \"default\"\nanonymous = true\n\n[[tenants.tokens]]\nid = \"operator\"\nsha256 = \"{}\"\nscopes = [\"admin\"]\n",
         crate::util::cache_dir(),
@@ -420,10 +427,34 @@ async fn installed_plugins_come_back_after_a_restart_even_after_sigkill() {
     )
     .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
+    // Once the install is in the event feed, it stays there.
+    let installed = loop {
+        let events = events_of(&client, &server.url).await;
+        if let Some(event) = events.iter().find(|e| e["kind"] == "plugin.installed") {
+            break event.clone();
+        }
+        tokio::task::yield_now().await;
+    };
     server.kill();
     let server = serve_in(dir.path());
     let answer = server.call(&client, "versioned/which", json!(null)).await;
     assert_eq!(answer["output"], json!({"version": 1}), "{answer}");
+    let events = events_of(&client, &server.url).await;
+    assert_eq!(events.first(), Some(&installed), "{events:?}");
+}
+
+/// The event feed of the host at `url`, as the operator reads it.
+async fn events_of(client: &reqwest::Client, url: &str) -> Vec<Value> {
+    let page: Value = client
+        .get(format!("{url}/admin/v1/events"))
+        .bearer_auth(OPERATOR)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    page["events"].as_array().unwrap().clone()
 }
 
 #[tokio::test]
@@ -452,7 +483,8 @@ async fn killed_during_a_replace_the_host_comes_back_with_the_old_version_or_the
     // read, while the new version compiles, around the commit, after.
     for round in 0..8u64 {
         let running = server.take().unwrap();
-        let url = format!("{}/admin/v1/plugins/versioned", running.url);
+        // Forced: going back to version 1 removes an operation.
+        let url = format!("{}/admin/v1/plugins/versioned?force=true", running.url);
         let next = if round % 2 == 0 {
             "fixture-v2"
         } else {

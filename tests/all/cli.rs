@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-fn opbox() -> Command {
+pub fn opbox() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_opbox"));
     cmd.env("RUST_LOG", "info").env_remove("RUST_BACKTRACE");
     cmd
@@ -22,7 +22,7 @@ impl Drop for Running {
 }
 
 /// Asserts the command failed with one line on stderr mentioning `needle`.
-fn assert_one_line_failure(output: &Output, needle: &str) {
+pub fn assert_one_line_failure(output: &Output, needle: &str) {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         !output.status.success(),

@@ -90,7 +90,7 @@ pub struct Settings {
 
 /// What `opbox events` reads.
 #[derive(Debug, clap::Args)]
-pub struct Events {
+pub struct Reading {
     /// Start after this cursor [default: the oldest event kept].
     #[arg(long)]
     cursor: Option<u64>,
@@ -164,7 +164,7 @@ pub async fn plugins(host: Host, command: PluginsCommand) -> Result<()> {
 }
 
 /// Runs `opbox events`: a page at a time until the end, or following.
-pub async fn events(host: Host, events: Events) -> Result<()> {
+pub async fn events(host: Host, events: Reading) -> Result<()> {
     if events.follow {
         return follow(&host, &events).await;
     }
@@ -196,7 +196,7 @@ pub async fn events(host: Host, events: Events) -> Result<()> {
     }
 }
 
-async fn follow(host: &Host, events: &Events) -> Result<()> {
+async fn follow(host: &Host, events: &Reading) -> Result<()> {
     let mut url = format!("{}/admin/v1/events", host.url.trim_end_matches('/'))
         .replacen("http://", "ws://", 1)
         .replacen("https://", "wss://", 1);

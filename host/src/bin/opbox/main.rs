@@ -79,7 +79,7 @@ enum Command {
         #[command(flatten)]
         host: admin::Host,
         #[command(flatten)]
-        events: admin::Events,
+        events: admin::Reading,
     },
 }
 
@@ -426,4 +426,14 @@ async fn inspect(file: PathBuf) -> Result<()> {
         println!("    output schema: {}", spec.output_schema);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
 }

@@ -1,0 +1,304 @@
+//! Changes to the plugins: declared at start, restored from the store,
+//! installed, replaced and removed while serving, each recorded as an
+//! event.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde_json::{Value, json};
+
+use super::{Authority, Entry, PluginError, Plugins, compat, lock, owner_of, place};
+use crate::call::{Event, Observer};
+use crate::registry::Owner;
+use crate::runtime::{LoadOptions, Plugin};
+use crate::store::{Installed, PluginStore};
+
+impl Plugins {
+    /// Loads a plugin the configuration declares (or a bundled example):
+    /// fixed for the API.
+    pub async fn declare(
+        &self,
+        wasm: &[u8],
+        options: LoadOptions,
+        owner: &Owner,
+    ) -> Result<Arc<Plugin>, PluginError> {
+        let _one = self.inner.changes.lock().await;
+        let plugin = self.inner.runtime.load(wasm, options).await?;
+        self.register(owner, &plugin)?;
+        let entry = Entry {
+            plugin: plugin.clone(),
+            fixed: true,
+            bytes: 0,
+        };
+        lock(&self.inner.current).insert(place(owner, plugin.name()), entry);
+        Ok(plugin)
+    }
+
+    /// Loads every plugin the store holds, at start. One that no longer
+    /// loads (its name taken by the configuration, say) is logged and left
+    /// in the store, not served.
+    pub async fn restore(&self) -> Result<usize, PluginError> {
+        if !PluginStore::exists(&self.inner.policy.store_dir) {
+            return Ok(0);
+        }
+        let store = self.store()?;
+        let mut restored = 0;
+        for record in store.all()? {
+            let _one = self.inner.changes.lock().await;
+            let result = async {
+                let wasm = store.blob(&record.digest)?;
+                // What a tenant installed stays held to its ceilings.
+                let authority = if record.held {
+                    Authority::Tenant
+                } else {
+                    Authority::Operator
+                };
+                let plugin = self.load(&wasm, &record, authority).await?;
+                self.register(&owner_of(record.tenant.as_deref()), &plugin)?;
+                Ok::<_, PluginError>(plugin)
+            }
+            .await;
+            match result {
+                Ok(plugin) => {
+                    let entry = Entry {
+                        plugin,
+                        fixed: false,
+                        bytes: record.bytes,
+                    };
+                    lock(&self.inner.current)
+                        .insert((record.tenant.clone(), record.name.clone()), entry);
+                    restored += 1;
+                }
+                Err(e) => tracing::error!(
+                    plugin = record.name,
+                    tenant = record.tenant.as_deref().unwrap_or("(shared)"),
+                    "cannot restore an installed plugin: {e}"
+                ),
+            }
+        }
+        Ok(restored)
+    }
+
+    /// Installs a new plugin for `tenant` (`None`: shared), under `name`
+    /// or its own. Refused, changing nothing, if it does not load, its
+    /// name is taken, or (on a tenant's authority) it is beyond the
+    /// tenant's allowance.
+    pub async fn install(
+        &self,
+        authority: Authority,
+        tenant: Option<&str>,
+        name: Option<&str>,
+        wasm: &[u8],
+        settings: Value,
+    ) -> Result<Arc<Plugin>, PluginError> {
+        let result = self
+            .try_install(authority, tenant, name, wasm, settings)
+            .await;
+        if let Err(error) = &result {
+            self.refused("install", tenant, name, error);
+        }
+        result
+    }
+
+    async fn try_install(
+        &self,
+        authority: Authority,
+        tenant: Option<&str>,
+        name: Option<&str>,
+        wasm: &[u8],
+        settings: Value,
+    ) -> Result<Arc<Plugin>, PluginError> {
+        self.check_tenant(tenant)?;
+        let _one = self.inner.changes.lock().await;
+        let record = Installed {
+            tenant: tenant.map(str::to_owned),
+            name: name.unwrap_or_default().to_owned(),
+            digest: String::new(),
+            bytes: wasm.len() as u64,
+            held: authority == Authority::Tenant,
+            settings,
+            installed_at_ms: now_ms(),
+        };
+        self.check_allowance(authority, &record, None)?;
+        let mut record = record;
+        let plugin = self.load(wasm, &record, authority).await?;
+        let owner = owner_of(tenant);
+        self.inner
+            .dispatcher
+            .registry()
+            .check_free(&owner, plugin.name())?;
+        let store = self.store()?;
+        record.name = plugin.name().to_owned();
+        record.digest = store.put_blob(wasm)?;
+        store.put(&record)?;
+        self.register(&owner, &plugin)?;
+        let entry = Entry {
+            plugin: plugin.clone(),
+            fixed: false,
+            bytes: record.bytes,
+        };
+        lock(&self.inner.current).insert(place(&owner, plugin.name()), entry);
+        self.changed("plugin.installed", &record, &plugin, json!({}));
+        Ok(plugin)
+    }
+
+    /// Replaces the plugin `name` of `tenant` with a new version, which
+    /// keeps the name. Calls running on the old version finish on it.
+    /// Unless `force`, a version that breaks callers of the old one (see
+    /// [`compat`]) is refused.
+    pub async fn replace(
+        &self,
+        authority: Authority,
+        tenant: Option<&str>,
+        name: &str,
+        wasm: &[u8],
+        settings: Value,
+        force: bool,
+    ) -> Result<Arc<Plugin>, PluginError> {
+        let result = self
+            .try_replace(authority, tenant, name, wasm, settings, force)
+            .await;
+        if let Err(error) = &result {
+            self.refused("replace", tenant, Some(name), error);
+        }
+        result
+    }
+
+    async fn try_replace(
+        &self,
+        authority: Authority,
+        tenant: Option<&str>,
+        name: &str,
+        wasm: &[u8],
+        settings: Value,
+        force: bool,
+    ) -> Result<Arc<Plugin>, PluginError> {
+        let _one = self.inner.changes.lock().await;
+        let place = (tenant.map(str::to_owned), name.to_owned());
+        let old = self.managed(&place)?;
+        let mut record = Installed {
+            tenant: place.0.clone(),
+            name: name.to_owned(),
+            digest: String::new(),
+            bytes: wasm.len() as u64,
+            held: authority == Authority::Tenant,
+            settings,
+            installed_at_ms: now_ms(),
+        };
+        self.check_allowance(authority, &record, Some(&place))?;
+        let plugin = self.load(wasm, &record, authority).await?;
+        if !force {
+            let specs = |p: &Plugin| {
+                p.operations()
+                    .into_iter()
+                    .map(|op| op.spec)
+                    .collect::<Vec<_>>()
+            };
+            let breaks = compat::breaks(&specs(&old.plugin), &specs(&plugin));
+            if !breaks.is_empty() {
+                return Err(PluginError::Incompatible(breaks));
+            }
+        }
+        let owner = owner_of(tenant);
+        let operations = self.operations(&plugin);
+        let store = self.store()?;
+        record.digest = store.put_blob(wasm)?;
+        store.put(&record)?;
+        self.inner
+            .dispatcher
+            .registry()
+            .replace_namespace(&owner, name, operations)?;
+        let entry = Entry {
+            plugin: plugin.clone(),
+            fixed: false,
+            bytes: record.bytes,
+        };
+        lock(&self.inner.current).insert(place, entry);
+        old.plugin.retire(self.inner.policy.grace);
+        let from = json!({ "version": old.plugin.version(), "digest": old.plugin.digest() });
+        self.changed(
+            "plugin.replaced",
+            &record,
+            &plugin,
+            json!({ "from": from, "forced": force }),
+        );
+        Ok(plugin)
+    }
+
+    /// Removes the plugin `name` of `tenant`: new calls get `NOT_FOUND`,
+    /// calls running on it finish.
+    pub async fn remove(&self, tenant: Option<&str>, name: &str) -> Result<(), PluginError> {
+        let result = self.try_remove(tenant, name).await;
+        if let Err(error) = &result {
+            self.refused("remove", tenant, Some(name), error);
+        }
+        result
+    }
+
+    async fn try_remove(&self, tenant: Option<&str>, name: &str) -> Result<(), PluginError> {
+        let _one = self.inner.changes.lock().await;
+        let place = (tenant.map(str::to_owned), name.to_owned());
+        let old = self.managed(&place)?;
+        self.store()?.remove(tenant, name)?;
+        self.inner
+            .dispatcher
+            .registry()
+            .remove_namespace(&owner_of(tenant), name);
+        lock(&self.inner.current).remove(&place);
+        old.plugin.retire(self.inner.policy.grace);
+        tracing::info!(
+            plugin = name,
+            tenant = tenant.unwrap_or("(shared)"),
+            "plugin removed"
+        );
+        self.inner.events.observe(Event {
+            kind: "plugin.removed",
+            tenant: tenant.map(str::to_owned),
+            plugin: Some(name.to_owned()),
+            detail: json!({ "version": old.plugin.version(), "digest": old.plugin.digest() }),
+        });
+        Ok(())
+    }
+
+    /// Logs and records a change made.
+    fn changed(&self, kind: &'static str, record: &Installed, plugin: &Plugin, extra: Value) {
+        tracing::info!(
+            plugin = plugin.name(),
+            tenant = record.tenant.as_deref().unwrap_or("(shared)"),
+            version = plugin.version(),
+            digest = plugin.digest(),
+            "{kind}"
+        );
+        let mut detail = json!({ "version": plugin.version(), "digest": plugin.digest() });
+        if let (Value::Object(detail), Value::Object(extra)) = (&mut detail, extra) {
+            detail.extend(extra);
+        }
+        self.inner.events.observe(Event {
+            kind,
+            tenant: record.tenant.clone(),
+            plugin: Some(plugin.name().to_owned()),
+            detail,
+        });
+    }
+
+    /// Records a change refused, in the words its caller got.
+    fn refused(&self, action: &str, tenant: Option<&str>, name: Option<&str>, error: &PluginError) {
+        let reason = match error {
+            // The cause may name host paths: it is logged, not recorded.
+            PluginError::Store(_) => "the plugin store failed".to_owned(),
+            other => crate::call::cut(&other.to_string(), 1024).to_owned(),
+        };
+        self.inner.events.observe(Event {
+            kind: "plugin.refused",
+            tenant: tenant.map(str::to_owned),
+            plugin: name.map(|n| crate::call::cut(n, 128).to_owned()),
+            detail: json!({ "action": action, "reason": reason }),
+        });
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
