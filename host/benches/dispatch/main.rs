@@ -14,6 +14,7 @@
 //! cargo bench -p opbox --bench dispatch -- tenants   # a tenant's latency under another's flood
 //! cargo bench -p opbox --bench dispatch -- keyvalue  # kv/get and kv/set from a plugin
 //! cargo bench -p opbox --bench dispatch -- relay     # 100 MiB upstream body through relay/sse
+//! cargo bench -p opbox --bench dispatch -- swap      # replaced every 500 ms; restart with 100 plugins
 //! ```
 //!
 //! - `dispatch`: one `echo/echo` call through the dispatcher, a fresh
@@ -38,6 +39,10 @@
 //! - `relay`: a 100 MiB chunked upstream body through `relay/sse` to an SSE
 //!   client over HTTP, against the client reading the upstream directly;
 //!   throughput and the process's resident memory while it streams.
+//! - `swap`: `versioned/which` latency from 4 clients at steady state and
+//!   while the plugin is replaced every 500 ms; the time from a `PUT` to
+//!   the new version answering; start-to-ready with 100 installed plugins,
+//!   cold and warm compiled cache.
 //! - `noisy`: latency of sequential `POST /call` `echo/echo` from one client,
 //!   alone, then while another client keeps 8 `hostile-loop/spin` calls (an
 //!   infinite loop each) in flight. Runs last: the spinning calls outlive it.
@@ -56,6 +61,7 @@ mod limits;
 mod noisy;
 mod relay;
 mod stream;
+mod swap;
 mod tenants;
 
 use common::{num_cpus, profile, start_host};
@@ -99,6 +105,9 @@ fn main() {
         }
         if wants("tenants") {
             tenants::bench_tenants().await;
+        }
+        if wants("swap") {
+            swap::bench_swap().await;
         }
         if wants("noisy") {
             noisy::bench_noisy(&host).await;
