@@ -458,7 +458,8 @@ async fn events_of(client: &reqwest::Client, url: &str) -> Vec<Value> {
 }
 
 #[tokio::test]
-async fn killed_during_a_replace_the_host_comes_back_with_the_old_version_or_the_new() {
+async fn killed_during_an_install_or_a_replace_the_host_comes_back_with_the_old_version_or_the_new()
+{
     let dir = tempfile::tempdir().unwrap();
     let client = reqwest::Client::new();
     let digests = [
@@ -479,8 +480,9 @@ async fn killed_during_a_replace_the_host_comes_back_with_the_old_version_or_the
     .await;
     assert_eq!(status, StatusCode::CREATED);
     let mut server = Some(server);
-    // Kill the host at moments spread over a replace: before the upload is
-    // read, while the new version compiles, around the commit, after.
+    // Kill the host at moments spread over a replace and an install: before
+    // the upload is read, while the new version compiles, around the
+    // commit, after.
     for round in 0..8u64 {
         let running = server.take().unwrap();
         // Forced: going back to version 1 removes an operation.
@@ -498,10 +500,29 @@ async fn killed_during_a_replace_the_host_comes_back_with_the_old_version_or_the
                 .body(fixture(next))
                 .send(),
         );
+        // And an install of a plugin of its own, in the same moments.
+        let fresh = format!("fresh{round}");
+        let install = tokio::spawn(
+            reqwest::Client::new()
+                .post(format!("{}/admin/v1/plugins", running.url))
+                .bearer_auth(OPERATOR)
+                .header("opbox-plugin", json!({ "name": fresh }).to_string())
+                .body(fixture("fixture-v1"))
+                .send(),
+        );
         tokio::time::sleep(Duration::from_millis(round * 40)).await;
         running.kill();
         let _ = replace.await;
+        let _ = install.await;
         let restarted = serve_in(dir.path());
+        // The install happened whole or not at all.
+        let answer = restarted
+            .call(&client, &format!("{fresh}/which"), json!(null))
+            .await;
+        assert!(
+            answer["output"]["version"] == 1 || answer["error"]["code"] == "NOT_FOUND",
+            "round {round}: {answer}"
+        );
         let answer = restarted
             .call(&client, "versioned/which", json!(null))
             .await;

@@ -15,6 +15,7 @@ use crate::admin::{OPERATOR, fixture, install, with_operator};
 use crate::util::TestHost;
 
 const ACME: &str = "acme-token";
+const SLOW: &str = "slow-token";
 
 /// The operator and tenant `acme`, whose caller may read its own events
 /// and install one plugin.
@@ -35,6 +36,22 @@ async fn start(configure: impl FnOnce(&mut opbox::HostConfig)) -> (TestHost, tem
                 max_plugins: 1,
                 ..PluginAllowance::default()
             },
+        });
+        // A tenant allowed one call every 100 s.
+        c.tenants.push(TenantConfig {
+            id: "slow".into(),
+            anonymous: false,
+            tokens: vec![TokenConfig {
+                id: "slow-ci".into(),
+                sha256: hash_token_hex(SLOW),
+                scopes: Vec::new(),
+            }],
+            quotas: Quotas {
+                calls_per_second: Some(0.01),
+                burst: Some(1),
+                ..Quotas::default()
+            },
+            plugins: PluginAllowance::default(),
         });
         configure(c);
     })
@@ -107,10 +124,35 @@ async fn changes_and_failures_are_events_each_tenant_seeing_its_own() {
         host.call_as(ACME, "hostile-ambient/config", json!({ "key": "k" }))
             .await;
     }
-    // The default tenant traps too: acme must not see it.
+    // Other tenants' events: acme must not see them. The default tenant
+    // traps and runs out of memory; `slow` runs out of its quota.
     host.call("fixture-panic/boom", json!("by default")).await;
+    let (_, body) = host.call("hostile-memory/bomb", json!(null)).await;
+    assert_eq!(body["error"]["details"]["limit"], "memory_bytes", "{body}");
+    for _ in 0..2 {
+        host.call_as(SLOW, "echo/echo", json!(1)).await;
+    }
 
-    let all = read_all(&host, OPERATOR, 6).await;
+    let all = read_all(&host, OPERATOR, 9).await;
+    let of = |kind: &str| {
+        all.iter()
+            .find(|e| e["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {kind}: {all:?}"))
+    };
+    assert_eq!(
+        (
+            &of("limit.hit")["tenant"],
+            &of("limit.hit")["detail"]["limit"]
+        ),
+        (&json!("default"), &json!("memory_bytes"))
+    );
+    assert_eq!(
+        (
+            &of("quota.refused")["tenant"],
+            &of("quota.refused")["detail"]["quota"]
+        ),
+        (&json!("slow"), &json!("calls_per_second"))
+    );
     let cursors: Vec<u64> = all.iter().map(|e| e["cursor"].as_u64().unwrap()).collect();
     assert!(cursors.windows(2).all(|w| w[0] < w[1]), "{cursors:?}");
     let mine = read_all(&host, ACME, 5).await;
