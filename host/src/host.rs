@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
 use crate::bundled;
-use crate::call::SharedObserver;
+use crate::call::{Fanout, SharedObserver};
 use crate::capabilities::Grants;
 use crate::config::{HostConfig, PluginConfig};
 use crate::dispatch::{DispatchConfig, Dispatcher, Operation, Registry};
@@ -22,6 +22,7 @@ use crate::registry::{Owner, RegistryError};
 use crate::runtime::{LoadError, LoadOptions, Plugin, Runtime, RuntimeConfig};
 use crate::services;
 use crate::store::{EventLog, StoreError};
+use crate::telemetry::{Metrics, Sample};
 use crate::tenants::{Tenants, TenantsError};
 
 /// Why the host could not start or load a plugin.
@@ -97,6 +98,8 @@ pub struct Host {
     websockets: TaskTracker,
     /// Every connection open on any listener of this host.
     connections: Connections,
+    /// What `/metrics` serves.
+    metrics: Arc<Metrics>,
 }
 
 impl Host {
@@ -111,7 +114,8 @@ impl Host {
         let events = Arc::new(
             EventLog::open(&config.data_dir, config.admin.max_events).map_err(HostError::Events)?,
         );
-        let observer: SharedObserver = events.clone();
+        let metrics = Arc::new(Metrics::new());
+        let observer: SharedObserver = Arc::new(Fanout(vec![events.clone(), metrics.clone()]));
         let runtime = Runtime::new(RuntimeConfig {
             observer: observer.clone(),
             ..config.runtime()
@@ -140,7 +144,26 @@ impl Host {
             config: Arc::new(config),
             websockets: TaskTracker::new(),
             connections,
+            metrics,
         };
+        // Gauges are read at each scrape; the sampler holds the plugins
+        // weakly, as the host holds the metrics.
+        let (weak, runtime) = (host.plugins.downgrade(), host.runtime.clone());
+        host.metrics.sample_with(move || {
+            let plugins = weak.upgrade().map(|p| p.all()).unwrap_or_default();
+            Sample {
+                plugins: plugins
+                    .iter()
+                    .map(|l| {
+                        let p = &l.plugin;
+                        let owner = l.tenant.clone().unwrap_or_else(|| "shared".into());
+                        let (live, open) = (p.live_instances(), p.open_subscriptions());
+                        (p.name().to_owned(), owner, live.into(), open.into())
+                    })
+                    .collect(),
+                instances: runtime.live_instances() as u64,
+            }
+        });
         let register = |source| HostError::Register {
             origin: services::NAMESPACE.to_owned(),
             source,
@@ -321,7 +344,10 @@ impl Host {
             listener,
             gateway::router(
                 self.dispatcher.clone(),
-                self.config.gateway(),
+                gateway::GatewayConfig {
+                    metrics: Some(self.metrics.clone()),
+                    ..self.config.gateway()
+                },
                 self.websockets.clone(),
             ),
             self.connections.clone(),
@@ -331,6 +357,11 @@ impl Host {
         .await;
         self.websockets.close();
         self.websockets.wait().await;
+    }
+
+    /// The host's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Connections open now, on every listener of this host.

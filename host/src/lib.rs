@@ -16,16 +16,18 @@
 //! - [`config`]: the configuration file, one section per layer below.
 //! - [`gateway`]: HTTP routes (`/call`, `/batch`, `/subscribe` as SSE,
 //!   `/search`, `/schema`, `/openapi.json`, `/healthz`, the WebSocket
-//!   upgrade); the only module that knows axum.
+//!   upgrade, `/admin/v1/plugins`, `/admin/v1/events`); the only module
+//!   that knows axum.
 //! - [`envelope`]: the envelope protocol over TCP and WebSocket, and a
 //!   client for it.
 //! - [`net`]: connection admission and stall-guarded sockets, for every
 //!   listener.
 //! - [`plugins`]: plugins coming and going while the host serves:
 //!   install, replace and remove (the `admin/*` operations), no call
-//!   dropped.
-//! - [`store`]: the plugin store on disk: components by digest, records in
-//!   redb.
+//!   dropped; the compatibility gate; tenants' allowances; the event feed
+//!   as operations.
+//! - [`store`]: what the host keeps on disk: the plugin store (components
+//!   by digest, records in redb) and the event feed.
 //! - [`services`]: the host's own operations (`services/*`), the OpenAPI
 //!   document among them.
 //! - [`dispatch`]: the one place every call goes through: lookup,
@@ -36,8 +38,10 @@
 //! - [`runtime`]: the wasmtime engine, plugin loading, one store per call.
 //! - [`capabilities`]: what plugins import from the host, one module each;
 //!   with `runtime`, the only place that knows wasmtime.
+//! - [`telemetry`]: metrics of calls, plugins and tenants, in the
+//!   Prometheus format.
 //! - [`call`]: the types every layer passes around: requests, identities,
-//!   operation specs, errors.
+//!   operation specs, errors, and the events layers report.
 //! - [`bundled`]: the example plugins, embedded in the binary.
 //!
 //! # Embedding
@@ -69,6 +73,7 @@ pub mod registry;
 pub mod runtime;
 pub mod services;
 pub mod store;
+pub mod telemetry;
 pub mod tenants;
 
 pub use call::{CallError, CallRequest, ErrorCode, Identity};

@@ -145,9 +145,13 @@ async fn openapi_describes_the_routes_and_the_callers_operations() {
         "/schema",
         "/openapi.json",
         "/healthz",
+        "/admin/v1/plugins",
+        "/admin/v1/plugins/{name}",
+        "/admin/v1/events",
     ] {
         assert!(doc["paths"][path].is_object(), "{path} missing");
     }
+    assert!(doc["paths"]["/admin/v1/plugins/{name}"]["put"].is_object());
     let operations = |path: &str| -> Vec<String> {
         doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]["oneOf"]
             .as_array()

@@ -26,6 +26,7 @@ mod layers;
 mod leaks;
 mod limits;
 mod loading;
+mod metrics;
 mod nested;
 mod openapi;
 mod outbound;

@@ -212,7 +212,25 @@ async fn a_tenant_installs_its_own_plugins_within_its_allowance() {
         StatusCode::OK
     );
 
-    // The operator is held to no allowance, and manages any tenant's.
+    // The operator is held to no allowance, sees every tenant's plugins,
+    // and manages any of them.
+    let (_, listed) = send(
+        &host,
+        Method::GET,
+        "/admin/v1/plugins",
+        OPERATOR,
+        None,
+        None,
+    )
+    .await;
+    assert!(
+        listed["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["tenant"] == "acme"),
+        "{listed}"
+    );
     let (status, body) = send(
         &host,
         Method::GET,

@@ -6,6 +6,7 @@
 //! event feed (`store::EventLog`).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -27,11 +28,55 @@ pub struct Event {
     pub detail: Value,
 }
 
+/// A call that ended, as metrics count it. Every field is from a bounded
+/// set: a name nobody offers is `None`.
+#[derive(Debug, Clone, Copy)]
+pub struct Finished<'a> {
+    /// The operation, when it exists for the caller's tenant.
+    pub operation: Option<&'a str>,
+    /// The plugin serving it (the namespace of a host operation).
+    pub plugin: Option<&'a str>,
+    /// The caller's tenant.
+    pub tenant: &'a str,
+    /// How it arrived: [`crate::call::Origin::label`].
+    pub transport: &'static str,
+    /// `ok`, a host error code, or `DOMAIN` for a plugin's own error.
+    pub code: &'a str,
+    /// Items a subscription sent.
+    pub items: u64,
+    /// From admission to the answer; a subscription's, to its end.
+    pub duration: Duration,
+}
+
 /// Takes events as they happen. It must not block: it is called on the
 /// path of calls.
 pub trait Observer: Send + Sync + std::fmt::Debug {
     /// Records `event`.
     fn observe(&self, event: Event);
+
+    /// Records a call that ended.
+    fn finished(&self, _call: &Finished<'_>) {}
+}
+
+/// Several observers, each told of everything.
+#[derive(Debug, Default)]
+pub struct Fanout(pub Vec<SharedObserver>);
+
+impl Observer for Fanout {
+    fn observe(&self, event: Event) {
+        if let Some((last, rest)) = self.0.split_last() {
+            for observer in rest {
+                observer.observe(event.clone());
+            }
+            last.observe(event);
+        }
+    }
+
+    fn finished(&self, call: &Finished<'_>) {
+        for observer in &self.0 {
+            observer.finished(call);
+        }
+    }
 }
 
 /// An observer that drops every event: for hosts and tests without a feed.

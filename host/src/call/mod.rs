@@ -9,6 +9,6 @@ mod spec;
 
 pub(crate) use error::cut;
 pub use error::{CallError, ErrorCode};
-pub use event::{Event, Observer, SharedObserver, Unobserved};
-pub use request::{CallRequest, Identity, Origin, new_request_id, whole_millis};
+pub use event::{Event, Fanout, Finished, Observer, SharedObserver, Unobserved};
+pub use request::{CallRequest, Identity, Origin, Transport, new_request_id, whole_millis};
 pub use spec::{AccessControl, OpType, OperationSpec, Visibility, is_valid_name, is_valid_segment};

@@ -45,7 +45,7 @@ impl Identity {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
     /// A caller on a transport: internal operations are invisible to it.
-    Wire,
+    Wire(Transport),
     /// Another operation, `depth` calls down from the wire: internal
     /// operations are visible to it.
     Nested {
@@ -58,8 +58,46 @@ impl Origin {
     /// How many calls down from the wire this is: 0 for the wire.
     pub fn depth(self) -> u32 {
         match self {
-            Self::Wire => 0,
+            Self::Wire(_) => 0,
             Self::Nested { depth } => depth,
+        }
+    }
+
+    /// Whether the call comes from a caller rather than an operation.
+    pub fn is_wire(self) -> bool {
+        matches!(self, Self::Wire(_))
+    }
+
+    /// How the call arrived, for metrics: the transport, or `nested`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Wire(transport) => transport.as_str(),
+            Self::Nested { .. } => "nested",
+        }
+    }
+}
+
+/// The transport a caller used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// The HTTP gateway: `/call`, `/batch`, `/subscribe`, the admin routes.
+    Http,
+    /// Envelopes over a WebSocket.
+    WebSocket,
+    /// Envelopes over TCP.
+    Tcp,
+    /// A program embedding the host, calling its dispatcher directly.
+    Embedded,
+}
+
+impl Transport {
+    /// Its name in metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::WebSocket => "websocket",
+            Self::Tcp => "tcp",
+            Self::Embedded => "embedded",
         }
     }
 }
@@ -90,7 +128,7 @@ impl CallRequest {
             input,
             deadline: None,
             identity: Identity::anonymous(),
-            origin: Origin::Wire,
+            origin: Origin::Wire(Transport::Embedded),
         }
     }
 }

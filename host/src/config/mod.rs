@@ -40,6 +40,7 @@
 //! [gateway]
 //! max_body_bytes = 1048576     # larger request bodies get 413
 //! max_batch = 100              # calls per /batch
+//! public_metrics = false       # /metrics for anyone (else: scope `metrics`)
 //!
 //! [admin]                      # plugins changed while serving
 //! grace_ms = 30000             # subscriptions on a retired version end after this
@@ -315,6 +316,7 @@ impl HostConfig {
             max_batch: self.gateway.max_batch,
             max_plugin_bytes: self.admin.max_plugin_bytes,
             max_uploads: self.admin.max_uploads,
+            public_metrics: self.gateway.public_metrics,
             envelope: self.envelope(),
             connection: self.connection(),
             ..GatewayConfig::default()
@@ -374,6 +376,10 @@ impl HostConfig {
                 quotas: Quotas::default(),
                 plugins: crate::tenants::PluginAllowance::default(),
             }],
+            gateway: GatewaySection {
+                public_metrics: true,
+                ..GatewaySection::default()
+            },
             ..Self::default()
         }
     }

@@ -153,6 +153,9 @@ pub struct GatewaySection {
     pub max_body_bytes: usize,
     /// The most calls in one `/batch`.
     pub max_batch: usize,
+    /// Whether anyone may read `/metrics`; otherwise callers need the
+    /// scope `metrics`. The demo (no configuration file) says yes.
+    pub public_metrics: bool,
 }
 
 impl Default for GatewaySection {
@@ -161,6 +164,7 @@ impl Default for GatewaySection {
         Self {
             max_body_bytes: defaults.max_body_bytes,
             max_batch: defaults.max_batch,
+            public_metrics: false,
         }
     }
 }

@@ -48,7 +48,7 @@ impl Drain {
     /// Counts a call in, unless the host is draining and the call comes from
     /// the wire (calls made by running calls may still go on).
     pub(crate) fn enter(self: &Arc<Self>, origin: Origin) -> Result<InFlight, CallError> {
-        if origin == Origin::Wire && *self.draining.borrow() {
+        if origin.is_wire() && *self.draining.borrow() {
             return Err(unavailable());
         }
         self.in_flight.send_modify(|n| *n += 1);

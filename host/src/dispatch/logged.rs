@@ -1,4 +1,6 @@
-//! One log line per call: operation, outcome and duration.
+//! One log line per call: operation, outcome and duration; and the same
+//! call told to the observer (metrics), with its failure as an event when
+//! it is one.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -8,7 +10,7 @@ use futures::Stream;
 use serde_json::{Value, json};
 
 use super::OutputStream;
-use crate::call::{CallError, CallRequest, ErrorCode, Event, SharedObserver, cut};
+use crate::call::{CallError, CallRequest, ErrorCode, Event, Finished, SharedObserver, cut};
 
 /// Logs a call once, when it finishes; a call dropped before it finished is
 /// logged as aborted. The line names the tenant and the caller's id, never
@@ -22,10 +24,20 @@ pub(super) struct CallLog {
     items: u64,
     done: bool,
     observer: SharedObserver,
+    labels: Labels,
+    transport: &'static str,
+}
+
+/// The operation and plugin a call names, for metrics and events: `None`
+/// for a name nobody offers the caller.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Labels {
+    pub(super) operation: Option<String>,
+    pub(super) plugin: Option<String>,
 }
 
 impl CallLog {
-    pub(super) fn start(request: &CallRequest, observer: &SharedObserver) -> Self {
+    pub(super) fn start(request: &CallRequest, observer: &SharedObserver, labels: Labels) -> Self {
         Self {
             operation: request.operation.clone(),
             request_id: request.request_id.clone(),
@@ -35,15 +47,35 @@ impl CallLog {
             items: 0,
             done: false,
             observer: observer.clone(),
+            labels,
+            transport: request.origin.label(),
         }
     }
 
     pub(super) fn finish(&mut self, error: Option<&CallError>) {
         self.done = true;
         self.emit(error.map_or("ok", |e| e.code.as_str()), error);
-        if let Some(event) = error.and_then(|e| event_of(e, &self.operation, &self.tenant)) {
+        let code = match error.map(|e| &e.code) {
+            None => "ok",
+            Some(ErrorCode::Domain(_)) => "DOMAIN",
+            Some(code) => code.as_str(),
+        };
+        self.tell(code);
+        if let Some(event) = error.and_then(|e| self.event_of(e)) {
             self.observer.observe(event);
         }
+    }
+
+    fn tell(&self, code: &str) {
+        self.observer.finished(&Finished {
+            operation: self.labels.operation.as_deref(),
+            plugin: self.labels.plugin.as_deref(),
+            tenant: &self.tenant,
+            transport: self.transport,
+            code,
+            items: self.items,
+            duration: self.started.elapsed(),
+        });
     }
 
     /// The call's line; a failure's carries its cause as the caller was told
@@ -76,48 +108,53 @@ impl Drop for CallLog {
     fn drop(&mut self) {
         if !self.done {
             self.emit("aborted", None);
+            self.tell("aborted");
         }
     }
 }
 
-/// The event a failed call is, if it is one: a trap, a limit hit or a
-/// quota refusal, for the calling tenant.
-fn event_of(error: &CallError, operation: &str, tenant: &str) -> Option<Event> {
-    let details = error.details.as_ref()?;
-    // A caller's own words: bounded before they are kept.
-    let operation = cut(operation.strip_prefix('/').unwrap_or(operation), 256);
-    let namespace = operation.split('/').next().map(str::to_owned);
-    let (kind, plugin, detail) = match (&error.code, details.get("limit").and_then(|l| l.as_str()))
-    {
-        (ErrorCode::PluginFailed, _) if details.get("trap").is_some() => (
-            "call.trapped",
-            details["plugin"].as_str().map(str::to_owned),
-            json!({
-                "operation": operation,
-                "trap": details["trap"],
-                "version": details["version"],
-            }),
-        ),
-        (_, Some(limit)) => match limit.strip_prefix("tenant.") {
-            Some(quota) => (
-                "quota.refused",
-                None,
-                json!({ "operation": operation, "quota": quota, "value": details["value"] }),
+impl CallLog {
+    /// The event a failed call is, if it is one: a trap, a limit hit or a
+    /// quota refusal, for the calling tenant.
+    fn event_of(&self, error: &CallError) -> Option<Event> {
+        let details = error.details.as_ref()?;
+        // A caller's own words: bounded before they are kept.
+        let operation = cut(
+            self.operation.strip_prefix('/').unwrap_or(&self.operation),
+            256,
+        );
+        let limit = details.get("limit").and_then(Value::as_str);
+        let (kind, plugin, detail) = match (&error.code, limit) {
+            (ErrorCode::PluginFailed, _) if details.get("trap").is_some() => (
+                "call.trapped",
+                details["plugin"].as_str().map(str::to_owned),
+                json!({
+                    "operation": operation,
+                    "trap": details["trap"],
+                    "version": details["version"],
+                }),
             ),
-            None => (
-                "limit.hit",
-                namespace,
-                json!({ "operation": operation, "limit": limit, "value": details["value"] }),
-            ),
-        },
-        _ => return None,
-    };
-    Some(Event {
-        kind,
-        tenant: Some(tenant.to_owned()),
-        plugin,
-        detail,
-    })
+            (_, Some(limit)) => match limit.strip_prefix("tenant.") {
+                Some(quota) => (
+                    "quota.refused",
+                    None,
+                    json!({ "operation": operation, "quota": quota, "value": details["value"] }),
+                ),
+                None => (
+                    "limit.hit",
+                    self.labels.plugin.clone(),
+                    json!({ "operation": operation, "limit": limit, "value": details["value"] }),
+                ),
+            },
+            _ => return None,
+        };
+        Some(Event {
+            kind,
+            tenant: Some(self.tenant.clone()),
+            plugin,
+            detail,
+        })
+    }
 }
 
 /// The most of an error's message a log line keeps.

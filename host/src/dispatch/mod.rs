@@ -29,7 +29,8 @@ use serde_json::Value;
 use tokio::sync::Semaphore;
 
 use crate::call::{
-    CallError, CallRequest, Identity, OpType, OperationSpec, Origin, SharedObserver, Unobserved,
+    CallError, CallRequest, Identity, OpType, OperationSpec, Origin, SharedObserver, Transport,
+    Unobserved,
 };
 use crate::tenants::Tenants;
 
@@ -37,7 +38,7 @@ use drain::Drain;
 pub use handler::{
     CallContext, Handler, NativeOnce, NativeStream, Operation, Registry, plugin_operations,
 };
-use logged::{CallLog, Logged};
+use logged::{CallLog, Labels, Logged};
 use pipeline::visible;
 
 /// Settings of the dispatcher.
@@ -173,7 +174,7 @@ impl Dispatcher {
 
     /// Runs a query or mutation.
     pub async fn call(&self, request: CallRequest) -> Result<Value, CallError> {
-        let mut log = CallLog::start(&request, &self.inner.config.observer);
+        let mut log = CallLog::start(&request, &self.inner.config.observer, self.labels(&request));
         let result = self.call_inner(request).await;
         log.finish(result.as_ref().err());
         result
@@ -183,13 +184,32 @@ impl Dispatcher {
     /// operation, wrong kind, bad input, a guest that refuses) are returned
     /// here; later ones end the stream.
     pub async fn subscribe(&self, request: CallRequest) -> Result<OutputStream, CallError> {
-        let mut log = CallLog::start(&request, &self.inner.config.observer);
+        let mut log = CallLog::start(&request, &self.inner.config.observer, self.labels(&request));
         match self.subscribe_inner(&request).await {
             Ok(stream) => Ok(Logged::new(stream, log).boxed()),
             Err(e) => {
                 log.finish(Some(&e));
                 Err(e)
             }
+        }
+    }
+
+    /// The operation and plugin `request` names, for metrics and events.
+    fn labels(&self, request: &CallRequest) -> Labels {
+        let name = request
+            .operation
+            .strip_prefix('/')
+            .unwrap_or(&request.operation);
+        let Some(op) = self.inner.registry.get(&request.identity.tenant, name) else {
+            return Labels::default();
+        };
+        let plugin = match &op.handler {
+            Handler::Plugin { plugin, .. } => plugin.name().to_owned(),
+            _ => name.split('/').next().unwrap_or_default().to_owned(),
+        };
+        Labels {
+            operation: Some(op.spec.name.clone()),
+            plugin: Some(plugin),
         }
     }
 
@@ -229,7 +249,7 @@ impl Dispatcher {
             .registry
             .all(&identity.tenant)
             .into_iter()
-            .filter(|op| visible(op, Origin::Wire))
+            .filter(|op| visible(op, Origin::Wire(Transport::Embedded)))
     }
 
     /// The full spec of one operation `identity` can see from the wire.
@@ -238,7 +258,7 @@ impl Dispatcher {
         self.inner
             .registry
             .get(&identity.tenant, name)
-            .filter(|op| visible(op, Origin::Wire))
+            .filter(|op| visible(op, Origin::Wire(Transport::Embedded)))
             .map(|op| op.spec.clone())
             .ok_or_else(|| CallError::not_found(name))
     }

@@ -69,8 +69,8 @@ impl Dispatcher {
         }
         let admission = match (request.origin, kind) {
             (Origin::Nested { .. }, _) => None,
-            (Origin::Wire, Kind::Once) => Some(tenant.usage.admit_call()?),
-            (Origin::Wire, Kind::Stream) => Some(tenant.usage.admit_subscription()?),
+            (Origin::Wire(_), Kind::Once) => Some(tenant.usage.admit_call()?),
+            (Origin::Wire(_), Kind::Stream) => Some(tenant.usage.admit_subscription()?),
         };
         Ok(Admitted {
             op,
@@ -283,7 +283,7 @@ fn authorize(spec: &OperationSpec, identity: &Identity) -> Result<(), CallError>
 /// none for a call from the wire, which its admission already counts.
 fn nested_native(request: &CallRequest, tenant: &Tenant) -> Result<Option<Admission>, CallError> {
     match request.origin {
-        Origin::Wire => Ok(None),
+        Origin::Wire(_) => Ok(None),
         Origin::Nested { .. } => tenant.usage.instance().map(Some),
     }
 }

@@ -38,7 +38,7 @@ use super::EnvelopeConfig;
 use super::outbox::{Outbound, Outbox};
 use super::wire::{self, BadEnvelope, CallPayload, Expect, Incoming};
 use crate::call::{CallError, ErrorCode};
-use crate::call::{CallRequest, Identity, Origin, new_request_id};
+use crate::call::{CallRequest, Identity, Origin, Transport, new_request_id};
 use crate::dispatch::Dispatcher;
 
 /// What a transport hands the session: a frame, or why the byte stream
@@ -110,6 +110,7 @@ fn lock(open: &Shared) -> MutexGuard<'_, OpenCalls> {
 /// anonymous callers.
 pub async fn serve<R, W>(
     dispatcher: Dispatcher,
+    transport: Transport,
     identity: Option<Identity>,
     config: Arc<EnvelopeConfig>,
     limit: FrameLimit,
@@ -128,6 +129,7 @@ pub async fn serve<R, W>(
     let draining = dispatcher.draining();
     let session = Session {
         dispatcher,
+        transport,
         identity,
         config,
         limit,
@@ -146,6 +148,7 @@ pub async fn serve<R, W>(
 
 struct Session {
     dispatcher: Dispatcher,
+    transport: Transport,
     identity: Option<Identity>,
     config: Arc<EnvelopeConfig>,
     limit: FrameLimit,
@@ -262,7 +265,7 @@ impl Session {
             deadline: payload.deadline(),
             input: payload.input,
             identity,
-            origin: Origin::Wire,
+            origin: Origin::Wire(self.transport),
         };
         let call = Call {
             id: id.to_owned(),

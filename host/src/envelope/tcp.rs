@@ -19,6 +19,7 @@ use tokio_util::codec::{FramedWrite, LengthDelimitedCodec};
 use super::EnvelopeConfig;
 use super::session::{self, FrameLimit, Inbound};
 use super::wire;
+use crate::call::Transport;
 use crate::dispatch::Dispatcher;
 use crate::net::{self, ConnectionPermit, Connections, Guarded, Refusal};
 
@@ -100,7 +101,16 @@ async fn connection(
         Guarded::new(write, write_timeout),
         codec(config.max_frame_bytes),
     );
-    session::serve(dispatcher, None, config, limit, incoming, outgoing).await;
+    session::serve(
+        dispatcher,
+        Transport::Tcp,
+        None,
+        config,
+        limit,
+        incoming,
+        outgoing,
+    )
+    .await;
 }
 
 /// The frames read off `read`. Waiting for a frame to begin has no limit

@@ -32,7 +32,7 @@ use tokio::sync::Semaphore;
 
 use super::error::ApiError;
 use super::{AppState, caller};
-use crate::call::{CallError, CallRequest, ErrorCode, Origin, new_request_id};
+use crate::call::{CallError, CallRequest, ErrorCode, Origin, Transport, new_request_id};
 
 /// The namespace of the lifecycle operations (`plugins::NAMESPACE`).
 const ADMIN: &str = "admin";
@@ -242,7 +242,7 @@ fn request(
         input,
         deadline: None,
         identity: caller(state, headers)?,
-        origin: Origin::Wire,
+        origin: Origin::Wire(Transport::Http),
     })
 }
 

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use super::error::{ApiError, JsonBody};
 use super::{AppState, caller};
 use crate::call::{CallError, ErrorCode};
-use crate::call::{CallRequest, Identity, Origin, new_request_id};
+use crate::call::{CallRequest, Identity, Origin, Transport, new_request_id};
 
 /// The body of `/call` and of each `/batch` item.
 #[derive(Debug, Deserialize)]
@@ -33,7 +33,7 @@ impl CallBody {
             input: self.input,
             deadline: self.deadline_ms.map(Duration::from_millis),
             identity,
-            origin: Origin::Wire,
+            origin: Origin::Wire(Transport::Http),
         }
     }
 }

@@ -14,8 +14,8 @@ use serde_json::{Value, json};
 
 use super::error::ApiError;
 use super::{AppState, caller};
-use crate::call::CallError;
-use crate::call::{CallRequest, Origin, new_request_id};
+use crate::call::{CallError, ErrorCode};
+use crate::call::{CallRequest, Origin, Transport, new_request_id};
 use crate::services;
 
 #[derive(Debug, Deserialize)]
@@ -60,6 +60,41 @@ pub(super) async fn openapi(
     run(&state, &headers, "openapi", json!({})).await
 }
 
+/// `GET /metrics`: every metric in the Prometheus text format, for callers
+/// holding the scope `metrics` (anyone, where `public_metrics` says so).
+pub(super) async fn metrics(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let Some(metrics) = state.config.metrics.clone() else {
+        return Err(CallError::new(ErrorCode::NotFound, "no such route").into());
+    };
+    if !state.config.public_metrics {
+        let identity = caller(&state, &headers)?;
+        if !identity.scopes.iter().any(|scope| scope == "metrics") {
+            let code = if identity.is_anonymous() {
+                ErrorCode::Unauthorized
+            } else {
+                ErrorCode::Forbidden
+            };
+            return Err(CallError::new(code, "reading /metrics needs the scope `metrics`").into());
+        }
+    }
+    // Encoding reads every series: off the async workers.
+    let text = tokio::task::spawn_blocking(move || metrics.encode())
+        .await
+        .map_err(|_| ApiError::from(CallError::internal()))?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
+
 pub(super) async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
@@ -77,7 +112,7 @@ async fn run(
         input,
         deadline: None,
         identity: caller(state, headers)?,
-        origin: Origin::Wire,
+        origin: Origin::Wire(Transport::Http),
     };
     let request_id = request.request_id.clone();
     match state.dispatcher.call(request).await {

@@ -16,11 +16,9 @@
 use std::time::{Duration, Instant};
 
 use axum::Json;
-use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, Request, State};
-use axum::http::header::{CONNECTION, SEC_WEBSOCKET_ACCEPT, UPGRADE};
-use axum::http::{HeaderValue, StatusCode};
+
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
@@ -30,14 +28,13 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 
 use super::error::ApiError;
-use super::ws::{fragments, handshake_key};
+use super::ws::{fragments, handshake_key, switching};
 use super::{AppState, caller};
-use crate::call::{CallError, CallRequest, Origin, new_request_id};
+use crate::call::{CallError, CallRequest, Origin, Transport, new_request_id};
 use crate::dispatch::OutputStream;
 
 /// The largest message a feed's reader may send (it has nothing to say
@@ -127,15 +124,7 @@ pub(super) async fn events(
             Err(e) => tracing::debug!("WebSocket upgrade failed: {e}"),
         }
     });
-    let mut response = Response::new(Body::empty());
-    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let headers = response.headers_mut();
-    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
-    headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-    if let Ok(accept) = derive_accept_key(key.as_bytes()).parse() {
-        headers.insert(SEC_WEBSOCKET_ACCEPT, accept);
-    }
-    Ok(response)
+    Ok(switching(&key))
 }
 
 fn malformed(cursor: &str) -> Value {
@@ -153,7 +142,7 @@ fn admin_request(op: &str, identity: crate::call::Identity, input: Value) -> Cal
         input,
         deadline: None,
         identity,
-        origin: Origin::Wire,
+        origin: Origin::Wire(Transport::Http),
     }
 }
 

@@ -10,6 +10,7 @@
 //! | `GET /schema?name=` | `discovery::schema`: one operation's full spec |
 //! | `GET /openapi.json` | `discovery::openapi`: OpenAPI 3.1, the caller's view |
 //! | `GET /healthz` | `discovery::healthz` |
+//! | `GET /metrics` | `discovery::metrics`: Prometheus text, for the scope `metrics` |
 //! | `/admin/v1/plugins…` | `admin::*`: install, list, show, replace, remove |
 //! | `GET /admin/v1/events` | `events::events`: a page of the event feed, or a WebSocket following it |
 //!
@@ -42,6 +43,7 @@ use crate::call::{CallError, ErrorCode};
 use crate::dispatch::Dispatcher;
 use crate::envelope::EnvelopeConfig;
 use crate::net::ConnectionConfig;
+use crate::telemetry::Metrics;
 
 /// Settings of the gateway.
 ///
@@ -64,6 +66,10 @@ pub struct GatewayConfig {
     pub max_plugin_bytes: usize,
     /// Admin uploads read at once.
     pub max_uploads: usize,
+    /// Whether anyone may read `/metrics`.
+    pub public_metrics: bool,
+    /// The metrics `/metrics` serves; the route answers `NOT_FOUND` without.
+    pub metrics: Option<Arc<Metrics>>,
     /// How often an idle SSE stream gets a keep-alive comment.
     pub sse_keep_alive: Duration,
     /// Limits of envelope connections over WebSocket.
@@ -79,6 +85,8 @@ impl Default for GatewayConfig {
             max_batch: 100,
             max_plugin_bytes: 64 << 20,
             max_uploads: 2,
+            public_metrics: false,
+            metrics: None,
             sse_keep_alive: Duration::from_secs(15),
             envelope: EnvelopeConfig::default(),
             connection: ConnectionConfig::default(),
@@ -120,6 +128,7 @@ pub fn router(dispatcher: Dispatcher, config: GatewayConfig, websockets: TaskTra
             get(admin::show).put(admin::replace).delete(admin::remove),
         )
         .route("/admin/v1/events", get(events::events))
+        .route("/metrics", get(discovery::metrics))
         .fallback(no_route)
         .method_not_allowed_fallback(no_method)
         .layer(DefaultBodyLimit::max(body_limit))

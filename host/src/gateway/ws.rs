@@ -39,7 +39,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 
 use super::{ApiError, AppState, bearer};
-use crate::call::CallError;
+use crate::call::{CallError, Transport};
 use crate::envelope::session::{self, FrameLimit, Inbound};
 use crate::net::ConnectionPermit;
 
@@ -97,6 +97,7 @@ pub(super) async fn upgrade(State(state): State<AppState>, mut request: Request)
         };
         session::serve(
             state.dispatcher,
+            Transport::WebSocket,
             identity,
             envelope,
             limit,
@@ -105,6 +106,11 @@ pub(super) async fn upgrade(State(state): State<AppState>, mut request: Request)
         )
         .await;
     });
+    switching(&key)
+}
+
+/// `101 Switching Protocols` for the upgrade whose key is `key`.
+pub(super) fn switching(key: &str) -> Response {
     let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();

@@ -216,12 +216,16 @@ fn list(plugins: &WeakPlugins) -> Result<Operation, RegistryError> {
     admin_op(
         "list",
         OpType::Query,
-        "Lists the plugins of a tenant (default: the shared ones) and the shared ones.",
+        "Lists the plugins the caller sees: a tenant's and the shared ones; for the operator naming no tenant, every plugin.",
         place_schema(false),
         plugins,
         |plugins, target| async move {
-            let listed = plugins
-                .list(target.tenant.as_deref())
+            // The operator's view, with no tenant named, is every plugin.
+            let listed = match (target.authority, target.tenant.as_deref()) {
+                (Authority::Operator, None) => plugins.all(),
+                (_, tenant) => plugins.list(tenant),
+            };
+            let listed = listed
                 .iter()
                 .map(|listed| detail(&listed.plugin, listed.tenant.as_deref(), listed.fixed))
                 .collect::<Vec<_>>();
@@ -294,7 +298,7 @@ fn place_schema(named: bool) -> Value {
     })
 }
 
-/// An `admin/*` operation requiring the scope `admin`: `run` gets the
+/// A lifecycle operation (see [`operation`]): `run` gets the
 /// plugins and the input read as a [`Target`].
 fn admin_op<F, Fut>(
     op: &str,
@@ -318,6 +322,24 @@ where
             Err(error) => std::future::ready(Err(error)).boxed(),
         }
     });
+    operation(
+        op,
+        op_type,
+        description,
+        input_schema,
+        Handler::NativeOnce(handler),
+    )
+}
+
+/// `admin/{op}`, open to the operator and to tenants' `plugins:write`
+/// callers (each handler decides what each may see and do).
+pub(super) fn operation(
+    op: &str,
+    op_type: OpType,
+    description: &str,
+    input_schema: Value,
+    handler: Handler,
+) -> Result<Operation, RegistryError> {
     Operation::compile(
         OperationSpec {
             name: format!("{NAMESPACE}/{op}"),
@@ -331,6 +353,6 @@ where
                 required_scopes_any: vec![OPERATOR.to_owned(), TENANT.to_owned()],
             },
         },
-        Handler::NativeOnce(handler),
+        handler,
     )
 }

@@ -16,9 +16,9 @@ use futures::{FutureExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
-use super::admin::{OPERATOR, TENANT, detail};
+use super::admin::{OPERATOR, detail, operation};
 use super::{Plugins, WeakPlugins};
-use crate::call::{AccessControl, CallError, OpType, OperationSpec, Visibility};
+use crate::call::{CallError, OpType};
 use crate::dispatch::{CallContext, Handler, NativeOnce, NativeStream, Operation};
 use crate::registry::RegistryError;
 use crate::store::{EventLog, ReadError, Stored};
@@ -100,7 +100,7 @@ fn page(plugins: &WeakPlugins) -> Result<Operation, RegistryError> {
         }
         .boxed()
     });
-    feed_op(
+    operation(
         "events",
         OpType::Query,
         "The events after `cursor` (all kept when absent), at most `limit` (100; 1000 at most), and the cursor to ask from next.",
@@ -148,7 +148,7 @@ fn follow(plugins: &WeakPlugins) -> Result<Operation, RegistryError> {
         }
         .boxed()
     });
-    feed_op(
+    operation(
         "feed",
         OpType::Subscription,
         "A snapshot of the plugins, then every event after `cursor`, then live events; ends with a `diagnostic` when the cursor has expired or the reader falls behind.",
@@ -257,28 +257,4 @@ fn item(event: &Stored) -> Value {
     let mut json = event.json.clone();
     json["type"] = json!("event");
     json
-}
-
-fn feed_op(
-    op: &str,
-    op_type: OpType,
-    description: &str,
-    input_schema: Value,
-    handler: Handler,
-) -> Result<Operation, RegistryError> {
-    Operation::compile(
-        OperationSpec {
-            name: format!("{}/{op}", super::NAMESPACE),
-            op_type,
-            visibility: Visibility::External,
-            description: description.to_owned(),
-            input_schema,
-            output_schema: json!({ "type": "object" }),
-            access_control: AccessControl {
-                required_scopes: Vec::new(),
-                required_scopes_any: vec![OPERATOR.to_owned(), TENANT.to_owned()],
-            },
-        },
-        handler,
-    )
 }

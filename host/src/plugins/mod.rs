@@ -180,23 +180,19 @@ impl Plugins {
 
     /// Every plugin of every tenant: the operator's view.
     pub fn all(&self) -> Vec<Listed> {
-        let mut plugins: Vec<_> = lock(&self.inner.current)
-            .iter()
-            .map(|(place, entry)| Listed {
-                plugin: entry.plugin.clone(),
-                tenant: place.0.clone(),
-                fixed: entry.fixed,
-            })
-            .collect();
-        plugins.sort_by(|a, b| (a.plugin.name(), &a.tenant).cmp(&(b.plugin.name(), &b.tenant)));
-        plugins
+        self.listed(|_| true)
     }
 
     /// The plugins `tenant` sees (its own and the shared ones), by name.
     pub fn list(&self, tenant: Option<&str>) -> Vec<Listed> {
+        self.listed(|owner| owner.is_none() || owner.as_deref() == tenant)
+    }
+
+    /// The plugins whose owner `keep` keeps, by name, then tenant.
+    fn listed(&self, keep: impl Fn(&Option<String>) -> bool) -> Vec<Listed> {
         let mut plugins: Vec<_> = lock(&self.inner.current)
             .iter()
-            .filter(|((owner, _), _)| owner.is_none() || owner.as_deref() == tenant)
+            .filter(|((owner, _), _)| keep(owner))
             .map(|(place, entry)| Listed {
                 plugin: entry.plugin.clone(),
                 tenant: place.0.clone(),

@@ -12,6 +12,8 @@
 //! `operation`, `input` and `deadline_ms`, and `input` required when the
 //! operation's input schema refuses `null` (what a missing input is).
 
+mod admin;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -118,7 +120,10 @@ pub fn document(ops: &[Arc<Operation>]) -> Value {
         "description": "The error, with the status of its code",
         "content": { "application/json": { "schema": { "$ref": format!("{COMPONENTS}ErrorBody") } } },
     });
-    json!({
+    for (name, schema) in admin::schemas() {
+        schemas.insert(name.into(), schema);
+    }
+    let mut document = json!({
         "openapi": "3.1.0",
         "info": {
             "title": "opbox",
@@ -200,7 +205,11 @@ pub fn document(ops: &[Arc<Operation>]) -> Value {
             "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
             "schemas": schemas,
         },
-    })
+    });
+    if let Some(paths) = document["paths"].as_object_mut() {
+        paths.extend(admin::paths(&error));
+    }
+    document
 }
 
 /// A request body that is one of `requests`; with none, any well-formed

@@ -1,0 +1,148 @@
+//! The admin routes in the OpenAPI document: `/admin/v1/plugins` and
+//! `/admin/v1/events`, for callers holding `admin` or `plugins:write`.
+
+use serde_json::{Map, Value, json};
+
+use super::COMPONENTS;
+
+/// The admin routes' path items, answering errors with `error`.
+pub(super) fn paths(error: &Value) -> Map<String, Value> {
+    let tenant = json!({
+        "name": "tenant", "in": "query", "schema": { "type": "string" },
+        "description": "Whose plugin (the operator's choice); shared when absent. A tenant's caller always addresses its own tenant.",
+    });
+    let name =
+        json!({ "name": "name", "in": "path", "required": true, "schema": { "type": "string" } });
+    let settings = json!({
+        "name": "opbox-plugin", "in": "header",
+        "description": "The upload's settings as JSON: `name` (install only), `limits`, `grants`, the fields of a `[[plugins]]` entry",
+        "schema": { "type": "string" },
+    });
+    let component = json!({ "required": true, "content": { "application/wasm": {
+        "schema": { "type": "string", "contentMediaType": "application/wasm" },
+    } } });
+    let plugin = |description: &str| {
+        json!({ "description": description, "content": { "application/json": {
+        "schema": { "$ref": format!("{COMPONENTS}AdminPlugin") },
+    } } })
+    };
+    let mut paths = Map::new();
+    paths.insert("/admin/v1/plugins".into(), json!({
+        "get": {
+            "operationId": "adminListPlugins",
+            "summary": "The plugins the caller sees",
+            "parameters": [tenant],
+            "responses": {
+                "200": { "description": "The plugins", "content": { "application/json": { "schema": {
+                    "type": "object",
+                    "properties": { "plugins": { "type": "array", "items": { "$ref": format!("{COMPONENTS}AdminPlugin") } } },
+                    "required": ["plugins"],
+                } } } },
+                "default": error,
+            },
+        },
+        "post": {
+            "operationId": "adminInstallPlugin",
+            "summary": "Installs a component",
+            "parameters": [tenant, settings],
+            "requestBody": component,
+            "responses": { "201": plugin("The plugin, installed"), "default": error },
+        },
+    }));
+    paths.insert("/admin/v1/plugins/{name}".into(), json!({
+        "get": {
+            "operationId": "adminShowPlugin",
+            "summary": "One plugin",
+            "parameters": [name, tenant],
+            "responses": { "200": plugin("The plugin"), "default": error },
+        },
+        "put": {
+            "operationId": "adminReplacePlugin",
+            "summary": "Replaces a plugin with a new version; one that breaks its callers is refused with 409 and `details.breaks` unless `force=true`",
+            "parameters": [name, tenant, settings, {
+                "name": "force", "in": "query", "schema": { "type": "boolean" },
+            }],
+            "requestBody": component,
+            "responses": { "200": plugin("The new version"), "default": error },
+        },
+        "delete": {
+            "operationId": "adminRemovePlugin",
+            "summary": "Removes a plugin; calls running on it finish",
+            "parameters": [name, tenant],
+            "responses": {
+                "200": { "description": "Removed", "content": { "application/json": { "schema": {
+                    "type": "object", "properties": { "removed": { "type": "string" } }, "required": ["removed"],
+                } } } },
+                "default": error,
+            },
+        },
+    }));
+    paths.insert("/admin/v1/events".into(), json!({
+        "get": {
+            "operationId": "adminEvents",
+            "summary": "A page of the event feed after `cursor`; with a WebSocket upgrade, the feed followed: a snapshot, stored events, live events, and a `diagnostic` before the socket closes",
+            "parameters": [
+                { "name": "cursor", "in": "query", "schema": { "type": "integer", "minimum": 0 } },
+                { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 1000 } },
+                { "name": "tenant", "in": "query", "schema": { "type": "string" } },
+            ],
+            "responses": {
+                "200": { "description": "The page", "content": { "application/json": { "schema": {
+                    "type": "object",
+                    "properties": {
+                        "events": { "type": "array", "items": { "$ref": format!("{COMPONENTS}AdminEvent") } },
+                        "next_cursor": { "type": "integer" },
+                        "oldest": { "type": "integer" },
+                        "last": { "type": "integer" },
+                    },
+                    "required": ["events", "next_cursor", "oldest", "last"],
+                } } } },
+                "default": error,
+            },
+        },
+    }));
+    paths
+}
+
+/// The admin routes' component schemas.
+pub(super) fn schemas() -> [(&'static str, Value); 2] {
+    [
+        (
+            "AdminPlugin",
+            json!({
+                "type": "object",
+                "properties": {
+                    "name": { "type": "string" },
+                    "tenant": { "type": ["string", "null"] },
+                    "source": { "enum": ["api", "config"] },
+                    "state": { "enum": ["active", "retired"] },
+                    "version": { "type": "string" },
+                    "digest": { "type": "string" },
+                    "operations": { "type": "array", "items": { "type": "object" } },
+                    "limits": { "type": "object" },
+                    "grants": { "type": "object" },
+                    "live_instances": { "type": "integer" },
+                    "open_subscriptions": { "type": "integer" },
+                    "calls": { "type": "integer" },
+                    "failures": { "type": "integer" },
+                },
+                "required": ["name", "source", "version", "digest", "operations"],
+            }),
+        ),
+        (
+            "AdminEvent",
+            json!({
+                "type": "object",
+                "properties": {
+                    "cursor": { "type": "integer" },
+                    "at_ms": { "type": "integer" },
+                    "kind": { "type": "string" },
+                    "tenant": { "type": ["string", "null"] },
+                    "plugin": { "type": ["string", "null"] },
+                    "detail": { "type": "object" },
+                },
+                "required": ["cursor", "at_ms", "kind", "detail"],
+            }),
+        ),
+    ]
+}

@@ -1,0 +1,333 @@
+//! Metrics: what every plugin, operation and tenant does, in the Prometheus
+//! text format (`GET /metrics`), kept with `prometheus-client`.
+//!
+//! [`Metrics`] is an [`Observer`]: the dispatcher tells it of every call
+//! that ends, and the event feed's events (traps, limit hits, quota
+//! refusals, denied capabilities, plugin changes) count here too. Gauges
+//! (live instances, open subscriptions) are read when scraped.
+//!
+//! Every label value comes from a bounded set: operations and plugins that
+//! exist (a name a caller invents is counted as `unknown`), configured
+//! tenants, the host's own codes, trap kinds, limits and capabilities. A
+//! plugin's domain error codes are its own choice, so they count as
+//! `DOMAIN`.
+
+use std::sync::{Arc, OnceLock};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::call::{Event, Finished, Observer};
+
+/// Call durations' bucket bounds, in seconds: 10 µs to 30 s.
+const DURATION_BUCKETS: [f64; 20] = [
+    1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// The label value of a name nobody offers.
+pub const UNKNOWN: &str = "unknown";
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    operation: String,
+    plugin: String,
+    tenant: String,
+    transport: String,
+    code: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabels {
+    operation: String,
+    plugin: String,
+    tenant: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginLabels {
+    plugin: String,
+    /// The tenant that owns it, or `shared`.
+    owner: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TrapLabels {
+    plugin: String,
+    trap: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    plugin: String,
+    limit: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QuotaLabels {
+    tenant: String,
+    quota: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DenialLabels {
+    plugin: String,
+    capability: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ChangeLabels {
+    change: String,
+}
+
+/// What gauges read at a scrape.
+#[derive(Debug, Clone, Default)]
+pub struct Sample {
+    /// Each plugin serving now: its name, its owner (a tenant, or
+    /// `shared`), its live instances and open subscriptions.
+    pub plugins: Vec<(String, String, u64, u64)>,
+    /// Instances alive across the host.
+    pub instances: u64,
+}
+
+type Sampler = Box<dyn Fn() -> Sample + Send + Sync>;
+
+/// The host's metrics.
+pub struct Metrics {
+    registry: Registry,
+    calls: Family<CallLabels, Counter>,
+    durations: Family<OperationLabels, Histogram, fn() -> Histogram>,
+    items: Family<OperationLabels, Counter>,
+    traps: Family<TrapLabels, Counter>,
+    limit_hits: Family<LimitLabels, Counter>,
+    quota_refusals: Family<QuotaLabels, Counter>,
+    denials: Family<DenialLabels, Counter>,
+    changes: Family<ChangeLabels, Counter>,
+    events_dropped: Counter,
+    live_instances: Family<PluginLabels, Gauge>,
+    open_subscriptions: Family<PluginLabels, Gauge>,
+    instances: Gauge,
+    sampler: OnceLock<Sampler>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Every metric, registered, at zero.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let calls = Family::default();
+        registry.register(
+            "opbox_calls",
+            "Calls ended, by operation, plugin, tenant, transport and result code",
+            calls.clone(),
+        );
+        let durations: Family<OperationLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(|| Histogram::new(DURATION_BUCKETS));
+        registry.register_with_unit(
+            "opbox_call_duration",
+            "Calls' wall time, from admission to the answer (a subscription: to its end)",
+            Unit::Seconds,
+            durations.clone(),
+        );
+        let items = Family::default();
+        registry.register(
+            "opbox_subscription_items",
+            "Items subscriptions sent, by operation",
+            items.clone(),
+        );
+        let traps = Family::default();
+        registry.register(
+            "opbox_traps",
+            "Calls that trapped, by plugin and trap kind",
+            traps.clone(),
+        );
+        let limit_hits = Family::default();
+        registry.register(
+            "opbox_limit_hits",
+            "Calls stopped by a limit, by plugin and limit",
+            limit_hits.clone(),
+        );
+        let quota_refusals = Family::default();
+        registry.register(
+            "opbox_quota_refusals",
+            "Calls refused by a tenant's quota, by tenant and quota",
+            quota_refusals.clone(),
+        );
+        let denials = Family::default();
+        registry.register(
+            "opbox_capability_denials",
+            "Uses of capabilities a plugin was not granted (once per capability per call)",
+            denials.clone(),
+        );
+        let changes = Family::default();
+        registry.register(
+            "opbox_plugin_changes",
+            "Plugins installed, replaced, removed, and changes refused",
+            changes.clone(),
+        );
+        let events_dropped = Counter::default();
+        registry.register(
+            "opbox_events_dropped",
+            "Events the feed could not keep up with",
+            events_dropped.clone(),
+        );
+        let live_instances = Family::default();
+        registry.register(
+            "opbox_live_instances",
+            "Instances of each plugin alive now",
+            live_instances.clone(),
+        );
+        let open_subscriptions = Family::default();
+        registry.register(
+            "opbox_open_subscriptions",
+            "Subscriptions of each plugin open now",
+            open_subscriptions.clone(),
+        );
+        let instances = Gauge::default();
+        registry.register(
+            "opbox_instance_pool_in_use",
+            "Instances alive now across the host (the pool is [limits] max_instances)",
+            instances.clone(),
+        );
+        Self {
+            registry,
+            calls,
+            durations,
+            items,
+            traps,
+            limit_hits,
+            quota_refusals,
+            denials,
+            changes,
+            events_dropped,
+            live_instances,
+            open_subscriptions,
+            instances,
+            sampler: OnceLock::new(),
+        }
+    }
+
+    /// Sets what gauges read at each scrape (once).
+    pub fn sample_with(&self, sampler: impl Fn() -> Sample + Send + Sync + 'static) {
+        let _ = self.sampler.set(Box::new(sampler));
+    }
+
+    /// Every metric in the Prometheus text exposition format.
+    pub fn encode(&self) -> String {
+        if let Some(sampler) = self.sampler.get() {
+            let sample = sampler();
+            self.live_instances.clear();
+            self.open_subscriptions.clear();
+            for (plugin, owner, live, open) in sample.plugins {
+                let labels = PluginLabels { plugin, owner };
+                self.live_instances
+                    .get_or_create(&labels)
+                    .set(i64::try_from(live).unwrap_or(i64::MAX));
+                self.open_subscriptions
+                    .get_or_create(&labels)
+                    .set(i64::try_from(open).unwrap_or(i64::MAX));
+            }
+            self.instances
+                .set(i64::try_from(sample.instances).unwrap_or(i64::MAX));
+        }
+        let mut text = String::new();
+        // Writing to a String does not fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}
+
+fn label(value: Option<&str>) -> String {
+    value.unwrap_or(UNKNOWN).to_owned()
+}
+
+impl Observer for Metrics {
+    fn observe(&self, event: Event) {
+        let plugin = || label(event.plugin.as_deref());
+        let detail = |key: &str| event.detail[key].as_str().unwrap_or(UNKNOWN).to_owned();
+        match event.kind {
+            "call.trapped" => {
+                let labels = TrapLabels {
+                    plugin: plugin(),
+                    trap: detail("trap"),
+                };
+                self.traps.get_or_create(&labels).inc();
+            }
+            "limit.hit" => {
+                let labels = LimitLabels {
+                    plugin: plugin(),
+                    limit: detail("limit"),
+                };
+                self.limit_hits.get_or_create(&labels).inc();
+            }
+            "quota.refused" => {
+                let labels = QuotaLabels {
+                    tenant: label(event.tenant.as_deref()),
+                    quota: detail("quota"),
+                };
+                self.quota_refusals.get_or_create(&labels).inc();
+            }
+            "capability.denied" => {
+                let labels = DenialLabels {
+                    plugin: plugin(),
+                    capability: detail("capability"),
+                };
+                self.denials.get_or_create(&labels).inc();
+            }
+            "events.dropped" => {
+                self.events_dropped
+                    .inc_by(event.detail["count"].as_u64().unwrap_or(0));
+            }
+            kind => {
+                if let Some(change) = kind.strip_prefix("plugin.") {
+                    let labels = ChangeLabels {
+                        change: change.to_owned(),
+                    };
+                    self.changes.get_or_create(&labels).inc();
+                }
+            }
+        }
+    }
+
+    fn finished(&self, call: &Finished<'_>) {
+        let operation = label(call.operation);
+        let plugin = label(call.plugin);
+        let labels = CallLabels {
+            operation: operation.clone(),
+            plugin: plugin.clone(),
+            tenant: call.tenant.to_owned(),
+            transport: call.transport.to_owned(),
+            code: call.code.to_owned(),
+        };
+        self.calls.get_or_create(&labels).inc();
+        let labels = OperationLabels {
+            operation,
+            plugin,
+            tenant: call.tenant.to_owned(),
+        };
+        self.durations
+            .get_or_create(&labels)
+            .observe(call.duration.as_secs_f64());
+        if call.items > 0 {
+            self.items.get_or_create(&labels).inc_by(call.items);
+        }
+    }
+}
+
+/// A shared [`Metrics`].
+pub type SharedMetrics = Arc<Metrics>;

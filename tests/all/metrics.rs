@@ -1,0 +1,234 @@
+//! `GET /metrics`: exact counts after known calls, read with a Prometheus
+//! text parser, and label values that junk names cannot grow.
+
+use opbox::tenants::{PluginAllowance, Quotas, TenantConfig, TokenConfig, hash_token_hex};
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::util::TestHost;
+
+const SLOW: &str = "slow-token";
+const READER: &str = "metrics-reader-token";
+
+/// One tenant allowed one call every 100 s, with a token that may also
+/// read the metrics.
+fn slow_tenant() -> TenantConfig {
+    TenantConfig {
+        id: "slow".into(),
+        anonymous: false,
+        tokens: vec![
+            TokenConfig {
+                id: "slow-ci".into(),
+                sha256: hash_token_hex(SLOW),
+                scopes: Vec::new(),
+            },
+            TokenConfig {
+                id: "scraper".into(),
+                sha256: hash_token_hex(READER),
+                scopes: vec!["metrics".into()],
+            },
+        ],
+        quotas: Quotas {
+            calls_per_second: Some(0.01),
+            burst: Some(1),
+            ..Quotas::default()
+        },
+        plugins: PluginAllowance::default(),
+    }
+}
+
+/// The scrape, parsed.
+async fn scrape(
+    host: &TestHost,
+    token: Option<&str>,
+) -> (StatusCode, Vec<prometheus_parse::Sample>) {
+    let mut request = host.client.get(host.url("/metrics"));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    let lines = text.lines().map(|l| Ok(l.to_owned()));
+    (
+        status,
+        prometheus_parse::Scrape::parse(lines).unwrap().samples,
+    )
+}
+
+/// The value of `metric` with exactly these `labels` among theirs; 0 when
+/// there is no such series.
+fn value(samples: &[prometheus_parse::Sample], metric: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|s| s.metric == metric)
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}
+
+#[tokio::test]
+async fn known_calls_are_counted_exactly_and_junk_names_are_one_label() {
+    let host = TestHost::with_config(|c| c.tenants.push(slow_tenant())).await;
+    for n in 0..3 {
+        assert_eq!(host.call("echo/echo", json!(n)).await.0, StatusCode::OK);
+    }
+    // A domain error, which is also a capability the plugin was not given.
+    host.call("hostile-ambient/config", json!({ "key": "k" }))
+        .await;
+    let (_, trapped) = host.call("fixture-panic/boom", json!("on purpose")).await;
+    let trap = trapped["error"]["details"]["trap"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    host.call("hostile-memory/bomb", json!(null)).await;
+    for _ in 0..2 {
+        host.call_as(SLOW, "echo/echo", json!(1)).await;
+    }
+    let mut sse = host.subscribe("ticker/count", json!({ "to": 3 })).await;
+    while sse.next().await.is_some_and(|e| e.event == "message") {}
+    for n in 0..50 {
+        host.call(&format!("junk{n}/op"), json!(null)).await;
+    }
+
+    let (status, samples) = scrape(&host, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let calls = "opbox_calls_total";
+    let echo_ok = [
+        ("operation", "echo/echo"),
+        ("plugin", "echo"),
+        ("tenant", "default"),
+        ("transport", "http"),
+        ("code", "ok"),
+    ];
+    assert_eq!(value(&samples, calls, &echo_ok), 3.0);
+    assert_eq!(
+        value(
+            &samples,
+            calls,
+            &[("operation", "hostile-ambient/config"), ("code", "DOMAIN")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &samples,
+            calls,
+            &[
+                ("operation", "fixture-panic/boom"),
+                ("code", "PLUGIN_FAILED")
+            ]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(&samples, calls, &[("tenant", "slow"), ("code", "ok")]),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &samples,
+            calls,
+            &[("tenant", "slow"), ("code", "RESOURCE_EXHAUSTED")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &samples,
+            calls,
+            &[("operation", "ticker/count"), ("code", "ok")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &samples,
+            calls,
+            &[("operation", "unknown"), ("code", "NOT_FOUND")]
+        ),
+        50.0
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "opbox_subscription_items_total",
+            &[("operation", "ticker/count")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "opbox_call_duration_seconds_count",
+            &[("operation", "echo/echo"), ("tenant", "default")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "opbox_traps_total",
+            &[("plugin", "fixture-panic"), ("trap", &trap)]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "opbox_limit_hits_total",
+            &[("plugin", "hostile-memory"), ("limit", "memory_bytes")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "opbox_quota_refusals_total",
+            &[("tenant", "slow"), ("quota", "calls_per_second")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "opbox_capability_denials_total",
+            &[("plugin", "hostile-ambient"), ("capability", "config")]
+        ),
+        1.0
+    );
+    // Gauges, read at the scrape: nothing is running now.
+    assert_eq!(value(&samples, "opbox_instance_pool_in_use", &[]), 0.0);
+    assert!(
+        samples
+            .iter()
+            .any(|s| s.metric == "opbox_live_instances" && s.labels.get("plugin") == Some("echo"))
+    );
+    // No invented name is a label value.
+    let junk: Vec<_> = samples
+        .iter()
+        .flat_map(|s| s.labels.values())
+        .filter(|v| v.contains("junk"))
+        .collect();
+    assert!(junk.is_empty(), "{junk:?}");
+}
+
+#[tokio::test]
+async fn metrics_need_the_scope_unless_the_host_says_they_are_public() {
+    let host = TestHost::with_config(|c| {
+        c.gateway.public_metrics = false;
+        c.tenants.push(slow_tenant());
+    })
+    .await;
+    host.call("echo/echo", json!(1)).await;
+    assert_eq!(scrape(&host, None).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(scrape(&host, Some(SLOW)).await.0, StatusCode::FORBIDDEN);
+    let (status, samples) = scrape(&host, Some(READER)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(samples.iter().any(|s| s.metric == "opbox_calls_total"));
+}
