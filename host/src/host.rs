@@ -146,11 +146,15 @@ impl Host {
             connections,
             metrics,
         };
-        // Gauges are read at each scrape; the sampler holds the plugins
-        // weakly, as the host holds the metrics.
-        let (weak, runtime) = (host.plugins.downgrade(), host.runtime.clone());
+        // Gauges are read at each scrape. The sampler holds the plugins
+        // weakly: the metrics are held by what the plugins hold.
+        let weak = host.plugins.downgrade();
         host.metrics.sample_with(move || {
-            let plugins = weak.upgrade().map(|p| p.all()).unwrap_or_default();
+            let Ok(plugins) = weak.upgrade() else {
+                return Sample::default();
+            };
+            let instances = plugins.live_instances();
+            let plugins = plugins.all();
             Sample {
                 plugins: plugins
                     .iter()
@@ -161,7 +165,7 @@ impl Host {
                         (p.name().to_owned(), owner, live.into(), open.into())
                     })
                     .collect(),
-                instances: runtime.live_instances() as u64,
+                instances,
             }
         });
         let register = |source| HostError::Register {

@@ -178,6 +178,11 @@ impl Plugins {
         self.inner.events.clone()
     }
 
+    /// Instances alive now, across every plugin.
+    pub fn live_instances(&self) -> u64 {
+        self.inner.runtime.live_instances() as u64
+    }
+
     /// Every plugin of every tenant: the operator's view.
     pub fn all(&self) -> Vec<Listed> {
         self.listed(|_| true)
