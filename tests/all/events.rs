@@ -347,3 +347,25 @@ async fn an_expired_cursor_and_a_reader_left_behind_each_get_a_diagnostic() {
     assert_eq!(diagnostic["cursor"], last);
     assert!(last < 60 + total, "the reader fell behind");
 }
+
+#[tokio::test]
+async fn a_feed_socket_holds_its_connections_place_until_it_closes() {
+    let (host, _data) = start(|c| c.connections.max_connections_per_ip = 1).await;
+    let mut socket = follow(&host, OPERATOR, "").await;
+    assert_eq!(next_item(&mut socket).await.unwrap()["type"], "snapshot");
+    // The one place this address has is the feed's.
+    // (The refusal is written as soon as the connection is accepted.)
+    let mut other = tokio::net::TcpStream::connect(host.addr).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut other, &mut answer)
+        .await
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 429 "), "{answer}");
+    drop(socket);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while host.host.open_connections() > 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(host.get("/healthz").await.0, StatusCode::OK);
+}

@@ -13,6 +13,7 @@
 //! not a number gets one `cursor_malformed` item on the socket (a 400 on a
 //! page), and the socket closes.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Json;
@@ -36,6 +37,7 @@ use super::ws::{fragments, handshake_key, switching};
 use super::{AppState, caller};
 use crate::call::{CallError, CallRequest, Origin, Transport, new_request_id};
 use crate::dispatch::OutputStream;
+use crate::net::ConnectionPermit;
 
 /// The largest message a feed's reader may send (it has nothing to say
 /// but pings and a close).
@@ -71,6 +73,12 @@ pub(super) async fn events(
         input.insert("tenant".into(), json!(tenant));
     }
     let Some((key, on_upgrade)) = upgrade else {
+        // Only a caller who may read the feed learns how to ask.
+        let request = admin_request("events", identity.clone(), Value::Null);
+        state
+            .dispatcher
+            .op_type(&request)
+            .map_err(|e| ApiError::new(request.request_id.clone(), e))?;
         let cursor = cursor.map_err(|item| {
             ApiError::from(
                 CallError::invalid_input(item["message"].as_str().unwrap_or_default())
@@ -118,7 +126,10 @@ pub(super) async fn events(
             futures::stream::once(async move { Ok(diagnostic) }).boxed()
         }
     };
+    // Holds the connection's place until the WebSocket closes.
+    let permit = request.extensions_mut().remove::<Arc<ConnectionPermit>>();
     state.websockets.spawn(async move {
+        let _permit = permit;
         match on_upgrade.await {
             Ok(upgraded) => follow(TokioIo::new(upgraded), items).await,
             Err(e) => tracing::debug!("WebSocket upgrade failed: {e}"),
