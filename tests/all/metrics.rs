@@ -232,3 +232,35 @@ async fn metrics_need_the_scope_unless_the_host_says_they_are_public() {
     assert_eq!(status, StatusCode::OK);
     assert!(samples.iter().any(|s| s.metric == "opbox_calls_total"));
 }
+
+#[tokio::test]
+async fn the_grafana_dashboard_names_only_metrics_the_host_serves() {
+    let host = TestHost::start().await;
+    let families = host.host.metrics().families();
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/grafana-dashboard.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut named = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for (at, _) in expr.match_indices("opbox_") {
+                let name: String = expr[at..]
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                let family = ["_bucket", "_count", "_sum", "_total"]
+                    .iter()
+                    .find_map(|suffix| name.strip_suffix(suffix))
+                    .unwrap_or(&name);
+                assert!(
+                    families.iter().any(|f| f == family),
+                    "the dashboard names `{name}`, which /metrics does not serve: {families:?}"
+                );
+                named += 1;
+            }
+        }
+    }
+    assert!(named >= 10, "the dashboard reads the metrics: {named}");
+}

@@ -112,6 +112,8 @@ pub struct Metrics {
     open_subscriptions: Family<PluginLabels, Gauge>,
     instances: Gauge,
     sampler: OnceLock<Sampler>,
+    /// Each family's name, as its `# TYPE` line gives it.
+    families: Vec<String>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -130,14 +132,18 @@ impl Metrics {
     /// Every metric, registered, at zero.
     pub fn new() -> Self {
         let mut registry = Registry::default();
+        let mut families = Vec::new();
         let calls = Family::default();
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "opbox_calls",
             "Calls ended, by operation, plugin, tenant, transport and result code",
             calls.clone(),
         );
         let durations: Family<OperationLabels, Histogram, fn() -> Histogram> =
             Family::new_with_constructor(|| Histogram::new(DURATION_BUCKETS));
+        families.push("opbox_call_duration_seconds".to_owned());
         registry.register_with_unit(
             "opbox_call_duration",
             "Calls' wall time, from admission to the answer (a subscription: to its end)",
@@ -145,61 +151,81 @@ impl Metrics {
             durations.clone(),
         );
         let items = Family::default();
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "opbox_subscription_items",
             "Items subscriptions sent, by operation",
             items.clone(),
         );
         let traps = Family::default();
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "opbox_traps",
             "Calls that trapped, by plugin and trap kind",
             traps.clone(),
         );
         let limit_hits = Family::default();
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "opbox_limit_hits",
             "Calls stopped by a limit, by plugin and limit",
             limit_hits.clone(),
         );
         let quota_refusals = Family::default();
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "opbox_quota_refusals",
             "Calls refused by a tenant's quota, by tenant and quota",
             quota_refusals.clone(),
         );
         let denials = Family::default();
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "opbox_capability_denials",
             "Uses of capabilities a plugin was not granted (once per capability per call)",
             denials.clone(),
         );
         let changes = Family::default();
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "opbox_plugin_changes",
             "Plugins installed, replaced, removed, and changes refused",
             changes.clone(),
         );
         let events_dropped = Counter::default();
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "opbox_events_dropped",
             "Events the feed could not keep up with",
             events_dropped.clone(),
         );
         let live_instances = Family::default();
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "opbox_live_instances",
             "Instances of each plugin alive now",
             live_instances.clone(),
         );
         let open_subscriptions = Family::default();
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "opbox_open_subscriptions",
             "Subscriptions of each plugin open now",
             open_subscriptions.clone(),
         );
         let instances = Gauge::default();
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "opbox_instance_pool_in_use",
             "Instances alive now across the host (the pool is [limits] max_instances)",
             instances.clone(),
@@ -219,7 +245,14 @@ impl Metrics {
             open_subscriptions,
             instances,
             sampler: OnceLock::new(),
+            families,
         }
+    }
+
+    /// The name of every family, as `# TYPE` lines give them (a counter's
+    /// samples add `_total`, a histogram's `_bucket`, `_count` and `_sum`).
+    pub fn families(&self) -> &[String] {
+        &self.families
     }
 
     /// Sets what gauges read at each scrape (once).
@@ -250,6 +283,18 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
         text
     }
+}
+
+/// Registers `metric` as `name`, and keeps the name.
+fn register(
+    registry: &mut Registry,
+    families: &mut Vec<String>,
+    name: &str,
+    help: &str,
+    metric: impl prometheus_client::registry::Metric,
+) {
+    families.push(name.to_owned());
+    registry.register(name, help, metric);
 }
 
 fn label(value: Option<&str>) -> String {
