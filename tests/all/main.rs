@@ -26,6 +26,7 @@ mod layers;
 mod leaks;
 mod limits;
 mod loading;
+mod logs;
 mod metrics;
 mod nested;
 mod openapi;

@@ -143,6 +143,7 @@ async fn every_example_operation_answers_as_documented() {
         ("admin/list", json!(null), false),
         ("admin/show", json!({"name": "kv"}), false),
         ("admin/events", json!(null), false),
+        ("admin/logs", json!({"name": "kv"}), false),
     ];
     let documented: Vec<&str> = doc.pointer(CALL_BODY).unwrap()["oneOf"]
         .as_array()

@@ -10,6 +10,7 @@ use wasmtime::component::{HasSelf, Linker};
 
 use super::bindings::Level;
 use super::bindings::opbox::plugin::{log, types};
+use super::log_tail::LogTail;
 use crate::call::cut;
 
 /// The longest log line kept; the rest is cut so one call cannot flood the log.
@@ -20,6 +21,8 @@ const MAX_LINE: usize = 4096;
 #[derive(Debug)]
 pub struct LogState {
     plugin: Arc<str>,
+    /// The plugin version's tail, for its operator and tenants.
+    tail: Arc<LogTail>,
     request_id: Arc<str>,
     tenant: Arc<str>,
     lines_left: u32,
@@ -32,12 +35,14 @@ pub struct LogState {
 impl LogState {
     pub(super) fn new(
         plugin: Arc<str>,
+        tail: Arc<LogTail>,
         request_id: Arc<str>,
         tenant: Arc<str>,
         lines: u32,
     ) -> Self {
         Self {
             plugin,
+            tail,
             request_id,
             tenant,
             lines_left: lines,
@@ -64,6 +69,15 @@ impl log::Host for LogState {
         }
         let message = cut(&message, MAX_LINE);
         let (plugin, request_id, tenant) = (&*self.plugin, &*self.request_id, &*self.tenant);
+        let name = match level {
+            Level::Trace => "trace",
+            Level::Debug => "debug",
+            Level::Info => "info",
+            Level::Warn => "warn",
+            Level::Error => "error",
+        };
+        self.tail
+            .push(&self.request_id, &self.tenant, name, message);
         match level {
             Level::Trace => tracing::trace!(plugin, request_id, tenant, "{message}"),
             Level::Debug => tracing::debug!(plugin, request_id, tenant, "{message}"),
@@ -81,6 +95,8 @@ impl log::Host for LogState {
         if !self.take_line() {
             return;
         }
+        self.tail
+            .push(&self.request_id, &self.tenant, "fatal", message);
         tracing::error!(
             plugin = &*self.plugin,
             request_id = &*self.request_id,

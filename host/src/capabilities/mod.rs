@@ -30,6 +30,7 @@ pub mod http;
 pub mod invoke;
 pub mod keyvalue;
 mod log;
+pub mod log_tail;
 
 use std::sync::Arc;
 
@@ -48,6 +49,7 @@ use http::{HttpState, OutboundGrant};
 use invoke::{InvokeState, NestedCalls};
 use keyvalue::{KeyvalueState, KvStore};
 use log::LogState;
+use log_tail::LogTail;
 
 /// What a store must offer for capabilities to be linked into it: the
 /// state of its call's capabilities and the table their resources live
@@ -97,6 +99,8 @@ pub struct Call<'a> {
     pub log_lines: u32,
     /// Where denied capabilities are reported.
     pub observer: &'a SharedObserver,
+    /// The plugin version's log tail.
+    pub log_tail: &'a Arc<LogTail>,
 }
 
 /// The state of every capability for one call.
@@ -140,6 +144,7 @@ impl CallState {
             wasi: files::context(call.plugin, call.grants.directory.as_ref(), stdout, stderr),
             log: LogState::new(
                 call.plugin.clone(),
+                call.log_tail.clone(),
                 call.request_id.clone(),
                 tenant.clone(),
                 call.log_lines,

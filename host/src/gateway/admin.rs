@@ -8,6 +8,7 @@
 //! | `GET /admin/v1/plugins/{name}` | `admin/show` | | the plugin |
 //! | `PUT /admin/v1/plugins/{name}` | `admin/replace` | the new component | the plugin |
 //! | `DELETE /admin/v1/plugins/{name}` | `admin/remove` | | `{"removed": name}` |
+//! | `GET /admin/v1/plugins/{name}/logs` | `admin/logs` | | `{"lines": [...], "next": seq}` |
 //!
 //! `?tenant=ID` addresses a tenant's plugins (shared ones without it);
 //! `PUT …?force=true` skips the compatibility gate. An
@@ -115,6 +116,38 @@ pub(super) async fn show(
     whose: Result<Query<Whose>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     named(&state, &headers, "show", name, whose).await
+}
+
+/// `GET /admin/v1/plugins/{name}/logs?after=N&limit=M`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct LogsQuery {
+    tenant: Option<String>,
+    after: Option<u64>,
+    limit: Option<u64>,
+}
+
+pub(super) async fn logs(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    query: Result<Query<LogsQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(query) = query.map_err(super::discovery::bad_query)?;
+    let mut input = Map::from_iter([("name".into(), json!(name))]);
+    if let Some(after) = query.after {
+        input.insert("after".into(), json!(after));
+    }
+    if let Some(limit) = query.limit {
+        input.insert("limit".into(), json!(limit));
+    }
+    let input = with_tenant(
+        input,
+        Whose {
+            tenant: query.tenant,
+        },
+    );
+    run(&state, &headers, "logs", input).await.map(Json)
 }
 
 pub(super) async fn remove(

@@ -127,6 +127,7 @@ pub fn router(dispatcher: Dispatcher, config: GatewayConfig, websockets: TaskTra
             "/admin/v1/plugins/{name}",
             get(admin::show).put(admin::replace).delete(admin::remove),
         )
+        .route("/admin/v1/plugins/{name}/logs", get(admin::logs))
         .route("/admin/v1/events", get(events::events))
         .route("/metrics", get(discovery::metrics))
         .fallback(no_route)

@@ -41,6 +41,7 @@ pub fn operations(plugins: &Plugins) -> Result<Vec<Operation>, RegistryError> {
         remove(&plugins)?,
         list(&plugins)?,
         show(&plugins)?,
+        logs(&plugins)?,
     ];
     operations.extend(super::feed::operations(&plugins)?);
     Ok(operations)
@@ -81,6 +82,9 @@ struct Target {
     wasm: Option<Vec<u8>>,
     /// A replace that skips the compatibility gate.
     force: bool,
+    /// Log lines: the last one the reader has, and how many more at most.
+    after: u64,
+    limit: usize,
 }
 
 impl Target {
@@ -111,6 +115,13 @@ impl Target {
             }
         };
         let force = fields.remove("force") == Some(Value::Bool(true));
+        let after = fields.remove("after").and_then(|v| v.as_u64()).unwrap_or(0);
+        let limit = fields
+            .remove("limit")
+            .and_then(|v| v.as_u64())
+            .map_or(MAX_LOG_LINES, |n| {
+                usize::try_from(n).unwrap_or(MAX_LOG_LINES)
+            });
         let wasm = wasm
             .map(|b64| {
                 base64::engine::general_purpose::STANDARD
@@ -133,6 +144,8 @@ impl Target {
             settings: Value::Object(settings),
             wasm,
             force,
+            after,
+            limit: limit.min(MAX_LOG_LINES),
         })
     }
 
@@ -259,6 +272,66 @@ fn show(plugins: &WeakPlugins) -> Result<Operation, RegistryError> {
                 listed.tenant.as_deref(),
                 listed.fixed,
             ))
+        },
+    )
+}
+
+/// Log lines one `admin/logs` answer holds at most.
+const MAX_LOG_LINES: usize = crate::capabilities::log_tail::MAX_LINES;
+
+fn logs(plugins: &WeakPlugins) -> Result<Operation, RegistryError> {
+    admin_op(
+        "logs",
+        OpType::Query,
+        "The last lines a plugin's guests logged, after `after`: the operator reads every line, a tenant's caller those of its own calls.",
+        json!({
+            "type": "object",
+            "properties": {
+                "name": { "type": "string" },
+                "tenant": { "type": "string" },
+                "after": { "type": "integer", "minimum": 0 },
+                "limit": { "type": "integer", "minimum": 1 },
+            },
+            "required": ["name"],
+            "additionalProperties": false,
+        }),
+        plugins,
+        |plugins, target| async move {
+            let name = target.name()?;
+            let listed = plugins.list(target.tenant.as_deref());
+            let found = |tenant: &Option<String>| {
+                listed
+                    .iter()
+                    .find(|l: &&Listed| l.plugin.name() == name && l.tenant == *tenant)
+            };
+            let listed = found(&target.tenant)
+                .or_else(|| found(&None))
+                .ok_or_else(|| CallError::not_found(name))?;
+            let reader = match target.authority {
+                Authority::Operator => None,
+                Authority::Tenant => target.tenant.as_deref(),
+            };
+            let (lines, next) = listed
+                .plugin
+                .log_tail()
+                .after(target.after, target.limit, reader);
+            let lines: Vec<Value> = lines
+                .iter()
+                .map(|line| {
+                    let mut json = json!({
+                        "seq": line.seq,
+                        "at_ms": line.at_ms,
+                        "request_id": &*line.request_id,
+                        "level": line.level,
+                        "message": line.message,
+                    });
+                    if reader.is_none() {
+                        json["tenant"] = json!(&*line.tenant);
+                    }
+                    json
+                })
+                .collect();
+            Ok(json!({ "lines": lines, "next": next }))
         },
     )
 }

@@ -16,6 +16,7 @@ use super::state::LiveGuard;
 use super::trap::classify;
 use super::{LoadError, Runtime, StoreState};
 use crate::call::{AccessControl, OpType, OperationSpec, Visibility, is_valid_segment};
+use crate::capabilities::log_tail::LogTail;
 use crate::capabilities::{self, Grants, http::OutboundGrant};
 
 /// How to load a plugin.
@@ -58,6 +59,8 @@ pub struct Plugin {
     pub(crate) outbound: OutboundGrant,
     pub(crate) occupancy: Occupancy,
     pub(crate) dropped: Arc<Dropped>,
+    /// The last lines its guests logged.
+    pub(crate) log_tail: Arc<LogTail>,
     /// Cancelled when the plugin's open subscriptions must end: a grace
     /// period after it was replaced or removed.
     ending: CancellationToken,
@@ -125,6 +128,7 @@ impl Plugin {
             failures: AtomicU64::new(0),
             _alive: alive,
             dropped: Arc::default(),
+            log_tail: Arc::default(),
             limits: options.limits,
             outbound: capabilities::check(&options.grants).map_err(LoadError::Grant)?,
             grants: Arc::new(options.grants),
@@ -235,6 +239,11 @@ impl Plugin {
             tokio::time::sleep(grace).await;
             ending.cancel();
         });
+    }
+
+    /// The last lines this version's guests logged.
+    pub fn log_tail(&self) -> &LogTail {
+        &self.log_tail
     }
 
     /// Whether this version was replaced or removed.

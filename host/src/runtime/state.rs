@@ -152,6 +152,7 @@ impl StoreState {
             nested: invocation.nested.clone(),
             log_lines: limits.log_lines,
             observer: &plugin.runtime.inner.config.observer,
+            log_tail: &plugin.log_tail,
         };
         let capabilities = CallState::new(call, stdout.clone(), stderr.clone());
         let mut table = ResourceTable::new();

@@ -61,6 +61,18 @@ pub enum PluginsCommand {
         #[command(flatten)]
         settings: Settings,
     },
+    /// Print a plugin's last log lines (a tenant's caller: those of its
+    /// own calls).
+    Logs {
+        /// Its namespace.
+        name: String,
+        /// The operator's choice of tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Keep printing new lines as they are logged.
+        #[arg(long)]
+        follow: bool,
+    },
     /// Remove a plugin; calls running on it finish.
     Remove {
         /// Its namespace.
@@ -136,6 +148,11 @@ pub async fn plugins(host: Host, command: PluginsCommand) -> Result<()> {
         PluginsCommand::Remove { name, tenant } => {
             (Method::DELETE, format!("/{name}"), tenant, None)
         }
+        PluginsCommand::Logs {
+            name,
+            tenant,
+            follow,
+        } => return logs(&client, &host, &name, tenant.as_deref(), follow).await,
     };
     let listing = method == Method::GET && path.is_empty();
     let url = format!("{}/admin/v1/plugins{path}", host.url.trim_end_matches('/'));
@@ -161,6 +178,48 @@ pub async fn plugins(host: Host, command: PluginsCommand) -> Result<()> {
         print_plugin(&body);
     }
     Ok(())
+}
+
+/// How often `--follow` asks for new log lines.
+const LOG_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Prints a plugin's log tail, and with `follow` what comes after.
+async fn logs(
+    client: &reqwest::Client,
+    host: &Host,
+    name: &str,
+    tenant: Option<&str>,
+    follow: bool,
+) -> Result<()> {
+    let url = format!(
+        "{}/admin/v1/plugins/{name}/logs",
+        host.url.trim_end_matches('/')
+    );
+    let mut after = 0u64;
+    loop {
+        let mut query = vec![("after", after.to_string())];
+        if let Some(tenant) = tenant {
+            query.push(("tenant", tenant.to_owned()));
+        }
+        let mut request = client.get(&url).query(&query);
+        if let Some(token) = &host.token {
+            request = request.bearer_auth(token);
+        }
+        let page = answer(request).await?;
+        for line in page["lines"].as_array().into_iter().flatten() {
+            println!(
+                "{:<5} {} {}",
+                line["level"].as_str().unwrap_or("?"),
+                line["request_id"].as_str().unwrap_or("?"),
+                line["message"].as_str().unwrap_or_default()
+            );
+        }
+        after = page["next"].as_u64().unwrap_or(after);
+        if !follow {
+            return Ok(());
+        }
+        tokio::time::sleep(LOG_POLL).await;
+    }
 }
 
 /// Runs `opbox events`: a page at a time until the end, or following.

@@ -77,6 +77,27 @@ pub(super) fn paths(error: &Value) -> Map<String, Value> {
             },
         },
     }));
+    paths.insert("/admin/v1/plugins/{name}/logs".into(), json!({
+        "get": {
+            "operationId": "adminPluginLogs",
+            "summary": "The last lines the plugin's guests logged after `after` (a tenant's caller: those of its own calls)",
+            "parameters": [name, tenant, 
+                { "name": "after", "in": "query", "schema": { "type": "integer", "minimum": 0 } },
+                { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1 } },
+            ],
+            "responses": {
+                "200": { "description": "The lines", "content": { "application/json": { "schema": {
+                    "type": "object",
+                    "properties": {
+                        "lines": { "type": "array", "items": { "type": "object" } },
+                        "next": { "type": "integer" },
+                    },
+                    "required": ["lines", "next"],
+                } } } },
+                "default": error,
+            },
+        },
+    }));
     paths.insert("/admin/v1/events".into(), json!({
         "get": {
             "operationId": "adminEvents",

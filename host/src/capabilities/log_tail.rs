@@ -1,0 +1,122 @@
+//! The last log lines of a plugin version, kept for its operator and its
+//! tenants to read (`admin/logs`): at most [`MAX_LINES`] lines and
+//! [`MAX_BYTES`] of messages, the oldest dropped first.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
+
+/// Lines a tail keeps at most.
+pub const MAX_LINES: usize = 256;
+
+/// Bytes of messages a tail keeps at most.
+pub const MAX_BYTES: usize = 64 << 10;
+
+/// One line, as kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TailLine {
+    /// Its place among the plugin version's lines, from 1.
+    pub seq: u64,
+    /// When it was written, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// The call that wrote it.
+    pub request_id: Arc<str>,
+    /// The tenant the call ran for.
+    pub tenant: Arc<str>,
+    /// `trace`, `debug`, `info`, `warn`, `error` or `fatal`.
+    pub level: &'static str,
+    /// What it said (at most 4 KiB).
+    pub message: String,
+}
+
+#[derive(Debug, Default)]
+struct Lines {
+    kept: VecDeque<TailLine>,
+    bytes: usize,
+    last: u64,
+}
+
+/// A plugin version's last log lines.
+#[derive(Debug, Default)]
+pub struct LogTail {
+    lines: Mutex<Lines>,
+}
+
+impl LogTail {
+    pub(super) fn push(
+        &self,
+        request_id: &Arc<str>,
+        tenant: &Arc<str>,
+        level: &'static str,
+        message: &str,
+    ) {
+        let at_ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let mut lines = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
+        lines.last += 1;
+        let seq = lines.last;
+        lines.bytes += message.len();
+        lines.kept.push_back(TailLine {
+            seq,
+            at_ms,
+            request_id: request_id.clone(),
+            tenant: tenant.clone(),
+            level,
+            message: message.to_owned(),
+        });
+        while lines.kept.len() > MAX_LINES || lines.bytes > MAX_BYTES {
+            let Some(oldest) = lines.kept.pop_front() else {
+                break;
+            };
+            lines.bytes -= oldest.message.len();
+        }
+    }
+
+    /// Up to `limit` lines after `after`, of calls of `tenant` only when
+    /// one is named; and the last line's `seq`, to ask from next.
+    pub fn after(&self, after: u64, limit: usize, tenant: Option<&str>) -> (Vec<TailLine>, u64) {
+        let lines = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
+        let found = lines
+            .kept
+            .iter()
+            .filter(|line| line.seq > after)
+            .filter(|line| tenant.is_none_or(|t| &*line.tenant == t))
+            .take(limit)
+            .cloned()
+            .collect::<Vec<_>>();
+        let next = found.last().map_or(after.max(lines.last), |line| line.seq);
+        (found, next)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tail_keeps_the_newest_lines_within_its_bounds() {
+        let tail = LogTail::default();
+        let (id, acme, globex): (Arc<str>, Arc<str>, Arc<str>) =
+            (Arc::from("r1"), Arc::from("acme"), Arc::from("globex"));
+        for n in 0..MAX_LINES + 10 {
+            let tenant = if n % 2 == 0 { &acme } else { &globex };
+            tail.push(&id, tenant, "info", &format!("line {n}"));
+        }
+        let (all, next) = tail.after(0, usize::MAX, None);
+        assert_eq!(all.len(), MAX_LINES);
+        assert_eq!(all[0].message, "line 10");
+        assert_eq!(next, (MAX_LINES + 10) as u64);
+        let (mine, _) = tail.after(0, usize::MAX, Some("acme"));
+        assert!(mine.iter().all(|l| &*l.tenant == "acme"));
+        // Long lines: the byte bound holds too.
+        let long = "x".repeat(4096);
+        for _ in 0..100 {
+            tail.push(&id, &acme, "warn", &long);
+        }
+        let (kept, _) = tail.after(0, usize::MAX, None);
+        let bytes: usize = kept.iter().map(|l| l.message.len()).sum();
+        assert!(bytes <= MAX_BYTES, "{bytes}");
+        assert_eq!(kept.len(), MAX_BYTES / 4096);
+    }
+}
