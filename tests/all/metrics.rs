@@ -264,3 +264,43 @@ async fn the_grafana_dashboard_names_only_metrics_the_host_serves() {
     }
     assert!(named >= 10, "the dashboard reads the metrics: {named}");
 }
+
+#[tokio::test]
+async fn guest_cpu_time_is_what_the_guest_ran() {
+    let host = TestHost::with_config(|c| {
+        let looping = c
+            .plugins
+            .iter_mut()
+            .find(|p| p.path.ends_with("hostile_loop.wasm"))
+            .expect("the fixture is loaded");
+        looping.limits.cpu_ms = Some(300);
+    })
+    .await;
+    for n in 0..3 {
+        host.call("echo/echo", json!(n)).await;
+    }
+    let (_, body) = host.call("hostile-loop/spin", json!(null)).await;
+    assert_eq!(body["error"]["details"]["limit"], "cpu_ms", "{body}");
+    let (_, samples) = scrape(&host, None).await;
+    let cpu = |op: &str| {
+        (
+            value(
+                &samples,
+                "opbox_guest_cpu_seconds_sum",
+                &[("operation", op)],
+            ),
+            value(
+                &samples,
+                "opbox_guest_cpu_seconds_count",
+                &[("operation", op)],
+            ),
+        )
+    };
+    let (spun, spins) = cpu("hostile-loop/spin");
+    assert_eq!(spins, 1.0);
+    // Near its 300 ms limit: the guest ran until the limit stopped it.
+    assert!((0.2..1.0).contains(&spun), "{spun}");
+    let (echoed, echoes) = cpu("echo/echo");
+    assert_eq!(echoes, 3.0);
+    assert!(echoed < 0.1 && echoed > 0.0, "{echoed}");
+}

@@ -46,6 +46,9 @@ pub struct Finished<'a> {
     pub items: u64,
     /// From admission to the answer; a subscription's, to its end.
     pub duration: Duration,
+    /// Time the plugin's guest ran for the call (nested calls are their
+    /// own); `None` when no guest ran.
+    pub guest_cpu: Option<Duration>,
 }
 
 /// Takes events as they happen. It must not block: it is called on the

@@ -3,8 +3,10 @@
 //! it is one.
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::Stream;
 use serde_json::{Value, json};
@@ -26,6 +28,8 @@ pub(super) struct CallLog {
     observer: SharedObserver,
     labels: Labels,
     transport: &'static str,
+    /// Guest CPU time the call's plugin spent, in nanoseconds.
+    guest_cpu: Arc<AtomicU64>,
 }
 
 /// The operation and plugin a call names, for metrics and events: `None`
@@ -49,6 +53,7 @@ impl CallLog {
             observer: observer.clone(),
             labels,
             transport: request.origin.label(),
+            guest_cpu: Arc::default(),
         }
     }
 
@@ -66,7 +71,13 @@ impl CallLog {
         }
     }
 
+    /// Where the call's plugin adds the guest CPU time it spends.
+    pub(super) fn guest_cpu(&self) -> &Arc<AtomicU64> {
+        &self.guest_cpu
+    }
+
     fn tell(&self, code: &str) {
+        let cpu = self.guest_cpu.load(Ordering::Relaxed);
         self.observer.finished(&Finished {
             operation: self.labels.operation.as_deref(),
             plugin: self.labels.plugin.as_deref(),
@@ -75,6 +86,7 @@ impl CallLog {
             code,
             items: self.items,
             duration: self.started.elapsed(),
+            guest_cpu: (cpu > 0).then(|| Duration::from_nanos(cpu)),
         });
     }
 

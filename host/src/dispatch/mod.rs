@@ -175,7 +175,7 @@ impl Dispatcher {
     /// Runs a query or mutation.
     pub async fn call(&self, request: CallRequest) -> Result<Value, CallError> {
         let mut log = CallLog::start(&request, &self.inner.config.observer, self.labels(&request));
-        let result = self.call_inner(request).await;
+        let result = self.call_inner(request, log.guest_cpu()).await;
         log.finish(result.as_ref().err());
         result
     }
@@ -185,7 +185,7 @@ impl Dispatcher {
     /// here; later ones end the stream.
     pub async fn subscribe(&self, request: CallRequest) -> Result<OutputStream, CallError> {
         let mut log = CallLog::start(&request, &self.inner.config.observer, self.labels(&request));
-        match self.subscribe_inner(&request).await {
+        match self.subscribe_inner(&request, log.guest_cpu()).await {
             Ok(stream) => Ok(Logged::new(stream, log).boxed()),
             Err(e) => {
                 log.finish(Some(&e));

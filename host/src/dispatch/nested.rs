@@ -4,6 +4,7 @@
 //! input held to the wire's size limit.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
@@ -24,8 +25,10 @@ pub(super) fn invocation(
     dispatcher: &Dispatcher,
     request: &CallRequest,
     deadline: Duration,
+    guest_cpu: &Arc<AtomicU64>,
 ) -> Invocation {
     Invocation {
+        guest_cpu: guest_cpu.clone(),
         request_id: request.request_id.clone(),
         tenant: request.identity.tenant.clone(),
         caller_id: request.identity.id.clone(),

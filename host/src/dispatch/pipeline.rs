@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -82,7 +83,11 @@ impl Dispatcher {
 
     /// A query or mutation: admitted, then validated and run within its
     /// deadline.
-    pub(super) async fn call_inner(&self, mut request: CallRequest) -> Result<Value, CallError> {
+    pub(super) async fn call_inner(
+        &self,
+        mut request: CallRequest,
+        guest_cpu: &Arc<AtomicU64>,
+    ) -> Result<Value, CallError> {
         let Admitted {
             op,
             tenant,
@@ -107,7 +112,7 @@ impl Dispatcher {
                 }
                 Handler::Plugin { plugin, op: name } => {
                     let _instance = tenant.usage.instance()?;
-                    let invocation = invocation(self, &request, deadline);
+                    let invocation = invocation(self, &request, deadline, guest_cpu);
                     let counted = plugin.count_call();
                     let output = plugin
                         .call(&invocation, name, input.to_string())
@@ -130,6 +135,7 @@ impl Dispatcher {
     pub(super) async fn subscribe_inner(
         &self,
         request: &CallRequest,
+        guest_cpu: &Arc<AtomicU64>,
     ) -> Result<OutputStream, CallError> {
         let Admitted {
             op,
@@ -151,7 +157,7 @@ impl Dispatcher {
             }
             Handler::Plugin { plugin, op: name } => {
                 held.push(Some(tenant.usage.instance()?));
-                let invocation = invocation(self, request, limit.unwrap_or(NO_DEADLINE));
+                let invocation = invocation(self, request, limit.unwrap_or(NO_DEADLINE), guest_cpu);
                 let counted = plugin.count_call();
                 let items = plugin
                     .subscribe(&invocation, name, input.to_string())

@@ -144,8 +144,9 @@ impl Plugins {
 
     /// Replaces the plugin `name` of `tenant` with a new version, which
     /// keeps the name. Calls running on the old version finish on it.
-    /// Unless `force`, a version that breaks callers of the old one (see
-    /// [`compat`]) is refused.
+    /// Unless `force`, a version that breaks callers of the old one (an
+    /// operation gone or changed in kind, an input narrowed, an output
+    /// widened: [`Break`](super::Break)) is refused.
     pub async fn replace(
         &self,
         authority: Authority,

@@ -7,10 +7,12 @@
 //! a tick, and the CPU budget of the call is counted in those ticks.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use wasmtime::{PoolConcurrencyLimitError, Store, UpdateDeadline};
 
+use super::busy::Busy;
 use super::limits::LimitHit;
 use super::plugin::Plugin;
 use super::state::{CpuBudget, StoreState};
@@ -34,6 +36,9 @@ pub struct Invocation {
     /// Who carries out the calls the guest makes to other operations; the
     /// guest's `invoke.call` answers `UNAVAILABLE` without one.
     pub nested: Option<Arc<dyn NestedCalls>>,
+    /// Guest CPU time the call has spent, in nanoseconds: its instances'
+    /// own poll time, other calls' excluded.
+    pub guest_cpu: Arc<AtomicU64>,
 }
 
 impl Invocation {
@@ -46,6 +51,7 @@ impl Invocation {
             scopes: Vec::new(),
             deadline,
             nested: None,
+            guest_cpu: Arc::default(),
         }
     }
 
@@ -182,18 +188,22 @@ impl Plugin {
             self.budget("cpu_ms", cpu_limit)
         };
         let mut store = self.new_store(invocation, cpu)?;
-        let instance = self.instantiate(&mut store).await?;
         let ctx = invocation.to_wit();
         let op = op.to_owned();
-        let result = store
-            .run_concurrent(async |accessor| {
-                instance
-                    .opbox_plugin_handler()
-                    .call_call(accessor, ctx, op, input)
-                    .await
-            })
-            .await
-            .and_then(|r| r);
+        let run = async {
+            let instance = self.instantiate(&mut store).await?;
+            let result = store
+                .run_concurrent(async |accessor| {
+                    instance
+                        .opbox_plugin_handler()
+                        .call_call(accessor, ctx, op, input)
+                        .await
+                })
+                .await
+                .and_then(|r| r);
+            Ok::<_, InvokeError>(result)
+        };
+        let result = Busy::new(run, invocation.guest_cpu.clone()).await?;
         match result {
             Ok(Ok(output)) if output.len() > self.limits.output_bytes => Err(InvokeError::Limit(
                 LimitHit::new("output_bytes", self.limits.output_bytes),

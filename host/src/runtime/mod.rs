@@ -10,6 +10,7 @@
 //! What a guest may import is linked from [`crate::capabilities`], whose
 //! [`View`](crate::capabilities::View) the store's state implements.
 
+mod busy;
 mod cache;
 mod invoke;
 mod lanes;

@@ -21,6 +21,7 @@ use wasmtime::StoreContextMut;
 use wasmtime::component::{Source, StreamConsumer, StreamResult};
 
 use super::bindings;
+use super::busy::Busy;
 use super::invoke::{Invocation, InvokeError, guest_failure};
 use super::limits::LimitHit;
 use super::plugin::Plugin;
@@ -51,6 +52,7 @@ impl Plugin {
         let (items_tx, items_rx) = mpsc::channel::<Vec<WitItem>>(1);
         let plugin = self.clone();
         let ctx = invocation.to_wit();
+        let guest_cpu = invocation.guest_cpu.clone();
         let invocation = invocation.clone();
         let op = op.to_owned();
         let driver = async move {
@@ -90,6 +92,7 @@ impl Plugin {
             }
         }
         .boxed();
+        let driver = Busy::new(driver, guest_cpu).boxed();
         let idle = Duration::from_millis(self.limits.idle_ms);
         let mut subscription = Subscription {
             driver: Some(driver),

@@ -101,6 +101,7 @@ pub struct Metrics {
     registry: Registry,
     calls: Family<CallLabels, Counter>,
     durations: Family<OperationLabels, Histogram, fn() -> Histogram>,
+    guest_cpu: Family<OperationLabels, Histogram, fn() -> Histogram>,
     items: Family<OperationLabels, Counter>,
     traps: Family<TrapLabels, Counter>,
     limit_hits: Family<LimitLabels, Counter>,
@@ -149,6 +150,15 @@ impl Metrics {
             "Calls' wall time, from admission to the answer (a subscription: to its end)",
             Unit::Seconds,
             durations.clone(),
+        );
+        let guest_cpu: Family<OperationLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(|| Histogram::new(DURATION_BUCKETS));
+        families.push("opbox_guest_cpu_seconds".to_owned());
+        registry.register_with_unit(
+            "opbox_guest_cpu",
+            "Time a plugin's guest ran for a call (its nested calls counted as their own)",
+            Unit::Seconds,
+            guest_cpu.clone(),
         );
         let items = Family::default();
         register(
@@ -234,6 +244,7 @@ impl Metrics {
             registry,
             calls,
             durations,
+            guest_cpu,
             items,
             traps,
             limit_hits,
@@ -368,6 +379,11 @@ impl Observer for Metrics {
         self.durations
             .get_or_create(&labels)
             .observe(call.duration.as_secs_f64());
+        if let Some(cpu) = call.guest_cpu {
+            self.guest_cpu
+                .get_or_create(&labels)
+                .observe(cpu.as_secs_f64());
+        }
         if call.items > 0 {
             self.items.get_or_create(&labels).inc_by(call.items);
         }
