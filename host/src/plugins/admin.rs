@@ -155,6 +155,22 @@ impl Target {
             .ok_or_else(|| CallError::invalid_input("`name` is required"))
     }
 
+    /// The plugin named, as its caller sees it: the tenant's own of that
+    /// name, else the shared one.
+    fn seen(&self, plugins: &Plugins) -> Result<Listed, CallError> {
+        let name = self.name()?;
+        let listed = plugins.list(self.tenant.as_deref());
+        let found = |tenant: &Option<String>| {
+            listed
+                .iter()
+                .find(|l| l.plugin.name() == name && l.tenant == *tenant)
+                .cloned()
+        };
+        found(&self.tenant)
+            .or_else(|| found(&None))
+            .ok_or_else(|| CallError::not_found(name))
+    }
+
     fn wasm(&self) -> Result<&[u8], CallError> {
         self.wasm
             .as_deref()
@@ -255,18 +271,7 @@ fn show(plugins: &WeakPlugins) -> Result<Operation, RegistryError> {
         place_schema(true),
         plugins,
         |plugins, target| async move {
-            let name = target.name()?;
-            // The tenant's own plugin of that name, else the shared one it
-            // sees.
-            let listed = plugins.list(target.tenant.as_deref());
-            let found = |tenant: &Option<String>| {
-                listed
-                    .iter()
-                    .find(|l: &&Listed| l.plugin.name() == name && l.tenant == *tenant)
-            };
-            let listed = found(&target.tenant)
-                .or_else(|| found(&None))
-                .ok_or_else(|| CallError::not_found(name))?;
+            let listed = target.seen(&plugins)?;
             Ok(detail(
                 &listed.plugin,
                 listed.tenant.as_deref(),
@@ -297,16 +302,7 @@ fn logs(plugins: &WeakPlugins) -> Result<Operation, RegistryError> {
         }),
         plugins,
         |plugins, target| async move {
-            let name = target.name()?;
-            let listed = plugins.list(target.tenant.as_deref());
-            let found = |tenant: &Option<String>| {
-                listed
-                    .iter()
-                    .find(|l: &&Listed| l.plugin.name() == name && l.tenant == *tenant)
-            };
-            let listed = found(&target.tenant)
-                .or_else(|| found(&None))
-                .ok_or_else(|| CallError::not_found(name))?;
+            let listed = target.seen(&plugins)?;
             let reader = match target.authority {
                 Authority::Operator => None,
                 Authority::Tenant => target.tenant.as_deref(),
