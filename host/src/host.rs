@@ -363,6 +363,23 @@ impl Host {
         self.websockets.wait().await;
     }
 
+    /// Serves `/metrics` alone, to anyone, on `listener` (the
+    /// `metrics_listen` address) until `shutdown` resolves.
+    pub async fn serve_metrics(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) {
+        gateway::serve(
+            listener,
+            gateway::metrics_router(self.metrics.clone()),
+            self.connections.clone(),
+            &self.config.connection(),
+            shutdown,
+        )
+        .await;
+    }
+
     /// The host's metrics.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics

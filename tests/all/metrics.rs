@@ -304,3 +304,32 @@ async fn guest_cpu_time_is_what_the_guest_ran() {
     assert_eq!(echoes, 3.0);
     assert!(echoed < 0.1 && echoed > 0.0, "{echoed}");
 }
+
+#[tokio::test]
+async fn a_metrics_address_of_its_own_serves_them_to_anyone_and_nothing_else() {
+    let host = TestHost::with_config(|c| c.gateway.public_metrics = false).await;
+    host.call("echo/echo", json!(1)).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn({
+        let host = host.host.clone();
+        async move { host.serve_metrics(listener, std::future::pending()).await }
+    });
+    let client = reqwest::Client::new();
+    let response = client
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.text().await.unwrap().contains("opbox_calls_total"));
+    let call = client
+        .post(format!("http://{addr}/call"))
+        .json(&json!({ "operation": "echo/echo", "input": 1 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(call.status(), StatusCode::NOT_FOUND);
+    // The gateway still asks for the scope.
+    assert_eq!(scrape(&host, None).await.0, StatusCode::UNAUTHORIZED);
+}

@@ -7,6 +7,7 @@
 //! ```toml
 //! listen = "127.0.0.1:8080"    # where the HTTP gateway listens
 //! # tcp_listen = "127.0.0.1:8081"  # envelopes over TCP (off unless set)
+//! # metrics_listen = "127.0.0.1:9090"  # /metrics for anyone (off unless set)
 //! data_dir = ".opbox"          # installed plugins, events, key-value database
 //! # cache_dir = ".opbox/cache" # compiled plugins (default: data_dir/cache)
 //! # keyvalue_path = ".opbox/keyvalue.redb"  # the key-value database
@@ -144,6 +145,9 @@ pub struct HostConfig {
     pub listen: SocketAddr,
     /// Where the envelope protocol listens over TCP; off when absent.
     pub tcp_listen: Option<SocketAddr>,
+    /// Where `/metrics` is served to anyone (and nothing else); off when
+    /// absent.
+    pub metrics_listen: Option<SocketAddr>,
     /// Where the host keeps its data: installed plugins, the event feed,
     /// the key-value database and (unless `cache_dir` says otherwise) the
     /// compiled-plugin cache. One host at a time may use it.
@@ -185,6 +189,7 @@ impl Default for HostConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             tcp_listen: None,
+            metrics_listen: None,
             data_dir: PathBuf::from(".opbox"),
             cache_dir: None,
             keyvalue_path: None,

@@ -5,6 +5,8 @@
 //! the caller, so they answer only with the caller's tenant's view, and
 //! count against the tenant's quotas.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
@@ -17,6 +19,7 @@ use super::{AppState, caller};
 use crate::call::{CallError, ErrorCode};
 use crate::call::{CallRequest, Origin, Transport, new_request_id};
 use crate::services;
+use crate::telemetry::Metrics;
 
 #[derive(Debug, Deserialize)]
 pub(super) struct SearchParams {
@@ -66,7 +69,6 @@ pub(super) async fn metrics(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<axum::response::Response, ApiError> {
-    use axum::response::IntoResponse;
     let Some(metrics) = state.config.metrics.clone() else {
         return Err(CallError::new(ErrorCode::NotFound, "no such route").into());
     };
@@ -81,6 +83,20 @@ pub(super) async fn metrics(
             return Err(CallError::new(code, "reading /metrics needs the scope `metrics`").into());
         }
     }
+    exposition(metrics).await
+}
+
+/// `GET /metrics` on the separate `metrics_listen` address: for anyone
+/// who can reach it.
+pub(super) async fn public_metrics(
+    State(metrics): State<Arc<Metrics>>,
+) -> Result<axum::response::Response, ApiError> {
+    exposition(metrics).await
+}
+
+/// `metrics` in the Prometheus text format.
+async fn exposition(metrics: Arc<Metrics>) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
     // Encoding reads every series: off the async workers.
     let text = tokio::task::spawn_blocking(move || metrics.encode())
         .await

@@ -136,6 +136,15 @@ pub fn router(dispatcher: Dispatcher, config: GatewayConfig, websockets: TaskTra
         .with_state(state)
 }
 
+/// `/metrics` alone, for anyone: what the `metrics_listen` address serves.
+pub fn metrics_router(metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/metrics", get(discovery::public_metrics))
+        .fallback(no_route)
+        .method_not_allowed_fallback(no_method)
+        .with_state(metrics)
+}
+
 /// Who sent `headers`: the identity of its `Authorization: Bearer` token,
 /// or an anonymous caller, or `UNAUTHORIZED` where anonymous callers are
 /// not taken.

@@ -235,6 +235,7 @@ async fn serve(
     config.plugin_dirs.extend(plugins);
     let addr = config.listen;
     let tcp_addr = config.tcp_listen;
+    let metrics_addr = config.metrics_listen;
     opbox::net::raise_fd_limit(&config.connection());
     let signals = Signals::new()?;
     let host = Host::start(config).await?;
@@ -265,6 +266,20 @@ async fn serve(
             let stopped = stopped();
             async move { host.serve_tcp(tcp, stopped).await }
         }));
+    }
+    if let Some(metrics_addr) = metrics_addr {
+        let metrics = tokio::net::TcpListener::bind(metrics_addr)
+            .await
+            .with_context(|| format!("cannot listen on {metrics_addr}"))?;
+        let local = metrics
+            .local_addr()
+            .context("cannot read the listening address")?;
+        tracing::info!("opbox metrics on http://{local}/metrics");
+        tokio::spawn({
+            let host = host.clone();
+            let stopped = stopped();
+            async move { host.serve_metrics(metrics, stopped).await }
+        });
     }
     tracing::info!("opbox serving on http://{local}");
     let server = tokio::spawn({
