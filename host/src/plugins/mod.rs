@@ -208,13 +208,6 @@ impl Plugins {
         plugins
     }
 
-    /// The plugin `name` of `tenant` (`None`: shared), serving now.
-    pub fn get(&self, tenant: Option<&str>, name: &str) -> Option<Arc<Plugin>> {
-        lock(&self.inner.current)
-            .get(&(tenant.map(str::to_owned), name.to_owned()))
-            .map(|entry| entry.plugin.clone())
-    }
-
     /// The entry at `place`, if the API may change it.
     fn managed(&self, place: &Place) -> Result<Entry, PluginError> {
         let entry = lock(&self.inner.current)

@@ -96,18 +96,16 @@ pub fn breaks(old: &[OperationSpec], new: &[OperationSpec]) -> Vec<Break> {
             continue;
         }
         // Every input the old version accepted, the new one must accept.
-        let mut input = Walk::new(&before.input_schema, &after.input_schema, &mut steps);
-        input.check(&before.input_schema, &after.input_schema, "");
-        found.extend(input.found.into_iter().map(|(path, what)| Break {
+        let gaps = Walk::gaps(&before.input_schema, &after.input_schema, &mut steps);
+        found.extend(gaps.into_iter().map(|(path, what)| Break {
             operation: before.name.clone(),
             change: "input",
             path,
             reason: format!("the old version accepted {what}; the new one refuses them"),
         }));
         // Every output the new version may give, the old one could give.
-        let mut output = Walk::new(&after.output_schema, &before.output_schema, &mut steps);
-        output.check(&after.output_schema, &before.output_schema, "");
-        found.extend(output.found.into_iter().map(|(path, what)| Break {
+        let gaps = Walk::gaps(&after.output_schema, &before.output_schema, &mut steps);
+        found.extend(gaps.into_iter().map(|(path, what)| Break {
             operation: before.name.clone(),
             change: "output",
             path,
@@ -189,14 +187,18 @@ struct Walk<'a> {
 }
 
 impl<'a> Walk<'a> {
-    fn new(narrow_root: &'a Value, wide_root: &'a Value, steps: &'a mut usize) -> Self {
-        Self {
-            narrow_root,
-            wide_root,
+    /// What `narrow` allows that `wide` may not, as (path, what) pairs;
+    /// empty when every instance of `narrow` is one of `wide`.
+    fn gaps(narrow: &'a Value, wide: &'a Value, steps: &'a mut usize) -> Vec<(String, String)> {
+        let mut walk = Self {
+            narrow_root: narrow,
+            wide_root: wide,
             seen: HashSet::new(),
             steps,
             found: Vec::new(),
-        }
+        };
+        walk.check(narrow, wide, "");
+        walk.found
     }
 
     fn miss(&mut self, path: &str, what: impl Into<String>) {

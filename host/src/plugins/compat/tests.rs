@@ -4,10 +4,7 @@ use super::*;
 
 /// What `new` breaks of `old`, as (path, what) pairs, for an input.
 fn input_breaks(old: Value, new: Value) -> Vec<(String, String)> {
-    let mut steps = 0;
-    let mut walk = Walk::new(&old, &new, &mut steps);
-    walk.check(&old, &new, "");
-    walk.found
+    Walk::gaps(&old, &new, &mut 0)
 }
 
 fn compatible(old: Value, new: Value) -> bool {
