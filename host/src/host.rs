@@ -115,7 +115,11 @@ impl Host {
             EventLog::open(&config.data_dir, config.admin.max_events).map_err(HostError::Events)?,
         );
         let metrics = Arc::new(Metrics::new());
-        let observer: SharedObserver = Arc::new(Fanout(vec![events.clone(), metrics.clone()]));
+        let mut observers: Vec<SharedObserver> = vec![events.clone()];
+        if config.telemetry.metrics {
+            observers.push(metrics.clone());
+        }
+        let observer: SharedObserver = Arc::new(Fanout(observers));
         let runtime = Runtime::new(RuntimeConfig {
             observer: observer.clone(),
             ..config.runtime()
@@ -349,7 +353,7 @@ impl Host {
             gateway::router(
                 self.dispatcher.clone(),
                 gateway::GatewayConfig {
-                    metrics: Some(self.metrics.clone()),
+                    metrics: self.metrics_served(),
                     ..self.config.gateway()
                 },
                 self.websockets.clone(),
@@ -372,7 +376,7 @@ impl Host {
     ) {
         gateway::serve(
             listener,
-            gateway::metrics_router(self.metrics.clone()),
+            gateway::metrics_router(self.metrics_served()),
             self.connections.clone(),
             &self.config.connection(),
             shutdown,
@@ -380,7 +384,13 @@ impl Host {
         .await;
     }
 
-    /// The host's metrics.
+    /// The metrics `/metrics` serves: none when `[telemetry] metrics` is
+    /// off, and the route answers `NOT_FOUND`.
+    fn metrics_served(&self) -> Option<Arc<Metrics>> {
+        self.config.telemetry.metrics.then(|| self.metrics.clone())
+    }
+
+    /// The host's metrics (all zero when `[telemetry] metrics` is off).
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }

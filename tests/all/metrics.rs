@@ -5,7 +5,7 @@ use opbox::tenants::{PluginAllowance, Quotas, TenantConfig, TokenConfig, hash_to
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::util::TestHost;
+use crate::util::{Frames, TestHost};
 
 const SLOW: &str = "slow-token";
 const READER: &str = "metrics-reader-token";
@@ -162,6 +162,15 @@ async fn known_calls_are_counted_exactly_and_junk_names_are_one_label() {
         ),
         3.0
     );
+    // `{"to":3}` in; three items of `{"n":1}` out.
+    let bytes = |direction| {
+        value(
+            &samples,
+            "opbox_call_bytes_total",
+            &[("operation", "ticker/count"), ("direction", direction)],
+        )
+    };
+    assert_eq!((bytes("in"), bytes("out")), (8.0, 21.0));
     assert_eq!(
         value(
             &samples,
@@ -216,6 +225,36 @@ async fn known_calls_are_counted_exactly_and_junk_names_are_one_label() {
         .filter(|v| v.contains("junk"))
         .collect();
     assert!(junk.is_empty(), "{junk:?}");
+}
+
+#[tokio::test]
+async fn envelope_connections_are_counted_while_open() {
+    let host = TestHost::start().await;
+    let open = |samples: &[prometheus_parse::Sample]| {
+        value(
+            samples,
+            "opbox_envelope_connections",
+            &[("transport", "tcp")],
+        )
+    };
+    let mut first = Frames::connect(&host).await;
+    let mut second = Frames::connect(&host).await;
+    // An answer on each: both sessions are running.
+    for frames in [&mut first, &mut second] {
+        frames.call("a", "echo/echo", json!(1)).await;
+        assert_eq!(frames.next().await.unwrap()["type"], "call.responded");
+    }
+    assert_eq!(open(&scrape(&host, None).await.1), 2.0);
+    drop(first);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let now = open(&scrape(&host, None).await.1);
+        if now == 1.0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{now} open");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]
@@ -332,4 +371,13 @@ async fn a_metrics_address_of_its_own_serves_them_to_anyone_and_nothing_else() {
     assert_eq!(call.status(), StatusCode::NOT_FOUND);
     // The gateway still asks for the scope.
     assert_eq!(scrape(&host, None).await.0, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn metrics_turned_off_are_neither_counted_nor_served() {
+    let host = TestHost::with_config(|c| c.telemetry.metrics = false).await;
+    assert_eq!(host.call("echo/echo", json!(1)).await.0, StatusCode::OK);
+    let response = host.client.get(host.url("/metrics")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    assert!(!host.host.metrics().encode().contains("echo/echo"));
 }

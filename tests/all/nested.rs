@@ -109,19 +109,24 @@ async fn an_operation_subscribes_to_another() {
         .await
         .collect()
         .await;
-    let data: Vec<_> = events
+    let mut data: Vec<_> = events
         .iter()
         .map(|e| (e.event.as_str(), e.json()))
         .collect();
+    let cost = data[3].1["cost"].take();
     assert_eq!(
         data,
         [
             ("message", json!({"n": 1})),
             ("message", json!({"n": 2})),
             ("message", json!({"n": 3})),
-            ("completed", json!({})),
+            ("completed", json!({"cost": null})),
         ]
     );
+    // The nested subscription's costs are the relay's too: its three items
+    // of seven bytes, and the relay's own three.
+    assert_eq!(cost["host_calls"]["nested"], 1, "{cost}");
+    assert_eq!(cost["bytes_out"], 42, "{cost}");
     // A once-operation can read a subscription through to its end.
     let (status, body) = host
         .call("fixture-slow/tally", relay(json!({"to": 5})))

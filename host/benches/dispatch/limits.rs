@@ -34,7 +34,7 @@ pub(crate) async fn bench_limits() {
         scopes: Vec::new(),
         deadline: Duration::from_secs(30),
         nested: None,
-        guest_cpu: Arc::default(),
+        meter: Arc::default(),
     };
     let input = r#"{"x":1}"#;
     let mut samples: [Vec<Duration>; 2] = Default::default();

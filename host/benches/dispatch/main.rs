@@ -15,6 +15,7 @@
 //! cargo bench -p opbox --bench dispatch -- keyvalue  # kv/get and kv/set from a plugin
 //! cargo bench -p opbox --bench dispatch -- relay     # 100 MiB upstream body through relay/sse
 //! cargo bench -p opbox --bench dispatch -- swap      # replaced every 500 ms; restart with 100 plugins
+//! cargo bench -p opbox --bench dispatch -- telemetry # metrics off / on / traces exported, needs `wrk`
 //! ```
 //!
 //! - `dispatch`: one `echo/echo` call through the dispatcher, a fresh
@@ -43,6 +44,10 @@
 //!   while the plugin is replaced every 500 ms; the time from a `PUT` to
 //!   the new version answering; start-to-ready with 100 installed plugins,
 //!   cold and warm compiled cache.
+//! - `telemetry`: `POST /call` `echo/echo` under `wrk` against three
+//!   `opbox serve` processes: metrics off, metrics on (the default), and
+//!   traces exported over OTLP to a collector in the bench; rounds
+//!   alternate between them.
 //! - `noisy`: latency of sequential `POST /call` `echo/echo` from one client,
 //!   alone, then while another client keeps 8 `hostile-loop/spin` calls (an
 //!   infinite loop each) in flight. Runs last: the spinning calls outlive it.
@@ -62,6 +67,7 @@ mod noisy;
 mod relay;
 mod stream;
 mod swap;
+mod telemetry;
 mod tenants;
 
 use common::{num_cpus, profile, start_host};
@@ -105,6 +111,9 @@ fn main() {
         }
         if wants("tenants") {
             tenants::bench_tenants().await;
+        }
+        if wants("telemetry") {
+            telemetry::bench_telemetry().await;
         }
         if wants("swap") {
             swap::bench_swap().await;

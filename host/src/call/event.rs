@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use super::Transport;
+
 /// One thing that happened.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
@@ -49,6 +51,9 @@ pub struct Finished<'a> {
     /// Time the plugin's guest ran for the call (nested calls are their
     /// own); `None` when no guest ran.
     pub guest_cpu: Option<Duration>,
+    /// Bytes of JSON the call took in and gave out (a subscription's items
+    /// all together), its nested calls' excluded.
+    pub bytes: (u64, u64),
 }
 
 /// Takes events as they happen. It must not block: it is called on the
@@ -59,6 +64,34 @@ pub trait Observer: Send + Sync + std::fmt::Debug {
 
     /// Records a call that ended.
     fn finished(&self, _call: &Finished<'_>) {}
+
+    /// Records an envelope connection on `transport` opening (`true`) or
+    /// closing.
+    fn connection(&self, _transport: Transport, _open: bool) {}
+}
+
+/// Counts an envelope connection as open until dropped.
+#[derive(Debug)]
+pub struct OpenConnection {
+    observer: SharedObserver,
+    transport: Transport,
+}
+
+impl OpenConnection {
+    /// Tells `observer` a connection on `transport` opened.
+    pub fn new(observer: SharedObserver, transport: Transport) -> Self {
+        observer.connection(transport, true);
+        Self {
+            observer,
+            transport,
+        }
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.observer.connection(self.transport, false);
+    }
 }
 
 /// Several observers, each told of everything.
@@ -78,6 +111,12 @@ impl Observer for Fanout {
     fn finished(&self, call: &Finished<'_>) {
         for observer in &self.0 {
             observer.finished(call);
+        }
+    }
+
+    fn connection(&self, transport: Transport, open: bool) {
+        for observer in &self.0 {
+            observer.connection(transport, open);
         }
     }
 }

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use super::TraceParent;
+
 /// Who is calling.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
@@ -117,6 +119,9 @@ pub struct CallRequest {
     pub identity: Identity,
     /// Where the call comes from.
     pub origin: Origin,
+    /// The caller's trace, which the call's span joins; a nested call
+    /// joins its caller's span instead.
+    pub trace: Option<TraceParent>,
 }
 
 impl CallRequest {
@@ -129,6 +134,7 @@ impl CallRequest {
             deadline: None,
             identity: Identity::anonymous(),
             origin: Origin::Wire(Transport::Embedded),
+            trace: None,
         }
     }
 }

@@ -36,7 +36,7 @@ use std::sync::Arc;
 
 use wasmtime::component::{Linker, ResourceTable};
 
-use crate::call::SharedObserver;
+use crate::call::{Meter, SharedObserver};
 use wasmtime_wasi::WasiCtx;
 use wasmtime_wasi::cli::StdoutStream;
 use wasmtime_wasi_http::WasiHttpView;
@@ -95,6 +95,8 @@ pub struct Call<'a> {
     pub kv: Option<Arc<KvStore>>,
     /// Who carries out the call's calls to other operations.
     pub nested: Option<Arc<dyn NestedCalls>>,
+    /// What the call spends: host calls are counted here.
+    pub meter: &'a Arc<Meter>,
     /// Log lines the call may write.
     pub log_lines: u32,
     /// Where denied capabilities are reported.
@@ -157,12 +159,14 @@ impl CallState {
                 tenant.clone(),
                 call.plugin.clone(),
                 denial("keyvalue"),
+                call.meter.clone(),
             ),
             http: HttpState::new(
                 call.outbound.clone(),
                 call.plugin.clone(),
                 tenant.clone(),
                 denial("http"),
+                call.meter.clone(),
             ),
         }
     }

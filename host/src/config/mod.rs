@@ -64,6 +64,11 @@
 //! body_timeout_ms = 30000      # to send a request body
 //! write_timeout_ms = 30000     # a peer taking nothing of what is sent
 //!
+//! [telemetry]
+//! metrics = true               # count calls for /metrics
+//! # otlp_endpoint = "http://127.0.0.1:4318"  # export traces (off unless set)
+//! service_name = "opbox"       # the traces' service.name
+//!
 //! [[tenants]]                  # none by default: every call is UNAUTHORIZED
 //! id = "acme"
 //! anonymous = false            # callers without a valid token belong here
@@ -106,6 +111,7 @@ use crate::envelope::EnvelopeConfig;
 use crate::gateway::GatewayConfig;
 use crate::net::ConnectionConfig;
 use crate::runtime::{ManifestLimits, PluginLimits, RuntimeConfig};
+use crate::telemetry::trace::TelemetryConfig;
 use crate::tenants::{Quotas, TenantConfig};
 
 mod sections;
@@ -176,6 +182,8 @@ pub struct HostConfig {
     pub envelope: EnvelopeSection,
     /// Caps and timeouts of every connection.
     pub connections: ConnectionsSection,
+    /// `[telemetry]`: where traces are exported.
+    pub telemetry: TelemetryConfig,
     /// The tenants, their tokens and quotas. None by default: every call is
     /// refused until a tenant takes callers.
     pub tenants: Vec<TenantConfig>,
@@ -198,6 +206,7 @@ impl Default for HostConfig {
             plugins: Vec::new(),
             limits: LimitsConfig::default(),
             plugin_limits: PluginLimitsConfig::default(),
+            telemetry: TelemetryConfig::default(),
             gateway: GatewaySection::default(),
             admin: AdminSection::default(),
             envelope: EnvelopeSection::default(),

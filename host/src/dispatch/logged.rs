@@ -4,15 +4,15 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
 
 use futures::Stream;
 use serde_json::{Value, json};
+use tracing::Span;
 
 use super::OutputStream;
-use crate::call::{CallError, CallRequest, ErrorCode, Event, Finished, SharedObserver, cut};
+use crate::call::{CallError, CallRequest, ErrorCode, Event, Finished, Meter, SharedObserver, cut};
+use crate::telemetry::trace;
 
 /// Logs a call once, when it finishes; a call dropped before it finished is
 /// logged as aborted. The line names the tenant and the caller's id, never
@@ -22,14 +22,15 @@ pub(super) struct CallLog {
     request_id: std::sync::Arc<str>,
     tenant: String,
     caller: Option<String>,
-    started: Instant,
     items: u64,
     done: bool,
     observer: SharedObserver,
     labels: Labels,
     transport: &'static str,
-    /// Guest CPU time the call's plugin spent, in nanoseconds.
-    guest_cpu: Arc<AtomicU64>,
+    /// What the call spends; its wall time runs from here.
+    meter: Arc<Meter>,
+    /// The call's span, until it ends.
+    span: Span,
 }
 
 /// The operation and plugin a call names, for metrics and events: `None`
@@ -47,18 +48,22 @@ impl CallLog {
             request_id: request.request_id.clone(),
             tenant: request.identity.tenant.clone(),
             caller: request.identity.id.clone(),
-            started: Instant::now(),
             items: 0,
             done: false,
             observer: observer.clone(),
             labels,
             transport: request.origin.label(),
-            guest_cpu: Arc::default(),
+            meter: Arc::default(),
+            span: trace::call_span(request),
         }
     }
 
     pub(super) fn finish(&mut self, error: Option<&CallError>) {
         self.done = true;
+        self.meter.end();
+        trace::record_outcome(&self.span, error.map_or("ok", |e| e.code.as_str()));
+        // The span ends with the call, whoever still holds the log.
+        self.span = Span::none();
         self.emit(error.map_or("ok", |e| e.code.as_str()), error);
         let code = match error.map(|e| &e.code) {
             None => "ok",
@@ -71,13 +76,18 @@ impl CallLog {
         }
     }
 
-    /// Where the call's plugin adds the guest CPU time it spends.
-    pub(super) fn guest_cpu(&self) -> &Arc<AtomicU64> {
-        &self.guest_cpu
+    /// What the call spends.
+    pub(super) fn meter(&self) -> &Arc<Meter> {
+        &self.meter
+    }
+
+    /// The call's span.
+    pub(super) fn span(&self) -> &Span {
+        &self.span
     }
 
     fn tell(&self, code: &str) {
-        let cpu = self.guest_cpu.load(Ordering::Relaxed);
+        let cpu = self.meter.own_guest_cpu();
         self.observer.finished(&Finished {
             operation: self.labels.operation.as_deref(),
             plugin: self.labels.plugin.as_deref(),
@@ -85,15 +95,17 @@ impl CallLog {
             transport: self.transport,
             code,
             items: self.items,
-            duration: self.started.elapsed(),
-            guest_cpu: (cpu > 0).then(|| Duration::from_nanos(cpu)),
+            duration: self.meter.wall(),
+            guest_cpu: (!cpu.is_zero()).then_some(cpu),
+            bytes: self.meter.own_bytes(),
         });
     }
 
     /// The call's line; a failure's carries its cause as the caller was told
     /// it (the trap kind, the limit, the panic message), cut short.
     fn emit(&self, status: &str, error: Option<&CallError>) {
-        let duration_us = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let receipt = self.meter.receipt();
+        let duration_us = receipt.wall_us;
         let caller = self.caller.as_deref().unwrap_or("(anonymous)");
         let (op, request_id, tenant, items) =
             (&self.operation, &*self.request_id, &self.tenant, self.items);
@@ -111,6 +123,7 @@ impl CallLog {
             cause = error.map(|e| cut(&e.message, MAX_CAUSE)),
             trap = detail("trap"),
             limit = detail("limit"),
+            cost = %receipt.to_json(),
             "call"
         );
     }
@@ -119,6 +132,7 @@ impl CallLog {
 impl Drop for CallLog {
     fn drop(&mut self) {
         if !self.done {
+            self.meter.end();
             self.emit("aborted", None);
             self.tell("aborted");
         }
@@ -191,7 +205,8 @@ impl Stream for Logged {
         if self.log.done {
             return Poll::Ready(None);
         }
-        let polled = self.inner.as_mut().poll_next(cx);
+        let span = self.log.span.clone();
+        let polled = span.in_scope(|| self.inner.as_mut().poll_next(cx));
         match &polled {
             Poll::Ready(Some(Ok(_))) => self.log.items += 1,
             Poll::Ready(Some(Err(e))) => self.log.finish(Some(e)),

@@ -27,11 +27,13 @@ use futures::stream::BoxStream;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 use crate::call::{
-    CallError, CallRequest, Identity, OpType, OperationSpec, Origin, SharedObserver, Transport,
-    Unobserved,
+    CallError, CallRequest, Identity, Meter, OpType, OperationSpec, Origin, SharedObserver,
+    Transport, Unobserved,
 };
+use crate::telemetry::trace;
 use crate::tenants::Tenants;
 
 use drain::Drain;
@@ -94,6 +96,18 @@ pub struct OperationSummary {
     pub description: String,
 }
 
+/// A call's outcome, what it cost and where its trace is.
+#[derive(Debug)]
+pub struct Metered<T> {
+    /// The answer: an output (or a subscription's stream), or the error.
+    pub result: Result<T, CallError>,
+    /// What the call spent. Final for a query or mutation; a
+    /// subscription's is final once its stream has ended.
+    pub meter: Arc<Meter>,
+    /// The call's span as a W3C `traceparent`, when traces are exported.
+    pub traceparent: Option<String>,
+}
+
 /// Routes calls to operations. Cheap to clone.
 #[derive(Clone)]
 pub struct Dispatcher {
@@ -144,6 +158,11 @@ impl Dispatcher {
         &self.inner.tenants
     }
 
+    /// Where the dispatcher reports what happens.
+    pub fn observer(&self) -> &SharedObserver {
+        &self.inner.config.observer
+    }
+
     /// The registry this dispatcher routes to.
     pub fn registry(&self) -> &Arc<Registry> {
         &self.inner.registry
@@ -174,23 +193,53 @@ impl Dispatcher {
 
     /// Runs a query or mutation.
     pub async fn call(&self, request: CallRequest) -> Result<Value, CallError> {
+        self.call_metered(request).await.result
+    }
+
+    /// Runs a query or mutation, and tells what it cost (its nested calls
+    /// included) and where its trace is, whether it succeeded or not.
+    pub async fn call_metered(&self, request: CallRequest) -> Metered<Value> {
         let mut log = CallLog::start(&request, &self.inner.config.observer, self.labels(&request));
-        let result = self.call_inner(request, log.guest_cpu()).await;
+        let (meter, span) = (log.meter().clone(), log.span().clone());
+        let traceparent = trace::traceparent(&span);
+        let result = self.call_inner(request, &meter).instrument(span).await;
         log.finish(result.as_ref().err());
-        result
+        Metered {
+            result,
+            meter,
+            traceparent,
+        }
     }
 
     /// Starts a subscription. Errors found before the handler starts (unknown
     /// operation, wrong kind, bad input, a guest that refuses) are returned
     /// here; later ones end the stream.
     pub async fn subscribe(&self, request: CallRequest) -> Result<OutputStream, CallError> {
+        self.subscribe_metered(request).await.result
+    }
+
+    /// Starts a subscription, as [`Dispatcher::subscribe`], with the meter
+    /// of what it spends (its receipt is final once the stream has ended,
+    /// or failed to start) and where its trace is.
+    pub async fn subscribe_metered(&self, request: CallRequest) -> Metered<OutputStream> {
         let mut log = CallLog::start(&request, &self.inner.config.observer, self.labels(&request));
-        match self.subscribe_inner(&request, log.guest_cpu()).await {
+        let (meter, span) = (log.meter().clone(), log.span().clone());
+        let traceparent = trace::traceparent(&span);
+        let result = match self
+            .subscribe_inner(&request, &meter)
+            .instrument(span)
+            .await
+        {
             Ok(stream) => Ok(Logged::new(stream, log).boxed()),
             Err(e) => {
                 log.finish(Some(&e));
                 Err(e)
             }
+        };
+        Metered {
+            result,
+            meter,
+            traceparent,
         }
     }
 

@@ -4,7 +4,6 @@
 //! input held to the wire's size limit.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
@@ -12,10 +11,11 @@ use futures::{FutureExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::AbortOnDropHandle;
+use tracing::Instrument;
 
 use super::Dispatcher;
 use crate::call::{CallError, ErrorCode};
-use crate::call::{CallRequest, Identity, Origin, new_request_id};
+use crate::call::{CallRequest, HostCall, Identity, Meter, Origin, new_request_id};
 use crate::capabilities::invoke::{GuestError, NestedCalls, NestedItems};
 use crate::runtime::Invocation;
 
@@ -25,10 +25,10 @@ pub(super) fn invocation(
     dispatcher: &Dispatcher,
     request: &CallRequest,
     deadline: Duration,
-    guest_cpu: &Arc<AtomicU64>,
+    meter: &Arc<Meter>,
 ) -> Invocation {
     Invocation {
-        guest_cpu: guest_cpu.clone(),
+        meter: meter.clone(),
         request_id: request.request_id.clone(),
         tenant: request.identity.tenant.clone(),
         caller_id: request.identity.id.clone(),
@@ -39,6 +39,7 @@ pub(super) fn invocation(
             identity: request.identity.clone(),
             deadline: Instant::now() + deadline,
             depth: request.origin.depth() + 1,
+            meter: meter.clone(),
             open: Arc::new(Semaphore::new(
                 dispatcher.inner.config.max_nested_calls as usize,
             )),
@@ -54,6 +55,9 @@ struct Nested {
     identity: Identity,
     deadline: Instant,
     depth: u32,
+    /// The calling call's meter, which counts each nested call and takes
+    /// in its receipt.
+    meter: Arc<Meter>,
     /// The calls and subscriptions the call may still have open at once.
     open: Arc<Semaphore>,
 }
@@ -62,6 +66,7 @@ impl Nested {
     /// A place for one more nested call, and its input checked against the
     /// wire's size limit.
     fn admit(&self, input: &str) -> Result<OwnedSemaphorePermit, GuestError> {
+        self.meter.host_call(HostCall::Nested);
         let config = &self.dispatcher.inner.config;
         if input.len() > config.max_input_bytes {
             return Err(guest_error(
@@ -99,7 +104,23 @@ impl Nested {
             deadline: Some(self.deadline.saturating_duration_since(Instant::now())),
             identity: self.identity.clone(),
             origin: Origin::Nested { depth: self.depth },
+            // It joins its caller's span, the one current when it is made.
+            trace: None,
         }
+    }
+}
+
+/// Rolls a nested subscription's receipt up into its caller's when
+/// dropped.
+struct RollUp {
+    meter: Arc<Meter>,
+    parent: Arc<Meter>,
+}
+
+impl Drop for RollUp {
+    fn drop(&mut self) {
+        self.meter.end();
+        self.parent.absorb(&self.meter.receipt());
     }
 }
 
@@ -131,11 +152,21 @@ impl NestedCalls for Nested {
             Err(e) => return futures::future::ready(Err(e)).boxed(),
         };
         let (dispatcher, request) = (self.dispatcher.clone(), self.request(operation));
-        let task = AbortOnDropHandle::new(tokio::spawn(async move {
-            let _open = open;
-            let input = parse_input(&input)?;
-            dispatcher.call(CallRequest { input, ..request }).await
-        }));
+        let parent = self.meter.clone();
+        // The caller's span is current here: the nested call's is its child.
+        let span = tracing::Span::current();
+        let task = AbortOnDropHandle::new(tokio::spawn(
+            async move {
+                let _open = open;
+                let input = parse_input(&input)?;
+                let called = dispatcher
+                    .call_metered(CallRequest { input, ..request })
+                    .await;
+                parent.absorb(&called.meter.receipt());
+                called.result
+            }
+            .instrument(span),
+        ));
         async move {
             let output = task.await.unwrap_or_else(|_| Err(CallError::internal()));
             output.map(|output| output.to_string()).map_err(guest_error)
@@ -153,33 +184,46 @@ impl NestedCalls for Nested {
             Err(e) => return futures::future::ready(Err(e)).boxed(),
         };
         let (dispatcher, request) = (self.dispatcher.clone(), self.request(operation));
+        let parent = self.meter.clone();
         let (started, started_rx) = tokio::sync::oneshot::channel();
         // One item at a time: the subscription runs at most an item ahead
         // of the guest reading it.
         let (items, items_rx) = tokio::sync::mpsc::channel(1);
-        let task = AbortOnDropHandle::new(tokio::spawn(async move {
-            let _open = open;
-            let subscribed = match parse_input(&input) {
-                Ok(input) => dispatcher.subscribe(CallRequest { input, ..request }).await,
-                Err(e) => Err(e),
-            };
-            let mut outputs = match subscribed {
-                Ok(outputs) => {
-                    let _ = started.send(Ok(()));
-                    outputs
-                }
-                Err(e) => {
-                    let _ = started.send(Err(e));
-                    return;
-                }
-            };
-            while let Some(item) = outputs.next().await {
-                let last = item.is_err();
-                if items.send(item).await.is_err() || last {
-                    return;
+        let span = tracing::Span::current();
+        let task = AbortOnDropHandle::new(tokio::spawn(
+            async move {
+                let _open = open;
+                // However the task ends (the subscription ended, or the guest
+                // dropped it), what it spent is rolled up into the caller's.
+                let (subscribed, _roll_up) = match parse_input(&input) {
+                    Ok(input) => {
+                        let subscribed = dispatcher
+                            .subscribe_metered(CallRequest { input, ..request })
+                            .await;
+                        let meter = subscribed.meter;
+                        (subscribed.result, Some(RollUp { meter, parent }))
+                    }
+                    Err(e) => (Err(e), None),
+                };
+                let mut outputs = match subscribed {
+                    Ok(outputs) => {
+                        let _ = started.send(Ok(()));
+                        outputs
+                    }
+                    Err(e) => {
+                        let _ = started.send(Err(e));
+                        return;
+                    }
+                };
+                while let Some(item) = outputs.next().await {
+                    let last = item.is_err();
+                    if items.send(item).await.is_err() || last {
+                        return;
+                    }
                 }
             }
-        }));
+            .instrument(span),
+        ));
         async move {
             started_rx
                 .await

@@ -4,7 +4,6 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -15,7 +14,8 @@ use super::nested::invocation;
 use super::validate::{is_large, validate_input};
 use super::{CallContext, Dispatcher, Handler, Operation, OutputStream, failure};
 use crate::call::{
-    AccessControl, CallError, CallRequest, ErrorCode, Identity, OperationSpec, Origin, Visibility,
+    AccessControl, CallError, CallRequest, ErrorCode, Identity, Meter, OperationSpec, Origin,
+    Visibility,
 };
 use crate::tenants::{Admission, Tenant};
 
@@ -86,7 +86,7 @@ impl Dispatcher {
     pub(super) async fn call_inner(
         &self,
         mut request: CallRequest,
-        guest_cpu: &Arc<AtomicU64>,
+        meter: &Arc<Meter>,
     ) -> Result<Value, CallError> {
         let Admitted {
             op,
@@ -108,16 +108,22 @@ impl Dispatcher {
                     // Host work done for an operation counts like a plugin
                     // instance against the tenant.
                     let _native = nested_native(&request, &tenant)?;
-                    handler(cx, input).await
+                    meter.bytes_in(json_len(&input));
+                    let output = handler(cx, input).await?;
+                    meter.bytes_out(json_len(&output));
+                    Ok(output)
                 }
                 Handler::Plugin { plugin, op: name } => {
                     let _instance = tenant.usage.instance()?;
-                    let invocation = invocation(self, &request, deadline, guest_cpu);
+                    let invocation = invocation(self, &request, deadline, meter);
                     let counted = plugin.count_call();
+                    let input = input.to_string();
+                    meter.bytes_in(input.len());
                     let output = plugin
-                        .call(&invocation, name, input.to_string())
+                        .call(&invocation, name, input)
                         .await
                         .map_err(|e| failure::from_invoke(e, plugin, name))?;
+                    meter.bytes_out(output.len());
                     counted.succeeded();
                     failure::parse_output(&output, plugin, name)
                 }
@@ -135,7 +141,7 @@ impl Dispatcher {
     pub(super) async fn subscribe_inner(
         &self,
         request: &CallRequest,
-        guest_cpu: &Arc<AtomicU64>,
+        meter: &Arc<Meter>,
     ) -> Result<OutputStream, CallError> {
         let Admitted {
             op,
@@ -153,22 +159,36 @@ impl Dispatcher {
         let stream: OutputStream = match &op.handler {
             Handler::NativeStream(handler) => {
                 held.push(nested_native(request, &tenant)?);
-                handler(cx, input).await?
+                meter.bytes_in(json_len(&input));
+                let meter = meter.clone();
+                handler(cx, input)
+                    .await?
+                    .inspect(move |item| {
+                        if let Ok(output) = item {
+                            meter.bytes_out(json_len(output));
+                        }
+                    })
+                    .boxed()
             }
             Handler::Plugin { plugin, op: name } => {
                 held.push(Some(tenant.usage.instance()?));
-                let invocation = invocation(self, request, limit.unwrap_or(NO_DEADLINE), guest_cpu);
+                let invocation = invocation(self, request, limit.unwrap_or(NO_DEADLINE), meter);
                 let counted = plugin.count_call();
+                let input = input.to_string();
+                meter.bytes_in(input.len());
                 let items = plugin
-                    .subscribe(&invocation, name, input.to_string())
+                    .subscribe(&invocation, name, input)
                     .await
                     .map_err(|e| failure::from_invoke(e, plugin, name))?;
                 counted.succeeded();
                 let ending = plugin.ending();
-                let (plugin, name) = (plugin.clone(), name.clone());
+                let (plugin, name, meter) = (plugin.clone(), name.clone(), meter.clone());
                 let outputs = items
                     .map(move |item| match item {
-                        Ok(text) => failure::parse_output(&text, &plugin, &name),
+                        Ok(text) => {
+                            meter.bytes_out(text.len());
+                            failure::parse_output(&text, &plugin, &name)
+                        }
                         Err(e) => Err(failure::from_invoke(e, &plugin, &name)),
                     })
                     .boxed();
@@ -283,6 +303,24 @@ fn authorize(spec: &OperationSpec, identity: &Identity) -> Result<(), CallError>
         format!("the caller lacks a scope `{}` requires", spec.name),
     )
     .with_details(details))
+}
+
+/// The length of `value` as compact JSON, counted without writing it out.
+fn json_len(value: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing a `Value` to a writer that never fails cannot fail.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
 }
 
 /// The tenant slot a nested call of a native operation holds while it runs;

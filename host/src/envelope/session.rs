@@ -37,8 +37,8 @@ use tokio::task::AbortHandle;
 use super::EnvelopeConfig;
 use super::outbox::{Outbound, Outbox};
 use super::wire::{self, BadEnvelope, CallPayload, Expect, Incoming};
-use crate::call::{CallError, ErrorCode};
-use crate::call::{CallRequest, Identity, Origin, Transport, new_request_id};
+use crate::call::{CallError, ErrorCode, OpenConnection};
+use crate::call::{CallRequest, Identity, Origin, TraceParent, Transport, new_request_id};
 use crate::dispatch::Dispatcher;
 
 /// What a transport hands the session: a frame, or why the byte stream
@@ -120,6 +120,7 @@ pub async fn serve<R, W>(
     R: Stream<Item = Inbound> + Send + Unpin,
     W: Sink<Bytes> + Send + Unpin,
 {
+    let _counted = OpenConnection::new(dispatcher.observer().clone(), transport);
     let open = Arc::new(Mutex::new(OpenCalls {
         calls: HashMap::new(),
         next_seq: 0,
@@ -266,6 +267,10 @@ impl Session {
             input: payload.input,
             identity,
             origin: Origin::Wire(self.transport),
+            trace: payload
+                .traceparent
+                .as_deref()
+                .and_then(|parent| TraceParent::parse(parent, payload.tracestate.as_deref())),
         };
         let call = Call {
             id: id.to_owned(),
@@ -370,23 +375,27 @@ impl Call {
             },
         };
         if once {
-            match dispatcher.call(request).await {
+            let called = dispatcher.call_metered(request).await;
+            match called.result {
                 Ok(output) => {
-                    self.send(wire::responded_frame(&self.id, &output), true)
-                        .await;
+                    let cost = called.meter.receipt();
+                    let frame = wire::responded_frame(&self.id, &output, Some(&cost));
+                    self.send(frame, true).await;
                 }
                 Err(error) => self.fail(&error).await,
             }
             return;
         }
-        let mut outputs = match dispatcher.subscribe(request).await {
+        let subscribed = dispatcher.subscribe_metered(request).await;
+        let meter = subscribed.meter;
+        let mut outputs = match subscribed.result {
             Ok(outputs) => outputs,
             Err(error) => return self.fail(&error).await,
         };
         while let Some(item) = outputs.next().await {
             let sent = match item {
                 Ok(output) => {
-                    self.send(wire::responded_frame(&self.id, &output), false)
+                    self.send(wire::responded_frame(&self.id, &output, None), false)
                         .await
                 }
                 Err(error) => return self.fail(&error).await,
@@ -395,7 +404,8 @@ impl Call {
                 return;
             }
         }
-        self.send(wire::completed_frame(&self.id), true).await;
+        self.send(wire::completed_frame(&self.id, &meter.receipt()), true)
+            .await;
     }
 
     async fn fail(&self, error: &CallError) {

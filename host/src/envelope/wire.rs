@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::call::{CallError, ErrorCode};
+use crate::call::{CallError, ErrorCode, Receipt};
 
 /// The envelope types a caller may send.
 pub const CALL_REQUESTED: &str = "call.requested";
@@ -55,6 +55,13 @@ pub struct CallPayload {
     /// kind fails with `INVALID_OPERATION_TYPE`, as over HTTP.
     #[serde(default)]
     pub expect: Option<Expect>,
+    /// The caller's W3C `traceparent`, which the call's span joins; a
+    /// malformed one is ignored.
+    #[serde(default)]
+    pub traceparent: Option<String>,
+    /// The caller's W3C `tracestate`, kept with its `traceparent`.
+    #[serde(default)]
+    pub tracestate: Option<String>,
 }
 
 /// The reply sequence a caller asks for in `call.requested`.
@@ -171,14 +178,19 @@ fn frame(kind: &str, id: &str, payload: Value) -> Vec<u8> {
     serde_json::to_vec(&json!({ "type": kind, "id": id, "payload": payload })).unwrap_or_default()
 }
 
-/// `call.responded` with `output`.
-pub fn responded_frame(id: &str, output: &Value) -> Vec<u8> {
-    frame(CALL_RESPONDED, id, json!({ "output": output }))
+/// `call.responded` with `output`; a query's or mutation's (its only one)
+/// also carries what the call cost.
+pub fn responded_frame(id: &str, output: &Value, cost: Option<&Receipt>) -> Vec<u8> {
+    let payload = match cost {
+        Some(cost) => json!({ "output": output, "cost": cost }),
+        None => json!({ "output": output }),
+    };
+    frame(CALL_RESPONDED, id, payload)
 }
 
-/// `call.completed`.
-pub fn completed_frame(id: &str) -> Vec<u8> {
-    frame(CALL_COMPLETED, id, json!({}))
+/// `call.completed`, with what the subscription cost.
+pub fn completed_frame(id: &str, cost: &Receipt) -> Vec<u8> {
+    frame(CALL_COMPLETED, id, json!({ "cost": cost }))
 }
 
 /// `call.error` with `error`.
@@ -244,7 +256,7 @@ mod tests {
         /// id and output.
         #[test]
         fn replies_round_trip(id in ".{0,8}", output in json_value()) {
-            let frame: Value = serde_json::from_slice(&responded_frame(&id, &output)).unwrap();
+            let frame: Value = serde_json::from_slice(&responded_frame(&id, &output, None)).unwrap();
             prop_assert_eq!(&frame["id"], &Value::from(id));
             prop_assert_eq!(&frame["payload"]["output"], &output);
         }
@@ -264,6 +276,8 @@ mod tests {
                     auth_token: None,
                     deadline_ms: None,
                     expect: None,
+                    traceparent: None,
+                    tracestate: None,
                 }
             })
         );

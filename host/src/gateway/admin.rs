@@ -32,7 +32,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::Semaphore;
 
 use super::error::ApiError;
-use super::{AppState, caller};
+use super::{AppState, caller, trace_context};
 use crate::call::{CallError, CallRequest, ErrorCode, Origin, Transport, new_request_id};
 
 /// The namespace of the lifecycle operations (`plugins::NAMESPACE`).
@@ -276,6 +276,7 @@ fn request(
         deadline: None,
         identity: caller(state, headers)?,
         origin: Origin::Wire(Transport::Http),
+        trace: trace_context(headers),
     })
 }
 

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::error::ApiError;
-use super::{AppState, caller};
+use super::{AppState, caller, trace_context};
 use crate::call::{CallError, ErrorCode};
 use crate::call::{CallRequest, Origin, Transport, new_request_id};
 use crate::services;
@@ -129,6 +129,7 @@ async fn run(
         deadline: None,
         identity: caller(state, headers)?,
         origin: Origin::Wire(Transport::Http),
+        trace: trace_context(headers),
     };
     let request_id = request.request_id.clone();
     match state.dispatcher.call(request).await {

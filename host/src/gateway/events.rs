@@ -154,6 +154,7 @@ fn admin_request(op: &str, identity: crate::call::Identity, input: Value) -> Cal
         deadline: None,
         identity,
         origin: Origin::Wire(Transport::Http),
+        trace: None,
     }
 }
 

@@ -38,8 +38,8 @@ use tokio_util::task::TaskTracker;
 pub use error::ApiError;
 pub use serve::serve;
 
-use crate::call::Identity;
 use crate::call::{CallError, ErrorCode};
+use crate::call::{Identity, TraceParent};
 use crate::dispatch::Dispatcher;
 use crate::envelope::EnvelopeConfig;
 use crate::net::ConnectionConfig;
@@ -137,12 +137,16 @@ pub fn router(dispatcher: Dispatcher, config: GatewayConfig, websockets: TaskTra
 }
 
 /// `/metrics` alone, for anyone: what the `metrics_listen` address serves.
-pub fn metrics_router(metrics: Arc<Metrics>) -> Router {
-    Router::new()
-        .route("/metrics", get(discovery::public_metrics))
+pub fn metrics_router(metrics: Option<Arc<Metrics>>) -> Router {
+    let router = match metrics {
+        Some(metrics) => Router::new()
+            .route("/metrics", get(discovery::public_metrics))
+            .with_state(metrics),
+        None => Router::new(),
+    };
+    router
         .fallback(no_route)
         .method_not_allowed_fallback(no_method)
-        .with_state(metrics)
 }
 
 /// Who sent `headers`: the identity of its `Authorization: Bearer` token,
@@ -159,6 +163,12 @@ fn caller(state: &AppState, headers: &HeaderMap) -> Result<Identity, CallError> 
                 "call refused: no valid bearer token"
             )
         })
+}
+
+/// The caller's W3C trace context, when `headers` carry a well-formed one.
+fn trace_context(headers: &HeaderMap) -> Option<TraceParent> {
+    let value = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    TraceParent::parse(value("traceparent")?, value("tracestate"))
 }
 
 /// The bearer token of `headers`, if they carry one. Anything else in

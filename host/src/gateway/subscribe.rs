@@ -10,52 +10,71 @@ use std::convert::Infallible;
 
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::response::IntoResponse;
 use axum::response::sse::{Event, KeepAlive, Sse};
-use futures::stream::{self, Stream, StreamExt};
+use axum::response::{IntoResponse, Response};
+use futures::stream::{self, BoxStream, Stream, StreamExt};
 
-use super::call::CallBody;
+use std::sync::Arc;
+
+use serde_json::json;
+
+use super::call::{CallBody, cost, with_traceparent};
 use super::error::JsonBody;
-use super::{AppState, caller};
-use crate::call::CallError;
+use super::{AppState, caller, trace_context};
+use crate::call::{CallError, Meter};
 use crate::dispatch::OutputStream;
 
 pub(super) async fn subscribe(
     State(state): State<AppState>,
     headers: HeaderMap,
     JsonBody(body): JsonBody<CallBody>,
-) -> impl IntoResponse {
-    let started = match caller(&state, &headers) {
-        Ok(identity) => {
-            state
-                .dispatcher
-                .subscribe(body.into_request(identity))
-                .await
-        }
-        Err(error) => Err(error),
+) -> Response {
+    let identity = match caller(&state, &headers) {
+        Ok(identity) => identity,
+        Err(error) => return Sse::new(once_error(error)).into_response(),
     };
-    let events = match started {
-        Ok(outputs) => events(outputs).boxed(),
-        Err(error) => stream::once(async move { Ok(error_event(&error)) }).boxed(),
+    let request = body.into_request(identity, trace_context(&headers));
+    let started = state.dispatcher.subscribe_metered(request).await;
+    let events = match started.result {
+        Ok(outputs) => events(outputs, started.meter).boxed(),
+        Err(error) => once_error(error),
     };
-    Sse::new(events).keep_alive(KeepAlive::new().interval(state.config.sse_keep_alive))
+    let sse = Sse::new(events).keep_alive(KeepAlive::new().interval(state.config.sse_keep_alive));
+    let mut response = sse.into_response();
+    with_traceparent(response.headers_mut(), started.traceparent.as_deref());
+    response
 }
 
-/// Numbered data events, then `completed`, or an `error` that ends it all.
-fn events(outputs: OutputStream) -> impl Stream<Item = Result<Event, Infallible>> {
-    stream::unfold(Some((outputs, 1u64)), |state| async move {
-        let (mut outputs, seq) = state?;
-        let event = match outputs.next().await {
-            Some(Ok(output)) => {
-                let event = Event::default()
-                    .id(seq.to_string())
-                    .data(output.to_string());
-                return Some((Ok(event), Some((outputs, seq + 1))));
-            }
-            Some(Err(error)) => error_event(&error),
-            None => Event::default().event("completed").data("{}"),
-        };
-        Some((Ok(event), None))
+/// A stream of one `error` event.
+fn once_error(error: CallError) -> BoxStream<'static, Result<Event, Infallible>> {
+    stream::once(async move { Ok(error_event(&error)) }).boxed()
+}
+
+/// Numbered data events, then `completed` with what the subscription
+/// cost, or an `error` that ends it all.
+fn events(
+    outputs: OutputStream,
+    meter: Arc<Meter>,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    stream::unfold(Some((outputs, 1u64)), move |state| {
+        let meter = meter.clone();
+        async move {
+            let (mut outputs, seq) = state?;
+            let event = match outputs.next().await {
+                Some(Ok(output)) => {
+                    let event = Event::default()
+                        .id(seq.to_string())
+                        .data(output.to_string());
+                    return Some((Ok(event), Some((outputs, seq + 1))));
+                }
+                Some(Err(error)) => error_event(&error),
+                None => {
+                    let data = json!({ "cost": cost(&meter.receipt()) });
+                    Event::default().event("completed").data(data.to_string())
+                }
+            };
+            Some((Ok(event), None))
+        }
     })
 }
 

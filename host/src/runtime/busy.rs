@@ -6,9 +6,10 @@ use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+
+use crate::call::Meter;
 
 thread_local! {
     /// Time spent in metered polls nested in the one running on this
@@ -16,15 +17,15 @@ thread_local! {
     static NESTED: Cell<Duration> = const { Cell::new(Duration::ZERO) };
 }
 
-/// A future whose own poll time (nested metered polls excluded) is added,
-/// in nanoseconds, to `spent`.
+/// A future whose own poll time (nested metered polls excluded) is added
+/// to `spent` as guest CPU time.
 pub(crate) struct Busy<F> {
     inner: Pin<Box<F>>,
-    spent: Arc<AtomicU64>,
+    spent: Arc<Meter>,
 }
 
 impl<F> Busy<F> {
-    pub(crate) fn new(inner: F, spent: Arc<AtomicU64>) -> Self {
+    pub(crate) fn new(inner: F, spent: Arc<Meter>) -> Self {
         Self {
             inner: Box::pin(inner),
             spent,
@@ -42,8 +43,7 @@ impl<F: Future> Future for Busy<F> {
         let total = started.elapsed();
         // This poll counts in full for a metered poll around it.
         let nested = NESTED.replace(outer + total);
-        let own = u64::try_from(total.saturating_sub(nested).as_nanos()).unwrap_or(u64::MAX);
-        self.spent.fetch_add(own, Ordering::Relaxed);
+        self.spent.add_guest_cpu(total.saturating_sub(nested));
         polled
     }
 }
@@ -60,7 +60,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_nested_meter_takes_its_time_out_of_the_outer_one() {
-        let (outer, inner) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let (outer, inner) = (Arc::new(Meter::default()), Arc::new(Meter::default()));
         let nested = Busy::new(spin(Duration::from_millis(100)), inner.clone());
         Busy::new(
             async move {
@@ -70,7 +70,7 @@ mod tests {
             outer.clone(),
         )
         .await;
-        let ms = |n: &AtomicU64| n.load(Ordering::Relaxed) / 1_000_000;
+        let ms = |m: &Meter| m.own_guest_cpu().as_millis();
         let (inner, outer) = (ms(&inner), ms(&outer));
         assert!(inner >= 100, "inner {inner}");
         // The outer call's own 10 ms, not the 110 ms its poll took.

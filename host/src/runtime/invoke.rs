@@ -7,7 +7,6 @@
 //! a tick, and the CPU budget of the call is counted in those ticks.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use wasmtime::{PoolConcurrencyLimitError, Store, UpdateDeadline};
@@ -17,6 +16,7 @@ use super::limits::LimitHit;
 use super::plugin::Plugin;
 use super::state::{CpuBudget, StoreState};
 use super::trap::classify;
+use crate::call::Meter;
 use crate::capabilities::bindings::{self, CallContext};
 use crate::capabilities::invoke::{GuestError, NestedCalls};
 
@@ -36,9 +36,9 @@ pub struct Invocation {
     /// Who carries out the calls the guest makes to other operations; the
     /// guest's `invoke.call` answers `UNAVAILABLE` without one.
     pub nested: Option<Arc<dyn NestedCalls>>,
-    /// Guest CPU time the call has spent, in nanoseconds: its instances'
-    /// own poll time, other calls' excluded.
-    pub guest_cpu: Arc<AtomicU64>,
+    /// What the call spends: its instance's own poll time (other calls'
+    /// excluded) as guest CPU, its fuel, its memory, its host calls.
+    pub meter: Arc<Meter>,
 }
 
 impl Invocation {
@@ -51,7 +51,7 @@ impl Invocation {
             scopes: Vec::new(),
             deadline,
             nested: None,
-            guest_cpu: Arc::default(),
+            meter: Arc::default(),
         }
     }
 
@@ -103,6 +103,13 @@ pub enum InvokeError {
     Host(String),
 }
 
+/// Adds the fuel `store` used to `meter`, when the host counts fuel.
+pub(super) fn meter_fuel(store: &Store<StoreState>, meter: &Meter) {
+    if let (Some(start), Ok(left)) = (store.data().fuel_start, store.get_fuel()) {
+        meter.add_fuel(start.saturating_sub(left));
+    }
+}
+
 /// `duration` in whole epoch ticks, at least one.
 pub(super) fn ticks(duration: Duration, tick: Duration) -> u64 {
     let tick = tick.max(Duration::from_millis(1)).as_micros();
@@ -136,9 +143,11 @@ impl Plugin {
         let state = StoreState::new(self, invocation, cpu, fuel, runtime.live.enter(), slot);
         let mut store = Store::new(&runtime.engine, state);
         if runtime.config.fuel {
+            let start = fuel.unwrap_or(u64::MAX);
             store
-                .set_fuel(fuel.unwrap_or(u64::MAX))
+                .set_fuel(start)
                 .map_err(|e| InvokeError::Host(format!("{e:#}")))?;
+            store.data_mut().fuel_start = Some(start);
         }
         if !runtime.config.enforce_limits {
             return Ok(store);
@@ -203,8 +212,9 @@ impl Plugin {
                 .and_then(|r| r);
             Ok::<_, InvokeError>(result)
         };
-        let result = Busy::new(run, invocation.guest_cpu.clone()).await?;
-        match result {
+        let result = Busy::new(run, invocation.meter.clone()).await;
+        meter_fuel(&store, &invocation.meter);
+        match result? {
             Ok(Ok(output)) if output.len() > self.limits.output_bytes => Err(InvokeError::Limit(
                 LimitHit::new("output_bytes", self.limits.output_bytes),
             )),

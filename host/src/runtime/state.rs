@@ -15,6 +15,7 @@ use super::lanes::Turns;
 use super::limits::{Dropped, LimitHit, PluginLimits};
 use super::output::CapturedOutput;
 use super::plugin::Plugin;
+use crate::call::Meter;
 use crate::capabilities::{self, Call, CallState, files, http};
 
 /// Counts live instances: one per store, from creation to drop.
@@ -53,15 +54,21 @@ pub(crate) struct Limiter {
     /// The fuel the call started with, when fuel is limited.
     pub(crate) fuel: Option<u64>,
     pub(crate) hit: Option<LimitHit>,
+    /// Linear memory the instance holds, all its memories together.
+    memory: usize,
+    /// Where the call's peak memory is told.
+    meter: Arc<Meter>,
 }
 
 impl Limiter {
-    pub(crate) fn new(limits: &PluginLimits, fuel: Option<u64>) -> Self {
+    pub(crate) fn new(limits: &PluginLimits, fuel: Option<u64>, meter: Arc<Meter>) -> Self {
         Self {
             memory_bytes: limits.memory_bytes,
             table_elements: limits.table_elements,
             fuel,
             hit: None,
+            memory: 0,
+            meter,
         }
     }
 }
@@ -77,7 +84,7 @@ pub(crate) struct CpuBudget {
 impl ResourceLimiter for Limiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
@@ -85,6 +92,10 @@ impl ResourceLimiter for Limiter {
             self.hit = Some(LimitHit::new("memory_bytes", self.memory_bytes));
             wasmtime::bail!("memory limit of {} bytes reached", self.memory_bytes);
         }
+        // Memories only grow (a new one grows from nothing): the sum is the
+        // peak so far.
+        self.memory = self.memory.saturating_add(desired.saturating_sub(current));
+        self.meter.memory(self.memory);
         Ok(true)
     }
 
@@ -117,6 +128,8 @@ pub(crate) struct StoreState {
     pub(crate) cpu: CpuBudget,
     /// How long this store has run, for sharing workers fairly.
     pub(crate) turns: Turns,
+    /// The fuel the store was given, when the host counts fuel.
+    pub(crate) fuel_start: Option<u64>,
     /// The plugin, request and tenant this store serves, for log lines.
     plugin: Arc<str>,
     request_id: Arc<str>,
@@ -150,6 +163,7 @@ impl StoreState {
             outbound: &plugin.outbound,
             kv: plugin.runtime.inner.kv.get().cloned(),
             nested: invocation.nested.clone(),
+            meter: &invocation.meter,
             log_lines: limits.log_lines,
             observer: &plugin.runtime.inner.config.observer,
             log_tail: &plugin.log_tail,
@@ -160,9 +174,10 @@ impl StoreState {
         Self {
             capabilities,
             table,
-            limiter: Limiter::new(limits, fuel),
+            limiter: Limiter::new(limits, fuel, invocation.meter.clone()),
             cpu,
             turns: Turns::default(),
+            fuel_start: None,
             plugin: plugin.name.clone(),
             request_id: invocation.request_id.clone(),
             tenant: invocation.tenant.clone(),

@@ -22,7 +22,7 @@ use wasmtime::component::{Source, StreamConsumer, StreamResult};
 
 use super::bindings;
 use super::busy::Busy;
-use super::invoke::{Invocation, InvokeError, guest_failure};
+use super::invoke::{Invocation, InvokeError, guest_failure, meter_fuel};
 use super::limits::LimitHit;
 use super::plugin::Plugin;
 use super::state::StoreState;
@@ -52,7 +52,7 @@ impl Plugin {
         let (items_tx, items_rx) = mpsc::channel::<Vec<WitItem>>(1);
         let plugin = self.clone();
         let ctx = invocation.to_wit();
-        let guest_cpu = invocation.guest_cpu.clone();
+        let meter = invocation.meter.clone();
         let invocation = invocation.clone();
         let op = op.to_owned();
         let driver = async move {
@@ -85,6 +85,7 @@ impl Plugin {
                 )
                 .await
                 .and_then(|r| r);
+            meter_fuel(&store, &invocation.meter);
             match result {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(e)) => Err(InvokeError::Guest(e)),
@@ -92,7 +93,7 @@ impl Plugin {
             }
         }
         .boxed();
-        let driver = Busy::new(driver, guest_cpu).boxed();
+        let driver = Busy::new(driver, meter).boxed();
         let idle = Duration::from_millis(self.limits.idle_ms);
         let mut subscription = Subscription {
             driver: Some(driver),

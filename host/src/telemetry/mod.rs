@@ -12,6 +12,8 @@
 //! plugin's domain error codes are its own choice, so they count as
 //! `DOMAIN`.
 
+pub mod trace;
+
 use std::sync::{Arc, OnceLock};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -21,7 +23,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::call::{Event, Finished, Observer};
+use crate::call::{Event, Finished, Observer, Transport};
 
 /// Call durations' bucket bounds, in seconds: 10 µs to 30 s.
 const DURATION_BUCKETS: [f64; 20] = [
@@ -80,6 +82,20 @@ struct DenialLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BytesLabels {
+    operation: String,
+    plugin: String,
+    tenant: String,
+    /// `in` (the input) or `out` (the output, a subscription's items).
+    direction: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransportLabels {
+    transport: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ChangeLabels {
     change: String,
 }
@@ -103,6 +119,8 @@ pub struct Metrics {
     durations: Family<OperationLabels, Histogram, fn() -> Histogram>,
     guest_cpu: Family<OperationLabels, Histogram, fn() -> Histogram>,
     items: Family<OperationLabels, Counter>,
+    bytes: Family<BytesLabels, Counter>,
+    connections: Family<TransportLabels, Gauge>,
     traps: Family<TrapLabels, Counter>,
     limit_hits: Family<LimitLabels, Counter>,
     quota_refusals: Family<QuotaLabels, Counter>,
@@ -167,6 +185,22 @@ impl Metrics {
             "opbox_subscription_items",
             "Items subscriptions sent, by operation",
             items.clone(),
+        );
+        let bytes = Family::default();
+        register(
+            &mut registry,
+            &mut families,
+            "opbox_call_bytes",
+            "Bytes of JSON calls took in and gave out (a subscription's items), by operation",
+            bytes.clone(),
+        );
+        let connections = Family::default();
+        register(
+            &mut registry,
+            &mut families,
+            "opbox_envelope_connections",
+            "Envelope connections open now, by transport",
+            connections.clone(),
         );
         let traps = Family::default();
         register(
@@ -246,6 +280,8 @@ impl Metrics {
             durations,
             guest_cpu,
             items,
+            bytes,
+            connections,
             traps,
             limit_hits,
             quota_refusals,
@@ -386,6 +422,33 @@ impl Observer for Metrics {
         }
         if call.items > 0 {
             self.items.get_or_create(&labels).inc_by(call.items);
+        }
+        let OperationLabels {
+            operation,
+            plugin,
+            tenant,
+        } = labels;
+        for (direction, bytes) in [("in", call.bytes.0), ("out", call.bytes.1)] {
+            if bytes > 0 {
+                let labels = BytesLabels {
+                    operation: operation.clone(),
+                    plugin: plugin.clone(),
+                    tenant: tenant.clone(),
+                    direction,
+                };
+                self.bytes.get_or_create(&labels).inc_by(bytes);
+            }
+        }
+    }
+
+    fn connection(&self, transport: Transport, open: bool) {
+        let gauge = self.connections.get_or_create(&TransportLabels {
+            transport: transport.as_str(),
+        });
+        if open {
+            gauge.inc();
+        } else {
+            gauge.dec();
         }
     }
 }

@@ -24,8 +24,10 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use opbox::envelope::client::Client;
 use opbox::runtime::{LoadOptions, Runtime, RuntimeConfig};
+use opbox::telemetry::trace::TraceExport;
 use opbox::{Host, HostConfig};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::prelude::*;
 
 mod admin;
 
@@ -124,16 +126,45 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let default_level = match cli.command {
-        Command::Serve { .. } => "info",
-        _ => "warn",
+    // `serve` reads its configuration first: it says where traces go.
+    let host_config = match &cli.command {
+        Command::Serve { config, .. } => match config {
+            Some(path) => match HostConfig::load(path) {
+                Ok(config) => Some(config),
+                Err(e) => {
+                    eprintln!("error: {}", one_line(&e.into()));
+                    return ExitCode::FAILURE;
+                }
+            },
+            None => Some(HostConfig::demo()),
+        },
+        _ => None,
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
-        )
+    let traces = match host_config
+        .as_ref()
+        .map(|c| TraceExport::start(&c.telemetry))
+    {
+        Some(Err(e)) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+        Some(Ok(traces)) => traces,
+        None => None,
+    };
+    let default_level = if host_config.is_some() {
+        "info"
+    } else {
+        "warn"
+    };
+    let log = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
+        .with_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
+        );
+    tracing_subscriber::registry()
+        .with(log)
+        .with(traces.as_ref().map(TraceExport::layer))
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -148,11 +179,14 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve {
-                config,
                 listen,
                 tcp_listen,
                 plugins,
-            } => serve(config, listen, tcp_listen, plugins).await,
+                ..
+            } => {
+                let config = host_config.unwrap_or_else(HostConfig::demo);
+                serve(config, listen, tcp_listen, plugins).await
+            }
             Command::Inspect { file } => inspect(file).await,
             Command::Call(remote) => call(remote, false).await,
             Command::Subscribe(remote) => call(remote, true).await,
@@ -165,6 +199,9 @@ fn main() -> ExitCode {
     });
     // Do not wait for lingering requests (e.g. open subscriptions).
     runtime.shutdown_timeout(Duration::from_millis(100));
+    if let Some(traces) = traces {
+        traces.shutdown();
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.is::<admin::Reported>() => ExitCode::FAILURE,
@@ -217,15 +254,11 @@ fn new_token(tenant: &str, scopes: &[String], id: &str) -> Result<()> {
 }
 
 async fn serve(
-    config: Option<PathBuf>,
+    mut config: HostConfig,
     listen: Option<SocketAddr>,
     tcp_listen: Option<SocketAddr>,
     plugins: Vec<PathBuf>,
 ) -> Result<()> {
-    let mut config = match config {
-        Some(path) => HostConfig::load(&path)?,
-        None => HostConfig::demo(),
-    };
     if let Some(listen) = listen {
         config.listen = listen;
     }

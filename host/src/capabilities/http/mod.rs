@@ -23,7 +23,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 
 use super::denied::Denial;
-use crate::call::cut;
+use crate::call::{HostCall, Meter, cut};
 use wasmtime::component::{Linker, ResourceTable};
 use wasmtime_wasi_http::{
     Error, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
@@ -44,10 +44,11 @@ impl HttpState {
         plugin: Arc<str>,
         tenant: Arc<str>,
         denial: Denial,
+        meter: Arc<Meter>,
     ) -> Self {
         Self {
             ctx: WasiHttpCtx::new(),
-            hooks: OutboundHooks::new(grant, plugin, tenant, denial),
+            hooks: OutboundHooks::new(grant, plugin, tenant, denial, meter),
         }
     }
 }
@@ -87,10 +88,18 @@ struct OutboundHooks {
     /// Exchanges this call may still open.
     in_flight: Arc<Semaphore>,
     denial: Denial,
+    /// The call's meter, which counts each request.
+    meter: Arc<Meter>,
 }
 
 impl OutboundHooks {
-    fn new(grant: OutboundGrant, plugin: Arc<str>, tenant: Arc<str>, denial: Denial) -> Self {
+    fn new(
+        grant: OutboundGrant,
+        plugin: Arc<str>,
+        tenant: Arc<str>,
+        denial: Denial,
+        meter: Arc<Meter>,
+    ) -> Self {
         let in_flight = Arc::new(Semaphore::new(grant.max_requests_per_call as usize));
         Self {
             grant,
@@ -98,6 +107,7 @@ impl OutboundHooks {
             tenant,
             in_flight,
             denial,
+            meter,
         }
     }
 }
@@ -112,6 +122,7 @@ impl WasiHttpHooks for OutboundHooks {
         fut: Box<dyn Future<Output = Result<(), Error>> + Send>,
     ) -> Sending {
         drop(fut);
+        self.meter.host_call(HostCall::Http);
         let uri = request.uri();
         let target = format!(
             "{}://{}:{}",

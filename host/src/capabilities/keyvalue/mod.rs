@@ -15,7 +15,7 @@ use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 use super::bindings::wasi::keyvalue::store::{Error, KeyResponse};
 use super::bindings::wasi::keyvalue::{atomics, batch, store as wit};
 use super::denied::Denial;
-use crate::call::cut;
+use crate::call::{HostCall, Meter, cut};
 pub use store::{
     KvError, KvStore, MAX_BUCKET_NAME, MAX_KEY, PAGE, Quota, Space, check_bucket_name,
 };
@@ -46,6 +46,8 @@ pub struct Bucket {
     space: Space,
     quota: Quota,
     kv: Arc<KvStore>,
+    /// The call's meter, which counts each operation.
+    meter: Arc<Meter>,
 }
 
 /// The key-value store as one call of a plugin sees it.
@@ -60,6 +62,7 @@ pub struct KeyvalueState {
     tenant: Arc<str>,
     plugin: Arc<str>,
     denial: Denial,
+    meter: Arc<Meter>,
 }
 
 impl KeyvalueState {
@@ -69,6 +72,7 @@ impl KeyvalueState {
         tenant: Arc<str>,
         plugin: Arc<str>,
         denial: Denial,
+        meter: Arc<Meter>,
     ) -> Self {
         Self {
             grant,
@@ -76,6 +80,7 @@ impl KeyvalueState {
             denial,
             tenant,
             plugin,
+            meter,
         }
     }
 }
@@ -120,6 +125,7 @@ async fn blocking<T: Send + 'static>(
     bucket: &Bucket,
     op: impl FnOnce(&KvStore, &Space, &str, Quota) -> Result<T, KvError> + Send + 'static,
 ) -> Result<T, Error> {
+    bucket.meter.host_call(HostCall::Keyvalue);
     let (kv, space, name, quota) = (
         bucket.kv.clone(),
         bucket.space.clone(),
@@ -160,6 +166,7 @@ impl wit::Host for KeyvalueView<'_> {
                 max_keys: grant.max_keys,
             },
             kv,
+            meter: self.state.meter.clone(),
         };
         self.table
             .push(bucket)
