@@ -133,6 +133,51 @@ async fn a_panic_is_plugin_failed_with_the_panic_message() {
 }
 
 #[tokio::test]
+async fn what_a_failing_guest_wrote_to_stderr_reaches_the_caller() {
+    let host = TestHost::start().await;
+    // As a Python guest fails: the traceback on stderr, then a panic whose
+    // message says nothing of it.
+    let (status, body) = host
+        .call("fixture-panic/raise", json!("no such user: ada"))
+        .await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    let details = &body["error"]["details"];
+    let message = details["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("Python function threw an unexpected exception"),
+        "{message}"
+    );
+    let stderr = details["stderr"].as_str().unwrap();
+    assert!(
+        stderr.starts_with("Traceback (most recent call last):"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("ValueError: no such user: ada"), "{stderr}");
+
+    // A trap with no message at all: stderr is all the caller has, its tail
+    // held to 4 KiB.
+    let long = "x".repeat(300);
+    let lines: Vec<String> = (0..100).map(|n| format!("{n} {long}")).collect();
+    let (_, body) = host
+        .call("fixture-panic/abort", json!(lines.join("\n")))
+        .await;
+    let details = &body["error"]["details"];
+    assert_eq!(details["trap"], "unreachable", "{details}");
+    assert_eq!(details["message"], json!(null));
+    let stderr = details["stderr"].as_str().unwrap();
+    assert!(stderr.len() <= 4096, "{}", stderr.len());
+    assert!(stderr.ends_with(&format!("99 {long}")), "{stderr}");
+    assert!(
+        stderr.lines().all(|l| l.ends_with(&long)),
+        "whole lines only"
+    );
+
+    // A guest that wrote nothing to stderr has no `stderr` detail.
+    let (_, body) = host.call("fixture-panic/boom", json!("quiet")).await;
+    assert!(body["error"]["details"].get("stderr").is_none(), "{body}");
+}
+
+#[tokio::test]
 async fn a_spinning_guest_times_out_and_is_interrupted() {
     let host = TestHost::start().await;
     let (status, body) = host

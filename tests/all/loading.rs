@@ -164,6 +164,10 @@ fn the_example_configuration_is_valid_and_means_what_it_says() {
         defaults.admin.max_plugin_bytes
     );
     assert_eq!(config.admin.max_uploads, defaults.admin.max_uploads);
+    assert!(config.telemetry.metrics);
+    assert_eq!(config.telemetry.otlp_endpoint, None);
+    assert_eq!(config.telemetry.service_name, "opbox");
+    assert_eq!(config.telemetry.sample_ratio, 1.0);
     // Every default limit written out equals the built-in default.
     assert_eq!(config.plugin_limits(None), PluginLimits::default());
     let mirror = config.plugin_limits(Some(&config.plugins[0]));

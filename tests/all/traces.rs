@@ -12,7 +12,7 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 use serde_json::json;
 
-use crate::util::Server;
+use crate::util::{Frames, Server};
 
 type Received = Arc<Mutex<Vec<Span>>>;
 
@@ -63,6 +63,13 @@ async fn spans_of(received: &Received, trace_id: &[u8], count: usize) -> Vec<Spa
     }
 }
 
+/// The 16 bytes of a trace id written in hex.
+fn trace_bytes(hex: &str) -> Vec<u8> {
+    (0..16)
+        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
+        .collect()
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -106,10 +113,7 @@ async fn a_nested_call_chain_arrives_as_parent_and_child_spans_of_the_callers_tr
         "4 words on 1 line; mostly \"the\""
     );
 
-    let trace = (0..16)
-        .map(|i| u8::from_str_radix(&trace_id[2 * i..2 * i + 2], 16).unwrap())
-        .collect::<Vec<_>>();
-    let spans = spans_of(&received, &trace, 3).await;
+    let spans = spans_of(&received, &trace_bytes(trace_id), 3).await;
     let summary = named(&spans, "textkit/summary");
     // The call joined the caller's trace, under the caller's span, and
     // the response names the call's own span.
@@ -139,13 +143,48 @@ async fn a_nested_call_chain_arrives_as_parent_and_child_spans_of_the_callers_tr
         .to_str()
         .unwrap()
         .to_owned();
-    let own_trace: Vec<u8> = (0..16)
-        .map(|i| u8::from_str_radix(&traceparent[3 + 2 * i..5 + 2 * i], 16).unwrap())
-        .collect();
+    let own_trace = trace_bytes(&traceparent[3..35]);
     assert_ne!(hex(&own_trace), trace_id);
     let spans = spans_of(&received, &own_trace, 1).await;
     let flood = named(&spans, "hostile-noise/log-flood");
     assert!(flood.parent_span_id.is_empty(), "a root span");
     let events: Vec<&str> = flood.events.iter().map(|e| e.name.as_str()).collect();
     assert_eq!(events, ["flood line 0", "flood line 1"], "{flood:?}");
+    // The call's log line carries its cost.
+    assert!(server.logged("hostile-noise/log-flood") && server.logged("cost="));
+}
+
+#[tokio::test]
+async fn envelopes_join_the_callers_trace_and_a_subscriptions_span_lasts_until_it_ends() {
+    let (endpoint, received) = receiver().await;
+    let config = format!(
+        "listen = \"127.0.0.1:0\"\ntcp_listen = \"127.0.0.1:0\"\n\
+         [[tenants]]\nid = \"default\"\nanonymous = true\n\
+         [telemetry]\notlp_endpoint = \"{endpoint}\"\n"
+    );
+    let server = Server::start(&config);
+    let mut frames = Frames::at(server.tcp.as_deref().unwrap()).await;
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let caller_span = "b7ad6b7169203331";
+    let payload = json!({
+        "operationId": "ticker/count",
+        "input": {"to": 3, "every_ms": 100},
+        "traceparent": format!("00-{trace_id}-{caller_span}-01"),
+        "tracestate": "vendor=1",
+    });
+    frames.send("call.requested", "s", payload).await;
+    loop {
+        let frame = frames.next().await.unwrap();
+        if frame["type"] == "call.completed" {
+            break;
+        }
+        assert_eq!(frame["type"], "call.responded", "{frame}");
+    }
+    let spans = spans_of(&received, &trace_bytes(trace_id), 1).await;
+    let ticker = named(&spans, "ticker/count");
+    assert_eq!(hex(&ticker.parent_span_id), caller_span);
+    assert_eq!(ticker.trace_state, "vendor=1");
+    // Three items 100 ms apart: the span covers the whole stream.
+    let lasted = Duration::from_nanos(ticker.end_time_unix_nano - ticker.start_time_unix_nano);
+    assert!(lasted >= Duration::from_millis(200), "{lasted:?}");
 }

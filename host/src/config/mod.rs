@@ -68,6 +68,7 @@
 //! metrics = true               # count calls for /metrics
 //! # otlp_endpoint = "http://127.0.0.1:4318"  # export traces (off unless set)
 //! service_name = "opbox"       # the traces' service.name
+//! sample_ratio = 1.0           # the share of new traces kept
 //!
 //! [[tenants]]                  # none by default: every call is UNAUTHORIZED
 //! id = "acme"

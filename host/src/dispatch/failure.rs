@@ -23,20 +23,28 @@ pub(super) fn from_invoke(error: InvokeError, plugin: &Plugin, op: &str) -> Call
             error.details = e.details;
             error
         }
-        InvokeError::Trap { kind, message } => {
+        InvokeError::Trap {
+            kind,
+            message,
+            stderr,
+        } => {
             let summary = message.as_deref().unwrap_or(&kind);
-            CallError::new(
-                ErrorCode::PluginFailed,
-                format!("plugin `{}` failed in `{op}`: {summary}", plugin.name()),
-            )
-            .with_details(json!({
+            let mut details = json!({
                 "plugin": plugin.name(),
                 "version": plugin.version(),
                 "digest": plugin.digest(),
                 "op": op,
                 "trap": kind,
                 "message": message,
-            }))
+            });
+            if let Some(stderr) = stderr {
+                details["stderr"] = stderr.into();
+            }
+            CallError::new(
+                ErrorCode::PluginFailed,
+                format!("plugin `{}` failed in `{op}`: {summary}", plugin.name()),
+            )
+            .with_details(details)
         }
         InvokeError::Limit(hit) if hit.is_time() => CallError::new(
             ErrorCode::Timeout,

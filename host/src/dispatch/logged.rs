@@ -205,8 +205,11 @@ impl Stream for Logged {
         if self.log.done {
             return Poll::Ready(None);
         }
-        let span = self.log.span.clone();
-        let polled = span.in_scope(|| self.inner.as_mut().poll_next(cx));
+        let this = self.as_mut().get_mut();
+        let polled = {
+            let _entered = this.log.span.enter();
+            this.inner.as_mut().poll_next(cx)
+        };
         match &polled {
             Poll::Ready(Some(Ok(_))) => self.log.items += 1,
             Poll::Ready(Some(Err(e))) => self.log.finish(Some(e)),

@@ -91,6 +91,9 @@ pub enum InvokeError {
         kind: String,
         /// The guest's last words: its panic message, when it gave one.
         message: Option<String>,
+        /// The tail of what the guest wrote to stderr (at most 4 KiB of
+        /// whole lines), when it wrote anything.
+        stderr: Option<String>,
     },
     /// A limit of the plugin ended the call; the guest was interrupted.
     #[error("the plugin hit its limit {} = {}", .0.limit, .0.value)]

@@ -37,6 +37,12 @@ impl CapturedOutput {
         }
     }
 
+    /// The kept bytes so far, as lossy UTF-8, left in place.
+    pub(crate) fn text(&self) -> String {
+        let captured = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        String::from_utf8_lossy(&captured.kept).into_owned()
+    }
+
     /// The kept bytes, as lossy UTF-8, and how many bytes were dropped.
     pub(crate) fn take(&self) -> (String, u64) {
         let mut captured = self.inner.lock().unwrap_or_else(|e| e.into_inner());

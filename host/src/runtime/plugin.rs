@@ -322,6 +322,7 @@ fn describe_failed(error: InvokeError) -> LoadError {
         InvokeError::Trap {
             kind,
             message: Some(message),
+            ..
         } => format!("the plugin trapped ({kind}): {message}"),
         error => error.to_string(),
     })

@@ -189,9 +189,9 @@ impl StoreState {
         }
     }
 
-    /// The captured stderr so far (used when the guest left no `fatal`).
+    /// The captured stderr so far, left to be logged when the store drops.
     pub(crate) fn stderr_text(&self) -> String {
-        self.stderr.take().0
+        self.stderr.text()
     }
 }
 

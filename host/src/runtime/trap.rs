@@ -20,14 +20,43 @@ pub(super) fn classify(store: &mut Store<StoreState>, error: wasmtime::Error) ->
     if let (Trap::OutOfFuel, Some(fuel)) = (trap, state.limiter.fuel) {
         return InvokeError::Limit(LimitHit::new("fuel", fuel));
     }
+    let stderr = state.stderr_text();
     let message = state
         .capabilities
         .take_fatal()
-        .or_else(|| panic_from_stderr(&state.stderr_text()));
+        .or_else(|| panic_from_stderr(&stderr));
     InvokeError::Trap {
         kind: trap_kind(trap).to_owned(),
         message,
+        stderr: stderr_tail(&stderr),
     }
+}
+
+/// The most of a guest's stderr a failure carries.
+pub(crate) const MAX_STDERR_TAIL: usize = 4096;
+
+/// The last whole lines of `stderr`, at most [`MAX_STDERR_TAIL`] bytes: what
+/// a guest that is not built with the SDK (a Python traceback, a JS stack)
+/// said before it trapped. `None` when it said nothing.
+fn stderr_tail(stderr: &str) -> Option<String> {
+    let stderr = stderr.trim_end();
+    if stderr.trim().is_empty() {
+        return None;
+    }
+    if stderr.len() <= MAX_STDERR_TAIL {
+        return Some(stderr.to_owned());
+    }
+    let mut start = stderr.len() - MAX_STDERR_TAIL;
+    while !stderr.is_char_boundary(start) {
+        start += 1;
+    }
+    let window = &stderr[start..];
+    // Whole lines only, unless one line is longer than the whole tail.
+    let window = window
+        .split_once('\n')
+        .map_or(window, |(_, rest)| rest)
+        .trim_start_matches('\n');
+    Some(window.to_owned())
 }
 
 /// A guest that did not report its panic through `log.fatal` (not built with
@@ -57,5 +86,22 @@ fn trap_kind(trap: Trap) -> &'static str {
         Trap::OutOfFuel => "out_of_fuel",
         Trap::AllocationTooLarge => "allocation_too_large",
         _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stderr_tail_is_the_last_whole_lines_within_the_cap() {
+        assert_eq!(stderr_tail(" \n\n"), None);
+        assert_eq!(stderr_tail("one\ntwo\n").as_deref(), Some("one\ntwo"));
+        let long: String = (0..1000).map(|n| format!("line {n}\n")).collect();
+        let tail = stderr_tail(&long).unwrap();
+        assert!(tail.len() <= MAX_STDERR_TAIL);
+        assert!(tail.starts_with("line ") && tail.ends_with("line 999"));
+        let one_line = "é".repeat(3000);
+        assert!(stderr_tail(&one_line).unwrap().len() <= MAX_STDERR_TAIL);
     }
 }

@@ -17,7 +17,9 @@ use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider};
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider,
+};
 use serde::Deserialize;
 use tracing::Span;
 use tracing::level_filters::LevelFilter;
@@ -41,6 +43,7 @@ const GUEST_LOG: &str = "opbox::capabilities::log";
 /// | `metrics` | on: calls are counted and `/metrics` serves them |
 /// | `otlp_endpoint` | none: no traces are exported |
 /// | `service_name` | `opbox` |
+/// | `sample_ratio` | 1.0: every trace a caller did not decide on is kept |
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TelemetryConfig {
@@ -52,6 +55,10 @@ pub struct TelemetryConfig {
     pub otlp_endpoint: Option<String>,
     /// The `service.name` spans are exported under.
     pub service_name: String,
+    /// The share of new traces recorded and exported, from 0 to 1, chosen
+    /// by trace id. A call that joins a caller's trace follows the
+    /// caller's `sampled` flag instead.
+    pub sample_ratio: f64,
 }
 
 impl Default for TelemetryConfig {
@@ -60,6 +67,7 @@ impl Default for TelemetryConfig {
             metrics: true,
             otlp_endpoint: None,
             service_name: "opbox".into(),
+            sample_ratio: 1.0,
         }
     }
 }
@@ -83,8 +91,8 @@ pub struct ExportError {
 }
 
 /// Spans on their way to an OTLP collector: a batch processor on a thread
-/// of its own, which sends every [`EXPORT_EVERY`] and drops spans past
-/// [`MAX_QUEUED_SPANS`] rather than hold them.
+/// of its own, which sends every second and drops spans past 8,192 waiting
+/// rather than hold them.
 #[derive(Debug)]
 pub struct TraceExport {
     provider: SdkTracerProvider,
@@ -107,6 +115,9 @@ impl TraceExport {
                 "the endpoint is not an http:// or https:// URL".into(),
             ));
         }
+        if !(0.0..=1.0).contains(&config.sample_ratio) {
+            return Err(error("`sample_ratio` is not between 0 and 1".into()));
+        }
         let traces = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
         let client = reqwest::blocking::Client::builder()
             .timeout(EXPORT_TIMEOUT)
@@ -126,8 +137,11 @@ impl TraceExport {
         let processor = BatchSpanProcessor::builder(exporter)
             .with_batch_config(batches)
             .build();
+        let sampler =
+            Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(config.sample_ratio)));
         let provider = SdkTracerProvider::builder()
             .with_span_processor(processor)
+            .with_sampler(sampler)
             .with_resource(
                 Resource::builder()
                     .with_service_name(config.service_name.clone())
@@ -150,6 +164,14 @@ impl TraceExport {
         tracing_opentelemetry::layer()
             .with_tracer(tracer)
             .with_tracked_inactivity(false)
+            .with_location(false)
+            .with_threads(false)
+            .with_level(false)
+            .with_target(false)
+            // Nothing in a call reads OpenTelemetry's own current context:
+            // spans find their parents through `tracing`, so entering one
+            // (at every poll of a call) need not activate its context.
+            .with_context_activation(false)
             .with_filter(only)
     }
 
@@ -172,7 +194,6 @@ pub fn call_span(request: &CallRequest) -> Span {
         target: TARGET,
         "call",
         otel.name = cut(operation, 256),
-        opbox.operation = cut(operation, 256),
         opbox.request_id = &*request.request_id,
         opbox.tenant = request.identity.tenant.as_str(),
         opbox.transport = request.origin.label(),

@@ -26,6 +26,7 @@ use opbox::envelope::client::Client;
 use opbox::runtime::{LoadOptions, Runtime, RuntimeConfig};
 use opbox::telemetry::trace::TraceExport;
 use opbox::{Host, HostConfig};
+use tracing_log::AsLog;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::prelude::*;
 
@@ -156,16 +157,31 @@ fn main() -> ExitCode {
     } else {
         "warn"
     };
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    // Records of the `log` crate (wasmtime's, among others) are forwarded
+    // to the log output only as far as its filter shows them: the trace
+    // exporter's filter lets `TRACE` events through for its own targets,
+    // which would otherwise make every `log::trace!` a record to filter.
+    let log_level = filter
+        .max_level_hint()
+        .map_or(tracing_log::log::LevelFilter::Trace, |level| level.as_log());
     let log = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
-        );
-    tracing_subscriber::registry()
+        .with_filter(filter);
+    let subscriber = tracing_subscriber::registry()
         .with(log)
-        .with(traces.as_ref().map(TraceExport::layer))
-        .init();
+        .with(traces.as_ref().map(TraceExport::layer));
+    if tracing::subscriber::set_global_default(subscriber).is_err()
+        || tracing_log::LogTracer::builder()
+            .with_max_level(log_level)
+            .init()
+            .is_err()
+    {
+        eprintln!("error: cannot set up logging");
+        return ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
