@@ -123,7 +123,8 @@
 //!
 //! # Modules
 //!
-//! - [`log`]: log lines attributed to the plugin and the request.
+//! - [`log`] and the macros [`info!`], [`warn!`], …: log lines attributed to
+//!   the plugin and the request.
 //! - [`config`]: values (and secrets) the operator configured for the plugin.
 //! - [`keyvalue`]: a persistent key-value store of the plugin's own.
 //! - [`http`]: outbound HTTP requests, to the hosts the operator granted.

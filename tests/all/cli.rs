@@ -240,17 +240,30 @@ fn a_config_file_names_plugins_relative_to_itself() {
 }
 
 #[test]
-fn inspect_prints_operations_and_schemas() {
-    let output = opbox()
-        .arg("inspect")
-        .arg(opbox::bundled::built_plugin("ticker"))
-        .output()
-        .unwrap();
+fn inspect_prints_operations_and_schemas_and_compiles_once() {
+    let cache = tempfile::tempdir().unwrap();
+    let inspect = || {
+        opbox()
+            .arg("inspect")
+            .arg(opbox::bundled::built_plugin("ticker"))
+            .arg("--cache-dir")
+            .arg(cache.path())
+            .output()
+            .unwrap()
+    };
+    let cached = || std::fs::read_dir(cache.path()).map_or(0, |d| d.count());
+    assert_eq!(cached(), 0);
+    let output = inspect();
     assert!(
         output.status.success(),
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    // The compiled plugin is kept, and the next inspect reads it back.
+    assert_eq!(cached(), 1);
+    let again = inspect();
+    assert_eq!(again.stdout, output.stdout);
+    assert_eq!(cached(), 1);
     let stdout = String::from_utf8(output.stdout).unwrap();
     assert!(stdout.contains("plugin   ticker"), "{stdout}");
     assert!(stdout.contains("digest   sha256:"), "{stdout}");
@@ -266,16 +279,23 @@ fn inspect_prints_operations_and_schemas() {
 
 #[test]
 fn inspect_of_a_missing_or_invalid_file_is_one_clear_line() {
-    let output = opbox()
-        .args(["inspect", "/no/such/plugin.wasm"])
-        .output()
-        .unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let inspect = |file: &Path| {
+        opbox()
+            .arg("inspect")
+            .arg(file)
+            .arg("--cache-dir")
+            .arg(cache.path())
+            .output()
+            .unwrap()
+    };
+    let output = inspect(Path::new("/no/such/plugin.wasm"));
     assert_one_line_failure(&output, "cannot read /no/such/plugin.wasm");
 
     let dir = tempfile::tempdir().unwrap();
     let bogus = dir.path().join("bogus.wasm");
     std::fs::write(&bogus, b"hello").unwrap();
-    let output = opbox().arg("inspect").arg(&bogus).output().unwrap();
+    let output = inspect(&bogus);
     assert_one_line_failure(&output, "not a valid opbox plugin component");
     assert!(Path::new(&bogus).exists());
 }

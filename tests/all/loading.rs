@@ -176,3 +176,38 @@ fn the_example_configuration_is_valid_and_means_what_it_says() {
     assert_eq!(mirror.output_bytes, PluginLimits::default().output_bytes);
     assert!(config.plugins[0].path.starts_with(path.parent().unwrap()));
 }
+
+#[tokio::test]
+async fn a_plugin_of_the_core_world_loads_and_serves_without_invoke() {
+    let path = opbox::bundled::built_plugin("fixture-core");
+    let engine = wasmtime::Engine::default();
+    let component = wasmtime::component::Component::from_file(&engine, &path).unwrap();
+    let imports: Vec<String> = component
+        .component_type()
+        .imports(&engine)
+        .map(|(name, _)| name.to_owned())
+        .collect();
+    assert!(
+        imports.iter().any(|i| i.starts_with("opbox:plugin/log")),
+        "{imports:?}"
+    );
+    assert!(
+        !imports.iter().any(|i| i.starts_with("opbox:plugin/invoke")),
+        "a plugin-core plugin imports no invoke: {imports:?}"
+    );
+
+    let host = crate::util::TestHost::start().await;
+    let (status, body) = host
+        .call("fixture-core/hello", serde_json::json!("ada"))
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+    assert_eq!(body["output"], "hello, ada");
+    let events = host
+        .subscribe("fixture-core/count", serde_json::json!(3))
+        .await
+        .collect()
+        .await;
+    let data: Vec<&str> = events.iter().map(|e| e.data.as_str()).collect();
+    assert_eq!(&data[..3], ["1", "2", "3"]);
+    assert_eq!(events[3].event, "completed");
+}

@@ -15,6 +15,7 @@ use tokio::sync::oneshot;
 /// The test-only plugins loaded next to the bundled examples: fixtures for
 /// functional tests, `hostile-*` for containment tests.
 pub const FIXTURES: &[&str] = &[
+    "fixture-core",
     "fixture-hog",
     "fixture-panic",
     "fixture-slow",

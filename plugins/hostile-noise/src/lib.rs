@@ -9,7 +9,7 @@ use opbox_sdk::{Context, Plugin, Result};
 
 async fn log_flood(_ctx: Context, lines: u32) -> Result<u32> {
     for n in 0..lines {
-        opbox_sdk::log::info(format!("flood line {n}"));
+        opbox_sdk::info!("flood line {n}");
     }
     Ok(lines)
 }

@@ -61,6 +61,10 @@ enum Command {
     Inspect {
         /// The plugin component.
         file: PathBuf,
+        /// Where compiled plugins are cached: `opbox serve`'s default, so
+        /// a plugin served or inspected once loads at once the next time.
+        #[arg(long, default_value = ".opbox/cache")]
+        cache_dir: PathBuf,
     },
     /// Call a query or mutation on a running host and print its output.
     Call(Remote),
@@ -203,7 +207,7 @@ fn main() -> ExitCode {
                 let config = host_config.unwrap_or_else(HostConfig::demo);
                 serve(config, listen, tcp_listen, plugins).await
             }
-            Command::Inspect { file } => inspect(file).await,
+            Command::Inspect { file, cache_dir } => inspect(file, cache_dir).await,
             Command::Call(remote) => call(remote, false).await,
             Command::Subscribe(remote) => call(remote, true).await,
             Command::Token(TokenCommand::New { tenant, scopes, id }) => {
@@ -453,10 +457,11 @@ async fn call(remote: Remote, subscribe: bool) -> Result<()> {
     }
 }
 
-async fn inspect(file: PathBuf) -> Result<()> {
+async fn inspect(file: PathBuf, cache_dir: PathBuf) -> Result<()> {
     let wasm = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
     let runtime = Runtime::new(RuntimeConfig {
         max_instances: 4,
+        cache_dir: Some(cache_dir),
         ..RuntimeConfig::default()
     })?;
     let plugin = runtime
