@@ -58,6 +58,7 @@ fn main() {
 
     let built = target_dir.join(TARGET).join("release");
     println!("cargo:rustc-env=OPBOX_PLUGINS_DIR={}", built.display());
+    build_python_example(root, &plugins, &built);
     for example in ["echo", "ticker", "textkit"] {
         let wasm = built.join(format!("{example}.wasm"));
         assert!(
@@ -65,6 +66,48 @@ fn main() {
             "the plugins build did not produce {}",
             wasm.display()
         );
+    }
+}
+
+/// Builds the Python example (`plugins/greeter-py`) with componentize-py
+/// when it is at hand: `OPBOX_COMPONENTIZE_PY` names it, or else
+/// `componentize-py` on the PATH. Without it the example is skipped, and
+/// `OPBOX_PYTHON_EXAMPLE` is empty for the tests to see.
+fn build_python_example(root: &Path, plugins: &Path, built: &Path) {
+    println!("cargo:rerun-if-env-changed=OPBOX_COMPONENTIZE_PY");
+    let source = plugins.join("greeter-py");
+    for file in ["app.py", "opbox_plugin.py"] {
+        println!("cargo:rerun-if-changed={}", source.join(file).display());
+    }
+    let named = env::var_os("OPBOX_COMPONENTIZE_PY");
+    let tool = named.clone().unwrap_or_else(|| "componentize-py".into());
+    let wasm = built.join("greeter_py.wasm");
+    let output = Command::new(&tool)
+        .arg("--wit-path")
+        .arg(root.join("wit"))
+        .args(["--world", "opbox:plugin/plugin", "componentize"])
+        .arg("--python-path")
+        .arg(&source)
+        .arg("app")
+        .arg("--output")
+        .arg(&wasm)
+        // No `__pycache__` in the source tree.
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output();
+    match output {
+        Ok(output) if output.status.success() => {
+            println!("cargo:rustc-env=OPBOX_PYTHON_EXAMPLE={}", wasm.display());
+        }
+        Ok(output) => panic!(
+            "building the Python example with {} failed:\n{}",
+            tool.to_string_lossy(),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+        Err(e) if named.is_some() => panic!(
+            "cannot run OPBOX_COMPONENTIZE_PY={}: {e}",
+            tool.to_string_lossy()
+        ),
+        Err(_) => println!("cargo:rustc-env=OPBOX_PYTHON_EXAMPLE="),
     }
 }
 

@@ -32,6 +32,7 @@ mod metrics;
 mod nested;
 mod openapi;
 mod outbound;
+mod python;
 mod shutdown;
 mod subscribe;
 mod tenant_plugins;

@@ -60,13 +60,19 @@ fn stderr_tail(stderr: &str) -> Option<String> {
 }
 
 /// A guest that did not report its panic through `log.fatal` (not built with
-/// the SDK) still prints it to stderr the standard way.
+/// the SDK) still prints it to stderr the standard way: the message is what
+/// follows the `panicked at` line, up to the runtime's own `note:` lines.
 fn panic_from_stderr(stderr: &str) -> Option<String> {
     let at = stderr.rfind("panicked at ")?;
     let text = stderr[at..].trim();
     let text = text
         .split_once('\n')
         .map_or(text, |(_, message)| message.trim());
+    let text = text
+        .lines()
+        .take_while(|line| !line.starts_with("note: "))
+        .collect::<Vec<_>>()
+        .join("\n");
     (!text.is_empty()).then(|| text.chars().take(4096).collect())
 }
 
@@ -92,6 +98,18 @@ fn trap_kind(trap: Trap) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_panic_on_stderr_is_its_message_without_the_runtimes_notes() {
+        let stderr = "Traceback\nValueError: x\n\nthread '<unnamed>' (1) panicked at \
+                      runtime/src/lib.rs:1:2:\nPython function threw\nnote: run with \
+                      `RUST_BACKTRACE=1` environment variable to display a backtrace\n";
+        assert_eq!(
+            panic_from_stderr(stderr).as_deref(),
+            Some("Python function threw")
+        );
+        assert_eq!(panic_from_stderr("no panic here"), None);
+    }
 
     #[test]
     fn the_stderr_tail_is_the_last_whole_lines_within_the_cap() {

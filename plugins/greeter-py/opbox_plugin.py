@@ -1,0 +1,227 @@
+"""A thin authoring layer for opbox plugins written in Python.
+
+An operation is a decorated function; its input and output JSON Schemas
+come from its type hints (dataclasses, TypedDicts, lists, optionals and
+the JSON scalars). A query or mutation is an ``async def`` returning its
+output; a subscription is an async generator. ``OpboxError`` is a domain
+error with the caller's code; any other exception fails the call with
+``PLUGIN_FAILED``, its traceback in ``details.stderr``.
+
+    plugin = Plugin("greeter-py", "0.1.0")
+
+    @plugin.query("Greets someone by name.")
+    async def hello(ctx: Context, input: Greet) -> Greeting: ...
+
+    Handler = plugin.handler()   # what componentize-py exports
+"""
+
+import dataclasses
+import json
+import typing
+from typing import Any, Callable, Optional
+
+import componentize_py_async_support
+import wit_world
+from componentize_py_types import Err, Ok
+from wit_world import exports
+from wit_world.imports import invoke, log, types
+
+__all__ = ["Context", "OpboxError", "Plugin", "call", "log_info"]
+
+
+class OpboxError(Exception):
+    """A domain error: the caller gets ``code`` and ``message`` (and
+    ``details``) as the plugin's own error."""
+
+    def __init__(self, code: str, message: str, details: Any = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details = details
+
+    def to_wit(self) -> types.CallError:
+        details = None if self.details is None else json.dumps(self.details)
+        return types.CallError(self.code, self.message, details)
+
+
+Context = types.CallContext
+
+
+async def call(operation: str, input: Any) -> Any:
+    """Calls another operation through the host, as the same caller."""
+    try:
+        return json.loads(await invoke.call(operation, json.dumps(input)))
+    except Err as e:
+        error = e.value
+        details = None if error.details is None else json.loads(error.details)
+        raise OpboxError(error.code, error.message, details) from None
+
+
+def log_info(message: str) -> None:
+    """Writes one line to the host's log, attributed to the plugin and call."""
+    log.log(log.Level.INFO, message)
+
+
+_SCALARS = {str: "string", int: "integer", float: "number", bool: "boolean"}
+
+
+def schema_of(hint: Any) -> dict:
+    """The JSON Schema of a type hint."""
+    if hint is Any or hint is None:
+        return {} if hint is Any else {"type": "null"}
+    if hint in _SCALARS:
+        return {"type": _SCALARS[hint]}
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is list:
+        return {"type": "array", "items": schema_of(args[0]) if args else {}}
+    if origin is dict:
+        return {"type": "object"}
+    if origin is typing.Union:
+        return {"anyOf": [schema_of(a) for a in args]}
+    if dataclasses.is_dataclass(hint) or typing.is_typeddict(hint):
+        hints = typing.get_type_hints(hint)
+        if dataclasses.is_dataclass(hint):
+            required = [
+                f.name
+                for f in dataclasses.fields(hint)
+                if f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING
+            ]
+        else:
+            required = sorted(hint.__required_keys__)
+        return {
+            "type": "object",
+            "properties": {name: schema_of(h) for name, h in hints.items()},
+            "required": required,
+            "additionalProperties": False,
+        }
+    raise TypeError(f"no JSON Schema for the type hint {hint!r}")
+
+
+def decode(hint: Any, value: Any) -> Any:
+    """A JSON value (already checked against the schema) as ``hint``."""
+    if dataclasses.is_dataclass(hint):
+        hints = typing.get_type_hints(hint)
+        return hint(**{k: decode(hints[k], v) for k, v in value.items()})
+    if typing.get_origin(hint) is list and value is not None:
+        (item,) = typing.get_args(hint) or (Any,)
+        return [decode(item, v) for v in value]
+    return value
+
+
+def encode(value: Any) -> str:
+    """An output as JSON text."""
+    if dataclasses.is_dataclass(value):
+        value = dataclasses.asdict(value)
+    return json.dumps(value, separators=(",", ":"))
+
+
+@dataclasses.dataclass
+class _Op:
+    name: str
+    op_type: types.OpType
+    description: str
+    function: Callable
+    input_hint: Any
+    output_hint: Any
+    internal: bool
+    scopes: list
+
+    def spec(self) -> types.OperationSpec:
+        return types.OperationSpec(
+            name=self.name,
+            op_type=self.op_type,
+            description=self.description,
+            input_schema=json.dumps(schema_of(self.input_hint)),
+            output_schema=json.dumps(schema_of(self.output_hint)),
+            internal=self.internal,
+            required_scopes=list(self.scopes),
+        )
+
+
+class Plugin:
+    """A plugin: a name, a version and its operations."""
+
+    def __init__(self, name: str, version: str):
+        self.name = name
+        self.version = version
+        self.ops: dict[str, _Op] = {}
+
+    def _add(self, op_type, description, name, internal, scopes):
+        def register(function: Callable) -> Callable:
+            hints = typing.get_type_hints(function)
+            params = [p for p in function.__code__.co_varnames[: function.__code__.co_argcount]]
+            input_hint = hints.get(params[1], Any) if len(params) > 1 else None
+            output_hint = hints.get("return", Any)
+            if op_type == types.OpType.SUBSCRIPTION:
+                # AsyncIterator[T]: the schema is of each item.
+                output_hint = (typing.get_args(output_hint) or (Any,))[0]
+            op_name = name or function.__name__.replace("_", "-")
+            self.ops[op_name] = _Op(
+                op_name, op_type, description, function, input_hint, output_hint,
+                internal, scopes,
+            )
+            return function
+
+        return register
+
+    def query(self, description: str, *, name=None, internal=False, scopes=()):
+        """Declares an ``async def (ctx, input) -> output`` query."""
+        return self._add(types.OpType.QUERY, description, name, internal, scopes)
+
+    def mutation(self, description: str, *, name=None, internal=False, scopes=()):
+        """Declares an ``async def (ctx, input) -> output`` mutation."""
+        return self._add(types.OpType.MUTATION, description, name, internal, scopes)
+
+    def subscription(self, description: str, *, name=None, internal=False, scopes=()):
+        """Declares an async generator ``(ctx, input)`` yielding outputs."""
+        return self._add(types.OpType.SUBSCRIPTION, description, name, internal, scopes)
+
+    def _arguments(self, op: _Op, ctx: Context, input: str) -> list:
+        if op.input_hint is None:
+            return [ctx]
+        return [ctx, decode(op.input_hint, json.loads(input))]
+
+    def _find(self, op: str, op_type_is_subscription: bool) -> _Op:
+        found = self.ops.get(op)
+        if found is None:
+            raise Err(types.CallError("NOT_FOUND", f"this plugin has no operation `{op}`", None))
+        if (found.op_type == types.OpType.SUBSCRIPTION) != op_type_is_subscription:
+            raise Err(types.CallError("INVALID_OPERATION_TYPE", f"`{op}` is not of that kind", None))
+        return found
+
+    def handler(self) -> type:
+        """The class componentize-py exports as ``Handler``."""
+        plugin = self
+
+        class Handler(exports.Handler):
+            def describe(self) -> types.Manifest:
+                return types.Manifest(
+                    plugin.name, plugin.version, [op.spec() for op in plugin.ops.values()]
+                )
+
+            async def call(self, ctx: Context, op: str, input: str) -> str:
+                found = plugin._find(op, False)
+                try:
+                    return encode(await found.function(*plugin._arguments(found, ctx, input)))
+                except OpboxError as e:
+                    raise Err(e.to_wit()) from None
+
+            async def subscribe(self, ctx: Context, op: str, input: str):
+                found = plugin._find(op, True)
+                items = found.function(*plugin._arguments(found, ctx, input))
+                writer, reader = wit_world.result_string_types_call_error_stream()
+
+                async def feed():
+                    with writer:
+                        try:
+                            async for item in items:
+                                await writer.write_all([Ok(encode(item))])
+                        except OpboxError as e:
+                            await writer.write_all([Err(e.to_wit())])
+
+                componentize_py_async_support.spawn(feed())
+                return reader
+
+        return Handler
