@@ -18,13 +18,7 @@ pub(crate) async fn bench_http(host: &Host, bare: bool, opbox: bool) {
     }
     let opbox_addr = serve(router(host)).await;
     let bare_addr = serve(bare_router()).await;
-    let script = std::env::temp_dir().join("opbox-bench-post.lua");
-    std::fs::write(
-        &script,
-        "wrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\n\
-         wrk.body = '{\"operation\":\"echo/echo\",\"input\":{\"x\":1}}'\n",
-    )
-    .expect("write the wrk script");
+    let script = echo_script("opbox-bench-post.lua");
     println!("| server | requests/s | latency p50 | latency p99 |\n|---|---|---|---|");
     let bare = bare.then(|| wrk(bare_addr, &script));
     let opbox = opbox.then(|| wrk(opbox_addr, &script));
@@ -42,6 +36,19 @@ pub(crate) async fn bench_http(host: &Host, bare: bool, opbox: bool) {
     if let (Some(bare), Some(opbox)) = (bare, opbox) {
         println!("\nopbox / bare: {:.0}%\n", 100.0 * opbox.rps / bare.rps);
     }
+}
+
+/// A wrk script, written to a temporary file named `name`, that posts
+/// `echo/echo` with `{"x":1}` to `/call`.
+pub(crate) fn echo_script(name: &str) -> std::path::PathBuf {
+    let script = std::env::temp_dir().join(name);
+    std::fs::write(
+        &script,
+        "wrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\n\
+         wrk.body = '{\"operation\":\"echo/echo\",\"input\":{\"x\":1}}'\n",
+    )
+    .expect("write the wrk script");
+    script
 }
 
 /// A bare axum handler answering what `/call` answers, without dispatching.

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::http::{WRK_SECONDS, wrk};
+use super::http::{WRK_SECONDS, echo_script, wrk};
 
 const ROUNDS: usize = 5;
 
@@ -120,13 +120,7 @@ pub(crate) async fn bench_telemetry() {
         .iter()
         .map(|(_, telemetry)| start(telemetry, cache.path()))
         .collect();
-    let script = std::env::temp_dir().join("opbox-bench-telemetry.lua");
-    std::fs::write(
-        &script,
-        "wrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\n\
-         wrk.body = '{\"operation\":\"echo/echo\",\"input\":{\"x\":1}}'\n",
-    )
-    .expect("write the wrk script");
+    let script = echo_script("opbox-bench-telemetry.lua");
     let mut rps = vec![Vec::new(); servers.len()];
     let mut p99 = vec![Vec::new(); servers.len()];
     for round in 0..ROUNDS {

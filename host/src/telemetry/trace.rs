@@ -51,7 +51,7 @@ pub struct TelemetryConfig {
     /// `NOT_FOUND`.
     pub metrics: bool,
     /// An OTLP/HTTP collector's base URL (`http://127.0.0.1:4318`); spans
-    /// are posted to its `/v1/traces` as protobuf.
+    /// are posted to its `/v1/traces` as protobuf, without TLS.
     pub otlp_endpoint: Option<String>,
     /// The `service.name` spans are exported under.
     pub service_name: String,
@@ -110,9 +110,11 @@ impl TraceExport {
             endpoint: endpoint.to_owned(),
             reason,
         };
-        if !endpoint.starts_with("http://") && !endpoint.starts_with("https://") {
+        if !endpoint.starts_with("http://") {
             return Err(error(
-                "the endpoint is not an http:// or https:// URL".into(),
+                "the endpoint must be an http:// URL: the exporter speaks no TLS, so \
+                 run the collector (or a forwarding one) on this host or a private network"
+                    .into(),
             ));
         }
         if !(0.0..=1.0).contains(&config.sample_ratio) {
@@ -251,5 +253,33 @@ impl Extractor for Carrier<'_> {
 
     fn keys(&self) -> Vec<&str> {
         vec!["traceparent", "tracestate"]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(endpoint: Option<&str>, sample_ratio: f64) -> TelemetryConfig {
+        TelemetryConfig {
+            otlp_endpoint: endpoint.map(Into::into),
+            sample_ratio,
+            ..TelemetryConfig::default()
+        }
+    }
+
+    #[test]
+    fn only_plain_http_endpoints_and_ratios_from_0_to_1_are_taken() {
+        assert!(matches!(TraceExport::start(&config(None, 1.0)), Ok(None)));
+        for endpoint in ["https://collector:4318", "collector:4318"] {
+            let refused = TraceExport::start(&config(Some(endpoint), 1.0));
+            assert!(refused.is_err(), "{endpoint}");
+        }
+        let local = Some("http://127.0.0.1:4318");
+        assert!(TraceExport::start(&config(local, 1.5)).is_err());
+        match TraceExport::start(&config(local, 0.5)) {
+            Ok(Some(export)) => export.shutdown(),
+            other => panic!("{other:?}"),
+        }
     }
 }

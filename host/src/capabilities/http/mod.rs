@@ -46,9 +46,17 @@ impl HttpState {
         denial: Denial,
         meter: Arc<Meter>,
     ) -> Self {
+        let in_flight = Arc::new(Semaphore::new(grant.max_requests_per_call as usize));
         Self {
             ctx: WasiHttpCtx::new(),
-            hooks: OutboundHooks::new(grant, plugin, tenant, denial, meter),
+            hooks: OutboundHooks {
+                grant,
+                plugin,
+                tenant,
+                in_flight,
+                denial,
+                meter,
+            },
         }
     }
 }
@@ -90,26 +98,6 @@ struct OutboundHooks {
     denial: Denial,
     /// The call's meter, which counts each request.
     meter: Arc<Meter>,
-}
-
-impl OutboundHooks {
-    fn new(
-        grant: OutboundGrant,
-        plugin: Arc<str>,
-        tenant: Arc<str>,
-        denial: Denial,
-        meter: Arc<Meter>,
-    ) -> Self {
-        let in_flight = Arc::new(Semaphore::new(grant.max_requests_per_call as usize));
-        Self {
-            grant,
-            plugin,
-            tenant,
-            in_flight,
-            denial,
-            meter,
-        }
-    }
 }
 
 type Sending = Box<dyn Future<Output = Result<send::Sent, Error>> + Send>;
