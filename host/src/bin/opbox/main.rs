@@ -273,6 +273,18 @@ fn new_token(tenant: &str, scopes: &[String], id: &str) -> Result<()> {
     Ok(())
 }
 
+/// A listener on `addr`, and the address it got (the port, when `addr`
+/// asked for any).
+async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr)> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let local = listener
+        .local_addr()
+        .context("cannot read the listening address")?;
+    Ok((listener, local))
+}
+
 async fn serve(
     mut config: HostConfig,
     listen: Option<SocketAddr>,
@@ -292,12 +304,7 @@ async fn serve(
     opbox::net::raise_fd_limit(&config.connection());
     let signals = Signals::new()?;
     let host = Host::start(config).await?;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))?;
-    let local = listener
-        .local_addr()
-        .context("cannot read the listening address")?;
+    let (listener, local) = bind(addr).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
         let mut stop = stop_rx.clone();
@@ -307,12 +314,7 @@ async fn serve(
     };
     let mut tcp_server = None;
     if let Some(tcp_addr) = tcp_addr {
-        let tcp = tokio::net::TcpListener::bind(tcp_addr)
-            .await
-            .with_context(|| format!("cannot listen on {tcp_addr}"))?;
-        let local = tcp
-            .local_addr()
-            .context("cannot read the listening address")?;
+        let (tcp, local) = bind(tcp_addr).await?;
         tracing::info!("opbox envelopes on tcp://{local}");
         tcp_server = Some(tokio::spawn({
             let host = host.clone();
@@ -321,12 +323,7 @@ async fn serve(
         }));
     }
     if let Some(metrics_addr) = metrics_addr {
-        let metrics = tokio::net::TcpListener::bind(metrics_addr)
-            .await
-            .with_context(|| format!("cannot listen on {metrics_addr}"))?;
-        let local = metrics
-            .local_addr()
-            .context("cannot read the listening address")?;
+        let (metrics, local) = bind(metrics_addr).await?;
         tracing::info!("opbox metrics on http://{local}/metrics");
         tokio::spawn({
             let host = host.clone();
