@@ -59,6 +59,7 @@ fn main() {
     let built = target_dir.join(TARGET).join("release");
     println!("cargo:rustc-env=OPBOX_PLUGINS_DIR={}", built.display());
     build_python_example(root, &plugins, &built);
+    build_js_example(root, &plugins, &built);
     for example in ["echo", "ticker", "textkit"] {
         let wasm = built.join(format!("{example}.wasm"));
         assert!(
@@ -69,45 +70,129 @@ fn main() {
     }
 }
 
-/// Builds the Python example (`plugins/greeter-py`) with componentize-py
-/// when it is at hand: `OPBOX_COMPONENTIZE_PY` names it, or else
-/// `componentize-py` on the PATH. Without it the example is skipped, and
-/// `OPBOX_PYTHON_EXAMPLE` is empty for the tests to see.
+/// An example plugin in another language, built by its own toolchain.
+struct Foreign {
+    /// Its directory under `plugins/`.
+    dir: &'static str,
+    /// Its sources, relative to `dir`: a change to one rebuilds it.
+    sources: &'static [&'static str],
+    /// What it is built with, for messages.
+    toolchain: &'static str,
+    /// The variable naming the toolchain's command, if set.
+    tool_var: &'static str,
+    /// The command otherwise: looked up in `dir` first (an `npm ci` there
+    /// puts it in `node_modules/.bin`), then on the PATH.
+    tool: &'static str,
+    /// The variable telling the tests where the component is (empty when
+    /// the toolchain is absent).
+    out_var: &'static str,
+}
+
+/// Builds the Python example (`plugins/greeter-py`) with componentize-py.
 fn build_python_example(root: &Path, plugins: &Path, built: &Path) {
-    println!("cargo:rerun-if-env-changed=OPBOX_COMPONENTIZE_PY");
-    let source = plugins.join("greeter-py");
-    for file in ["app.py", "opbox_plugin.py"] {
+    let example = Foreign {
+        dir: "greeter-py",
+        sources: &["app.py", "opbox_plugin.py"],
+        toolchain: "componentize-py",
+        tool_var: "OPBOX_COMPONENTIZE_PY",
+        tool: "componentize-py",
+        out_var: "OPBOX_PYTHON_EXAMPLE",
+    };
+    let source = plugins.join(example.dir);
+    build_foreign(&example, plugins, built, |tool, wasm| {
+        let mut cmd = Command::new(tool);
+        cmd.arg("--wit-path")
+            .arg(root.join("wit"))
+            .args(["--world", "opbox:plugin/plugin", "componentize"])
+            .arg("--python-path")
+            .arg(&source)
+            .arg("app")
+            .arg("--output")
+            .arg(wasm)
+            // No `__pycache__` in the source tree.
+            .env("PYTHONDONTWRITEBYTECODE", "1");
+        cmd
+    });
+}
+
+/// Builds the JavaScript example (`plugins/greeter-js`) with jco and its
+/// QuickJS backend, against `plugin-core` (QuickJS cannot import an async
+/// function yet).
+fn build_js_example(root: &Path, plugins: &Path, built: &Path) {
+    let example = Foreign {
+        dir: "greeter-js",
+        sources: &["app.js", "opbox.js"],
+        toolchain: "jco",
+        tool_var: "OPBOX_JCO",
+        tool: "jco",
+        out_var: "OPBOX_JS_EXAMPLE",
+    };
+    let source = plugins.join(example.dir);
+    build_foreign(&example, plugins, built, |tool, wasm| {
+        let mut cmd = Command::new(tool);
+        cmd.arg("componentize")
+            .arg(source.join("app.js"))
+            .arg("--wit")
+            .arg(root.join("wit"))
+            .args(["--world-name", "plugin-core", "--backend", "quickjs"])
+            .arg("--out")
+            .arg(wasm)
+            .current_dir(&source);
+        cmd
+    });
+}
+
+/// Builds one foreign example when its toolchain is at hand, and tells the
+/// tests where it is; without the toolchain it is skipped (the variable is
+/// empty), unless the toolchain was named explicitly.
+fn build_foreign(
+    example: &Foreign,
+    plugins: &Path,
+    built: &Path,
+    command: impl FnOnce(&Path, &Path) -> Command,
+) {
+    println!("cargo:rerun-if-env-changed={}", example.tool_var);
+    let source = plugins.join(example.dir);
+    for file in example.sources {
         println!("cargo:rerun-if-changed={}", source.join(file).display());
     }
-    let named = env::var_os("OPBOX_COMPONENTIZE_PY");
-    let tool = named.clone().unwrap_or_else(|| "componentize-py".into());
-    let wasm = built.join("greeter_py.wasm");
-    let output = Command::new(&tool)
-        .arg("--wit-path")
-        .arg(root.join("wit"))
-        .args(["--world", "opbox:plugin/plugin", "componentize"])
-        .arg("--python-path")
-        .arg(&source)
-        .arg("app")
-        .arg("--output")
-        .arg(&wasm)
-        // No `__pycache__` in the source tree.
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .output();
-    match output {
+    let named = env::var_os(example.tool_var).map(PathBuf::from);
+    let local = source.join("node_modules").join(".bin").join(example.tool);
+    let tool = named.clone().unwrap_or_else(|| {
+        if local.is_file() {
+            local
+        } else {
+            PathBuf::from(example.tool)
+        }
+    });
+    let wasm = built.join(format!("{}.wasm", example.dir.replace('-', "_")));
+    match command(&tool, &wasm).output() {
         Ok(output) if output.status.success() => {
-            println!("cargo:rustc-env=OPBOX_PYTHON_EXAMPLE={}", wasm.display());
+            println!("cargo:rustc-env={}={}", example.out_var, wasm.display());
+            // The tests of `opbox dev` build with the same toolchain.
+            println!(
+                "cargo:rustc-env={}_TOOL={}",
+                example.out_var,
+                tool.display()
+            );
         }
         Ok(output) => panic!(
-            "building the Python example with {} failed:\n{}",
-            tool.to_string_lossy(),
+            "building plugins/{} with {} failed:\n{}{}",
+            example.dir,
+            tool.display(),
+            String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         ),
         Err(e) if named.is_some() => panic!(
-            "cannot run OPBOX_COMPONENTIZE_PY={}: {e}",
-            tool.to_string_lossy()
+            "cannot run {}={} ({}): {e}",
+            example.tool_var,
+            tool.display(),
+            example.toolchain
         ),
-        Err(_) => println!("cargo:rustc-env=OPBOX_PYTHON_EXAMPLE="),
+        Err(_) => {
+            println!("cargo:rustc-env={}=", example.out_var);
+            println!("cargo:rustc-env={}_TOOL=", example.out_var);
+        }
     }
 }
 

@@ -5,7 +5,8 @@ come from its type hints (dataclasses, TypedDicts, lists, optionals and
 the JSON scalars). A query or mutation is an ``async def`` returning its
 output; a subscription is an async generator. ``OpboxError`` is a domain
 error with the caller's code; any other exception fails the call with
-``PLUGIN_FAILED``, its traceback in ``details.stderr``.
+``PLUGIN_FAILED``: its type and message in the error's message, the tail
+of its traceback in ``details.stderr``.
 
     plugin = Plugin("greeter-py", "0.1.0")
 
@@ -17,6 +18,8 @@ error with the caller's code; any other exception fails the call with
 
 import dataclasses
 import json
+import sys
+import traceback
 import typing
 from typing import Any, Callable, Optional
 
@@ -60,6 +63,14 @@ async def call(operation: str, input: Any) -> Any:
 def log_info(message: str) -> None:
     """Writes one line to the host's log, attributed to the plugin and call."""
     log.log(log.Level.INFO, message)
+
+
+def _fail(error: BaseException) -> None:
+    """Records why the call is about to fail (the caller's ``PLUGIN_FAILED``
+    message) and prints the traceback, whose tail the host adds as
+    ``details.stderr``; the caller re-raises, which traps the instance."""
+    traceback.print_exception(error, file=sys.stderr)
+    log.fatal(f"{type(error).__name__}: {error}")
 
 
 _SCALARS = {str: "string", int: "integer", float: "number", bool: "boolean"}
@@ -207,6 +218,9 @@ class Plugin:
                     return encode(await found.function(*plugin._arguments(found, ctx, input)))
                 except OpboxError as e:
                     raise Err(e.to_wit()) from None
+                except Exception as e:
+                    _fail(e)
+                    raise
 
             async def subscribe(self, ctx: Context, op: str, input: str):
                 found = plugin._find(op, True)
@@ -220,6 +234,9 @@ class Plugin:
                                 await writer.write_all([Ok(encode(item))])
                         except OpboxError as e:
                             await writer.write_all([Err(e.to_wit())])
+                        except Exception as e:
+                            _fail(e)
+                            raise
 
                 componentize_py_async_support.spawn(feed())
                 return reader

@@ -11,6 +11,8 @@
 //! - `opbox plugins install|list|show|replace|remove …` and `opbox events
 //!   [--cursor N] [--follow]`: the admin API of a running host over HTTP
 //!   (`--url http://…`, `--token`).
+//! - `opbox new NAME --lang rust|python|js`: a plugin from a template.
+//! - `opbox dev [DIR]`: build, serve, and rebuild and replace on each save.
 //!
 //! Failures print one line on stderr and exit non-zero.
 
@@ -31,6 +33,8 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::prelude::*;
 
 mod admin;
+mod dev;
+mod new;
 
 /// A host for operations written as sandboxed WebAssembly components.
 #[derive(Debug, Parser)]
@@ -87,6 +91,32 @@ enum Command {
         host: admin::Host,
         #[command(flatten)]
         events: admin::Reading,
+    },
+    /// Create a plugin from a template: a query, a subscription, the WIT
+    /// and the authoring layer of its language.
+    New {
+        /// The plugin's name: its directory, and its operations' namespace.
+        name: String,
+        /// The language to write it in.
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: new::Lang,
+        /// Where to create its directory.
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        dir: PathBuf,
+        /// The opbox guest SDK a Rust plugin depends on [default: the one
+        /// this binary was built beside].
+        #[arg(long, value_name = "PATH")]
+        sdk: Option<PathBuf>,
+    },
+    /// Build the plugin in DIR, serve it, and rebuild and replace it on
+    /// every save.
+    Dev {
+        /// The plugin's directory.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// Where to serve it.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
     },
 }
 
@@ -215,6 +245,13 @@ fn main() -> ExitCode {
             }
             Command::Plugins { host, command } => admin::plugins(host, command).await,
             Command::Events { host, events } => admin::events(host, events).await,
+            Command::New {
+                name,
+                lang,
+                dir,
+                sdk,
+            } => new::new_plugin(&name, lang, &dir, sdk),
+            Command::Dev { dir, listen } => dev::dev(dir, listen).await,
         }
     });
     // Do not wait for lingering requests (e.g. open subscriptions).

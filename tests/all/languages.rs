@@ -1,0 +1,146 @@
+//! The examples in other languages: `plugins/greeter-py` (componentize-py)
+//! and `plugins/greeter-js` (jco with QuickJS), built by `host/build.rs`
+//! when their toolchains are at hand. `.ci/run` installs both and sets
+//! `OPBOX_REQUIRE_TOOLCHAINS`, so CI never skips these.
+
+use std::path::PathBuf;
+
+use opbox::config::PluginConfig;
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::util::TestHost;
+
+/// The example built at `path`, or `None` (and a note) where its toolchain
+/// was not installed when the host was built.
+pub fn example(path: &str, toolchain: &str, variable: &str) -> Option<PathBuf> {
+    if path.is_empty() {
+        assert!(
+            std::env::var_os("OPBOX_REQUIRE_TOOLCHAINS").is_none(),
+            "{toolchain} was not found when the host was built: set {variable} \
+             or put it on the PATH (.ci/run installs it)"
+        );
+        eprintln!("skipped: {toolchain} is not installed");
+        return None;
+    }
+    Some(path.into())
+}
+
+/// A host serving the plugin at `path` (and the bundled examples).
+async fn host_with(path: PathBuf) -> TestHost {
+    TestHost::with_config(|config| {
+        config.plugins = vec![PluginConfig {
+            path,
+            name: None,
+            tenant: None,
+            grants: Default::default(),
+            limits: Default::default(),
+        }];
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_python_example_answers_streams_fails_and_calls_others() {
+    let python = env!("OPBOX_PYTHON_EXAMPLE");
+    let Some(path) = example(python, "componentize-py", "OPBOX_COMPONENTIZE_PY") else {
+        return;
+    };
+    let host = host_with(path).await;
+
+    // A query whose input schema comes from a dataclass.
+    let (status, body) = host.call("greeter-py/hello", json!({"name": "Ada"})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["output"], json!({"message": "Hello, Ada!"}));
+    let (status, body) = host.call("greeter-py/hello", json!({"nam": "Ada"})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["code"], "INVALID_INPUT");
+
+    // A domain error, with its details.
+    let (status, body) = host.call("greeter-py/hello", json!({"name": ""})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["code"], "EMPTY_NAME");
+    assert_eq!(body["error"]["details"], json!({"field": "name"}));
+
+    // A nested call to a Rust example.
+    let (status, body) = host
+        .call("greeter-py/words", json!({"text": "the cat the hat"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["output"], json!({"words": 4, "top": "the"}));
+
+    // A subscription from an async generator, over SSE.
+    let events = host
+        .subscribe("greeter-py/count", json!({"to": 3}))
+        .await
+        .collect()
+        .await;
+    let items: Vec<_> = events.iter().take(3).map(|e| e.json()).collect();
+    assert_eq!(items, [json!({"n": 1}), json!({"n": 2}), json!({"n": 3})]);
+    assert_eq!(events[3].event, "completed");
+
+    // An exception: its message and the traceback's tail reach the caller.
+    let (status, body) = host.call("greeter-py/broken", json!({"text": "x"})).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    let details = &body["error"]["details"];
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("ValueError: cannot handle 'x'"),
+        "{message}"
+    );
+    assert_eq!(
+        details["message"], "ValueError: cannot handle 'x'",
+        "{details}"
+    );
+    let stderr = details["stderr"].as_str().unwrap();
+    assert!(stderr.contains("in broken"), "{stderr}");
+    assert!(stderr.contains("ValueError: cannot handle 'x'"), "{stderr}");
+}
+
+#[tokio::test]
+async fn the_javascript_example_answers_streams_and_fails() {
+    let js = env!("OPBOX_JS_EXAMPLE");
+    let Some(path) = example(js, "jco", "OPBOX_JCO") else {
+        return;
+    };
+    let host = host_with(path).await;
+
+    // A query whose input schema is a JSON Schema object.
+    let (status, body) = host.call("greeter-js/hello", json!({"name": "Ada"})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["output"], json!({"message": "Hello, Ada!"}));
+    let (status, body) = host.call("greeter-js/hello", json!({"nam": "Ada"})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["code"], "INVALID_INPUT");
+
+    // A domain error, with its details.
+    let (status, body) = host.call("greeter-js/hello", json!({"name": ""})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["code"], "EMPTY_NAME");
+    assert_eq!(body["error"]["details"], json!({"field": "name"}));
+
+    // A subscription from an async generator, over SSE.
+    let events = host
+        .subscribe("greeter-js/count", json!({"to": 3}))
+        .await
+        .collect()
+        .await;
+    let items: Vec<_> = events.iter().take(3).map(|e| e.json()).collect();
+    assert_eq!(items, [json!({"n": 1}), json!({"n": 2}), json!({"n": 3})]);
+    assert_eq!(events[3].event, "completed");
+
+    // An exception: its message and its stack reach the caller.
+    let (status, body) = host.call("greeter-js/broken", json!({"text": "x"})).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    let details = &body["error"]["details"];
+    assert_eq!(
+        details["message"], "TypeError: cannot handle \"x\"",
+        "{details}"
+    );
+    let stderr = details["stderr"].as_str().unwrap();
+    assert!(stderr.contains("app.js"), "{stderr}");
+
+    // The host keeps serving it.
+    let (status, _) = host.call("greeter-js/hello", json!({"name": "Bo"})).await;
+    assert_eq!(status, StatusCode::OK);
+}
