@@ -7,12 +7,12 @@ use std::sync::Once;
 
 use futures::StreamExt;
 
-use crate::plugin::{Handler, Items, OpType};
+use crate::plugin::{Erased, Items, OpType};
 use crate::{Context, Error, Plugin};
 
 mod bindings {
     wit_bindgen::generate!({
-        path: "../wit",
+        path: "wit",
         world: "opbox:plugin/plugin",
         pub_export_macro: true,
         export_macro_name: "__export_handler",
@@ -102,9 +102,9 @@ pub async fn call(
     input: String,
 ) -> Result<String, CallError> {
     install_panic_hook();
-    match plugin.op(&op).map(|op| &op.handler) {
-        Some(Handler::Once(handler)) => Ok(handler(Context::from_wit(ctx), input).await?),
-        Some(Handler::Stream(_)) => Err(wrong_type(&op, "a subscription")),
+    match plugin.op_named(&op).map(|op| &op.handler) {
+        Some(Erased::Once(handler)) => Ok(handler(Context::from_wit(ctx), input).await?),
+        Some(Erased::Stream(_)) => Err(wrong_type(&op, "a subscription")),
         None => Err(unknown(&op)),
     }
 }
@@ -118,9 +118,9 @@ pub async fn subscribe(
     input: String,
 ) -> Result<wit_bindgen::StreamReader<Item>, CallError> {
     install_panic_hook();
-    let items = match plugin.op(&op).map(|op| &op.handler) {
-        Some(Handler::Stream(handler)) => handler(Context::from_wit(ctx), input).await?,
-        Some(Handler::Once(_)) => return Err(wrong_type(&op, "a query or mutation")),
+    let items = match plugin.op_named(&op).map(|op| &op.handler) {
+        Some(Erased::Stream(handler)) => handler(Context::from_wit(ctx), input).await?,
+        Some(Erased::Once(_)) => return Err(wrong_type(&op, "a query or mutation")),
         None => return Err(unknown(&op)),
     };
     let (mut writer, reader) = wit_stream::new::<Item>();

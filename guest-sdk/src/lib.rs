@@ -117,7 +117,7 @@
 //!
 //! # Access control
 //!
-//! [`Plugin::scopes`] names the scopes callers of an operation must hold;
+//! [`Operation::scopes`] names the scopes callers of an operation must hold;
 //! operators may replace them. [`Context::scopes`] and [`Context::tenant`]
 //! tell who is calling, for decisions finer than that.
 //!
@@ -152,7 +152,7 @@ pub mod __private;
 pub use context::{Context, Subscription};
 pub use error::{Error, Result};
 pub use futures;
-pub use plugin::{OpType, Plugin};
+pub use plugin::{Handler, IterHandler, OpType, Operation, Plugin, StreamHandler};
 
 /// Gives the host a turn: in an async stream, the items ready so far are
 /// handed over before the stream goes on. Useful before blocking work (such

@@ -317,6 +317,15 @@ async fn a_keyvalue_store_per_tenant_within_its_quota() {
     }
     let (_, body) = host.call_as("acme", "kv/keys", json!(null)).await;
     assert_eq!(body["output"]["keys"], json!(["a", "hits"]));
+    // `keys` takes no input: `{}` (a tool's "no arguments") does too, but
+    // anything else is refused before the plugin runs.
+    let (_, body) = host.call_as("acme", "kv/keys", json!({})).await;
+    assert_eq!(body["output"]["keys"], json!(["a", "hits"]), "{body}");
+    let (status, body) = host
+        .call_as("acme", "kv/keys", json!({"prefix": "a"}))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["code"], "INVALID_INPUT");
     // The other tenant, calling the same plugin, has keys of its own.
     let (_, body) = host.call_as("globex", "kv/get", json!({"key": "a"})).await;
     assert_eq!(body["output"]["value"], Value::Null);

@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use opbox_sdk::futures::{Stream, StreamExt, stream};
-use opbox_sdk::{Context, Error, Plugin, Result};
+use opbox_sdk::{Context, Error, Operation, Plugin, Result};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -129,8 +129,7 @@ fn plugin() -> Plugin {
             tally,
         )
         .query("recurse", "Calls itself, forever.", recurse)
-        .query("secret", "An internal operation.", secret)
-        .internal()
+        .op(Operation::query("secret", "An internal operation.", secret).internal())
         .query(
             "sleep",
             "Sleeps `ms` milliseconds, then returns `ms`.",

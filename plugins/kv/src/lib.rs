@@ -81,7 +81,7 @@ async fn delete(_ctx: Context, input: Key) -> Result<Key> {
     Ok(input)
 }
 
-async fn keys(_ctx: Context, _input: Value) -> Result<Keys> {
+async fn keys(_ctx: Context) -> Result<Keys> {
     Ok(Keys {
         keys: bucket()?.keys()?,
     })
