@@ -1,5 +1,5 @@
 //! Outbound HTTP (`wasi:http/outgoing-handler`), to the hosts the operator
-//! granted:
+//! granted, with the [`http`](https://docs.rs/http) crate's types:
 //!
 //! ```toml
 //! [[plugins]]
@@ -10,23 +10,42 @@
 //! outbound_max_response_bytes = 67108864   # per response
 //! ```
 //!
-//! Bodies stream: [`Body::chunk`] returns the bytes as they arrive, so a
-//! plugin can pass a long response on piece by piece. Redirects are not
-//! followed; a plugin that follows one makes a new request, which the host
-//! checks again.
+//! Bodies stream both ways: a request's body may be chunks made as it is
+//! sent ([`RequestBody::chunks`]), and a response's [`Body`] hands over its
+//! bytes as they arrive ([`Body::chunk`], or [`std::io::Read`]), so a plugin
+//! can pass a long response on piece by piece. Redirects are not followed;
+//! a plugin that follows one makes a new request, which the host checks
+//! again.
 //!
 //! ```ignore
-//! let mut response = opbox_sdk::http::get("https://api.example.com/items")?;
-//! let text = String::from_utf8_lossy(&response.body.read_all(1 << 20)?).into_owned();
+//! use opbox_sdk::http::{self, Request};
+//!
+//! let mut response = http::get("https://api.example.com/items")?;
+//! let text = String::from_utf8_lossy(&response.body_mut().read_all(1 << 20)?).into_owned();
+//!
+//! let request = Request::post("https://api.example.com/items")
+//!     .header("content-type", "application/json")
+//!     .body(r#"{"name":"x"}"#)?;
+//! let response = http::send(request)?;
+//! assert!(response.status().is_success());
 //! ```
 //!
 //! A host that is not granted answers `HTTP_DENIED`; every other failure is
 //! `HTTP_FAILED`, and a response over the cap `HTTP_TOO_LARGE`.
+//!
+//! # Waiting
+//!
+//! [`send`] and [`Body::chunk`] wait for the network inside the call: other
+//! futures of the same call do not run meanwhile (a WASI 0.2 request is
+//! waited on through a `pollable`, which an async task cannot await). In a
+//! subscription, call [`yield_now`](crate::yield_now) before waiting, so
+//! the items made so far reach the caller first.
 
+pub use ::http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use wasip2::http::outgoing_handler;
 use wasip2::http::types::{
-    ErrorCode, Fields, IncomingBody, IncomingResponse, Method, OutgoingBody, OutgoingRequest,
-    Scheme,
+    ErrorCode, Fields, IncomingBody, IncomingResponse, Method as WasiMethod, OutgoingBody,
+    OutgoingRequest, Scheme,
 };
 use wasip2::io::streams::{InputStream, StreamError};
 
@@ -35,24 +54,64 @@ use crate::{Error, Result};
 /// The most bytes one [`Body::chunk`] returns.
 const CHUNK: u64 = 64 * 1024;
 
-/// A response whose body has not been read yet.
-#[derive(Debug)]
-pub struct Response {
-    /// The status code.
-    pub status: u16,
-    /// The headers, names in lowercase.
-    pub headers: Vec<(String, Vec<u8>)>,
-    /// The body, to read as it arrives.
-    pub body: Body,
+/// The most bytes written to the host at once.
+const WRITE: usize = 4096;
+
+/// What a request sends.
+pub enum RequestBody {
+    /// Nothing.
+    Empty,
+    /// These bytes.
+    Bytes(Vec<u8>),
+    /// Chunks, each made as the one before has been sent; an `Err` aborts
+    /// the request with that error.
+    Chunks(Box<dyn Iterator<Item = Result<Vec<u8>>>>),
 }
 
-impl Response {
-    /// The first value of header `name` (lowercase), as text.
-    pub fn header(&self, name: &str) -> Option<String> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+impl RequestBody {
+    /// A body of `chunks`, each made only as the one before has been sent.
+    pub fn chunks(chunks: impl IntoIterator<Item = Result<Vec<u8>>> + 'static) -> Self {
+        Self::Chunks(Box::new(chunks.into_iter()))
+    }
+}
+
+impl std::fmt::Debug for RequestBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Empty => f.write_str("Empty"),
+            Self::Bytes(bytes) => write!(f, "Bytes({} bytes)", bytes.len()),
+            Self::Chunks(_) => f.write_str("Chunks(..)"),
+        }
+    }
+}
+
+impl From<()> for RequestBody {
+    fn from((): ()) -> Self {
+        Self::Empty
+    }
+}
+
+impl From<Vec<u8>> for RequestBody {
+    fn from(bytes: Vec<u8>) -> Self {
+        Self::Bytes(bytes)
+    }
+}
+
+impl From<&[u8]> for RequestBody {
+    fn from(bytes: &[u8]) -> Self {
+        Self::Bytes(bytes.to_vec())
+    }
+}
+
+impl From<String> for RequestBody {
+    fn from(text: String) -> Self {
+        Self::Bytes(text.into_bytes())
+    }
+}
+
+impl From<&str> for RequestBody {
+    fn from(text: &str) -> Self {
+        Self::Bytes(text.as_bytes().to_vec())
     }
 }
 
@@ -113,81 +172,137 @@ impl Body {
     }
 }
 
-/// `GET url`.
-pub fn get(url: &str) -> Result<Response> {
-    request("GET", url, &[], None)
+impl std::io::Read for Body {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let Some(stream) = &self.stream else {
+            return Ok(0);
+        };
+        let wanted = (buf.len() as u64).min(CHUNK);
+        match stream.blocking_read(wanted) {
+            Ok(bytes) => {
+                buf[..bytes.len()].copy_from_slice(&bytes);
+                Ok(bytes.len())
+            }
+            Err(StreamError::Closed) => {
+                self.stream = None;
+                Ok(0)
+            }
+            Err(StreamError::LastOperationFailed(e)) => {
+                self.stream = None;
+                Err(std::io::Error::other(e.to_debug_string()))
+            }
+        }
+    }
 }
 
-/// Sends a request: `method` (`GET`, `POST`, …), an absolute `http` or
-/// `https` URL, headers, and an optional body; returns once the response's
-/// headers have arrived.
-pub fn request(
-    method: &str,
-    url: &str,
-    headers: &[(&str, &[u8])],
-    body: Option<&[u8]>,
-) -> Result<Response> {
-    let (scheme, authority, path) = split_url(url)?;
-    let fields: Vec<(String, Vec<u8>)> = headers
+/// `GET url` (a `#fragment` is not sent).
+pub fn get(url: &str) -> Result<Response<Body>> {
+    let url = url.split_once('#').map_or(url, |(before, _)| before);
+    let request = Request::get(url)
+        .body(RequestBody::Empty)
+        .map_err(|e| Error::new("HTTP_FAILED", format!("invalid request: {e}")))?;
+    send(request)
+}
+
+/// Sends `request` (an absolute `http` or `https` URI) and returns once the
+/// response's headers have arrived; its body is read as it arrives.
+pub fn send<B: Into<RequestBody>>(request: Request<B>) -> Result<Response<Body>> {
+    let (parts, body) = request.into_parts();
+    let invalid = |what: &str| Error::new("HTTP_FAILED", format!("invalid request {what}"));
+    let scheme = match parts.uri.scheme_str() {
+        Some("http") => Scheme::Http,
+        Some("https") => Scheme::Https,
+        _ => {
+            return Err(Error::new(
+                "HTTP_FAILED",
+                format!("`{}` is not an absolute http(s) URL", parts.uri),
+            ));
+        }
+    };
+    let authority = parts
+        .uri
+        .authority()
+        .ok_or_else(|| invalid("authority"))?
+        .as_str();
+    let path = parts.uri.path_and_query().map_or("/", |path| path.as_str());
+    let fields: Vec<(String, Vec<u8>)> = parts
+        .headers
         .iter()
-        .map(|(n, v)| ((*n).to_owned(), v.to_vec()))
+        .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
         .collect();
     let fields = Fields::from_list(&fields)
         .map_err(|e| Error::new("HTTP_FAILED", format!("invalid request headers: {e:?}")))?;
-    let request = OutgoingRequest::new(fields);
-    let method = match method {
-        "GET" => Method::Get,
-        "POST" => Method::Post,
-        "PUT" => Method::Put,
-        "DELETE" => Method::Delete,
-        "PATCH" => Method::Patch,
-        "HEAD" => Method::Head,
-        other => Method::Other(other.to_owned()),
-    };
-    let invalid = |what: &str| Error::new("HTTP_FAILED", format!("invalid request {what}"));
-    request
-        .set_method(&method)
+    let outgoing = OutgoingRequest::new(fields);
+    outgoing
+        .set_method(&wasi_method(&parts.method))
         .map_err(|()| invalid("method"))?;
-    request
+    outgoing
         .set_scheme(Some(&scheme))
         .map_err(|()| invalid("scheme"))?;
-    request
+    outgoing
         .set_authority(Some(authority))
         .map_err(|()| invalid("authority"))?;
-    request
-        .set_path_with_query(Some(&path))
+    outgoing
+        .set_path_with_query(Some(path))
         .map_err(|()| invalid("path"))?;
-    let outgoing = request.body().map_err(|()| invalid("body"))?;
-    let pending = outgoing_handler::handle(request, None).map_err(failed)?;
-    if let Some(bytes) = body {
-        let stream = outgoing.write().map_err(|()| invalid("body"))?;
-        for chunk in bytes.chunks(4096) {
-            stream.blocking_write_and_flush(chunk).map_err(|e| {
-                Error::new("HTTP_FAILED", format!("sending the body failed: {e:?}"))
-            })?;
-        }
-        drop(stream);
-    }
-    OutgoingBody::finish(outgoing, None).map_err(failed)?;
+    let outgoing_body = outgoing.body().map_err(|()| invalid("body"))?;
+    let pending = outgoing_handler::handle(outgoing, None).map_err(failed)?;
+    let sent = write_body(&outgoing_body, body.into())
+        .and_then(|()| OutgoingBody::finish(outgoing_body, None).map_err(failed));
     pending.subscribe().block();
-    let response = pending
+    let answer = pending
         .get()
         .ok_or_else(|| Error::new("HTTP_FAILED", "no response"))?
-        .map_err(|()| Error::new("HTTP_FAILED", "the response was already taken"))?
-        .map_err(failed)?;
-    let status = response.status();
-    let headers = response.headers().entries();
-    let body = response.consume().map_err(|()| invalid("response body"))?;
+        .map_err(|()| Error::new("HTTP_FAILED", "the response was already taken"))?;
+    // The host refuses a request (a host not granted, a timeout) through
+    // its response: that is why the body could not be sent.
+    let incoming = answer.map_err(failed)?;
+    sent?;
+    let mut response = Response::builder().status(incoming.status());
+    for (name, value) in incoming.headers().entries() {
+        response = response.header(name, value);
+    }
+    let body = incoming.consume().map_err(|()| invalid("response body"))?;
     let stream = body.stream().map_err(|()| invalid("response body"))?;
-    Ok(Response {
-        status,
-        headers,
-        body: Body {
+    response
+        .body(Body {
             stream: Some(stream),
             _body: body,
-            _response: response,
-        },
-    })
+            _response: incoming,
+        })
+        .map_err(|e| Error::new("HTTP_FAILED", format!("an invalid response: {e}")))
+}
+
+/// Sends `body` on the request's body stream, a chunk at a time.
+fn write_body(outgoing: &OutgoingBody, body: RequestBody) -> Result<()> {
+    let stream = outgoing
+        .write()
+        .map_err(|()| Error::new("HTTP_FAILED", "invalid request body"))?;
+    let send = |bytes: &[u8]| {
+        bytes.chunks(WRITE).try_for_each(|piece| {
+            stream
+                .blocking_write_and_flush(piece)
+                .map_err(|e| Error::new("HTTP_FAILED", format!("sending the body failed: {e:?}")))
+        })
+    };
+    match body {
+        RequestBody::Empty => Ok(()),
+        RequestBody::Bytes(bytes) => send(&bytes),
+        RequestBody::Chunks(chunks) => chunks.into_iter().try_for_each(|chunk| send(&chunk?)),
+    }
+}
+
+fn wasi_method(method: &Method) -> WasiMethod {
+    match method.as_str() {
+        "GET" => WasiMethod::Get,
+        "POST" => WasiMethod::Post,
+        "PUT" => WasiMethod::Put,
+        "DELETE" => WasiMethod::Delete,
+        "PATCH" => WasiMethod::Patch,
+        "HEAD" => WasiMethod::Head,
+        "OPTIONS" => WasiMethod::Options,
+        other => WasiMethod::Other(other.to_owned()),
+    }
 }
 
 fn failed(code: ErrorCode) -> Error {
@@ -201,61 +316,5 @@ fn failed(code: ErrorCode) -> Error {
             format!("the response is too large: {code:?}"),
         ),
         other => Error::new("HTTP_FAILED", format!("the request failed: {other:?}")),
-    }
-}
-
-/// `scheme`, `host[:port]` and `/path?query` of an absolute URL (a
-/// fragment is dropped: it is not sent).
-fn split_url(url: &str) -> Result<(Scheme, &str, String)> {
-    let bad = || {
-        Error::new(
-            "HTTP_FAILED",
-            format!("`{url}` is not an absolute http(s) URL"),
-        )
-    };
-    let (scheme, rest) = url.split_once("://").ok_or_else(bad)?;
-    let scheme = match scheme {
-        "http" => Scheme::Http,
-        "https" => Scheme::Https,
-        _ => return Err(bad()),
-    };
-    let rest = rest.split_once('#').map_or(rest, |(before, _)| before);
-    let (authority, path) = match rest.find(['/', '?']) {
-        Some(at) if rest[at..].starts_with('/') => (&rest[..at], rest[at..].to_owned()),
-        Some(at) => (&rest[..at], format!("/{}", &rest[at..])),
-        None => (rest, "/".to_owned()),
-    };
-    if authority.is_empty() {
-        return Err(bad());
-    }
-    Ok((scheme, authority, path))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parts(url: &str) -> (bool, String, String) {
-        let (scheme, authority, path) = split_url(url).unwrap();
-        (matches!(scheme, Scheme::Https), authority.to_owned(), path)
-    }
-
-    #[test]
-    fn urls_split_into_scheme_authority_and_path() {
-        let expect =
-            |https, authority: &str, path: &str| (https, authority.to_owned(), path.to_owned());
-        assert_eq!(
-            parts("https://api.example.com"),
-            expect(true, "api.example.com", "/")
-        );
-        assert_eq!(
-            parts("http://127.0.0.1:8080/a/b?c=d"),
-            expect(false, "127.0.0.1:8080", "/a/b?c=d")
-        );
-        assert_eq!(parts("http://h?x=1"), expect(false, "h", "/?x=1"));
-        assert_eq!(parts("http://h/p#frag"), expect(false, "h", "/p"));
-        for bad in ["ftp://h/", "h/path", "http://", "http:///path"] {
-            assert!(split_url(bad).is_err(), "{bad}");
-        }
     }
 }

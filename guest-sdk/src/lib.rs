@@ -70,6 +70,21 @@
 //! `target/wasm32-wasip2/release/greeter.wasm` is the plugin. Callers then
 //! reach `greeter/hello` and `greeter/countdown`.
 //!
+//! Writing plugins in Python or JavaScript, `opbox new` and `opbox dev`:
+//! see the guide, [`docs/plugins.md`].
+//!
+//! # Operations without input, and settings
+//!
+//! A handler may take the [`Context`] alone (`async fn(Context) ->
+//! Result<Out>`): the operation then accepts `null` or `{}`. Settings belong
+//! to the operation they are called on:
+//!
+//! ```ignore
+//! Plugin::new()
+//!     .op(Operation::query("stats", "Usage figures.", stats).internal())
+//!     .op(Operation::mutation("purge", "Deletes everything.", purge).scopes(["admin"]))
+//! ```
+//!
 //! # Subscriptions take turns with the host
 //!
 //! A subscription written as an async stream hands the host its items when
@@ -130,6 +145,7 @@
 //! - [`http`]: outbound HTTP requests, to the hosts the operator granted.
 //!
 //! [opbox]: https://github.com/opbox/opbox
+//! [`docs/plugins.md`]: https://github.com/opbox/opbox/blob/main/docs/plugins.md
 #![deny(missing_docs)]
 
 // Lets the generated bindings name this crate the same way from inside it and

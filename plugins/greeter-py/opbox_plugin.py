@@ -73,6 +73,10 @@ def _fail(error: BaseException) -> None:
     log.fatal(f"{type(error).__name__}: {error}")
 
 
+# The input schema of an operation that takes none: `null`, or an empty
+# object (what tool callers send for "no arguments").
+NO_INPUT = {"anyOf": [{"type": "null"}, {"type": "object", "additionalProperties": False}]}
+
 _SCALARS = {str: "string", int: "integer", float: "number", bool: "boolean"}
 
 
@@ -140,11 +144,12 @@ class _Op:
     scopes: list
 
     def spec(self) -> types.OperationSpec:
+        no_input = self.input_hint is None
         return types.OperationSpec(
             name=self.name,
             op_type=self.op_type,
             description=self.description,
-            input_schema=json.dumps(schema_of(self.input_hint)),
+            input_schema=json.dumps(NO_INPUT if no_input else schema_of(self.input_hint)),
             output_schema=json.dumps(schema_of(self.output_hint)),
             internal=self.internal,
             required_scopes=list(self.scopes),

@@ -10,7 +10,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Redirect};
-use axum::routing::get;
+use axum::routing::{get, post};
 use futures::StreamExt;
 use opbox::capabilities::Grants;
 use opbox::config::PluginConfig;
@@ -22,7 +22,8 @@ use crate::util::TestHost;
 
 /// The upstream: `/hello`, `/events` (two SSE events, the second only once
 /// `gate` is notified), `/chunks`, `/redirect` (to `localhost`), `/big`
-/// (2 MiB), `/stall` (headers, then nothing).
+/// (2 MiB), `/stall` (headers, then nothing), `POST /echo` (the body it
+/// was sent).
 async fn upstream(gate: Arc<Notify>) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -70,6 +71,7 @@ async fn upstream(gate: Arc<Notify>) -> SocketAddr {
             }),
         )
         .route("/big", get(|| async { "x".repeat(2 << 20) }))
+        .route("/echo", post(|body: String| async move { body }))
         .route(
             "/stall",
             get(|| async {
@@ -159,6 +161,30 @@ async fn only_granted_hosts_are_reachable_and_redirects_are_checked_again() {
         body["output"]["grants"]["allowed_outbound_hosts"],
         json!([format!("http://127.0.0.1:{}", addr.port())])
     );
+}
+
+#[tokio::test]
+async fn a_request_body_sent_in_chunks_arrives_whole_and_only_where_granted() {
+    let addr = upstream(Arc::new(Notify::new())).await;
+    let host = host_for(addr).await;
+    let url = format!("http://127.0.0.1:{}/echo", addr.port());
+    let text: String = (0..2_000).map(|n| format!("{n:>4},")).collect();
+    let (status, body) = host
+        .call(
+            "relay/post",
+            json!({"url": url, "body": text, "chunk": 999}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["output"]["status"], 200);
+    assert_eq!(body["output"]["body"], text);
+    let (_, body) = host
+        .call(
+            "relay-denied/post",
+            json!({"url": url, "body": "x", "chunk": 1}),
+        )
+        .await;
+    assert_eq!(body["error"]["code"], "HTTP_DENIED", "{body}");
 }
 
 #[tokio::test]

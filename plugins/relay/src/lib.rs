@@ -5,6 +5,9 @@
 //! - `relay/fetch` (query): `{url}` → `{status, content_type, body}`, the
 //!   body as text (at most 1 MiB), following up to 5 redirects to absolute
 //!   URLs.
+//! - `relay/post` (mutation): `{url, body, chunk}` POSTs `body` in chunks
+//!   of `chunk` bytes, each made as the one before is sent, and returns
+//!   what `relay/fetch` does.
 //! - `relay/sse` (subscription): `{url}` follows a Server-Sent Events or
 //!   chunked HTTP endpoint and re-emits, as each arrives, every event
 //!   (`{event, data, id}`) or, for any other content, every chunk
@@ -13,7 +16,7 @@
 use std::collections::VecDeque;
 
 use opbox_sdk::futures::{Stream, stream};
-use opbox_sdk::http::{self, Body};
+use opbox_sdk::http::{self, Body, Request, RequestBody, Response};
 use opbox_sdk::{Context, Error, Plugin, Result};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -35,21 +38,53 @@ struct Fetched {
 /// checks against the grant like the first.
 const MAX_REDIRECTS: usize = 5;
 
+/// The first value of header `name`, as text.
+fn header(response: &Response<Body>, name: &str) -> Option<String> {
+    let value = response.headers().get(name)?;
+    Some(String::from_utf8_lossy(value.as_bytes()).into_owned())
+}
+
 async fn fetch(_ctx: Context, target: Target) -> Result<Fetched> {
     let mut response = http::get(&target.url)?;
     for _ in 0..MAX_REDIRECTS {
-        let location = response.header("location");
-        match (response.status, location) {
+        let location = header(&response, "location");
+        match (response.status().as_u16(), location) {
             (301 | 302 | 303 | 307 | 308, Some(location)) => response = http::get(&location)?,
             _ => break,
         }
     }
-    let body = response.body.read_all(1 << 20)?;
+    fetched(response)
+}
+
+/// At most 1 MiB of `response`, as text.
+fn fetched(mut response: Response<Body>) -> Result<Fetched> {
+    let body = response.body_mut().read_all(1 << 20)?;
     Ok(Fetched {
-        status: response.status,
-        content_type: response.header("content-type"),
+        status: response.status().as_u16(),
+        content_type: header(&response, "content-type"),
         body: String::from_utf8_lossy(&body).into_owned(),
     })
+}
+
+#[derive(Deserialize, JsonSchema)]
+struct Post {
+    /// An absolute `http` or `https` URL.
+    url: String,
+    /// What to send.
+    body: String,
+    /// Bytes per chunk sent.
+    #[schemars(range(min = 1))]
+    chunk: usize,
+}
+
+async fn post(_ctx: Context, post: Post) -> Result<Fetched> {
+    let bytes = post.body.into_bytes();
+    let chunks: Vec<Vec<u8>> = bytes.chunks(post.chunk).map(<[u8]>::to_vec).collect();
+    let request = Request::post(&post.url)
+        .header("content-type", "text/plain")
+        .body(RequestBody::chunks(chunks.into_iter().map(Ok)))
+        .map_err(|e| Error::new("INVALID_URL", e.to_string()))?;
+    fetched(http::send(request)?)
 }
 
 /// One output of `relay/sse`.
@@ -152,17 +187,15 @@ fn parse_event(block: &str) -> Option<Delta> {
 
 async fn sse(_ctx: Context, target: Target) -> Result<impl Stream<Item = Result<Delta>>> {
     let response = http::get(&target.url)?;
-    if !(200..300).contains(&response.status) {
+    if !response.status().is_success() {
         return Err(Error::new(
             "UPSTREAM_STATUS",
-            format!("the upstream answered {}", response.status),
+            format!("the upstream answered {}", response.status()),
         ));
     }
-    let sse = response
-        .header("content-type")
-        .is_some_and(|t| t.starts_with("text/event-stream"));
+    let sse = header(&response, "content-type").is_some_and(|t| t.starts_with("text/event-stream"));
     let relay = Relay {
-        body: response.body,
+        body: response.into_body(),
         sse,
         partial: Vec::new(),
         ready: VecDeque::new(),
@@ -180,6 +213,11 @@ fn plugin() -> Plugin {
             "fetch",
             "Fetches a URL and returns its status and body.",
             fetch,
+        )
+        .mutation(
+            "post",
+            "POSTs a text body in chunks and returns the answer's status and body.",
+            post,
         )
         .subscription(
             "sse",
