@@ -54,6 +54,12 @@ plugin.subscription(
 );
 
 plugin.query(
+  "version",
+  { description: "The plugin's version: an operation without input.", output: { type: "string" } },
+  async () => plugin.version,
+);
+
+plugin.query(
   "broken",
   {
     description: "Throws a TypeError: what a bug looks like to the caller.",

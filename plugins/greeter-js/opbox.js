@@ -50,6 +50,12 @@ export const logger = Object.fromEntries(
 
 const OP_NAME = /^[a-z0-9_-]+$/;
 
+// The input schema of an operation whose spec has no `input`: `null`, or an
+// empty object (what tool callers send for "no arguments").
+const NO_INPUT = {
+  anyOf: [{ type: "null" }, { type: "object", additionalProperties: false }],
+};
+
 // Records why the call is about to fail (the caller's `PLUGIN_FAILED`
 // message) and throws on: the runtime prints the exception and its stack to
 // stderr, whose tail the host adds as `details.stderr`, and traps.
@@ -68,8 +74,9 @@ export class Plugin {
     this.ops = new Map();
   }
 
-  // Adds a query: `spec` is `{ description, input, output, internal?,
-  // scopes? }`, with `input` and `output` JSON Schema objects.
+  // Adds a query: `spec` is `{ description, input?, output, internal?,
+  // scopes? }`, with `input` and `output` JSON Schema objects; without
+  // `input`, the operation takes none (`null` or `{}`).
   query(name, spec, run) {
     return this.#add("query", name, spec, run);
   }
@@ -123,7 +130,7 @@ export class Plugin {
             name,
             opType,
             description: spec.description ?? "",
-            inputSchema: JSON.stringify(spec.input ?? true),
+            inputSchema: JSON.stringify(spec.input ?? NO_INPUT),
             outputSchema: JSON.stringify(spec.output ?? true),
             internal: spec.internal ?? false,
             requiredScopes: spec.scopes ?? [],

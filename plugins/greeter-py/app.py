@@ -61,6 +61,11 @@ async def words(ctx: Context, input: Text) -> Words:
     return Words(words=stats["words"], top=top)
 
 
+@plugin.query("The plugin's version: an operation without input.")
+async def version(ctx: Context) -> str:
+    return plugin.version
+
+
 @plugin.query("Raises a ValueError: what a bug looks like to the caller.")
 async def broken(ctx: Context, input: Text) -> Text:
     raise ValueError(f"cannot handle {input.text!r}")

@@ -40,6 +40,18 @@ async fn host_with(path: PathBuf) -> TestHost {
     .await
 }
 
+/// `op` takes no input: `null` and `{}` answer its version, and anything
+/// else is refused before the plugin runs.
+async fn no_input(host: &TestHost, op: &str) {
+    for input in [json!(null), json!({})] {
+        let (status, body) = host.call(op, input).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["output"], "0.1.0");
+    }
+    let (status, body) = host.call(op, json!({"x": 1})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+}
+
 #[tokio::test]
 async fn the_python_example_answers_streams_fails_and_calls_others() {
     let python = env!("OPBOX_PYTHON_EXAMPLE");
@@ -78,6 +90,9 @@ async fn the_python_example_answers_streams_fails_and_calls_others() {
     let items: Vec<_> = events.iter().take(3).map(|e| e.json()).collect();
     assert_eq!(items, [json!({"n": 1}), json!({"n": 2}), json!({"n": 3})]);
     assert_eq!(events[3].event, "completed");
+
+    // An operation without input takes `null` or `{}`, and nothing else.
+    no_input(&host, "greeter-py/version").await;
 
     // An exception: its message and the traceback's tail reach the caller.
     let (status, body) = host.call("greeter-py/broken", json!({"text": "x"})).await;
@@ -128,6 +143,9 @@ async fn the_javascript_example_answers_streams_and_fails() {
     let items: Vec<_> = events.iter().take(3).map(|e| e.json()).collect();
     assert_eq!(items, [json!({"n": 1}), json!({"n": 2}), json!({"n": 3})]);
     assert_eq!(events[3].event, "completed");
+
+    // An operation without input takes `null` or `{}`, and nothing else.
+    no_input(&host, "greeter-js/version").await;
 
     // An exception: its message and its stack reach the caller.
     let (status, body) = host.call("greeter-js/broken", json!({"text": "x"})).await;
