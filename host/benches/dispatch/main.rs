@@ -16,6 +16,7 @@
 //! cargo bench -p opbox --bench dispatch -- relay     # 100 MiB upstream body through relay/sse
 //! cargo bench -p opbox --bench dispatch -- swap      # replaced every 500 ms; restart with 100 plugins
 //! cargo bench -p opbox --bench dispatch -- telemetry # metrics off / on / traces exported, needs `wrk`
+//! cargo bench -p opbox --bench dispatch -- languages # one plugin in Rust, Python and JavaScript
 //! ```
 //!
 //! - `dispatch`: one `echo/echo` call through the dispatcher, a fresh
@@ -48,6 +49,9 @@
 //!   `opbox serve` processes: metrics off, metrics on (the default), and
 //!   traces exported over OTLP to a collector in the bench; rounds
 //!   alternate between them.
+//! - `languages`: `opbox new`'s template in Rust, Python and JavaScript,
+//!   built from source: build and rebuild time, size, cold compile, first
+//!   and steady `hello` latency, per-item cost of a 10,000-item `count`.
 //! - `noisy`: latency of sequential `POST /call` `echo/echo` from one client,
 //!   alone, then while another client keeps 8 `hostile-loop/spin` calls (an
 //!   infinite loop each) in flight. Runs last: the spinning calls outlive it.
@@ -62,6 +66,7 @@ mod dispatch;
 mod envelope;
 mod http;
 mod keyvalue;
+mod languages;
 mod limits;
 mod noisy;
 mod relay;
@@ -111,6 +116,9 @@ fn main() {
         }
         if wants("tenants") {
             tenants::bench_tenants().await;
+        }
+        if wants("languages") {
+            languages::bench_languages(&host).await;
         }
         if wants("telemetry") {
             telemetry::bench_telemetry().await;
