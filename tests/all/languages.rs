@@ -40,15 +40,41 @@ async fn host_with(path: PathBuf) -> TestHost {
     .await
 }
 
-/// `op` takes no input: `null` and `{}` answer its version, and anything
-/// else is refused before the plugin runs.
-async fn no_input(host: &TestHost, op: &str) {
+/// `plugin/hello` greets, refuses an input its schema does not allow, and
+/// answers an empty name with the domain error `EMPTY_NAME` and its details.
+async fn greets_and_refuses(host: &TestHost, plugin: &str) {
+    let hello = format!("{plugin}/hello");
+    let (status, body) = host.call(&hello, json!({"name": "Ada"})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["output"], json!({"message": "Hello, Ada!"}));
+    let (status, body) = host.call(&hello, json!({"nam": "Ada"})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["code"], "INVALID_INPUT");
+    let (status, body) = host.call(&hello, json!({"name": ""})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["code"], "EMPTY_NAME");
+    assert_eq!(body["error"]["details"], json!({"field": "name"}));
+}
+
+/// `plugin/count` streams from an async generator over SSE, and
+/// `plugin/version`, an operation without input, takes `null` or `{}` and
+/// nothing else.
+async fn counts_and_takes_no_input(host: &TestHost, plugin: &str) {
+    let events = host
+        .subscribe(&format!("{plugin}/count"), json!({"to": 3}))
+        .await
+        .collect()
+        .await;
+    let items: Vec<_> = events.iter().take(3).map(|e| e.json()).collect();
+    assert_eq!(items, [json!({"n": 1}), json!({"n": 2}), json!({"n": 3})]);
+    assert_eq!(events[3].event, "completed");
+    let version = format!("{plugin}/version");
     for input in [json!(null), json!({})] {
-        let (status, body) = host.call(op, input).await;
+        let (status, body) = host.call(&version, input).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         assert_eq!(body["output"], "0.1.0");
     }
-    let (status, body) = host.call(op, json!({"x": 1})).await;
+    let (status, body) = host.call(&version, json!({"x": 1})).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
 }
 
@@ -60,19 +86,8 @@ async fn the_python_example_answers_streams_fails_and_calls_others() {
     };
     let host = host_with(path).await;
 
-    // A query whose input schema comes from a dataclass.
-    let (status, body) = host.call("greeter-py/hello", json!({"name": "Ada"})).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body["output"], json!({"message": "Hello, Ada!"}));
-    let (status, body) = host.call("greeter-py/hello", json!({"nam": "Ada"})).await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
-    assert_eq!(body["error"]["code"], "INVALID_INPUT");
-
-    // A domain error, with its details.
-    let (status, body) = host.call("greeter-py/hello", json!({"name": ""})).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    assert_eq!(body["error"]["code"], "EMPTY_NAME");
-    assert_eq!(body["error"]["details"], json!({"field": "name"}));
+    // Its input schema comes from a dataclass.
+    greets_and_refuses(&host, "greeter-py").await;
 
     // A nested call to a Rust example.
     let (status, body) = host
@@ -81,18 +96,7 @@ async fn the_python_example_answers_streams_fails_and_calls_others() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["output"], json!({"words": 4, "top": "the"}));
 
-    // A subscription from an async generator, over SSE.
-    let events = host
-        .subscribe("greeter-py/count", json!({"to": 3}))
-        .await
-        .collect()
-        .await;
-    let items: Vec<_> = events.iter().take(3).map(|e| e.json()).collect();
-    assert_eq!(items, [json!({"n": 1}), json!({"n": 2}), json!({"n": 3})]);
-    assert_eq!(events[3].event, "completed");
-
-    // An operation without input takes `null` or `{}`, and nothing else.
-    no_input(&host, "greeter-py/version").await;
+    counts_and_takes_no_input(&host, "greeter-py").await;
 
     // An exception: its message and the traceback's tail reach the caller.
     let (status, body) = host.call("greeter-py/broken", json!({"text": "x"})).await;
@@ -120,32 +124,9 @@ async fn the_javascript_example_answers_streams_and_fails() {
     };
     let host = host_with(path).await;
 
-    // A query whose input schema is a JSON Schema object.
-    let (status, body) = host.call("greeter-js/hello", json!({"name": "Ada"})).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body["output"], json!({"message": "Hello, Ada!"}));
-    let (status, body) = host.call("greeter-js/hello", json!({"nam": "Ada"})).await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
-    assert_eq!(body["error"]["code"], "INVALID_INPUT");
-
-    // A domain error, with its details.
-    let (status, body) = host.call("greeter-js/hello", json!({"name": ""})).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    assert_eq!(body["error"]["code"], "EMPTY_NAME");
-    assert_eq!(body["error"]["details"], json!({"field": "name"}));
-
-    // A subscription from an async generator, over SSE.
-    let events = host
-        .subscribe("greeter-js/count", json!({"to": 3}))
-        .await
-        .collect()
-        .await;
-    let items: Vec<_> = events.iter().take(3).map(|e| e.json()).collect();
-    assert_eq!(items, [json!({"n": 1}), json!({"n": 2}), json!({"n": 3})]);
-    assert_eq!(events[3].event, "completed");
-
-    // An operation without input takes `null` or `{}`, and nothing else.
-    no_input(&host, "greeter-js/version").await;
+    // Its input schema is a JSON Schema object.
+    greets_and_refuses(&host, "greeter-js").await;
+    counts_and_takes_no_input(&host, "greeter-js").await;
 
     // An exception: its message and its stack reach the caller.
     let (status, body) = host.call("greeter-js/broken", json!({"text": "x"})).await;
