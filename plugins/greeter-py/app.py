@@ -1,10 +1,11 @@
 """The Python example plugin: a query with a typed input, a subscription,
-a domain error, a nested call, and an exception that reaches the caller."""
+a domain error, a nested call, an outbound request, and an exception that
+reaches the caller."""
 
 from dataclasses import dataclass
 from typing import AsyncIterator
 
-from opbox_plugin import Context, OpboxError, Plugin, call, log_info
+from opbox_plugin import Context, OpboxError, Plugin, call, fetch, log_info
 
 plugin = Plugin("greeter-py", "0.1.0")
 
@@ -59,6 +60,24 @@ async def words(ctx: Context, input: Text) -> Words:
     stats = await call("textkit/stats", {"text": input.text})
     top = stats["top_words"][0]["word"] if stats["top_words"] else ""
     return Words(words=stats["words"], top=top)
+
+
+@dataclass
+class Url:
+    url: str
+
+
+@dataclass
+class Fetched:
+    status: int
+    body: str
+
+
+@plugin.query("Fetches a URL (the host must be granted) and returns its status and body.")
+async def get(ctx: Context, input: Url) -> Fetched:
+    response = await fetch(input.url)
+    body = await response.read_all()
+    return Fetched(status=response.status, body=body.decode("utf-8", "replace"))
 
 
 @plugin.query("The plugin's version: an operation without input.")

@@ -27,9 +27,9 @@ import componentize_py_async_support
 import wit_world
 from componentize_py_types import Err, Ok
 from wit_world import exports
-from wit_world.imports import invoke, log, types
+from wit_world.imports import invoke, log, outbound, types
 
-__all__ = ["Context", "OpboxError", "Plugin", "call", "log_info"]
+__all__ = ["Context", "HttpResponse", "OpboxError", "Plugin", "call", "fetch", "log_info"]
 
 
 class OpboxError(Exception):
@@ -55,9 +55,72 @@ async def call(operation: str, input: Any) -> Any:
     try:
         return json.loads(await invoke.call(operation, json.dumps(input)))
     except Err as e:
-        error = e.value
-        details = None if error.details is None else json.loads(error.details)
-        raise OpboxError(error.code, error.message, details) from None
+        raise _opbox_error(e.value) from None
+
+
+class HttpResponse:
+    """An outbound response: its status and headers, and its body read as
+    it arrives (``chunks()``) or whole (``read_all(max_bytes)``)."""
+
+    def __init__(self, head: outbound.Response, chunks):
+        self.status = head.status
+        self.headers = head.headers
+        self._chunks = chunks
+
+    def header(self, name: str) -> Optional[str]:
+        """The first value of header ``name`` (lowercase), as text."""
+        for key, value in self.headers:
+            if key == name:
+                return value.decode("utf-8", "replace")
+        return None
+
+    async def chunks(self):
+        """The body's bytes as they arrive; a failure (``HTTP_TOO_LARGE``,
+        ``HTTP_FAILED``) raises ``OpboxError``."""
+        with self._chunks as reader:
+            while not reader.writer_dropped:
+                for item in await reader.read(1):
+                    if isinstance(item, Err):
+                        raise _opbox_error(item.value)
+                    yield item.value
+
+    async def read_all(self, max_bytes: int = 1 << 20) -> bytes:
+        """The whole body; ``HTTP_TOO_LARGE`` past ``max_bytes``."""
+        body = bytearray()
+        async for chunk in self.chunks():
+            body += chunk
+            if len(body) > max_bytes:
+                raise OpboxError("HTTP_TOO_LARGE", f"the response is over {max_bytes} bytes")
+        return bytes(body)
+
+
+async def fetch(
+    url: str, method: str = "GET", headers: Optional[dict] = None, body: bytes = b""
+) -> HttpResponse:
+    """Sends an HTTP request to a host the operator granted and returns once
+    the response's head has arrived. A host not granted raises
+    ``OpboxError("HTTP_DENIED", ...)``."""
+    head = outbound.Request(
+        method, url, [(k.lower(), v.encode()) for k, v in (headers or {}).items()]
+    )
+    writer, reader = wit_world.list_u8_stream()
+
+    async def send_body():
+        with writer:
+            if body:
+                await writer.write_all([body])
+
+    componentize_py_async_support.spawn(send_body())
+    try:
+        response, chunks = await outbound.send(head, reader)
+    except Err as e:
+        raise _opbox_error(e.value) from None
+    return HttpResponse(response, chunks)
+
+
+def _opbox_error(error: types.CallError) -> "OpboxError":
+    details = None if error.details is None else json.loads(error.details)
+    return OpboxError(error.code, error.message, details)
 
 
 def log_info(message: str) -> None:

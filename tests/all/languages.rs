@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 
+use opbox::capabilities::Grants;
 use opbox::config::PluginConfig;
 use reqwest::StatusCode;
 use serde_json::json;
@@ -26,18 +27,31 @@ pub fn example(path: &str, toolchain: &str, variable: &str) -> Option<PathBuf> {
     Some(path.into())
 }
 
-/// A host serving the plugin at `path` (and the bundled examples).
-async fn host_with(path: PathBuf) -> TestHost {
+/// A host serving the plugin at `path` with `grants` (and the bundled
+/// examples).
+async fn host_with(path: PathBuf, grants: Grants) -> TestHost {
     TestHost::with_config(|config| {
         config.plugins = vec![PluginConfig {
             path,
             name: None,
             tenant: None,
-            grants: Default::default(),
+            grants,
             limits: Default::default(),
         }];
     })
     .await
+}
+
+/// An upstream answering `GET /hello`; its address.
+async fn upstream() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new().route(
+        "/hello",
+        axum::routing::get(|| async { "hello from upstream" }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
 }
 
 /// `plugin/hello` greets, refuses an input its schema does not allow, and
@@ -84,7 +98,12 @@ async fn the_python_example_answers_streams_fails_and_calls_others() {
     let Some(path) = example(python, "componentize-py", "OPBOX_COMPONENTIZE_PY") else {
         return;
     };
-    let host = host_with(path).await;
+    let addr = upstream().await;
+    let grants = Grants {
+        allowed_outbound_hosts: vec![format!("http://127.0.0.1:{}", addr.port())],
+        ..Grants::default()
+    };
+    let host = host_with(path, grants).await;
 
     // Its input schema comes from a dataclass.
     greets_and_refuses(&host, "greeter-py").await;
@@ -97,6 +116,18 @@ async fn the_python_example_answers_streams_fails_and_calls_others() {
     assert_eq!(body["output"], json!({"words": 4, "top": "the"}));
 
     counts_and_takes_no_input(&host, "greeter-py").await;
+
+    // An outbound request, awaited: to the granted host only.
+    let url = format!("http://127.0.0.1:{}/hello", addr.port());
+    let (status, body) = host.call("greeter-py/get", json!({"url": url})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["output"],
+        json!({"status": 200, "body": "hello from upstream"})
+    );
+    let url = format!("http://localhost:{}/hello", addr.port());
+    let (_, body) = host.call("greeter-py/get", json!({"url": url})).await;
+    assert_eq!(body["error"]["code"], "HTTP_DENIED", "{body}");
 
     // An exception: its message and the traceback's tail reach the caller.
     let (status, body) = host.call("greeter-py/broken", json!({"text": "x"})).await;
@@ -122,7 +153,7 @@ async fn the_javascript_example_answers_streams_and_fails() {
     let Some(path) = example(js, "jco", "OPBOX_JCO") else {
         return;
     };
-    let host = host_with(path).await;
+    let host = host_with(path, Grants::default()).await;
 
     // Its input schema is a JSON Schema object.
     greets_and_refuses(&host, "greeter-js").await;

@@ -23,11 +23,22 @@ use crate::util::TestHost;
 /// The upstream: `/hello`, `/events` (two SSE events, the second only once
 /// `gate` is notified), `/chunks`, `/redirect` (to `localhost`), `/big`
 /// (2 MiB), `/stall` (headers, then nothing), `POST /echo` (the body it
-/// was sent).
+/// was sent), `/pair` (answers two requests once both have arrived).
 async fn upstream(gate: Arc<Notify>) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let pair = Arc::new(tokio::sync::Barrier::new(2));
     let app = Router::new()
+        .route(
+            "/pair",
+            get(move || {
+                let pair = pair.clone();
+                async move {
+                    pair.wait().await;
+                    "paired"
+                }
+            }),
+        )
         .route("/hello", get(|| async { "hello from upstream" }))
         .route(
             "/events",
@@ -185,6 +196,27 @@ async fn a_request_body_sent_in_chunks_arrives_whole_and_only_where_granted() {
         )
         .await;
     assert_eq!(body["error"]["code"], "HTTP_DENIED", "{body}");
+}
+
+#[tokio::test]
+async fn a_plugin_waits_on_two_requests_at_once() {
+    // `/pair` answers only once a second request has arrived: a plugin
+    // that could wait on one request at a time would stall on the first
+    // until the grant's timeout.
+    let addr = upstream(Arc::new(Notify::new())).await;
+    let host = host_for(addr).await;
+    let url = format!("http://127.0.0.1:{}/pair", addr.port());
+    let (status, body) = host
+        .call("relay/fetch-all", json!({"urls": [url, url]}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let bodies: Vec<&Value> = body["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|answer| &answer["body"])
+        .collect();
+    assert_eq!(bodies, [&json!("paired"), &json!("paired")], "{body}");
 }
 
 #[tokio::test]

@@ -7,6 +7,7 @@ wasmtime::component::bindgen!({
     imports: {
         "opbox:plugin/invoke.call": async | store,
         "opbox:plugin/invoke.subscribe": async | store,
+        "opbox:plugin/outbound.send": async | store,
         // Writes wait for the disk: on a blocking thread, not a worker.
         "wasi:keyvalue": async,
     },

@@ -15,7 +15,7 @@
 //! | [`invoke`] | `opbox:plugin/invoke` | always, as the caller |
 //! | [`config`] | `wasi:config/store` | `config`, `secrets` |
 //! | [`keyvalue`] | `wasi:keyvalue` store, atomics, batch | `keyvalue` |
-//! | [`http`] | `wasi:http/outgoing-handler` | `allowed_outbound_hosts` |
+//! | [`http`] | `wasi:http/outgoing-handler`, `opbox:plugin/outbound` | `allowed_outbound_hosts` |
 //!
 //! Adding a capability touches its own module, [`Grants`], [`CallState`]
 //! and the list in [`add_to_linker`]: nothing outside this folder. This

@@ -5,6 +5,8 @@
 //! - `relay/fetch` (query): `{url}` → `{status, content_type, body}`, the
 //!   body as text (at most 1 MiB), following up to 5 redirects to absolute
 //!   URLs.
+//! - `relay/fetch-all` (query): `{urls}` fetches them all at once, as
+//!   `relay/fetch` does each, and returns their answers in order.
 //! - `relay/post` (mutation): `{url, body, chunk}` POSTs `body` in chunks
 //!   of `chunk` bytes, each made as the one before is sent, and returns
 //!   what `relay/fetch` does.
@@ -45,25 +47,42 @@ fn header(response: &Response<Body>, name: &str) -> Option<String> {
 }
 
 async fn fetch(_ctx: Context, target: Target) -> Result<Fetched> {
-    let mut response = http::get(&target.url)?;
+    let mut response = http::get(&target.url).await?;
     for _ in 0..MAX_REDIRECTS {
         let location = header(&response, "location");
         match (response.status().as_u16(), location) {
-            (301 | 302 | 303 | 307 | 308, Some(location)) => response = http::get(&location)?,
+            (301 | 302 | 303 | 307 | 308, Some(location)) => {
+                response = http::get(&location).await?
+            }
             _ => break,
         }
     }
-    fetched(response)
+    fetched(response).await
 }
 
 /// At most 1 MiB of `response`, as text.
-fn fetched(mut response: Response<Body>) -> Result<Fetched> {
-    let body = response.body_mut().read_all(1 << 20)?;
+async fn fetched(mut response: Response<Body>) -> Result<Fetched> {
+    let body = response.body_mut().read_all(1 << 20).await?;
     Ok(Fetched {
         status: response.status().as_u16(),
         content_type: header(&response, "content-type"),
         body: String::from_utf8_lossy(&body).into_owned(),
     })
+}
+
+#[derive(Deserialize, JsonSchema)]
+struct Targets {
+    /// Absolute `http` or `https` URLs, fetched at once.
+    #[schemars(length(max = 8))]
+    urls: Vec<String>,
+}
+
+async fn fetch_all(_ctx: Context, targets: Targets) -> Result<Vec<Fetched>> {
+    let fetches = targets.urls.into_iter().map(|url| async move {
+        let response = http::get(&url).await?;
+        fetched(response).await
+    });
+    opbox_sdk::futures::future::try_join_all(fetches).await
 }
 
 #[derive(Deserialize, JsonSchema)]
@@ -82,9 +101,9 @@ async fn post(_ctx: Context, post: Post) -> Result<Fetched> {
     let chunks: Vec<Vec<u8>> = bytes.chunks(post.chunk).map(<[u8]>::to_vec).collect();
     let request = Request::post(&post.url)
         .header("content-type", "text/plain")
-        .body(RequestBody::chunks(chunks.into_iter().map(Ok)))
+        .body(RequestBody::chunks(chunks))
         .map_err(|e| Error::new("INVALID_URL", e.to_string()))?;
-    fetched(http::send(request)?)
+    fetched(http::send(request).await?).await
 }
 
 /// One output of `relay/sse`.
@@ -121,9 +140,7 @@ impl Relay {
             if self.done {
                 return None;
             }
-            // Hand what is ready to the host before waiting on upstream.
-            opbox_sdk::yield_now().await;
-            match self.body.chunk() {
+            match self.body.chunk().await {
                 Ok(Some(bytes)) if self.sse => self.parse(&bytes),
                 Ok(Some(bytes)) => self.ready.push_back(Delta::Chunk {
                     delta: String::from_utf8_lossy(&bytes).into_owned(),
@@ -186,7 +203,7 @@ fn parse_event(block: &str) -> Option<Delta> {
 }
 
 async fn sse(_ctx: Context, target: Target) -> Result<impl Stream<Item = Result<Delta>>> {
-    let response = http::get(&target.url)?;
+    let response = http::get(&target.url).await?;
     if !response.status().is_success() {
         return Err(Error::new(
             "UPSTREAM_STATUS",
@@ -213,6 +230,11 @@ fn plugin() -> Plugin {
             "fetch",
             "Fetches a URL and returns its status and body.",
             fetch,
+        )
+        .query(
+            "fetch-all",
+            "Fetches several URLs at once and returns their statuses and bodies.",
+            fetch_all,
         )
         .mutation(
             "post",

@@ -1,5 +1,6 @@
-//! `wasi:http/outgoing-handler`: requests a plugin makes, only to the hosts
-//! the operator granted (`allowed_outbound_hosts`).
+//! `wasi:http/outgoing-handler` and `opbox:plugin/outbound` (the same
+//! requests, as an async import with streamed bodies): requests a plugin
+//! makes, only to the hosts the operator granted (`allowed_outbound_hosts`).
 //!
 //! A request to any other host gets the interface's `HTTP-request-denied`
 //! error, and the attempt is logged (scheme, host and port: never the path
@@ -15,6 +16,7 @@
 //! a plugin that follows one makes a new request, checked like the first.
 
 mod grant;
+mod outbound;
 mod send;
 
 use std::sync::Arc;
@@ -26,7 +28,7 @@ use super::denied::Denial;
 use crate::call::{HostCall, Meter, cut};
 use wasmtime::component::{Linker, ResourceTable};
 use wasmtime_wasi_http::{
-    Error, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
+    Error, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks,
 };
 
 pub use grant::{HostPattern, OutboundGrant};
@@ -82,10 +84,9 @@ pub(crate) fn view<'a>(
     }
 }
 
-pub(super) fn add_to_linker<T: WasiHttpView + 'static>(
-    linker: &mut Linker<T>,
-) -> wasmtime::Result<()> {
-    wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)
+pub(super) fn add_to_linker<T: super::View>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
+    outbound::add_to_linker(linker)
 }
 
 /// The outbound policy of one call.
