@@ -43,13 +43,13 @@ pub async fn dev(dir: PathBuf, listen: SocketAddr) -> Result<()> {
         .canonicalize()
         .with_context(|| format!("cannot open {}", dir.display()))?;
     let lang = Lang::of(&dir)?;
-    let signals = crate::Signals::new()?;
+    let signals = crate::serve::Signals::new()?;
     let mut config = HostConfig::demo();
     config.data_dir = dir.join(".opbox");
     config.listen = listen;
     config.tcp_listen = None;
     let host = Host::start(config).await?;
-    let (listener, local) = crate::bind(listen).await?;
+    let (listener, local) = crate::serve::bind(listen).await?;
     tokio::spawn({
         let host = host.clone();
         async move { host.serve(listener, std::future::pending()).await }

@@ -24,10 +24,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use opbox::HostConfig;
 use opbox::envelope::client::Client;
 use opbox::runtime::{LoadOptions, Runtime, RuntimeConfig};
 use opbox::telemetry::trace::TraceExport;
-use opbox::{Host, HostConfig};
 use tracing_log::AsLog;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::prelude::*;
@@ -35,6 +35,7 @@ use tracing_subscriber::prelude::*;
 mod admin;
 mod dev;
 mod new;
+mod serve;
 
 /// A host for operations written as sandboxed WebAssembly components.
 #[derive(Debug, Parser)]
@@ -156,9 +157,6 @@ struct Remote {
     raw: bool,
 }
 
-/// How long open requests may take to finish after a shutdown signal.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // `serve` reads its configuration first: it says where traces go.
@@ -235,7 +233,7 @@ fn main() -> ExitCode {
                 ..
             } => {
                 let config = host_config.unwrap_or_else(HostConfig::demo);
-                serve(config, listen, tcp_listen, plugins).await
+                serve::serve(config, listen, tcp_listen, plugins).await
             }
             Command::Inspect { file, cache_dir } => inspect(file, cache_dir).await,
             Command::Call(remote) => call(remote, false).await,
@@ -308,140 +306,6 @@ fn new_token(tenant: &str, scopes: &[String], id: &str) -> Result<()> {
     println!("sha256 = \"{hash}\"");
     println!("scopes = {scopes}");
     Ok(())
-}
-
-/// A listener on `addr`, and the address it got (the port, when `addr`
-/// asked for any).
-async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr)> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))?;
-    let local = listener
-        .local_addr()
-        .context("cannot read the listening address")?;
-    Ok((listener, local))
-}
-
-async fn serve(
-    mut config: HostConfig,
-    listen: Option<SocketAddr>,
-    tcp_listen: Option<SocketAddr>,
-    plugins: Vec<PathBuf>,
-) -> Result<()> {
-    if let Some(listen) = listen {
-        config.listen = listen;
-    }
-    if tcp_listen.is_some() {
-        config.tcp_listen = tcp_listen;
-    }
-    config.plugin_dirs.extend(plugins);
-    let addr = config.listen;
-    let tcp_addr = config.tcp_listen;
-    let metrics_addr = config.metrics_listen;
-    opbox::net::raise_fd_limit(&config.connection());
-    let signals = Signals::new()?;
-    let host = Host::start(config).await?;
-    let (listener, local) = bind(addr).await?;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = move || {
-        let mut stop = stop_rx.clone();
-        async move {
-            let _ = stop.changed().await;
-        }
-    };
-    let mut tcp_server = None;
-    if let Some(tcp_addr) = tcp_addr {
-        let (tcp, local) = bind(tcp_addr).await?;
-        tracing::info!("opbox envelopes on tcp://{local}");
-        tcp_server = Some(tokio::spawn({
-            let host = host.clone();
-            let stopped = stopped();
-            async move { host.serve_tcp(tcp, stopped).await }
-        }));
-    }
-    if let Some(metrics_addr) = metrics_addr {
-        let (metrics, local) = bind(metrics_addr).await?;
-        tracing::info!("opbox metrics on http://{local}/metrics");
-        tokio::spawn({
-            let host = host.clone();
-            let stopped = stopped();
-            async move { host.serve_metrics(metrics, stopped).await }
-        });
-    }
-    tracing::info!("opbox serving on http://{local}");
-    let server = tokio::spawn({
-        let host = host.clone();
-        let stopped = stopped();
-        async move { host.serve(listener, stopped).await }
-    });
-    signals.stop().await;
-    tracing::info!(
-        "shutting down; open calls have {} s to finish, subscriptions end with UNAVAILABLE",
-        SHUTDOWN_GRACE.as_secs()
-    );
-    // New calls are refused and subscriptions end; running calls go on.
-    host.dispatcher().drain();
-    let _ = stop_tx.send(true);
-    let finished = async {
-        host.dispatcher().idle().await;
-        if let Some(tcp_server) = tcp_server {
-            let _ = tcp_server.await;
-        }
-        server.await
-    };
-    match tokio::time::timeout(SHUTDOWN_GRACE, finished).await {
-        Ok(joined) => joined.context("the server task failed")?,
-        Err(_) => tracing::warn!("open calls did not finish in time; exiting"),
-    }
-    Ok(())
-}
-
-/// The signals that stop the host (Ctrl-C, SIGTERM), and SIGHUP, which it
-/// logs and ignores (by default it would end the process; opbox reloads
-/// nothing). Registered when made, before the host says it serves, so that
-/// none arriving after that line is missed or takes its default action.
-struct Signals {
-    #[cfg(unix)]
-    interrupt: tokio::signal::unix::Signal,
-    #[cfg(unix)]
-    terminate: tokio::signal::unix::Signal,
-    #[cfg(unix)]
-    hangup: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    fn new() -> Result<Self> {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            let watch = |kind| signal(kind).context("cannot watch for signals");
-            Ok(Self {
-                interrupt: watch(SignalKind::interrupt())?,
-                terminate: watch(SignalKind::terminate())?,
-                hangup: watch(SignalKind::hangup())?,
-            })
-        }
-        #[cfg(not(unix))]
-        Ok(Self {})
-    }
-
-    /// Resolves at the first signal to stop.
-    async fn stop(mut self) {
-        #[cfg(unix)]
-        loop {
-            tokio::select! {
-                _ = self.interrupt.recv() => return,
-                _ = self.terminate.recv() => return,
-                _ = self.hangup.recv() => tracing::warn!(
-                    "SIGHUP ignored: opbox does not reload its configuration; restart it to apply changes"
-                ),
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
 
 async fn call(remote: Remote, subscribe: bool) -> Result<()> {
