@@ -86,7 +86,7 @@ async def version(ctx: Context) -> str:
 
 
 @plugin.query("Raises a ValueError: what a bug looks like to the caller.")
-async def broken(ctx: Context, input: Text) -> Text:
+async def broken(ctx: Context, input: Text) -> dict:
     raise ValueError(f"cannot handle {input.text!r}")
 
 

@@ -149,6 +149,10 @@ def schema_of(hint: Any) -> dict:
         return {} if hint is Any else {"type": "null"}
     if hint in _SCALARS:
         return {"type": _SCALARS[hint]}
+    if hint is dict:
+        return {"type": "object"}
+    if hint is list:
+        return {"type": "array"}
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin is list:
