@@ -67,6 +67,8 @@ pub(crate) fn bare_router() -> axum::Router {
 
 pub(crate) struct WrkResult {
     pub(crate) rps: f64,
+    /// Requests completed in the whole run.
+    pub(crate) requests: u64,
     pub(crate) p50: String,
     pub(crate) p99: String,
 }
@@ -97,6 +99,12 @@ pub(crate) fn wrk(addr: SocketAddr, script: &std::path::Path) -> WrkResult {
     assert!(!text.contains("Non-2xx"), "wrk saw errors:\n{text}");
     WrkResult {
         rps: field("Requests/sec:").parse().unwrap_or(0.0),
+        // "187234 requests in 10.00s, 45.21MB read"
+        requests: text
+            .lines()
+            .find_map(|l| l.trim().split_once(" requests in "))
+            .and_then(|(n, _)| n.parse().ok())
+            .unwrap_or(0),
         p50: field("50%"),
         p99: field("99%"),
     }

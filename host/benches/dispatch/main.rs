@@ -15,7 +15,7 @@
 //! cargo bench -p opbox --bench dispatch -- keyvalue  # kv/get and kv/set from a plugin
 //! cargo bench -p opbox --bench dispatch -- relay     # 100 MiB upstream body through relay/sse
 //! cargo bench -p opbox --bench dispatch -- swap      # replaced every 500 ms; restart with 100 plugins
-//! cargo bench -p opbox --bench dispatch -- telemetry # metrics off / on / traces exported, needs `wrk`
+//! cargo bench -p opbox --bench dispatch -- telemetry # a span's cost in process; metrics off / on / traces exported over HTTP (needs `wrk`)
 //! cargo bench -p opbox --bench dispatch -- languages # one plugin in Rust, Python and JavaScript
 //! ```
 //!
@@ -45,10 +45,12 @@
 //!   while the plugin is replaced every 500 ms; the time from a `PUT` to
 //!   the new version answering; start-to-ready with 100 installed plugins,
 //!   cold and warm compiled cache.
-//! - `telemetry`: `POST /call` `echo/echo` under `wrk` against three
-//!   `opbox serve` processes: metrics off, metrics on (the default), and
-//!   traces exported over OTLP to a collector in the bench; rounds
-//!   alternate between them.
+//! - `telemetry`: `echo/echo` in process with and without the trace layer;
+//!   then `POST /call` `echo/echo` under `wrk` against four `opbox serve`
+//!   processes: metrics off, metrics on (the default), and traces exported
+//!   over OTLP to a collector in the bench (all, and one in ten); rounds
+//!   alternate between them, and each host's CPU per request is read from
+//!   `/proc`.
 //! - `languages`: `opbox new`'s template in Rust, Python and JavaScript,
 //!   built from source: build and rebuild time, size, cold compile, first
 //!   and steady `hello` latency, per-item cost of a 10,000-item `count`.
@@ -121,7 +123,7 @@ fn main() {
             languages::bench_languages(&host).await;
         }
         if wants("telemetry") {
-            telemetry::bench_telemetry().await;
+            telemetry::bench_telemetry(&dispatcher).await;
         }
         if wants("swap") {
             swap::bench_swap().await;

@@ -1,9 +1,11 @@
-//! `telemetry`: what metrics and trace export cost a call. `POST /call`
+//! `telemetry`: what metrics and trace export cost a call. First in
+//! process, with and without the trace layer; then `POST /call`
 //! `echo/echo` under `wrk` against four `opbox serve` processes built from
 //! this checkout: metrics off, metrics on (the default), and metrics on
 //! with spans exported over OTLP to a collector in this process (every
 //! trace, and one in ten). Rounds alternate between them so all see the
-//! same machine.
+//! same machine, and each host's own CPU time per request is read from
+//! `/proc`, steadier than throughput when `wrk` shares the cores.
 
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
@@ -11,6 +13,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use opbox::telemetry::trace::{TelemetryConfig, TraceExport};
+use opbox::{CallRequest, Dispatcher};
+use tracing::instrument::WithSubscriber;
+use tracing_subscriber::layer::SubscriberExt;
+
+use super::common::Stats;
 use super::http::{WRK_SECONDS, echo_script, wrk};
 
 const ROUNDS: usize = 5;
@@ -89,20 +97,128 @@ async fn collector() -> (SocketAddr, Arc<AtomicU64>) {
     (addr, received)
 }
 
+/// The CPU time `pid` has used so far, all its threads, user and system.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
+    // Fields after the command's closing parenthesis; utime and stime are
+    // the 12th and 13th of them, in clock ticks.
+    let rest = &stat[stat.rfind(')').expect("a stat line") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 =
+        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    Duration::from_micros(ticks * 1_000_000 / clock_ticks())
+}
+
+/// Clock ticks per second, as `getconf` tells them.
+fn clock_ticks() -> u64 {
+    static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        let out = Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .expect("getconf runs");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("CLK_TCK is a number")
+    })
+}
+
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
 }
 
-pub(crate) async fn bench_telemetry() {
+/// `echo/echo` in process, `CALLS_PER_ROUND` sequential calls per round,
+/// with no span subscriber, then with the trace layer of `opbox serve`
+/// exporting every span, then sampling none: what a span costs a call
+/// without HTTP, `wrk` or a second process sharing the cores.
+async fn in_process(dispatcher: &Dispatcher, otlp: SocketAddr) {
+    const CALLS_PER_ROUND: usize = 5_000;
     println!(
-        "## Telemetry: `POST /call` `echo/echo` under `wrk -t2 -c32 -d{WRK_SECONDS}s`, {ROUNDS} rounds\n"
+        "### In process: `echo/echo`, {ROUNDS} rounds of {CALLS_PER_ROUND} sequential calls\n"
+    );
+    let exports: Vec<Option<TraceExport>> = [None, Some(1.0), Some(0.0)]
+        .into_iter()
+        .map(|ratio| {
+            let config = ratio.map(|sample_ratio| TelemetryConfig {
+                otlp_endpoint: Some(format!("http://{otlp}")),
+                sample_ratio,
+                ..TelemetryConfig::default()
+            });
+            // The exporter's blocking HTTP client must be made (and later
+            // dropped) off the async runtime.
+            std::thread::spawn(move || config.and_then(|c| TraceExport::start(&c).expect("starts")))
+                .join()
+                .expect("the exporter starts")
+        })
+        .collect();
+    let dispatches: Vec<tracing::Dispatch> = exports
+        .iter()
+        .map(|export| {
+            let subscriber =
+                tracing_subscriber::registry().with(export.as_ref().map(TraceExport::layer));
+            tracing::Dispatch::new(subscriber)
+        })
+        .collect();
+    let names = [
+        "no trace layer",
+        "trace layer, every span exported",
+        "trace layer, none sampled",
+    ];
+    let input = serde_json::json!({"x": 1});
+    let mut medians = vec![Vec::new(); names.len()];
+    for round in 0..=ROUNDS {
+        for (i, dispatch) in dispatches.iter().enumerate() {
+            let calls = async {
+                let mut samples = Vec::with_capacity(CALLS_PER_ROUND);
+                for _ in 0..CALLS_PER_ROUND {
+                    let request = CallRequest::new("echo/echo", input.clone());
+                    let start = Instant::now();
+                    dispatcher.call(request).await.expect("echo answers");
+                    samples.push(start.elapsed());
+                }
+                Stats::of(samples)
+            };
+            let stats = calls.with_subscriber(dispatch.clone()).await;
+            // Round 0 warms up.
+            if round > 0 {
+                medians[i].push(stats.median.as_secs_f64() * 1e6);
+            }
+        }
+    }
+    println!("| subscriber | median of round medians | each round (µs) |\n|---|---|---|");
+    for (name, rounds) in names.iter().zip(&medians) {
+        let each: Vec<String> = rounds.iter().map(|m| format!("{m:.1}")).collect();
+        println!(
+            "| {name} | {:.1} µs | {} |",
+            median(&mut rounds.clone()),
+            each.join(", ")
+        );
+    }
+    println!();
+    drop(dispatches);
+    std::thread::spawn(move || {
+        exports
+            .into_iter()
+            .flatten()
+            .for_each(TraceExport::shutdown)
+    })
+    .join()
+    .expect("the exporters stop");
+}
+
+pub(crate) async fn bench_telemetry(dispatcher: &Dispatcher) {
+    println!("## Telemetry: what metrics and trace export cost a call\n");
+    let (otlp, exported) = collector().await;
+    in_process(dispatcher, otlp).await;
+    println!(
+        "### Over HTTP: `POST /call` `echo/echo` under `wrk -t2 -c32 -d{WRK_SECONDS}s`, {ROUNDS} rounds\n"
     );
     if Command::new("wrk").arg("--version").output().is_err() {
         println!("skipped: `wrk` is not on PATH (Debian: `apt-get install wrk`)\n");
         return;
     }
-    let (otlp, exported) = collector().await;
     let cache = tempfile::tempdir().expect("a temporary directory");
     let setups = [
         ("metrics off", "metrics = false\n".to_owned()),
@@ -123,34 +239,53 @@ pub(crate) async fn bench_telemetry() {
     let script = echo_script("opbox-bench-telemetry.lua");
     let mut rps = vec![Vec::new(); servers.len()];
     let mut p99 = vec![Vec::new(); servers.len()];
+    let mut cpu = vec![Vec::new(); servers.len()];
     for round in 0..ROUNDS {
         // Each round starts with a different host, so none always runs
         // right after the same neighbour.
         for k in 0..servers.len() {
             let i = (round + k) % servers.len();
+            let pid = servers[i].child.id();
+            let before = cpu_time(pid);
             let result = tokio::task::block_in_place(|| wrk(servers[i].addr, &script));
+            let spent = cpu_time(pid) - before;
+            cpu[i].push(spent.as_secs_f64() * 1e6 / result.requests.max(1) as f64);
             rps[i].push(result.rps);
             p99[i].push(result.p99);
         }
     }
-    println!("| host | requests/s (median) | each round | p99 each round |\n|---|---|---|---|");
+    println!(
+        "| host | requests/s (median) | each round | host CPU per request (median) | each round (µs) | p99 each round |\n\
+         |---|---|---|---|---|---|"
+    );
     let medians: Vec<f64> = rps.iter().map(|r| median(&mut r.clone())).collect();
+    let cpu_medians: Vec<f64> = cpu.iter().map(|c| median(&mut c.clone())).collect();
     for (i, (name, _)) in setups.iter().enumerate() {
         let rounds: Vec<String> = rps[i].iter().map(|r| format!("{r:.0}")).collect();
+        let cpu_rounds: Vec<String> = cpu[i].iter().map(|c| format!("{c:.1}")).collect();
         println!(
-            "| {name} | {:.0} | {} | {} |",
+            "| {name} | {:.0} | {} | {:.1} µs | {} | {} |",
             medians[i],
             rounds.join(", "),
+            cpu_medians[i],
+            cpu_rounds.join(", "),
             p99[i].join(", ")
         );
     }
     let cost = |of: usize, against: usize| 100.0 * (1.0 - medians[of] / medians[against]);
+    let cpu_cost =
+        |of: usize, against: usize| 100.0 * (cpu_medians[of] / cpu_medians[against] - 1.0);
     println!(
-        "\nmetrics cost {:.1}% of throughput (goal: at most 3%); exporting every trace costs \
-         {:.1}% more, one in ten {:.1}% (goal: at most 10%); {} KiB of spans exported\n",
+        "\nThroughput: metrics cost {:.1}% (goal: at most 3%); exporting every trace costs \
+         {:.1}% more, one in ten {:.1}% (goal: at most 10%).\n\
+         Host CPU per request: metrics cost {:.1}%; exporting every trace {:.1}% more, \
+         one in ten {:.1}%. {} KiB of spans exported.\n",
         cost(1, 0),
         cost(2, 1),
         cost(3, 1),
+        cpu_cost(1, 0),
+        cpu_cost(2, 1),
+        cpu_cost(3, 1),
         exported.load(Ordering::Relaxed) / 1024
     );
 }
