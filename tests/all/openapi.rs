@@ -12,7 +12,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::tools::python_with;
-use crate::util::TestHost;
+use crate::util::{SseReader, TestHost};
 
 /// Every example plugin and the services, with the grants they need, and
 /// no test fixtures.
@@ -226,4 +226,247 @@ async fn request_bodies_say_what_the_gateway_refuses() {
         assert_eq!(status.is_success(), accepted, "{body}: {answer}");
         assert_eq!(request.is_valid(&body), accepted, "the document on {body}");
     }
+}
+
+/// `POST /ops/{ns}/{op}` with `input` as the body (none for `None`).
+async fn post_op(host: &TestHost, name: &str, input: Option<Value>) -> reqwest::Response {
+    let request = host.client.post(host.url(&format!("/ops/{name}")));
+    let request = match input {
+        Some(input) => request.json(&input),
+        None => request,
+    };
+    request.send().await.unwrap()
+}
+
+/// The schema of `name`'s route's answer with `status`.
+fn answer_schema(doc: &Value, name: &str, status: &str) -> jsonschema::Validator {
+    let path = name.replace('/', "~1");
+    let answer = &doc["paths"][format!("/ops/{name}")]["post"]["responses"][status];
+    match answer["$ref"].as_str() {
+        // An error response, shared by every route.
+        Some(reference) => {
+            let pointer = reference.trim_start_matches('#');
+            schema_at(doc, &format!("{pointer}/content/application~1json/schema"))
+        }
+        None => schema_at(
+            doc,
+            &format!(
+                "/paths/~1ops~1{path}/post/responses/{status}/content/application~1json/schema"
+            ),
+        ),
+    }
+}
+
+#[tokio::test]
+async fn every_operation_has_a_route_of_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = examples(dir.path()).await;
+    let (_, doc) = host.get("/openapi.json").await;
+    // Each operation the caller can see has its path, named reversibly.
+    let names: Vec<String> = doc.pointer(CALL_BODY).unwrap()["oneOf"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r["properties"]["operation"]["const"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .chain(["ticker/count".to_owned()])
+        .collect();
+    for name in &names {
+        let post = &doc["paths"][format!("/ops/{name}")]["post"];
+        assert_eq!(post["operationId"], name.replace('/', "."), "{name}");
+        assert_eq!(post["tags"][0], name.split('/').next().unwrap());
+        for status in ["200", "400", "404", "422", "429", "500", "504"] {
+            assert!(post["responses"][status].is_object(), "{name} {status}");
+        }
+    }
+
+    // The body is the input, the answer the output; the rest in headers.
+    let answer = post_op(&host, "textkit/stats", Some(json!({"text": "a b a"}))).await;
+    assert_eq!(answer.status(), StatusCode::OK);
+    let request_id = answer.headers()["opbox-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(request_id.len(), 32, "{request_id}");
+    let cost: Value =
+        serde_json::from_str(answer.headers()["opbox-cost"].to_str().unwrap()).unwrap();
+    assert!(cost["wall_us"].as_u64().unwrap() > 0, "{cost}");
+    let stats: Value = answer.json().await.unwrap();
+    assert_eq!(stats["words"], 3, "{stats}");
+    assert_fits(
+        &answer_schema(&doc, "textkit/stats", "200"),
+        "stats",
+        &stats,
+    );
+
+    // An operation that takes no input takes no body.
+    let answer = post_op(&host, "services/list", None).await;
+    assert_eq!(answer.status(), StatusCode::OK);
+    let list: Value = answer.json().await.unwrap();
+    assert_fits(
+        &answer_schema(&doc, "services/list", "200"),
+        "the list",
+        &list,
+    );
+
+    // Failures: the usual error body, with the status its response says.
+    for (name, input, status, code) in [
+        ("echo/fail", None, StatusCode::BAD_REQUEST, "DEMO_FAILURE"),
+        (
+            "textkit/stats",
+            Some(json!({"words": 1})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "INVALID_INPUT",
+        ),
+        (
+            "textkit/stats",
+            None,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "INVALID_INPUT",
+        ),
+        (
+            "nosuch/op",
+            Some(json!(1)),
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+        ),
+        // A subscription that cannot start is refused with its status, not
+        // with a stream of one error.
+        (
+            "ticker/count",
+            Some(json!({"to": "many"})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "INVALID_INPUT",
+        ),
+    ] {
+        let answer = post_op(&host, name, input).await;
+        assert_eq!(answer.status(), status, "{name}");
+        let header = answer.headers()["opbox-request-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let body: Value = answer.json().await.unwrap();
+        assert_eq!(body["error"]["code"], code, "{name}: {body}");
+        assert_eq!(body["request_id"], header, "{name}");
+        if name != "nosuch/op" {
+            let schema = answer_schema(&doc, name, status.as_str());
+            assert_fits(&schema, name, &body);
+        }
+    }
+    // A body that is not JSON.
+    let answer = host
+        .client
+        .post(host.url("/ops/echo/echo"))
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::BAD_REQUEST);
+
+    // A subscription streams its outputs, each fitting the output schema.
+    let answer = post_op(&host, "ticker/count", Some(json!({"to": 3}))).await;
+    assert!(answer.headers().contains_key("opbox-request-id"));
+    let events = SseReader::of(answer).collect().await;
+    let outputs = schema_at(&doc, "/components/schemas/ticker.count.output");
+    let data: Vec<Value> = events
+        .iter()
+        .filter(|e| e.event == "message" || e.event.is_empty())
+        .map(|e| e.json())
+        .collect();
+    assert_eq!(data.len(), 3, "{events:?}");
+    for output in &data {
+        assert_fits(&outputs, "a tick", output);
+    }
+    assert_eq!(events.last().unwrap().event, "completed", "{events:?}");
+}
+
+#[tokio::test]
+async fn the_deadline_header_shortens_a_call() {
+    let host = TestHost::start().await;
+    let sleep = |deadline: &'static str| {
+        host.client
+            .post(host.url("/ops/fixture-slow/sleep"))
+            .header("opbox-deadline-ms", deadline)
+            .json(&json!({"ms": 2_000}))
+            .send()
+    };
+    let answer = sleep("50").await.unwrap();
+    assert_eq!(answer.status(), StatusCode::GATEWAY_TIMEOUT);
+    let body: Value = answer.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "TIMEOUT", "{body}");
+    let answer = sleep("soon").await.unwrap();
+    assert_eq!(answer.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body: Value = answer.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("opbox-deadline-ms"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn a_client_generated_from_the_document_calls_operations() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = examples(dir.path()).await;
+    let (_, doc) = host.get("/openapi.json").await;
+    let file = dir.path().join("openapi.json");
+    std::fs::write(&file, doc.to_string()).unwrap();
+    let python = python_with("openapi-python-client", "0.29.1");
+    let bin = python.parent().unwrap();
+    let package = dir.path().join("generated").join("opbox_client");
+    // The generator formats its output with `ruff`, from its own venv.
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    // `-m`: the venv's scripts name the interpreter where it was built.
+    let output = std::process::Command::new(&python)
+        .args([
+            "-m",
+            "openapi_python_client",
+            "generate",
+            "--meta",
+            "none",
+            "--path",
+        ])
+        .arg(&file)
+        .arg("--output-path")
+        .arg(&package)
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{said}");
+    // Only the admin uploads (a raw `application/wasm` body) are beyond it.
+    for line in said.lines().filter(|l| l.starts_with("WARNING")) {
+        assert!(line.contains("/admin/v1/plugins"), "{said}");
+    }
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/all/scripts/generated_client.py");
+    // Awaited: the host serves on this test's runtime meanwhile.
+    let output = tokio::process::Command::new(&python)
+        .arg(script)
+        .arg(package.parent().unwrap())
+        .arg(host.url(""))
+        .arg("any-token")
+        .output()
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{said}");
+    let answers: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(answers["stats"]["status"], 200, "{answers}");
+    assert_eq!(answers["stats"]["words"], 6, "{answers}");
+    assert_eq!(answers["stats"]["top"][0], "be", "{answers}");
+    assert_eq!(answers["fail"]["status"], 400, "{answers}");
+    assert_eq!(answers["fail"]["code"], "DEMO_FAILURE", "{answers}");
+    assert_eq!(answers["fail"]["request_id"].as_str().unwrap().len(), 32);
 }

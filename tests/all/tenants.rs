@@ -101,9 +101,13 @@ enum Route {
     Schema,
     WebSocket,
     Tcp,
+    /// `POST /ops/{ns}/{op}` of a query.
+    Op,
+    /// `POST /ops/{ns}/{op}` of a subscription.
+    OpStream,
 }
 
-const ROUTES: [Route; 7] = [
+const ROUTES: [Route; 9] = [
     Route::Call,
     Route::Batch,
     Route::Subscribe,
@@ -111,6 +115,8 @@ const ROUTES: [Route; 7] = [
     Route::Schema,
     Route::WebSocket,
     Route::Tcp,
+    Route::Op,
+    Route::OpStream,
 ];
 
 /// What a route answered.
@@ -171,6 +177,37 @@ async fn attempt(host: &TestHost, route: Route, token: Option<&str>, op: &str) -
                 http(host.client.post(host.url("/batch")).json(&json!([call]))).await;
             let error = if status == StatusCode::OK {
                 body["results"][0]["error"].clone()
+            } else {
+                body["error"].clone()
+            };
+            Outcome {
+                status: Some(status),
+                retry_after,
+                error,
+                body,
+            }
+        }
+        Route::Op | Route::OpStream => {
+            let input = match route {
+                Route::Op => json!({"n": 1}),
+                _ => json!({"to": 1}),
+            };
+            let request = host
+                .client
+                .post(host.url(&format!("/ops/{op}")))
+                .json(&input);
+            let response = with_token(request).send().await.unwrap();
+            let status = response.status();
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_owned());
+            let text = response.text().await.unwrap();
+            // A failure is a JSON error body; a subscription's success is
+            // an event stream.
+            let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+            let error = if status.is_success() {
+                Value::Null
             } else {
                 body["error"].clone()
             };
@@ -260,7 +297,7 @@ fn envelope_outcome(reply: Value) -> Outcome {
 /// The op each route is tried with: a subscription for `/subscribe`.
 fn op_for(route: Route, query: &str, subscription: &str) -> String {
     match route {
-        Route::Subscribe => subscription.to_owned(),
+        Route::Subscribe | Route::OpStream => subscription.to_owned(),
         _ => query.to_owned(),
     }
 }
@@ -409,7 +446,7 @@ async fn every_route_answers_429_once_the_rate_is_used_up() {
         assert!((1..=100_000).contains(&retry_ms), "{retry_ms}");
         assert_eq!(outcome.error["retryable"], true);
         match route {
-            Route::Call | Route::Search | Route::Schema => {
+            Route::Call | Route::Search | Route::Schema | Route::Op | Route::OpStream => {
                 assert_eq!(outcome.status, Some(StatusCode::TOO_MANY_REQUESTS));
                 let header: u64 = outcome.retry_after.unwrap().parse().unwrap();
                 assert_eq!(header, retry_ms.div_ceil(1000), "{route:?}");

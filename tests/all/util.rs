@@ -186,19 +186,7 @@ impl TestHost {
             .send()
             .await
             .expect("request sent");
-        assert_eq!(response.status(), StatusCode::OK);
-        let content_type = response.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .to_owned();
-        assert!(
-            content_type.starts_with("text/event-stream"),
-            "{content_type}"
-        );
-        SseReader {
-            body: response.bytes_stream().boxed(),
-            buffer: String::new(),
-        }
+        SseReader::of(response)
     }
 
     /// Waits until the host has exactly `n` live instances, for at most
@@ -266,6 +254,23 @@ pub struct SseReader {
 }
 
 impl SseReader {
+    /// The events of `response`, which must be a 200 event stream.
+    pub fn of(response: reqwest::Response) -> Self {
+        assert_eq!(response.status(), StatusCode::OK);
+        let content_type = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            content_type.starts_with("text/event-stream"),
+            "{content_type}"
+        );
+        SseReader {
+            body: response.bytes_stream().boxed(),
+            buffer: String::new(),
+        }
+    }
+
     /// The next event, or `None` when the stream ends.
     pub async fn next(&mut self) -> Option<SseEvent> {
         loop {

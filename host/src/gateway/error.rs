@@ -13,7 +13,7 @@ use axum::http::header::RETRY_AFTER;
 use axum::response::{IntoResponse, Response};
 use axum::{Json, body::Bytes};
 use serde::de::DeserializeOwned;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::AppState;
 use crate::call::new_request_id;
@@ -92,45 +92,70 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
-        let timeout = state.config.connection.body_timeout;
-        let read = tokio::time::timeout(timeout, Bytes::from_request(request, state));
-        let bytes = read
-            .await
-            .map_err(|_| {
-                ApiError::from(
-                    CallError::new(
-                        ErrorCode::Timeout,
-                        format!(
-                            "the request body was not sent within {} ms",
-                            timeout.as_millis()
-                        ),
-                    )
-                    .with_details(json!({
-                        "limit": "body_timeout_ms",
-                        "value": u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
-                    })),
-                )
-                .with_status(StatusCode::REQUEST_TIMEOUT)
-            })?
-            .map_err(|rejection| {
-                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::from(CallError::invalid_input(
-                        "the request body is over the size limit",
-                    ))
-                    .with_status(StatusCode::PAYLOAD_TOO_LARGE)
-                } else {
-                    ApiError::from(CallError::invalid_input(
-                        "the request body could not be read",
-                    ))
-                    .with_status(StatusCode::BAD_REQUEST)
-                }
-            })?;
-        serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| {
-            ApiError::from(CallError::new(
-                ErrorCode::InvalidInput,
-                format!("the request body is not valid: {e}"),
-            ))
-            .with_status(StatusCode::BAD_REQUEST)
-        })
+        let bytes = read_body(request, state).await?;
+        parse(&bytes).map(JsonBody)
     }
+}
+
+/// An operation's input as a request body: JSON, or nothing at all for
+/// `null` (an operation that takes no input), failing as [`JsonBody`].
+#[derive(Debug)]
+pub(super) struct InputBody(pub Value);
+
+impl FromRequest<AppState> for InputBody {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
+        let bytes = read_body(request, state).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(InputBody(Value::Null));
+        }
+        parse(&bytes).map(InputBody)
+    }
+}
+
+/// The whole body of `request`, within the size limit and the body timeout.
+async fn read_body(request: Request, state: &AppState) -> Result<Bytes, ApiError> {
+    let timeout = state.config.connection.body_timeout;
+    let read = tokio::time::timeout(timeout, Bytes::from_request(request, state));
+    read.await
+        .map_err(|_| {
+            ApiError::from(
+                CallError::new(
+                    ErrorCode::Timeout,
+                    format!(
+                        "the request body was not sent within {} ms",
+                        timeout.as_millis()
+                    ),
+                )
+                .with_details(json!({
+                    "limit": "body_timeout_ms",
+                    "value": u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+                })),
+            )
+            .with_status(StatusCode::REQUEST_TIMEOUT)
+        })?
+        .map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::from(CallError::invalid_input(
+                    "the request body is over the size limit",
+                ))
+                .with_status(StatusCode::PAYLOAD_TOO_LARGE)
+            } else {
+                ApiError::from(CallError::invalid_input(
+                    "the request body could not be read",
+                ))
+                .with_status(StatusCode::BAD_REQUEST)
+            }
+        })
+}
+
+fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::from(CallError::new(
+            ErrorCode::InvalidInput,
+            format!("the request body is not valid: {e}"),
+        ))
+        .with_status(StatusCode::BAD_REQUEST)
+    })
 }

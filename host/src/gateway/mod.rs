@@ -6,6 +6,7 @@
 //! | `GET /call` | `ws::upgrade`: the envelope protocol over WebSocket |
 //! | `POST /batch` | `call::batch`: several, run concurrently, results in order |
 //! | `POST /subscribe` | `subscribe::subscribe`: a subscription as SSE |
+//! | `POST /ops/{ns}/{op}` | `ops::op`: one operation, input and output as the bodies |
 //! | `GET /search?q=` | `discovery::search`: the caller's visible operations |
 //! | `GET /schema?name=` | `discovery::schema`: one operation's full spec |
 //! | `GET /openapi.json` | `discovery::openapi`: OpenAPI 3.1, the caller's view |
@@ -21,6 +22,7 @@ mod call;
 mod discovery;
 mod error;
 mod events;
+mod ops;
 mod serve;
 mod subscribe;
 mod ws;
@@ -118,6 +120,7 @@ pub fn router(dispatcher: Dispatcher, config: GatewayConfig, websockets: TaskTra
         .route("/call", post(call::call).get(ws::upgrade))
         .route("/batch", post(call::batch))
         .route("/subscribe", post(subscribe::subscribe))
+        .route("/ops/{namespace}/{op}", post(ops::op))
         .route("/search", get(discovery::search))
         .route("/schema", get(discovery::schema))
         .route("/openapi.json", get(discovery::openapi))

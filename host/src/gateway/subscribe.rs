@@ -52,7 +52,7 @@ fn once_error(error: CallError) -> BoxStream<'static, Result<Event, Infallible>>
 
 /// Numbered data events, then `completed` with what the subscription
 /// cost, or an `error` that ends it all.
-fn events(
+pub(super) fn events(
     outputs: OutputStream,
     meter: Arc<Meter>,
 ) -> impl Stream<Item = Result<Event, Infallible>> {

@@ -11,8 +11,12 @@
 //! Request bodies say what the gateway enforces: no fields besides
 //! `operation`, `input` and `deadline_ms`, and `input` required when the
 //! operation's input schema refuses `null` (what a missing input is).
+//!
+//! Each operation also has a path of its own, `/ops/{ns}/{op}` (`typed`),
+//! whose bodies are its input and output.
 
 mod admin;
+mod typed;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -22,7 +26,7 @@ use serde_json::{Map, Value, json};
 use crate::call::{Identity, OpType};
 use crate::dispatch::{Dispatcher, Operation};
 
-/// The prefix of every component reference.
+/// The prefix of every schema component reference.
 const COMPONENTS: &str = "#/components/schemas/";
 
 /// Each tenant's document, built once per tenant and registry change (one
@@ -123,6 +127,7 @@ pub fn document(ops: &[Arc<Operation>]) -> Value {
     for (name, schema) in admin::schemas() {
         schemas.insert(name.into(), schema);
     }
+    distinct_titles(&mut schemas);
     let mut document = json!({
         "openapi": "3.1.0",
         "info": {
@@ -208,8 +213,32 @@ pub fn document(ops: &[Arc<Operation>]) -> Value {
     });
     if let Some(paths) = document["paths"].as_object_mut() {
         paths.extend(admin::paths(&error));
+        paths.extend(ops.iter().map(|op| typed::path(op)));
     }
+    typed::components(&mut document);
     document
+}
+
+/// Gives every component whose `title` another component shares its own
+/// name as title instead. Client generators name their types after titles,
+/// and two operations of one plugin often share a type (and so a title):
+/// without this, the second would collide with the first.
+fn distinct_titles(schemas: &mut Map<String, Value>) {
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for schema in schemas.values() {
+        if let Some(title) = schema.get("title").and_then(Value::as_str) {
+            *seen.entry(title.to_owned()).or_default() += 1;
+        }
+    }
+    for (name, schema) in schemas.iter_mut() {
+        let shared = schema
+            .get("title")
+            .and_then(Value::as_str)
+            .is_some_and(|title| seen[title] > 1);
+        if shared {
+            schema["title"] = name.clone().into();
+        }
+    }
 }
 
 /// A request body that is one of `requests`; with none, any well-formed

@@ -1,0 +1,125 @@
+//! `POST /ops/{ns}/{op}`: each operation as a route of its own.
+//!
+//! The body is the operation's input (no body at all is `null`, for an
+//! operation that takes none) and the answer's body is its output, so a
+//! client generated from `/openapi.json` gets one typed function per
+//! operation. A subscription answers with Server-Sent Events, as
+//! `/subscribe` does. Failures have the usual error body and status; unlike
+//! `/subscribe`, a subscription that fails before it starts is answered
+//! with that status too, not with a 200 stream of one error.
+//!
+//! What `/call` carries in its body travels in headers here: the optional
+//! `opbox-deadline-ms` on the request, and `opbox-request-id`, `opbox-cost`
+//! and (when traces are exported) `traceparent` on the response.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::response::sse::{KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+
+use super::call::{COST, with_traceparent};
+use super::error::{ApiError, InputBody};
+use super::subscribe::events;
+use super::{AppState, caller, trace_context};
+use crate::call::{CallError, CallRequest, Meter, OpType, Origin, Transport, new_request_id};
+
+/// The request header that may shorten the call's deadline, in whole
+/// milliseconds (as `deadline_ms` in a `/call` body).
+pub(super) const DEADLINE: HeaderName = HeaderName::from_static("opbox-deadline-ms");
+
+/// The response header that names the call, for its log line and events.
+pub(super) const REQUEST_ID: HeaderName = HeaderName::from_static("opbox-request-id");
+
+pub(super) async fn op(
+    State(state): State<AppState>,
+    Path((namespace, op)): Path<(String, String)>,
+    headers: HeaderMap,
+    InputBody(input): InputBody,
+) -> Response {
+    let request_id = new_request_id();
+    let identity = match caller(&state, &headers) {
+        Ok(identity) => identity,
+        Err(error) => return ApiError::new(request_id, error).into_response(),
+    };
+    let deadline = match deadline(&headers) {
+        Ok(deadline) => deadline,
+        Err(error) => return ApiError::new(request_id, error).into_response(),
+    };
+    let request = CallRequest {
+        request_id: request_id.clone(),
+        operation: format!("{namespace}/{op}"),
+        input,
+        deadline,
+        identity,
+        origin: Origin::Wire(Transport::Http),
+        trace: trace_context(&headers),
+    };
+    // A name the caller cannot see goes the query way, to be refused (and
+    // counted) as `/call` refuses it.
+    let subscription = matches!(state.dispatcher.op_type(&request), Ok(OpType::Subscription));
+    let (mut response, meter, traceparent) = if subscription {
+        let started = state.dispatcher.subscribe_metered(request).await;
+        let response = match started.result {
+            Ok(outputs) => {
+                let keep_alive = KeepAlive::new().interval(state.config.sse_keep_alive);
+                Sse::new(events(outputs, started.meter.clone()))
+                    .keep_alive(keep_alive)
+                    .into_response()
+            }
+            Err(error) => ApiError::new(request_id.clone(), error).into_response(),
+        };
+        (response, started.meter, started.traceparent)
+    } else {
+        let called = state.dispatcher.call_metered(request).await;
+        let response = match called.result {
+            Ok(output) => Json(output).into_response(),
+            Err(error) => ApiError::new(request_id.clone(), error).into_response(),
+        };
+        (response, called.meter, called.traceparent)
+    };
+    with_call_headers(
+        response.headers_mut(),
+        &request_id,
+        &meter,
+        traceparent.as_deref(),
+        subscription,
+    );
+    response
+}
+
+/// The `opbox-deadline-ms` header, when there is one.
+fn deadline(headers: &HeaderMap) -> Result<Option<Duration>, CallError> {
+    let Some(value) = headers.get(&DEADLINE) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|ms| Some(Duration::from_millis(ms)))
+        .ok_or_else(|| {
+            CallError::invalid_input("`opbox-deadline-ms` is not a whole number of milliseconds")
+        })
+}
+
+/// The request id, and for a query or mutation its cost (a
+/// subscription's comes in its `completed` event), and its trace.
+fn with_call_headers(
+    headers: &mut HeaderMap,
+    request_id: &Arc<str>,
+    meter: &Meter,
+    traceparent: Option<&str>,
+    subscription: bool,
+) {
+    if let Ok(value) = HeaderValue::from_str(request_id) {
+        headers.insert(REQUEST_ID, value);
+    }
+    if !subscription && let Ok(value) = HeaderValue::from_str(&meter.receipt().to_json()) {
+        headers.insert(COST, value);
+    }
+    with_traceparent(headers, traceparent);
+}

@@ -1,0 +1,145 @@
+//! Each operation's own route, `POST /ops/{ns}/{op}`, in the document: its
+//! input schema as the request body, its output schema as the answer (an
+//! event stream for a subscription), every error status the gateway may
+//! answer, and the headers that carry what `/call` puts in its body.
+//!
+//! Its `operationId` is the operation's name with `.` for `/`
+//! (`echo/echo` is `echo.echo`): names are `[a-z0-9_-]` segments, so the
+//! mapping is reversible and two operations never share an id. Its tag is
+//! the namespace, the plugin's.
+
+use serde_json::{Map, Value, json};
+
+use super::COMPONENTS;
+use crate::dispatch::Operation;
+
+/// The statuses an operation's route may answer with an error body, and
+/// what each means.
+const ERRORS: [(&str, &str); 11] = [
+    (
+        "400",
+        "A plugin's own (domain) error, or a body that is not JSON",
+    ),
+    (
+        "401",
+        "No valid bearer token, where anonymous callers are not taken",
+    ),
+    ("403", "The caller lacks a scope the operation requires"),
+    ("404", "No such operation for this caller"),
+    ("408", "The request body was not sent in time"),
+    ("413", "The request body is over the size limit"),
+    ("422", "The input does not fit the input schema"),
+    (
+        "429",
+        "A limit or quota was reached; `Retry-After` says when to try again",
+    ),
+    ("500", "The plugin failed (a trap, a panic) or the host did"),
+    (
+        "503",
+        "The host is shutting down or the plugin is being replaced",
+    ),
+    ("504", "The call ran past its deadline"),
+];
+
+/// The operation name as an `operationId` (and an MCP tool name).
+fn operation_id(name: &str) -> String {
+    name.replace('/', ".")
+}
+
+/// The path item of `op`'s own route, at `/ops/{ns}/{op}`.
+pub(super) fn path(op: &Operation) -> (String, Value) {
+    let spec = &op.spec;
+    let component = spec.name.replace('/', ".");
+    let namespace = spec.name.split('/').next().unwrap_or_default();
+    let input = json!({ "$ref": format!("{COMPONENTS}{component}.input") });
+    let output = json!({ "$ref": format!("{COMPONENTS}{component}.output") });
+    let subscription = spec.op_type == crate::call::OpType::Subscription;
+    let answer = if subscription {
+        json!({
+            "description": "One `data:` event per output (each fits the output schema), then `event: completed` with the cost, or `event: error`",
+            "headers": { "opbox-request-id": { "$ref": "#/components/headers/RequestId" } },
+            "content": { "text/event-stream": {
+                "schema": { "type": "string" },
+                "x-opbox-item-schema": output,
+            } },
+        })
+    } else {
+        json!({
+            "description": "The output",
+            "headers": {
+                "opbox-request-id": { "$ref": "#/components/headers/RequestId" },
+                "opbox-cost": { "$ref": "#/components/headers/Cost" },
+            },
+            "content": { "application/json": { "schema": output } },
+        })
+    };
+    let mut responses = Map::new();
+    responses.insert("200".into(), answer);
+    for (status, _) in ERRORS {
+        responses.insert(
+            status.into(),
+            json!({ "$ref": format!("#/components/responses/Error{status}") }),
+        );
+    }
+    let takes_null = op.input.is_valid(&Value::Null);
+    // Scope-free operations may be called without a token.
+    let open = spec.access_control.required_scopes.is_empty()
+        && spec.access_control.required_scopes_any.is_empty();
+    let security = if open {
+        json!([{ "bearer": [] }, {}])
+    } else {
+        json!([{ "bearer": [] }])
+    };
+    let item = json!({ "post": {
+        "operationId": operation_id(&spec.name),
+        "summary": spec.description,
+        "tags": [namespace],
+        "security": security,
+        "parameters": [{ "$ref": "#/components/parameters/Deadline" }],
+        "requestBody": {
+            "required": !takes_null,
+            "description": if takes_null { "The input; no body is `null`" } else { "The input" },
+            "content": { "application/json": { "schema": input } },
+        },
+        "responses": responses,
+        "x-opbox-op-type": spec.op_type,
+    } });
+    (format!("/ops/{}", spec.name), item)
+}
+
+/// The components the routes refer to: the error responses, the deadline
+/// parameter and the response headers.
+pub(super) fn components(document: &mut Value) {
+    let mut responses = Map::new();
+    for (status, meaning) in ERRORS {
+        responses.insert(
+            format!("Error{status}"),
+            json!({
+                "description": meaning,
+                "headers": { "opbox-request-id": { "$ref": "#/components/headers/RequestId" } },
+                "content": { "application/json": {
+                    "schema": { "$ref": format!("{COMPONENTS}ErrorBody") },
+                } },
+            }),
+        );
+    }
+    let components = &mut document["components"];
+    components["responses"] = Value::Object(responses);
+    components["parameters"] = json!({ "Deadline": {
+        "name": "opbox-deadline-ms",
+        "in": "header",
+        "required": false,
+        "description": "Milliseconds; may only shorten the host's deadline",
+        "schema": { "type": "integer", "minimum": 0 },
+    } });
+    components["headers"] = json!({
+        "RequestId": {
+            "description": "The call's id, as its log line and events name it",
+            "schema": { "type": "string" },
+        },
+        "Cost": {
+            "description": "What the call cost, as JSON: wall and guest CPU time, fuel, peak memory, host calls, bytes in and out",
+            "schema": { "type": "string" },
+        },
+    });
+}
