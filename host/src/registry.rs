@@ -5,10 +5,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use serde_json::Value;
+use tokio::sync::watch;
 
 use crate::call::{OperationSpec, is_valid_name};
 
@@ -156,15 +156,15 @@ struct Namespace<H> {
 pub struct Registry<H> {
     namespaces: RwLock<BTreeMap<String, Vec<Namespace<H>>>>,
     /// Bumped by every change, so views built from the registry know when
-    /// they are stale.
-    generation: AtomicU64,
+    /// they are stale, and watchers are woken.
+    generation: watch::Sender<u64>,
 }
 
 impl<H> Default for Registry<H> {
     fn default() -> Self {
         Self {
             namespaces: RwLock::default(),
-            generation: AtomicU64::new(0),
+            generation: watch::Sender::new(0),
         }
     }
 }
@@ -194,7 +194,7 @@ impl<H> Registry<H> {
                 owner: owner.clone(),
                 ops: table,
             });
-        self.generation.fetch_add(1, Ordering::Release);
+        self.generation.send_modify(|generation| *generation += 1);
         Ok(())
     }
 
@@ -221,13 +221,18 @@ impl<H> Registry<H> {
             .and_then(|holders| holders.iter_mut().find(|held| held.owner == *owner))
             .ok_or_else(|| RegistryError::NotHeld(namespace.to_owned()))?;
         held.ops = table;
-        self.generation.fetch_add(1, Ordering::Release);
+        self.generation.send_modify(|generation| *generation += 1);
         Ok(())
     }
 
     /// A number that changes whenever the registry does.
     pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
+        *self.generation.borrow()
+    }
+
+    /// Wakes on every change from now on (the value is the generation).
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
     }
 
     /// Removes a namespace of `owner` and all its operations. Calls already
@@ -243,7 +248,7 @@ impl<H> Registry<H> {
         if holders.is_empty() {
             namespaces.remove(namespace);
         }
-        self.generation.fetch_add(1, Ordering::Release);
+        self.generation.send_modify(|generation| *generation += 1);
         removed
     }
 

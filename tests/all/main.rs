@@ -30,6 +30,7 @@ mod leaks;
 mod limits;
 mod loading;
 mod logs;
+mod mcp;
 mod metrics;
 mod nested;
 mod openapi;

@@ -88,6 +88,8 @@ pub enum Transport {
     WebSocket,
     /// Envelopes over TCP.
     Tcp,
+    /// The MCP server at `/mcp`: tools, over Streamable HTTP.
+    Mcp,
     /// A program embedding the host, calling its dispatcher directly.
     Embedded,
 }
@@ -99,6 +101,7 @@ impl Transport {
             Self::Http => "http",
             Self::WebSocket => "websocket",
             Self::Tcp => "tcp",
+            Self::Mcp => "mcp",
             Self::Embedded => "embedded",
         }
     }

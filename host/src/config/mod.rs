@@ -70,6 +70,13 @@
 //! service_name = "opbox"       # the traces' service.name
 //! sample_ratio = 1.0           # the share of new traces kept
 //!
+//! [mcp]                        # the MCP server at /mcp
+//! enabled = true
+//! meta_tools = true            # search, schema, call, subscribe besides one tool per operation
+//! max_sessions = 1024          # sessions open at once, all callers together
+//! session_idle_ms = 300000     # a session idle this long is closed
+//! allowed_hosts = []           # Host headers taken; empty takes any
+//!
 //! [[tenants]]                  # none by default: every call is UNAUTHORIZED
 //! id = "acme"
 //! anonymous = false            # callers without a valid token belong here
@@ -109,7 +116,7 @@ use serde::Deserialize;
 use crate::call::AccessControl;
 use crate::dispatch::DispatchConfig;
 use crate::envelope::EnvelopeConfig;
-use crate::gateway::GatewayConfig;
+use crate::gateway::{GatewayConfig, McpConfig};
 use crate::net::ConnectionConfig;
 use crate::runtime::{ManifestLimits, PluginLimits, RuntimeConfig};
 use crate::telemetry::trace::TelemetryConfig;
@@ -185,6 +192,8 @@ pub struct HostConfig {
     pub connections: ConnectionsSection,
     /// `[telemetry]`: where traces are exported.
     pub telemetry: TelemetryConfig,
+    /// `[mcp]`: the MCP server at `/mcp`.
+    pub mcp: McpConfig,
     /// The tenants, their tokens and quotas. None by default: every call is
     /// refused until a tenant takes callers.
     pub tenants: Vec<TenantConfig>,
@@ -208,6 +217,7 @@ impl Default for HostConfig {
             limits: LimitsConfig::default(),
             plugin_limits: PluginLimitsConfig::default(),
             telemetry: TelemetryConfig::default(),
+            mcp: McpConfig::default(),
             gateway: GatewaySection::default(),
             admin: AdminSection::default(),
             envelope: EnvelopeSection::default(),
@@ -334,6 +344,7 @@ impl HostConfig {
             public_metrics: self.gateway.public_metrics,
             envelope: self.envelope(),
             connection: self.connection(),
+            mcp: self.mcp.clone(),
             ..GatewayConfig::default()
         }
     }

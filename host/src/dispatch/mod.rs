@@ -292,6 +292,14 @@ impl Dispatcher {
         self.visible(identity).collect()
     }
 
+    /// The operations `identity` can see and holds the scopes to call,
+    /// sorted by name: what an MCP client is offered as tools.
+    pub fn callable_operations(&self, identity: &Identity) -> Vec<Arc<Operation>> {
+        self.visible(identity)
+            .filter(|op| pipeline::authorize(&op.spec, identity).is_ok())
+            .collect()
+    }
+
     /// The operations `identity` can see from the wire, sorted by name.
     fn visible(&self, identity: &Identity) -> impl Iterator<Item = Arc<Operation>> {
         self.inner

@@ -281,7 +281,7 @@ pub(super) fn visible(op: &Operation, origin: Origin) -> bool {
 
 /// Whether `identity` holds the scopes `spec` requires: `UNAUTHORIZED` for
 /// an anonymous caller, `FORBIDDEN` for one whose scopes fall short.
-fn authorize(spec: &OperationSpec, identity: &Identity) -> Result<(), CallError> {
+pub(super) fn authorize(spec: &OperationSpec, identity: &Identity) -> Result<(), CallError> {
     let AccessControl {
         required_scopes: all,
         required_scopes_any: any,

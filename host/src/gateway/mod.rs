@@ -14,6 +14,7 @@
 //! | `GET /metrics` | `discovery::metrics`: Prometheus text, for the scope `metrics` |
 //! | `/admin/v1/plugins…` | `admin::*`: install, list, show, replace, remove |
 //! | `GET /admin/v1/events` | `events::events`: a page of the event feed, or a WebSocket following it |
+//! | `POST`/`GET`/`DELETE /mcp` | `mcp`: every operation as an MCP tool (Streamable HTTP) |
 //!
 //! Every failure has the protocol's error shape and status (`error`).
 
@@ -22,6 +23,7 @@ mod call;
 mod discovery;
 mod error;
 mod events;
+mod mcp;
 mod ops;
 mod serve;
 mod subscribe;
@@ -38,6 +40,7 @@ use axum::routing::{get, post};
 use tokio_util::task::TaskTracker;
 
 pub use error::ApiError;
+pub use mcp::McpConfig;
 pub use serve::serve;
 
 use crate::call::{CallError, ErrorCode};
@@ -58,6 +61,7 @@ use crate::telemetry::Metrics;
 /// | `sse_keep_alive` | a comment every 15 s on idle SSE streams |
 /// | `envelope` | the limits of WebSocket connections: [`EnvelopeConfig`] |
 /// | `connection` | timeouts of every connection: [`ConnectionConfig`] |
+/// | `mcp` | the MCP server at `/mcp`: [`McpConfig`] |
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
     /// The largest request body accepted.
@@ -78,6 +82,8 @@ pub struct GatewayConfig {
     pub envelope: EnvelopeConfig,
     /// Timeouts and caps of every connection.
     pub connection: ConnectionConfig,
+    /// The MCP server.
+    pub mcp: McpConfig,
 }
 
 impl Default for GatewayConfig {
@@ -92,6 +98,7 @@ impl Default for GatewayConfig {
             sse_keep_alive: Duration::from_secs(15),
             envelope: EnvelopeConfig::default(),
             connection: ConnectionConfig::default(),
+            mcp: McpConfig::default(),
         }
     }
 }
@@ -110,13 +117,21 @@ struct AppState {
 /// them: upgraded connections are no longer the HTTP server's to wait for.
 pub fn router(dispatcher: Dispatcher, config: GatewayConfig, websockets: TaskTracker) -> Router {
     let body_limit = config.max_body_bytes;
+    let mcp = config.mcp.enabled.then(|| {
+        mcp::router(
+            &dispatcher,
+            &config.mcp,
+            config.max_body_bytes,
+            config.connection.body_timeout,
+        )
+    });
     let state = AppState {
         dispatcher,
         uploads: Arc::new(admin::Uploads::new(config.max_uploads)),
         config: Arc::new(config),
         websockets,
     };
-    Router::new()
+    let router = Router::new()
         .route("/call", post(call::call).get(ws::upgrade))
         .route("/batch", post(call::batch))
         .route("/subscribe", post(subscribe::subscribe))
@@ -136,7 +151,11 @@ pub fn router(dispatcher: Dispatcher, config: GatewayConfig, websockets: TaskTra
         .fallback(no_route)
         .method_not_allowed_fallback(no_method)
         .layer(DefaultBodyLimit::max(body_limit))
-        .with_state(state)
+        .with_state(state);
+    match mcp {
+        Some(mcp) => router.merge(mcp),
+        None => router,
+    }
 }
 
 /// `/metrics` alone, for anyone: what the `metrics_listen` address serves.

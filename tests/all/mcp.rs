@@ -1,0 +1,282 @@
+//! `/mcp` as an AI agent's MCP client sees it: the official Python SDK
+//! (`mcp` from PyPI) lists tools per caller, calls queries with structured
+//! output, gets typed errors, runs a subscription with progress
+//! notifications, cancels one (and the guest stops), and hears when the
+//! tool list changes.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use opbox::HostConfig;
+use opbox::config::PluginConfig;
+use opbox::tenants::{Quotas, TenantConfig, TokenConfig, hash_token_hex};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use crate::admin::{OPERATOR, fixture, install, with_operator};
+use crate::tools::python_with;
+use crate::util::TestHost;
+
+/// A token of tenant `acme`, which alone has the plugin `vault`.
+const ACME: &str = "acme-token";
+
+fn config(config: &mut HostConfig, data: &std::path::Path) {
+    with_operator(config, data);
+    config.tenants.push(TenantConfig {
+        id: "acme".into(),
+        anonymous: false,
+        tokens: vec![TokenConfig {
+            id: "acme-user".into(),
+            sha256: hash_token_hex(ACME),
+            scopes: vec![],
+        }],
+        quotas: Quotas::default(),
+        plugins: Default::default(),
+    });
+    config.plugins.push(PluginConfig {
+        path: opbox::bundled::built_plugin("echo"),
+        name: Some("vault".into()),
+        tenant: Some("acme".into()),
+        grants: Default::default(),
+        limits: Default::default(),
+    });
+}
+
+/// The script's next report, which must be `step`.
+async fn next(
+    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    step: &str,
+) -> Value {
+    let line = tokio::time::timeout(Duration::from_secs(120), lines.next_line())
+        .await
+        .unwrap_or_else(|_| panic!("no `{step}` from the MCP client in 2 minutes"))
+        .unwrap()
+        .unwrap_or_else(|| panic!("the MCP client ended before `{step}`"));
+    let report: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(report["step"], step, "{report}");
+    report
+}
+
+fn names(list: &Value) -> Vec<&str> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_python_mcp_sdk_lists_calls_streams_and_cancels_tools() {
+    let data = tempfile::tempdir().unwrap();
+    let host = TestHost::with_config(|c| config(c, data.path())).await;
+    let python = python_with("mcp", "2.3.0");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/all/scripts/mcp_client.py"
+    );
+    let mut child = tokio::process::Command::new(python)
+        .arg(script)
+        .args([host.url("/mcp"), OPERATOR.into(), ACME.into()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let stderr = child.stderr.take().unwrap();
+    let errors = tokio::spawn(async move {
+        let mut text = String::new();
+        let mut lines = BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            text.push_str(&line);
+            text.push('\n');
+        }
+        text
+    });
+
+    // Each caller is offered exactly what it may call.
+    let lists = next(&mut lines, "lists").await;
+    let (anonymous, operator, acme) = (
+        names(&lists["anonymous"]),
+        names(&lists["operator"]),
+        names(&lists["acme"]),
+    );
+    for list in [&anonymous, &operator, &acme] {
+        assert!(
+            list.contains(&"echo.echo") && list.contains(&"ticker.count"),
+            "{lists}"
+        );
+        for meta in ["search", "schema", "call", "subscribe"] {
+            assert!(list.contains(&meta), "{lists}");
+        }
+    }
+    assert!(acme.contains(&"vault.echo"), "{lists}");
+    assert!(!anonymous.contains(&"vault.echo") && !operator.contains(&"vault.echo"));
+    // The lifecycle operations need the scope `admin`.
+    assert!(operator.contains(&"admin.install"), "{lists}");
+    assert!(
+        !anonymous.iter().any(|n| n.starts_with("admin.")),
+        "{lists}"
+    );
+    assert!(!acme.iter().any(|n| n.starts_with("admin.")), "{lists}");
+
+    // Schemas: an object input as is; any other wrapped as `input`.
+    let schemas = next(&mut lines, "schemas").await;
+    assert_eq!(schemas["stats_input"]["type"], "object", "{schemas}");
+    assert!(schemas["stats_input"]["properties"]["text"].is_object());
+    assert_eq!(schemas["stats_output"]["type"], "object");
+    // echo/echo takes any value, null included: `input` is not required.
+    let echo = &schemas["echo_input"];
+    assert_eq!(echo["type"], "object", "{schemas}");
+    assert_eq!(
+        echo["properties"]["input"]["title"], "AnyValue",
+        "{schemas}"
+    );
+    assert!(echo.get("required").is_none(), "{schemas}");
+    assert_eq!(schemas["read_only"], true);
+
+    let calls = next(&mut lines, "calls").await;
+    let ok = &calls["ok"];
+    assert_eq!(ok["is_error"], false, "{calls}");
+    assert_eq!(ok["structured"]["words"], 6, "{calls}");
+    let text: Value = serde_json::from_str(ok["text"][0].as_str().unwrap()).unwrap();
+    assert_eq!(text, ok["structured"], "the text copy is the same JSON");
+    assert_eq!(ok["meta"]["opbox/request_id"].as_str().unwrap().len(), 32);
+    assert!(
+        ok["meta"]["opbox/cost"]["wall_us"].as_u64().unwrap() > 0,
+        "{calls}"
+    );
+    assert_eq!(
+        calls["wrapped"]["structured"],
+        json!({"output": [1, "two"]})
+    );
+    for (name, code) in [("bad", "INVALID_INPUT"), ("domain", "DEMO_FAILURE")] {
+        let failed = &calls[name];
+        assert_eq!(failed["is_error"], true, "{name}: {calls}");
+        assert_eq!(
+            failed["structured"]["error"]["code"], code,
+            "{name}: {calls}"
+        );
+        assert!(failed["structured"]["error"]["message"].is_string());
+    }
+    assert_eq!(calls["meta"]["structured"]["words"], 2, "{calls}");
+
+    let subscription = next(&mut lines, "subscription").await;
+    let progress = subscription["progress"].as_array().unwrap();
+    assert_eq!(progress.len(), 3, "{subscription}");
+    for (i, step) in progress.iter().enumerate() {
+        assert_eq!(step["progress"], (i + 1) as f64);
+        let item: Value = serde_json::from_str(step["message"].as_str().unwrap()).unwrap();
+        assert_eq!(item, json!({ "n": i + 1 }));
+    }
+    let result = &subscription["result"]["structured"];
+    assert_eq!(result["items"], 3, "{subscription}");
+    assert_eq!(result["last"], json!({"n": 3}));
+
+    // Cancelled while it runs: the guest stops, the session goes on.
+    next(&mut lines, "running").await;
+    assert_eq!(host.wait_for_live(1, Duration::from_secs(10)).await, 1);
+    stdin.write_all(b"cancel\n").await.unwrap();
+    next(&mut lines, "cancelled").await;
+    assert_eq!(
+        host.wait_for_live(0, Duration::from_secs(10)).await,
+        0,
+        "the guest still runs"
+    );
+    stdin.write_all(b"go\n").await.unwrap();
+    let after = next(&mut lines, "after").await;
+    assert_eq!(after["result"]["structured"]["words"], 2, "{after}");
+
+    // A plugin installed while a session is open: it is told, and lists it.
+    let listening = next(&mut lines, "listening").await;
+    assert!(!names(&listening["tools"]).contains(&"versioned.which"));
+    let named = Some(json!({ "name": "versioned" }));
+    let (status, body) = install(&host, Some(OPERATOR), named, fixture("fixture-v1")).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let changed = next(&mut lines, "changed").await;
+    assert!(
+        names(&changed["tools"]).contains(&"versioned.which"),
+        "{changed}"
+    );
+
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    let errors = errors.await.unwrap();
+    assert!(status.success(), "{errors}");
+}
+
+#[tokio::test]
+async fn mcp_callers_are_authenticated_and_sessions_are_capped() {
+    let data = tempfile::tempdir().unwrap();
+    let host = TestHost::with_config(|c| {
+        config(c, data.path());
+        // Only callers with a token.
+        c.tenants[0].anonymous = false;
+        c.mcp.max_sessions = 2;
+    })
+    .await;
+    let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "test", "version": "1"}}});
+    let post = |token: Option<&str>| {
+        let request = host
+            .client
+            .post(host.url("/mcp"))
+            .header("accept", "application/json, text/event-stream")
+            .json(&initialize);
+        match token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+        .send()
+    };
+    let refused = post(None).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "UNAUTHORIZED", "{body}");
+    // Two sessions are held; the third is refused until one closes.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let response = post(Some(ACME)).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        held.push(
+            response.headers()["mcp-session-id"]
+                .to_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    let refused = post(Some(ACME)).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(
+        body["error"]["details"]["limit"], "mcp.max_sessions",
+        "{body}"
+    );
+    let closed = host
+        .client
+        .delete(host.url("/mcp"))
+        .bearer_auth(ACME)
+        .header("mcp-session-id", &held[0])
+        .send()
+        .await
+        .unwrap();
+    assert!(closed.status().is_success(), "{}", closed.status());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let response = post(Some(ACME)).await.unwrap();
+        if response.status() == StatusCode::OK {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the closed session's place was not freed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
