@@ -16,7 +16,7 @@ use crate::config::{HostConfig, PluginConfig};
 use crate::dispatch::{DispatchConfig, Dispatcher, Operation, Registry};
 use crate::envelope;
 use crate::gateway;
-use crate::net::Connections;
+use crate::net::{Connections, Tls, TlsConfig, TlsError};
 use crate::plugins::{self, PluginError, Plugins};
 use crate::registry::{Owner, RegistryError};
 use crate::runtime::{LoadError, LoadOptions, Plugin, Runtime, RuntimeConfig};
@@ -85,6 +85,17 @@ pub enum HostError {
     /// `[access]` names an operation no plugin offers.
     #[error("[access] names `{0}`, which no plugin offers")]
     UnknownAccessOverride(String),
+    /// A listener's TLS certificate or key cannot be used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
+/// A listener's TLS from `files`, reloaded when they change.
+fn load_tls(files: Option<&TlsConfig>, alpn: &[&[u8]]) -> Result<Option<Arc<Tls>>, TlsError> {
+    let Some(files) = files else { return Ok(None) };
+    let tls = Arc::new(Tls::load(files, alpn)?);
+    tls.watch()?;
+    Ok(Some(tls))
 }
 
 /// A host with its plugins loaded, ready to serve.
@@ -100,6 +111,10 @@ pub struct Host {
     connections: Connections,
     /// What `/metrics` serves.
     metrics: Arc<Metrics>,
+    /// The gateway's TLS, when configured.
+    gateway_tls: Option<Arc<Tls>>,
+    /// The TCP listener's TLS, when configured.
+    tcp_tls: Option<Arc<Tls>>,
 }
 
 impl Host {
@@ -108,6 +123,8 @@ impl Host {
     /// not load: a host never starts with part of its configuration missing.
     pub async fn start(config: HostConfig) -> Result<Self, HostError> {
         let tenants = Tenants::new(&config.tenants, config.limits.max_instances)?;
+        let gateway_tls = load_tls(config.gateway.tls.as_ref(), &[b"http/1.1"])?;
+        let tcp_tls = load_tls(config.envelope.tls.as_ref(), &[])?;
         if config.tenants.is_empty() {
             tracing::warn!("no [[tenants]] configured: every call will be refused as UNAUTHORIZED");
         }
@@ -149,6 +166,8 @@ impl Host {
             websockets: TaskTracker::new(),
             connections,
             metrics,
+            gateway_tls,
+            tcp_tls,
         };
         // Gauges are read at each scrape. The sampler holds the plugins
         // weakly: the metrics are held by what the plugins hold.
@@ -331,6 +350,7 @@ impl Host {
     ) {
         envelope::tcp::serve(
             listener,
+            self.tcp_tls.clone(),
             self.dispatcher.clone(),
             self.config.envelope(),
             self.connections.clone(),
@@ -338,6 +358,15 @@ impl Host {
             shutdown,
         )
         .await;
+    }
+
+    /// Reads the listeners' TLS certificates and keys again (what SIGHUP
+    /// does to `opbox serve`); new connections get them, open ones keep
+    /// theirs. A pair that does not load is logged and the old one kept.
+    pub fn reload_tls(&self) {
+        for tls in [&self.gateway_tls, &self.tcp_tls].into_iter().flatten() {
+            tls.log_reload("asked to");
+        }
     }
 
     /// Serves the gateway on `listener` until `shutdown` resolves, then stops
@@ -350,6 +379,7 @@ impl Host {
     ) {
         gateway::serve(
             listener,
+            self.gateway_tls.clone(),
             gateway::router(
                 self.dispatcher.clone(),
                 gateway::GatewayConfig {
@@ -376,6 +406,7 @@ impl Host {
     ) {
         gateway::serve(
             listener,
+            None,
             gateway::metrics_router(self.metrics_served()),
             self.connections.clone(),
             &self.config.connection(),

@@ -358,27 +358,48 @@ async fn every_call_refused_or_failed_has_a_log_line_with_its_cause() {
 }
 
 #[tokio::test]
-async fn sighup_is_logged_and_ignored() {
+async fn sighup_keeps_serving_and_reloads_tls_certificates() {
+    let hup = |server: &crate::util::Server| {
+        let status = Command::new("kill")
+            .args(["-HUP", &server.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
     let server = crate::util::Server::start(
         "listen = \"127.0.0.1:0\"\n[[tenants]]\nid = \"default\"\nanonymous = true\n",
     );
-    let status = Command::new("kill")
-        .args(["-HUP", &server.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    hup(&server);
     let client = reqwest::Client::new();
-    // Still serving, and it said why.
+    // Still serving, and it said what it did.
     let started = Instant::now();
     loop {
         let answer = server
             .call(&client, "echo/echo", serde_json::json!(1))
             .await;
         assert_eq!(answer["output"], 1);
-        if server.logged("SIGHUP ignored") {
+        if server.logged("SIGHUP: reloading TLS certificates") {
             break;
         }
         assert!(started.elapsed() < Duration::from_secs(10), "no log line");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // With TLS: the certificate is read again.
+    let dir = tempfile::tempdir().unwrap();
+    let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+    std::fs::write(dir.path().join("cert.pem"), made.cert.pem()).unwrap();
+    std::fs::write(dir.path().join("key.pem"), made.signing_key.serialize_pem()).unwrap();
+    let server = crate::util::Server::start_in(
+        dir.path(),
+        "listen = \"127.0.0.1:0\"\n[gateway]\ntls = { cert = \"cert.pem\", key = \"key.pem\" }\n\
+         [[tenants]]\nid = \"default\"\nanonymous = true\n",
+    );
+    assert!(server.logged("serving on https://"));
+    hup(&server);
+    let started = Instant::now();
+    while !server.logged("TLS certificate reloaded (asked to)") {
+        assert!(started.elapsed() < Duration::from_secs(10), "no reload");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

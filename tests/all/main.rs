@@ -39,6 +39,7 @@ mod shutdown;
 mod subscribe;
 mod tenant_plugins;
 mod tenants;
+mod tls;
 mod tools;
 mod traces;
 mod util;

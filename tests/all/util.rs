@@ -325,8 +325,8 @@ fn parse_event(block: &str) -> Option<SseEvent> {
 
 /// A raw TCP connection speaking length-prefixed frames, for tests that need
 /// to send what no well-behaved client would.
-pub struct Frames {
-    stream: tokio::net::TcpStream,
+pub struct Frames<S = tokio::net::TcpStream> {
+    stream: S,
 }
 
 impl Frames {
@@ -339,14 +339,16 @@ impl Frames {
         let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
         Self::new(stream)
     }
+}
 
-    /// Frames over a connection already open.
-    pub fn new(stream: tokio::net::TcpStream) -> Self {
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Frames<S> {
+    /// Frames over a connection already open (TLS or not).
+    pub fn new(stream: S) -> Self {
         Self { stream }
     }
 
     /// The raw connection.
-    pub fn stream(&mut self) -> &mut tokio::net::TcpStream {
+    pub fn stream(&mut self) -> &mut S {
         &mut self.stream
     }
 
@@ -445,8 +447,12 @@ impl Server {
         let (mut http, mut tcp, mut log) = (None, None, Vec::new());
         while http.is_none() || (wants_tcp && tcp.is_none()) {
             let line = lines.next().expect("the server starts").unwrap();
-            if let Some((_, addr)) = line.split_once("serving on http://") {
-                http = Some(addr.trim().to_owned());
+            // `serving on http://…` or `https://…`.
+            if let Some((_, url)) = line.split_once("serving on ") {
+                http = url
+                    .trim()
+                    .split_once("://")
+                    .map(|(_, addr)| addr.to_owned());
             }
             if let Some((_, addr)) = line.split_once("envelopes on tcp://") {
                 tcp = Some(addr.trim().to_owned());

@@ -42,6 +42,7 @@
 //! max_body_bytes = 1048576     # larger request bodies get 413
 //! max_batch = 100              # calls per /batch
 //! public_metrics = false       # /metrics for anyone (else: scope `metrics`)
+//! # tls = { cert = "cert.pem", key = "key.pem" }  # HTTPS (and wss); reloaded on SIGHUP or change
 //!
 //! [admin]                      # plugins changed while serving
 //! grace_ms = 30000             # subscriptions on a retired version end after this
@@ -56,6 +57,7 @@
 //! max_queued_bytes = 1048576   # replies waiting for a slow reader
 //! idle_timeout_ms = 60000      # no frame and no open call: closed
 //! frame_timeout_ms = 10000     # to finish a frame once begun (TCP)
+//! # tls = { cert = "cert.pem", key = "key.pem" }  # TLS on tcp_listen
 //!
 //! [connections]                # every listener
 //! max_connections = 1024       # open at once, in all
@@ -287,6 +289,13 @@ impl HostConfig {
             if let Some(dir) = &mut plugin.grants.directory {
                 dir.path = base.join(&dir.path);
             }
+        }
+        for tls in [&mut config.gateway.tls, &mut config.envelope.tls]
+            .into_iter()
+            .flatten()
+        {
+            tls.cert = base.join(&tls.cert);
+            tls.key = base.join(&tls.key);
         }
         Ok(config)
     }

@@ -10,7 +10,7 @@ use crate::capabilities::Grants;
 use crate::dispatch::DispatchConfig;
 use crate::envelope::EnvelopeConfig;
 use crate::gateway::GatewayConfig;
-use crate::net::ConnectionConfig;
+use crate::net::{ConnectionConfig, TlsConfig};
 pub use crate::runtime::PluginLimitsConfig;
 use crate::runtime::{ManifestLimits, RuntimeConfig};
 
@@ -30,6 +30,9 @@ pub struct EnvelopeSection {
     pub idle_timeout_ms: u64,
     /// How long a peer may take to finish a frame it has begun.
     pub frame_timeout_ms: u64,
+    /// TLS on the TCP listener (`tcp_listen`); plain TCP without. Envelopes
+    /// over WebSocket ride the gateway's TLS.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for EnvelopeSection {
@@ -42,6 +45,7 @@ impl Default for EnvelopeSection {
             max_queued_bytes: defaults.max_queued_bytes,
             idle_timeout_ms: millis(defaults.idle_timeout),
             frame_timeout_ms: millis(defaults.frame_timeout),
+            tls: None,
         }
     }
 }
@@ -156,6 +160,8 @@ pub struct GatewaySection {
     /// Whether anyone may read `/metrics`; otherwise callers need the
     /// scope `metrics`. The demo (no configuration file) says yes.
     pub public_metrics: bool,
+    /// TLS on the gateway's listener; plain HTTP without.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for GatewaySection {
@@ -165,6 +171,7 @@ impl Default for GatewaySection {
             max_body_bytes: defaults.max_body_bytes,
             max_batch: defaults.max_batch,
             public_metrics: false,
+            tls: None,
         }
     }
 }

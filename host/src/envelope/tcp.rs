@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::Stream;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::{FramedWrite, LengthDelimitedCodec};
 
@@ -21,7 +21,7 @@ use super::session::{self, FrameLimit, Inbound};
 use super::wire;
 use crate::call::Transport;
 use crate::dispatch::Dispatcher;
-use crate::net::{self, ConnectionPermit, Connections, Guarded, Refusal};
+use crate::net::{self, ConnectionPermit, Connections, Guarded, Refusal, Tls};
 
 /// The codec of the TCP framing, refusing frames over `max_frame_bytes`.
 pub fn codec(max_frame_bytes: usize) -> LengthDelimitedCodec {
@@ -38,6 +38,7 @@ pub fn codec(max_frame_bytes: usize) -> LengthDelimitedCodec {
 /// drains and their last call has answered.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<Arc<Tls>>,
     dispatcher: Dispatcher,
     config: EnvelopeConfig,
     connections: Connections,
@@ -62,13 +63,20 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        open.spawn(connection(
-            stream,
-            permit,
-            dispatcher.clone(),
-            config.clone(),
-            write_timeout,
-        ));
+        let (dispatcher, config, tls) = (dispatcher.clone(), config.clone(), tls.clone());
+        open.spawn(async move {
+            // Writes are guarded beneath TLS: the peer not taking bytes is
+            // what the guard watches for.
+            let io = Guarded::new(stream, write_timeout);
+            match tls {
+                None => connection(io, permit, dispatcher, config).await,
+                // The handshake has as long as a frame.
+                Some(tls) => match tls.accept(io, config.frame_timeout).await {
+                    Ok(io) => connection(io, permit, dispatcher, config).await,
+                    Err(e) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+                },
+            }
+        });
     }
     drop(listener);
     while open.join_next().await.is_some() {}
@@ -87,20 +95,18 @@ fn refuse(stream: &TcpStream, peer: SocketAddr, refusal: Refusal) {
     let _ = stream.try_write(&bytes);
 }
 
-async fn connection(
-    stream: TcpStream,
+async fn connection<IO>(
+    io: IO,
     _permit: ConnectionPermit,
     dispatcher: Dispatcher,
     config: Arc<EnvelopeConfig>,
-    write_timeout: Duration,
-) {
-    let (read, write) = stream.into_split();
+) where
+    IO: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (read, write) = tokio::io::split(io);
     let limit = FrameLimit::for_connection(&config, None);
     let incoming = Box::pin(frames(read, limit.clone(), config.frame_timeout));
-    let outgoing = FramedWrite::new(
-        Guarded::new(write, write_timeout),
-        codec(config.max_frame_bytes),
-    );
+    let outgoing = FramedWrite::new(write, codec(config.max_frame_bytes));
     session::serve(
         dispatcher,
         Transport::Tcp,

@@ -1,10 +1,11 @@
-//! The gateway on a socket: hyper's HTTP/1 with the limits of
-//! [`ConnectionConfig`].
+//! The gateway on a socket: hyper's HTTP/1, over TLS when configured, with
+//! the limits of [`ConnectionConfig`].
 //!
 //! Every accepted connection is admitted first ([`Connections`]); a refused
 //! one gets a one-line HTTP answer and is closed. An admitted one has
 //! `header_timeout` to send each request's headers (which also closes idle
-//! keep-alive connections), and its writes are [`Guarded`]. Its permit rides
+//! keep-alive connections; a TLS handshake has as long), and its writes are
+//! [`Guarded`] beneath TLS. Its permit rides
 //! along in each request's extensions, so a connection upgraded to a
 //! WebSocket keeps its place until the WebSocket closes.
 
@@ -25,13 +26,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::call::new_request_id;
-use crate::net::{self, ConnectionConfig, ConnectionPermit, Connections, Guarded, Refusal};
+use crate::net::{self, ConnectionConfig, ConnectionPermit, Connections, Guarded, Refusal, Tls};
 
 /// Serves `router` on `listener` until `shutdown` resolves; then stops
 /// accepting, lets each connection finish the request it is serving, and
 /// waits for them to close.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<Arc<Tls>>,
     router: Router,
     connections: Connections,
     config: &ConnectionConfig,
@@ -57,21 +59,23 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        let io = TokioIo::new(Guarded::new(stream, config.write_timeout));
+        let io = Guarded::new(stream, config.write_timeout);
         let service = Admitted {
             router: router.clone(),
             permit,
         };
-        let connection = http.serve_connection(io, service).with_upgrades();
-        let stop = stop.clone();
+        let (http, stop, tls) = (http.clone(), stop.clone(), tls.clone());
+        let handshake_timeout = config.header_timeout;
         open.spawn(async move {
-            let mut connection = std::pin::pin!(connection);
-            let served = tokio::select! {
-                served = connection.as_mut() => served,
-                () = stop.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
-                }
+            let served = match tls {
+                None => connection(&http, io, service, &stop).await,
+                Some(tls) => match tls.accept(io, handshake_timeout).await {
+                    Ok(io) => connection(&http, io, service, &stop).await,
+                    Err(e) => {
+                        tracing::debug!(%peer, "TLS handshake failed: {e}");
+                        return;
+                    }
+                },
             };
             if let Err(e) = served {
                 tracing::debug!(%peer, "HTTP connection ended: {e}");
@@ -82,6 +86,30 @@ pub async fn serve(
     stop.cancel();
     open.close();
     open.wait().await;
+}
+
+/// Serves one connection until it closes, or until `stop`: then lets the
+/// request it is serving finish.
+async fn connection<IO>(
+    http: &hyper::server::conn::http1::Builder,
+    io: IO,
+    service: Admitted,
+    stop: &CancellationToken,
+) -> hyper::Result<()>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let connection = http
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        served = connection.as_mut() => served,
+        () = stop.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    }
 }
 
 /// Tells a refused peer why, with what fits in the socket's buffer right

@@ -8,6 +8,7 @@
 //! - [`Guarded`]: a socket whose writes fail once the peer has taken no byte
 //!   for `write_timeout`, so a peer that stops reading cannot pin a
 //!   connection and the replies queued on it.
+//! - [`Tls`]: TLS on a listener, its certificate reloaded while serving.
 //! - [`raise_fd_limit`]: the soft limit on open files, raised to the hard
 //!   limit at start.
 //!
@@ -16,6 +17,7 @@
 
 mod admission;
 mod guarded;
+mod tls;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -24,6 +26,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 pub use admission::{ConnectionPermit, Connections, Refusal};
 pub use guarded::Guarded;
+pub use tls::{Tls, TlsConfig, TlsError};
 
 /// Limits of every connection the host accepts, HTTP and TCP alike.
 ///

@@ -79,7 +79,7 @@ pub async fn dev(dir: PathBuf, listen: SocketAddr) -> Result<()> {
         .into_iter()
         .find(|listed| !listed.fixed)
         .map(|listed| listed.plugin.name().to_owned());
-    let stop = signals.stop();
+    let stop = signals.stop(|| {});
     tokio::pin!(stop);
     loop {
         if let Some(name) = rebuild(&host, &dir, lang, serving.as_deref()).await {

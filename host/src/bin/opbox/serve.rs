@@ -39,6 +39,16 @@ pub(crate) async fn serve(
     let addr = config.listen;
     let tcp_addr = config.tcp_listen;
     let metrics_addr = config.metrics_listen;
+    let scheme = if config.gateway.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let tcp_tls = if config.envelope.tls.is_some() {
+        " (TLS)"
+    } else {
+        ""
+    };
     opbox::net::raise_fd_limit(&config.connection());
     let signals = Signals::new()?;
     let host = Host::start(config).await?;
@@ -53,7 +63,7 @@ pub(crate) async fn serve(
     let mut tcp_server = None;
     if let Some(tcp_addr) = tcp_addr {
         let (tcp, local) = bind(tcp_addr).await?;
-        tracing::info!("opbox envelopes on tcp://{local}");
+        tracing::info!("opbox envelopes on tcp://{local}{tcp_tls}");
         tcp_server = Some(tokio::spawn({
             let host = host.clone();
             let stopped = stopped();
@@ -69,13 +79,13 @@ pub(crate) async fn serve(
             async move { host.serve_metrics(metrics, stopped).await }
         });
     }
-    tracing::info!("opbox serving on http://{local}");
+    tracing::info!("opbox serving on {scheme}://{local}");
     let server = tokio::spawn({
         let host = host.clone();
         let stopped = stopped();
         async move { host.serve(listener, stopped).await }
     });
-    signals.stop().await;
+    signals.stop(|| host.reload_tls()).await;
     tracing::info!(
         "shutting down; open calls have {} s to finish, subscriptions end with UNAVAILABLE",
         SHUTDOWN_GRACE.as_secs()
@@ -97,9 +107,9 @@ pub(crate) async fn serve(
     Ok(())
 }
 
-/// The signals that stop the host (Ctrl-C, SIGTERM), and SIGHUP, which it
-/// logs and ignores (by default it would end the process; opbox reloads
-/// nothing). Registered when made, before the host says it serves, so that
+/// The signals that stop the host (Ctrl-C, SIGTERM), and SIGHUP, which
+/// reloads the listeners' TLS certificates (by default it would end the
+/// process). Registered when made, before the host says it serves, so that
 /// none arriving after that line is missed or takes its default action.
 pub(crate) struct Signals {
     #[cfg(unix)]
@@ -126,16 +136,19 @@ impl Signals {
         Ok(Self {})
     }
 
-    /// Resolves at the first signal to stop.
-    pub(crate) async fn stop(mut self) {
+    /// Resolves at the first signal to stop; calls `hangup` at each SIGHUP.
+    pub(crate) async fn stop(mut self, hangup: impl Fn()) {
         #[cfg(unix)]
         loop {
             tokio::select! {
                 _ = self.interrupt.recv() => return,
                 _ = self.terminate.recv() => return,
-                _ = self.hangup.recv() => tracing::warn!(
-                    "SIGHUP ignored: opbox does not reload its configuration; restart it to apply changes"
-                ),
+                _ = self.hangup.recv() => {
+                    tracing::info!(
+                        "SIGHUP: reloading TLS certificates; the rest of the configuration needs a restart"
+                    );
+                    hangup();
+                }
             }
         }
         #[cfg(not(unix))]
