@@ -15,6 +15,7 @@
 //! cargo bench -p opbox --bench dispatch -- keyvalue  # kv/get and kv/set from a plugin
 //! cargo bench -p opbox --bench dispatch -- relay     # 100 MiB upstream body through relay/sse
 //! cargo bench -p opbox --bench dispatch -- swap      # replaced every 500 ms; restart with 100 plugins
+//! cargo bench -p opbox --bench dispatch -- callers   # /call vs an MCP tool call, plain vs TLS
 //! cargo bench -p opbox --bench dispatch -- telemetry # a span's cost in process; metrics off / on / traces exported over HTTP (needs `wrk`)
 //! cargo bench -p opbox --bench dispatch -- languages # one plugin in Rust, Python and JavaScript
 //! ```
@@ -45,6 +46,8 @@
 //!   while the plugin is replaced every 500 ms; the time from a `PUT` to
 //!   the new version answering; start-to-ready with 100 installed plugins,
 //!   cold and warm compiled cache.
+//! - `callers`: `echo/echo` through `/call` and as an MCP tool call,
+//!   plain and over TLS, sequential and with 32 connections in flight.
 //! - `telemetry`: `echo/echo` in process with and without the trace layer;
 //!   then `POST /call` `echo/echo` under `wrk` against four `opbox serve`
 //!   processes: metrics off, metrics on (the default), and traces exported
@@ -63,6 +66,7 @@
     reason = "a benchmark reports failure by panicking"
 )]
 
+mod callers;
 mod common;
 mod dispatch;
 mod envelope;
@@ -121,6 +125,9 @@ fn main() {
         }
         if wants("languages") {
             languages::bench_languages(&host).await;
+        }
+        if wants("callers") {
+            callers::bench_callers(&host).await;
         }
         if wants("telemetry") {
             telemetry::bench_telemetry(&dispatcher).await;
