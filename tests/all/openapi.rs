@@ -76,17 +76,23 @@ fn assert_fits(schema: &jsonschema::Validator, what: &str, value: &Value) {
     );
 }
 
+/// The examples' host, and its `/openapi.json` written to `dir`.
+async fn document_file(dir: &Path) -> (TestHost, std::path::PathBuf) {
+    let host = examples(dir).await;
+    let (status, doc) = host.get("/openapi.json").await;
+    assert_eq!(status, StatusCode::OK);
+    let file = dir.join("openapi.json");
+    std::fs::write(&file, doc.to_string()).unwrap();
+    (host, file)
+}
+
 const CALL_BODY: &str = "/paths/~1call/post/requestBody/content/application~1json/schema";
 const BATCH_OK: &str = "/paths/~1batch/post/responses/200/content/application~1json/schema";
 
 #[tokio::test]
 async fn the_document_passes_an_openapi_validator() {
     let dir = tempfile::tempdir().unwrap();
-    let host = examples(dir.path()).await;
-    let (status, doc) = host.get("/openapi.json").await;
-    assert_eq!(status, StatusCode::OK);
-    let file = dir.path().join("openapi.json");
-    std::fs::write(&file, doc.to_string()).unwrap();
+    let (_host, file) = document_file(dir.path()).await;
     let python = python_with("openapi-spec-validator", "0.9.0");
     let output = std::process::Command::new(python)
         .args(["-m", "openapi_spec_validator"])
@@ -413,10 +419,7 @@ async fn the_deadline_header_shortens_a_call() {
 #[tokio::test]
 async fn a_client_generated_from_the_document_calls_operations() {
     let dir = tempfile::tempdir().unwrap();
-    let host = examples(dir.path()).await;
-    let (_, doc) = host.get("/openapi.json").await;
-    let file = dir.path().join("openapi.json");
-    std::fs::write(&file, doc.to_string()).unwrap();
+    let (host, file) = document_file(dir.path()).await;
     let python = python_with("openapi-python-client", "0.29.1");
     let bin = python.parent().unwrap();
     let package = dir.path().join("generated").join("opbox_client");
