@@ -239,6 +239,17 @@ async fn mcp_callers_are_authenticated_and_sessions_are_capped() {
     assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
     let body: Value = refused.json().await.unwrap();
     assert_eq!(body["error"]["code"], "UNAUTHORIZED", "{body}");
+    // A body over the gateway's limit is refused before rmcp reads it.
+    let huge = host
+        .client
+        .post(host.url("/mcp"))
+        .bearer_auth(ACME)
+        .header("content-type", "application/json")
+        .body(vec![b' '; 2 << 20])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(huge.status(), StatusCode::PAYLOAD_TOO_LARGE);
     // Two sessions are held; the third is refused until one closes.
     let mut held = Vec::new();
     for _ in 0..2 {
@@ -279,4 +290,91 @@ async fn mcp_callers_are_authenticated_and_sessions_are_capped() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// `tools/list` over raw HTTP, as `token`: the tool names.
+async fn raw_tool_names(host: &TestHost, token: &str) -> Vec<String> {
+    let post = |session: Option<String>, body: Value| {
+        let mut request = host
+            .client
+            .post(host.url("/mcp"))
+            .bearer_auth(token)
+            .header("accept", "application/json, text/event-stream")
+            .json(&body);
+        if let Some(session) = session {
+            request = request.header("mcp-session-id", session);
+        }
+        request.send()
+    };
+    let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "test", "version": "1"}}});
+    let answer = post(None, initialize).await.unwrap();
+    let session = answer.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    post(Some(session.clone()), initialized).await.unwrap();
+    let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
+    let text = post(Some(session), list)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    // The answer is an event stream; its one JSON-RPC response holds the list.
+    let response: Value = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+        .find_map(|data| {
+            serde_json::from_str::<Value>(data)
+                .ok()
+                .filter(|v| v["id"] == 2)
+        })
+        .unwrap_or_else(|| panic!("{text}"));
+    response["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|tool| tool["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_meta_tools_and_mcp_itself_can_be_turned_off() {
+    let data = tempfile::tempdir().unwrap();
+    let host = TestHost::with_config(|c| config(c, data.path())).await;
+    let with = raw_tool_names(&host, ACME).await;
+    assert!(with.iter().any(|n| n == "search") && with.iter().any(|n| n == "echo.echo"));
+
+    let data = tempfile::tempdir().unwrap();
+    let host = TestHost::with_config(|c| {
+        config(c, data.path());
+        c.mcp.meta_tools = false;
+    })
+    .await;
+    let without = raw_tool_names(&host, ACME).await;
+    assert!(without.iter().any(|n| n == "echo.echo"), "{without:?}");
+    for meta in ["search", "schema", "call", "subscribe"] {
+        assert!(!without.iter().any(|n| n == meta), "{without:?}");
+    }
+
+    let data = tempfile::tempdir().unwrap();
+    let host = TestHost::with_config(|c| {
+        config(c, data.path());
+        c.mcp.enabled = false;
+    })
+    .await;
+    let answer = host
+        .client
+        .post(host.url("/mcp"))
+        .bearer_auth(ACME)
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::NOT_FOUND);
+    let body: Value = answer.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "NOT_FOUND", "{body}");
 }

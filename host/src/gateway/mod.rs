@@ -115,6 +115,9 @@ struct AppState {
 /// The gateway's routes over `dispatcher`. Each WebSocket connection runs
 /// as a task of `websockets`, so that a server shutting down can wait for
 /// them: upgraded connections are no longer the HTTP server's to wait for.
+///
+/// Call it within a Tokio runtime: the MCP route starts its watchers (of
+/// the registry, and of the dispatcher draining) here.
 pub fn router(dispatcher: Dispatcher, config: GatewayConfig, websockets: TaskTracker) -> Router {
     let body_limit = config.max_body_bytes;
     let mcp = config.mcp.enabled.then(|| {

@@ -159,12 +159,25 @@ async fn admit(State(admission): State<Admission>, request: Request, next: Next)
     let read = axum::body::to_bytes(body, admission.max_body_bytes);
     let bytes = match tokio::time::timeout(admission.body_timeout, read).await {
         Ok(Ok(bytes)) => bytes,
-        Ok(Err(_)) => {
-            return ApiError::from(CallError::invalid_input(
-                "the request body is over the size limit",
-            ))
-            .with_status(StatusCode::PAYLOAD_TOO_LARGE)
-            .into_response();
+        Ok(Err(error)) => {
+            let too_large = error
+                .into_inner()
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some();
+            let (status, message) = if too_large {
+                (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "the request body is over the size limit",
+                )
+            } else {
+                (
+                    StatusCode::BAD_REQUEST,
+                    "the request body could not be read",
+                )
+            };
+            return ApiError::from(CallError::invalid_input(message))
+                .with_status(status)
+                .into_response();
         }
         Err(_) => {
             return ApiError::from(CallError::new(
