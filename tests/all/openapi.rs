@@ -86,6 +86,19 @@ async fn document_file(dir: &Path) -> (TestHost, std::path::PathBuf) {
     (host, file)
 }
 
+/// `events` hold three data events, each fitting `outputs`.
+fn three_ticks_fit(outputs: &jsonschema::Validator, events: &[crate::util::SseEvent]) {
+    let data: Vec<Value> = events
+        .iter()
+        .filter(|e| e.event == "message" || e.event.is_empty())
+        .map(|e| e.json())
+        .collect();
+    assert_eq!(data.len(), 3, "{events:?}");
+    for output in &data {
+        assert_fits(outputs, "a tick", output);
+    }
+}
+
 const CALL_BODY: &str = "/paths/~1call/post/requestBody/content/application~1json/schema";
 const BATCH_OK: &str = "/paths/~1batch/post/responses/200/content/application~1json/schema";
 
@@ -196,15 +209,7 @@ async fn every_example_operation_answers_as_documented() {
         .await
         .collect()
         .await;
-    let data: Vec<Value> = events
-        .iter()
-        .filter(|e| e.event == "message" || e.event.is_empty())
-        .map(|e| e.json())
-        .collect();
-    assert_eq!(data.len(), 3, "{events:?}");
-    for output in &data {
-        assert_fits(&outputs, "a tick", output);
-    }
+    three_ticks_fit(&outputs, &events);
 }
 
 #[tokio::test]
@@ -378,15 +383,7 @@ async fn every_operation_has_a_route_of_its_own() {
     assert!(answer.headers().contains_key("opbox-request-id"));
     let events = SseReader::of(answer).collect().await;
     let outputs = schema_at(&doc, "/components/schemas/ticker.count.output");
-    let data: Vec<Value> = events
-        .iter()
-        .filter(|e| e.event == "message" || e.event.is_empty())
-        .map(|e| e.json())
-        .collect();
-    assert_eq!(data.len(), 3, "{events:?}");
-    for output in &data {
-        assert_fits(&outputs, "a tick", output);
-    }
+    three_ticks_fit(&outputs, &events);
     assert_eq!(events.last().unwrap().event, "completed", "{events:?}");
 }
 
