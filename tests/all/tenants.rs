@@ -149,10 +149,7 @@ async fn attempt(host: &TestHost, route: Route, token: Option<&str>, op: &str) -
     let http = |request: reqwest::RequestBuilder| async move {
         let response = with_token(request).send().await.unwrap();
         let status = response.status();
-        let retry_after = response
-            .headers()
-            .get("retry-after")
-            .map(|v| v.to_str().unwrap().to_owned());
+        let retry_after = retry_after(&response);
         let body: Value = response.json().await.unwrap();
         (status, retry_after, body)
     };
@@ -198,10 +195,7 @@ async fn attempt(host: &TestHost, route: Route, token: Option<&str>, op: &str) -
                 .json(&input);
             let response = with_token(request).send().await.unwrap();
             let status = response.status();
-            let retry_after = response
-                .headers()
-                .get("retry-after")
-                .map(|v| v.to_str().unwrap().to_owned());
+            let retry_after = retry_after(&response);
             let text = response.text().await.unwrap();
             // A failure is a JSON error body; a subscription's success is
             // an event stream.
@@ -278,6 +272,14 @@ async fn attempt(host: &TestHost, route: Route, token: Option<&str>, op: &str) -
             envelope_outcome(frames.next().await.unwrap())
         }
     }
+}
+
+/// The `Retry-After` header of `response`, if any.
+fn retry_after(response: &reqwest::Response) -> Option<String> {
+    response
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned())
 }
 
 fn envelope_outcome(reply: Value) -> Outcome {

@@ -300,6 +300,16 @@ impl Dispatcher {
             .collect()
     }
 
+    /// The operation `name`, if `identity` can see it and holds the scopes
+    /// to call it: one lookup, for a caller that names a tool.
+    pub fn callable_operation(&self, identity: &Identity, name: &str) -> Option<Arc<Operation>> {
+        self.inner
+            .registry
+            .get(&identity.tenant, name)
+            .filter(|op| visible(op, Origin::Wire(Transport::Embedded)))
+            .filter(|op| pipeline::authorize(&op.spec, identity).is_ok())
+    }
+
     /// The operations `identity` can see from the wire, sorted by name.
     fn visible(&self, identity: &Identity) -> impl Iterator<Item = Arc<Operation>> {
         self.inner

@@ -330,10 +330,7 @@ impl ServerHandler for OpboxMcp {
 impl OpboxMcp {
     /// The operation `name`, if the caller may call it.
     fn find(&self, identity: &Identity, name: &str) -> Option<Arc<Operation>> {
-        self.dispatcher
-            .callable_operations(identity)
-            .into_iter()
-            .find(|op| op.spec.name == name)
+        self.dispatcher.callable_operation(identity, name)
     }
 
     /// Runs `name` for the meta-tools `call` and `subscribe`.
