@@ -123,7 +123,7 @@ impl Host {
     /// not load: a host never starts with part of its configuration missing.
     pub async fn start(config: HostConfig) -> Result<Self, HostError> {
         let tenants = Tenants::new(&config.tenants, config.limits.max_instances)?;
-        let gateway_tls = load_tls(config.gateway.tls.as_ref(), &[b"http/1.1"])?;
+        let gateway_tls = load_tls(config.gateway.tls.as_ref(), &[b"h2", b"http/1.1"])?;
         let tcp_tls = load_tls(config.envelope.tls.as_ref(), &[])?;
         if config.tenants.is_empty() {
             tracing::warn!("no [[tenants]] configured: every call will be refused as UNAUTHORIZED");

@@ -278,3 +278,30 @@ async fn whole_numbers_written_as_floats_are_integers_on_both_sides() {
     let reply = tcp.next().await.unwrap();
     assert_eq!(reply["type"], "call.responded", "{reply}");
 }
+
+#[tokio::test]
+async fn a_caller_who_hangs_up_stops_the_guest() {
+    use tokio::io::AsyncWriteExt;
+    let host = TestHost::start().await;
+    let body = json!({"operation": "hostile-loop/spin", "deadline_ms": 60_000}).to_string();
+    let mut socket = tokio::net::TcpStream::connect(host.addr).await.unwrap();
+    let request = format!(
+        "POST /call HTTP/1.1\r\nhost: opbox\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    socket.write_all(request.as_bytes()).await.unwrap();
+    // The guest is running when the caller leaves.
+    while host.host.runtime().live_instances() == 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    drop(socket);
+    // Left running, it would spin for the whole minute of its deadline.
+    assert_eq!(
+        host.wait_for_live(0, std::time::Duration::from_secs(5))
+            .await,
+        0
+    );
+    let (status, _) = host.call("echo/echo", json!(1)).await;
+    assert_eq!(status, StatusCode::OK);
+}

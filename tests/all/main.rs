@@ -23,6 +23,7 @@ mod discovery;
 mod envelope;
 mod events;
 mod hostile;
+mod http2;
 mod isolation;
 mod languages;
 mod layers;

@@ -252,3 +252,39 @@ async fn a_certificate_that_does_not_fit_its_key_stops_the_start_and_a_bad_rotat
     let mut frames = Frames::new(connect(host.tcp_addr, &cert).await.unwrap());
     assert_eq!(tcp_echo(&mut frames, 4).await, 4);
 }
+
+#[tokio::test]
+async fn a_client_offering_h2_gets_http2_over_tls() {
+    use http_body_util::BodyExt;
+    let dir = tempfile::tempdir().unwrap();
+    let files = files(dir.path());
+    let cert = issue(&files);
+    let host = tls_host(&files).await;
+    let mut config = trusting(&cert);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let stream = TcpStream::connect(host.addr).await.unwrap();
+    let name = ServerName::try_from("127.0.0.1").unwrap();
+    let stream = TlsConnector::from(Arc::new(config))
+        .connect(name, stream)
+        .await
+        .unwrap();
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let body = json!({"operation": "echo/echo", "input": "h2"}).to_string();
+    let request = hyper::Request::post(format!("https://127.0.0.1:{}/call", host.addr.port()))
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.version(), hyper::Version::HTTP_2);
+    assert_eq!(response.status(), StatusCode::OK);
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let body: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(body["output"], "h2");
+}

@@ -62,9 +62,10 @@
 //! [connections]                # every listener
 //! max_connections = 1024       # open at once, in all
 //! max_connections_per_ip = 128 # open at once from one address
-//! header_timeout_ms = 10000    # to send request headers; idle keep-alive
+//! header_timeout_ms = 10000    # to send request headers; idle connections
 //! body_timeout_ms = 30000      # to send a request body
 //! write_timeout_ms = 30000     # a peer taking nothing of what is sent
+//! max_http2_streams = 128      # requests open at once on one HTTP/2 connection
 //!
 //! [telemetry]
 //! metrics = true               # count calls for /metrics
@@ -382,6 +383,7 @@ impl HostConfig {
             header_timeout: Duration::from_millis(section.header_timeout_ms),
             body_timeout: Duration::from_millis(section.body_timeout_ms),
             write_timeout: Duration::from_millis(section.write_timeout_ms),
+            max_http2_streams: section.max_http2_streams,
         }
     }
 

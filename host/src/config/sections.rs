@@ -64,6 +64,8 @@ pub struct ConnectionsSection {
     pub body_timeout_ms: u64,
     /// How long a peer may leave what the host sends it unread.
     pub write_timeout_ms: u64,
+    /// Requests open at once on one HTTP/2 connection.
+    pub max_http2_streams: u32,
 }
 
 impl Default for ConnectionsSection {
@@ -75,6 +77,7 @@ impl Default for ConnectionsSection {
             header_timeout_ms: millis(defaults.header_timeout),
             body_timeout_ms: millis(defaults.body_timeout),
             write_timeout_ms: millis(defaults.write_timeout),
+            max_http2_streams: defaults.max_http2_streams,
         }
     }
 }

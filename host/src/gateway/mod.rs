@@ -23,6 +23,7 @@ mod call;
 mod discovery;
 mod error;
 mod events;
+mod idle;
 mod mcp;
 mod ops;
 mod serve;

@@ -1,13 +1,22 @@
-//! The gateway on a socket: hyper's HTTP/1, over TLS when configured, with
-//! the limits of [`ConnectionConfig`].
+//! The gateway on a socket: HTTP/1.1 and HTTP/2 on the same port (hyper,
+//! the protocol told by the connection's first bytes: HTTP/2 with prior
+//! knowledge, `h2c`, or chosen by ALPN over TLS), with the limits of
+//! [`ConnectionConfig`].
 //!
 //! Every accepted connection is admitted first ([`Connections`]); a refused
 //! one gets a one-line HTTP answer and is closed. An admitted one has
-//! `header_timeout` to send each request's headers (which also closes idle
-//! keep-alive connections; a TLS handshake has as long), and its writes are
-//! [`Guarded`] beneath TLS. Its permit rides
-//! along in each request's extensions, so a connection upgraded to a
-//! WebSocket keeps its place until the WebSocket closes.
+//! `header_timeout` to send each HTTP/1 request's headers (a TLS handshake
+//! has as long), and is closed once nothing has been open on it for as
+//! long ([`Activity`]); an HTTP/2 one carries at most
+//! `max_http2_streams` requests at once. Its writes are [`Guarded`]
+//! beneath TLS. Its permit rides along in each request's extensions, so a
+//! connection upgraded to a WebSocket keeps its place until the WebSocket
+//! closes.
+//!
+//! A caller who hangs up stops its call: hyper watches an HTTP/1
+//! connection for its end while a request is being answered (so half-close
+//! stays off) and resets an HTTP/2 stream, and either way drops the
+//! handler's future, and with it the guest's instance.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -18,13 +27,16 @@ use axum::Router;
 use axum::extract::Request;
 use axum::http::StatusCode;
 use axum::response::Response;
+use futures::future::BoxFuture;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::idle::{Activity, Tracked};
 use crate::call::new_request_id;
 use crate::net::{self, ConnectionConfig, ConnectionPermit, Connections, Guarded, Refusal, Tls};
 
@@ -39,10 +51,8 @@ pub async fn serve(
     config: &ConnectionConfig,
     shutdown: impl Future<Output = ()>,
 ) {
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(config.header_timeout)
-        .keep_alive(true);
+    let http = builder(config);
+    let idle_timeout = config.header_timeout;
     let stop = CancellationToken::new();
     let open = TaskTracker::new();
     tokio::pin!(shutdown);
@@ -63,14 +73,15 @@ pub async fn serve(
         let service = Admitted {
             router: router.clone(),
             permit,
+            activity: Activity::new(),
         };
         let (http, stop, tls) = (http.clone(), stop.clone(), tls.clone());
         let handshake_timeout = config.header_timeout;
         open.spawn(async move {
             let served = match tls {
-                None => connection(&http, io, service, &stop).await,
+                None => connection(&http, io, service, idle_timeout, &stop).await,
                 Some(tls) => match tls.accept(io, handshake_timeout).await {
-                    Ok(io) => connection(&http, io, service, &stop).await,
+                    Ok(io) => connection(&http, io, service, idle_timeout, &stop).await,
                     Err(e) => {
                         tracing::debug!(%peer, "TLS handshake failed: {e}");
                         return;
@@ -88,27 +99,62 @@ pub async fn serve(
     open.wait().await;
 }
 
-/// Serves one connection until it closes, or until `stop`: then lets the
-/// request it is serving finish.
+/// HTTP/1.1 and HTTP/2 with the limits of `config`.
+fn builder(config: &ConnectionConfig) -> auto::Builder<TokioExecutor> {
+    let mut http = auto::Builder::new(TokioExecutor::new());
+    // Half-close stays off: hyper then reads on while a request is being
+    // answered, and a caller who hangs up ends the connection, its call too.
+    http.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_timeout)
+        .keep_alive(true);
+    http.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(config.max_http2_streams)
+        .max_header_list_size(MAX_HTTP2_HEADERS)
+        // A peer that vanished without closing is found by its unanswered
+        // ping, as a peer that stops reading is by `Guarded`.
+        .keep_alive_interval(config.write_timeout / 2)
+        .keep_alive_timeout(config.write_timeout / 2);
+    http
+}
+
+/// The most bytes of headers, decoded, one HTTP/2 request may send (hyper's
+/// own default is 16 MiB).
+const MAX_HTTP2_HEADERS: u32 = 64 * 1024;
+
+/// An error of one connection, as hyper's auto builder reports it.
+type ConnectionError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Serves one connection until it closes, has been idle for `idle_timeout`,
+/// or `stop`: then lets the requests it is serving finish.
 async fn connection<IO>(
-    http: &hyper::server::conn::http1::Builder,
+    http: &auto::Builder<TokioExecutor>,
     io: IO,
     service: Admitted,
+    idle_timeout: std::time::Duration,
     stop: &CancellationToken,
-) -> hyper::Result<()>
+) -> Result<(), ConnectionError>
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let connection = http
-        .serve_connection(TokioIo::new(io), service)
-        .with_upgrades();
+    let activity = service.activity.clone();
+    let connection = http.serve_connection_with_upgrades(TokioIo::new(io), service);
     let mut connection = std::pin::pin!(connection);
-    tokio::select! {
-        served = connection.as_mut() => served,
-        () = stop.cancelled() => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        }
+    let idle = tokio::select! {
+        served = connection.as_mut() => return served,
+        () = stop.cancelled() => false,
+        () = activity.idle_for(idle_timeout) => true,
+    };
+    connection.as_mut().graceful_shutdown();
+    if !idle {
+        return connection.await;
+    }
+    // An HTTP/2 peer is told with a GOAWAY, and its acknowledgement is
+    // waited for; one that never gives it is not waited for longer.
+    match tokio::time::timeout(idle_timeout, connection).await {
+        Ok(served) => served,
+        Err(_) => Ok(()),
     }
 }
 
@@ -135,16 +181,22 @@ fn refuse(stream: &TcpStream, peer: SocketAddr, refusal: Refusal) {
 struct Admitted {
     router: Router,
     permit: Arc<ConnectionPermit>,
+    activity: Arc<Activity>,
 }
 
 impl hyper::service::Service<Request<Incoming>> for Admitted {
-    type Response = Response;
+    type Response = Response<Tracked>;
     type Error = Infallible;
-    type Future = axum::routing::future::RouteFuture<Infallible>;
+    type Future = BoxFuture<'static, Result<Response<Tracked>, Infallible>>;
 
     fn call(&self, mut request: Request<Incoming>) -> Self::Future {
         request.extensions_mut().insert(self.permit.clone());
+        let open = self.activity.begin();
         let mut router = self.router.clone();
-        tower_service::Service::call(&mut router, request)
+        let response = tower_service::Service::call(&mut router, request);
+        Box::pin(async move {
+            let response = response.await?;
+            Ok(response.map(|body| Tracked::new(body, open)))
+        })
     }
 }

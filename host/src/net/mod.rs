@@ -37,6 +37,7 @@ pub use tls::{Tls, TlsConfig, TlsError};
 /// | `header_timeout` | 10 s to send a request's headers, and the longest an idle HTTP keep-alive connection stays open |
 /// | `body_timeout` | 30 s to send a request's body |
 /// | `write_timeout` | 30 s without the peer taking a byte while the host has something to send |
+/// | `max_http2_streams` | 128 requests open at once on one HTTP/2 connection |
 #[derive(Debug, Clone)]
 pub struct ConnectionConfig {
     /// Connections open at once, across all listeners.
@@ -50,6 +51,8 @@ pub struct ConnectionConfig {
     pub body_timeout: Duration,
     /// How long a peer may leave what the host sends it unread.
     pub write_timeout: Duration,
+    /// Requests open at once on one HTTP/2 connection.
+    pub max_http2_streams: u32,
 }
 
 impl Default for ConnectionConfig {
@@ -60,6 +63,7 @@ impl Default for ConnectionConfig {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(30),
+            max_http2_streams: 128,
         }
     }
 }

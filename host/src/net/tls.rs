@@ -81,7 +81,7 @@ fn provider() -> Arc<CryptoProvider> {
 
 impl Tls {
     /// Loads `files`, for a listener speaking the ALPN protocols `alpn`
-    /// (`http/1.1` for the gateway; none for the TCP envelopes).
+    /// (`h2` and `http/1.1` for the gateway; none for the TCP envelopes).
     pub fn load(files: &TlsConfig, alpn: &[&[u8]]) -> Result<Self, TlsError> {
         let current = Arc::new(Current(RwLock::new(Arc::new(certified(files)?))));
         let mut config = rustls::ServerConfig::builder_with_provider(provider())

@@ -1,0 +1,203 @@
+//! HTTP/2 beside HTTP/1.1 on the gateway's port: many calls on one
+//! connection, subscriptions, callers who hang up, and the connection's
+//! own bounds (streams at once, idle connections).
+
+use std::time::Duration;
+
+use reqwest::{StatusCode, Version};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::util::{SseReader, TestHost};
+
+/// A client speaking HTTP/2 with prior knowledge (`h2c`), one connection
+/// per host.
+fn h2c() -> reqwest::Client {
+    reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap()
+}
+
+/// A host that takes one connection at a time from a peer, so calls that
+/// all succeed at once must share one connection.
+async fn one_connection_host(configure: impl FnOnce(&mut opbox::HostConfig)) -> TestHost {
+    TestHost::with_config(|config| {
+        config.connections.max_connections_per_ip = 1;
+        configure(config);
+    })
+    .await
+}
+
+async fn call(client: &reqwest::Client, host: &TestHost, operation: &str, input: Value) -> Value {
+    let response = client
+        .post(host.url("/call"))
+        .json(&json!({"operation": operation, "input": input}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.version(), Version::HTTP_2);
+    assert_eq!(response.status(), StatusCode::OK);
+    response.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn one_http2_connection_carries_many_calls_at_once() {
+    let host = one_connection_host(|_| {}).await;
+    let client = h2c();
+    assert_eq!(
+        call(&client, &host, "echo/echo", json!(1)).await["output"],
+        1
+    );
+    // Eight guests sleeping at once, all on the one connection the host
+    // lets this peer have.
+    let calls: Vec<_> = (0..8)
+        .map(|_| {
+            let (client, url) = (client.clone(), host.url("/call"));
+            tokio::spawn(async move {
+                client
+                    .post(url)
+                    .json(&json!({"operation": "fixture-slow/sleep", "input": {"ms": 1500}}))
+                    .send()
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    assert_eq!(host.wait_for_live(8, Duration::from_secs(10)).await, 8);
+    for call in calls {
+        let response = call.await.unwrap();
+        assert_eq!(response.version(), Version::HTTP_2);
+        assert_eq!(response.status(), StatusCode::OK);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["output"], 1500);
+    }
+}
+
+#[tokio::test]
+async fn a_subscription_streams_over_http2() {
+    let host = TestHost::start().await;
+    let response = h2c()
+        .post(host.url("/subscribe"))
+        .json(&json!({"operation": "ticker/count", "input": {"to": 3}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.version(), Version::HTTP_2);
+    let events = SseReader::of(response).collect().await;
+    let data: Vec<Value> = events.iter().map(|e| e.json()).collect();
+    assert_eq!(
+        data[..3],
+        [json!({"n": 1}), json!({"n": 2}), json!({"n": 3})]
+    );
+    assert_eq!(events[3].event, "completed");
+    // HTTP/1.1 is still spoken on the same port.
+    let (status, body) = host.call("echo/echo", json!(2)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
+async fn an_http2_caller_who_cancels_stops_its_guest_and_keeps_its_connection() {
+    let host = one_connection_host(|_| {}).await;
+    let client = h2c();
+    assert_eq!(
+        call(&client, &host, "echo/echo", json!(1)).await["output"],
+        1
+    );
+    let spin = tokio::spawn({
+        let (client, url) = (client.clone(), host.url("/call"));
+        async move {
+            client
+                .post(url)
+                .json(&json!({"operation": "hostile-loop/spin", "deadline_ms": 60_000}))
+                .send()
+                .await
+        }
+    });
+    assert_eq!(host.wait_for_live(1, Duration::from_secs(10)).await, 1);
+    // Dropping the request resets its stream, not the connection.
+    spin.abort();
+    assert_eq!(host.wait_for_live(0, Duration::from_secs(5)).await, 0);
+    assert_eq!(
+        call(&client, &host, "echo/echo", json!(2)).await["output"],
+        2
+    );
+}
+
+#[tokio::test]
+async fn an_http2_connection_carries_at_most_max_http2_streams_calls() {
+    let host = one_connection_host(|config| config.connections.max_http2_streams = 2).await;
+    let client = h2c();
+    // The client learns the host's settings on the first exchange.
+    assert_eq!(
+        call(&client, &host, "echo/echo", json!(1)).await["output"],
+        1
+    );
+    let calls: Vec<_> = (0..4)
+        .map(|_| {
+            let (client, url) = (client.clone(), host.url("/call"));
+            tokio::spawn(async move {
+                let response = client
+                    .post(url)
+                    .json(&json!({"operation": "fixture-slow/sleep", "input": {"ms": 400}}))
+                    .send()
+                    .await
+                    .unwrap();
+                response.status()
+            })
+        })
+        .collect();
+    // Two run while two wait their turn on the client, however long the
+    // four take together.
+    let mut most = 0;
+    while calls.iter().any(|call| !call.is_finished()) {
+        most = most.max(host.host.runtime().live_instances());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(most, 2);
+    for call in calls {
+        assert_eq!(call.await.unwrap(), StatusCode::OK);
+    }
+}
+
+/// Reads from `socket` until the host closes it; what it sent meanwhile.
+async fn until_closed(socket: &mut tokio::net::TcpStream) -> Vec<u8> {
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), socket.read_to_end(&mut received));
+    read.await.expect("the host closes the connection").ok();
+    received
+}
+
+/// The HTTP/2 connection preface and an empty SETTINGS frame.
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+
+#[tokio::test]
+async fn idle_and_silent_connections_are_closed_after_the_header_timeout() {
+    let host = TestHost::with_config(|config| config.connections.header_timeout_ms = 300).await;
+    // An HTTP/2 connection that opens no stream: a GOAWAY (frame type 7),
+    // then the end.
+    let mut idle = tokio::net::TcpStream::connect(host.addr).await.unwrap();
+    idle.write_all(PREFACE).await.unwrap();
+    let received = until_closed(&mut idle).await;
+    assert!(goaway(&received), "{received:?}");
+    // A peer that stops halfway through the preface, before its protocol is
+    // known, and one that says nothing at all.
+    let mut partial = tokio::net::TcpStream::connect(host.addr).await.unwrap();
+    partial.write_all(&PREFACE[..10]).await.unwrap();
+    until_closed(&mut partial).await;
+    let mut silent = tokio::net::TcpStream::connect(host.addr).await.unwrap();
+    until_closed(&mut silent).await;
+}
+
+/// Whether the HTTP/2 frames in `bytes` include a GOAWAY.
+fn goaway(mut bytes: &[u8]) -> bool {
+    while bytes.len() >= 9 {
+        let length =
+            usize::from(bytes[0]) << 16 | usize::from(bytes[1]) << 8 | usize::from(bytes[2]);
+        if bytes[3] == 7 {
+            return true;
+        }
+        bytes = &bytes[(9 + length).min(bytes.len())..];
+    }
+    false
+}
