@@ -25,13 +25,18 @@ pub(crate) fn data_dir() -> std::path::PathBuf {
 pub(crate) async fn start_host() -> Host {
     let mut config = HostConfig {
         data_dir: data_dir(),
-        plugins: vec![PluginConfig {
-            path: opbox::bundled::built_plugin("hostile-loop"),
-            name: None,
-            tenant: None,
-            grants: Default::default(),
-            limits: Default::default(),
-        }],
+        // `hostile-loop` for the noisy neighbour, `fixture-hog` for an
+        // iterator subscription.
+        plugins: ["hostile-loop", "fixture-hog"]
+            .into_iter()
+            .map(|name| PluginConfig {
+                path: opbox::bundled::built_plugin(name),
+                name: None,
+                tenant: None,
+                grants: Default::default(),
+                limits: Default::default(),
+            })
+            .collect(),
         ..HostConfig::demo()
     };
     // To see what reserving a worker for short calls buys, rerun `noisy`

@@ -36,6 +36,81 @@ pub(crate) async fn bench_http(host: &Host, bare: bool, opbox: bool) {
     if let (Some(bare), Some(opbox)) = (bare, opbox) {
         println!("\nopbox / bare: {:.0}%\n", 100.0 * opbox.rps / bare.rps);
     }
+    bench_http2(host).await;
+}
+
+/// The same over HTTP/2 (h2c), with `h2load`: 32 streams on 2 connections,
+/// opbox's own listener (`Host::serve`) against a bare axum handler,
+/// alternating, three rounds each.
+async fn bench_http2(host: &Host) {
+    println!(
+        "## HTTP/2: `POST /call` `echo/echo` under `h2load -c2 -m16 -D{WRK_SECONDS}`, 3 rounds\n"
+    );
+    if Command::new("h2load").arg("--version").output().is_err() {
+        println!("skipped: `h2load` is not on PATH (Debian: `apt-get install nghttp2-client`)\n");
+        return;
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let opbox_addr = listener.local_addr().expect("local addr");
+    tokio::spawn({
+        let host = host.clone();
+        async move { host.serve(listener, std::future::pending()).await }
+    });
+    let bare_addr = serve(bare_router()).await;
+    let body = std::env::temp_dir().join("opbox-bench-h2.json");
+    std::fs::write(&body, r#"{"operation":"echo/echo","input":{"x":1}}"#).expect("write the body");
+    let (mut bare, mut opbox) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        bare.push(h2load(bare_addr, &body));
+        opbox.push(h2load(opbox_addr, &body));
+    }
+    let list = |rounds: &[f64]| {
+        rounds
+            .iter()
+            .map(|r| format!("{r:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!("| server | requests/s, each round |\n|---|---|");
+    println!("| bare axum handler | {} |", list(&bare));
+    println!("| opbox `/call` echo/echo | {} |", list(&opbox));
+    let median = |rounds: &mut Vec<f64>| {
+        rounds.sort_by(f64::total_cmp);
+        rounds[rounds.len() / 2]
+    };
+    println!(
+        "\nopbox / bare: {:.0}%\n",
+        100.0 * median(&mut opbox) / median(&mut bare)
+    );
+}
+
+/// Requests per second `h2load` gets posting `body` to `addr`'s `/call`.
+fn h2load(addr: SocketAddr, body: &std::path::Path) -> f64 {
+    let output = Command::new("h2load")
+        .args([
+            "-c2",
+            "-m16",
+            &format!("-D{WRK_SECONDS}"),
+            "-H",
+            "content-type: application/json",
+            "-d",
+        ])
+        .arg(body)
+        .arg(format!("http://{addr}/call"))
+        .output()
+        .expect("h2load runs");
+    let text = String::from_utf8_lossy(&output.stdout);
+    // "status codes: 123 2xx, 0 3xx, 0 4xx, 0 5xx"
+    assert!(text.contains("0 4xx, 0 5xx"), "h2load saw errors:\n{text}");
+    // "finished in 10.00s, 12345.67 req/s, 1.23MB/s"
+    text.lines()
+        .find_map(|l| l.strip_prefix("finished in "))
+        .and_then(|rest| rest.split(", ").nth(1))
+        .and_then(|rps| rps.strip_suffix(" req/s"))
+        .and_then(|rps| rps.parse().ok())
+        .expect("h2load reports requests per second")
 }
 
 /// A wrk script, written to a temporary file named `name`, that posts
