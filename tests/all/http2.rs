@@ -41,6 +41,23 @@ async fn call(client: &reqwest::Client, host: &TestHost, operation: &str, input:
     response.json().await.unwrap()
 }
 
+/// `fixture-slow/sleep` for `ms` on a task of its own.
+fn sleep(
+    client: &reqwest::Client,
+    host: &TestHost,
+    ms: u64,
+) -> tokio::task::JoinHandle<reqwest::Response> {
+    let (client, url) = (client.clone(), host.url("/call"));
+    tokio::spawn(async move {
+        client
+            .post(url)
+            .json(&json!({"operation": "fixture-slow/sleep", "input": {"ms": ms}}))
+            .send()
+            .await
+            .unwrap()
+    })
+}
+
 #[tokio::test]
 async fn one_http2_connection_carries_many_calls_at_once() {
     let host = one_connection_host(|_| {}).await;
@@ -51,19 +68,7 @@ async fn one_http2_connection_carries_many_calls_at_once() {
     );
     // Eight guests sleeping at once, all on the one connection the host
     // lets this peer have.
-    let calls: Vec<_> = (0..8)
-        .map(|_| {
-            let (client, url) = (client.clone(), host.url("/call"));
-            tokio::spawn(async move {
-                client
-                    .post(url)
-                    .json(&json!({"operation": "fixture-slow/sleep", "input": {"ms": 1500}}))
-                    .send()
-                    .await
-                    .unwrap()
-            })
-        })
-        .collect();
+    let calls: Vec<_> = (0..8).map(|_| sleep(&client, &host, 1500)).collect();
     assert_eq!(host.wait_for_live(8, Duration::from_secs(10)).await, 8);
     for call in calls {
         let response = call.await.unwrap();
@@ -133,20 +138,7 @@ async fn an_http2_connection_carries_at_most_max_http2_streams_calls() {
         call(&client, &host, "echo/echo", json!(1)).await["output"],
         1
     );
-    let calls: Vec<_> = (0..4)
-        .map(|_| {
-            let (client, url) = (client.clone(), host.url("/call"));
-            tokio::spawn(async move {
-                let response = client
-                    .post(url)
-                    .json(&json!({"operation": "fixture-slow/sleep", "input": {"ms": 400}}))
-                    .send()
-                    .await
-                    .unwrap();
-                response.status()
-            })
-        })
-        .collect();
+    let calls: Vec<_> = (0..4).map(|_| sleep(&client, &host, 400)).collect();
     // Two run while two wait their turn on the client, however long the
     // four take together.
     let mut most = 0;
@@ -156,7 +148,7 @@ async fn an_http2_connection_carries_at_most_max_http2_streams_calls() {
     }
     assert_eq!(most, 2);
     for call in calls {
-        assert_eq!(call.await.unwrap(), StatusCode::OK);
+        assert_eq!(call.await.unwrap().status(), StatusCode::OK);
     }
 }
 
