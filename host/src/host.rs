@@ -211,6 +211,7 @@ impl Host {
                         name: None,
                         limits: host.config.plugin_limits(None),
                         grants: Grants::default(),
+                        reuse: None,
                     },
                     &Owner::Shared,
                     &format!("bundled example `{name}`"),
@@ -262,6 +263,7 @@ impl Host {
             name: settings.and_then(|p| p.name.clone()),
             limits: self.config.plugin_limits(settings),
             grants: settings.map(|p| p.grants.clone()).unwrap_or_default(),
+            reuse: settings.and_then(|p| p.reuse.clone()),
         };
         self.install(&wasm, options, &owner, &origin).await
     }

@@ -168,6 +168,7 @@ async fn refused_at_load(name: &str) -> String {
         cache_dir: Some(crate::util::cache_dir()),
         plugins: vec![PluginConfig {
             path: opbox::bundled::built_plugin(name),
+            reuse: None,
             name: None,
             tenant: None,
             grants: Default::default(),

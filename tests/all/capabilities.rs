@@ -16,6 +16,7 @@ use crate::util::{TestHost, two_tenants};
 fn with_directory(config: &mut HostConfig, file: &str, name: &str, dir: &Path, read_only: bool) {
     config.plugins.push(PluginConfig {
         path: opbox::bundled::built_plugin(file),
+        reuse: None,
         name: Some(name.into()),
         tenant: None,
         grants: Grants {
@@ -148,6 +149,7 @@ async fn without_a_grant_there_is_no_filesystem_and_no_trap() {
     let host = TestHost::with_config(|config| {
         config.plugins.push(PluginConfig {
             path: opbox::bundled::built_plugin("notes"),
+            reuse: None,
             name: None,
             tenant: None,
             grants: Grants::default(),
@@ -227,6 +229,7 @@ async fn config_values_and_secrets_reach_only_their_plugin() {
     let host = TestHost::with_config(|config| {
         config.plugins.push(PluginConfig {
             path: opbox::bundled::built_plugin("hostile-ambient"),
+            reuse: None,
             name: Some("configured".into()),
             tenant: None,
             grants: Grants {
@@ -284,6 +287,7 @@ fn kv_host(
     for (name, keyvalue) in [("kv", Some(quota)), ("kv-denied", None)] {
         config.plugins.push(PluginConfig {
             path: opbox::bundled::built_plugin("kv"),
+            reuse: None,
             name: Some(name.into()),
             tenant: None,
             grants: Grants {
@@ -458,6 +462,7 @@ async fn one_call_cannot_hoard_host_resources() {
         config.keyvalue_path = Some(db.path().join("kv.redb"));
         config.plugins.push(PluginConfig {
             path: opbox::bundled::built_plugin("hostile-ambient"),
+            reuse: None,
             name: Some("hoarder".into()),
             tenant: None,
             grants: Grants {

@@ -33,6 +33,7 @@ async fn host_with(path: PathBuf, grants: Grants) -> TestHost {
     TestHost::with_config(|config| {
         config.plugins = vec![PluginConfig {
             path,
+            reuse: None,
             name: None,
             tenant: None,
             grants,

@@ -183,6 +183,7 @@ async fn per_plugin_limits_override_the_defaults() {
         config.plugin_limits.output_bytes = Some(1 << 10);
         config.plugins.push(opbox::config::PluginConfig {
             path: opbox::bundled::built_plugin("echo"),
+            reuse: None,
             name: Some("roomy".into()),
             tenant: None,
             grants: Default::default(),
@@ -204,6 +205,7 @@ async fn per_plugin_limits_override_the_defaults() {
 async fn table_elements_bounds_a_plugins_tables() {
     let plugin = |name: &str, table_elements| opbox::config::PluginConfig {
         path: opbox::bundled::built_plugin("echo"),
+        reuse: None,
         name: Some(name.into()),
         tenant: None,
         grants: Default::default(),

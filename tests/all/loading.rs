@@ -53,6 +53,7 @@ async fn two_plugins_cannot_share_a_namespace() {
     };
     config.plugins.push(opbox::config::PluginConfig {
         path: opbox::bundled::built_plugin("fixture-slow"),
+        reuse: None,
         name: Some("echo".into()),
         tenant: None,
         grants: Default::default(),
@@ -73,6 +74,7 @@ async fn a_plugin_can_be_mounted_under_another_name() {
     let host = crate::util::TestHost::with_config(|config| {
         config.plugins.push(opbox::config::PluginConfig {
             path: opbox::bundled::built_plugin("echo"),
+            reuse: None,
             name: Some("mirror".into()),
             tenant: None,
             grants: Default::default(),

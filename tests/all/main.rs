@@ -36,6 +36,7 @@ mod metrics;
 mod nested;
 mod openapi;
 mod outbound;
+mod reuse;
 mod shutdown;
 mod subscribe;
 mod tenant_plugins;

@@ -36,6 +36,7 @@ fn config(config: &mut HostConfig, data: &std::path::Path) {
     });
     config.plugins.push(PluginConfig {
         path: opbox::bundled::built_plugin("echo"),
+        reuse: None,
         name: Some("vault".into()),
         tenant: Some("acme".into()),
         grants: Default::default(),

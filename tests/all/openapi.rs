@@ -46,6 +46,7 @@ async fn examples(dir: &Path) -> TestHost {
         ] {
             config.plugins.push(PluginConfig {
                 path: opbox::bundled::built_plugin(name),
+                reuse: None,
                 name: None,
                 tenant: None,
                 grants,

@@ -98,6 +98,7 @@ async fn upstream(gate: Arc<Notify>) -> SocketAddr {
 fn relay(name: &str, grants: Grants) -> PluginConfig {
     PluginConfig {
         path: opbox::bundled::built_plugin("relay"),
+        reuse: None,
         name: Some(name.into()),
         tenant: None,
         grants,

@@ -40,6 +40,7 @@ fn tenant(id: &str, tokens: &[(&str, &str, &[&str])], quotas: Quotas) -> TenantC
 fn plugin(file: &str, name: &str, tenant: &str) -> PluginConfig {
     PluginConfig {
         path: opbox::bundled::built_plugin(file),
+        reuse: None,
         name: Some(name.into()),
         tenant: Some(tenant.into()),
         grants: Default::default(),

@@ -78,6 +78,7 @@ impl TestHost {
                 .iter()
                 .map(|name| PluginConfig {
                     path: opbox::bundled::built_plugin(name),
+                    reuse: None,
                     name: None,
                     tenant: None,
                     grants: Default::default(),

@@ -9,6 +9,7 @@ use opbox::call::{AccessControl, OpType, OperationSpec, Visibility};
 use opbox::config::PluginConfig;
 use opbox::dispatch::{Handler, Operation};
 use opbox::registry::Owner;
+use opbox::runtime::ReuseConfig;
 use opbox::{Host, HostConfig};
 use serde_json::{Value, json};
 
@@ -26,17 +27,22 @@ pub(crate) async fn start_host() -> Host {
     let mut config = HostConfig {
         data_dir: data_dir(),
         // `hostile-loop` for the noisy neighbour, `fixture-hog` for an
-        // iterator subscription.
-        plugins: ["hostile-loop", "fixture-hog"]
-            .into_iter()
-            .map(|name| PluginConfig {
-                path: opbox::bundled::built_plugin(name),
-                name: None,
-                tenant: None,
-                grants: Default::default(),
-                limits: Default::default(),
-            })
-            .collect(),
+        // iterator subscription, and `echo` again with its instances reused.
+        plugins: [
+            ("hostile-loop", None, None),
+            ("fixture-hog", None, None),
+            ("echo", Some("echo-reused"), Some(ReuseConfig::default())),
+        ]
+        .into_iter()
+        .map(|(file, name, reuse)| PluginConfig {
+            path: opbox::bundled::built_plugin(file),
+            reuse,
+            name: name.map(Into::into),
+            tenant: None,
+            grants: Default::default(),
+            limits: Default::default(),
+        })
+        .collect(),
         ..HostConfig::demo()
     };
     // To see what reserving a worker for short calls buys, rerun `noisy`

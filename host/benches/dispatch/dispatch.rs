@@ -1,4 +1,6 @@
-//! `dispatch`: one `echo/echo` call through the dispatcher, a fresh instance per call, against a native echo through the same dispatcher.
+//! `dispatch`: one `echo/echo` call through the dispatcher, a fresh instance
+//! per call, against the same plugin with instance reuse (`echo-reused`) and
+//! a native echo through the same dispatcher.
 
 use std::time::Instant;
 
@@ -10,7 +12,7 @@ use super::common::*;
 pub(crate) async fn bench_dispatch(dispatcher: &Dispatcher) {
     println!("## One call through the dispatcher, in process ({CALLS} sequential calls)\n");
     println!("| operation | median | p99 | mean |\n|---|---|---|---|");
-    for operation in ["echo/echo", "bench/echo"] {
+    for operation in ["echo/echo", "echo-reused/echo", "bench/echo"] {
         let input = json!({"x": 1});
         // Warm up: caches, allocator, instance pool.
         for _ in 0..1000 {

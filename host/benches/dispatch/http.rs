@@ -19,12 +19,15 @@ pub(crate) async fn bench_http(host: &Host, bare: bool, opbox: bool) {
     let opbox_addr = serve(router(host)).await;
     let bare_addr = serve(bare_router()).await;
     let script = echo_script("opbox-bench-post.lua");
+    let reused_script = call_script("opbox-bench-post-reused.lua", "echo-reused/echo");
     println!("| server | requests/s | latency p50 | latency p99 |\n|---|---|---|---|");
     let bare = bare.then(|| wrk(bare_addr, &script));
-    let opbox = opbox.then(|| wrk(opbox_addr, &script));
+    let fresh = opbox.then(|| wrk(opbox_addr, &script));
+    let reused = opbox.then(|| wrk(opbox_addr, &reused_script));
     for (name, result) in [
         ("bare axum handler", &bare),
-        ("opbox `/call` echo/echo", &opbox),
+        ("opbox `/call` echo/echo, fresh instance", &fresh),
+        ("opbox `/call` echo-reused/echo, reused instance", &reused),
     ] {
         if let Some(result) = result {
             println!(
@@ -33,8 +36,12 @@ pub(crate) async fn bench_http(host: &Host, bare: bool, opbox: bool) {
             );
         }
     }
-    if let (Some(bare), Some(opbox)) = (bare, opbox) {
-        println!("\nopbox / bare: {:.0}%\n", 100.0 * opbox.rps / bare.rps);
+    if let (Some(bare), Some(fresh), Some(reused)) = (bare, fresh, reused) {
+        println!(
+            "\nopbox / bare: fresh {:.0}%, reused {:.0}%\n",
+            100.0 * fresh.rps / bare.rps,
+            100.0 * reused.rps / bare.rps
+        );
     }
     bench_http2(host).await;
 }
@@ -60,11 +67,14 @@ async fn bench_http2(host: &Host) {
     });
     let bare_addr = serve(bare_router()).await;
     let body = std::env::temp_dir().join("opbox-bench-h2.json");
-    std::fs::write(&body, r#"{"operation":"echo/echo","input":{"x":1}}"#).expect("write the body");
-    let (mut bare, mut opbox) = (Vec::new(), Vec::new());
+    std::fs::write(&body, call_body("echo/echo")).expect("write the body");
+    let reused_body = std::env::temp_dir().join("opbox-bench-h2-reused.json");
+    std::fs::write(&reused_body, call_body("echo-reused/echo")).expect("write the body");
+    let (mut bare, mut opbox, mut reused) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..3 {
         bare.push(h2load(bare_addr, &body));
         opbox.push(h2load(opbox_addr, &body));
+        reused.push(h2load(opbox_addr, &reused_body));
     }
     let list = |rounds: &[f64]| {
         rounds
@@ -75,14 +85,23 @@ async fn bench_http2(host: &Host) {
     };
     println!("| server | requests/s, each round |\n|---|---|");
     println!("| bare axum handler | {} |", list(&bare));
-    println!("| opbox `/call` echo/echo | {} |", list(&opbox));
+    println!(
+        "| opbox `/call` echo/echo, fresh instance | {} |",
+        list(&opbox)
+    );
+    println!(
+        "| opbox `/call` echo-reused/echo, reused instance | {} |",
+        list(&reused)
+    );
     let median = |rounds: &mut Vec<f64>| {
         rounds.sort_by(f64::total_cmp);
         rounds[rounds.len() / 2]
     };
+    let bare = median(&mut bare);
     println!(
-        "\nopbox / bare: {:.0}%\n",
-        100.0 * median(&mut opbox) / median(&mut bare)
+        "\nopbox / bare: fresh {:.0}%, reused {:.0}%\n",
+        100.0 * median(&mut opbox) / bare,
+        100.0 * median(&mut reused) / bare
     );
 }
 
@@ -116,14 +135,28 @@ fn h2load(addr: SocketAddr, body: &std::path::Path) -> f64 {
 /// A wrk script, written to a temporary file named `name`, that posts
 /// `echo/echo` with `{"x":1}` to `/call`.
 pub(crate) fn echo_script(name: &str) -> std::path::PathBuf {
+    call_script(name, "echo/echo")
+}
+
+/// A wrk script, written to a temporary file named `name`, that posts
+/// `operation` with `{"x":1}` to `/call`.
+fn call_script(name: &str, operation: &str) -> std::path::PathBuf {
     let script = std::env::temp_dir().join(name);
     std::fs::write(
         &script,
-        "wrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\n\
-         wrk.body = '{\"operation\":\"echo/echo\",\"input\":{\"x\":1}}'\n",
+        format!(
+            "wrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\n\
+             wrk.body = '{}'\n",
+            call_body(operation)
+        ),
     )
     .expect("write the wrk script");
     script
+}
+
+/// The `/call` body of `operation` with `{"x":1}`.
+fn call_body(operation: &str) -> String {
+    json!({"operation": operation, "input": {"x": 1}}).to_string()
 }
 
 /// A bare axum handler answering what `/call` answers, without dispatching.

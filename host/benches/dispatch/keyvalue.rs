@@ -18,6 +18,7 @@ pub(crate) async fn bench_keyvalue() {
         keyvalue_path: Some(db.path().join("kv.redb")),
         plugins: vec![PluginConfig {
             path: opbox::bundled::built_plugin("kv"),
+            reuse: None,
             name: None,
             tenant: None,
             grants: opbox::capabilities::Grants {

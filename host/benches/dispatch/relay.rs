@@ -37,6 +37,7 @@ pub(crate) async fn bench_relay() {
         data_dir: data_dir(),
         plugins: vec![PluginConfig {
             path: opbox::bundled::built_plugin("relay"),
+            reuse: None,
             name: None,
             tenant: None,
             grants: opbox::capabilities::Grants {

@@ -102,11 +102,14 @@
 //! tenant = "acme"              # only this tenant sees it (default: shared)
 //! [plugins.limits]             # overrides [plugin_limits] for this plugin
 //! memory_bytes = 16777216
+//! [plugins.reuse]              # instances serve many calls (off unless present)
+//! max_calls = 1000
 //! [plugins.grants]             # nothing is granted unless listed here
 //! directory = { path = "notes", read_only = false }  # the plugin's `/`
 //! ```
 //!
-//! The meaning and default of each plugin limit: [`PluginLimits`]; of each
+//! The meaning and default of each plugin limit: [`PluginLimits`]; of
+//! instance reuse: [`ReuseConfig`](crate::runtime::ReuseConfig); of each
 //! tenant quota: [`Quotas`].
 
 use std::collections::BTreeMap;

@@ -12,7 +12,7 @@ use crate::envelope::EnvelopeConfig;
 use crate::gateway::GatewayConfig;
 use crate::net::{ConnectionConfig, TlsConfig};
 pub use crate::runtime::PluginLimitsConfig;
-use crate::runtime::{ManifestLimits, RuntimeConfig};
+use crate::runtime::{ManifestLimits, ReuseConfig, RuntimeConfig};
 
 /// Limits of envelope connections: see [`EnvelopeConfig`].
 #[derive(Debug, Clone, Deserialize)]
@@ -104,6 +104,10 @@ pub struct PluginConfig {
     /// What this plugin may use beyond computing; nothing by default.
     #[serde(default)]
     pub grants: Grants,
+    /// Whether an instance may serve more than one call (`[plugins.reuse]`):
+    /// fresh instances when absent.
+    #[serde(default)]
+    pub reuse: Option<ReuseConfig>,
 }
 
 /// Host-wide limits.

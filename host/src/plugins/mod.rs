@@ -294,6 +294,7 @@ impl Plugins {
             name: Some(record.name.clone()).filter(|n| !n.is_empty()),
             limits,
             grants: settings.grants,
+            reuse: None,
         };
         Ok(self.inner.runtime.load(wasm, options).await?)
     }

@@ -1,6 +1,7 @@
-//! Running one call of a plugin in a fresh store.
+//! Running one call of a plugin in a fresh store (or, where the operator
+//! allows it, in an idle instance of the same tenant: see `reuse`).
 //!
-//! Every call gets its own `Store` and instance, and owns them: dropping the
+//! Every call gets a `Store` and instance of its own, and owns them: dropping the
 //! future of [`Plugin::call`] or the [`Subscription`] stream drops the store,
 //! which interrupts the guest wherever it is. A guest spinning in its own code
 //! yields to the executor at every epoch tick, so dropping takes effect within
@@ -14,6 +15,7 @@ use wasmtime::{PoolConcurrencyLimitError, Store, UpdateDeadline};
 use super::busy::Busy;
 use super::limits::LimitHit;
 use super::plugin::Plugin;
+use super::reuse::{Idle, Uses};
 use super::state::{CpuBudget, StoreState};
 use super::trap::classify;
 use crate::call::Meter;
@@ -199,11 +201,28 @@ impl Plugin {
         } else {
             self.budget("cpu_ms", cpu_limit)
         };
-        let mut store = self.new_store(invocation, cpu)?;
+        let reused = self
+            .reuse
+            .as_ref()
+            .and_then(|reuse| reuse.take(&invocation.tenant));
+        let (mut store, ready, uses) = match reused {
+            Some(Idle {
+                mut store,
+                instance,
+                uses,
+            }) => {
+                self.prepare_reused(&mut store, invocation, cpu)?;
+                (store, Some(instance), uses)
+            }
+            None => (self.new_store(invocation, cpu)?, None, Uses::new()),
+        };
         let ctx = invocation.to_wit();
         let op = op.to_owned();
         let run = async {
-            let instance = self.instantiate(&mut store).await?;
+            let instance = match ready {
+                Some(instance) => instance,
+                None => self.instantiate_or_evict(&mut store).await?,
+            };
             let result = store
                 .run_concurrent(async |accessor| {
                     instance
@@ -213,17 +232,69 @@ impl Plugin {
                 })
                 .await
                 .and_then(|r| r);
-            Ok::<_, InvokeError>(result)
+            Ok::<_, InvokeError>((instance, result))
         };
         let result = Busy::new(run, invocation.meter.clone()).await;
         meter_fuel(&store, &invocation.meter);
-        match result? {
-            Ok(Ok(output)) if output.len() > self.limits.output_bytes => Err(InvokeError::Limit(
+        let (instance, result) = result?;
+        let result = match result {
+            Ok(result) => result,
+            Err(e) => return Err(classify(&mut store, e)),
+        };
+        // The guest returned: its instance may serve the tenant's next call.
+        if let Some(reuse) = &self.reuse {
+            store.data_mut().finish_call();
+            let memory = store.data().memory();
+            let idle = Idle {
+                store,
+                instance,
+                uses,
+            };
+            reuse.put(&invocation.tenant, idle, memory);
+        }
+        match result {
+            Ok(output) if output.len() > self.limits.output_bytes => Err(InvokeError::Limit(
                 LimitHit::new("output_bytes", self.limits.output_bytes),
             )),
-            Ok(Ok(output)) => Ok(output),
-            Ok(Err(e)) => Err(guest_failure(e, self.limits.output_bytes)),
-            Err(e) => Err(classify(&mut store, e)),
+            Ok(output) => Ok(output),
+            Err(e) => Err(guest_failure(e, self.limits.output_bytes)),
+        }
+    }
+
+    /// Makes an idle instance's store ready for `invocation`: its state,
+    /// fuel and epoch deadline start afresh, its memory does not.
+    fn prepare_reused(
+        &self,
+        store: &mut Store<StoreState>,
+        invocation: &Invocation,
+        cpu: CpuBudget,
+    ) -> Result<(), InvokeError> {
+        store.data_mut().rebind(self, invocation, cpu);
+        if let Some(start) = store.data().fuel_start {
+            store
+                .set_fuel(start)
+                .map_err(|e| InvokeError::Host(format!("{e:#}")))?;
+        }
+        if self.runtime.inner.config.enforce_limits {
+            store.set_epoch_deadline(1);
+        }
+        Ok(())
+    }
+
+    /// Instantiates in `store`; when the host's instance slots are all
+    /// taken, idle instances of this plugin give theirs back first.
+    async fn instantiate_or_evict(
+        &self,
+        store: &mut Store<StoreState>,
+    ) -> Result<bindings::Plugin, InvokeError> {
+        match self.instantiate(store).await {
+            Err(InvokeError::NoCapacity) if self.reuse.is_some() => {
+                if let Some(reuse) = &self.reuse {
+                    reuse.clear();
+                }
+                self.instantiate(store).await
+            }
+            other => other,
         }
     }
 }

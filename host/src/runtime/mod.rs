@@ -18,6 +18,7 @@ mod limits;
 mod manifest;
 mod output;
 mod plugin;
+mod reuse;
 mod state;
 mod subscription;
 mod trap;
@@ -36,6 +37,7 @@ pub use invoke::{Invocation, InvokeError};
 pub use limits::{LimitHit, PluginLimits, PluginLimitsConfig};
 pub use manifest::ManifestLimits;
 pub use plugin::{Counted, LoadOptions, Plugin, PluginOperation};
+pub use reuse::ReuseConfig;
 pub(crate) use state::StoreState;
 pub use subscription::Subscription;
 

@@ -12,6 +12,7 @@ use super::bindings;
 use super::invoke::{Invocation, InvokeError};
 use super::limits::{Dropped, Occupancy, PluginLimits};
 use super::manifest::check_operations;
+use super::reuse::{Reuse, ReuseConfig};
 use super::state::LiveGuard;
 use super::trap::classify;
 use super::{LoadError, Runtime, StoreState};
@@ -29,6 +30,9 @@ pub struct LoadOptions {
     pub limits: PluginLimits,
     /// What the plugin may use beyond computing.
     pub grants: Grants,
+    /// Whether, and how long, an instance serves more than one call; a
+    /// fresh instance for every call when `None`.
+    pub reuse: Option<ReuseConfig>,
 }
 
 /// One operation as the plugin described it, checked.
@@ -58,6 +62,8 @@ pub struct Plugin {
     pub(crate) grants: Arc<Grants>,
     pub(crate) outbound: OutboundGrant,
     pub(crate) occupancy: Occupancy,
+    /// Idle instances, when the operator lets instances serve many calls.
+    pub(super) reuse: Option<Reuse>,
     pub(crate) dropped: Arc<Dropped>,
     /// The last lines its guests logged.
     pub(crate) log_tail: Arc<LogTail>,
@@ -122,6 +128,7 @@ impl Plugin {
             imports,
             ops: Vec::new(),
             occupancy: Occupancy::new(&options.limits),
+            reuse: options.reuse.map(Reuse::new),
             ending: CancellationToken::new(),
             retired: AtomicBool::new(false),
             calls: AtomicU64::new(0),

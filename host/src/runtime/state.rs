@@ -61,6 +61,14 @@ pub(crate) struct Limiter {
 }
 
 impl Limiter {
+    /// A reused instance's limiter for its next call: its memory so far is
+    /// where the call's peak starts.
+    fn rebind(&mut self, meter: Arc<Meter>) {
+        self.hit = None;
+        meter.memory(self.memory);
+        self.meter = meter;
+    }
+
     pub(crate) fn new(limits: &PluginLimits, fuel: Option<u64>, meter: Arc<Meter>) -> Self {
         Self {
             memory_bytes: limits.memory_bytes,
@@ -155,20 +163,7 @@ impl StoreState {
         let output_cap = limits.output_capture_bytes;
         let stdout = CapturedOutput::new(output_cap);
         let stderr = CapturedOutput::new(output_cap);
-        let call = Call {
-            plugin: &plugin.name,
-            request_id: &invocation.request_id,
-            tenant: &invocation.tenant,
-            grants: &plugin.grants,
-            outbound: &plugin.outbound,
-            kv: plugin.runtime.inner.kv.get().cloned(),
-            nested: invocation.nested.clone(),
-            meter: &invocation.meter,
-            log_lines: limits.log_lines,
-            observer: &plugin.runtime.inner.config.observer,
-            log_tail: &plugin.log_tail,
-        };
-        let capabilities = CallState::new(call, stdout.clone(), stderr.clone());
+        let capabilities = CallState::new(call(plugin, invocation), stdout.clone(), stderr.clone());
         let mut table = ResourceTable::new();
         table.set_max_capacity(MAX_RESOURCES);
         Self {
@@ -192,6 +187,65 @@ impl StoreState {
     /// The captured stderr so far, left to be logged when the store drops.
     pub(crate) fn stderr_text(&self) -> String {
         self.stderr.text()
+    }
+
+    /// Makes a reused instance's state that of its next call: the call's
+    /// capabilities, meter, CPU budget and request id. What the guest holds
+    /// (its memory, its resources, its stdout and stderr streams) stays.
+    pub(crate) fn rebind(&mut self, plugin: &Plugin, invocation: &Invocation, cpu: CpuBudget) {
+        self.capabilities = CallState::new(
+            call(plugin, invocation),
+            self.stdout.clone(),
+            self.stderr.clone(),
+        );
+        self.limiter.rebind(invocation.meter.clone());
+        self.cpu = cpu;
+        self.turns = Turns::default();
+        self.request_id = invocation.request_id.clone();
+    }
+
+    /// Linear memory the instance holds now.
+    pub(crate) fn memory(&self) -> usize {
+        self.limiter.memory
+    }
+
+    /// Logs what the call printed and what it dropped, as the store's drop
+    /// does; a reused instance does it after each call.
+    pub(crate) fn finish_call(&mut self) {
+        let lines = self.capabilities.log_lines_dropped();
+        if lines > 0 {
+            self.dropped.log_lines.fetch_add(lines, Ordering::Relaxed);
+            tracing::warn!(plugin = %self.plugin, request_id = %self.request_id, tenant = %self.tenant, dropped = lines, "guest log lines over the per-call limit were dropped");
+        }
+        for (stream, captured) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
+            let (text, dropped) = captured.take();
+            for line in text.lines().filter(|l| !l.is_empty()) {
+                tracing::info!(plugin = %self.plugin, request_id = %self.request_id, tenant = %self.tenant, stream, "{line}");
+            }
+            if dropped > 0 {
+                self.dropped
+                    .output_bytes
+                    .fetch_add(dropped, Ordering::Relaxed);
+                tracing::warn!(plugin = %self.plugin, request_id = %self.request_id, tenant = %self.tenant, stream, dropped, "guest output over the capture cap was dropped");
+            }
+        }
+    }
+}
+
+/// What `invocation` of `plugin` may use beyond computing.
+fn call<'a>(plugin: &'a Plugin, invocation: &'a Invocation) -> Call<'a> {
+    Call {
+        plugin: &plugin.name,
+        request_id: &invocation.request_id,
+        tenant: &invocation.tenant,
+        grants: &plugin.grants,
+        outbound: &plugin.outbound,
+        kv: plugin.runtime.inner.kv.get().cloned(),
+        nested: invocation.nested.clone(),
+        meter: &invocation.meter,
+        log_lines: plugin.limits().log_lines,
+        observer: &plugin.runtime.inner.config.observer,
+        log_tail: &plugin.log_tail,
     }
 }
 
@@ -217,22 +271,6 @@ impl Drop for StoreState {
     /// Logs what the guest printed, however the call ended (returned, trapped,
     /// timed out or was aborted).
     fn drop(&mut self) {
-        let lines = self.capabilities.log_lines_dropped();
-        if lines > 0 {
-            self.dropped.log_lines.fetch_add(lines, Ordering::Relaxed);
-            tracing::warn!(plugin = %self.plugin, request_id = %self.request_id, tenant = %self.tenant, dropped = lines, "guest log lines over the per-call limit were dropped");
-        }
-        for (stream, captured) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
-            let (text, dropped) = captured.take();
-            for line in text.lines().filter(|l| !l.is_empty()) {
-                tracing::info!(plugin = %self.plugin, request_id = %self.request_id, tenant = %self.tenant, stream, "{line}");
-            }
-            if dropped > 0 {
-                self.dropped
-                    .output_bytes
-                    .fetch_add(dropped, Ordering::Relaxed);
-                tracing::warn!(plugin = %self.plugin, request_id = %self.request_id, tenant = %self.tenant, stream, dropped, "guest output over the capture cap was dropped");
-            }
-        }
+        self.finish_call();
     }
 }

@@ -7,6 +7,13 @@
 //!   stderr ending in the input, then a panic that says nothing of it.
 //! - `fixture-panic/abort` writes the input to stderr and traps with no
 //!   message at all.
+//! - `fixture-panic/tally` counts the calls its instance has served, this one
+//!   included: 1 every time, unless the operator lets instances be reused.
+//! - `fixture-panic/hold` keeps `mib` MiB for the rest of its instance's life,
+//!   and tallies like `tally`.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use opbox_sdk::{Context, Plugin, Result};
 use schemars::JsonSchema;
@@ -43,6 +50,29 @@ async fn abort(_ctx: Context, message: String) -> Result<()> {
     std::process::abort();
 }
 
+/// Calls this instance has served.
+static CALLS: AtomicU32 = AtomicU32::new(0);
+
+/// What `hold` keeps.
+static HELD: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+async fn tally(_ctx: Context) -> Result<u32> {
+    Ok(CALLS.fetch_add(1, Ordering::Relaxed) + 1)
+}
+
+#[derive(Deserialize, JsonSchema)]
+struct Hold {
+    mib: usize,
+}
+
+async fn hold(_ctx: Context, input: Hold) -> Result<u32> {
+    let kept = vec![1u8; input.mib << 20];
+    HELD.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(std::hint::black_box(kept));
+    Ok(CALLS.fetch_add(1, Ordering::Relaxed) + 1)
+}
+
 async fn calm(_ctx: Context, input: serde_json::Value) -> Result<serde_json::Value> {
     Ok(input)
 }
@@ -60,6 +90,16 @@ fn plugin() -> Plugin {
             "abort",
             "Prints the message to stderr, then traps without a word.",
             abort,
+        )
+        .query(
+            "tally",
+            "Counts the calls its instance has served, this one included.",
+            tally,
+        )
+        .query(
+            "hold",
+            "Keeps `mib` MiB for the rest of its instance's life; tallies.",
+            hold,
         )
         .subscription_iter("stream", "Yields `after` items, then panics.", stream)
 }
