@@ -144,12 +144,8 @@ impl Plugin {
             .instance(&invocation.tenant)
             .map_err(InvokeError::Limit)?;
         let runtime = &self.runtime.inner;
-        // The host's cap on live instances; the pool has room past it for
-        // stores that have answered and wait to be dropped.
-        let max = usize::try_from(runtime.config.max_instances.max(1)).unwrap_or(usize::MAX);
-        let live = runtime.live.try_enter(max).ok_or(InvokeError::NoCapacity)?;
         let fuel = self.limits.fuel.filter(|_| runtime.config.fuel);
-        let state = StoreState::new(self, invocation, cpu, fuel, live, slot);
+        let state = StoreState::new(self, invocation, cpu, fuel, runtime.live.enter(), slot);
         let mut store = Store::new(&runtime.engine, state);
         if runtime.config.fuel {
             let start = fuel.unwrap_or(u64::MAX);
@@ -240,37 +236,21 @@ impl Plugin {
         };
         let result = Busy::new(run, invocation.meter.clone()).await;
         meter_fuel(&store, &invocation.meter);
-        let reaper = &self.runtime.inner.reaper;
-        let (instance, result) = match result {
-            Ok(ran) => ran,
-            Err(e) => {
-                reaper.reap(store);
-                return Err(e);
-            }
-        };
+        let (instance, result) = result?;
         let result = match result {
             Ok(result) => result,
-            Err(e) => {
-                let error = classify(&mut store, e);
-                reaper.reap(store);
-                return Err(error);
-            }
+            Err(e) => return Err(classify(&mut store, e)),
         };
         // The guest returned: its instance may serve the tenant's next call.
-        match &self.reuse {
-            Some(reuse) => {
-                store.data_mut().finish_call();
-                let memory = store.data().memory();
-                let idle = Idle {
-                    store,
-                    instance,
-                    uses,
-                };
-                if let Some(spent) = reuse.put(&invocation.tenant, idle, memory) {
-                    reaper.reap(spent.store);
-                }
-            }
-            None => reaper.reap(store),
+        if let Some(reuse) = &self.reuse {
+            store.data_mut().finish_call();
+            let memory = store.data().memory();
+            let idle = Idle {
+                store,
+                instance,
+                uses,
+            };
+            reuse.put(&invocation.tenant, idle, memory);
         }
         match result {
             Ok(output) if output.len() > self.limits.output_bytes => Err(InvokeError::Limit(

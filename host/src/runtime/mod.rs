@@ -18,7 +18,6 @@ mod limits;
 mod manifest;
 mod output;
 mod plugin;
-mod reaper;
 mod reuse;
 mod state;
 mod subscription;
@@ -46,7 +45,6 @@ use crate::call::{SharedObserver, Unobserved};
 use crate::capabilities::{self, bindings, keyvalue::KvStore};
 use cache::ArtifactCache;
 use lanes::CpuLanes;
-use reaper::Reaper;
 use state::LiveCounter;
 
 /// Settings of the engine all plugins share.
@@ -151,8 +149,6 @@ struct Inner {
     plugins: LiveCounter,
     lanes: Arc<CpuLanes>,
     config: RuntimeConfig,
-    /// Drops finished stores off their callers' path.
-    reaper: Reaper,
     _ticker: EpochTicker,
 }
 
@@ -181,8 +177,6 @@ impl Runtime {
             })?),
             None => None,
         };
-        let reaper = Reaper::start()
-            .map_err(|e| LoadError::Engine(format!("cannot start the reaper thread: {e}")))?;
         let lanes = Arc::new(CpuLanes::new(config.cpu_lanes));
         let ticker = EpochTicker::start(engine.clone(), lanes.clone(), config.epoch_tick)
             .map_err(|e| LoadError::Engine(format!("cannot start the epoch thread: {e}")))?;
@@ -196,7 +190,6 @@ impl Runtime {
                 plugins: LiveCounter::default(),
                 lanes,
                 config,
-                reaper,
                 _ticker: ticker,
             }),
         })
@@ -293,12 +286,7 @@ const KEEP_RESIDENT_MEMORY: usize = 4 << 20;
 const KEEP_RESIDENT_TABLE: usize = 64 << 10;
 
 fn engine_config(config: &RuntimeConfig) -> Config {
-    // Stores waiting for the reaper have given their places back but still
-    // hold their slots in the pool.
-    let instances = config
-        .max_instances
-        .max(1)
-        .saturating_add(u32::try_from(reaper::QUEUE).unwrap_or(u32::MAX));
+    let instances = config.max_instances.max(1);
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(instances)
         // A Rust component is a handful of core modules around one memory.

@@ -129,23 +129,19 @@ impl Reuse {
     }
 
     /// Takes `instance` back after a call that returned, unless it has
-    /// served its share, or `tenant` has enough idle ones already: then it
-    /// is handed back, to be dropped.
-    pub(super) fn put(&self, tenant: &str, mut instance: Idle, memory: usize) -> Option<Idle> {
+    /// served its share, or `tenant` has enough idle ones already.
+    pub(super) fn put(&self, tenant: &str, mut instance: Idle, memory: usize) {
         instance.uses.calls = instance.uses.calls.saturating_add(1);
         let spent = instance.uses.calls >= self.config.max_calls
             || memory > self.config.max_memory_bytes
             || instance.uses.born.elapsed() >= Duration::from_millis(self.config.max_age_ms);
         if spent {
-            return Some(instance);
+            return;
         }
         let mut idle = self.idle();
         let instances = idle.entry(tenant.to_owned()).or_default();
         if instances.len() < self.config.max_idle {
             instances.push(instance);
-            None
-        } else {
-            Some(instance)
         }
     }
 

@@ -31,16 +31,6 @@ impl LiveCounter {
         self.0.fetch_add(1, Ordering::Relaxed);
         LiveGuard(self.0.clone())
     }
-
-    /// Counts one more, unless `max` are alive already.
-    pub(crate) fn try_enter(&self, max: usize) -> Option<LiveGuard> {
-        self.0
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |live| {
-                (live < max).then_some(live + 1)
-            })
-            .ok()?;
-        Some(LiveGuard(self.0.clone()))
-    }
 }
 
 /// Decrements the live count when the store it lives in is dropped.
@@ -154,10 +144,8 @@ pub(crate) struct StoreState {
     tenant: String,
     stdout: CapturedOutput,
     stderr: CapturedOutput,
-    /// The store's place in the live count and among the plugin's
-    /// instances, until the store drops or [`StoreState::release`].
-    live: Option<LiveGuard>,
-    slot: Option<OwnedSemaphorePermit>,
+    _live: LiveGuard,
+    _slot: OwnedSemaphorePermit,
     dropped: Arc<Dropped>,
 }
 
@@ -190,8 +178,8 @@ impl StoreState {
             tenant: invocation.tenant.clone(),
             stdout,
             stderr,
-            live: Some(live),
-            slot: Some(slot),
+            _live: live,
+            _slot: slot,
             dropped: plugin.dropped.clone(),
         }
     }
@@ -214,13 +202,6 @@ impl StoreState {
         self.cpu = cpu;
         self.turns = Turns::default();
         self.request_id = invocation.request_id.clone();
-    }
-
-    /// Gives the store's places back (the live count, the plugin's instance
-    /// slot) before the store itself is dropped, elsewhere.
-    pub(crate) fn release(&mut self) {
-        self.live = None;
-        self.slot = None;
     }
 
     /// Linear memory the instance holds now.
