@@ -193,3 +193,26 @@ fn goaway(mut bytes: &[u8]) -> bool {
     }
     false
 }
+
+#[tokio::test]
+async fn a_websocket_outlives_the_idle_timeout_of_http_connections() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let host = TestHost::with_config(|config| config.connections.header_timeout_ms = 300).await;
+    let url = host.url("/call").replace("http://", "ws://");
+    let (mut socket, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    // An upgraded connection is the WebSocket's, with its own idle timeout
+    // (60 s): the HTTP connection's, at most twice 300 ms, must not end it.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let call = json!({"type": "call.requested", "id": "1",
+        "payload": {"operationId": "echo/echo", "input": 5}});
+    socket.send(Message::text(call.to_string())).await.unwrap();
+    let reply = loop {
+        match socket.next().await.expect("a reply").unwrap() {
+            Message::Text(text) => break serde_json::from_str::<Value>(&text).unwrap(),
+            _ => continue,
+        }
+    };
+    assert_eq!(reply["type"], "call.responded", "{reply}");
+    assert_eq!(reply["payload"]["output"], 5);
+}
