@@ -8,9 +8,10 @@
 //! across tenants: each tenant has idle instances of its own.
 //!
 //! An instance goes back to its tenant's idle list only after a call that
-//! returned (an output or the plugin's own error). A trap, a limit, a
-//! deadline or a caller who left drops it with the call that was running on
-//! it, and only that call fails: one instance serves one call at a time. It
+//! returned (an output, even one over `output_bytes`, or the plugin's own
+//! error). A trap, a CPU, fuel or memory limit, a deadline or a caller who
+//! left drops it with the call that was running on it, and only that call
+//! fails: one instance serves one call at a time. It
 //! is retired after `max_calls` calls, `max_age_ms` after it was made, or
 //! once its linear memory (which only grows) passes `max_memory_bytes`.
 //! Subscriptions always get a fresh instance.
