@@ -124,6 +124,12 @@ pub(crate) async fn serve(router: axum::Router) -> SocketAddr {
     addr
 }
 
+/// The middle of `values` (the upper one of an even count), sorting them.
+pub(crate) fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
 pub(crate) struct Stats {
     pub(crate) median: Duration,
     pub(crate) p99: Duration,

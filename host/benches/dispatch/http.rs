@@ -93,10 +93,6 @@ async fn bench_http2(host: &Host) {
         "| opbox `/call` echo-reused/echo, reused instance | {} |",
         list(&reused)
     );
-    let median = |rounds: &mut Vec<f64>| {
-        rounds.sort_by(f64::total_cmp);
-        rounds[rounds.len() / 2]
-    };
     let bare = median(&mut bare);
     println!(
         "\nopbox / bare: fresh {:.0}%, reused {:.0}%\n",

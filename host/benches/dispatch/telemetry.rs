@@ -18,7 +18,7 @@ use opbox::{CallRequest, Dispatcher};
 use tracing::instrument::WithSubscriber;
 use tracing_subscriber::layer::SubscriberExt;
 
-use super::common::Stats;
+use super::common::{Stats, median};
 use super::http::{WRK_SECONDS, echo_script, wrk};
 
 const ROUNDS: usize = 5;
@@ -122,11 +122,6 @@ fn clock_ticks() -> u64 {
             .parse()
             .expect("CLK_TCK is a number")
     })
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }
 
 /// `echo/echo` in process, `CALLS_PER_ROUND` sequential calls per round,

@@ -303,11 +303,16 @@ impl Dispatcher {
     /// The operation `name`, if `identity` can see it and holds the scopes
     /// to call it: one lookup, for a caller that names a tool.
     pub fn callable_operation(&self, identity: &Identity, name: &str) -> Option<Arc<Operation>> {
+        self.visible_named(identity, name)
+            .filter(|op| pipeline::authorize(&op.spec, identity).is_ok())
+    }
+
+    /// The operation `name`, if `identity` can see it from the wire.
+    fn visible_named(&self, identity: &Identity, name: &str) -> Option<Arc<Operation>> {
         self.inner
             .registry
             .get(&identity.tenant, name)
             .filter(|op| visible(op, Origin::Wire(Transport::Embedded)))
-            .filter(|op| pipeline::authorize(&op.spec, identity).is_ok())
     }
 
     /// The operations `identity` can see from the wire, sorted by name.
@@ -322,10 +327,7 @@ impl Dispatcher {
     /// The full spec of one operation `identity` can see from the wire.
     pub fn schema(&self, identity: &Identity, name: &str) -> Result<OperationSpec, CallError> {
         let name = name.strip_prefix('/').unwrap_or(name);
-        self.inner
-            .registry
-            .get(&identity.tenant, name)
-            .filter(|op| visible(op, Origin::Wire(Transport::Embedded)))
+        self.visible_named(identity, name)
             .map(|op| op.spec.clone())
             .ok_or_else(|| CallError::not_found(name))
     }

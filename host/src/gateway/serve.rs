@@ -52,7 +52,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let http = builder(config);
-    let idle_timeout = config.header_timeout;
+    // The time to send headers is also how long a TLS handshake may take
+    // and how long a connection may stay idle.
+    let header_timeout = config.header_timeout;
     let stop = CancellationToken::new();
     let open = TaskTracker::new();
     tokio::pin!(shutdown);
@@ -76,12 +78,11 @@ pub async fn serve(
             activity: Activity::new(),
         };
         let (http, stop, tls) = (http.clone(), stop.clone(), tls.clone());
-        let handshake_timeout = config.header_timeout;
         open.spawn(async move {
             let served = match tls {
-                None => connection(&http, io, service, idle_timeout, &stop).await,
-                Some(tls) => match tls.accept(io, handshake_timeout).await {
-                    Ok(io) => connection(&http, io, service, idle_timeout, &stop).await,
+                None => connection(&http, io, service, header_timeout, &stop).await,
+                Some(tls) => match tls.accept(io, header_timeout).await {
+                    Ok(io) => connection(&http, io, service, header_timeout, &stop).await,
                     Err(e) => {
                         tracing::debug!(%peer, "TLS handshake failed: {e}");
                         return;

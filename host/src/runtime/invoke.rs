@@ -287,14 +287,13 @@ impl Plugin {
         &self,
         store: &mut Store<StoreState>,
     ) -> Result<bindings::Plugin, InvokeError> {
-        match self.instantiate(store).await {
-            Err(InvokeError::NoCapacity) if self.reuse.is_some() => {
-                if let Some(reuse) = &self.reuse {
-                    reuse.clear();
-                }
+        let first = self.instantiate(store).await;
+        match (&first, &self.reuse) {
+            (Err(InvokeError::NoCapacity), Some(reuse)) => {
+                reuse.clear();
                 self.instantiate(store).await
             }
-            other => other,
+            _ => first,
         }
     }
 }
