@@ -5,7 +5,7 @@
 
 use std::sync::Once;
 
-use futures::StreamExt;
+use futures::{StreamExt, stream};
 
 use crate::plugin::{Erased, Items, OpType};
 use crate::{Context, Error, Plugin};
@@ -118,10 +118,16 @@ pub async fn subscribe(
     input: String,
 ) -> Result<wit_bindgen::StreamReader<Item>, CallError> {
     install_panic_hook();
-    let items = match plugin.op_named(&op).map(|op| &op.handler) {
-        Some(Erased::Stream(handler)) => handler(Context::from_wit(ctx), input).await?,
-        Some(Erased::Once(_)) => return Err(wrong_type(&op, "a query or mutation")),
-        None => return Err(unknown(&op)),
+    let Some(found) = plugin.op_named(&op) else {
+        return Err(unknown(&op));
+    };
+    let items = match &found.handler {
+        Erased::Stream(handler) => handler(Context::from_wit(ctx), input).await?,
+        Erased::Once(_) => return Err(wrong_type(&op, "a query or mutation")),
+    };
+    let items = match items {
+        Items::Iter(items) if found.batched => Items::Stream(stream::iter(items).boxed_local()),
+        items => items,
     };
     let (mut writer, reader) = wit_stream::new::<Item>();
     wit_bindgen::spawn_local(async move {

@@ -94,7 +94,9 @@
 //! item at the end. Call [`yield_now`] after each item (before blocking
 //! work), wait with an async timer between items (see `plugins/ticker`), or
 //! write the subscription as an iterator ([`Plugin::subscription_iter`]),
-//! whose items go out one by one as they are made.
+//! whose items go out one by one as they are made. An iterator whose `next`
+//! never waits may be [`Operation::batched`]: its items then go out in
+//! batches, several times cheaper each.
 //!
 //! # Errors the host keeps for itself
 //!

@@ -50,6 +50,9 @@ pub(crate) struct Op {
     pub(crate) output_schema: fn() -> String,
     pub(crate) internal: bool,
     pub(crate) required_scopes: Vec<String>,
+    /// An iterator's items are written in batches (see
+    /// [`Operation::batched`]).
+    pub(crate) batched: bool,
     pub(crate) handler: Erased,
 }
 
@@ -150,9 +153,9 @@ impl Plugin {
     /// `handler` is a `fn(Context, In) -> Result<impl IntoIterator<Item =
     /// Result<Out>>>` (or without `In`). The iterator runs lazily and may
     /// block (e.g. `std::thread::sleep`) between items: each item goes to
-    /// the host as soon as `next` returns it. For high item rates prefer
-    /// [`Plugin::subscription`] with an async stream, whose ready items are
-    /// handed over in batches.
+    /// the host as soon as `next` returns it. For high item rates, mark an
+    /// iterator that never waits [`Operation::batched`], or write an async
+    /// stream ([`Plugin::subscription`]): both hand items over in batches.
     #[must_use]
     pub fn subscription_iter<Args>(
         self,
@@ -235,6 +238,31 @@ impl Operation {
         self
     }
 
+    /// Writes a subscription iterator's items to the host in batches of up
+    /// to 64, as an async stream's ready items are, instead of one write per
+    /// item: several times cheaper per item when items are small.
+    ///
+    /// Only for an iterator whose `next` never waits (no sleep, no host call
+    /// that blocks): a batch goes out when it is full or the iterator ends,
+    /// so the items made before a `next` that waits are held until it
+    /// returns, and lost if the call ends there. Has no effect on queries,
+    /// mutations or async streams.
+    ///
+    /// ```
+    /// # use opbox_sdk::{Context, Operation, Plugin, Result};
+    /// fn squares(_ctx: Context, to: u64) -> Result<impl Iterator<Item = Result<u64>>> {
+    ///     Ok((0..to).map(|n| Ok(n * n)))
+    /// }
+    /// let plugin = Plugin::new()
+    ///     .op(Operation::subscription_iter("squares", "Squares below `to`.", squares).batched());
+    /// # let _ = plugin;
+    /// ```
+    #[must_use]
+    pub fn batched(mut self) -> Self {
+        self.0.batched = true;
+        self
+    }
+
     /// Requires its callers to hold all of `scopes` (operators may replace
     /// them).
     #[must_use]
@@ -252,6 +280,7 @@ impl Operation {
             output_schema: parts.output_schema,
             internal: false,
             required_scopes: Vec::new(),
+            batched: false,
             handler: parts.handler,
         })
     }

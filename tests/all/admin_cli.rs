@@ -81,8 +81,23 @@ fn the_cli_installs_lists_shows_replaces_and_removes_plugins() {
             .any(|l| l.trim_start().starts_with("versioned/count (removed)")),
         "{stderr}"
     );
-    // A compatible one goes in; a breaking one with --force too.
-    stdout(&run(url, &["plugins", "replace", "versioned", &v2]));
+    // A compatible one goes in, its instances reused as the operator says;
+    // a breaking one with --force too.
+    let shown = stdout(&run(
+        url,
+        &[
+            "plugins",
+            "replace",
+            "versioned",
+            &v2,
+            "--reuse",
+            "max_calls=5",
+        ],
+    ));
+    assert!(
+        shown.contains("reuse       {\"max_age_ms\":60000,\"max_calls\":5,"),
+        "{shown}"
+    );
     let shown = stdout(&run(
         url,
         &["plugins", "replace", "versioned", &broken, "--force"],

@@ -448,3 +448,26 @@ fn serve_raises_its_open_file_limit_to_the_hard_limit() {
     assert_ne!(numbers[0], "256", "{line}");
     assert_eq!(numbers[0], numbers[1], "soft and hard: {line}");
 }
+
+#[tokio::test]
+async fn calls_go_on_while_nothing_reads_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "listen = \"127.0.0.1:0\"\ncache_dir = {:?}\n\n[[tenants]]\nid = \"default\"\nanonymous = true\n",
+        crate::util::cache_dir()
+    );
+    let server = crate::util::Server::start_unread(dir.path(), &config);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    // Each call logs a line of about 350 bytes: 2,000 of them are ten times
+    // what a pipe holds (64 KiB). The lines the pipe cannot take are
+    // dropped; the calls are answered.
+    for n in 0..2_000 {
+        let answer = server
+            .call(&client, "echo/echo", serde_json::json!(n))
+            .await;
+        assert_eq!(answer["output"], n, "call {n}: {answer}");
+    }
+}

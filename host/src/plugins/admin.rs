@@ -63,6 +63,7 @@ pub(crate) fn detail(plugin: &Plugin, tenant: Option<&str>, fixed: bool) -> Valu
             .collect::<Vec<_>>(),
         "limits": plugin.limits(),
         "grants": plugin.grants().summary(),
+        "reuse": plugin.reuse(),
         "live_instances": plugin.live_instances(),
         "open_subscriptions": plugin.open_subscriptions(),
         "calls": plugin.calls(),
@@ -77,7 +78,7 @@ struct Target {
     /// The tenant whose plugin it is; `None`: shared.
     tenant: Option<String>,
     name: Option<String>,
-    /// `limits` and `grants`, as given.
+    /// `limits`, `grants` and `reuse`, as given.
     settings: Value,
     wasm: Option<Vec<u8>>,
     /// A replace that skips the compatibility gate.
@@ -132,7 +133,7 @@ impl Target {
             })
             .transpose()?;
         let mut settings = Map::new();
-        for key in ["limits", "grants"] {
+        for key in ["limits", "grants", "reuse"] {
             if let Some(value) = fields.remove(key) {
                 settings.insert(key.to_owned(), value);
             }
@@ -342,6 +343,7 @@ fn change_schema(required: &[&str]) -> Value {
             "tenant": { "type": "string", "description": "The owning tenant; shared when absent." },
             "limits": { "type": "object", "description": "As in a `[[plugins]]` entry." },
             "grants": { "type": "object", "description": "As in a `[[plugins]]` entry." },
+            "reuse": { "type": "object", "description": "As in a `[[plugins]]` entry; the operator's only." },
         },
         "required": required,
         "additionalProperties": false,

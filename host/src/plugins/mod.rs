@@ -38,7 +38,7 @@ use crate::call::{AccessControl, CallError, ErrorCode};
 use crate::capabilities::Grants;
 use crate::dispatch::{Dispatcher, Operation, plugin_operations};
 use crate::registry::{Owner, RegistryError};
-use crate::runtime::{LoadOptions, Plugin, PluginLimits, PluginLimitsConfig, Runtime};
+use crate::runtime::{LoadOptions, Plugin, PluginLimits, PluginLimitsConfig, ReuseConfig, Runtime};
 use crate::store::{EventLog, Installed, PluginStore, StoreError};
 
 /// How plugins installed through the API are set up.
@@ -56,13 +56,16 @@ pub struct Policy {
     pub store_dir: PathBuf,
 }
 
-/// A plugin's settings, as an install or replace gives them: the `limits`
-/// and `grants` of a `[[plugins]]` entry.
+/// A plugin's settings, as an install or replace gives them: the `limits`,
+/// `grants` and `reuse` of a `[[plugins]]` entry.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct Settings {
     limits: PluginLimitsConfig,
     grants: Grants,
+    /// Only the operator may set it: idle instances hold pool slots and
+    /// memory beyond the calls that made them.
+    reuse: Option<ReuseConfig>,
 }
 
 impl Settings {
@@ -236,6 +239,13 @@ impl Plugins {
             .allowance(tenant)
             .ok_or_else(|| PluginError::UnknownTenant(tenant.to_owned()))?;
         let settings = Settings::of(&record.settings)?;
+        if settings.reuse.is_some() {
+            return Err(policy::Refusal {
+                rule: "reuse".into(),
+                message: "instance reuse is for the host operator to allow".into(),
+            }
+            .into());
+        }
         let mut holds = policy::Holding::default();
         for (place, entry) in lock(&self.inner.current).iter() {
             if place.0.as_deref() == Some(tenant) && !entry.fixed && Some(place) != replacing {
@@ -294,7 +304,7 @@ impl Plugins {
             name: Some(record.name.clone()).filter(|n| !n.is_empty()),
             limits,
             grants: settings.grants,
-            reuse: None,
+            reuse: settings.reuse,
         };
         Ok(self.inner.runtime.load(wasm, options).await?)
     }

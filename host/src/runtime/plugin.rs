@@ -200,6 +200,11 @@ impl Plugin {
         &self.grants
     }
 
+    /// How its instances are reused; `None`: a fresh instance every call.
+    pub fn reuse(&self) -> Option<&ReuseConfig> {
+        self.reuse.as_ref().map(Reuse::config)
+    }
+
     /// The interfaces the component imports (`wasi:cli/stdout@0.2.6`, …).
     pub fn imports(&self) -> &[String] {
         &self.imports

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use wasmtime::Store;
 
@@ -35,7 +35,7 @@ use super::state::StoreState;
 /// | `max_age_ms` | 60,000 ms after the instance was made |
 /// | `max_memory_bytes` | 16 MiB of linear memory: an instance past it is dropped after its call |
 /// | `max_idle` | 4 idle instances kept for each calling tenant |
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ReuseConfig {
     /// Calls one instance serves before it is dropped.
@@ -104,6 +104,10 @@ impl Reuse {
             config,
             idle: Mutex::new(HashMap::new()),
         }
+    }
+
+    pub(super) fn config(&self) -> &ReuseConfig {
+        &self.config
     }
 
     fn idle(&self) -> MutexGuard<'_, HashMap<String, Vec<Idle>>> {

@@ -2,9 +2,11 @@
 //!
 //! - `fixture-hog/hog` allocates and touches `mib` MiB, then returns how many
 //!   bytes it holds.
-//! - `fixture-hog/big-stream` yields `count` strings of `bytes` bytes each.
+//! - `fixture-hog/big-stream` yields `count` strings of `bytes` bytes each;
+//!   `fixture-hog/big-batches` the same, written in batches
+//!   ([`Operation::batched`]).
 
-use opbox_sdk::{Context, Plugin, Result};
+use opbox_sdk::{Context, Operation, Plugin, Result};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -43,6 +45,12 @@ fn plugin() -> Plugin {
             "Yields `count` strings of `bytes` bytes.",
             big_stream,
         )
+        .op(Operation::subscription_iter(
+            "big-batches",
+            "Yields `count` strings of `bytes` bytes, in batches.",
+            big_stream,
+        )
+        .batched())
 }
 
 opbox_sdk::export!(plugin);

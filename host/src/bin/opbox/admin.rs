@@ -98,6 +98,10 @@ pub struct Settings {
     /// A limit, `KEY=VALUE`: `--limit cpu_ms=500`.
     #[arg(long = "limit", value_name = "KEY=VALUE")]
     limits: Vec<String>,
+    /// Instance reuse (the operator's only): `--reuse` alone for the
+    /// defaults, or a setting, `KEY=VALUE`: `--reuse max_calls=100`.
+    #[arg(long = "reuse", value_name = "KEY=VALUE", num_args = 0..=1, default_missing_value = "")]
+    reuse: Vec<String>,
 }
 
 /// What `opbox events` reads.
@@ -322,7 +326,8 @@ async fn follow(host: &Host, events: &Reading) -> Result<()> {
 }
 
 impl Settings {
-    /// `limits` and `grants` as the `opbox-plugin` header takes them.
+    /// `limits`, `grants` and `reuse` as the `opbox-plugin` header takes
+    /// them.
     fn to_json(&self) -> Result<Map<String, Value>> {
         let mut header = Map::new();
         let mut grants = Map::new();
@@ -336,24 +341,37 @@ impl Settings {
             };
             grants.insert(key.to_owned(), value);
         }
-        let mut limits = Map::new();
-        for limit in &self.limits {
-            let (key, value) = limit
-                .split_once('=')
-                .with_context(|| format!("`--limit {limit}`: write KEY=VALUE"))?;
-            let value: u64 = value
-                .parse()
-                .with_context(|| format!("`--limit {limit}`: the value must be a whole number"))?;
-            limits.insert(key.to_owned(), json!(value));
-        }
+        let limits = numbers("--limit", self.limits.iter())?;
+        let reuse = numbers("--reuse", self.reuse.iter().filter(|r| !r.is_empty()))?;
         if !grants.is_empty() {
             header.insert("grants".into(), Value::Object(grants));
         }
         if !limits.is_empty() {
             header.insert("limits".into(), Value::Object(limits));
         }
+        if !self.reuse.is_empty() {
+            header.insert("reuse".into(), Value::Object(reuse));
+        }
         Ok(header)
     }
+}
+
+/// `KEY=N` settings of `flag` as a JSON object.
+fn numbers<'a>(
+    flag: &str,
+    settings: impl Iterator<Item = &'a String>,
+) -> Result<Map<String, Value>> {
+    let mut numbers = Map::new();
+    for setting in settings {
+        let (key, value) = setting
+            .split_once('=')
+            .with_context(|| format!("`{flag} {setting}`: write KEY=VALUE"))?;
+        let value: u64 = value
+            .parse()
+            .with_context(|| format!("`{flag} {setting}`: the value must be a whole number"))?;
+        numbers.insert(key.to_owned(), json!(value));
+    }
+    Ok(numbers)
 }
 
 fn read(file: &PathBuf) -> Result<Vec<u8>> {
@@ -448,6 +466,9 @@ fn print_plugin(plugin: &Value) {
     );
     println!("limits      {}", plugin["limits"]);
     println!("grants      {}", plugin["grants"]);
+    if !plugin["reuse"].is_null() {
+        println!("reuse       {}", plugin["reuse"]);
+    }
     println!("operations");
     for op in plugin["operations"].as_array().into_iter().flatten() {
         println!(

@@ -37,6 +37,10 @@ mod dev;
 mod new;
 mod serve;
 
+/// Log lines waiting for stderr at most (about 4 MiB of call lines); more
+/// are dropped while stderr is stalled.
+const LOG_LINES_QUEUED: usize = 16_384;
+
 /// A host for operations written as sandboxed WebAssembly components.
 #[derive(Debug, Parser)]
 #[command(name = "opbox", version)]
@@ -198,8 +202,16 @@ fn main() -> ExitCode {
     let log_level = filter
         .max_level_hint()
         .map_or(tracing_log::log::LevelFilter::Trace, |level| level.as_log());
+    // Log lines (one per call) are written by a thread of their own, as many
+    // at a time as are waiting: a call's worker formats its line and moves
+    // on, and a stalled stderr drops lines (past `LOG_LINES_QUEUED`) rather
+    // than stalling calls.
+    let (log_writer, log_flushed) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(LOG_LINES_QUEUED)
+        .thread_name("opbox-log")
+        .finish(std::io::BufWriter::new(std::io::stderr()));
     let log = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_writer(log_writer)
         .with_ansi(std::io::stderr().is_terminal())
         .with_filter(filter);
     let subscriber = tracing_subscriber::registry()
@@ -257,6 +269,7 @@ fn main() -> ExitCode {
     if let Some(traces) = traces {
         traces.shutdown();
     }
+    drop(log_flushed);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.is::<admin::Reported>() => ExitCode::FAILURE,
