@@ -199,41 +199,36 @@ fn plugins_reuse_is_read_from_the_configuration_with_defaults_for_what_it_leaves
     );
 }
 
+/// `fixture-panic` installed over HTTP by the operator, with `settings`.
+async fn install_as_operator(host: &TestHost, settings: Value) -> (StatusCode, Value) {
+    use crate::admin::{OPERATOR, fixture, install};
+    install(
+        host,
+        Some(OPERATOR),
+        Some(settings),
+        fixture("fixture-panic"),
+    )
+    .await
+}
+
 #[tokio::test]
 async fn the_operator_allows_reuse_for_a_plugin_installed_over_http() {
     let data = tempfile::tempdir().unwrap();
     let host = TestHost::with_config(|c| crate::admin::with_operator(c, data.path())).await;
     let settings = json!({ "name": "uploaded", "reuse": { "max_calls": 2 } });
-    let (status, body) = crate::admin::install(
-        &host,
-        Some(crate::admin::OPERATOR),
-        Some(settings),
-        crate::admin::fixture("fixture-panic"),
-    )
-    .await;
+    let (status, body) = install_as_operator(&host, settings).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["reuse"]["max_calls"], 2, "{body}");
     assert_eq!(tallies(&host, "uploaded/tally", 3).await, [1, 2, 1]);
 
     // An unknown field is refused, as in the config file.
     let settings = json!({ "name": "typo", "reuse": { "max_cals": 2 } });
-    let (status, body) = crate::admin::install(
-        &host,
-        Some(crate::admin::OPERATOR),
-        Some(settings),
-        crate::admin::fixture("fixture-panic"),
-    )
-    .await;
+    let (status, body) = install_as_operator(&host, settings).await;
     assert_eq!(
         (status, &body["error"]["code"]),
         (StatusCode::UNPROCESSABLE_ENTITY, &json!("INVALID_INPUT")),
         "{body}"
     );
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("max_cals"),
-        "{body}"
-    );
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("max_cals"), "{body}");
 }

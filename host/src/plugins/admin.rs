@@ -183,7 +183,7 @@ fn install(plugins: &WeakPlugins) -> Result<Operation, RegistryError> {
     admin_op(
         "install",
         OpType::Mutation,
-        "Installs a plugin: a component (base64), its namespace (default: its own), tenant (default: shared), limits and grants.",
+        "Installs a plugin: a component (base64), its namespace (default: its own), tenant (default: shared), limits, grants and (the operator's only) instance reuse.",
         change_schema(&["wasm_base64"]),
         plugins,
         |plugins, target| async move {
