@@ -216,3 +216,32 @@ async fn a_websocket_outlives_the_idle_timeout_of_http_connections() {
     assert_eq!(reply["type"], "call.responded", "{reply}");
     assert_eq!(reply["payload"]["output"], 5);
 }
+
+#[tokio::test]
+async fn an_http2_subscriber_that_stops_reading_is_cut_off() {
+    let host = TestHost::with_config(|config| config.connections.write_timeout_ms = 1_000).await;
+    // A small window that is never released: the host can send about 64 KiB
+    // of events, then the stream's window stays shut while the connection
+    // (and its pings) lives on.
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .http2_initial_stream_window_size(65_535)
+        .http2_initial_connection_window_size(1 << 20)
+        .build()
+        .unwrap();
+    let response = client
+        .post(host.url("/subscribe"))
+        .json(&json!({
+            "operation": "fixture-hog/big-stream",
+            "input": {"bytes": 100, "count": 1_000_000}
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.version(), Version::HTTP_2);
+    assert_eq!(host.wait_for_live(1, Duration::from_secs(10)).await, 1);
+    // Not a byte read: after `write_timeout` the subscription ends and its
+    // instance goes, although the stream is still open.
+    assert_eq!(host.wait_for_live(0, Duration::from_secs(20)).await, 0);
+    drop(response);
+}
