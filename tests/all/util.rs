@@ -473,32 +473,26 @@ impl Server {
             log.push(line);
         }
         let log = std::sync::Arc::new(std::sync::Mutex::new(log));
-        if !read_log {
-            return Self {
-                child,
-                url: format!("http://{}", http.unwrap()),
-                tcp,
-                log,
-                reader: None,
-                _unread: Some(lines),
-            };
-        }
-        // Keep reading the log, so the server never blocks on a full pipe.
-        let reader = std::thread::spawn({
+        // Keep reading the log, so the server never blocks on a full pipe;
+        // or hold the pipe open, unread.
+        let (reader, unread) = if read_log {
             let log = log.clone();
-            move || {
+            let reader = std::thread::spawn(move || {
                 for line in lines.map_while(Result::ok) {
                     log.lock().unwrap().push(line);
                 }
-            }
-        });
+            });
+            (Some(reader), None)
+        } else {
+            (None, Some(lines))
+        };
         Self {
             child,
             url: format!("http://{}", http.unwrap()),
             tcp,
             log,
-            reader: Some(reader),
-            _unread: None,
+            reader,
+            _unread: unread,
         }
     }
 

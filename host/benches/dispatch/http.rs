@@ -24,35 +24,25 @@ pub(crate) async fn bench_http(host: &Host, bare: bool, opbox: bool) {
     let wasmtime = WasmtimeServe::start();
     let script = echo_script("opbox-bench-post.lua");
     let reused_script = call_script("opbox-bench-post-reused.lua", "echo-reused/echo");
-    let mut servers: Vec<(&str, SocketAddr, &std::path::Path, Vec<WrkResult>)> = Vec::new();
+    // (key, name, address, wrk script), each measured in turn every round.
+    let mut lanes: Vec<(&str, &str, SocketAddr, &std::path::Path)> = Vec::new();
     if bare {
-        servers.push(("bare axum handler", bare_addr, &script, Vec::new()));
+        lanes.push(("bare axum", "bare axum handler", bare_addr, &script));
     }
     if opbox {
-        servers.push((
-            "opbox `/call` echo/echo, fresh instance",
-            opbox_addr,
-            &script,
-            Vec::new(),
-        ));
-        servers.push((
-            "opbox `/call` echo-reused/echo, reused instance",
-            opbox_addr,
-            &reused_script,
-            Vec::new(),
-        ));
+        let fresh = "opbox `/call` echo/echo, fresh instance";
+        let reused = "opbox `/call` echo-reused/echo, reused instance";
+        lanes.push(("fresh", fresh, opbox_addr, &script));
+        lanes.push(("reused", reused, opbox_addr, &reused_script));
     }
     if let Some(wasmtime) = &wasmtime {
-        servers.push((
-            "`wasmtime serve -Scli`, wasi:http hello",
-            wasmtime.addr,
-            &script,
-            Vec::new(),
-        ));
+        let name = "`wasmtime serve -Scli`, wasi:http hello";
+        lanes.push(("`wasmtime serve`", name, wasmtime.addr, &script));
     }
+    let mut rounds: Vec<Vec<WrkResult>> = lanes.iter().map(|_| Vec::new()).collect();
     for _ in 0..ROUNDS {
-        for (_, addr, script, rounds) in &mut servers {
-            rounds.push(wrk(*addr, script));
+        for ((_, _, addr, script), results) in lanes.iter().zip(&mut rounds) {
+            results.push(wrk(*addr, script));
         }
     }
     let wasmtime_ran = wasmtime.is_some();
@@ -60,11 +50,11 @@ pub(crate) async fn bench_http(host: &Host, bare: bool, opbox: bool) {
     println!(
         "| server | requests/s, median | each round | latency p50, p99 (median round) |\n|---|---|---|---|"
     );
-    let mut medians = Vec::new();
-    for (name, _, _, rounds) in &mut servers {
-        let each: Vec<String> = rounds.iter().map(|r| format!("{:.0}", r.rps)).collect();
-        rounds.sort_by(|a, b| a.rps.total_cmp(&b.rps));
-        let middle = &rounds[rounds.len() / 2];
+    let mut medians = std::collections::HashMap::new();
+    for ((key, name, _, _), results) in lanes.iter().zip(&mut rounds) {
+        let each: Vec<String> = results.iter().map(|r| format!("{:.0}", r.rps)).collect();
+        results.sort_by(|a, b| a.rps.total_cmp(&b.rps));
+        let middle = &results[results.len() / 2];
         println!(
             "| {name} | {:.0} | {} | {}, {} |",
             middle.rps,
@@ -72,31 +62,14 @@ pub(crate) async fn bench_http(host: &Host, bare: bool, opbox: bool) {
             middle.p50,
             middle.p99
         );
-        medians.push((*name, middle.rps));
+        medians.insert(*key, middle.rps);
     }
-    let rps = |prefix: &str| {
-        medians
-            .iter()
-            .find(|(name, _)| name.starts_with(prefix))
-            .map(|(_, rps)| *rps)
-    };
     println!();
-    for (label, of, against) in [
-        ("fresh / bare axum", "opbox `/call` echo/echo", "bare"),
-        ("reused / bare axum", "opbox `/call` echo-reused", "bare"),
-        (
-            "fresh / `wasmtime serve`",
-            "opbox `/call` echo/echo",
-            "`wasmtime",
-        ),
-        (
-            "reused / `wasmtime serve`",
-            "opbox `/call` echo-reused",
-            "`wasmtime",
-        ),
-    ] {
-        if let (Some(of), Some(against)) = (rps(of), rps(against)) {
-            println!("- {label}: {:.2}×", of / against);
+    for of in ["fresh", "reused"] {
+        for against in ["bare axum", "`wasmtime serve`"] {
+            if let (Some(of_rps), Some(against_rps)) = (medians.get(of), medians.get(against)) {
+                println!("- {of} / {against}: {:.2}×", of_rps / against_rps);
+            }
         }
     }
     if !wasmtime_ran && opbox {

@@ -5,8 +5,8 @@
 //! ```text
 //! cargo bench -p opbox --bench dispatch              # everything
 //! cargo bench -p opbox --bench dispatch -- dispatch  # in-process calls only
-//! cargo bench -p opbox --bench dispatch -- stream    # subscription items: async stream and iterator
-//! cargo bench -p opbox --bench dispatch -- http      # wrk and h2load, needs `wrk` and `h2load` on PATH
+//! cargo bench -p opbox --bench dispatch -- stream    # subscription items: async stream, iterator, batched iterator
+//! cargo bench -p opbox --bench dispatch -- http      # wrk and h2load, needs `wrk` and `h2load` on PATH (and `wasmtime` for its row)
 //! cargo bench -p opbox --bench dispatch -- http-opbox  # wrk against opbox alone
 //! cargo bench -p opbox --bench dispatch -- limits    # echo with and without limits
 //! cargo bench -p opbox --bench dispatch -- noisy     # echo latency under a spinning neighbour
@@ -25,11 +25,13 @@
 //!   (`echo-reused`) and a native echo through the same dispatcher (the
 //!   floor); median, p99 and mean over many sequential calls.
 //! - `stream`: per-item time of 100,000 items from an async stream
-//!   (`ticker/count`) and from an iterator (`fixture-hog/big-stream`).
+//!   (`ticker/count`), from an iterator (`fixture-hog/big-stream`) and from
+//!   the same iterator marked `batched` (`fixture-hog/big-batches`).
 //! - `http`: requests per second and latency of `POST /call`, fresh and
 //!   reused, under `wrk -t2 -c32` (HTTP/1.1) and `h2load -c2 -m16` (HTTP/2),
 //!   against a bare axum handler answering the same JSON, all served from
-//!   this process in the same run.
+//!   this process in the same run, and (HTTP/1.1) against `wasmtime serve
+//!   -Scli` running `plugins/wasi-http-hello`.
 //! - `limits`: `echo/echo` straight on the runtime (no dispatcher), with
 //!   the engine enforcing limits (epoch interruption, memory limiter) and
 //!   without, alternating rounds so both see the same machine.
