@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 use crate::bundled;
 use crate::call::{Fanout, SharedObserver};
 use crate::capabilities::Grants;
+use crate::cluster::{Cluster, ClusterError};
 use crate::config::{HostConfig, PluginConfig};
 use crate::dispatch::{DispatchConfig, Dispatcher, Operation, Registry};
 use crate::envelope;
@@ -88,6 +89,9 @@ pub enum HostError {
     /// A listener's TLS certificate or key cannot be used.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The cluster's settings cannot be used.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
 }
 
 /// A listener's TLS from `files`, reloaded when they change.
@@ -115,6 +119,8 @@ pub struct Host {
     gateway_tls: Option<Arc<Tls>>,
     /// The TCP listener's TLS, when configured.
     tcp_tls: Option<Arc<Tls>>,
+    /// This host's membership of a cluster, when `[cluster]` is set.
+    cluster: Option<Cluster>,
 }
 
 impl Host {
@@ -168,6 +174,7 @@ impl Host {
             metrics,
             gateway_tls,
             tcp_tls,
+            cluster: None,
         };
         // Gauges are read at each scrape. The sampler holds the plugins
         // weakly: the metrics are held by what the plugins hold.
@@ -240,6 +247,10 @@ impl Host {
             .collect();
         if let Some(name) = host.config.access.keys().find(|n| !offered.contains(*n)) {
             return Err(HostError::UnknownAccessOverride(name.clone()));
+        }
+        let mut host = host;
+        if let Some(cluster) = &host.config.cluster {
+            host.cluster = Some(Cluster::join(cluster, &host.dispatcher).await?);
         }
         Ok(host)
     }
@@ -325,6 +336,11 @@ impl Host {
     /// The plugins, and the door through which they change while serving.
     pub fn plugins(&self) -> &Plugins {
         &self.plugins
+    }
+
+    /// This host's membership of a cluster, when `[cluster]` is set.
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.cluster.as_ref()
     }
 
     /// The dispatcher every transport calls through.

@@ -9,7 +9,8 @@
 //!
 //! Data flows down this list, and so do dependencies: each module uses only
 //! modules listed after it (`tests/all/layers.rs` checks this from the
-//! source, and that axum and wasmtime stay where this list says).
+//! source, and that axum, async-nats and wasmtime stay where this list
+//! says).
 //!
 //! - `host` ([`Host`]): assembles the layers below from a [`HostConfig`]
 //!   and serves them.
@@ -20,6 +21,9 @@
 //!   that knows axum.
 //! - [`envelope`]: the envelope protocol over TCP and WebSocket, and a
 //!   client for it.
+//! - [`cluster`]: hosts calling each other over NATS: each serves the
+//!   operations it holds, and forwards the calls of those it does not;
+//!   the only module that knows async-nats.
 //! - [`net`]: connection admission and stall-guarded sockets, for every
 //!   listener.
 //! - [`plugins`]: plugins coming and going while the host serves:
@@ -62,6 +66,7 @@
 pub mod bundled;
 pub mod call;
 pub mod capabilities;
+pub mod cluster;
 pub mod config;
 pub mod dispatch;
 pub mod envelope;

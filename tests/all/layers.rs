@@ -1,6 +1,7 @@
 //! The host's layers, checked from its source: every module uses only the
 //! modules `lib.rs` lists after it (so no two modules depend on each other
-//! in a circle), and axum and wasmtime appear only where `lib.rs` says.
+//! in a circle), and axum, async-nats and wasmtime appear only where
+//! `lib.rs` says.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -140,11 +141,13 @@ fn each_module_uses_only_the_layers_below_it() {
 }
 
 #[test]
-fn axum_only_in_the_gateway_and_wasmtime_only_in_runtime_and_capabilities() {
+fn axum_only_in_the_gateway_nats_only_in_the_cluster_and_wasmtime_only_in_runtime_and_capabilities()
+{
     let mut files = Vec::new();
     sources(&src(), None, &mut files);
-    let rules: [(&[&str], &[&str]); 2] = [
+    let rules: [(&[&str], &[&str]); 3] = [
         (&["axum::"], &["gateway"]),
+        (&["async_nats::"], &["cluster"]),
         (
             &["wasmtime::", "wasmtime_wasi::", "wasmtime_wasi_http::"],
             &["runtime", "capabilities"],

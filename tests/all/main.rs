@@ -16,6 +16,7 @@ mod call;
 mod capabilities;
 mod cli;
 mod client;
+mod cluster;
 mod connections;
 mod cost;
 mod dev;

@@ -92,6 +92,8 @@ pub enum Transport {
     Mcp,
     /// A program embedding the host, calling its dispatcher directly.
     Embedded,
+    /// Another host of the cluster, forwarding its caller's call over NATS.
+    Cluster,
 }
 
 impl Transport {
@@ -103,6 +105,7 @@ impl Transport {
             Self::Tcp => "tcp",
             Self::Mcp => "mcp",
             Self::Embedded => "embedded",
+            Self::Cluster => "cluster",
         }
     }
 }

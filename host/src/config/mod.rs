@@ -93,6 +93,16 @@
 //! sha256 = "…"
 //! scopes = ["text:read"]
 //!
+//! [cluster]                    # join other hosts over NATS (off unless set)
+//! nats_url = "nats://127.0.0.1:4222"
+//! name = "opbox"               # hosts of one name form one cluster
+//! # user = "opbox"             # credentials: user and password,
+//! # password = "…"
+//! # token = "…"                # or a token,
+//! # creds_file = "opbox.creds" # or a .creds file (relative to this file)
+//! heartbeat_ms = 250           # a running forwarded call says it still is
+//! max_forwarded = 1024         # calls other hosts forwarded, running here at once
+//!
 //! [access."textkit/stats"]     # overrides the scopes an operation requires
 //! required_scopes = ["text:read"]
 //!
@@ -120,6 +130,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::call::AccessControl;
+use crate::cluster::ClusterConfig;
 use crate::dispatch::DispatchConfig;
 use crate::envelope::EnvelopeConfig;
 use crate::gateway::{GatewayConfig, McpConfig};
@@ -206,6 +217,9 @@ pub struct HostConfig {
     /// The scopes operations require, by full name, replacing what the
     /// plugin declares.
     pub access: BTreeMap<String, AccessControl>,
+    /// `[cluster]`: the NATS this host joins to call and serve other hosts;
+    /// a host on its own unless set.
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Default for HostConfig {
@@ -230,6 +244,7 @@ impl Default for HostConfig {
             connections: ConnectionsSection::default(),
             tenants: Vec::new(),
             access: BTreeMap::new(),
+            cluster: None,
         }
     }
 }
@@ -300,6 +315,9 @@ impl HostConfig {
         {
             tls.cert = base.join(&tls.cert);
             tls.key = base.join(&tls.key);
+        }
+        if let Some(creds) = config.cluster.as_mut().and_then(|c| c.creds_file.as_mut()) {
+            *creds = base.join(&*creds);
         }
         Ok(config)
     }

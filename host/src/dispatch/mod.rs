@@ -15,11 +15,12 @@ mod handler;
 mod logged;
 mod nested;
 mod pipeline;
+mod remote;
 mod validate;
 
 use std::fmt;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -42,6 +43,8 @@ pub use handler::{
 };
 use logged::{CallLog, Labels, Logged};
 use pipeline::visible;
+use remote::Reach;
+pub use remote::Remote;
 
 /// Settings of the dispatcher.
 ///
@@ -121,6 +124,9 @@ struct Inner {
     drain: Arc<Drain>,
     /// Large inputs validated at once, off the async workers.
     validations: Arc<Semaphore>,
+    /// Where calls of operations this host does not hold go, once the
+    /// host has joined a cluster.
+    remote: OnceLock<Arc<dyn Remote>>,
 }
 
 impl fmt::Debug for Dispatcher {
@@ -143,6 +149,7 @@ impl Dispatcher {
                 validations: Arc::new(Semaphore::new(
                     std::thread::available_parallelism().map_or(1, |n| n.get()),
                 )),
+                remote: OnceLock::new(),
             }),
         }
     }
@@ -187,8 +194,15 @@ impl Dispatcher {
 
     /// Whether `request` names a query, a mutation or a subscription, as
     /// its caller sees it: `NOT_FOUND` for what the caller cannot see.
-    pub fn op_type(&self, request: &CallRequest) -> Result<OpType, CallError> {
-        self.resolve(request).map(|(op, _)| op.spec.op_type)
+    /// An operation another host of the cluster holds is asked about there.
+    pub async fn op_type(&self, request: &CallRequest) -> Result<OpType, CallError> {
+        match self.resolve(request) {
+            Ok((op, _)) => Ok(op.spec.op_type),
+            Err(error) => match self.remote_for(request, Reach::Cluster) {
+                Some(remote) => remote.op_type(request.clone()).await,
+                None => Err(error),
+            },
+        }
     }
 
     /// Runs a query or mutation.
@@ -199,10 +213,17 @@ impl Dispatcher {
     /// Runs a query or mutation, and tells what it cost (its nested calls
     /// included) and where its trace is, whether it succeeded or not.
     pub async fn call_metered(&self, request: CallRequest) -> Metered<Value> {
+        self.call_reaching(request, Reach::Cluster).await
+    }
+
+    async fn call_reaching(&self, request: CallRequest, reach: Reach) -> Metered<Value> {
         let mut log = CallLog::start(&request, &self.inner.config.observer, self.labels(&request));
         let (meter, span) = (log.meter().clone(), log.span().clone());
         let traceparent = trace::traceparent(&span);
-        let result = self.call_inner(request, &meter).instrument(span).await;
+        let result = self
+            .call_inner(request, &meter, reach)
+            .instrument(span)
+            .await;
         log.finish(result.as_ref().err());
         Metered {
             result,
@@ -222,11 +243,19 @@ impl Dispatcher {
     /// of what it spends (its receipt is final once the stream has ended,
     /// or failed to start) and where its trace is.
     pub async fn subscribe_metered(&self, request: CallRequest) -> Metered<OutputStream> {
+        self.subscribe_reaching(request, Reach::Cluster).await
+    }
+
+    async fn subscribe_reaching(
+        &self,
+        request: CallRequest,
+        reach: Reach,
+    ) -> Metered<OutputStream> {
         let mut log = CallLog::start(&request, &self.inner.config.observer, self.labels(&request));
         let (meter, span) = (log.meter().clone(), log.span().clone());
         let traceparent = trace::traceparent(&span);
         let result = match self
-            .subscribe_inner(&request, &meter)
+            .subscribe_inner(&request, &meter, reach)
             .instrument(span)
             .await
         {

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 use super::drain::InFlight;
 use super::nested::invocation;
+use super::remote::Reach;
 use super::validate::{is_large, validate_input};
 use super::{CallContext, Dispatcher, Handler, Operation, OutputStream, failure};
 use crate::call::{
@@ -87,18 +88,18 @@ impl Dispatcher {
         &self,
         mut request: CallRequest,
         meter: &Arc<Meter>,
+        reach: Reach,
     ) -> Result<Value, CallError> {
+        if let Some(remote) = self.remote_for(&request, reach) {
+            return self.forward(remote, request, meter).await;
+        }
         let Admitted {
             op,
             tenant,
             in_flight: _in_flight,
             admission: _admission,
         } = self.admit(&request, Kind::Once)?;
-        let deadline = request
-            .deadline
-            .map_or(self.inner.config.default_deadline, |d| {
-                d.min(self.inner.config.default_deadline)
-            });
+        let deadline = self.deadline(&request);
         let cx = self.context(&request, Some(deadline));
         let input = std::mem::take(&mut request.input);
         let run = async {
@@ -142,7 +143,11 @@ impl Dispatcher {
         &self,
         request: &CallRequest,
         meter: &Arc<Meter>,
+        reach: Reach,
     ) -> Result<OutputStream, CallError> {
+        if let Some(remote) = self.remote_for(request, reach) {
+            return self.forward_stream(remote, request, meter).await;
+        }
         let Admitted {
             op,
             tenant,
@@ -150,10 +155,7 @@ impl Dispatcher {
             admission,
         } = self.admit(request, Kind::Stream)?;
         let input = self.validate(&op, request.input.clone()).await?;
-        let limit = match (request.deadline, self.inner.config.max_subscription) {
-            (Some(asked), Some(max)) => Some(asked.min(max)),
-            (asked, max) => asked.or(max),
-        };
+        let limit = self.subscription_limit(request);
         let cx = self.context(request, limit);
         let mut held = vec![admission];
         let stream: OutputStream = match &op.handler {
@@ -261,6 +263,22 @@ impl Dispatcher {
             .unwrap_or_else(|_| Err(CallError::internal()))
     }
 
+    /// How long a subscription may run: the shorter of what the caller
+    /// asked and the host's bound, if either has one.
+    pub(super) fn subscription_limit(&self, request: &CallRequest) -> Option<Duration> {
+        match (request.deadline, self.inner.config.max_subscription) {
+            (Some(asked), Some(max)) => Some(asked.min(max)),
+            (asked, max) => asked.or(max),
+        }
+    }
+
+    /// The deadline of a query or mutation: the caller's, if it asked for
+    /// one shorter than the host's.
+    pub(super) fn deadline(&self, request: &CallRequest) -> Duration {
+        let default = self.inner.config.default_deadline;
+        request.deadline.map_or(default, |d| d.min(default))
+    }
+
     fn context(&self, request: &CallRequest, deadline: Option<Duration>) -> CallContext {
         CallContext {
             request_id: request.request_id.clone(),
@@ -333,7 +351,7 @@ fn nested_native(request: &CallRequest, tenant: &Tenant) -> Result<Option<Admiss
 }
 
 /// `stream`, keeping `held` (quota slots) until it is dropped.
-fn holding(stream: OutputStream, held: Vec<Option<Admission>>) -> OutputStream {
+pub(super) fn holding(stream: OutputStream, held: Vec<Option<Admission>>) -> OutputStream {
     stream
         .map(move |item| {
             let _held = &held;
@@ -343,7 +361,7 @@ fn holding(stream: OutputStream, held: Vec<Option<Admission>>) -> OutputStream {
 }
 
 /// Ends `stream` with `TIMEOUT` once `limit` has passed.
-fn with_time_limit(stream: OutputStream, limit: Duration) -> OutputStream {
+pub(super) fn with_time_limit(stream: OutputStream, limit: Duration) -> OutputStream {
     cut_off(stream, tokio::time::sleep(limit), failure::timeout(limit))
 }
 

@@ -369,7 +369,7 @@ impl Call {
         // reply sequence of the operation's kind.
         let once = match self.expect {
             Some(expect) => expect == Expect::Once,
-            None => match dispatcher.op_type(&request) {
+            None => match dispatcher.op_type(&request).await {
                 Ok(op_type) => op_type.is_once(),
                 Err(error) => return self.fail(&error).await,
             },

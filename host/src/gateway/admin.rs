@@ -222,6 +222,7 @@ async fn upload(
     state
         .dispatcher
         .op_type(&request)
+        .await
         .map_err(|e| ApiError::new(request.request_id.clone(), e))?;
     let _turn = state.uploads.0.clone().try_acquire_owned().map_err(|_| {
         ApiError::new(

@@ -78,6 +78,7 @@ pub(super) async fn events(
         state
             .dispatcher
             .op_type(&request)
+            .await
             .map_err(|e| ApiError::new(request.request_id.clone(), e))?;
         let cursor = cursor.map_err(|item| {
             ApiError::from(
@@ -122,6 +123,7 @@ pub(super) async fn events(
             state
                 .dispatcher
                 .op_type(&request)
+                .await
                 .map_err(|e| ApiError::new(request.request_id.clone(), e))?;
             futures::stream::once(async move { Ok(diagnostic) }).boxed()
         }

@@ -60,7 +60,10 @@ pub(super) async fn op(
     };
     // A name the caller cannot see goes the query way, to be refused (and
     // counted) as `/call` refuses it.
-    let subscription = matches!(state.dispatcher.op_type(&request), Ok(OpType::Subscription));
+    let subscription = matches!(
+        state.dispatcher.op_type(&request).await,
+        Ok(OpType::Subscription)
+    );
     let (mut response, meter, traceparent) = if subscription {
         let started = state.dispatcher.subscribe_metered(request).await;
         let response = match started.result {

@@ -199,6 +199,11 @@ impl Tenants {
         })
     }
 
+    /// The configured tenants' ids.
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.tenants.keys().map(String::as_str)
+    }
+
     /// Whether `tenant` is configured.
     pub fn contains(&self, tenant: &str) -> bool {
         self.tenants.contains_key(tenant)

@@ -65,6 +65,17 @@ enum Command {
         /// Also load every *.wasm file in this directory.
         #[arg(long, value_name = "DIR")]
         plugins: Vec<PathBuf>,
+        /// Join the cluster on this NATS server (`nats://host:4222`),
+        /// overriding `[cluster] nats_url`.
+        #[arg(long, value_name = "URL")]
+        nats: Option<String>,
+        /// Keep installed plugins, events and key-value data here,
+        /// overriding `data_dir` (one host at a time may use a directory).
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// Do not serve the bundled example plugins.
+        #[arg(long)]
+        no_examples: bool,
     },
     /// Print a plugin's name, version, digest, operations and schemas.
     Inspect {
@@ -242,9 +253,24 @@ fn main() -> ExitCode {
                 listen,
                 tcp_listen,
                 plugins,
+                nats,
+                data_dir,
+                no_examples,
                 ..
             } => {
-                let config = host_config.unwrap_or_else(HostConfig::demo);
+                let mut config = host_config.unwrap_or_else(HostConfig::demo);
+                if let Some(dir) = data_dir {
+                    config.data_dir = dir;
+                }
+                if no_examples {
+                    config.examples = false;
+                }
+                if let Some(url) = nats {
+                    match &mut config.cluster {
+                        Some(cluster) => cluster.nats_url = url,
+                        None => config.cluster = Some(opbox::cluster::ClusterConfig::new(url)),
+                    }
+                }
                 serve::serve(config, listen, tcp_listen, plugins).await
             }
             Command::Inspect { file, cache_dir } => inspect(file, cache_dir).await,

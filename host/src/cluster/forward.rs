@@ -1,0 +1,281 @@
+//! The forwarding side: a call this host does not hold goes to the hosts
+//! that do, and its answer comes back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::connection::State;
+use async_nats::{Client, StatusCode, Subscriber};
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use serde_json::{Value, json};
+
+use super::Shared;
+use super::wire::{Ask, Credit, Forward, Reply};
+use crate::call::{CallError, CallRequest, ErrorCode, Meter, OpType};
+use crate::dispatch::{OutputStream, Remote};
+
+/// Items a forwarded subscription's running host may send ahead of what
+/// the caller has taken. More are granted as the caller takes them, half a
+/// window at a time.
+const WINDOW: u32 = 16;
+
+impl Remote for Shared {
+    fn call(
+        &self,
+        request: CallRequest,
+        deadline: Duration,
+        meter: Arc<Meter>,
+    ) -> BoxFuture<'static, Result<Value, CallError>> {
+        let sent = self.send(Ask::Call, request, Some(deadline));
+        Box::pin(async move {
+            let mut pending = sent.await?;
+            let (result, cost) = match pending.answer().await? {
+                Reply::Output { output, cost } => (Ok(output), cost),
+                Reply::Error { error, cost } => (Err(error), cost),
+                _ => return Err(confused()),
+            };
+            meter.absorb(&cost);
+            result
+        })
+    }
+
+    fn subscribe(
+        &self,
+        request: CallRequest,
+        limit: Option<Duration>,
+        meter: Arc<Meter>,
+    ) -> BoxFuture<'static, Result<OutputStream, CallError>> {
+        let sent = self.send(Ask::Subscribe { credit: WINDOW }, request, limit);
+        Box::pin(async move {
+            let mut pending = sent.await?;
+            let control = match pending.answer().await? {
+                Reply::Started { control } => control,
+                Reply::Error { error, cost } => {
+                    meter.absorb(&cost);
+                    return Err(error);
+                }
+                _ => return Err(confused()),
+            };
+            Ok(items(pending, control, meter))
+        })
+    }
+
+    fn op_type(&self, request: CallRequest) -> BoxFuture<'static, Result<OpType, CallError>> {
+        let sent = self.send(Ask::Kind, request, None);
+        Box::pin(async move {
+            match sent.await?.answer().await? {
+                Reply::Kind { op_type } => Ok(op_type),
+                Reply::Error { error, .. } => Err(error),
+                _ => Err(confused()),
+            }
+        })
+    }
+}
+
+impl Shared {
+    /// Sends `request` to the hosts holding its operation; the future
+    /// resolves once it is on its way.
+    fn send(
+        &self,
+        ask: Ask,
+        request: CallRequest,
+        deadline: Option<Duration>,
+    ) -> BoxFuture<'static, Result<Pending, CallError>> {
+        let client = self.client.clone();
+        let subject = self
+            .subjects
+            .call(&request.identity.tenant, &request.operation);
+        let abort = self.subjects.abort();
+        let silence = self.silence;
+        let operation = request.operation.clone();
+        let forward = Forward::new(ask, request, deadline);
+        Box::pin(async move {
+            if client.connection_state() != State::Connected {
+                return Err(lost("this host is not connected to the cluster"));
+            }
+            let payload = serde_json::to_vec(&forward).map_err(|_| CallError::internal())?;
+            let max = client.max_payload();
+            if payload.len() > max {
+                return Err(CallError::new(
+                    ErrorCode::ResourceExhausted,
+                    format!(
+                        "the call is {} bytes as forwarded; the cluster carries at most {max}",
+                        payload.len()
+                    ),
+                )
+                .with_details(json!({"limit": "max_payload", "value": max})));
+            }
+            let inbox = client.new_inbox();
+            let replies = client
+                .subscribe(inbox.clone())
+                .await
+                .map_err(|_| lost("cannot subscribe to the cluster"))?;
+            let guard = AbortOnDrop {
+                client: client.clone(),
+                subject: abort,
+                inbox: Some(inbox.clone()),
+            };
+            client
+                .publish_with_reply(subject, inbox, payload.into())
+                .await
+                .map_err(|_| lost("cannot publish to the cluster"))?;
+            Ok(Pending {
+                client,
+                replies,
+                guard,
+                silence,
+                operation,
+            })
+        })
+    }
+}
+
+/// A forwarded request waiting for its replies.
+struct Pending {
+    client: Client,
+    replies: Subscriber,
+    /// Aborts the request on the running host if this is dropped before
+    /// its last reply.
+    guard: AbortOnDrop,
+    silence: Duration,
+    operation: String,
+}
+
+impl Pending {
+    /// The next reply that is not a heartbeat. A last one (an output, an
+    /// error, a subscription's end) disarms the abort.
+    async fn answer(&mut self) -> Result<Reply, CallError> {
+        loop {
+            let message = match tokio::time::timeout(self.silence, self.replies.next()).await {
+                Ok(Some(message)) => message,
+                Ok(None) => return Err(lost("this host lost the cluster")),
+                Err(_) => {
+                    return Err(lost(
+                        "the host running the call stopped answering; it may be gone",
+                    ));
+                }
+            };
+            if message.status == Some(StatusCode::NO_RESPONDERS) {
+                self.guard.disarm();
+                return Err(CallError::not_found(&self.operation));
+            }
+            let reply = serde_json::from_slice::<Reply>(&message.payload).map_err(|e| {
+                tracing::warn!(error = %e, "a host of the cluster sent a reply this host cannot read");
+                CallError::internal()
+            })?;
+            match reply {
+                Reply::Accepted | Reply::Alive => {}
+                Reply::Output { .. }
+                | Reply::Error { .. }
+                | Reply::Completed { .. }
+                | Reply::Kind { .. } => {
+                    self.guard.disarm();
+                    return Ok(reply);
+                }
+                Reply::Started { .. } | Reply::Item { .. } => return Ok(reply),
+            }
+        }
+    }
+}
+
+/// A forwarded subscription's outputs, granting the running host more
+/// credit as they are taken. Its cost is added to `meter` at its end.
+fn items(pending: Pending, control: String, meter: Arc<Meter>) -> OutputStream {
+    struct Flow {
+        pending: Pending,
+        control: String,
+        meter: Arc<Meter>,
+        /// Items taken since credit was last granted.
+        taken: u32,
+        done: bool,
+    }
+    let state = Flow {
+        pending,
+        control,
+        meter,
+        taken: 0,
+        done: false,
+    };
+    futures::stream::unfold(state, |mut state| async move {
+        if state.done {
+            return None;
+        }
+        if state.taken >= WINDOW / 2 {
+            let credit = Credit { items: state.taken };
+            state.taken = 0;
+            if let Ok(payload) = serde_json::to_vec(&credit) {
+                let client = &state.pending.client;
+                let _ = client.publish(state.control.clone(), payload.into()).await;
+            }
+        }
+        let item = match state.pending.answer().await {
+            Ok(Reply::Item { output }) => {
+                state.taken += 1;
+                Ok(output)
+            }
+            Ok(Reply::Completed { cost }) => {
+                state.meter.absorb(&cost);
+                return None;
+            }
+            Ok(Reply::Error { error, cost }) => {
+                state.meter.absorb(&cost);
+                state.done = true;
+                Err(error)
+            }
+            Ok(_) => {
+                state.done = true;
+                Err(confused())
+            }
+            Err(error) => {
+                state.done = true;
+                Err(error)
+            }
+        };
+        Some((item, state))
+    })
+    .boxed()
+}
+
+/// `UNAVAILABLE`, retryable: the cluster or the host running a call is out
+/// of reach.
+fn lost(message: &str) -> CallError {
+    CallError::new(ErrorCode::Unavailable, message)
+}
+
+/// A host of the cluster answered out of turn.
+fn confused() -> CallError {
+    tracing::warn!("a host of the cluster answered a forwarded call out of turn");
+    CallError::internal()
+}
+
+/// Tells the running host to stop a call this host gave up, unless it
+/// ended.
+struct AbortOnDrop {
+    client: Client,
+    subject: String,
+    /// The call's reply inbox; `None` once the call has ended.
+    inbox: Option<String>,
+}
+
+impl AbortOnDrop {
+    fn disarm(&mut self) {
+        self.inbox = None;
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        let Some(inbox) = self.inbox.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let client = self.client.clone();
+        let subject = std::mem::take(&mut self.subject);
+        runtime.spawn(async move {
+            let _ = client.publish(subject, inbox.into()).await;
+        });
+    }
+}

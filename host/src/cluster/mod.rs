@@ -1,0 +1,269 @@
+//! Hosts of one cluster calling each other over NATS.
+//!
+//! With `[cluster]` set, a host connects to NATS and
+//!
+//! - serves the operations it holds to the other hosts, one queue group per
+//!   (tenant, operation), so calls spread across the hosts holding it;
+//! - hands calls of operations it does not hold to those hosts, after its
+//!   own admission (draining, the tenant's quota, the deadline), and gives
+//!   its caller their answer, error and cost as if the call ran here;
+//! - stops a forwarded call on the other host when its caller leaves
+//!   (`call.aborted`, a disconnect, the deadline), and fails it with
+//!   `UNAVAILABLE` when that host stops answering.
+//!
+//! Hosts trust each other: a forwarded call carries its caller's identity
+//! as the forwarding host authenticated it, and the running host takes it.
+//! Anyone who may publish on the cluster's subjects in its NATS account can
+//! call as any caller, so the account must hold opbox hosts only.
+//!
+//! A host that loses NATS goes on serving what it holds and reconnects;
+//! meanwhile calls of operations it does not hold get `UNAVAILABLE`.
+
+mod forward;
+mod serve;
+mod wire;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::{Client, ConnectOptions, Event};
+use serde::Deserialize;
+use tokio::sync::{Semaphore, watch};
+
+use crate::dispatch::Dispatcher;
+use serve::Running;
+use wire::Subjects;
+
+/// `[cluster]`: which NATS to join, as whom, and under which name.
+///
+/// | field | default |
+/// |---|---|
+/// | `nats_url` | required: `nats://host:4222` (several, comma-separated) |
+/// | `name` | `opbox`: hosts of one name form one cluster |
+/// | `user`, `password` | none |
+/// | `token` | none |
+/// | `creds_file` | none: a NATS `.creds` file (JWT and NKey seed), relative to the config file |
+/// | `heartbeat_ms` | 250: how often a host running a forwarded call says it still is |
+/// | `max_forwarded` | 1024: calls other hosts forwarded that run here at once |
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// The NATS servers.
+    pub nats_url: String,
+    /// The cluster's name: the first token of its subjects after `opbox`.
+    #[serde(default = "default_name")]
+    pub name: String,
+    /// A NATS user, with `password`.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// The user's password.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// A NATS token.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// A NATS credentials file.
+    #[serde(default)]
+    pub creds_file: Option<PathBuf>,
+    /// How often a host running a forwarded call says so, in milliseconds;
+    /// a forwarding host that hears nothing for six of these gives up with
+    /// `UNAVAILABLE`.
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    /// Calls forwarded by other hosts running here at once; more get
+    /// `RESOURCE_EXHAUSTED`.
+    #[serde(default = "default_max_forwarded")]
+    pub max_forwarded: usize,
+}
+
+fn default_name() -> String {
+    "opbox".into()
+}
+
+fn default_heartbeat_ms() -> u64 {
+    250
+}
+
+fn default_max_forwarded() -> usize {
+    1024
+}
+
+impl ClusterConfig {
+    /// A cluster on `nats_url` with every other setting at its default.
+    pub fn new(nats_url: impl Into<String>) -> Self {
+        Self {
+            nats_url: nats_url.into(),
+            name: default_name(),
+            user: None,
+            password: None,
+            token: None,
+            creds_file: None,
+            heartbeat_ms: default_heartbeat_ms(),
+            max_forwarded: default_max_forwarded(),
+        }
+    }
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    /// Without the secrets.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("nats_url", &self.nats_url)
+            .field("name", &self.name)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "…"))
+            .field("token", &self.token.as_ref().map(|_| "…"))
+            .field("creds_file", &self.creds_file)
+            .field("heartbeat_ms", &self.heartbeat_ms)
+            .field("max_forwarded", &self.max_forwarded)
+            .finish()
+    }
+}
+
+/// Why the host could not join its cluster.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClusterError {
+    /// The credentials file cannot be read.
+    #[error("cannot read the NATS credentials file {path}: {source}")]
+    Creds {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// `nats_url` or the settings cannot be used.
+    #[error("cannot join the cluster at {url}: {reason}")]
+    Connect {
+        /// The servers.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What the forwarding and serving sides share.
+struct Shared {
+    client: Client,
+    subjects: Subjects,
+    heartbeat: Duration,
+    /// How long a forwarding host waits for a word from the running host.
+    silence: Duration,
+    /// Slots for calls forwarded to this host.
+    slots: Arc<Semaphore>,
+    max_forwarded: usize,
+    running: Arc<Running>,
+}
+
+/// This host's membership of a cluster. Dropping it does not leave: the
+/// host leaves when it drains.
+#[derive(Clone)]
+pub struct Cluster {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("subjects", &self.shared.subjects)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cluster {
+    /// Connects to NATS, serves `dispatcher`'s operations to the cluster
+    /// and sends it the calls of operations it does not hold. NATS that
+    /// cannot be reached yet is retried in the background: the host serves
+    /// what it holds meanwhile.
+    pub async fn join(
+        config: &ClusterConfig,
+        dispatcher: &Dispatcher,
+    ) -> Result<Self, ClusterError> {
+        let (connected, mut connection) = watch::channel(false);
+        let client = connect(config, connected).await?;
+        // A host reachable at once joins before it serves; one that is not
+        // serves what it holds meanwhile.
+        let joined = tokio::time::timeout(CONNECT_WAIT, connection.wait_for(|up| *up)).await;
+        if joined.is_err() {
+            tracing::warn!(
+                nats = %config.nats_url,
+                "the cluster cannot be reached yet; serving this host's operations alone meanwhile"
+            );
+        }
+        let heartbeat = Duration::from_millis(config.heartbeat_ms.max(10));
+        let shared = Arc::new(Shared {
+            client,
+            subjects: Subjects::new(&config.name),
+            heartbeat,
+            silence: heartbeat * 6,
+            slots: Arc::new(Semaphore::new(config.max_forwarded)),
+            max_forwarded: config.max_forwarded,
+            running: Arc::default(),
+        });
+        dispatcher.set_remote(shared.clone());
+        let served = serve::start(shared.clone(), dispatcher.clone()).await;
+        tracing::info!(
+            cluster = %config.name,
+            operations = served,
+            "serving this host's operations to the cluster"
+        );
+        Ok(Self { shared })
+    }
+}
+
+/// How long a starting host waits for NATS before it serves alone.
+const CONNECT_WAIT: Duration = Duration::from_secs(5);
+
+/// A client of the cluster's NATS; `connected` follows whether it is.
+async fn connect(
+    config: &ClusterConfig,
+    connected: watch::Sender<bool>,
+) -> Result<Client, ClusterError> {
+    let mut options = match &config.creds_file {
+        Some(path) => ConnectOptions::with_credentials_file(path)
+            .await
+            .map_err(|source| ClusterError::Creds {
+                path: path.clone(),
+                source,
+            })?,
+        None => ConnectOptions::new(),
+    };
+    if let (Some(user), Some(password)) = (&config.user, &config.password) {
+        options = options.user_and_password(user.clone(), password.clone());
+    }
+    if let Some(token) = &config.token {
+        options = options.token(token.clone());
+    }
+    let url = config.nats_url.clone();
+    let servers: Vec<&str> = config.nats_url.split(',').map(str::trim).collect();
+    options
+        .name(format!("opbox {}", config.name))
+        .retry_on_initial_connect()
+        // Forwarded calls waiting for a busy host queue here; past this,
+        // NATS drops them and their callers get `UNAVAILABLE`.
+        .subscription_capacity(4096)
+        .event_callback(move |event| {
+            let url = url.clone();
+            let connected = connected.clone();
+            async move {
+                match event {
+                    Event::Connected => {
+                        connected.send_replace(true);
+                        tracing::info!(nats = %url, "joined the cluster");
+                    }
+                    Event::Disconnected => {
+                        connected.send_replace(false);
+                        tracing::warn!(nats = %url, "lost the cluster; reconnecting");
+                    }
+                    other => tracing::debug!(nats = %url, event = %other, "cluster event"),
+                }
+            }
+        })
+        .connect(servers.as_slice())
+        .await
+        .map_err(|e| ClusterError::Connect {
+            url: config.nats_url.clone(),
+            reason: e.to_string(),
+        })
+}

