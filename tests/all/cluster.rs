@@ -181,6 +181,27 @@ async fn live_instances(server: &Server) -> u64 {
         .expect("the instance gauge")
 }
 
+/// Queries and mutations running on `server` now: instances in use, less
+/// open subscriptions.
+async fn calls_running(server: &Server) -> u64 {
+    live_instances(server).await - open_subscriptions(server).await
+}
+
+/// Subscriptions open on `server` now, from its `/metrics`.
+async fn open_subscriptions(server: &Server) -> u64 {
+    let text = reqwest::get(format!("{}/metrics", server.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|line| line.starts_with("opbox_open_subscriptions{"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|value| value as u64)
+        .sum()
+}
+
 /// Whether no instance is alive on `server`.
 async fn idle(server: &Server) -> bool {
     live_instances(server).await == 0
@@ -343,7 +364,23 @@ async fn calls_on_a_killed_host_fail_as_unavailable_and_new_calls_go_to_the_othe
     let (second, _second) = holder(&nats);
     let (b, _b) = examples(&nats);
 
-    // A long call through B lands on one of the two holders.
+    // Subscriptions through B spread over the two holders; a long call
+    // lands on one of them.
+    let mut streams = Vec::new();
+    for _ in 0..4 {
+        let response = reqwest::Client::new()
+            .post(format!("{}/subscribe", b.url))
+            .json(&json!({
+                "operation": "fixture-slow/burst",
+                "input": {"burst": 1, "then": 100_000, "every_ms": 20},
+            }))
+            .send()
+            .await
+            .unwrap();
+        let mut events = SseReader::of(response);
+        assert_eq!(events.next().await.unwrap().event, "message");
+        streams.push(events);
+    }
     let b_url = b.url.clone();
     let running = tokio::spawn(async move {
         let response = reqwest::Client::new()
@@ -357,7 +394,7 @@ async fn calls_on_a_killed_host_fail_as_unavailable_and_new_calls_go_to_the_othe
     });
     let started = Instant::now();
     let on_first = loop {
-        let (one, two) = (live_instances(&first).await, live_instances(&second).await);
+        let (one, two) = (calls_running(&first).await, calls_running(&second).await);
         if one + two == 1 {
             break one == 1;
         }
@@ -367,13 +404,13 @@ async fn calls_on_a_killed_host_fail_as_unavailable_and_new_calls_go_to_the_othe
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let survivor = if on_first {
-        first.kill();
-        second
+    let (doomed, survivor) = if on_first {
+        (first, second)
     } else {
-        second.kill();
-        first
+        (second, first)
     };
+    let lost = open_subscriptions(&doomed).await;
+    doomed.kill();
 
     // The call fails as retryable, long before its 20 s.
     let (status, error) = tokio::time::timeout(Duration::from_secs(10), running)
@@ -383,6 +420,24 @@ async fn calls_on_a_killed_host_fail_as_unavailable_and_new_calls_go_to_the_othe
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{error}");
     assert_eq!(error["error"]["code"], "UNAVAILABLE");
     assert_eq!(error["error"]["retryable"], json!(true), "{error}");
+
+    // Its subscriptions end as retryable too; the others go on.
+    let mut ended = 0;
+    for mut events in streams {
+        for _ in 0..50 {
+            let event = events.next().await.expect("no stream ends without a word");
+            if event.event == "error" {
+                assert_eq!(event.json()["code"], "UNAVAILABLE", "{event:?}");
+                ended += 1;
+                break;
+            }
+            assert_eq!(event.event, "message", "{event:?}");
+        }
+    }
+    assert_eq!(
+        ended, lost,
+        "subscriptions ended, of {lost} on the killed host"
+    );
 
     // New calls go to the holder left.
     for _ in 0..5 {
@@ -427,23 +482,35 @@ async fn a_host_that_loses_nats_serves_what_it_holds_and_reconnects() {
     drop(a);
 }
 
-/// Two hosts in this process, in one cluster on `nats`: the first holds the
-/// examples and fixtures, the second only the host's own operations.
-async fn pair(nats: &Nats) -> (TestHost, TestHost) {
+/// Puts a host's config in the cluster on `nats`.
+fn joins(nats: &Nats) -> impl Fn(&mut opbox::HostConfig) + Clone {
     let url = nats.url();
-    let join = |config: &mut opbox::HostConfig| {
+    move |config| {
         config.cluster = Some(ClusterConfig {
             heartbeat_ms: 100,
             ..ClusterConfig::new(url.clone())
         });
-    };
-    let holder = TestHost::with_config(join).await;
-    let caller = TestHost::with_config(|config| {
+    }
+}
+
+/// A host in this process, in the cluster on `nats`, holding only the
+/// host's own operations.
+async fn entry(nats: &Nats, configure: impl FnOnce(&mut opbox::HostConfig)) -> TestHost {
+    let join = joins(nats);
+    TestHost::with_config(|config| {
         join(config);
         config.examples = false;
         config.plugins.clear();
+        configure(config);
     })
-    .await;
+    .await
+}
+
+/// Two hosts in this process, in one cluster on `nats`: the first holds the
+/// examples and fixtures, the second only the host's own operations.
+async fn pair(nats: &Nats) -> (TestHost, TestHost) {
+    let holder = TestHost::with_config(joins(nats)).await;
+    let caller = entry(nats, |_| {}).await;
     (holder, caller)
 }
 
@@ -521,4 +588,41 @@ async fn a_forwarded_subscription_ends_as_it_would_locally() {
     let last = items.last().unwrap().as_ref().unwrap_err();
     assert_eq!(last.code, opbox::ErrorCode::Timeout, "{last:?}");
     assert_eq!(holder.wait_for_live(0, Duration::from_secs(3)).await, 0);
+}
+
+#[tokio::test]
+async fn each_host_holds_a_tenant_to_its_quota_for_what_enters_there_and_what_runs_there() {
+    let nats = Nats::start();
+    let one_at_a_time = |config: &mut opbox::HostConfig| {
+        config.tenants[0].quotas.max_concurrent = 1;
+    };
+    let join = joins(&nats);
+    let holder = TestHost::with_config(|config| {
+        join(config);
+        one_at_a_time(config);
+    })
+    .await;
+    let (b, c) = (
+        entry(&nats, one_at_a_time).await,
+        entry(&nats, one_at_a_time).await,
+    );
+    let sleep = |ms: u64| CallRequest::new("fixture-slow/sleep", json!({ "ms": ms }));
+    let long = tokio::spawn({
+        let b = b.host.dispatcher().clone();
+        async move { b.call(sleep(1500)).await }
+    });
+    assert_eq!(holder.wait_for_live(1, Duration::from_secs(5)).await, 1);
+    // B's own slot is taken …
+    let error = b.host.dispatcher().call(sleep(1)).await.unwrap_err();
+    assert_eq!(error.code, opbox::ErrorCode::ResourceExhausted, "{error:?}");
+    // … and through C, the holder refuses: it runs one call of the tenant
+    // at a time, wherever the calls enter.
+    let error = c.host.dispatcher().call(sleep(1)).await.unwrap_err();
+    assert_eq!(error.code, opbox::ErrorCode::ResourceExhausted, "{error:?}");
+    assert_eq!(
+        error.details.as_ref().unwrap()["limit"],
+        "tenant.max_concurrent"
+    );
+    assert_eq!(long.await.unwrap().unwrap(), json!(1500));
+    assert_eq!(c.host.dispatcher().call(sleep(1)).await.unwrap(), json!(1));
 }

@@ -192,3 +192,80 @@ pub(crate) fn router(host: &Host) -> axum::Router {
         tokio_util::task::TaskTracker::new(),
     )
 }
+
+/// One `opbox serve`, stopped when dropped.
+pub(crate) struct ServeProcess {
+    pub(crate) child: std::process::Child,
+    pub(crate) addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `opbox serve` on a free loopback port, anonymous callers taken,
+/// with `top` among the top-level settings and `tables` after the rest,
+/// and waits until it answers.
+pub(crate) fn serve_process(top: &str, tables: &str, cache: &std::path::Path) -> ServeProcess {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let config = format!(
+        "listen = \"{addr}\"\ncache_dir = {cache:?}\n{top}\n\
+         [[tenants]]\nid = \"default\"\nanonymous = true\n{tables}"
+    );
+    let path = dir.path().join("opbox.toml");
+    std::fs::write(&path, config).expect("write the config");
+    let child = Command::new(env!("CARGO_BIN_EXE_opbox"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .current_dir(dir.path())
+        // Only warnings: a log line per call would be what is measured.
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("opbox serve starts");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "opbox serve did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ServeProcess {
+        child,
+        addr,
+        _dir: dir,
+    }
+}
+
+/// The CPU time `pid` has used so far, all its threads, user and system.
+pub(crate) fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
+    // Fields after the command's closing parenthesis; utime and stime are
+    // the 12th and 13th of them, in clock ticks.
+    let rest = &stat[stat.rfind(')').expect("a stat line") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 =
+        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    Duration::from_micros(ticks * 1_000_000 / clock_ticks())
+}
+
+/// Clock ticks per second, as `getconf` tells them.
+fn clock_ticks() -> u64 {
+    static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        let out = std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .expect("getconf runs");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("CLK_TCK is a number")
+    })
+}

@@ -18,6 +18,7 @@
 //! cargo bench -p opbox --bench dispatch -- callers   # /call vs an MCP tool call, plain vs TLS
 //! cargo bench -p opbox --bench dispatch -- telemetry # a span's cost in process; metrics off / on / traces exported over HTTP (needs `wrk`)
 //! cargo bench -p opbox --bench dispatch -- languages # one plugin in Rust, Python and JavaScript
+//! cargo bench -p opbox --bench dispatch -- cluster   # local vs forwarded over NATS, needs `nats-server`
 //! ```
 //!
 //! - `dispatch`: one `echo/echo` call through the dispatcher, a fresh
@@ -62,6 +63,10 @@
 //! - `languages`: `opbox new`'s template in Rust, Python and JavaScript,
 //!   built from source: build and rebuild time, size, cold compile, first
 //!   and steady `hello` latency, per-item cost of a 10,000-item `count`.
+//! - `cluster`: `echo/echo` called locally and forwarded over NATS to
+//!   another host in this process (p50, p99, calls/s with 32 in flight),
+//!   a 100,000-item subscription both ways, and each process's CPU per
+//!   `POST /call` with two `opbox serve` processes and the `nats-server`.
 //! - `noisy`: latency of sequential `POST /call` `echo/echo` from one client,
 //!   alone, then while another client keeps 8 `hostile-loop/spin` calls (an
 //!   infinite loop each) in flight. Runs last: the spinning calls outlive it.
@@ -72,6 +77,7 @@
 )]
 
 mod callers;
+mod cluster;
 mod common;
 mod dispatch;
 mod envelope;
@@ -136,6 +142,9 @@ fn main() {
         }
         if wants("telemetry") {
             telemetry::bench_telemetry(&dispatcher).await;
+        }
+        if wants("cluster") {
+            cluster::bench_cluster().await;
         }
         if wants("swap") {
             swap::bench_swap().await;

@@ -7,74 +7,21 @@
 //! same machine, and each host's own CPU time per request is read from
 //! `/proc`, steadier than throughput when `wrk` shares the cores.
 
-use std::net::{SocketAddr, TcpListener};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use opbox::telemetry::trace::{TelemetryConfig, TraceExport};
 use opbox::{CallRequest, Dispatcher};
 use tracing::instrument::WithSubscriber;
 use tracing_subscriber::layer::SubscriberExt;
 
-use super::common::{Stats, median};
+use super::common::{ServeProcess, Stats, cpu_time, median, serve_process};
 use super::http::{WRK_SECONDS, echo_script, wrk};
 
 const ROUNDS: usize = 5;
-
-/// One `opbox serve`, stopped when dropped.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A free port on loopback.
-fn free_addr() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("local addr")
-}
-
-/// Starts `opbox serve` with `telemetry` as its `[telemetry]` section and
-/// waits until it answers.
-fn start(telemetry: &str, cache: &std::path::Path) -> Server {
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let addr = free_addr();
-    let config = format!(
-        "listen = \"{addr}\"\ncache_dir = {cache:?}\n\
-         [[tenants]]\nid = \"default\"\nanonymous = true\n\
-         [telemetry]\n{telemetry}"
-    );
-    let path = dir.path().join("opbox.toml");
-    std::fs::write(&path, config).expect("write the config");
-    let child = Command::new(env!("CARGO_BIN_EXE_opbox"))
-        .args(["serve", "--config"])
-        .arg(&path)
-        .current_dir(dir.path())
-        // Only warnings: a log line per call would be what is measured.
-        .env("RUST_LOG", "warn")
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("opbox serve starts");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "opbox serve did not listen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Server {
-        child,
-        addr,
-        _dir: dir,
-    }
-}
 
 /// An OTLP/HTTP collector that takes every export and counts its bytes.
 async fn collector() -> (SocketAddr, Arc<AtomicU64>) {
@@ -95,33 +42,6 @@ async fn collector() -> (SocketAddr, Arc<AtomicU64>) {
     let addr = listener.local_addr().expect("local addr");
     tokio::spawn(async move { axum::serve(listener, app).await });
     (addr, received)
-}
-
-/// The CPU time `pid` has used so far, all its threads, user and system.
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
-    // Fields after the command's closing parenthesis; utime and stime are
-    // the 12th and 13th of them, in clock ticks.
-    let rest = &stat[stat.rfind(')').expect("a stat line") + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 =
-        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
-    Duration::from_micros(ticks * 1_000_000 / clock_ticks())
-}
-
-/// Clock ticks per second, as `getconf` tells them.
-fn clock_ticks() -> u64 {
-    static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *TICKS.get_or_init(|| {
-        let out = Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .expect("getconf runs");
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .expect("CLK_TCK is a number")
-    })
 }
 
 /// `echo/echo` in process, `CALLS_PER_ROUND` sequential calls per round,
@@ -227,9 +147,9 @@ pub(crate) async fn bench_telemetry(dispatcher: &Dispatcher) {
             format!("otlp_endpoint = \"http://{otlp}\"\nsample_ratio = 0.1\n"),
         ),
     ];
-    let servers: Vec<Server> = setups
+    let servers: Vec<ServeProcess> = setups
         .iter()
-        .map(|(_, telemetry)| start(telemetry, cache.path()))
+        .map(|(_, telemetry)| serve_process("", &format!("[telemetry]\n{telemetry}"), cache.path()))
         .collect();
     let script = echo_script("opbox-bench-telemetry.lua");
     let mut rps = vec![Vec::new(); servers.len()];

@@ -1,6 +1,7 @@
 //! The forwarding side: a call this host does not hold goes to the hosts
 //! that do, and its answer comes back.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -173,7 +174,7 @@ impl Pending {
                     self.guard.disarm();
                     return Ok(reply);
                 }
-                Reply::Started { .. } | Reply::Item { .. } => return Ok(reply),
+                Reply::Started { .. } | Reply::Items { .. } => return Ok(reply),
             }
         }
     }
@@ -186,53 +187,58 @@ fn items(pending: Pending, control: String, meter: Arc<Meter>) -> OutputStream {
         pending: Pending,
         control: String,
         meter: Arc<Meter>,
+        /// Items received and not yet taken.
+        ready: VecDeque<Value>,
         /// Items taken since credit was last granted.
         taken: u32,
         done: bool,
     }
-    let state = Flow {
+    let flow = Flow {
         pending,
         control,
         meter,
+        ready: VecDeque::new(),
         taken: 0,
         done: false,
     };
-    futures::stream::unfold(state, |mut state| async move {
-        if state.done {
+    futures::stream::unfold(flow, |mut flow| async move {
+        if let Some(output) = flow.ready.pop_front() {
+            flow.taken += 1;
+            return Some((Ok(output), flow));
+        }
+        if flow.done {
             return None;
         }
-        if state.taken >= WINDOW / 2 {
-            let credit = Credit { items: state.taken };
-            state.taken = 0;
+        // Everything received is taken: grant what was, once it is half
+        // the window.
+        if flow.taken >= WINDOW / 2 {
+            let credit = Credit { items: flow.taken };
+            flow.taken = 0;
             if let Ok(payload) = serde_json::to_vec(&credit) {
-                let client = &state.pending.client;
-                let _ = client.publish(state.control.clone(), payload.into()).await;
+                let client = &flow.pending.client;
+                let _ = client.publish(flow.control.clone(), payload.into()).await;
             }
         }
-        let item = match state.pending.answer().await {
-            Ok(Reply::Item { output }) => {
-                state.taken += 1;
-                Ok(output)
+        let end = match flow.pending.answer().await {
+            Ok(Reply::Items { outputs }) => {
+                flow.ready.extend(outputs);
+                let output = flow.ready.pop_front()?;
+                flow.taken += 1;
+                return Some((Ok(output), flow));
             }
             Ok(Reply::Completed { cost }) => {
-                state.meter.absorb(&cost);
+                flow.meter.absorb(&cost);
                 return None;
             }
             Ok(Reply::Error { error, cost }) => {
-                state.meter.absorb(&cost);
-                state.done = true;
-                Err(error)
+                flow.meter.absorb(&cost);
+                error
             }
-            Ok(_) => {
-                state.done = true;
-                Err(confused())
-            }
-            Err(error) => {
-                state.done = true;
-                Err(error)
-            }
+            Ok(_) => confused(),
+            Err(error) => error,
         };
-        Some((item, state))
+        flow.done = true;
+        Some((Err(end), flow))
     })
     .boxed()
 }

@@ -18,6 +18,11 @@
 //!
 //! A host that loses NATS goes on serving what it holds and reconnects;
 //! meanwhile calls of operations it does not hold get `UNAVAILABLE`.
+//!
+//! The subjects and messages are in `wire.rs`. They are plain request
+//! subjects with queue groups, not async-nats's service API: a forwarded
+//! call gets several replies (accepted, heartbeats, a subscription's items,
+//! the end), where a service endpoint answers once.
 
 mod forward;
 mod serve;

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use async_nats::connection::State;
 use async_nats::{Message, Subject, Subscriber};
-use futures::StreamExt;
-use serde_json::json;
+use futures::{FutureExt, StreamExt};
+use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -315,18 +315,21 @@ async fn stream(
     heartbeat.tick().await;
     loop {
         tokio::select! {
-            item = items.next(), if credit > 0 => match item {
-                Some(Ok(output)) => {
-                    credit -= 1;
-                    if !send(shared, reply, &Reply::Item { output }).await {
-                        // Too large for the cluster: it went as the error
-                        // that ends the subscription.
-                        return None;
-                    }
+            item = items.next(), if credit > 0 => {
+                let (batch, end) = match item {
+                    Some(Ok(output)) => ready(output, &mut items, &mut credit),
+                    Some(Err(error)) => return Some(Err(error)),
+                    None => return Some(Ok(())),
+                };
+                if !send_items(shared, reply, batch).await {
+                    // Too large for the cluster: it went as the error
+                    // that ends the subscription.
+                    return None;
                 }
-                Some(Err(error)) => return Some(Err(error)),
-                None => return Some(Ok(())),
-            },
+                if let Some(end) = end {
+                    return Some(end);
+                }
+            }
             granted = control.next() => match granted {
                 Some(message) => {
                     if let Ok(granted) = serde_json::from_slice::<Credit>(&message.payload) {
@@ -341,6 +344,57 @@ async fn stream(
             }
         }
     }
+}
+
+/// `first` and the items after it that are ready at once, within
+/// `credit` (which they use up); and how the stream ended, if it did.
+fn ready(
+    first: Value,
+    items: &mut OutputStream,
+    credit: &mut u32,
+) -> (Vec<Value>, Option<Result<(), CallError>>) {
+    let mut batch = vec![first];
+    *credit -= 1;
+    while *credit > 0 {
+        match items.next().now_or_never() {
+            Some(Some(Ok(output))) => {
+                batch.push(output);
+                *credit -= 1;
+            }
+            Some(Some(Err(error))) => return (batch, Some(Err(error))),
+            Some(None) => return (batch, Some(Ok(()))),
+            None => break,
+        }
+    }
+    (batch, None)
+}
+
+/// Sends `batch` as one message, or one message per item when together
+/// they are too large for the cluster; `false` if an item alone is.
+async fn send_items(shared: &Shared, reply: &Subject, outputs: Vec<Value>) -> bool {
+    if outputs.len() > 1 {
+        let together = serde_json::to_vec(&ItemsRef { outputs: &outputs }).ok();
+        if let Some(payload) = together.filter(|p| p.len() <= shared.client.max_payload()) {
+            publish(shared, reply, payload).await;
+            return true;
+        }
+    }
+    for output in outputs {
+        let one = Reply::Items {
+            outputs: vec![output],
+        };
+        if !send(shared, reply, &one).await {
+            return false;
+        }
+    }
+    true
+}
+
+/// [`Reply::Items`] as sent, borrowing its outputs.
+#[derive(serde::Serialize)]
+#[serde(tag = "type", rename = "items")]
+struct ItemsRef<'a> {
+    outputs: &'a [Value],
 }
 
 /// The most items a forwarding host may have granted at once: more credit
@@ -384,8 +438,27 @@ async fn send(shared: &Shared, inbox: &Subject, reply: &Reply) -> bool {
         payload = error;
         as_is = false;
     }
+    publish(shared, inbox, payload).await;
+    as_is
+}
+
+async fn publish(shared: &Shared, inbox: &Subject, payload: Vec<u8>) {
     if let Err(e) = shared.client.publish(inbox.clone(), payload.into()).await {
         tracing::debug!(error = %e, "cannot answer a forwarded call");
     }
-    as_is
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn items_sent_borrowed_read_back_as_items() {
+        let outputs = vec![json!({"n": 1}), json!("two")];
+        let sent = serde_json::to_vec(&ItemsRef { outputs: &outputs }).unwrap();
+        match serde_json::from_slice::<Reply>(&sent).unwrap() {
+            Reply::Items { outputs: got } => assert_eq!(got, outputs),
+            other => panic!("{other:?}"),
+        }
+    }
 }

@@ -4,7 +4,7 @@
 //! | subject | sent by | payload |
 //! |---|---|---|
 //! | `opbox.<cluster>.call.<tenant>.<operation>` | a host forwarding a call, with a reply inbox | [`Forward`] |
-//! | the reply inbox | the host running it | [`Reply`]s: `accepted`, `alive` every heartbeat, then `output` or `error`; a subscription's `started`, `item`s, then `completed` or `error`; a question's `kind` |
+//! | the reply inbox | the host running it | [`Reply`]s: `accepted`, `alive` every heartbeat, then `output` or `error`; a subscription's `started`, `items`, then `completed` or `error`; a question's `kind` |
 //! | a subscription's control inbox | the forwarding host, as its caller takes items | [`Credit`]: how many more items may come |
 //! | `opbox.<cluster>.abort` | the forwarding host, when its caller leaves | the reply inbox, naming the call |
 //!
@@ -183,10 +183,11 @@ pub(super) enum Reply {
         /// The running host's inbox for [`Credit`]s.
         control: String,
     },
-    /// One output of a subscription.
-    Item {
-        /// The output.
-        output: Value,
+    /// Outputs of a subscription, in order: those ready at once go
+    /// together.
+    Items {
+        /// The outputs.
+        outputs: Vec<Value>,
     },
     /// The subscription ended.
     Completed {
