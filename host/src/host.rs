@@ -250,7 +250,10 @@ impl Host {
         }
         let mut host = host;
         if let Some(cluster) = &host.config.cluster {
-            host.cluster = Some(Cluster::join(cluster, &host.dispatcher).await?);
+            let max_plugin_bytes = host.config.admin.max_plugin_bytes as u64;
+            host.cluster = Some(
+                Cluster::join(cluster, &host.dispatcher, &host.plugins, max_plugin_bytes).await?,
+            );
         }
         Ok(host)
     }

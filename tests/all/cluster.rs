@@ -15,10 +15,12 @@ use serde_json::{Value, json};
 
 use crate::util::{Server, SseReader, TestHost};
 
-/// A `nats-server` on a loopback port; killed when dropped.
+/// A `nats-server` with JetStream on a loopback port; killed when
+/// dropped.
 struct Nats {
     child: Child,
     port: u16,
+    _store: tempfile::TempDir,
 }
 
 impl Nats {
@@ -31,8 +33,10 @@ impl Nats {
     /// clients.
     fn on(port: Option<u16>) -> Self {
         let port_arg = port.map_or_else(|| "-1".to_owned(), |p| p.to_string());
+        let store = tempfile::tempdir().unwrap();
         let mut child = Command::new(nats_server())
-            .args(["-a", "127.0.0.1", "-p", &port_arg])
+            .args(["-a", "127.0.0.1", "-p", &port_arg, "-js", "-sd"])
+            .arg(store.path())
             .stderr(Stdio::piped())
             .spawn()
             .expect("nats-server runs");
@@ -49,7 +53,11 @@ impl Nats {
         };
         // Keep draining its log so it never blocks on a full pipe.
         std::thread::spawn(move || lines.map_while(Result::ok).for_each(drop));
-        Self { child, port }
+        Self {
+            child,
+            port,
+            _store: store,
+        }
     }
 
     fn url(&self) -> String {
@@ -625,4 +633,70 @@ async fn each_host_holds_a_tenant_to_its_quota_for_what_enters_there_and_what_ru
     );
     assert_eq!(long.await.unwrap().unwrap(), json!(1500));
     assert_eq!(c.host.dispatcher().call(sleep(1)).await.unwrap(), json!(1));
+}
+
+/// The digest of the plugin `name` serving on `host`, if it holds one.
+fn serving(host: &TestHost, name: &str) -> Option<String> {
+    host.host
+        .plugins()
+        .list(None)
+        .into_iter()
+        .find(|listed| listed.plugin.name() == name)
+        .map(|listed| listed.plugin.digest().to_owned())
+}
+
+#[tokio::test]
+async fn a_plugin_installed_on_one_host_is_served_by_every_host() {
+    use opbox::plugins::Authority;
+    let nats = Nats::start();
+    let a = entry(&nats, |_| {}).await;
+    let b = entry(&nats, |_| {}).await;
+    let read = |name: &str| std::fs::read(opbox::bundled::built_plugin(name)).unwrap();
+    let (v1, v2) = (read("fixture-v1"), read("fixture-v2"));
+    let plugins = a.host.plugins();
+    let installed = plugins
+        .install(Authority::Operator, None, None, &v1, json!({}))
+        .await
+        .unwrap();
+    let name = installed.name().to_owned();
+    let v1_digest = installed.digest().to_owned();
+    let within = Duration::from_secs(10);
+    let on = |host: &TestHost, digest: &str| serving(host, &name).as_deref() == Some(digest);
+    assert!(
+        eventually(within, || async { on(&b, &v1_digest) }).await,
+        "B does not serve what A installed"
+    );
+    // B runs it itself now, not by way of A.
+    let request = CallRequest::new(format!("{name}/which"), json!(null));
+    let here = b
+        .host
+        .dispatcher()
+        .registry()
+        .get("default", &request.operation);
+    assert!(here.is_some(), "B does not hold {name}/which");
+
+    // A host that joins later catches up.
+    let c = entry(&nats, |_| {}).await;
+    assert!(eventually(within, || async { on(&c, &v1_digest) }).await);
+
+    // A replace and a remove reach every host.
+    let replaced = plugins
+        .replace(Authority::Operator, None, &name, &v2, json!({}), true)
+        .await
+        .unwrap();
+    let v2_digest = replaced.digest().to_owned();
+    for host in [&b, &c] {
+        assert!(eventually(within, || async { on(host, &v2_digest) }).await);
+    }
+    assert_eq!(
+        b.host.dispatcher().call(request.clone()).await.unwrap(),
+        c.host.dispatcher().call(request).await.unwrap()
+    );
+    plugins.remove(None, &name).await.unwrap();
+    for host in [&b, &c] {
+        assert!(
+            eventually(within, || async { serving(host, &name).is_none() }).await,
+            "a host still serves a removed plugin"
+        );
+    }
 }

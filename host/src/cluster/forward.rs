@@ -6,12 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::connection::State;
-use async_nats::{Client, StatusCode, Subscriber};
+use async_nats::{Client, StatusCode};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
 use super::Shared;
+use super::inbox::{Inbox, Replies};
 use super::wire::{Ask, Credit, Forward, Reply};
 use crate::call::{CallError, CallRequest, ErrorCode, Meter, OpType};
 use crate::dispatch::{OutputStream, Remote};
@@ -84,6 +85,7 @@ impl Shared {
         deadline: Option<Duration>,
     ) -> BoxFuture<'static, Result<Pending, CallError>> {
         let client = self.client.clone();
+        let inbox = self.inbox.clone();
         let subject = self
             .subjects
             .call(&request.identity.tenant, &request.operation);
@@ -107,18 +109,18 @@ impl Shared {
                 )
                 .with_details(json!({"limit": "max_payload", "value": max})));
             }
-            let inbox = client.new_inbox();
-            let replies = client
-                .subscribe(inbox.clone())
+            let inbox = inbox
+                .get_or_try_init(|| Inbox::open(&client))
                 .await
                 .map_err(|_| lost("cannot subscribe to the cluster"))?;
+            let replies = inbox.register();
             let guard = AbortOnDrop {
                 client: client.clone(),
                 subject: abort,
-                inbox: Some(inbox.clone()),
+                inbox: Some(replies.subject.clone()),
             };
             client
-                .publish_with_reply(subject, inbox, payload.into())
+                .publish_with_reply(subject, replies.subject.clone(), payload.into())
                 .await
                 .map_err(|_| lost("cannot publish to the cluster"))?;
             Ok(Pending {
@@ -135,7 +137,7 @@ impl Shared {
 /// A forwarded request waiting for its replies.
 struct Pending {
     client: Client,
-    replies: Subscriber,
+    replies: Replies,
     /// Aborts the request on the running host if this is dropped before
     /// its last reply.
     guard: AbortOnDrop,

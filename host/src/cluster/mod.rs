@@ -24,7 +24,9 @@
 //! call gets several replies (accepted, heartbeats, a subscription's items,
 //! the end), where a service endpoint answers once.
 
+mod distribute;
 mod forward;
+mod inbox;
 mod serve;
 mod wire;
 
@@ -37,6 +39,8 @@ use serde::Deserialize;
 use tokio::sync::{Semaphore, watch};
 
 use crate::dispatch::Dispatcher;
+use crate::plugins::Plugins;
+use distribute::Distribution;
 use serve::Running;
 use wire::Subjects;
 
@@ -159,6 +163,9 @@ struct Shared {
     slots: Arc<Semaphore>,
     max_forwarded: usize,
     running: Arc<Running>,
+    /// Where replies to the calls this host forwards arrive, once one is
+    /// forwarded.
+    inbox: Arc<tokio::sync::OnceCell<Arc<inbox::Inbox>>>,
 }
 
 /// This host's membership of a cluster. Dropping it does not leave: the
@@ -178,19 +185,26 @@ impl std::fmt::Debug for Cluster {
 
 impl Cluster {
     /// Connects to NATS, serves `dispatcher`'s operations to the cluster
-    /// and sends it the calls of operations it does not hold. NATS that
-    /// cannot be reached yet is retried in the background: the host serves
-    /// what it holds meanwhile.
+    /// and sends it the calls of operations it does not hold; passes the
+    /// changes made through `plugins`' API on to the other hosts and
+    /// applies theirs (components up to `max_plugin_bytes`), when the NATS
+    /// server has JetStream. NATS that cannot be reached yet is retried in
+    /// the background: the host serves what it holds meanwhile.
     pub async fn join(
         config: &ClusterConfig,
         dispatcher: &Dispatcher,
+        plugins: &Plugins,
+        max_plugin_bytes: u64,
     ) -> Result<Self, ClusterError> {
         let (connected, mut connection) = watch::channel(false);
         let client = connect(config, connected).await?;
         // A host reachable at once joins before it serves; one that is not
         // serves what it holds meanwhile.
-        let joined = tokio::time::timeout(CONNECT_WAIT, connection.wait_for(|up| *up)).await;
-        if joined.is_err() {
+        let joined = matches!(
+            tokio::time::timeout(CONNECT_WAIT, connection.wait_for(|up| *up)).await,
+            Ok(Ok(_))
+        );
+        if !joined {
             tracing::warn!(
                 nats = %config.nats_url,
                 "the cluster cannot be reached yet; serving this host's operations alone meanwhile"
@@ -205,8 +219,23 @@ impl Cluster {
             slots: Arc::new(Semaphore::new(config.max_forwarded)),
             max_forwarded: config.max_forwarded,
             running: Arc::default(),
+            inbox: Arc::default(),
         });
         dispatcher.set_remote(shared.clone());
+        // Plugins pass between hosts once NATS is reached; changes made
+        // meanwhile wait.
+        let told = distribute::listen(plugins);
+        tokio::spawn({
+            let (client, name) = (shared.client.clone(), config.name.clone());
+            let plugins = plugins.downgrade();
+            async move {
+                if connection.wait_for(|up| *up).await.is_ok()
+                    && let Some(distribution) = Distribution::open(&client, &name).await
+                {
+                    distribution.start(plugins, told, max_plugin_bytes).await;
+                }
+            }
+        });
         let served = serve::start(shared.clone(), dispatcher.clone()).await;
         tracing::info!(
             cluster = %config.name,

@@ -280,8 +280,7 @@ async fn beating<T>(
     reply: &Subject,
 ) -> Option<T> {
     tokio::pin!(work);
-    let mut heartbeat = tokio::time::interval(shared.heartbeat);
-    heartbeat.tick().await;
+    let mut heartbeat = heartbeats(shared);
     loop {
         tokio::select! {
             output = &mut work => return Some(output),
@@ -291,6 +290,14 @@ async fn beating<T>(
             }
         }
     }
+}
+
+/// A tick every heartbeat, the first a heartbeat from now. (Not
+/// `interval`'s first tick "at once": the timer driver may take up to a
+/// millisecond to say so, which every forwarded call would wait.)
+fn heartbeats(shared: &Shared) -> tokio::time::Interval {
+    let period = shared.heartbeat;
+    tokio::time::interval_at(tokio::time::Instant::now() + period, period)
 }
 
 /// Sends a subscription's items to `reply` while the forwarding host has
@@ -311,8 +318,7 @@ async fn stream(
     };
     let started = Reply::Started { control: inbox };
     send(shared, reply, &started).await;
-    let mut heartbeat = tokio::time::interval(shared.heartbeat);
-    heartbeat.tick().await;
+    let mut heartbeat = heartbeats(shared);
     loop {
         tokio::select! {
             item = items.next(), if credit > 0 => {

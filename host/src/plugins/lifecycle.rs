@@ -7,6 +7,7 @@ use std::time::SystemTime;
 
 use serde_json::{Value, json};
 
+use super::replica::{Change, Source};
 use super::{Authority, Entry, PluginError, Plugins, compat, lock, owner_of, place};
 use crate::call::{Event, Observer};
 use crate::registry::Owner;
@@ -29,6 +30,7 @@ impl Plugins {
             plugin: plugin.clone(),
             fixed: true,
             bytes: 0,
+            settings: Value::Null,
         };
         lock(&self.inner.current).insert(place(owner, plugin.name()), entry);
         Ok(plugin)
@@ -64,6 +66,7 @@ impl Plugins {
                         plugin,
                         fixed: false,
                         bytes: record.bytes,
+                        settings: record.settings.clone(),
                     };
                     lock(&self.inner.current)
                         .insert((record.tenant.clone(), record.name.clone()), entry);
@@ -91,8 +94,21 @@ impl Plugins {
         wasm: &[u8],
         settings: Value,
     ) -> Result<Arc<Plugin>, PluginError> {
+        self.install_from(Source::Api, authority, tenant, name, wasm, settings)
+            .await
+    }
+
+    pub(super) async fn install_from(
+        &self,
+        source: Source,
+        authority: Authority,
+        tenant: Option<&str>,
+        name: Option<&str>,
+        wasm: &[u8],
+        settings: Value,
+    ) -> Result<Arc<Plugin>, PluginError> {
         let result = self
-            .try_install(authority, tenant, name, wasm, settings)
+            .try_install(source, authority, tenant, name, wasm, settings)
             .await;
         if let Err(error) = &result {
             self.refused("install", tenant, name, error);
@@ -102,6 +118,7 @@ impl Plugins {
 
     async fn try_install(
         &self,
+        source: Source,
         authority: Authority,
         tenant: Option<&str>,
         name: Option<&str>,
@@ -136,9 +153,14 @@ impl Plugins {
             plugin: plugin.clone(),
             fixed: false,
             bytes: record.bytes,
+            settings: record.settings.clone(),
         };
         lock(&self.inner.current).insert(place(&owner, plugin.name()), entry);
         self.changed("plugin.installed", &record, &plugin, json!({}));
+        self.tell(source, || Change::Put {
+            record,
+            wasm: Arc::from(wasm),
+        });
         Ok(plugin)
     }
 
@@ -156,8 +178,26 @@ impl Plugins {
         settings: Value,
         force: bool,
     ) -> Result<Arc<Plugin>, PluginError> {
+        self.replace_from(Source::Api, authority, tenant, name, wasm, settings, force)
+            .await
+    }
+
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "replace's, and where it comes from"
+    )]
+    pub(super) async fn replace_from(
+        &self,
+        source: Source,
+        authority: Authority,
+        tenant: Option<&str>,
+        name: &str,
+        wasm: &[u8],
+        settings: Value,
+        force: bool,
+    ) -> Result<Arc<Plugin>, PluginError> {
         let result = self
-            .try_replace(authority, tenant, name, wasm, settings, force)
+            .try_replace(source, authority, tenant, name, wasm, settings, force)
             .await;
         if let Err(error) = &result {
             self.refused("replace", tenant, Some(name), error);
@@ -165,8 +205,13 @@ impl Plugins {
         result
     }
 
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "replace's, and where it comes from"
+    )]
     async fn try_replace(
         &self,
+        source: Source,
         authority: Authority,
         tenant: Option<&str>,
         name: &str,
@@ -213,6 +258,7 @@ impl Plugins {
             plugin: plugin.clone(),
             fixed: false,
             bytes: record.bytes,
+            settings: record.settings.clone(),
         };
         lock(&self.inner.current).insert(place, entry);
         old.plugin.retire(self.inner.policy.grace);
@@ -223,20 +269,38 @@ impl Plugins {
             &plugin,
             json!({ "from": from, "forced": force }),
         );
+        self.tell(source, || Change::Put {
+            record,
+            wasm: Arc::from(wasm),
+        });
         Ok(plugin)
     }
 
     /// Removes the plugin `name` of `tenant`: new calls get `NOT_FOUND`,
     /// calls running on it finish.
     pub async fn remove(&self, tenant: Option<&str>, name: &str) -> Result<(), PluginError> {
-        let result = self.try_remove(tenant, name).await;
+        self.remove_from(Source::Api, tenant, name).await
+    }
+
+    pub(super) async fn remove_from(
+        &self,
+        source: Source,
+        tenant: Option<&str>,
+        name: &str,
+    ) -> Result<(), PluginError> {
+        let result = self.try_remove(source, tenant, name).await;
         if let Err(error) = &result {
             self.refused("remove", tenant, Some(name), error);
         }
         result
     }
 
-    async fn try_remove(&self, tenant: Option<&str>, name: &str) -> Result<(), PluginError> {
+    async fn try_remove(
+        &self,
+        source: Source,
+        tenant: Option<&str>,
+        name: &str,
+    ) -> Result<(), PluginError> {
         let _one = self.inner.changes.lock().await;
         let place = (tenant.map(str::to_owned), name.to_owned());
         let old = self.managed(&place)?;
@@ -258,6 +322,8 @@ impl Plugins {
             plugin: Some(name.to_owned()),
             detail: json!({ "version": old.plugin.version(), "digest": old.plugin.digest() }),
         });
+        let (tenant, name) = place;
+        self.tell(source, || Change::Removed { tenant, name });
         Ok(())
     }
 

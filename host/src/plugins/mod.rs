@@ -20,6 +20,7 @@ mod error;
 mod feed;
 mod lifecycle;
 mod policy;
+mod replica;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -33,6 +34,7 @@ pub use admin::{NAMESPACE, operations};
 pub use compat::Break;
 pub use error::PluginError;
 pub use policy::Refusal;
+pub use replica::{Change, ChangeHook};
 
 use crate::call::{AccessControl, CallError, ErrorCode};
 use crate::capabilities::Grants;
@@ -96,6 +98,8 @@ struct Entry {
     fixed: bool,
     /// The size of its component, for an installed one.
     bytes: u64,
+    /// Its settings, for an installed one.
+    settings: Value,
 }
 
 /// A plugin as [`Plugins::list`] shows it.
@@ -129,6 +133,17 @@ struct Inner {
     current: Mutex<HashMap<Place, Entry>>,
     /// Where every change and refusal is recorded.
     events: Arc<EventLog>,
+    /// Told of every change made through the API.
+    hook: OnceLock<Hook>,
+}
+
+/// A [`ChangeHook`], shown by name only.
+struct Hook(ChangeHook);
+
+impl std::fmt::Debug for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ChangeHook")
+    }
 }
 
 fn owner_of(tenant: Option<&str>) -> Owner {
@@ -172,6 +187,7 @@ impl Plugins {
                 changes: tokio::sync::Mutex::new(()),
                 current: Mutex::default(),
                 events,
+                hook: OnceLock::new(),
             }),
         }
     }
