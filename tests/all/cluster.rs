@@ -174,19 +174,29 @@ async fn call(
     (status, answer, cost)
 }
 
-/// Instances alive on `server` now, from its `/metrics`.
-async fn live_instances(server: &Server) -> u64 {
-    let text = reqwest::get(format!("{}/metrics", server.url))
+/// The sum of the samples of `family` in the metrics at `base_url`: of
+/// every label set, or of those holding `label` (`name="value"`).
+async fn metric(base_url: &str, family: &str, label: Option<&str>) -> u64 {
+    let text = reqwest::get(format!("{base_url}/metrics"))
         .await
         .unwrap()
         .text()
         .await
         .unwrap();
     text.lines()
-        .find_map(|line| line.strip_prefix("opbox_instance_pool_in_use "))
-        .and_then(|value| value.trim().parse::<f64>().ok())
+        .filter(|line| {
+            line.strip_prefix(family)
+                .is_some_and(|rest| rest.starts_with(['{', ' ']))
+                && label.is_none_or(|label| line.contains(label))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
         .map(|value| value as u64)
-        .expect("the instance gauge")
+        .sum()
+}
+
+/// Instances alive on `server` now.
+async fn live_instances(server: &Server) -> u64 {
+    metric(&server.url, "opbox_instance_pool_in_use", None).await
 }
 
 /// Queries and mutations running on `server` now: instances in use, less
@@ -195,19 +205,9 @@ async fn calls_running(server: &Server) -> u64 {
     live_instances(server).await - open_subscriptions(server).await
 }
 
-/// Subscriptions open on `server` now, from its `/metrics`.
+/// Subscriptions open on `server` now.
 async fn open_subscriptions(server: &Server) -> u64 {
-    let text = reqwest::get(format!("{}/metrics", server.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|line| line.starts_with("opbox_open_subscriptions{"))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .map(|value| value as u64)
-        .sum()
+    metric(&server.url, "opbox_open_subscriptions", None).await
 }
 
 /// Whether no instance is alive on `server`.
@@ -522,21 +522,15 @@ async fn pair(nats: &Nats) -> (TestHost, TestHost) {
     (holder, caller)
 }
 
-/// Items `server`'s subscriptions of `operation` have sent, from its
-/// `/metrics`.
+/// Items `host`'s subscriptions of `operation` have sent.
 async fn items_sent(host: &TestHost, operation: &str) -> u64 {
-    let text = reqwest::get(host.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
     let label = format!("operation=\"{operation}\"");
-    text.lines()
-        .filter(|line| line.starts_with("opbox_subscription_items_total") && line.contains(&label))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .map(|value| value as u64)
-        .sum()
+    metric(
+        &host.url(""),
+        "opbox_subscription_items_total",
+        Some(&label),
+    )
+    .await
 }
 
 #[tokio::test]

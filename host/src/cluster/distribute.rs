@@ -261,18 +261,7 @@ fn place(key: &str) -> Option<(Option<String>, String)> {
 }
 
 fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_' {
-            out.push(char::from(byte));
-        } else {
-            out.push_str(&format!("={byte:02X}"));
-        }
-    }
-    if out.is_empty() {
-        out.push('=');
-    }
-    out
+    super::wire::escape(text, '=')
 }
 
 fn unescape(token: &str) -> Option<String> {

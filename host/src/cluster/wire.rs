@@ -26,17 +26,24 @@ use crate::call::{
 /// no tenant or operation name can add a token or a wildcard, and two
 /// names never share a token.
 pub(super) fn token(text: &str) -> String {
+    escape(text, '%')
+}
+
+/// `text` with every byte but ASCII letters, digits, `-` and `_` written as
+/// `marker` and two hex digits; `marker` alone for empty text, as neither a
+/// subject token nor a key may be empty.
+pub(super) fn escape(text: &str, marker: char) -> String {
     let mut out = String::with_capacity(text.len());
     for byte in text.bytes() {
         if byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_' {
             out.push(char::from(byte));
         } else {
-            out.push_str(&format!("%{byte:02X}"));
+            out.push(marker);
+            out.push_str(&format!("{byte:02X}"));
         }
     }
     if out.is_empty() {
-        // A subject token may not be empty.
-        out.push('%');
+        out.push(marker);
     }
     out
 }
