@@ -338,7 +338,9 @@ async fn every_call_refused_or_failed_has_a_log_line_with_its_cause() {
         .await
         .unwrap();
     assert_eq!(failed.status(), 500);
-    let log = server.kill();
+    // Stopped, not killed: SIGKILL would lose the log lines the writer
+    // had queued and not written yet.
+    let log = server.stop();
     let refusals: Vec<_> = log
         .iter()
         .filter(|l| l.contains("call refused") && l.contains("UNAUTHORIZED"))

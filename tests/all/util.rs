@@ -510,6 +510,19 @@ impl Server {
             .any(|line| line.contains(text))
     }
 
+    /// Whether it logs a line containing `text` within `within` (log lines
+    /// are written a moment after they are made).
+    pub fn logs_within(&self, text: &str, within: Duration) -> bool {
+        let start = Instant::now();
+        while !self.logged(text) {
+            if start.elapsed() > within {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
+    }
+
     /// Waits for it to exit; every line it logged.
     pub fn wait(mut self) -> (std::process::ExitStatus, Vec<String>) {
         let status = self.child.wait().unwrap();
@@ -539,6 +552,17 @@ impl Server {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
         let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
         line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    /// Stops it as an operator would (SIGTERM: it drains and writes every
+    /// log line it has queued); every line it logged.
+    pub fn stop(self) -> Vec<String> {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        self.wait().1
     }
 
     /// Kills it at once (SIGKILL: no shutdown, no flushing), as a power cut

@@ -240,27 +240,17 @@ async fn serve_one(
             };
             let meter = started.meter;
             match started.result {
-                Ok(items) => {
-                    match stream(items, credit, &call.token, shared, &reply).await {
-                        Some(Ok(())) => {}
-                        Some(Err(error)) => {
-                            send(
-                                shared,
-                                &reply,
-                                &Reply::Error {
-                                    error,
-                                    cost: meter.receipt(),
-                                },
-                            )
-                            .await;
-                        }
-                        None => return,
-                    }
-                    // The stream's meter is final once it is dropped.
-                    Reply::Completed {
+                // The stream's meter is final once `stream` has dropped it.
+                Ok(items) => match stream(items, credit, &call.token, shared, &reply).await {
+                    Some(Ok(())) => Reply::Completed {
                         cost: meter.receipt(),
-                    }
-                }
+                    },
+                    Some(Err(error)) => Reply::Error {
+                        error,
+                        cost: meter.receipt(),
+                    },
+                    None => return,
+                },
                 Err(error) => Reply::Error {
                     error,
                     cost: meter.receipt(),
