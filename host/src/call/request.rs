@@ -143,6 +143,11 @@ impl CallRequest {
             trace: None,
         }
     }
+
+    /// The operation's name, without the leading `/` a caller may write.
+    pub fn op_name(&self) -> &str {
+        self.operation.strip_prefix('/').unwrap_or(&self.operation)
+    }
 }
 
 /// Reads an optional count of milliseconds, written as an integer or as a

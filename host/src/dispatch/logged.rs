@@ -44,7 +44,7 @@ pub(super) struct Labels {
 impl CallLog {
     pub(super) fn start(request: &CallRequest, observer: &SharedObserver, labels: Labels) -> Self {
         Self {
-            operation: request.operation.clone(),
+            operation: request.op_name().to_owned(),
             request_id: request.request_id.clone(),
             tenant: request.identity.tenant.clone(),
             caller: request.identity.id.clone(),
@@ -145,10 +145,7 @@ impl CallLog {
     fn event_of(&self, error: &CallError) -> Option<Event> {
         let details = error.details.as_ref()?;
         // A caller's own words: bounded before they are kept.
-        let operation = cut(
-            self.operation.strip_prefix('/').unwrap_or(&self.operation),
-            256,
-        );
+        let operation = cut(&self.operation, 256);
         let limit = details.get("limit").and_then(Value::as_str);
         let (kind, plugin, detail) = match (&error.code, limit) {
             (ErrorCode::PluginFailed, _) if details.get("trap").is_some() => (

@@ -42,7 +42,7 @@ pub use handler::{
     CallContext, Handler, NativeOnce, NativeStream, Operation, Registry, plugin_operations,
 };
 use logged::{CallLog, Labels, Logged};
-use pipeline::visible;
+use pipeline::{Target, visible};
 use remote::Reach;
 pub use remote::Remote;
 
@@ -196,12 +196,9 @@ impl Dispatcher {
     /// its caller sees it: `NOT_FOUND` for what the caller cannot see.
     /// An operation another host of the cluster holds is asked about there.
     pub async fn op_type(&self, request: &CallRequest) -> Result<OpType, CallError> {
-        match self.resolve(request) {
-            Ok((op, _)) => Ok(op.spec.op_type),
-            Err(error) => match self.remote_for(request, Reach::Cluster) {
-                Some(remote) => remote.op_type(request.clone()).await,
-                None => Err(error),
-            },
+        match self.resolve(request, Reach::Cluster)? {
+            (Target::Here(op), _) => Ok(op.spec.op_type),
+            (Target::Remote(remote), _) => remote.op_type(request.clone()).await,
         }
     }
 
@@ -274,10 +271,7 @@ impl Dispatcher {
 
     /// The operation and plugin `request` names, for metrics and events.
     fn labels(&self, request: &CallRequest) -> Labels {
-        let name = request
-            .operation
-            .strip_prefix('/')
-            .unwrap_or(&request.operation);
+        let name = request.op_name();
         let Some(op) = self.inner.registry.get(&request.identity.tenant, name) else {
             return Labels::default();
         };

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::drain::InFlight;
 use super::nested::invocation;
-use super::remote::Reach;
+use super::remote::{Reach, Remote};
 use super::validate::{is_large, validate_input};
 use super::{CallContext, Dispatcher, Handler, Operation, OutputStream, failure};
 use crate::call::{
@@ -33,10 +33,18 @@ pub(super) enum Kind {
     Stream,
 }
 
-/// A call past admission: what it runs, for which tenant, and the slots it
+/// Where an admitted call runs.
+pub(super) enum Target {
+    /// Here: an operation this host holds.
+    Here(Arc<Operation>),
+    /// On another host of the cluster, which checks the rest.
+    Remote(Arc<dyn Remote>),
+}
+
+/// A call past admission: where it runs, for which tenant, and the slots it
 /// holds until it ends.
 pub(super) struct Admitted {
-    pub(super) op: Arc<Operation>,
+    pub(super) target: Target,
     pub(super) tenant: Arc<Tenant>,
     /// Counts the call as in flight, for draining.
     pub(super) in_flight: InFlight,
@@ -47,27 +55,36 @@ pub(super) struct Admitted {
 impl Dispatcher {
     /// The admission every call goes through: not while draining (from the
     /// wire), an operation the caller can see and may call, of the kind
-    /// asked for, within the tenant's quotas.
-    fn admit(&self, request: &CallRequest, kind: Kind) -> Result<Admitted, CallError> {
+    /// asked for, within the tenant's quotas. An operation this host does
+    /// not hold goes to the cluster, if `reach` allows, with this host's
+    /// part of the admission; the host that runs it checks the rest.
+    fn admit(
+        &self,
+        request: &CallRequest,
+        kind: Kind,
+        reach: Reach,
+    ) -> Result<Admitted, CallError> {
         let in_flight = self.inner.drain.enter(request.origin)?;
-        let (op, tenant) = self.resolve(request)?;
-        match (kind, op.spec.op_type.is_once()) {
-            (Kind::Once, false) => {
-                return Err(CallError::new(
-                    ErrorCode::InvalidOperationType,
-                    format!(
-                        "`{}` is a subscription; subscribe to it instead",
-                        op.spec.name
-                    ),
-                ));
+        let (target, tenant) = self.resolve(request, reach)?;
+        if let Target::Here(op) = &target {
+            match (kind, op.spec.op_type.is_once()) {
+                (Kind::Once, false) => {
+                    return Err(CallError::new(
+                        ErrorCode::InvalidOperationType,
+                        format!(
+                            "`{}` is a subscription; subscribe to it instead",
+                            op.spec.name
+                        ),
+                    ));
+                }
+                (Kind::Stream, true) => {
+                    return Err(CallError::new(
+                        ErrorCode::InvalidOperationType,
+                        format!("`{}` is a query or mutation; call it instead", op.spec.name),
+                    ));
+                }
+                _ => {}
             }
-            (Kind::Stream, true) => {
-                return Err(CallError::new(
-                    ErrorCode::InvalidOperationType,
-                    format!("`{}` is a query or mutation; call it instead", op.spec.name),
-                ));
-            }
-            _ => {}
         }
         let admission = match (request.origin, kind) {
             (Origin::Nested { .. }, _) => None,
@@ -75,7 +92,7 @@ impl Dispatcher {
             (Origin::Wire(_), Kind::Stream) => Some(tenant.usage.admit_subscription()?),
         };
         Ok(Admitted {
-            op,
+            target,
             tenant,
             in_flight,
             admission,
@@ -90,15 +107,16 @@ impl Dispatcher {
         meter: &Arc<Meter>,
         reach: Reach,
     ) -> Result<Value, CallError> {
-        if let Some(remote) = self.remote_for(&request, reach) {
-            return self.forward(remote, request, meter).await;
-        }
         let Admitted {
-            op,
+            target,
             tenant,
             in_flight: _in_flight,
             admission: _admission,
-        } = self.admit(&request, Kind::Once)?;
+        } = self.admit(&request, Kind::Once, reach)?;
+        let op = match target {
+            Target::Here(op) => op,
+            Target::Remote(remote) => return self.forward(&remote, request, meter).await,
+        };
         let deadline = self.deadline(&request);
         let cx = self.context(&request, Some(deadline));
         let input = std::mem::take(&mut request.input);
@@ -145,15 +163,20 @@ impl Dispatcher {
         meter: &Arc<Meter>,
         reach: Reach,
     ) -> Result<OutputStream, CallError> {
-        if let Some(remote) = self.remote_for(request, reach) {
-            return self.forward_stream(remote, request, meter).await;
-        }
         let Admitted {
-            op,
+            target,
             tenant,
             in_flight,
             admission,
-        } = self.admit(request, Kind::Stream)?;
+        } = self.admit(request, Kind::Stream, reach)?;
+        let op = match target {
+            Target::Here(op) => op,
+            Target::Remote(remote) => {
+                return self
+                    .forward_stream(&remote, request, meter, in_flight, admission)
+                    .await;
+            }
+        };
         let input = self.validate(&op, request.input.clone()).await?;
         let limit = self.subscription_limit(request);
         let cx = self.context(request, limit);
@@ -206,13 +229,15 @@ impl Dispatcher {
         Ok(self.inner.drain.until_drained(stream, in_flight))
     }
 
-    /// The operation `request` names, as its caller sees it, and the
-    /// caller's tenant: `NOT_FOUND` for what the caller cannot see,
-    /// `UNAUTHORIZED` or `FORBIDDEN` for what it may not call.
+    /// Where `request`'s operation runs, as its caller sees it, and the
+    /// caller's tenant: `NOT_FOUND` for what the caller cannot see here and
+    /// no other host may run, `UNAUTHORIZED` or `FORBIDDEN` for what it may
+    /// not call.
     pub(super) fn resolve(
         &self,
         request: &CallRequest,
-    ) -> Result<(Arc<Operation>, Arc<Tenant>), CallError> {
+        reach: Reach,
+    ) -> Result<(Target, Arc<Tenant>), CallError> {
         let max_depth = self.inner.config.max_call_depth;
         if request.origin.depth() > max_depth {
             return Err(CallError::new(
@@ -222,23 +247,31 @@ impl Dispatcher {
             .with_details(json!({"limit": "max_call_depth", "value": max_depth})));
         }
         let identity = &request.identity;
-        // An identity the dispatcher did not issue, for a tenant it does not
-        // know: treated as no credentials.
-        let tenant = self.inner.tenants.get(&identity.tenant).ok_or_else(|| {
-            CallError::new(ErrorCode::Unauthorized, "the caller's tenant is unknown")
-        })?;
-        let name = request
-            .operation
-            .strip_prefix('/')
-            .unwrap_or(&request.operation);
-        let op = self
-            .inner
-            .registry
-            .get(&identity.tenant, name)
-            .filter(|op| visible(op, request.origin))
-            .ok_or_else(|| CallError::not_found(name))?;
+        let tenant = self.tenant_of(identity)?;
+        let name = request.op_name();
+        let Some(op) = self.inner.registry.get(&identity.tenant, name) else {
+            return match self.remote(reach) {
+                Some(remote) => Ok((Target::Remote(remote.clone()), tenant)),
+                None => Err(CallError::not_found(name)),
+            };
+        };
+        if !visible(&op, request.origin) {
+            return Err(CallError::not_found(name));
+        }
         authorize(&op.spec, identity)?;
-        Ok((op, tenant.clone()))
+        Ok((Target::Here(op), tenant))
+    }
+
+    /// The tenant of `identity`. An identity the dispatcher did not issue,
+    /// for a tenant it does not know, is treated as no credentials.
+    fn tenant_of(&self, identity: &Identity) -> Result<Arc<Tenant>, CallError> {
+        self.inner
+            .tenants
+            .get(&identity.tenant)
+            .cloned()
+            .ok_or_else(|| {
+                CallError::new(ErrorCode::Unauthorized, "the caller's tenant is unknown")
+            })
     }
 
     /// Checks `input` against the operation's schema and hands it back.

@@ -14,9 +14,9 @@ use futures::future::BoxFuture;
 use serde_json::Value;
 
 use super::drain::InFlight;
-use super::pipeline::{Kind, holding, with_time_limit};
+use super::pipeline::{Target, holding, with_time_limit};
 use super::{Dispatcher, Metered, OutputStream, failure};
-use crate::call::{CallError, CallRequest, ErrorCode, Meter, OpType, Origin, TraceParent};
+use crate::call::{CallError, CallRequest, Meter, OpType, TraceParent};
 use crate::telemetry::trace;
 use crate::tenants::Admission;
 
@@ -85,42 +85,27 @@ impl Dispatcher {
     /// What kind `request`'s operation is here, for another host that asks:
     /// [`Dispatcher::op_type`] without leaving this host.
     pub fn op_type_here(&self, request: &CallRequest) -> Result<OpType, CallError> {
-        self.resolve(request).map(|(op, _)| op.spec.op_type)
-    }
-
-    /// The remote, if `request` names an operation that is not in its
-    /// caller's tenant's view here and calls may leave this host.
-    pub(super) fn remote_for(
-        &self,
-        request: &CallRequest,
-        reach: Reach,
-    ) -> Option<&Arc<dyn Remote>> {
-        if reach == Reach::Here {
-            return None;
+        match self.resolve(request, Reach::Here)? {
+            (Target::Here(op), _) => Ok(op.spec.op_type),
+            (Target::Remote(_), _) => Err(CallError::internal()),
         }
-        let remote = self.inner.remote.get()?;
-        let name = request
-            .operation
-            .strip_prefix('/')
-            .unwrap_or(&request.operation);
-        let held = self
-            .inner
-            .registry
-            .get(&request.identity.tenant, name)
-            .is_some();
-        (!held).then_some(remote)
     }
 
-    /// Forwards a query or mutation after this host's admission: not while
-    /// draining (from the wire), within the tenant's quota, within the
-    /// deadline.
+    /// Where calls go that this host cannot run, if `reach` lets them leave.
+    pub(super) fn remote(&self, reach: Reach) -> Option<&Arc<dyn Remote>> {
+        match reach {
+            Reach::Cluster => self.inner.remote.get(),
+            Reach::Here => None,
+        }
+    }
+
+    /// Forwards an admitted query or mutation within its deadline.
     pub(super) async fn forward(
         &self,
         remote: &Arc<dyn Remote>,
         request: CallRequest,
         meter: &Arc<Meter>,
     ) -> Result<Value, CallError> {
-        let (_in_flight, _admission) = self.admit_forward(&request, Kind::Once)?;
         let deadline = self.deadline(&request);
         let call = remote.call(joined(request), deadline, meter.clone());
         match tokio::time::timeout(deadline, call).await {
@@ -129,16 +114,17 @@ impl Dispatcher {
         }
     }
 
-    /// Forwards a subscription after this host's admission; its stream holds
-    /// its slots here until it ends, and ends when this host drains or its
-    /// time limit passes.
+    /// Forwards an admitted subscription; its stream holds this host's
+    /// slots until it ends, and ends when this host drains or its time limit
+    /// passes.
     pub(super) async fn forward_stream(
         &self,
         remote: &Arc<dyn Remote>,
         request: &CallRequest,
         meter: &Arc<Meter>,
+        in_flight: InFlight,
+        admission: Option<Admission>,
     ) -> Result<OutputStream, CallError> {
-        let (in_flight, admission) = self.admit_forward(request, Kind::Stream)?;
         let limit = self.subscription_limit(request);
         let stream = remote
             .subscribe(joined(request.clone()), limit, meter.clone())
@@ -149,29 +135,6 @@ impl Dispatcher {
         };
         let stream = holding(stream, vec![admission]);
         Ok(self.inner.drain.until_drained(stream, in_flight))
-    }
-
-    /// This host's part of a forwarded call's admission: not while draining
-    /// (from the wire), within the tenant's quota.
-    fn admit_forward(
-        &self,
-        request: &CallRequest,
-        kind: Kind,
-    ) -> Result<(InFlight, Option<Admission>), CallError> {
-        let in_flight = self.inner.drain.enter(request.origin)?;
-        let tenant = self
-            .inner
-            .tenants
-            .get(&request.identity.tenant)
-            .ok_or_else(|| {
-                CallError::new(ErrorCode::Unauthorized, "the caller's tenant is unknown")
-            })?;
-        let admission = match (request.origin, kind) {
-            (Origin::Nested { .. }, _) => None,
-            (Origin::Wire(_), Kind::Once) => Some(tenant.usage.admit_call()?),
-            (Origin::Wire(_), Kind::Stream) => Some(tenant.usage.admit_subscription()?),
-        };
-        Ok((in_flight, admission))
     }
 }
 
