@@ -143,8 +143,15 @@ impl Host {
             observers.push(metrics.clone());
         }
         let observer: SharedObserver = Arc::new(Fanout(observers));
+        // Joined after the plugins load, but reached first: with a cluster,
+        // `wasi:keyvalue` keeps its keys in the cluster's.
+        let connection = match &config.cluster {
+            Some(cluster) => Some(Cluster::connect(cluster).await?),
+            None => None,
+        };
         let runtime = Runtime::new(RuntimeConfig {
             observer: observer.clone(),
+            keyspace: connection.as_ref().map(|c| c.keyspace()),
             ..config.runtime()
         })
         .map_err(HostError::Runtime)?;
@@ -249,10 +256,12 @@ impl Host {
             return Err(HostError::UnknownAccessOverride(name.clone()));
         }
         let mut host = host;
-        if let Some(cluster) = &host.config.cluster {
+        if let Some(connection) = connection {
             let max_plugin_bytes = host.config.admin.max_plugin_bytes as u64;
             host.cluster = Some(
-                Cluster::join(cluster, &host.dispatcher, &host.plugins, max_plugin_bytes).await?,
+                connection
+                    .join(&host.dispatcher, &host.plugins, max_plugin_bytes)
+                    .await,
             );
         }
         Ok(host)

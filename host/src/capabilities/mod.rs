@@ -47,7 +47,7 @@ use config::ConfigState;
 use denied::Denial;
 use http::{HttpState, OutboundGrant};
 use invoke::{InvokeState, NestedCalls};
-use keyvalue::{KeyvalueState, KvStore};
+use keyvalue::{Keyspace, KeyvalueState};
 use log::LogState;
 use log_tail::LogTail;
 
@@ -91,8 +91,8 @@ pub struct Call<'a> {
     pub grants: &'a Arc<Grants>,
     /// The plugin's outbound policy, shared by its calls.
     pub outbound: &'a OutboundGrant,
-    /// The host's key-value database, when it has one.
-    pub kv: Option<Arc<KvStore>>,
+    /// The host's key spaces, when it has them.
+    pub kv: Option<Arc<dyn Keyspace>>,
     /// Who carries out the call's calls to other operations.
     pub nested: Option<Arc<dyn NestedCalls>>,
     /// What the call spends: host calls are counted here.

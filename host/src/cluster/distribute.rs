@@ -225,20 +225,9 @@ pub(super) fn listen(plugins: &Plugins) -> mpsc::UnboundedReceiver<Change> {
     told
 }
 
-/// The buckets' name: `opbox-<cluster>-plugins`, the cluster's name kept
-/// to what a bucket name may hold.
+/// The buckets' name: `opbox-<cluster>-plugins`.
 fn bucket_name(cluster: &str) -> String {
-    let name: String = cluster
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!("opbox-{name}-plugins")
+    super::bucket_name(cluster, "plugins")
 }
 
 /// A plugin's key: `shared.<name>` or `tenant.<tenant>.<name>`, each part
@@ -265,22 +254,7 @@ fn escape(text: &str) -> String {
 }
 
 fn unescape(token: &str) -> Option<String> {
-    if token == "=" {
-        return Some(String::new());
-    }
-    let mut bytes = Vec::with_capacity(token.len());
-    let mut rest = token.as_bytes();
-    while let Some((&first, tail)) = rest.split_first() {
-        if first == b'=' {
-            let hex = std::str::from_utf8(tail.get(..2)?).ok()?;
-            bytes.push(u8::from_str_radix(hex, 16).ok()?);
-            rest = &tail[2..];
-        } else {
-            bytes.push(first);
-            rest = tail;
-        }
-    }
-    String::from_utf8(bytes).ok()
+    super::wire::unescape(token, '=')
 }
 
 #[cfg(test)]

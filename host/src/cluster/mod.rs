@@ -27,6 +27,7 @@
 mod distribute;
 mod forward;
 mod inbox;
+mod keyvalue;
 mod serve;
 mod wire;
 
@@ -38,9 +39,11 @@ use async_nats::{Client, ConnectOptions, Event};
 use serde::Deserialize;
 use tokio::sync::{Semaphore, watch};
 
+use crate::capabilities::keyvalue::Keyspace;
 use crate::dispatch::Dispatcher;
 use crate::plugins::Plugins;
 use distribute::Distribution;
+use keyvalue::SharedKeyspace;
 use serve::Running;
 use wire::Subjects;
 
@@ -183,21 +186,64 @@ impl std::fmt::Debug for Cluster {
     }
 }
 
+/// A host's connection to its cluster's NATS, before it joins: what the
+/// host builds on it (the shared key spaces) comes first.
+pub struct Connection {
+    client: Client,
+    /// Whether NATS is reached, now.
+    connection: watch::Receiver<bool>,
+    config: ClusterConfig,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Cluster {
-    /// Connects to NATS, serves `dispatcher`'s operations to the cluster
-    /// and sends it the calls of operations it does not hold; passes the
-    /// changes made through `plugins`' API on to the other hosts and
-    /// applies theirs (components up to `max_plugin_bytes`), when the NATS
-    /// server has JetStream. NATS that cannot be reached yet is retried in
-    /// the background: the host serves what it holds meanwhile.
+    /// Starts connecting to the NATS of `config`'s cluster. NATS that
+    /// cannot be reached yet is retried in the background.
+    pub async fn connect(config: &ClusterConfig) -> Result<Connection, ClusterError> {
+        let (connected, connection) = watch::channel(false);
+        let client = connect(config, connected).await?;
+        Ok(Connection {
+            client,
+            connection,
+            config: config.clone(),
+        })
+    }
+}
+
+impl Connection {
+    /// The key spaces every host of the cluster shares, for
+    /// `wasi:keyvalue`: a JetStream bucket, made on first use.
+    pub fn keyspace(&self) -> Arc<dyn Keyspace> {
+        Arc::new(SharedKeyspace::new(
+            &self.client,
+            bucket_name(&self.config.name, "kv"),
+        ))
+    }
+
+    /// Serves `dispatcher`'s operations to the cluster and sends it the
+    /// calls of operations it does not hold; passes the changes made
+    /// through `plugins`' API on to the other hosts and applies theirs
+    /// (components up to `max_plugin_bytes`), when the NATS server has
+    /// JetStream. A host that cannot reach NATS within a few seconds serves
+    /// what it holds meanwhile.
     pub async fn join(
-        config: &ClusterConfig,
+        self,
         dispatcher: &Dispatcher,
         plugins: &Plugins,
         max_plugin_bytes: u64,
-    ) -> Result<Self, ClusterError> {
-        let (connected, mut connection) = watch::channel(false);
-        let client = connect(config, connected).await?;
+    ) -> Cluster {
+        let Self {
+            client,
+            mut connection,
+            config,
+        } = self;
         // A host reachable at once joins before it serves; one that is not
         // serves what it holds meanwhile.
         let joined = matches!(
@@ -242,8 +288,24 @@ impl Cluster {
             operations = served,
             "serving this host's operations to the cluster"
         );
-        Ok(Self { shared })
+        Cluster { shared }
     }
+}
+
+/// A JetStream bucket of the cluster named `cluster`:
+/// `opbox-<cluster>-<what>`, the name kept to what a bucket name may hold.
+fn bucket_name(cluster: &str, what: &str) -> String {
+    let name: String = cluster
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("opbox-{name}-{what}")
 }
 
 /// How long a starting host waits for NATS before it serves alone.

@@ -48,6 +48,28 @@ pub(super) fn escape(text: &str, marker: char) -> String {
     out
 }
 
+/// The text [`escape`] wrote as `token` with `marker`; `None` for a token it
+/// cannot have written.
+pub(super) fn unescape(token: &str, marker: char) -> Option<String> {
+    let marker = u8::try_from(marker).ok()?;
+    if token.as_bytes() == [marker] {
+        return Some(String::new());
+    }
+    let mut bytes = Vec::with_capacity(token.len());
+    let mut rest = token.as_bytes();
+    while let Some((&first, tail)) = rest.split_first() {
+        if first == marker {
+            let hex = std::str::from_utf8(tail.get(..2)?).ok()?;
+            bytes.push(u8::from_str_radix(hex, 16).ok()?);
+            rest = &tail[2..];
+        } else {
+            bytes.push(first);
+            rest = tail;
+        }
+    }
+    String::from_utf8(bytes).ok()
+}
+
 /// The subjects of one cluster.
 #[derive(Debug, Clone)]
 pub(super) struct Subjects {

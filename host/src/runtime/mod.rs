@@ -42,7 +42,8 @@ pub(crate) use state::StoreState;
 pub use subscription::Subscription;
 
 use crate::call::{SharedObserver, Unobserved};
-use crate::capabilities::{self, bindings, keyvalue::KvStore};
+use crate::capabilities::keyvalue::{Keyspace, KvStore, LocalKeyspace};
+use crate::capabilities::{self, bindings};
 use cache::ArtifactCache;
 use lanes::CpuLanes;
 use state::LiveCounter;
@@ -71,6 +72,9 @@ pub struct RuntimeConfig {
     /// first plugin granted `keyvalue` loads; without one, such a plugin is
     /// refused.
     pub keyvalue_path: Option<PathBuf>,
+    /// Key spaces kept elsewhere (a cluster's), used instead of
+    /// `keyvalue_path` when set.
+    pub keyspace: Option<Arc<dyn Keyspace>>,
     /// How often the engine's epoch advances.
     pub epoch_tick: Duration,
     /// Where capabilities a plugin was denied are reported.
@@ -96,6 +100,7 @@ impl Default for RuntimeConfig {
             max_memory_bytes: 1 << 30,
             cache_dir: None,
             keyvalue_path: None,
+            keyspace: None,
             epoch_tick: Duration::from_millis(10),
             observer: Arc::new(Unobserved),
             fuel: false,
@@ -142,8 +147,9 @@ struct Inner {
     engine: Engine,
     linker: Linker<StoreState>,
     cache: Option<ArtifactCache>,
-    /// Opened by the first plugin granted `keyvalue`.
-    pub(crate) kv: std::sync::OnceLock<Arc<KvStore>>,
+    /// The configured key spaces, or the database opened by the first
+    /// plugin granted `keyvalue`.
+    pub(crate) kv: std::sync::OnceLock<Arc<dyn Keyspace>>,
     live: LiveCounter,
     /// Plugins loaded and not yet dropped, current and retired versions.
     plugins: LiveCounter,
@@ -241,9 +247,12 @@ impl Runtime {
 
 impl Runtime {
     /// The key-value database, opened on first use.
-    fn keyvalue(&self) -> Result<&Arc<KvStore>, LoadError> {
+    fn keyvalue(&self) -> Result<&Arc<dyn Keyspace>, LoadError> {
         if let Some(kv) = self.inner.kv.get() {
             return Ok(kv);
+        }
+        if let Some(keyspace) = &self.inner.config.keyspace {
+            return Ok(self.inner.kv.get_or_init(|| keyspace.clone()));
         }
         let Some(path) = &self.inner.config.keyvalue_path else {
             return Err(LoadError::Grant(
@@ -256,7 +265,10 @@ impl Runtime {
                 path.display()
             ))
         })?;
-        Ok(self.inner.kv.get_or_init(|| Arc::new(kv)))
+        Ok(self
+            .inner
+            .kv
+            .get_or_init(|| Arc::new(LocalKeyspace::new(kv))))
     }
 }
 

