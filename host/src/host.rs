@@ -146,7 +146,7 @@ impl Host {
         // Joined after the plugins load, but reached first: with a cluster,
         // `wasi:keyvalue` keeps its keys in the cluster's.
         let connection = match &config.cluster {
-            Some(cluster) => Some(Cluster::connect(cluster).await?),
+            Some(cluster) => Some(Cluster::connect(cluster, &config.data_dir).await?),
             None => None,
         };
         let runtime = Runtime::new(RuntimeConfig {
@@ -260,7 +260,12 @@ impl Host {
             let max_plugin_bytes = host.config.admin.max_plugin_bytes as u64;
             host.cluster = Some(
                 connection
-                    .join(&host.dispatcher, &host.plugins, max_plugin_bytes)
+                    .join(
+                        &host.dispatcher,
+                        &host.plugins,
+                        max_plugin_bytes,
+                        host.config.admin.max_events,
+                    )
                     .await,
             );
         }

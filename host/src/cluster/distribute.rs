@@ -41,7 +41,11 @@ pub(super) struct Distribution {
 impl Distribution {
     /// The cluster's buckets, made if they are not there yet; `None`, with
     /// a warning, when the NATS server has no JetStream.
-    pub(super) async fn open(client: &async_nats::Client, cluster: &str) -> Option<Self> {
+    pub(super) async fn open(
+        client: &async_nats::Client,
+        cluster: &str,
+        host: String,
+    ) -> Option<Self> {
         let js = jetstream::new(client.clone());
         let bucket = bucket_name(cluster);
         let records = js
@@ -67,7 +71,7 @@ impl Distribution {
             (Ok(records), Ok(components)) => Some(Self {
                 records,
                 components,
-                host: uuid::Uuid::new_v4().simple().to_string(),
+                host,
             }),
             (records, components) => {
                 let reason = records

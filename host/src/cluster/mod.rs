@@ -25,13 +25,14 @@
 //! the end), where a service endpoint answers once.
 
 mod distribute;
+mod events;
 mod forward;
 mod inbox;
 mod keyvalue;
 mod serve;
 mod wire;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,6 +54,7 @@ use wire::Subjects;
 /// |---|---|
 /// | `nats_url` | required: `nats://host:4222` (several, comma-separated) |
 /// | `name` | `opbox`: hosts of one name form one cluster |
+/// | `host` | this host's name in the cluster, in its events: a random id kept in the data directory |
 /// | `user`, `password` | none |
 /// | `token` | none |
 /// | `creds_file` | none: a NATS `.creds` file (JWT and NKey seed), relative to the config file |
@@ -66,6 +68,9 @@ pub struct ClusterConfig {
     /// The cluster's name: the first token of its subjects after `opbox`.
     #[serde(default = "default_name")]
     pub name: String,
+    /// This host's name in the cluster; each host's must be its own.
+    #[serde(default)]
+    pub host: Option<String>,
     /// A NATS user, with `password`.
     #[serde(default)]
     pub user: Option<String>,
@@ -107,6 +112,7 @@ impl ClusterConfig {
         Self {
             nats_url: nats_url.into(),
             name: default_name(),
+            host: None,
             user: None,
             password: None,
             token: None,
@@ -123,6 +129,7 @@ impl std::fmt::Debug for ClusterConfig {
         f.debug_struct("ClusterConfig")
             .field("nats_url", &self.nats_url)
             .field("name", &self.name)
+            .field("host", &self.host)
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| "…"))
             .field("token", &self.token.as_ref().map(|_| "…"))
@@ -140,6 +147,15 @@ pub enum ClusterError {
     /// The credentials file cannot be read.
     #[error("cannot read the NATS credentials file {path}: {source}")]
     Creds {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The host's name cannot be read from, or kept in, the data
+    /// directory.
+    #[error("cannot keep this host's cluster name in {path}: {source}")]
+    HostName {
         /// The file.
         path: PathBuf,
         /// Why.
@@ -190,6 +206,8 @@ impl std::fmt::Debug for Cluster {
 /// host builds on it (the shared key spaces) comes first.
 pub struct Connection {
     client: Client,
+    /// This host's name in the cluster.
+    host: String,
     /// Whether NATS is reached, now.
     connection: watch::Receiver<bool>,
     config: ClusterConfig,
@@ -204,13 +222,22 @@ impl std::fmt::Debug for Connection {
 }
 
 impl Cluster {
-    /// Starts connecting to the NATS of `config`'s cluster. NATS that
-    /// cannot be reached yet is retried in the background.
-    pub async fn connect(config: &ClusterConfig) -> Result<Connection, ClusterError> {
+    /// Starts connecting to the NATS of `config`'s cluster, as the host
+    /// whose data directory is `data_dir`. NATS that cannot be reached yet
+    /// is retried in the background.
+    pub async fn connect(
+        config: &ClusterConfig,
+        data_dir: &Path,
+    ) -> Result<Connection, ClusterError> {
+        let host = match &config.host {
+            Some(host) => host.clone(),
+            None => kept_name(data_dir)?,
+        };
         let (connected, connection) = watch::channel(false);
         let client = connect(config, connected).await?;
         Ok(Connection {
             client,
+            host,
             connection,
             config: config.clone(),
         })
@@ -230,7 +257,8 @@ impl Connection {
     /// Serves `dispatcher`'s operations to the cluster and sends it the
     /// calls of operations it does not hold; passes the changes made
     /// through `plugins`' API on to the other hosts and applies theirs
-    /// (components up to `max_plugin_bytes`), when the NATS server has
+    /// (components up to `max_plugin_bytes`), and shares its events with
+    /// theirs (the stream keeps `max_events`), when the NATS server has
     /// JetStream. A host that cannot reach NATS within a few seconds serves
     /// what it holds meanwhile.
     pub async fn join(
@@ -238,12 +266,16 @@ impl Connection {
         dispatcher: &Dispatcher,
         plugins: &Plugins,
         max_plugin_bytes: u64,
+        max_events: u64,
     ) -> Cluster {
         let Self {
             client,
+            host,
             mut connection,
             config,
         } = self;
+        let log = plugins.events();
+        log.set_host(&host);
         // A host reachable at once joins before it serves; one that is not
         // serves what it holds meanwhile.
         let joined = matches!(
@@ -273,11 +305,16 @@ impl Connection {
         let told = distribute::listen(plugins);
         tokio::spawn({
             let (client, name) = (shared.client.clone(), config.name.clone());
+            let subjects = shared.subjects.clone();
             let plugins = plugins.downgrade();
             async move {
-                if connection.wait_for(|up| *up).await.is_ok()
-                    && let Some(distribution) = Distribution::open(&client, &name).await
-                {
+                if connection.wait_for(|up| *up).await.is_err() {
+                    return;
+                }
+                let stream = bucket_name(&name, "events");
+                events::start(&client, &subjects, stream, host.clone(), &log, max_events).await;
+                drop(log);
+                if let Some(distribution) = Distribution::open(&client, &name, host).await {
                     distribution.start(plugins, told, max_plugin_bytes).await;
                 }
             }
@@ -306,6 +343,29 @@ fn bucket_name(cluster: &str, what: &str) -> String {
         })
         .collect();
     format!("opbox-{name}-{what}")
+}
+
+/// The file in the data directory that keeps a host's cluster name.
+const HOST_NAME_FILE: &str = "cluster-host";
+
+/// The name kept in `data_dir`, made (a random id) on first use: a host
+/// keeps its name across restarts, so that it knows its own events.
+fn kept_name(data_dir: &Path) -> Result<String, ClusterError> {
+    let path = data_dir.join(HOST_NAME_FILE);
+    let failed = |source| ClusterError::HostName {
+        path: path.clone(),
+        source,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(name) if !name.trim().is_empty() => return Ok(name.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(failed(e)),
+    }
+    let name = uuid::Uuid::new_v4().simple().to_string();
+    std::fs::create_dir_all(data_dir).map_err(failed)?;
+    std::fs::write(&path, &name).map_err(failed)?;
+    Ok(name)
 }
 
 /// How long a starting host waits for NATS before it serves alone.

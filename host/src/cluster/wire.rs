@@ -94,6 +94,14 @@ impl Subjects {
         )
     }
 
+    /// Where `host` publishes its events; every host's, for `None`.
+    pub(super) fn events(&self, host: Option<&str>) -> String {
+        match host {
+            Some(host) => format!("{}.events.{}", self.prefix, token(host)),
+            None => format!("{}.events.*", self.prefix),
+        }
+    }
+
     /// Where a forwarding host says it gave a call up.
     pub(super) fn abort(&self) -> String {
         format!("{}.abort", self.prefix)

@@ -12,6 +12,11 @@
 //! Readers page through what is stored ([`EventLog::page`]) and follow
 //! what comes next ([`EventLog::follow`]): an event is sent to followers
 //! once it is committed, in cursor order.
+//!
+//! In a cluster, each event names its host (`"host"`), and the events of
+//! the other hosts are mirrored in ([`EventLog::mirror`]), each with the
+//! place it had in the cluster's stream, kept in the same transaction: a
+//! host that restarts asks the stream for what comes after.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,6 +48,17 @@ const SCAN: usize = 10_000;
 
 /// cursor → the event as JSON.
 const EVENTS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("events");
+/// `"stream"` → the cluster stream's sequence of the last event mirrored.
+const MIRRORED: TableDefinition<'_, &str, u64> = TableDefinition::new("mirrored");
+
+/// What the writer takes.
+enum Queued {
+    /// An event of this host.
+    Local(Event),
+    /// Another host's event, as it stored it, at `seq` in the cluster's
+    /// stream.
+    Mirrored { json: Value, seq: u64 },
+}
 
 /// An event as stored and sent: `{"cursor", "at_ms", "kind", "tenant",
 /// "plugin", "detail"}`.
@@ -91,6 +107,8 @@ struct Shared {
     /// Events refused by a full queue since the last batch.
     dropped: AtomicU64,
     live: broadcast::Sender<Arc<Stored>>,
+    /// This host's name in its cluster, once it has joined one.
+    host: std::sync::OnceLock<String>,
 }
 
 /// The event feed of a host. Dropping it stops the writer once the queue
@@ -99,7 +117,7 @@ struct Shared {
 pub struct EventLog {
     shared: Arc<Shared>,
     /// Taken when the log is dropped, which ends the writer.
-    queue: Option<SyncSender<Event>>,
+    queue: Option<SyncSender<Queued>>,
     writer: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -136,6 +154,7 @@ impl EventLog {
             oldest: AtomicU64::new(first.unwrap_or(last + 1)),
             dropped: AtomicU64::new(0),
             live,
+            host: std::sync::OnceLock::new(),
         });
         let (queue, taken) = std::sync::mpsc::sync_channel(QUEUE);
         let writer = std::thread::Builder::new()
@@ -207,6 +226,41 @@ impl EventLog {
         self.shared.live.subscribe()
     }
 
+    /// Names this host in every event it records from now on: its name in
+    /// its cluster. Once; later calls change nothing.
+    pub fn set_host(&self, host: &str) {
+        let _ = self.shared.host.set(host.to_owned());
+    }
+
+    /// This host's name in its cluster, once set.
+    pub fn host(&self) -> Option<&str> {
+        self.shared.host.get().map(String::as_str)
+    }
+
+    /// Records another host's event, `json` as that host stored it, found
+    /// at `seq` in the cluster's stream. Waits while the writer's queue is
+    /// full: call it from a blocking thread. `false` once the log is closed.
+    pub fn mirror(&self, json: Value, seq: u64) -> bool {
+        self.queue
+            .as_ref()
+            .is_some_and(|queue| queue.send(Queued::Mirrored { json, seq }).is_ok())
+    }
+
+    /// The cluster stream's sequence of the last event mirrored; 0 when
+    /// none was.
+    pub fn mirrored(&self) -> Result<u64, StoreError> {
+        let txn = self.shared.db.begin_read().map_err(failed)?;
+        let table = match txn.open_table(MIRRORED) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+            Err(e) => return Err(failed(e)),
+        };
+        Ok(table
+            .get("stream")
+            .map_err(failed)?
+            .map_or(0, |v| v.value()))
+    }
+
     /// How many events are stored now.
     pub fn len(&self) -> Result<u64, StoreError> {
         let txn = self.shared.db.begin_read().map_err(failed)?;
@@ -223,7 +277,7 @@ impl EventLog {
 impl Observer for EventLog {
     fn observe(&self, event: Event) {
         let Some(queue) = &self.queue else { return };
-        if let Err(TrySendError::Full(_)) = queue.try_send(event) {
+        if let Err(TrySendError::Full(_)) = queue.try_send(Queued::Local(event)) {
             self.shared.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -246,7 +300,7 @@ fn now_ms() -> u64 {
 }
 
 /// The writer: takes events in batches until every sender is gone.
-fn write_events(shared: &Shared, taken: &Receiver<Event>, max_events: u64) {
+fn write_events(shared: &Shared, taken: &Receiver<Queued>, max_events: u64) {
     while let Ok(first) = taken.recv() {
         let mut batch = vec![first];
         while batch.len() < BATCH {
@@ -257,12 +311,12 @@ fn write_events(shared: &Shared, taken: &Receiver<Event>, max_events: u64) {
         }
         let dropped = shared.dropped.swap(0, Ordering::Relaxed);
         if dropped > 0 {
-            batch.push(Event {
+            batch.push(Queued::Local(Event {
                 kind: "events.dropped",
                 tenant: None,
                 plugin: None,
                 detail: json!({ "count": dropped }),
-            });
+            }));
         }
         match commit(shared, batch, max_events) {
             Ok(stored) => {
@@ -278,28 +332,43 @@ fn write_events(shared: &Shared, taken: &Receiver<Event>, max_events: u64) {
 
 /// Stores `batch` after the newest event, deletes what is past
 /// retention, and returns the batch as stored.
-fn commit(shared: &Shared, batch: Vec<Event>, max_events: u64) -> Result<Vec<Stored>, StoreError> {
+fn commit(shared: &Shared, batch: Vec<Queued>, max_events: u64) -> Result<Vec<Stored>, StoreError> {
     let at_ms = now_ms();
     let mut cursor = shared.last.load(Ordering::Acquire);
     let mut stored = Vec::with_capacity(batch.len());
+    let mut mirrored = None;
     let txn = shared.db.begin_write().map_err(failed)?;
     let oldest = {
         let mut table = txn.open_table(EVENTS).map_err(failed)?;
-        for event in batch {
+        for queued in batch {
             cursor += 1;
-            let json = json!({
-                "cursor": cursor,
-                "at_ms": at_ms,
-                "kind": event.kind,
-                "tenant": event.tenant,
-                "plugin": event.plugin,
-                "detail": event.detail,
-            });
+            let (json, tenant) = match queued {
+                Queued::Local(event) => {
+                    let mut json = json!({
+                        "cursor": cursor,
+                        "at_ms": at_ms,
+                        "kind": event.kind,
+                        "tenant": event.tenant,
+                        "plugin": event.plugin,
+                        "detail": event.detail,
+                    });
+                    if let Some(host) = shared.host.get() {
+                        json["host"] = json!(host);
+                    }
+                    (json, event.tenant)
+                }
+                Queued::Mirrored { mut json, seq } => {
+                    json["cursor"] = json!(cursor);
+                    mirrored = Some(seq);
+                    let tenant = json["tenant"].as_str().map(str::to_owned);
+                    (json, tenant)
+                }
+            };
             let bytes = serde_json::to_vec(&json).map_err(failed)?;
             table.insert(cursor, &*bytes).map_err(failed)?;
             stored.push(Stored {
                 cursor,
-                tenant: event.tenant,
+                tenant,
                 json,
             });
         }
@@ -311,6 +380,10 @@ fn commit(shared: &Shared, batch: Vec<Event>, max_events: u64) -> Result<Vec<Sto
         }
         oldest
     };
+    if let Some(seq) = mirrored {
+        let mut table = txn.open_table(MIRRORED).map_err(failed)?;
+        table.insert("stream", seq).map_err(failed)?;
+    }
     txn.commit().map_err(failed)?;
     shared.oldest.store(oldest, Ordering::Release);
     shared.last.store(cursor, Ordering::Release);

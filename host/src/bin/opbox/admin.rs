@@ -495,5 +495,8 @@ fn print_event(event: &Value, full: bool) {
     if let Some(plugin) = event["plugin"].as_str() {
         line.push_str(&format!(" plugin={plugin}"));
     }
+    if let Some(host) = event["host"].as_str() {
+        line.push_str(&format!(" host={host}"));
+    }
     println!("{line} {}", event["detail"]);
 }

@@ -1,0 +1,102 @@
+//! Events in a cluster: each host's feed holds every host's events, each
+//! naming its host, and a host that was away catches up without repeats.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::{Nats, eventually, host_keeping, plugins};
+use crate::util::Server;
+
+/// The token of the operator, who reads every event.
+const OPERATOR: &str = "operator-token";
+
+/// An `opbox serve` in the cluster on `nats` holding `fixture-panic`, its
+/// data in `data`, with an operator.
+fn trapper(nats: &Nats, dir: &Path, data: &Path) -> Server {
+    let tables = format!(
+        "[[tenants]]\nid = \"ops\"\n[[tenants.tokens]]\nid = \"operator\"\nsha256 = {hash:?}\n\
+         scopes = [\"admin\"]\n{plugins}",
+        hash = opbox::tenants::hash_token_hex(OPERATOR),
+        plugins = plugins(&["fixture-panic"]),
+    );
+    host_keeping(nats, dir, data, "examples = false", &tables)
+}
+
+/// The name a host keeps in its data directory.
+fn name_of(data: &Path) -> String {
+    std::fs::read_to_string(data.join("cluster-host")).unwrap()
+}
+
+/// Every event in `server`'s feed, as the operator reads it.
+async fn feed(server: &Server) -> Vec<Value> {
+    let page: Value = reqwest::Client::new()
+        .get(format!("{}/admin/v1/events?limit=1000", server.url))
+        .bearer_auth(OPERATOR)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    page["events"].as_array().unwrap().clone()
+}
+
+/// The traps in `events` that happened on `host`: when, in ms.
+fn traps_on(events: &[Value], host: &str) -> Vec<u64> {
+    events
+        .iter()
+        .filter(|e| e["kind"] == "call.trapped" && e["host"] == host)
+        .map(|e| e["at_ms"].as_u64().unwrap())
+        .collect()
+}
+
+async fn trap(server: &Server, why: &str) {
+    let answer = server
+        .call(&reqwest::Client::new(), "fixture-panic/boom", json!(why))
+        .await;
+    assert_eq!(answer["error"]["code"], "PLUGIN_FAILED", "{answer}");
+}
+
+#[tokio::test]
+async fn every_hosts_events_reach_every_hosts_feed_once() {
+    let nats = Nats::start();
+    let (dir_a, data_a) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (dir_b, data_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = trapper(&nats, dir_a.path(), data_a.path());
+    let b = trapper(&nats, dir_b.path(), data_b.path());
+    let (name_a, name_b) = (name_of(data_a.path()), name_of(data_b.path()));
+    assert_ne!(name_a, name_b);
+
+    // A trap on each host: both feeds show both, each naming its host.
+    trap(&a, "first on A").await;
+    trap(&b, "on B").await;
+    let within = Duration::from_secs(10);
+    for server in [&a, &b] {
+        let both = eventually(within, || async {
+            let events = feed(server).await;
+            traps_on(&events, &name_a).len() == 1 && traps_on(&events, &name_b).len() == 1
+        })
+        .await;
+        assert!(both, "a feed lacks a host's trap: {:?}", feed(server).await);
+    }
+
+    // B goes away; A traps again; B comes back on the same data and
+    // catches up, with nothing it had twice.
+    b.stop();
+    trap(&a, "second on A").await;
+    let b = trapper(&nats, dir_b.path(), data_b.path());
+    assert_eq!(name_of(data_b.path()), name_b, "B keeps its name");
+    let caught_up = eventually(within, || async {
+        traps_on(&feed(&b).await, &name_a).len() >= 2
+    })
+    .await;
+    let events = feed(&b).await;
+    assert!(caught_up, "B did not catch up: {events:?}");
+    let from_a = traps_on(&events, &name_a);
+    assert_eq!(from_a.len(), 2, "{from_a:?}");
+    assert!(from_a[0] < from_a[1], "the same trap twice: {from_a:?}");
+    assert_eq!(traps_on(&events, &name_b).len(), 1);
+    drop(a);
+}
