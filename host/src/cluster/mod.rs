@@ -32,6 +32,7 @@ mod keyvalue;
 mod serve;
 mod wire;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,6 +56,7 @@ use wire::Subjects;
 /// | `nats_url` | required: `nats://host:4222` (several, comma-separated) |
 /// | `name` | `opbox`: hosts of one name form one cluster |
 /// | `host` | this host's name in the cluster, in its events: a random id kept in the data directory |
+/// | `labels` | none: what this host is, for plugins' `placement` (`{ zone = "eu" }`) |
 /// | `user`, `password` | none |
 /// | `token` | none |
 /// | `creds_file` | none: a NATS `.creds` file (JWT and NKey seed), relative to the config file |
@@ -71,6 +73,10 @@ pub struct ClusterConfig {
     /// This host's name in the cluster; each host's must be its own.
     #[serde(default)]
     pub host: Option<String>,
+    /// What this host is: a plugin whose settings have a `placement` is
+    /// held only by the hosts whose labels match it.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
     /// A NATS user, with `password`.
     #[serde(default)]
     pub user: Option<String>,
@@ -113,6 +119,7 @@ impl ClusterConfig {
             nats_url: nats_url.into(),
             name: default_name(),
             host: None,
+            labels: BTreeMap::new(),
             user: None,
             password: None,
             token: None,
@@ -130,6 +137,7 @@ impl std::fmt::Debug for ClusterConfig {
             .field("nats_url", &self.nats_url)
             .field("name", &self.name)
             .field("host", &self.host)
+            .field("labels", &self.labels)
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| "…"))
             .field("token", &self.token.as_ref().map(|_| "…"))

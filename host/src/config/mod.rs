@@ -392,6 +392,11 @@ impl HostConfig {
             access: self.access.clone(),
             grace: Duration::from_millis(self.admin.grace_ms),
             store_dir: self.data_dir.join("plugins"),
+            labels: self
+                .cluster
+                .as_ref()
+                .map(|c| c.labels.clone())
+                .unwrap_or_default(),
         }
     }
 

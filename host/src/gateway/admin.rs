@@ -191,9 +191,9 @@ fn settings(headers: &HeaderMap, named: bool) -> Result<Map<String, Value>, ApiE
         return Err(bad("must be a JSON object".into()));
     };
     let allowed: &[&str] = if named {
-        &["name", "limits", "grants", "reuse"]
+        &["name", "limits", "grants", "reuse", "placement"]
     } else {
-        &["limits", "grants", "reuse"]
+        &["limits", "grants", "reuse", "placement"]
     };
     if let Some(key) = fields.keys().find(|k| !allowed.contains(&k.as_str())) {
         return Err(bad(format!("has `{key}`; it takes {}", allowed.join(", "))));

@@ -133,7 +133,7 @@ impl Target {
             })
             .transpose()?;
         let mut settings = Map::new();
-        for key in ["limits", "grants", "reuse"] {
+        for key in ["limits", "grants", "reuse", "placement"] {
             if let Some(value) = fields.remove(key) {
                 settings.insert(key.to_owned(), value);
             }
@@ -344,6 +344,11 @@ fn change_schema(required: &[&str]) -> Value {
             "limits": { "type": "object", "description": "As in a `[[plugins]]` entry." },
             "grants": { "type": "object", "description": "As in a `[[plugins]]` entry." },
             "reuse": { "type": "object", "description": "As in a `[[plugins]]` entry; the operator's only." },
+            "placement": {
+                "type": "object",
+                "additionalProperties": { "type": "string" },
+                "description": "In a cluster: the labels a host must have to hold the plugin.",
+            },
         },
         "required": required,
         "additionalProperties": false,

@@ -38,6 +38,12 @@ pub enum PluginError {
     /// A tenant's caller asked for more than its tenant's allowance.
     #[error(transparent)]
     Forbidden(#[from] Refusal),
+    /// The plugin's placement leaves this host out (its labels do not
+    /// match): the change must be made through a host it places.
+    #[error(
+        "this host's labels do not match the plugin's placement {0}: make the change through a host whose `[cluster] labels` do"
+    )]
+    NotPlaced(String),
     /// The store failed; the cause is logged.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -56,6 +62,7 @@ impl From<PluginError> for CallError {
             }
             PluginError::Register(_) => CallError::new(ErrorCode::Conflict, error.to_string()),
             PluginError::Fixed(_) => CallError::new(ErrorCode::Forbidden, error.to_string()),
+            PluginError::NotPlaced(_) => CallError::new(ErrorCode::Conflict, error.to_string()),
             PluginError::Forbidden(refusal) => {
                 CallError::new(ErrorCode::Forbidden, error.to_string())
                     .with_details(json!({ "rule": refusal.rule }))

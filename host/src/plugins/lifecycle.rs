@@ -137,6 +137,7 @@ impl Plugins {
             installed_at_ms: now_ms(),
         };
         self.check_allowance(authority, &record, None)?;
+        self.check_placed(&record)?;
         let mut record = record;
         let plugin = self.load(wasm, &record, authority).await?;
         let owner = owner_of(tenant);
@@ -232,6 +233,7 @@ impl Plugins {
             installed_at_ms: now_ms(),
         };
         self.check_allowance(authority, &record, Some(&place))?;
+        self.check_placed(&record)?;
         let plugin = self.load(wasm, &record, authority).await?;
         if !force {
             let specs = |p: &Plugin| {

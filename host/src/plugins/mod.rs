@@ -56,10 +56,14 @@ pub struct Policy {
     pub grace: Duration,
     /// Where the store lives; it is created with the first install.
     pub store_dir: PathBuf,
+    /// This host's labels (`[cluster] labels`), which a plugin's
+    /// `placement` must match for the host to hold it.
+    pub labels: BTreeMap<String, String>,
 }
 
 /// A plugin's settings, as an install or replace gives them: the `limits`,
-/// `grants` and `reuse` of a `[[plugins]]` entry.
+/// `grants` and `reuse` of a `[[plugins]]` entry, and where in a cluster
+/// it runs.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct Settings {
@@ -68,11 +72,21 @@ struct Settings {
     /// Only the operator may set it: idle instances hold pool slots and
     /// memory beyond the calls that made them.
     reuse: Option<ReuseConfig>,
+    /// The labels a host must have (each with this value) to hold the
+    /// plugin: `[cluster] labels`. Empty: every host.
+    placement: BTreeMap<String, String>,
 }
 
 impl Settings {
     fn of(settings: &Value) -> Result<Self, PluginError> {
         serde_json::from_value(settings.clone()).map_err(|e| PluginError::Settings(e.to_string()))
+    }
+
+    /// Whether a host with `labels` may hold the plugin.
+    fn placed_on(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.placement
+            .iter()
+            .all(|(label, value)| labels.get(label) == Some(value))
     }
 }
 
@@ -292,6 +306,24 @@ impl Plugins {
     /// Loads `wasm` with `record`'s settings, mounted under its name (or
     /// its own when the record has none yet). On a tenant's authority, the
     /// limits it does not set are held to the tenant's ceilings.
+    /// Refuses a change made here of a plugin whose placement leaves this
+    /// host out: no host holds a plugin its labels do not match.
+    fn check_placed(&self, record: &Installed) -> Result<(), PluginError> {
+        let settings = Settings::of(&record.settings)?;
+        if settings.placed_on(&self.inner.policy.labels) {
+            return Ok(());
+        }
+        Err(PluginError::NotPlaced(
+            serde_json::to_string(&settings.placement).unwrap_or_default(),
+        ))
+    }
+
+    /// Whether this host's labels match the placement in `settings`;
+    /// invalid settings place nothing.
+    fn placed_here(&self, settings: &Value) -> bool {
+        Settings::of(settings).is_ok_and(|s| s.placed_on(&self.inner.policy.labels))
+    }
+
     async fn load(
         &self,
         wasm: &[u8],

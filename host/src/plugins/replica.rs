@@ -62,8 +62,14 @@ impl Plugins {
     /// Makes the plugin at `record`'s place the one it describes, as
     /// another host did: installs it, replaces the one there, or (when it
     /// serves that component with those settings already) does nothing.
-    /// Whether it changed anything.
+    /// A plugin whose placement leaves this host out is not held here: one
+    /// held before is removed. Whether it changed anything.
     pub async fn apply_put(&self, record: Installed, wasm: &[u8]) -> Result<bool, PluginError> {
+        if !self.placed_here(&record.settings) {
+            return self
+                .apply_remove(record.tenant.as_deref(), &record.name)
+                .await;
+        }
         let place = (record.tenant.clone(), record.name.clone());
         let current = lock(&self.inner.current).get(&place).cloned();
         let authority = if record.held {

