@@ -444,7 +444,7 @@ async fn installed_plugins_come_back_after_a_restart_even_after_sigkill() {
 }
 
 /// The event feed of the host at `url`, as the operator reads it.
-async fn events_of(client: &reqwest::Client, url: &str) -> Vec<Value> {
+pub async fn events_of(client: &reqwest::Client, url: &str) -> Vec<Value> {
     let page: Value = client
         .get(format!("{url}/admin/v1/events"))
         .bearer_auth(OPERATOR)

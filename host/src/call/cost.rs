@@ -22,6 +22,8 @@ pub struct Meter {
     nested: Tally,
     /// Whether the call ran with fuel counted.
     fueled: AtomicBool,
+    /// Whether a receipt from elsewhere was rolled up into this one.
+    absorbed: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -55,6 +57,7 @@ impl Default for Meter {
             own: Tally::default(),
             nested: Tally::default(),
             fueled: AtomicBool::new(false),
+            absorbed: AtomicBool::new(false),
         }
     }
 }
@@ -115,6 +118,7 @@ impl Meter {
     /// within this call's; everything else adds up (peak memory too: the
     /// nested call's instance lived beside this call's).
     pub fn absorb(&self, nested: &Receipt) {
+        self.absorbed.store(true, Ordering::Relaxed);
         let t = &self.nested;
         t.guest_cpu_ns
             .fetch_add(nested.guest_cpu_us.saturating_mul(1000), Ordering::Relaxed);
@@ -131,6 +135,13 @@ impl Meter {
             .fetch_add(nested.host_calls.nested, Ordering::Relaxed);
         t.bytes_in.fetch_add(nested.bytes_in, Ordering::Relaxed);
         t.bytes_out.fetch_add(nested.bytes_out, Ordering::Relaxed);
+    }
+
+    /// Whether a receipt from elsewhere was rolled up into this one: a
+    /// nested call's, or that of the host that ran a call this one
+    /// forwarded.
+    pub fn absorbed(&self) -> bool {
+        self.absorbed.load(Ordering::Relaxed)
     }
 
     /// Marks the call ended: its wall time stops here. Later calls change

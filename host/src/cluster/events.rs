@@ -30,15 +30,16 @@ const PAGE: usize = 256;
 /// How long a host waits before it publishes again after a failure.
 const RETRY: Duration = Duration::from_secs(1);
 
-/// Publishes this host's events and mirrors the others', from tasks that
-/// end with the log; `None`, with a warning, when the NATS server has no
-/// JetStream.
+/// Publishes the events this host records after cursor `from` and mirrors
+/// the others', from tasks that end with the log; `None`, with a warning,
+/// when the NATS server has no JetStream.
 pub(super) async fn start(
     client: &async_nats::Client,
     subjects: &Subjects,
     stream_name: String,
     host: String,
-    log: &Arc<EventLog>,
+    log: Arc<EventLog>,
+    from: u64,
     max_events: u64,
 ) -> Option<()> {
     let js = jetstream::new(client.clone());
@@ -61,10 +62,10 @@ pub(super) async fn start(
         js.clone(),
         subjects.events(Some(&host)),
         host.clone(),
-        Arc::downgrade(log),
-        log.last(),
+        Arc::downgrade(&log),
+        from,
     ));
-    let (inbox, log) = (client.new_inbox(), Arc::downgrade(log));
+    let (inbox, log) = (client.new_inbox(), Arc::downgrade(&log));
     tokio::spawn(async move {
         if let Err(e) = mirror(js, inbox, &stream_name, &host, log).await {
             tracing::warn!(error = %e, "cannot mirror the events of other hosts");

@@ -9,7 +9,12 @@
 //!   its caller their answer, error and cost as if the call ran here;
 //! - stops a forwarded call on the other host when its caller leaves
 //!   (`call.aborted`, a disconnect, the deadline), and fails it with
-//!   `UNAVAILABLE` when that host stops answering.
+//!   `UNAVAILABLE` when that host stops answering;
+//! - with JetStream: passes plugin changes made through its API to the
+//!   other hosts and applies theirs, where a plugin's placement matches
+//!   its labels (`distribute.rs`); shares its events with theirs
+//!   (`events.rs`); and keeps `wasi:keyvalue` in one bucket every host
+//!   shares (`keyvalue.rs`).
 //!
 //! Hosts trust each other: a forwarded call carries its caller's identity
 //! as the forwarding host authenticated it, and the running host takes it.
@@ -284,6 +289,8 @@ impl Connection {
         } = self;
         let log = plugins.events();
         log.set_host(&host);
+        // What this host records from now on goes to the cluster.
+        let from = log.last();
         // A host reachable at once joins before it serves; one that is not
         // serves what it holds meanwhile.
         let joined = matches!(
@@ -320,8 +327,16 @@ impl Connection {
                     return;
                 }
                 let stream = bucket_name(&name, "events");
-                events::start(&client, &subjects, stream, host.clone(), &log, max_events).await;
-                drop(log);
+                events::start(
+                    &client,
+                    &subjects,
+                    stream,
+                    host.clone(),
+                    log,
+                    from,
+                    max_events,
+                )
+                .await;
                 if let Some(distribution) = Distribution::open(&client, &name, host).await {
                     distribution.start(plugins, told, max_plugin_bytes).await;
                 }

@@ -58,6 +58,20 @@ impl CallLog {
         }
     }
 
+    /// Counts a call another host answered under its operation's name,
+    /// which this host does not offer: the name exists, since that host
+    /// holds it (junk names get no answer, only `NOT_FOUND` from NATS).
+    pub(super) fn answered_elsewhere(&mut self) {
+        if self.labels.operation.is_some() {
+            return;
+        }
+        let namespace = self.operation.split('/').next().unwrap_or_default();
+        self.labels = Labels {
+            plugin: Some(namespace.to_owned()),
+            operation: Some(self.operation.clone()),
+        };
+    }
+
     pub(super) fn finish(&mut self, error: Option<&CallError>) {
         self.done = true;
         self.meter.end();

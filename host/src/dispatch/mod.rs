@@ -221,6 +221,9 @@ impl Dispatcher {
             .call_inner(request, &meter, reach)
             .instrument(span)
             .await;
+        if result.is_ok() || meter.absorbed() {
+            log.answered_elsewhere();
+        }
         log.finish(result.as_ref().err());
         Metered {
             result,
@@ -256,8 +259,14 @@ impl Dispatcher {
             .instrument(span)
             .await
         {
-            Ok(stream) => Ok(Logged::new(stream, log).boxed()),
+            Ok(stream) => {
+                log.answered_elsewhere();
+                Ok(Logged::new(stream, log).boxed())
+            }
             Err(e) => {
+                if meter.absorbed() {
+                    log.answered_elsewhere();
+                }
                 log.finish(Some(&e));
                 Err(e)
             }

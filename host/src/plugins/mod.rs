@@ -303,9 +303,6 @@ impl Plugins {
         }
     }
 
-    /// Loads `wasm` with `record`'s settings, mounted under its name (or
-    /// its own when the record has none yet). On a tenant's authority, the
-    /// limits it does not set are held to the tenant's ceilings.
     /// Refuses a change made here of a plugin whose placement leaves this
     /// host out: no host holds a plugin its labels do not match.
     fn check_placed(&self, record: &Installed) -> Result<(), PluginError> {
@@ -319,11 +316,17 @@ impl Plugins {
     }
 
     /// Whether this host's labels match the placement in `settings`;
-    /// invalid settings place nothing.
+    /// `true` for settings that do not parse, which the change itself then
+    /// refuses.
     fn placed_here(&self, settings: &Value) -> bool {
-        Settings::of(settings).is_ok_and(|s| s.placed_on(&self.inner.policy.labels))
+        Settings::of(settings)
+            .ok()
+            .is_none_or(|s| s.placed_on(&self.inner.policy.labels))
     }
 
+    /// Loads `wasm` with `record`'s settings, mounted under its name (or
+    /// its own when the record has none yet). On a tenant's authority, the
+    /// limits it does not set are held to the tenant's ceilings.
     async fn load(
         &self,
         wasm: &[u8],

@@ -232,11 +232,6 @@ impl EventLog {
         let _ = self.shared.host.set(host.to_owned());
     }
 
-    /// This host's name in its cluster, once set.
-    pub fn host(&self) -> Option<&str> {
-        self.shared.host.get().map(String::as_str)
-    }
-
     /// Records another host's event, `json` as that host stored it, found
     /// at `seq` in the cluster's stream. Waits while the writer's queue is
     /// full: call it from a blocking thread. `false` once the log is closed.

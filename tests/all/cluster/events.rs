@@ -7,10 +7,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::{Nats, eventually, host_keeping, plugins};
+use crate::admin::OPERATOR;
 use crate::util::Server;
-
-/// The token of the operator, who reads every event.
-const OPERATOR: &str = "operator-token";
 
 /// An `opbox serve` in the cluster on `nats` holding `fixture-panic`, its
 /// data in `data`, with an operator.
@@ -29,18 +27,10 @@ fn name_of(data: &Path) -> String {
     std::fs::read_to_string(data.join("cluster-host")).unwrap()
 }
 
-/// Every event in `server`'s feed, as the operator reads it.
+/// The events in `server`'s feed (the first 100 kept), as the operator
+/// reads them.
 async fn feed(server: &Server) -> Vec<Value> {
-    let page: Value = reqwest::Client::new()
-        .get(format!("{}/admin/v1/events?limit=1000", server.url))
-        .bearer_auth(OPERATOR)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    page["events"].as_array().unwrap().clone()
+    crate::admin::events_of(&reqwest::Client::new(), &server.url).await
 }
 
 /// The traps in `events` that happened on `host`: when, in ms.

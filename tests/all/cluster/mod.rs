@@ -5,6 +5,7 @@
 mod credentials;
 mod events;
 mod keyvalue;
+mod metrics;
 mod placement;
 
 use std::io::{BufRead, BufReader};
