@@ -88,12 +88,14 @@ impl Shared {
         let inbox = self.inbox.clone();
         let subject = self
             .subjects
-            .call(&request.identity.tenant, &request.operation);
+            .call(&request.identity.tenant, request.op_name())
+            .ok_or_else(|| CallError::not_found(request.op_name()));
         let abort = self.subjects.abort();
         let silence = self.silence;
         let operation = request.operation.clone();
         let forward = Forward::new(ask, request, deadline);
         Box::pin(async move {
+            let subject = subject?;
             if client.connection_state() != State::Connected {
                 return Err(lost("this host is not connected to the cluster"));
             }

@@ -26,7 +26,7 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::OnceCell;
 
-use super::wire::{escape, unescape};
+use super::wire::{MAX_SUBJECT, escape, unescape};
 use crate::capabilities::keyvalue::{
     Change, KeyPage, Keyspace, KvError, PAGE, Quota, Space, check_key, incremented,
 };
@@ -104,7 +104,7 @@ impl Inner {
         new: impl Fn(Option<&[u8]>) -> Result<Option<Vec<u8>>, KvError>,
     ) -> Result<Option<Vec<u8>>, KvError> {
         let store = self.store().await?;
-        let path = value_key(space, bucket, key);
+        let path = value_key(space, bucket, key)?;
         let usage = usage_key(space);
         for _ in 0..ROUNDS {
             let entry = store.entry(&path).await.map_err(storage)?;
@@ -173,6 +173,9 @@ impl Inner {
             .await
             .map_err(storage)?;
         let prefix = format!("$KV.{}.{}.", self.bucket, bucket_prefix(space, bucket));
+        if prefix.len() > MAX_SUBJECT {
+            return Ok((Vec::new(), None));
+        }
         let consumer = stream
             .create_consumer(OrderedConfig {
                 deliver_subject: self.js.client().new_inbox(),
@@ -264,8 +267,19 @@ fn bucket_prefix(space: &Space, bucket: &str) -> String {
     )
 }
 
-fn value_key(space: &Space, bucket: &str, key: &str) -> String {
-    format!("{}.{}", bucket_prefix(space, bucket), escape(key, '='))
+/// `v.<tenant>.<plugin>.<bucket>.<key>`: where a value is. Refused when
+/// longer than a subject the hosts send ([`MAX_SUBJECT`]): escaping takes
+/// up to three bytes for one, so a key the local store takes may not fit.
+fn value_key(space: &Space, bucket: &str, key: &str) -> Result<String, KvError> {
+    let path = format!("{}.{}", bucket_prefix(space, bucket), escape(key, '='));
+    if path.len() > MAX_SUBJECT {
+        return Err(KvError::TooLong {
+            what: "key, as the cluster stores it",
+            len: path.len(),
+            limit: MAX_SUBJECT,
+        });
+    }
+    Ok(path)
 }
 
 fn usage_key(space: &Space) -> String {
@@ -301,7 +315,7 @@ impl Keyspace for SharedKeyspace {
         async move {
             let store = inner.store().await?;
             let entry = store
-                .entry(value_key(&space, &bucket, &key))
+                .entry(value_key(&space, &bucket, &key)?)
                 .await
                 .map_err(storage)?;
             Ok(entry

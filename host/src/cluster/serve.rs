@@ -131,10 +131,16 @@ async fn reconcile(
         .tenants()
         .ids()
         .flat_map(|tenant| {
-            registry
-                .all(tenant)
-                .into_iter()
-                .map(move |op| shared.subjects.call(tenant, &op.spec.name))
+            registry.all(tenant).into_iter().filter_map(move |op| {
+                let subject = shared.subjects.call(tenant, &op.spec.name);
+                if subject.is_none() {
+                    tracing::warn!(
+                        operation = %op.spec.name,
+                        "an operation name too long for a NATS subject is not served to the cluster"
+                    );
+                }
+                subject
+            })
         })
         .collect();
     served.retain(|subject, task| {

@@ -70,6 +70,12 @@ pub(super) fn unescape(token: &str, marker: char) -> Option<String> {
     String::from_utf8(bytes).ok()
 }
 
+/// The longest call subject a host subscribes to or publishes on. NATS
+/// servers take protocol lines of 4 KiB by default and drop a client that
+/// sends a longer one: a caller's long operation name must not cost the
+/// host its connection.
+pub(super) const MAX_SUBJECT: usize = 1024;
+
 /// The subjects of one cluster.
 #[derive(Debug, Clone)]
 pub(super) struct Subjects {
@@ -84,14 +90,17 @@ impl Subjects {
         }
     }
 
-    /// Where calls of `operation` by callers of `tenant` go.
-    pub(super) fn call(&self, tenant: &str, operation: &str) -> String {
-        format!(
+    /// Where calls of `operation` by callers of `tenant` go; `None` when
+    /// that subject would be longer than [`MAX_SUBJECT`]: no host serves
+    /// such a name, and no caller's name is sent on one.
+    pub(super) fn call(&self, tenant: &str, operation: &str) -> Option<String> {
+        let subject = format!(
             "{}.call.{}.{}",
             self.prefix,
             token(tenant),
             token(operation)
-        )
+        );
+        (subject.len() <= MAX_SUBJECT).then_some(subject)
     }
 
     /// Where `host` publishes its events; every host's, for `None`.
@@ -270,9 +279,11 @@ mod tests {
         assert_eq!(token("ü"), "%C3%BC");
         let subjects = Subjects::new("prod.eu");
         assert_eq!(
-            subjects.call("acme", "text/upper"),
+            subjects.call("acme", "text/upper").unwrap(),
             "opbox.prod%2Eeu.call.acme.text%2Fupper"
         );
+        let long = format!("text/{}", "x".repeat(MAX_SUBJECT));
+        assert_eq!(subjects.call("acme", &long), None);
         assert_eq!(subjects.abort(), "opbox.prod%2Eeu.abort");
     }
 

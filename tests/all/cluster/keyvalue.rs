@@ -136,6 +136,15 @@ async fn hosts_share_each_tenants_keys_counters_and_quota() {
         .unwrap();
     let keys = kv(&b, None, "keys", json!({})).await.unwrap();
     assert_eq!(keys["keys"], json!(["fourth", "greeting", "hits"]));
+
+    // A key the local store would take but whose escaped form is longer
+    // than a subject the hosts send: refused, and the host stays in the
+    // cluster.
+    let long = "ü".repeat(400);
+    let refused = kv(&a, None, "get", json!({"key": long})).await.unwrap_err();
+    assert!(refused.contains("as the cluster stores it"), "{refused}");
+    let read = kv(&a, None, "get", json!({"key": "fourth"})).await.unwrap();
+    assert_eq!(read["value"], json!(4));
 }
 
 #[tokio::test]

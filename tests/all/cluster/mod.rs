@@ -6,6 +6,7 @@ mod credentials;
 mod events;
 mod keyvalue;
 mod metrics;
+mod names;
 mod placement;
 
 use std::io::{BufRead, BufReader};
