@@ -8,11 +8,12 @@
 //! value's revision, and its change to the usage a compare-and-set on the
 //! usage's: two hosts writing one key, or one key space, at once both land,
 //! one after the other, and an increment never loses one. A write that
-//! grows a key space reserves its room first and gives it back if the
-//! value's write fails; one that shrinks it gives room back after: a host
-//! that dies between the two leaves the usage counted high, never low, so
-//! the quota holds. A write is acknowledged to the guest once the NATS
-//! server has stored it (file storage).
+//! grows a key space reserves its room first and gives it back if another
+//! writer came first; one that shrinks it gives room back after. A host
+//! that dies between the two, or a write whose outcome is unknown, leaves
+//! the usage counted high, never low, so the quota holds. A write is
+//! acknowledged to the guest once the NATS server has stored it (file
+//! storage).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -151,14 +152,16 @@ impl Inner {
                     }
                     return Ok(value);
                 }
-                Err(e) => {
+                // Another writer came first: nothing was written, so the
+                // room taken is given back and the round is tried again.
+                Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {
                     if grows {
                         account(store, &usage, &change.undone(), Quota::UNLIMITED).await?;
                     }
-                    if e.kind() != UpdateErrorKind::WrongLastRevision {
-                        return Err(storage(e));
-                    }
                 }
+                // The write may have landed (a timed-out acknowledgement):
+                // the room stays taken, so the usage is never counted low.
+                Err(e) => return Err(storage(e)),
             }
         }
         Err(contended())
