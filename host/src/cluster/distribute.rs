@@ -169,13 +169,13 @@ impl Distribution {
                 if record.origin == self.host {
                     return;
                 }
-                match self.component(&record.installed.digest, max_bytes).await {
-                    Ok(wasm) => plugins
-                        .apply_put(record.installed, &wasm)
-                        .await
-                        .map_err(|e| e.to_string()),
-                    Err(e) => Err(e),
-                }
+                let digest = record.installed.digest.clone();
+                plugins
+                    .apply_put(record.installed, async || {
+                        self.component(&digest, max_bytes).await
+                    })
+                    .await
+                    .map_err(|e| e.to_string())
             }
             kv::Operation::Delete | kv::Operation::Purge => match place(&entry.key) {
                 Some((tenant, name)) => plugins

@@ -44,6 +44,10 @@ pub enum PluginError {
         "this host's labels do not match the plugin's placement {0}: make the change through a host whose `[cluster] labels` do"
     )]
     NotPlaced(String),
+    /// Another host's component could not be fetched, or was not what its
+    /// record says.
+    #[error("cannot fetch the component: {0}")]
+    Unfetched(String),
     /// The store failed; the cause is logged.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -72,6 +76,7 @@ impl From<PluginError> for CallError {
                 CallError::new(ErrorCode::Conflict, error.to_string())
                     .with_details(json!({ "breaks": breaks }))
             }
+            PluginError::Unfetched(_) => CallError::new(ErrorCode::Unavailable, error.to_string()),
             PluginError::Store(cause) => {
                 tracing::error!("{cause}");
                 CallError::internal()

@@ -63,8 +63,13 @@ impl Plugins {
     /// another host did: installs it, replaces the one there, or (when it
     /// serves that component with those settings already) does nothing.
     /// A plugin whose placement leaves this host out is not held here: one
-    /// held before is removed. Whether it changed anything.
-    pub async fn apply_put(&self, record: Installed, wasm: &[u8]) -> Result<bool, PluginError> {
+    /// held before is removed. `wasm` fetches the component, and is called
+    /// only when this host installs or replaces it. Whether it changed
+    /// anything.
+    pub async fn apply_put<F>(&self, record: Installed, wasm: F) -> Result<bool, PluginError>
+    where
+        F: AsyncFnOnce() -> Result<Vec<u8>, String>,
+    {
         if !self.placed_here(&record.settings) {
             return self
                 .apply_remove(record.tenant.as_deref(), &record.name)
@@ -78,12 +83,14 @@ impl Plugins {
             Authority::Operator
         };
         let tenant = record.tenant.as_deref();
+        if let Some(entry) = &current
+            && entry.plugin.digest() == record.digest
+            && entry.settings == record.settings
+        {
+            return Ok(false);
+        }
+        let wasm = wasm().await.map_err(PluginError::Unfetched)?;
         match current {
-            Some(entry)
-                if entry.plugin.digest() == record.digest && entry.settings == record.settings =>
-            {
-                Ok(false)
-            }
             Some(_) => {
                 let settings = record.settings.clone();
                 self.replace_from(
@@ -91,7 +98,7 @@ impl Plugins {
                     authority,
                     tenant,
                     &record.name,
-                    wasm,
+                    &wasm,
                     settings,
                     true,
                 )
@@ -105,7 +112,7 @@ impl Plugins {
                     authority,
                     tenant,
                     Some(&record.name),
-                    wasm,
+                    &wasm,
                     settings,
                 )
                 .await?;
