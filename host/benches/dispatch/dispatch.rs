@@ -12,7 +12,14 @@ use super::common::*;
 pub(crate) async fn bench_dispatch(dispatcher: &Dispatcher) {
     println!("## One call through the dispatcher, in process ({CALLS} sequential calls)\n");
     println!("| operation | median | p99 | mean |\n|---|---|---|---|");
-    for operation in ["echo/echo", "echo-reused/echo", "bench/echo"] {
+    // `OPBOX_BENCH_OPERATION=echo/echo` runs one of them alone, e.g. under
+    // `perf record`.
+    let only = std::env::var("OPBOX_BENCH_OPERATION").ok();
+    let operations = ["echo/echo", "echo-reused/echo", "bench/echo"];
+    for operation in operations
+        .into_iter()
+        .filter(|op| only.as_deref().is_none_or(|only| only == *op))
+    {
         let input = json!({"x": 1});
         // Warm up: caches, allocator, instance pool.
         for _ in 0..1000 {
@@ -21,8 +28,12 @@ pub(crate) async fn bench_dispatch(dispatcher: &Dispatcher) {
                 .await
                 .expect("echo answers");
         }
-        let mut samples = Vec::with_capacity(CALLS);
-        for _ in 0..CALLS {
+        let calls = std::env::var("OPBOX_BENCH_CALLS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(CALLS);
+        let mut samples = Vec::with_capacity(calls);
+        for _ in 0..calls {
             let request = CallRequest::new(operation, input.clone());
             let start = Instant::now();
             let output = dispatcher.call(request).await.expect("echo answers");

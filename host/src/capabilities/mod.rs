@@ -132,6 +132,31 @@ impl CallState {
         stdout: impl StdoutStream + 'static,
         stderr: impl StdoutStream + 'static,
     ) -> Self {
+        let wasi = files::context(call.plugin, call.grants.directory.as_ref(), stdout, stderr);
+        let (log, invoke, config, keyvalue, http) = Self::per_call(call);
+        Self {
+            wasi,
+            log,
+            invoke,
+            config,
+            keyvalue,
+            http,
+        }
+    }
+
+    /// Makes these the capabilities of `call`, the next call of the same
+    /// plugin for the same tenant in a reused instance. The WASI context
+    /// stays: it is the instance's (its grants are the plugin's and the
+    /// tenant's, and what the guest opened through it stays open), and
+    /// building it anew (a random generator seeded, a granted directory
+    /// opened) was most of what this cost.
+    pub fn rebind(&mut self, call: Call<'_>) {
+        (self.log, self.invoke, self.config, self.keyvalue, self.http) = Self::per_call(call);
+    }
+
+    /// What belongs to one call: who it is for, what it may write and
+    /// whom it charges.
+    fn per_call(call: Call<'_>) -> (LogState, InvokeState, ConfigState, KeyvalueState, HttpState) {
         // One allocation of the tenant's name, shared by every capability.
         let tenant: Arc<str> = Arc::from(call.tenant);
         let denial = |capability| {
@@ -142,18 +167,17 @@ impl CallState {
                 tenant.clone(),
             )
         };
-        Self {
-            wasi: files::context(call.plugin, call.grants.directory.as_ref(), stdout, stderr),
-            log: LogState::new(
+        (
+            LogState::new(
                 call.plugin.clone(),
                 call.log_tail.clone(),
                 call.request_id.clone(),
                 tenant.clone(),
                 call.log_lines,
             ),
-            invoke: InvokeState::new(call.nested),
-            config: ConfigState::new(call.grants.clone(), denial("config")),
-            keyvalue: KeyvalueState::new(
+            InvokeState::new(call.nested),
+            ConfigState::new(call.grants.clone(), denial("config")),
+            KeyvalueState::new(
                 call.grants.keyvalue,
                 call.kv,
                 tenant.clone(),
@@ -161,14 +185,14 @@ impl CallState {
                 denial("keyvalue"),
                 call.meter.clone(),
             ),
-            http: HttpState::new(
+            HttpState::new(
                 call.outbound.clone(),
                 call.plugin.clone(),
                 tenant.clone(),
                 denial("http"),
                 call.meter.clone(),
             ),
-        }
+        )
     }
 
     /// The last message the guest reported through `log.fatal`.

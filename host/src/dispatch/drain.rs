@@ -4,18 +4,29 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use futures::StreamExt;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use super::OutputStream;
 use crate::call::{CallError, ErrorCode, Origin};
 
 /// Whether the host is draining, and how many calls are in flight.
+///
+/// The count is a plain atomic: every call enters and leaves, and a
+/// `watch` channel there (a lock and a wake-up of eight shards each way)
+/// was a tenth of the dispatcher's own time. Who waits for the count to
+/// reach zero says so first, so that a call leaving wakes someone only
+/// when someone waits.
 #[derive(Debug)]
 pub(crate) struct Drain {
     draining: watch::Sender<bool>,
-    in_flight: watch::Sender<usize>,
+    in_flight: AtomicUsize,
+    /// `idle` futures waiting.
+    waiting: AtomicUsize,
+    /// Told when the last call in flight leaves while someone waits.
+    left: Notify,
 }
 
 /// One call in flight, counted until dropped.
@@ -24,7 +35,21 @@ pub(crate) struct InFlight(Arc<Drain>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.send_modify(|n| *n -= 1);
+        let drain = &self.0;
+        if drain.in_flight.fetch_sub(1, Ordering::SeqCst) == 1
+            && drain.waiting.load(Ordering::SeqCst) > 0
+        {
+            drain.left.notify_waiters();
+        }
+    }
+}
+
+/// Counts one `idle` future as waiting while it lives.
+struct Waiting(Arc<Drain>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -36,7 +61,9 @@ impl Drain {
     pub(crate) fn new() -> Self {
         Self {
             draining: watch::channel(false).0,
-            in_flight: watch::channel(0).0,
+            in_flight: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            left: Notify::new(),
         }
     }
 
@@ -51,7 +78,7 @@ impl Drain {
         if origin.is_wire() && *self.draining.borrow() {
             return Err(unavailable());
         }
-        self.in_flight.send_modify(|n| *n += 1);
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
         Ok(InFlight(self.clone()))
     }
 
@@ -64,10 +91,21 @@ impl Drain {
     }
 
     /// Resolves once no call is in flight.
-    pub(crate) fn idle(&self) -> impl Future<Output = ()> + Send + 'static {
-        let mut in_flight = self.in_flight.subscribe();
+    pub(crate) fn idle(self: &Arc<Self>) -> impl Future<Output = ()> + Send + 'static {
+        let drain = self.clone();
         async move {
-            let _ = in_flight.wait_for(|n| *n == 0).await;
+            drain.waiting.fetch_add(1, Ordering::SeqCst);
+            let waiting = Waiting(drain);
+            loop {
+                // Registered before the count is read: a call leaving after
+                // the read wakes this one (`notify_waiters` reaches every
+                // `Notified` made before it, polled or not).
+                let left = waiting.0.left.notified();
+                if waiting.0.in_flight.load(Ordering::SeqCst) == 0 {
+                    return;
+                }
+                left.await;
+            }
         }
     }
 
@@ -87,5 +125,52 @@ impl Drain {
             }
         })
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::call::Transport;
+
+    const WIRE: Origin = Origin::Wire(Transport::Embedded);
+
+    #[tokio::test]
+    async fn idle_waits_for_the_last_call_whether_or_not_the_host_drains() {
+        let drain = Arc::new(Drain::new());
+        drain.idle().await;
+
+        let first = drain.enter(WIRE).expect("admitted");
+        let second = drain.enter(WIRE).expect("admitted");
+        let idle = tokio::spawn(drain.idle());
+        drop(first);
+        tokio::task::yield_now().await;
+        assert!(!idle.is_finished(), "one call is still in flight");
+        drop(second);
+        tokio::time::timeout(Duration::from_secs(10), idle)
+            .await
+            .expect("idle once the last call left")
+            .expect("the task ran");
+
+        let third = drain.enter(WIRE).expect("admitted");
+        drain.start();
+        assert!(
+            drain.enter(WIRE).is_err(),
+            "a call from the wire while draining"
+        );
+        let nested = drain
+            .enter(Origin::Nested { depth: 1 })
+            .expect("a running call's call");
+        let idle = tokio::spawn(drain.idle());
+        drop(third);
+        tokio::task::yield_now().await;
+        assert!(!idle.is_finished(), "the nested call is still in flight");
+        drop(nested);
+        tokio::time::timeout(Duration::from_secs(10), idle)
+            .await
+            .expect("idle once the last call left")
+            .expect("the task ran");
     }
 }

@@ -193,11 +193,7 @@ impl StoreState {
     /// capabilities, meter, CPU budget and request id. What the guest holds
     /// (its memory, its resources, its stdout and stderr streams) stays.
     pub(crate) fn rebind(&mut self, plugin: &Plugin, invocation: &Invocation, cpu: CpuBudget) {
-        self.capabilities = CallState::new(
-            call(plugin, invocation),
-            self.stdout.clone(),
-            self.stderr.clone(),
-        );
+        self.capabilities.rebind(call(plugin, invocation));
         self.limiter.rebind(invocation.meter.clone());
         self.cpu = cpu;
         self.turns = Turns::default();

@@ -12,6 +12,7 @@
 //! plugin's domain error codes are its own choice, so they count as
 //! `DOMAIN`.
 
+mod series;
 pub mod trace;
 
 use std::sync::{Arc, OnceLock};
@@ -131,6 +132,9 @@ pub struct Metrics {
     open_subscriptions: Family<PluginLabels, Gauge>,
     instances: Gauge,
     sampler: OnceLock<Sampler>,
+    /// Each ended call's series by label set, to count it without
+    /// building its labels.
+    series: series::SeriesTable,
     /// Each family's name, as its `# TYPE` line gives it.
     families: Vec<String>,
 }
@@ -292,6 +296,7 @@ impl Metrics {
             open_subscriptions,
             instances,
             sampler: OnceLock::new(),
+            series: series::SeriesTable::default(),
             families,
         }
     }
@@ -397,48 +402,7 @@ impl Observer for Metrics {
     }
 
     fn finished(&self, call: &Finished<'_>) {
-        let operation = label(call.operation);
-        let plugin = label(call.plugin);
-        let labels = CallLabels {
-            operation: operation.clone(),
-            plugin: plugin.clone(),
-            tenant: call.tenant.to_owned(),
-            transport: call.transport.to_owned(),
-            code: call.code.to_owned(),
-        };
-        self.calls.get_or_create(&labels).inc();
-        let labels = OperationLabels {
-            operation,
-            plugin,
-            tenant: call.tenant.to_owned(),
-        };
-        self.durations
-            .get_or_create(&labels)
-            .observe(call.duration.as_secs_f64());
-        if let Some(cpu) = call.guest_cpu {
-            self.guest_cpu
-                .get_or_create(&labels)
-                .observe(cpu.as_secs_f64());
-        }
-        if call.items > 0 {
-            self.items.get_or_create(&labels).inc_by(call.items);
-        }
-        let OperationLabels {
-            operation,
-            plugin,
-            tenant,
-        } = labels;
-        for (direction, bytes) in [("in", call.bytes.0), ("out", call.bytes.1)] {
-            if bytes > 0 {
-                let labels = BytesLabels {
-                    operation: operation.clone(),
-                    plugin: plugin.clone(),
-                    tenant: tenant.clone(),
-                    direction,
-                };
-                self.bytes.get_or_create(&labels).inc_by(bytes);
-            }
-        }
+        self.series.of(self, call).record(self, call);
     }
 
     fn connection(&self, transport: Transport, open: bool) {
