@@ -25,6 +25,8 @@
 //!   instance per call, against the same plugin with its instances reused
 //!   (`echo-reused`) and a native echo through the same dispatcher (the
 //!   floor); median, p99 and mean over many sequential calls.
+//!   `OPBOX_BENCH_OPERATION=echo/echo` runs one of the three alone and
+//!   `OPBOX_BENCH_CALLS` sets how many calls are measured: for `perf record`.
 //! - `stream`: per-item time of 100,000 items from an async stream
 //!   (`ticker/count`), from an iterator (`fixture-hog/big-stream`) and from
 //!   the same iterator marked `batched` (`fixture-hog/big-batches`).
