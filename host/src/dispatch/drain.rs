@@ -137,6 +137,20 @@ mod tests {
 
     const WIRE: Origin = Origin::Wire(Transport::Embedded);
 
+    /// Checks that `idle` waits while `others` and `last` are in flight,
+    /// and resolves once `last`, the last of them, leaves.
+    async fn idle_waits_for(drain: &Arc<Drain>, others: Vec<InFlight>, last: InFlight) {
+        let idle = tokio::spawn(drain.idle());
+        drop(others);
+        tokio::task::yield_now().await;
+        assert!(!idle.is_finished(), "a call is still in flight");
+        drop(last);
+        tokio::time::timeout(Duration::from_secs(10), idle)
+            .await
+            .expect("idle once the last call left")
+            .expect("the task ran");
+    }
+
     #[tokio::test]
     async fn idle_waits_for_the_last_call_whether_or_not_the_host_drains() {
         let drain = Arc::new(Drain::new());
@@ -144,15 +158,7 @@ mod tests {
 
         let first = drain.enter(WIRE).expect("admitted");
         let second = drain.enter(WIRE).expect("admitted");
-        let idle = tokio::spawn(drain.idle());
-        drop(first);
-        tokio::task::yield_now().await;
-        assert!(!idle.is_finished(), "one call is still in flight");
-        drop(second);
-        tokio::time::timeout(Duration::from_secs(10), idle)
-            .await
-            .expect("idle once the last call left")
-            .expect("the task ran");
+        idle_waits_for(&drain, vec![first], second).await;
 
         let third = drain.enter(WIRE).expect("admitted");
         drain.start();
@@ -163,14 +169,6 @@ mod tests {
         let nested = drain
             .enter(Origin::Nested { depth: 1 })
             .expect("a running call's call");
-        let idle = tokio::spawn(drain.idle());
-        drop(third);
-        tokio::task::yield_now().await;
-        assert!(!idle.is_finished(), "the nested call is still in flight");
-        drop(nested);
-        tokio::time::timeout(Duration::from_secs(10), idle)
-            .await
-            .expect("idle once the last call left")
-            .expect("the task ran");
+        idle_waits_for(&drain, vec![third], nested).await;
     }
 }
