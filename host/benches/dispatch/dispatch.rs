@@ -13,8 +13,12 @@ pub(crate) async fn bench_dispatch(dispatcher: &Dispatcher) {
     println!("## One call through the dispatcher, in process ({CALLS} sequential calls)\n");
     println!("| operation | median | p99 | mean |\n|---|---|---|---|");
     // `OPBOX_BENCH_OPERATION=echo/echo` runs one of them alone, e.g. under
-    // `perf record`.
+    // `perf record`; `OPBOX_BENCH_CALLS` sets how many calls are measured.
     let only = std::env::var("OPBOX_BENCH_OPERATION").ok();
+    let calls = std::env::var("OPBOX_BENCH_CALLS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(CALLS);
     let operations = ["echo/echo", "echo-reused/echo", "bench/echo"];
     for operation in operations
         .into_iter()
@@ -28,10 +32,6 @@ pub(crate) async fn bench_dispatch(dispatcher: &Dispatcher) {
                 .await
                 .expect("echo answers");
         }
-        let calls = std::env::var("OPBOX_BENCH_CALLS")
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(CALLS);
         let mut samples = Vec::with_capacity(calls);
         for _ in 0..calls {
             let request = CallRequest::new(operation, input.clone());
