@@ -14,11 +14,11 @@ use serde_json::json;
 
 use crate::util::{Frames, Server};
 
-type Received = Arc<Mutex<Vec<Span>>>;
+pub(crate) type Received = Arc<Mutex<Vec<Span>>>;
 
 /// An OTLP/HTTP receiver on a port of its own: every span posted to
 /// `/v1/traces` lands in the list it returns.
-async fn receiver() -> (String, Received) {
+pub(crate) async fn receiver() -> (String, Received) {
     async fn traces(State(received): State<Received>, body: Bytes) -> Vec<u8> {
         let request = ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
         let spans = request
@@ -41,7 +41,7 @@ async fn receiver() -> (String, Received) {
 }
 
 /// The spans of trace `trace_id`, once there are `count` of them.
-async fn spans_of(received: &Received, trace_id: &[u8], count: usize) -> Vec<Span> {
+pub(crate) async fn spans_of(received: &Received, trace_id: &[u8], count: usize) -> Vec<Span> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let spans: Vec<Span> = received
@@ -63,18 +63,18 @@ async fn spans_of(received: &Received, trace_id: &[u8], count: usize) -> Vec<Spa
     }
 }
 
-/// The 16 bytes of a trace id written in hex.
-fn trace_bytes(hex: &str) -> Vec<u8> {
-    (0..16)
+/// The bytes of a trace or span id written in hex.
+pub(crate) fn id_bytes(hex: &str) -> Vec<u8> {
+    (0..hex.len() / 2)
         .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
         .collect()
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn named<'a>(spans: &'a [Span], name: &str) -> &'a Span {
+pub(crate) fn named<'a>(spans: &'a [Span], name: &str) -> &'a Span {
     spans
         .iter()
         .find(|s| s.name == name)
@@ -113,7 +113,7 @@ async fn a_nested_call_chain_arrives_as_parent_and_child_spans_of_the_callers_tr
         "4 words on 1 line; mostly \"the\""
     );
 
-    let spans = spans_of(&received, &trace_bytes(trace_id), 3).await;
+    let spans = spans_of(&received, &id_bytes(trace_id), 3).await;
     let summary = named(&spans, "textkit/summary");
     // The call joined the caller's trace, under the caller's span, and
     // the response names the call's own span.
@@ -143,7 +143,7 @@ async fn a_nested_call_chain_arrives_as_parent_and_child_spans_of_the_callers_tr
         .to_str()
         .unwrap()
         .to_owned();
-    let own_trace = trace_bytes(&traceparent[3..35]);
+    let own_trace = id_bytes(&traceparent[3..35]);
     assert_ne!(hex(&own_trace), trace_id);
     let spans = spans_of(&received, &own_trace, 1).await;
     let flood = named(&spans, "hostile-noise/log-flood");
@@ -181,7 +181,7 @@ async fn envelopes_join_the_callers_trace_and_a_subscriptions_span_lasts_until_i
         }
         assert_eq!(frame["type"], "call.responded", "{frame}");
     }
-    let spans = spans_of(&received, &trace_bytes(trace_id), 1).await;
+    let spans = spans_of(&received, &id_bytes(trace_id), 1).await;
     let ticker = named(&spans, "ticker/count");
     assert_eq!(hex(&ticker.parent_span_id), caller_span);
     assert_eq!(ticker.trace_state, "vendor=1");

@@ -35,6 +35,7 @@ pub(crate) async fn bench_limits() {
         deadline: Duration::from_secs(30),
         nested: None,
         meter: Arc::default(),
+        span: Default::default(),
     };
     let input = r#"{"x":1}"#;
     let mut samples: [Vec<Duration>; 2] = Default::default();

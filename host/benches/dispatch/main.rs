@@ -56,7 +56,8 @@
 //!   cold and warm compiled cache.
 //! - `callers`: `echo/echo` through `/call` and as an MCP tool call,
 //!   plain and over TLS, sequential and with 32 connections in flight.
-//! - `telemetry`: `echo/echo` in process with and without the trace layer;
+//! - `telemetry`: `echo/echo` in process, spans going nowhere, exported, or
+//!   made and not sampled;
 //!   then `POST /call` `echo/echo` under `wrk` against four `opbox serve`
 //!   processes: metrics off, metrics on (the default), and traces exported
 //!   over OTLP to a collector in the bench (all, and one in ten); rounds
@@ -143,7 +144,7 @@ fn main() {
             callers::bench_callers(&host).await;
         }
         if wants("telemetry") {
-            telemetry::bench_telemetry(&dispatcher).await;
+            telemetry::bench_telemetry().await;
         }
         if wants("cluster") {
             cluster::bench_cluster().await;

@@ -1,5 +1,6 @@
 //! `telemetry`: what metrics and trace export cost a call. First in
-//! process, with and without the trace layer; then `POST /call`
+//! process, with spans going nowhere, exported, or made and not sampled;
+//! then `POST /call`
 //! `echo/echo` under `wrk` against four `opbox serve` processes built from
 //! this checkout: metrics off, metrics on (the default), and metrics on
 //! with spans exported over OTLP to a collector in this process (every
@@ -14,11 +15,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use opbox::telemetry::trace::{TelemetryConfig, TraceExport};
-use opbox::{CallRequest, Dispatcher};
-use tracing::instrument::WithSubscriber;
-use tracing_subscriber::layer::SubscriberExt;
+use opbox::{CallRequest, Host, HostConfig};
 
-use super::common::{ServeProcess, Stats, cpu_time, median, serve_process};
+use super::common::{ServeProcess, Stats, cpu_time, data_dir, median, serve_process};
 use super::http::{WRK_SECONDS, echo_script, wrk};
 
 const ROUNDS: usize = 5;
@@ -45,10 +44,10 @@ async fn collector() -> (SocketAddr, Arc<AtomicU64>) {
 }
 
 /// `echo/echo` in process, `CALLS_PER_ROUND` sequential calls per round,
-/// with no span subscriber, then with the trace layer of `opbox serve`
-/// exporting every span, then sampling none: what a span costs a call
-/// without HTTP, `wrk` or a second process sharing the cores.
-async fn in_process(dispatcher: &Dispatcher, otlp: SocketAddr) {
+/// on three hosts: spans going nowhere, every span exported, and none
+/// sampled: what a span costs a call without HTTP, `wrk` or a second
+/// process sharing the cores.
+async fn in_process(otlp: SocketAddr) {
     const CALLS_PER_ROUND: usize = 5_000;
     println!(
         "### In process: `echo/echo`, {ROUNDS} rounds of {CALLS_PER_ROUND} sequential calls\n"
@@ -68,41 +67,40 @@ async fn in_process(dispatcher: &Dispatcher, otlp: SocketAddr) {
                 .expect("the exporter starts")
         })
         .collect();
-    let dispatches: Vec<tracing::Dispatch> = exports
-        .iter()
-        .map(|export| {
-            let subscriber =
-                tracing_subscriber::registry().with(export.as_ref().map(TraceExport::layer));
-            tracing::Dispatch::new(subscriber)
-        })
-        .collect();
+    let mut hosts = Vec::new();
+    for export in &exports {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let config = HostConfig {
+            data_dir: dir.path().to_owned(),
+            cache_dir: Some(data_dir().join("cache")),
+            tracer: export.as_ref().map(TraceExport::tracer).unwrap_or_default(),
+            ..HostConfig::demo()
+        };
+        hosts.push((Host::start(config).await.expect("the host starts"), dir));
+    }
     let names = [
-        "no trace layer",
-        "trace layer, every span exported",
-        "trace layer, none sampled",
+        "spans go nowhere",
+        "every span exported",
+        "spans made, none sampled",
     ];
     let input = serde_json::json!({"x": 1});
     let mut medians = vec![Vec::new(); names.len()];
     for round in 0..=ROUNDS {
-        for (i, dispatch) in dispatches.iter().enumerate() {
-            let calls = async {
-                let mut samples = Vec::with_capacity(CALLS_PER_ROUND);
-                for _ in 0..CALLS_PER_ROUND {
-                    let request = CallRequest::new("echo/echo", input.clone());
-                    let start = Instant::now();
-                    dispatcher.call(request).await.expect("echo answers");
-                    samples.push(start.elapsed());
-                }
-                Stats::of(samples)
-            };
-            let stats = calls.with_subscriber(dispatch.clone()).await;
+        for (i, (host, _)) in hosts.iter().enumerate() {
+            let mut samples = Vec::with_capacity(CALLS_PER_ROUND);
+            for _ in 0..CALLS_PER_ROUND {
+                let request = CallRequest::new("echo/echo", input.clone());
+                let start = Instant::now();
+                host.dispatcher().call(request).await.expect("echo answers");
+                samples.push(start.elapsed());
+            }
             // Round 0 warms up.
             if round > 0 {
-                medians[i].push(stats.median.as_secs_f64() * 1e6);
+                medians[i].push(Stats::of(samples).median.as_secs_f64() * 1e6);
             }
         }
     }
-    println!("| subscriber | median of round medians | each round (µs) |\n|---|---|---|");
+    println!("| host | median of round medians | each round (µs) |\n|---|---|---|");
     for (name, rounds) in names.iter().zip(&medians) {
         let each: Vec<String> = rounds.iter().map(|m| format!("{m:.1}")).collect();
         println!(
@@ -112,7 +110,7 @@ async fn in_process(dispatcher: &Dispatcher, otlp: SocketAddr) {
         );
     }
     println!();
-    drop(dispatches);
+    drop(hosts);
     std::thread::spawn(move || {
         exports
             .into_iter()
@@ -123,10 +121,10 @@ async fn in_process(dispatcher: &Dispatcher, otlp: SocketAddr) {
     .expect("the exporters stop");
 }
 
-pub(crate) async fn bench_telemetry(dispatcher: &Dispatcher) {
+pub(crate) async fn bench_telemetry() {
     println!("## Telemetry: what metrics and trace export cost a call\n");
     let (otlp, exported) = collector().await;
-    in_process(dispatcher, otlp).await;
+    in_process(otlp).await;
     println!(
         "### Over HTTP: `POST /call` `echo/echo` under `wrk -t2 -c32 -d{WRK_SECONDS}s`, {ROUNDS} rounds\n"
     );

@@ -12,6 +12,7 @@ use super::bindings::Level;
 use super::bindings::opbox::plugin::{log, types};
 use super::log_tail::LogTail;
 use crate::call::cut;
+use crate::telemetry::trace::CallSpan;
 
 /// The longest log line kept; the rest is cut so one call cannot flood the log.
 const MAX_LINE: usize = 4096;
@@ -25,6 +26,8 @@ pub struct LogState {
     tail: Arc<LogTail>,
     request_id: Arc<str>,
     tenant: Arc<str>,
+    /// The call's span: each line is one of its events.
+    span: CallSpan,
     lines_left: u32,
     /// Lines written past the limit, and so dropped.
     pub(crate) dropped: u64,
@@ -38,6 +41,7 @@ impl LogState {
         tail: Arc<LogTail>,
         request_id: Arc<str>,
         tenant: Arc<str>,
+        span: CallSpan,
         lines: u32,
     ) -> Self {
         Self {
@@ -45,6 +49,7 @@ impl LogState {
             tail,
             request_id,
             tenant,
+            span,
             lines_left: lines,
             dropped: 0,
             fatal: None,
@@ -78,6 +83,7 @@ impl log::Host for LogState {
         };
         self.tail
             .push(&self.request_id, &self.tenant, name, message);
+        self.span.log(name, message);
         match level {
             Level::Trace => tracing::trace!(plugin, request_id, tenant, "{message}"),
             Level::Debug => tracing::debug!(plugin, request_id, tenant, "{message}"),
@@ -97,6 +103,7 @@ impl log::Host for LogState {
         }
         self.tail
             .push(&self.request_id, &self.tenant, "fatal", message);
+        self.span.log("fatal", message);
         tracing::error!(
             plugin = &*self.plugin,
             request_id = &*self.request_id,

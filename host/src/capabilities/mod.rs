@@ -37,6 +37,7 @@ use std::sync::Arc;
 use wasmtime::component::{Linker, ResourceTable};
 
 use crate::call::{Meter, SharedObserver};
+use crate::telemetry::trace::CallSpan;
 use wasmtime_wasi::WasiCtx;
 use wasmtime_wasi::cli::StdoutStream;
 use wasmtime_wasi_http::WasiHttpView;
@@ -97,6 +98,8 @@ pub struct Call<'a> {
     pub nested: Option<Arc<dyn NestedCalls>>,
     /// What the call spends: host calls are counted here.
     pub meter: &'a Arc<Meter>,
+    /// The call's span, whose events the guest's log lines are.
+    pub span: &'a CallSpan,
     /// Log lines the call may write.
     pub log_lines: u32,
     /// Where denied capabilities are reported.
@@ -173,6 +176,7 @@ impl CallState {
                 call.log_tail.clone(),
                 call.request_id.clone(),
                 tenant.clone(),
+                call.span.clone(),
                 call.log_lines,
             ),
             InvokeState::new(call.nested),

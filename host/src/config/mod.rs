@@ -136,7 +136,7 @@ use crate::envelope::EnvelopeConfig;
 use crate::gateway::{GatewayConfig, McpConfig};
 use crate::net::ConnectionConfig;
 use crate::runtime::{ManifestLimits, PluginLimits, RuntimeConfig};
-use crate::telemetry::trace::TelemetryConfig;
+use crate::telemetry::trace::{TelemetryConfig, Tracer};
 use crate::tenants::{Quotas, TenantConfig};
 
 mod sections;
@@ -220,6 +220,11 @@ pub struct HostConfig {
     /// `[cluster]`: the NATS this host joins to call and serve other hosts;
     /// a host on its own unless set.
     pub cluster: Option<ClusterConfig>,
+    /// Where calls' spans go: nowhere unless set, as `opbox serve` does with
+    /// a [`TraceExport`](crate::telemetry::trace::TraceExport) when
+    /// `[telemetry] otlp_endpoint` is; not read from the file.
+    #[serde(skip)]
+    pub tracer: Tracer,
 }
 
 impl Default for HostConfig {
@@ -245,6 +250,7 @@ impl Default for HostConfig {
             tenants: Vec::new(),
             access: BTreeMap::new(),
             cluster: None,
+            tracer: Tracer::default(),
         }
     }
 }
@@ -361,6 +367,7 @@ impl HostConfig {
             max_call_depth: self.limits.max_call_depth,
             max_nested_calls: self.limits.max_nested_calls,
             max_input_bytes: self.gateway.max_body_bytes,
+            tracer: self.tracer.clone(),
             ..DispatchConfig::default()
         }
     }

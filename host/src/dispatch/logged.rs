@@ -8,11 +8,10 @@ use std::task::{Context, Poll};
 
 use futures::Stream;
 use serde_json::{Value, json};
-use tracing::Span;
 
 use super::OutputStream;
 use crate::call::{CallError, CallRequest, ErrorCode, Event, Finished, Meter, SharedObserver, cut};
-use crate::telemetry::trace;
+use crate::telemetry::trace::{CallSpan, Tracer};
 
 /// Logs a call once, when it finishes; a call dropped before it finished is
 /// logged as aborted. The line names the tenant and the caller's id, never
@@ -29,8 +28,8 @@ pub(super) struct CallLog {
     transport: &'static str,
     /// What the call spends; its wall time runs from here.
     meter: Arc<Meter>,
-    /// The call's span, until it ends.
-    span: Span,
+    /// The call's span, ended with the call.
+    span: CallSpan,
 }
 
 /// The operation and plugin a call names, for metrics and events: `None`
@@ -42,7 +41,12 @@ pub(super) struct Labels {
 }
 
 impl CallLog {
-    pub(super) fn start(request: &CallRequest, observer: &SharedObserver, labels: Labels) -> Self {
+    pub(super) fn start(
+        request: &CallRequest,
+        observer: &SharedObserver,
+        tracer: &Tracer,
+        labels: Labels,
+    ) -> Self {
         Self {
             operation: request.op_name().to_owned(),
             request_id: request.request_id.clone(),
@@ -54,7 +58,7 @@ impl CallLog {
             labels,
             transport: request.origin.label(),
             meter: Arc::default(),
-            span: trace::call_span(request),
+            span: tracer.start(request),
         }
     }
 
@@ -75,9 +79,7 @@ impl CallLog {
     pub(super) fn finish(&mut self, error: Option<&CallError>) {
         self.done = true;
         self.meter.end();
-        trace::record_outcome(&self.span, error.map_or("ok", |e| e.code.as_str()));
-        // The span ends with the call, whoever still holds the log.
-        self.span = Span::none();
+        self.span.end(error.map_or("ok", |e| e.code.as_str()));
         self.emit(error.map_or("ok", |e| e.code.as_str()), error);
         let code = match error.map(|e| &e.code) {
             None => "ok",
@@ -96,7 +98,7 @@ impl CallLog {
     }
 
     /// The call's span.
-    pub(super) fn span(&self) -> &Span {
+    pub(super) fn span(&self) -> &CallSpan {
         &self.span
     }
 
@@ -147,6 +149,7 @@ impl Drop for CallLog {
     fn drop(&mut self) {
         if !self.done {
             self.meter.end();
+            self.span.end("aborted");
             self.emit("aborted", None);
             self.tell("aborted");
         }
@@ -216,11 +219,7 @@ impl Stream for Logged {
         if self.log.done {
             return Poll::Ready(None);
         }
-        let this = self.as_mut().get_mut();
-        let polled = {
-            let _entered = this.log.span.enter();
-            this.inner.as_mut().poll_next(cx)
-        };
+        let polled = self.inner.as_mut().poll_next(cx);
         match &polled {
             Poll::Ready(Some(Ok(_))) => self.log.items += 1,
             Poll::Ready(Some(Err(e))) => self.log.finish(Some(e)),

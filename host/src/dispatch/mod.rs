@@ -28,13 +28,12 @@ use futures::stream::BoxStream;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::Semaphore;
-use tracing::Instrument;
 
 use crate::call::{
     CallError, CallRequest, Identity, Meter, OpType, OperationSpec, Origin, SharedObserver,
     Transport, Unobserved,
 };
-use crate::telemetry::trace;
+use crate::telemetry::trace::Tracer;
 use crate::tenants::Tenants;
 
 use drain::Drain;
@@ -70,6 +69,8 @@ pub struct DispatchConfig {
     /// Where calls that trapped, hit a limit or were refused by a quota
     /// are reported.
     pub observer: SharedObserver,
+    /// Where calls' spans go.
+    pub tracer: Tracer,
 }
 
 impl Default for DispatchConfig {
@@ -81,6 +82,7 @@ impl Default for DispatchConfig {
             max_nested_calls: 16,
             max_input_bytes: 1 << 20,
             observer: Arc::new(Unobserved),
+            tracer: Tracer::default(),
         }
     }
 }
@@ -214,13 +216,9 @@ impl Dispatcher {
     }
 
     async fn call_reaching(&self, request: CallRequest, reach: Reach) -> Metered<Value> {
-        let mut log = CallLog::start(&request, &self.inner.config.observer, self.labels(&request));
+        let mut log = self.log(&request);
         let (meter, span) = (log.meter().clone(), log.span().clone());
-        let traceparent = trace::traceparent(&span);
-        let result = self
-            .call_inner(request, &meter, reach)
-            .instrument(span)
-            .await;
+        let result = self.call_inner(request, &meter, &span, reach).await;
         if result.is_ok() || meter.absorbed() {
             log.answered_elsewhere();
         }
@@ -228,8 +226,19 @@ impl Dispatcher {
         Metered {
             result,
             meter,
-            traceparent,
+            traceparent: span.traceparent(),
         }
+    }
+
+    /// The log (and span) of `request`.
+    fn log(&self, request: &CallRequest) -> CallLog {
+        let config = &self.inner.config;
+        CallLog::start(
+            request,
+            &config.observer,
+            &config.tracer,
+            self.labels(request),
+        )
     }
 
     /// Starts a subscription. Errors found before the handler starts (unknown
@@ -251,14 +260,9 @@ impl Dispatcher {
         request: CallRequest,
         reach: Reach,
     ) -> Metered<OutputStream> {
-        let mut log = CallLog::start(&request, &self.inner.config.observer, self.labels(&request));
+        let mut log = self.log(&request);
         let (meter, span) = (log.meter().clone(), log.span().clone());
-        let traceparent = trace::traceparent(&span);
-        let result = match self
-            .subscribe_inner(&request, &meter, reach)
-            .instrument(span)
-            .await
-        {
+        let result = match self.subscribe_inner(&request, &meter, &span, reach).await {
             Ok(stream) => {
                 log.answered_elsewhere();
                 Ok(Logged::new(stream, log).boxed())
@@ -274,7 +278,7 @@ impl Dispatcher {
         Metered {
             result,
             meter,
-            traceparent,
+            traceparent: span.traceparent(),
         }
     }
 

@@ -11,13 +11,13 @@ use futures::{FutureExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::AbortOnDropHandle;
-use tracing::Instrument;
 
 use super::Dispatcher;
 use crate::call::{CallError, ErrorCode};
 use crate::call::{CallRequest, HostCall, Identity, Meter, Origin, new_request_id};
 use crate::capabilities::invoke::{GuestError, NestedCalls, NestedItems};
 use crate::runtime::Invocation;
+use crate::telemetry::trace::CallSpan;
 
 /// What a plugin's call runs with: who for, how long, and the way back into
 /// the dispatcher for the calls it makes.
@@ -26,9 +26,11 @@ pub(super) fn invocation(
     request: &CallRequest,
     deadline: Duration,
     meter: &Arc<Meter>,
+    span: &CallSpan,
 ) -> Invocation {
     Invocation {
         meter: meter.clone(),
+        span: span.clone(),
         request_id: request.request_id.clone(),
         tenant: request.identity.tenant.clone(),
         caller_id: request.identity.id.clone(),
@@ -39,6 +41,7 @@ pub(super) fn invocation(
             identity: request.identity.clone(),
             deadline: Instant::now() + deadline,
             depth: request.origin.depth() + 1,
+            span: span.clone(),
             meter: meter.clone(),
             open: Arc::new(Semaphore::new(
                 dispatcher.inner.config.max_nested_calls as usize,
@@ -55,6 +58,8 @@ struct Nested {
     identity: Identity,
     deadline: Instant,
     depth: u32,
+    /// The calling call's span, the parent of its calls' spans.
+    span: CallSpan,
     /// The calling call's meter, which counts each nested call and takes
     /// in its receipt.
     meter: Arc<Meter>,
@@ -104,8 +109,7 @@ impl Nested {
             deadline: Some(self.deadline.saturating_duration_since(Instant::now())),
             identity: self.identity.clone(),
             origin: Origin::Nested { depth: self.depth },
-            // It joins its caller's span, the one current when it is made.
-            trace: None,
+            trace: self.span.trace_context(),
         }
     }
 }
@@ -153,20 +157,15 @@ impl NestedCalls for Nested {
         };
         let (dispatcher, request) = (self.dispatcher.clone(), self.request(operation));
         let parent = self.meter.clone();
-        // The caller's span is current here: the nested call's is its child.
-        let span = tracing::Span::current();
-        let task = AbortOnDropHandle::new(tokio::spawn(
-            async move {
-                let _open = open;
-                let input = parse_input(&input)?;
-                let called = dispatcher
-                    .call_metered(CallRequest { input, ..request })
-                    .await;
-                parent.absorb(&called.meter.receipt());
-                called.result
-            }
-            .instrument(span),
-        ));
+        let task = AbortOnDropHandle::new(tokio::spawn(async move {
+            let _open = open;
+            let input = parse_input(&input)?;
+            let called = dispatcher
+                .call_metered(CallRequest { input, ..request })
+                .await;
+            parent.absorb(&called.meter.receipt());
+            called.result
+        }));
         async move {
             let output = task.await.unwrap_or_else(|_| Err(CallError::internal()));
             output.map(|output| output.to_string()).map_err(guest_error)
@@ -189,41 +188,37 @@ impl NestedCalls for Nested {
         // One item at a time: the subscription runs at most an item ahead
         // of the guest reading it.
         let (items, items_rx) = tokio::sync::mpsc::channel(1);
-        let span = tracing::Span::current();
-        let task = AbortOnDropHandle::new(tokio::spawn(
-            async move {
-                let _open = open;
-                // However the task ends (the subscription ended, or the guest
-                // dropped it), what it spent is rolled up into the caller's.
-                let (subscribed, _roll_up) = match parse_input(&input) {
-                    Ok(input) => {
-                        let subscribed = dispatcher
-                            .subscribe_metered(CallRequest { input, ..request })
-                            .await;
-                        let meter = subscribed.meter;
-                        (subscribed.result, Some(RollUp { meter, parent }))
-                    }
-                    Err(e) => (Err(e), None),
-                };
-                let mut outputs = match subscribed {
-                    Ok(outputs) => {
-                        let _ = started.send(Ok(()));
-                        outputs
-                    }
-                    Err(e) => {
-                        let _ = started.send(Err(e));
-                        return;
-                    }
-                };
-                while let Some(item) = outputs.next().await {
-                    let last = item.is_err();
-                    if items.send(item).await.is_err() || last {
-                        return;
-                    }
+        let task = AbortOnDropHandle::new(tokio::spawn(async move {
+            let _open = open;
+            // However the task ends (the subscription ended, or the guest
+            // dropped it), what it spent is rolled up into the caller's.
+            let (subscribed, _roll_up) = match parse_input(&input) {
+                Ok(input) => {
+                    let subscribed = dispatcher
+                        .subscribe_metered(CallRequest { input, ..request })
+                        .await;
+                    let meter = subscribed.meter;
+                    (subscribed.result, Some(RollUp { meter, parent }))
+                }
+                Err(e) => (Err(e), None),
+            };
+            let mut outputs = match subscribed {
+                Ok(outputs) => {
+                    let _ = started.send(Ok(()));
+                    outputs
+                }
+                Err(e) => {
+                    let _ = started.send(Err(e));
+                    return;
+                }
+            };
+            while let Some(item) = outputs.next().await {
+                let last = item.is_err();
+                if items.send(item).await.is_err() || last {
+                    return;
                 }
             }
-            .instrument(span),
-        ));
+        }));
         async move {
             started_rx
                 .await

@@ -18,6 +18,7 @@ use crate::call::{
     AccessControl, CallError, CallRequest, ErrorCode, Identity, Meter, OperationSpec, Origin,
     Visibility,
 };
+use crate::telemetry::trace::CallSpan;
 use crate::tenants::{Admission, Tenant};
 
 /// The longest a deadline can be: far enough to mean "none", near enough not
@@ -105,6 +106,7 @@ impl Dispatcher {
         &self,
         mut request: CallRequest,
         meter: &Arc<Meter>,
+        span: &CallSpan,
         reach: Reach,
     ) -> Result<Value, CallError> {
         let Admitted {
@@ -115,7 +117,7 @@ impl Dispatcher {
         } = self.admit(&request, Kind::Once, reach)?;
         let op = match target {
             Target::Here(op) => op,
-            Target::Remote(remote) => return self.forward(&remote, request, meter).await,
+            Target::Remote(remote) => return self.forward(&remote, request, meter, span).await,
         };
         let deadline = self.deadline(&request);
         let cx = self.context(&request, Some(deadline));
@@ -134,7 +136,7 @@ impl Dispatcher {
                 }
                 Handler::Plugin { plugin, op: name } => {
                     let _instance = tenant.usage.instance()?;
-                    let invocation = invocation(self, &request, deadline, meter);
+                    let invocation = invocation(self, &request, deadline, meter, span);
                     let counted = plugin.count_call();
                     let input = input.to_string();
                     meter.bytes_in(input.len());
@@ -161,6 +163,7 @@ impl Dispatcher {
         &self,
         request: &CallRequest,
         meter: &Arc<Meter>,
+        span: &CallSpan,
         reach: Reach,
     ) -> Result<OutputStream, CallError> {
         let Admitted {
@@ -173,7 +176,7 @@ impl Dispatcher {
             Target::Here(op) => op,
             Target::Remote(remote) => {
                 return self
-                    .forward_stream(&remote, request, meter, in_flight, admission)
+                    .forward_stream(&remote, request, meter, span, in_flight, admission)
                     .await;
             }
         };
@@ -197,7 +200,8 @@ impl Dispatcher {
             }
             Handler::Plugin { plugin, op: name } => {
                 held.push(Some(tenant.usage.instance()?));
-                let invocation = invocation(self, request, limit.unwrap_or(NO_DEADLINE), meter);
+                let deadline = limit.unwrap_or(NO_DEADLINE);
+                let invocation = invocation(self, request, deadline, meter, span);
                 let counted = plugin.count_call();
                 let input = input.to_string();
                 meter.bytes_in(input.len());

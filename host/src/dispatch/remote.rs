@@ -16,8 +16,8 @@ use serde_json::Value;
 use super::drain::InFlight;
 use super::pipeline::{Target, holding, with_time_limit};
 use super::{Dispatcher, Metered, OutputStream, failure};
-use crate::call::{CallError, CallRequest, Meter, OpType, TraceParent};
-use crate::telemetry::trace;
+use crate::call::{CallError, CallRequest, Meter, OpType};
+use crate::telemetry::trace::CallSpan;
 use crate::tenants::Admission;
 
 /// Where calls go that this host cannot run: another host of its cluster.
@@ -105,9 +105,10 @@ impl Dispatcher {
         remote: &Arc<dyn Remote>,
         request: CallRequest,
         meter: &Arc<Meter>,
+        span: &CallSpan,
     ) -> Result<Value, CallError> {
         let deadline = self.deadline(&request);
-        let call = remote.call(joined(request), deadline, meter.clone());
+        let call = remote.call(under(request, span), deadline, meter.clone());
         match tokio::time::timeout(deadline, call).await {
             Ok(result) => result,
             Err(_) => Err(failure::timeout(deadline)),
@@ -122,12 +123,13 @@ impl Dispatcher {
         remote: &Arc<dyn Remote>,
         request: &CallRequest,
         meter: &Arc<Meter>,
+        span: &CallSpan,
         in_flight: InFlight,
         admission: Option<Admission>,
     ) -> Result<OutputStream, CallError> {
         let limit = self.subscription_limit(request);
         let stream = remote
-            .subscribe(joined(request.clone()), limit, meter.clone())
+            .subscribe(under(request.clone(), span), limit, meter.clone())
             .await?;
         let stream = match limit {
             Some(limit) => with_time_limit(stream, limit),
@@ -138,11 +140,11 @@ impl Dispatcher {
     }
 }
 
-/// `request`, joining the current span's trace (the call's), so the other
-/// host's span is its child.
-fn joined(mut request: CallRequest) -> CallRequest {
-    if let Some(parent) = trace::traceparent(&tracing::Span::current()) {
-        request.trace = TraceParent::parse(&parent, None).or(request.trace);
+/// `request` under the span of the call forwarding it, so the other host's
+/// span is its child; as it came when this host exports no spans.
+fn under(mut request: CallRequest, span: &CallSpan) -> CallRequest {
+    if let Some(own) = span.trace_context() {
+        request.trace = Some(own);
     }
     request
 }

@@ -21,6 +21,7 @@ use super::trap::classify;
 use crate::call::Meter;
 use crate::capabilities::bindings::{self, CallContext};
 use crate::capabilities::invoke::{GuestError, NestedCalls};
+use crate::telemetry::trace::CallSpan;
 
 /// Who a call is for and how long it may take.
 #[derive(Debug, Clone)]
@@ -41,6 +42,8 @@ pub struct Invocation {
     /// What the call spends: its instance's own poll time (other calls'
     /// excluded) as guest CPU, its fuel, its memory, its host calls.
     pub meter: Arc<Meter>,
+    /// The call's span: the guest's log lines are its events.
+    pub span: CallSpan,
 }
 
 impl Invocation {
@@ -54,6 +57,7 @@ impl Invocation {
             deadline,
             nested: None,
             meter: Arc::default(),
+            span: CallSpan::default(),
         }
     }
 

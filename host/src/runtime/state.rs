@@ -239,6 +239,7 @@ fn call<'a>(plugin: &'a Plugin, invocation: &'a Invocation) -> Call<'a> {
         kv: plugin.runtime.inner.kv.get().cloned(),
         nested: invocation.nested.clone(),
         meter: &invocation.meter,
+        span: &invocation.span,
         log_lines: plugin.limits().log_lines,
         observer: &plugin.runtime.inner.config.observer,
         log_tail: &plugin.log_tail,

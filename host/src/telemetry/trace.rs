@@ -1,40 +1,37 @@
-//! Traces: every call is a span (`tracing`), exported over OTLP through
-//! `tracing-opentelemetry` when `[telemetry] otlp_endpoint` is set.
+//! Traces: every call is a span, exported over OTLP when `[telemetry]
+//! otlp_endpoint` is set.
 //!
 //! A call's span joins the caller's W3C trace context when it sent one
 //! (the `traceparent` header, or the envelope field); a nested call's span
-//! is a child of its caller's, and a subscription's lasts until it ends.
-//! Guest log lines, written while the span is current, are its events.
+//! is a child of its caller's, a forwarded call's span on the other host a
+//! child of this host's, and a subscription's lasts until it ends. Guest log
+//! lines are its events.
 //!
-//! Spans are at `DEBUG` under the target [`TARGET`], which the log output's
-//! default filter leaves out: without an exporter a span is a disabled
-//! callsite, one cached check per call.
+//! Spans are made with the OpenTelemetry SDK directly, not through
+//! `tracing` and `tracing-opentelemetry`: the bridge keeps a `tracing` span
+//! beside each OpenTelemetry one, entered at every poll of the call. Over
+//! HTTP, exporting every span cost 19–35% more CPU per request through it,
+//! 6–8% made directly (`docs/performance.md`, "Telemetry"). Without an
+//! exporter a call has no span at all: [`Tracer::start`] returns an empty
+//! [`CallSpan`].
 
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use opentelemetry::KeyValue;
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
-use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry::trace::{
+    Span as _, SpanContext, SpanKind, Status, Tracer as _, TracerProvider as _,
+};
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{
-    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider,
+    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider,
 };
 use serde::Deserialize;
-use tracing::Span;
-use tracing::level_filters::LevelFilter;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::Layer;
-use tracing_subscriber::filter::Targets;
-use tracing_subscriber::registry::LookupSpan;
 
-use crate::call::{CallRequest, TraceParent, cut};
-
-/// The target of call spans.
-pub const TARGET: &str = "opbox::trace";
-
-/// The target of guest log lines, which become events of their call's span.
-const GUEST_LOG: &str = "opbox::capabilities::log";
+use crate::call::{CallRequest, Origin, TraceParent, cut};
 
 /// `[telemetry]`: metrics, and where traces go.
 ///
@@ -153,28 +150,9 @@ impl TraceExport {
         Ok(Some(Self { provider }))
     }
 
-    /// The layer that turns call spans, and guest log lines within them,
-    /// into exported spans and span events; nothing else reaches it.
-    pub fn layer<S>(&self) -> impl Layer<S> + use<S>
-    where
-        S: tracing::Subscriber + for<'a> LookupSpan<'a>,
-    {
-        let tracer = self.provider.tracer("opbox");
-        let only = Targets::new()
-            .with_target(TARGET, LevelFilter::TRACE)
-            .with_target(GUEST_LOG, LevelFilter::TRACE);
-        tracing_opentelemetry::layer()
-            .with_tracer(tracer)
-            .with_tracked_inactivity(false)
-            .with_location(false)
-            .with_threads(false)
-            .with_level(false)
-            .with_target(false)
-            // Nothing in a call reads OpenTelemetry's own current context:
-            // spans find their parents through `tracing`, so entering one
-            // (at every poll of a call) need not activate its context.
-            .with_context_activation(false)
-            .with_filter(only)
+    /// Where calls' spans go: to this exporter.
+    pub fn tracer(&self) -> Tracer {
+        Tracer(Some(self.provider.tracer("opbox")))
     }
 
     /// Sends what is queued and stops. Call it outside the async runtime.
@@ -185,58 +163,115 @@ impl TraceExport {
     }
 }
 
-/// The span of `request`: a child of the caller's trace when it sent one,
-/// else of the span current where it is made (a nested call's caller's).
-pub fn call_span(request: &CallRequest) -> Span {
-    let operation = request
-        .operation
-        .strip_prefix('/')
-        .unwrap_or(&request.operation);
-    let span = tracing::debug_span!(
-        target: TARGET,
-        "call",
-        otel.name = cut(operation, 256),
-        opbox.request_id = &*request.request_id,
-        opbox.tenant = request.identity.tenant.as_str(),
-        opbox.transport = request.origin.label(),
-        opbox.code = tracing::field::Empty,
-        otel.status_code = tracing::field::Empty,
-    );
-    if let (false, Some(parent)) = (span.is_disabled(), &request.trace) {
-        let context = TraceContextPropagator::new().extract(&Carrier(parent));
-        // Only fails for a span already started, which this one is not.
-        let _ = span.set_parent(context);
+/// Where calls' spans go: nowhere (the default), or to a [`TraceExport`].
+#[derive(Debug, Clone, Default)]
+pub struct Tracer(Option<SdkTracer>);
+
+impl Tracer {
+    /// The span of `request`: a child of the span its `trace` names (the
+    /// caller's, or the calling call's), else the root of a trace of its
+    /// own. Empty when spans go nowhere.
+    pub fn start(&self, request: &CallRequest) -> CallSpan {
+        let Some(tracer) = &self.0 else {
+            return CallSpan::default();
+        };
+        let parent = match &request.trace {
+            Some(parent) => TraceContextPropagator::new().extract(&Carrier(parent)),
+            None => opentelemetry::Context::new(),
+        };
+        let kind = match request.origin {
+            Origin::Nested { .. } => SpanKind::Internal,
+            Origin::Wire(_) => SpanKind::Server,
+        };
+        let span = tracer
+            .span_builder(cut(request.op_name(), 256).to_owned())
+            .with_kind(kind)
+            .with_attributes([
+                KeyValue::new("opbox.request_id", request.request_id.to_string()),
+                KeyValue::new("opbox.tenant", request.identity.tenant.clone()),
+                KeyValue::new("opbox.transport", request.origin.label()),
+            ])
+            .start_with_context(tracer, &parent);
+        let context = span.span_context().clone();
+        CallSpan(Some(Arc::new(Recorded {
+            context,
+            span: Mutex::new(span),
+        })))
     }
-    span
 }
 
-/// Records how the call ended on its span: `code` is `ok` or the error's.
-pub fn record_outcome(span: &Span, code: &str) {
-    if span.is_disabled() {
-        return;
-    }
-    span.record("opbox.code", code);
-    span.record(
-        "otel.status_code",
-        if code == "ok" { "OK" } else { "ERROR" },
-    );
+/// One call's span, shared by what works on the call: the dispatcher ends
+/// it, the guest's log lines are its events, and the calls it makes are
+/// its children. Cloning it is cheap; an empty one (traces not exported)
+/// does nothing.
+#[derive(Debug, Clone, Default)]
+pub struct CallSpan(Option<Arc<Recorded>>);
+
+#[derive(Debug)]
+struct Recorded {
+    context: SpanContext,
+    span: Mutex<SdkSpan>,
 }
 
-/// `span`'s W3C `traceparent`, when it is exported.
-pub fn traceparent(span: &Span) -> Option<String> {
-    if span.is_disabled() {
-        return None;
+type SdkSpan = opentelemetry_sdk::trace::Span;
+
+impl CallSpan {
+    /// The span as a W3C trace context (the caller's `tracestate` kept),
+    /// for what the call starts under it: nested and forwarded calls.
+    /// `None` when the span is empty.
+    pub fn trace_context(&self) -> Option<TraceParent> {
+        let tracestate = self.0.as_ref()?.context.trace_state().header();
+        TraceParent::parse(&self.traceparent()?, Some(&tracestate))
     }
-    let context = span.context();
-    let span_context = context.span().span_context().clone();
-    span_context.is_valid().then(|| {
-        format!(
+
+    /// The span's W3C `traceparent`, for the caller to find its trace;
+    /// `None` when the span is empty.
+    pub fn traceparent(&self) -> Option<String> {
+        let context = &self.0.as_ref()?.context;
+        Some(format!(
             "00-{}-{}-{:02x}",
-            span_context.trace_id(),
-            span_context.span_id(),
-            span_context.trace_flags().to_u8()
-        )
-    })
+            context.trace_id(),
+            context.span_id(),
+            context.trace_flags().to_u8()
+        ))
+    }
+
+    /// Adds a guest log line as an event, when the span is recorded.
+    pub fn log(&self, level: &'static str, message: &str) {
+        self.with_recording(|span| {
+            span.add_event(message.to_owned(), vec![KeyValue::new("level", level)]);
+        });
+    }
+
+    /// Records how the call ended (`code` is `ok` or the error's) and ends
+    /// the span; it is exported from here. Later calls do nothing.
+    pub fn end(&self, code: &str) {
+        self.with_recording(|span| {
+            span.set_attribute(KeyValue::new("opbox.code", code.to_owned()));
+            span.set_status(match code {
+                "ok" => Status::Ok,
+                _ => Status::error(code.to_owned()),
+            });
+        });
+        if let Some(recorded) = &self.0 {
+            lock(&recorded.span).end();
+        }
+    }
+
+    fn with_recording(&self, record: impl FnOnce(&mut SdkSpan)) {
+        if let Some(recorded) = &self.0 {
+            let mut span = lock(&recorded.span);
+            if span.is_recording() {
+                record(&mut span);
+            }
+        }
+    }
+}
+
+/// The span, whatever panicked while it was held: a span's worst state is
+/// an event too few.
+fn lock(span: &Mutex<SdkSpan>) -> MutexGuard<'_, SdkSpan> {
+    span.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A caller's trace context as the W3C propagator reads it.
@@ -259,6 +294,66 @@ impl Extractor for Carrier<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    /// A tracer that records every span and exports none.
+    fn recording() -> Tracer {
+        Tracer(Some(SdkTracerProvider::builder().build().tracer("test")))
+    }
+
+    fn request(operation: &str, trace: Option<TraceParent>) -> CallRequest {
+        CallRequest {
+            trace,
+            ..CallRequest::new(operation, serde_json::Value::Null)
+        }
+    }
+
+    #[test]
+    fn without_an_exporter_a_call_has_no_span() {
+        let span = Tracer::default().start(&request("echo/echo", None));
+        assert_eq!((span.traceparent(), span.trace_context()), (None, None));
+        span.log("info", "nothing to hold it");
+        span.end("ok");
+    }
+
+    #[test]
+    fn a_span_joins_its_callers_trace_and_hands_it_on_to_the_calls_it_makes() {
+        let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let caller = TraceParent::parse(&format!("00-{trace_id}-00f067aa0ba902b7-01"), Some("k=v"));
+        let tracer = recording();
+        let span = tracer.start(&request("textkit/summary", caller));
+        let own = span.trace_context().expect("a recorded span");
+        assert_eq!(own.trace_id(), trace_id);
+        assert_eq!(own.tracestate(), Some("k=v"));
+        assert_eq!(span.traceparent().as_deref(), Some(own.traceparent()));
+        assert!(own.traceparent().ends_with("-01"), "sampled: {own:?}");
+        assert!(
+            !own.traceparent().contains("00f067aa0ba902b7"),
+            "a span of its own"
+        );
+
+        // A call it makes is in the same trace, under it.
+        let child = tracer.start(&request("echo/echo", Some(own.clone())));
+        let child = child.trace_context().unwrap();
+        assert_eq!(child.trace_id(), trace_id);
+        assert_ne!(child.traceparent(), own.traceparent());
+
+        // Ending twice, or logging after the end, does nothing more.
+        span.end("ok");
+        span.end("PLUGIN_FAILED");
+        span.log("info", "too late");
+        let recorded = span.0.as_ref().unwrap();
+        assert!(!lock(&recorded.span).is_recording());
+    }
+
+    #[test]
+    fn a_call_without_a_callers_trace_starts_one() {
+        let tracer = recording();
+        let (a, b) = (
+            tracer.start(&request("echo/echo", None)),
+            tracer.start(&request("echo/echo", None)),
+        );
+        let (a, b) = (a.trace_context().unwrap(), b.trace_context().unwrap());
+        assert_ne!(a.trace_id(), b.trace_id());
+    }
 
     fn config(endpoint: Option<&str>, sample_ratio: f64) -> TelemetryConfig {
         TelemetryConfig {

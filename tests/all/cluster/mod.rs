@@ -8,6 +8,7 @@ mod keyvalue;
 mod metrics;
 mod names;
 mod placement;
+mod traces;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

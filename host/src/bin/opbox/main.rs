@@ -207,9 +207,8 @@ fn main() -> ExitCode {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     // Records of the `log` crate (wasmtime's, among others) are forwarded
-    // to the log output only as far as its filter shows them: the trace
-    // exporter's filter lets `TRACE` events through for its own targets,
-    // which would otherwise make every `log::trace!` a record to filter.
+    // only as far as the log output shows them: a `log::trace!` it would
+    // drop costs one level check, not a record to filter.
     let log_level = filter
         .max_level_hint()
         .map_or(tracing_log::log::LevelFilter::Trace, |level| level.as_log());
@@ -225,9 +224,7 @@ fn main() -> ExitCode {
         .with_writer(log_writer)
         .with_ansi(std::io::stderr().is_terminal())
         .with_filter(filter);
-    let subscriber = tracing_subscriber::registry()
-        .with(log)
-        .with(traces.as_ref().map(TraceExport::layer));
+    let subscriber = tracing_subscriber::registry().with(log);
     if tracing::subscriber::set_global_default(subscriber).is_err()
         || tracing_log::LogTracer::builder()
             .with_max_level(log_level)
@@ -259,6 +256,9 @@ fn main() -> ExitCode {
                 ..
             } => {
                 let mut config = host_config.unwrap_or_else(HostConfig::demo);
+                if let Some(traces) = &traces {
+                    config.tracer = traces.tracer();
+                }
                 if let Some(dir) = data_dir {
                     config.data_dir = dir;
                 }
