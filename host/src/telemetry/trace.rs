@@ -152,7 +152,7 @@ impl TraceExport {
 
     /// Where calls' spans go: to this exporter.
     pub fn tracer(&self) -> Tracer {
-        Tracer(Some(self.provider.tracer("opbox")))
+        Tracer::new(self.provider.tracer("opbox"))
     }
 
     /// Sends what is queued and stops. Call it outside the async runtime.
@@ -163,11 +163,17 @@ impl TraceExport {
     }
 }
 
-/// Where calls' spans go: nowhere (the default), or to a [`TraceExport`].
+/// Where calls' spans go: nowhere (the default), to a [`TraceExport`], or
+/// to a tracer of an embedding program's own provider ([`Tracer::new`]).
 #[derive(Debug, Clone, Default)]
 pub struct Tracer(Option<SdkTracer>);
 
 impl Tracer {
+    /// Calls' spans go to `tracer`, and on to its provider's processors.
+    pub fn new(tracer: SdkTracer) -> Self {
+        Self(Some(tracer))
+    }
+
     /// The span of `request`: a child of the span its `trace` names (the
     /// caller's, or the calling call's), else the root of a trace of its
     /// own. Empty when spans go nowhere.
@@ -296,7 +302,7 @@ mod tests {
     use super::*;
     /// A tracer that records every span and exports none.
     fn recording() -> Tracer {
-        Tracer(Some(SdkTracerProvider::builder().build().tracer("test")))
+        Tracer::new(SdkTracerProvider::builder().build().tracer("test"))
     }
 
     fn request(operation: &str, trace: Option<TraceParent>) -> CallRequest {
