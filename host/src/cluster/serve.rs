@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::connection::State;
-use async_nats::{Message, Subject, Subscriber};
+use async_nats::{Client, Message, Subject, Subscriber};
+use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
@@ -89,8 +90,14 @@ pub(super) async fn start(shared: Arc<Shared>, dispatcher: Dispatcher) -> usize 
     let mut served = HashMap::new();
     reconcile(&shared, &dispatcher, &mut served).await;
     let count = served.len();
-    if shared.client.connection_state() == State::Connected {
-        let _ = tokio::time::timeout(FLUSH_WAIT, shared.client.flush()).await;
+    if shared.client.connection_state() == State::Connected
+        && tokio::time::timeout(CONFIRM_WAIT, confirmed(&shared.client))
+            .await
+            .is_err()
+    {
+        tracing::warn!(
+            "NATS did not confirm this host's subscriptions in time; other hosts may not reach its operations for a moment"
+        );
     }
     tokio::spawn(async move {
         let draining = dispatcher.draining();
@@ -117,7 +124,23 @@ pub(super) async fn start(shared: Arc<Shared>, dispatcher: Dispatcher) -> usize 
 
 /// The longest the host waits at start for NATS to confirm its
 /// subscriptions.
-const FLUSH_WAIT: Duration = Duration::from_secs(2);
+const CONFIRM_WAIT: Duration = Duration::from_secs(2);
+
+/// Returns once the NATS server has read every command `client` sent
+/// before, or at once if it cannot send its probe. `Client::flush` only writes them to
+/// the socket: a publisher on another connection may still find no
+/// subscriber. The server reads a connection's commands in order, so a
+/// message this client sends itself comes back only after the
+/// subscriptions sent before it are in place.
+async fn confirmed(client: &Client) {
+    let probe = client.new_inbox();
+    let Ok(mut echo) = client.subscribe(probe.clone()).await else {
+        return;
+    };
+    if client.publish(probe, Bytes::new()).await.is_ok() {
+        echo.next().await;
+    }
+}
 
 /// Subscribes to the call subjects of the operations now held, and drops
 /// the subscriptions of those no longer held.
