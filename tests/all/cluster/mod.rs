@@ -8,6 +8,7 @@ mod keyvalue;
 mod metrics;
 mod names;
 mod placement;
+mod start;
 mod traces;
 
 use std::io::{BufRead, BufReader};
