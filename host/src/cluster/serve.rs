@@ -127,10 +127,10 @@ pub(super) async fn start(shared: Arc<Shared>, dispatcher: Dispatcher) -> usize 
 const CONFIRM_WAIT: Duration = Duration::from_secs(2);
 
 /// Returns once the NATS server has read every command `client` sent
-/// before, or at once if it cannot send its probe. `Client::flush` only writes them to
-/// the socket: a publisher on another connection may still find no
-/// subscriber. The server reads a connection's commands in order, so a
-/// message this client sends itself comes back only after the
+/// before, or at once if it cannot send its probe. (`Client::flush` only
+/// writes commands to the socket: a publisher on another connection may
+/// still find no subscriber.) The server reads a connection's commands in
+/// order, so a message this client sends itself comes back only once the
 /// subscriptions sent before it are in place.
 async fn confirmed(client: &Client) {
     let probe = client.new_inbox();
