@@ -57,12 +57,11 @@
 //! - `callers`: `echo/echo` through `/call` and as an MCP tool call,
 //!   plain and over TLS, sequential and with 32 connections in flight.
 //! - `telemetry`: `echo/echo` in process, spans going nowhere, exported, or
-//!   made and not sampled;
-//!   then `POST /call` `echo/echo` under `wrk` against four `opbox serve`
-//!   processes: metrics off, metrics on (the default), and traces exported
-//!   over OTLP to a collector in the bench (all, and one in ten); rounds
-//!   alternate between them, and each host's CPU per request is read from
-//!   `/proc`.
+//!   made and not sampled; then `POST /call` `echo/echo` under `wrk`
+//!   against four `opbox serve` processes: metrics off, metrics on (the
+//!   default), and traces exported over OTLP to a collector in the bench
+//!   (all, and one in ten); rounds alternate between them, and each host's
+//!   CPU per request is read from `/proc`.
 //! - `languages`: `opbox new`'s template in Rust, Python and JavaScript,
 //!   built from source: build and rebuild time, size, cold compile, first
 //!   and steady `hello` latency, per-item cost of a 10,000-item `count`.

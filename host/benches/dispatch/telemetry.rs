@@ -1,10 +1,9 @@
 //! `telemetry`: what metrics and trace export cost a call. First in
 //! process, with spans going nowhere, exported, or made and not sampled;
-//! then `POST /call`
-//! `echo/echo` under `wrk` against four `opbox serve` processes built from
-//! this checkout: metrics off, metrics on (the default), and metrics on
-//! with spans exported over OTLP to a collector in this process (every
-//! trace, and one in ten). Rounds alternate between them so all see the
+//! then `POST /call` `echo/echo` under `wrk` against four `opbox serve`
+//! processes built from this checkout: metrics off, metrics on (the
+//! default), and metrics on with spans exported over OTLP to a collector
+//! in this process (every trace, and one in ten). Rounds alternate between them so all see the
 //! same machine, and each host's own CPU time per request is read from
 //! `/proc`, steadier than throughput when `wrk` shares the cores.
 

@@ -79,8 +79,9 @@ impl CallLog {
     pub(super) fn finish(&mut self, error: Option<&CallError>) {
         self.done = true;
         self.meter.end();
-        self.span.end(error.map_or("ok", |e| e.code.as_str()));
-        self.emit(error.map_or("ok", |e| e.code.as_str()), error);
+        let outcome = error.map_or("ok", |e| e.code.as_str());
+        self.span.end(outcome);
+        self.emit(outcome, error);
         let code = match error.map(|e| &e.code) {
             None => "ok",
             Some(ErrorCode::Domain(_)) => "DOMAIN",
