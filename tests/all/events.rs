@@ -73,7 +73,7 @@ async fn page(host: &TestHost, token: &str, query: &str) -> (StatusCode, Value) 
 
 /// Every event `token` may read, once the feed holds at least `at_least`
 /// of them (events are committed a moment after they happen).
-async fn read_all(host: &TestHost, token: &str, at_least: usize) -> Vec<Value> {
+pub(crate) async fn read_all(host: &TestHost, token: &str, at_least: usize) -> Vec<Value> {
     let log = host.host.plugins().events();
     loop {
         let (status, body) = page(host, token, "?limit=1000").await;

@@ -45,4 +45,5 @@ mod tenants;
 mod tls;
 mod tools;
 mod traces;
+mod uploads;
 mod util;

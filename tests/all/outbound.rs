@@ -368,3 +368,60 @@ async fn a_plugins_requests_in_flight_are_capped() {
     let (status, body) = host.call("relay/fetch", url("/hello")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
 }
+
+/// An upstream that answers every request with `head` (a status line and
+/// headers declaring `Content-Length: 0`) and then closes the connection,
+/// as many servers do after an empty redirect or a `204`.
+async fn empty_upstream(head: &'static str) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = socket.write_all(head.as_bytes()).await;
+                let _ = socket.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn an_empty_response_of_known_length_arrives_whatever_its_status() {
+    for (status, head) in [
+        (
+            204,
+            "HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        ),
+        (302, "HTTP/1.1 302 Found\r\nContent-Length: 0\r\n\r\n"),
+        (
+            200,
+            "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        ),
+    ] {
+        let addr = empty_upstream(head).await;
+        let host = host_for(addr).await;
+        // Many times: whichever the host notices first, the response or
+        // the closed connection, the caller gets the response.
+        for _ in 0..20 {
+            let (code, body) = host
+                .call(
+                    "relay/fetch",
+                    json!({"url": format!("http://127.0.0.1:{}/", addr.port())}),
+                )
+                .await;
+            assert_eq!(code, StatusCode::OK, "{status}: {body}");
+            assert_eq!(body["output"]["status"], status, "{body}");
+            assert_eq!(body["output"]["body"], "", "{body}");
+        }
+    }
+}

@@ -2,7 +2,10 @@
 //! sets, never seeing another tenant's.
 
 use opbox::HostConfig;
-use opbox::tenants::{PluginAllowance, Quotas, TenantConfig, TokenConfig, hash_token_hex};
+use opbox::capabilities::keyvalue::KeyvalueGrant;
+use opbox::tenants::{
+    KeyvalueAllowance, PluginAllowance, Quotas, TenantConfig, TokenConfig, hash_token_hex,
+};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -373,5 +376,196 @@ async fn another_tenants_plugins_read_as_missing_on_every_route() {
     assert_eq!(
         host.call_as(ACME, "versioned/which", json!(null)).await.1["output"]["version"],
         1
+    );
+}
+
+/// A tenant whose developers may install four plugins, `keyvalue` up to
+/// 1 MiB and 1,000 keys, and no limit ceiling of its own: the host's
+/// defaults are its ceilings.
+fn open_tenant(config: &mut HostConfig, data: &std::path::Path) {
+    with_operator(config, data);
+    let allowance = PluginAllowance {
+        max_plugins: 4,
+        keyvalue: KeyvalueAllowance::UpTo(KeyvalueGrant {
+            max_bytes: 1 << 20,
+            max_keys: 1000,
+        }),
+        ..PluginAllowance::default()
+    };
+    config.tenants.push(tenant("acme", ACME, allowance));
+}
+
+#[tokio::test]
+async fn every_grant_and_limit_a_tenant_asks_for_is_bounded_by_the_operator() {
+    let data = tempfile::tempdir().unwrap();
+    let host = TestHost::with_config(|c| open_tenant(c, data.path())).await;
+    let plugins = "/admin/v1/plugins";
+    let huge = u64::MAX;
+    for (settings, broken) in [
+        (
+            json!({ "grants": { "keyvalue": { "max_bytes": huge, "max_keys": 10 } } }),
+            "grants.keyvalue.max_bytes",
+        ),
+        (
+            json!({ "grants": { "keyvalue": { "max_bytes": 1024, "max_keys": huge } } }),
+            "grants.keyvalue.max_keys",
+        ),
+        // No ceiling in the allowance: the host's default is one.
+        (
+            json!({ "limits": { "cpu_ms": 1_000_000_000_u64 } }),
+            "limits.cpu_ms",
+        ),
+        (
+            json!({ "limits": { "memory_bytes": 1_u64 << 40 } }),
+            "limits.memory_bytes",
+        ),
+        (
+            json!({ "grants": { "outbound_max_response_bytes": 1_u64 << 60 } }),
+            "grants.outbound_max_response_bytes",
+        ),
+        (
+            json!({ "grants": { "outbound_max_requests": 100_000 } }),
+            "grants.outbound_max_requests",
+        ),
+    ] {
+        let answer = send(
+            &host,
+            Method::POST,
+            plugins,
+            ACME,
+            Some(settings),
+            Some("kv"),
+        )
+        .await;
+        assert_eq!(
+            rule(&answer),
+            (StatusCode::FORBIDDEN, broken),
+            "{}",
+            answer.1
+        );
+    }
+    // Within every ceiling, and lower than the defaults: installed.
+    let settings = json!({
+        "grants": { "keyvalue": { "max_bytes": 1024, "max_keys": 10 } },
+        "limits": { "cpu_ms": 100 },
+    });
+    let (status, body) = send(
+        &host,
+        Method::POST,
+        plugins,
+        ACME,
+        Some(settings),
+        Some("kv"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["grants"]["keyvalue"]["max_bytes"], 1024, "{body}");
+}
+
+#[tokio::test]
+async fn names_are_bounded_on_every_route_and_so_is_what_the_feed_keeps() {
+    let data = tempfile::tempdir().unwrap();
+    let host = TestHost::with_config(|c| open_tenant(c, data.path())).await;
+    let long = "n".repeat(100_000);
+    // As the upload's setting …
+    let (status, body) = send(
+        &host,
+        Method::POST,
+        "/admin/v1/plugins",
+        ACME,
+        Some(json!({ "name": "n".repeat(20_000) })),
+        Some("echo"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(
+        body.to_string().len() < 2048,
+        "{} bytes",
+        body.to_string().len()
+    );
+    // … as a call's input …
+    let wasm = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, fixture("echo"));
+    for input in [
+        json!({ "name": long, "wasm_base64": wasm }),
+        json!({ "name": "fine", "tenant": long, "wasm_base64": wasm }),
+    ] {
+        let response = host
+            .client
+            .post(host.url("/call"))
+            .bearer_auth(ACME)
+            .json(&json!({ "operation": "admin/install", "input": input }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        let body: Value = response.json().await.unwrap();
+        assert!(
+            body.to_string().len() < 2048,
+            "{} bytes",
+            body.to_string().len()
+        );
+    }
+    // … and in a path: a name nobody can install is one nobody can ask for.
+    let path = format!("/admin/v1/plugins/{}", "n".repeat(300));
+    for method in [Method::GET, Method::DELETE] {
+        let (status, body) = send(&host, method, &path, ACME, None, None).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    }
+    // The longest name there may be installs, and everything said of it
+    // stays small.
+    let longest = "n".repeat(opbox::call::MAX_SEGMENT_BYTES);
+    let (status, body) = send(
+        &host,
+        Method::POST,
+        "/admin/v1/plugins",
+        ACME,
+        Some(json!({ "name": longest })),
+        Some("echo"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = send(
+        &host,
+        Method::DELETE,
+        &format!("/admin/v1/plugins/{longest}"),
+        ACME,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let events = crate::events::read_all(&host, OPERATOR, 2).await;
+    for event in &events {
+        assert!(event.to_string().len() < 4096, "{event}");
+    }
+}
+
+#[tokio::test]
+async fn a_refusal_never_quotes_a_secret() {
+    let data = tempfile::tempdir().unwrap();
+    let host = TestHost::with_config(|c| open_tenant(c, data.path())).await;
+    let secret = "hunter2-do-not-repeat";
+    // A secret where a table of them belongs, and where a value belongs.
+    for grants in [
+        json!({ "secrets": secret }),
+        json!({ "secrets": { "token": { "value": secret } } }),
+        json!({ "config": secret }),
+    ] {
+        let (status, body) = send(
+            &host,
+            Method::POST,
+            "/admin/v1/plugins",
+            OPERATOR,
+            Some(json!({ "grants": grants })),
+            Some("echo"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert!(!body.to_string().contains(secret), "{body}");
+    }
+    let events = crate::events::read_all(&host, OPERATOR, 3).await;
+    assert!(
+        events.iter().all(|e| !e.to_string().contains(secret)),
+        "{events:?}"
     );
 }

@@ -74,6 +74,8 @@ impl TestHost {
         let mut config = HostConfig {
             data_dir: data_dir(),
             cache_dir: Some(cache_dir()),
+            // As `opbox serve` does: uploads compiled in a child process.
+            compiler: Some(PathBuf::from(env!("CARGO_BIN_EXE_opbox"))),
             plugins: FIXTURES
                 .iter()
                 .map(|name| PluginConfig {

@@ -21,6 +21,9 @@ use serde_json::json;
 
 use super::common::*;
 
+/// The key the bench cluster's hosts share.
+const KEY: &str = "the-bench-cluster-key-its-hosts-share";
+
 const ROUNDS: usize = 3;
 const IN_FLIGHT: usize = 32;
 
@@ -66,7 +69,7 @@ pub(crate) async fn bench_cluster() {
         let config = HostConfig {
             data_dir: data_dir().join(dir),
             examples,
-            cluster: Some(ClusterConfig::new(nats.url.clone())),
+            cluster: Some(ClusterConfig::new(nats.url.clone()).with_key(KEY)),
             ..HostConfig::demo()
         };
         Host::start(config)
@@ -182,7 +185,7 @@ async fn cpu_per_call(nats: &Nats) {
     const CALLS: usize = 3_000;
     println!("### CPU per `POST /call` `echo/echo`, {CALLS} sequential calls, from `/proc`\n");
     let cache = tempfile::tempdir().expect("a cache directory");
-    let cluster = format!("[cluster]\nnats_url = {:?}\n", nats.url);
+    let cluster = format!("[cluster]\nnats_url = {:?}\nkey = {KEY:?}\n", nats.url);
     let holder = serve_process("", &cluster, cache.path());
     let entry = serve_process("examples = false", &cluster, cache.path());
     let pids = [holder.child.id(), entry.child.id(), nats.child.id()];

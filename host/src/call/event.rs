@@ -30,6 +30,59 @@ pub struct Event {
     pub detail: Value,
 }
 
+impl Event {
+    /// The longest text an event keeps of a name (tenant, plugin).
+    pub const MAX_NAME_BYTES: usize = 256;
+    /// The longest text an event keeps of any string in its detail.
+    pub const MAX_TEXT_BYTES: usize = 1024;
+    /// The most items an event keeps of any list in its detail.
+    pub const MAX_ITEMS: usize = 32;
+
+    /// This event, with every string cut and every list shortened to the
+    /// bounds above: what the feed keeps, whatever a caller named.
+    pub fn bounded(mut self) -> Self {
+        let cut_name = |name: &mut String| {
+            let kept = super::cut(name, Self::MAX_NAME_BYTES).len();
+            name.truncate(kept);
+        };
+        if let Some(tenant) = &mut self.tenant {
+            cut_name(tenant);
+        }
+        if let Some(plugin) = &mut self.plugin {
+            cut_name(plugin);
+        }
+        bound(&mut self.detail, 0);
+        self
+    }
+}
+
+/// `value` cut to [`Event`]'s bounds, nested no deeper than 8 levels.
+fn bound(value: &mut Value, depth: usize) {
+    match value {
+        Value::String(text) => {
+            let kept = super::cut(text, Event::MAX_TEXT_BYTES).len();
+            text.truncate(kept);
+        }
+        Value::Array(items) => {
+            items.truncate(if depth < 8 { Event::MAX_ITEMS } else { 0 });
+            items.iter_mut().for_each(|item| bound(item, depth + 1));
+        }
+        Value::Object(fields) => {
+            let mut kept = 0;
+            fields.retain(|key, _| {
+                let keep =
+                    depth < 8 && kept < Event::MAX_ITEMS && key.len() <= Event::MAX_NAME_BYTES;
+                kept += usize::from(keep);
+                keep
+            });
+            fields
+                .values_mut()
+                .for_each(|field| bound(field, depth + 1));
+        }
+        Value::Null | Value::Bool(_) | Value::Number(_) => {}
+    }
+}
+
 /// A call that ended, as metrics count it. Every field is from a bounded
 /// set: a name nobody offers is `None`.
 #[derive(Debug, Clone, Copy)]

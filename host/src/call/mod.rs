@@ -2,6 +2,7 @@
 //! spec, the error a caller sees and the events the host reports. The bottom of the host: it uses no
 //! other module of the crate, and knows nothing of tasks, wasmtime or axum.
 
+mod attachment;
 mod cost;
 mod error;
 mod event;
@@ -9,10 +10,14 @@ mod request;
 mod spec;
 mod trace;
 
+pub use attachment::{Attachment, AttachmentError};
 pub use cost::{HostCall, HostCalls, Meter, Receipt};
 pub(crate) use error::cut;
 pub use error::{CallError, ErrorCode};
 pub use event::{Event, Fanout, Finished, Observer, OpenConnection, SharedObserver, Unobserved};
 pub use request::{CallRequest, Identity, Origin, Transport, new_request_id, whole_millis};
-pub use spec::{AccessControl, OpType, OperationSpec, Visibility, is_valid_name, is_valid_segment};
+pub use spec::{
+    AccessControl, MAX_SEGMENT_BYTES, OpType, OperationSpec, Visibility, is_valid_name,
+    is_valid_segment,
+};
 pub use trace::TraceParent;

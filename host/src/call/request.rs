@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::TraceParent;
+use super::{Attachment, TraceParent};
 
 /// Who is calling.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,6 +128,9 @@ pub struct CallRequest {
     /// The caller's trace, which the call's span joins; a nested call
     /// joins its caller's span instead.
     pub trace: Option<TraceParent>,
+    /// Bytes beside the input, for the operations that take them (an
+    /// upload's component); others ignore them.
+    pub attachment: Option<Attachment>,
 }
 
 impl CallRequest {
@@ -141,6 +144,7 @@ impl CallRequest {
             identity: Identity::anonymous(),
             origin: Origin::Wire(Transport::Embedded),
             trace: None,
+            attachment: None,
         }
     }
 

@@ -65,9 +65,15 @@ pub struct OperationSpec {
     pub access_control: AccessControl,
 }
 
-/// Whether `segment` is a valid name segment: `[a-z0-9_-]+`.
+/// The longest name segment (a namespace, an operation, a tenant), in
+/// bytes: names travel in paths, headers, events and log lines.
+pub const MAX_SEGMENT_BYTES: usize = 256;
+
+/// Whether `segment` is a valid name segment: `[a-z0-9_-]+`, at most
+/// [`MAX_SEGMENT_BYTES`] long.
 pub fn is_valid_segment(segment: &str) -> bool {
     !segment.is_empty()
+        && segment.len() <= MAX_SEGMENT_BYTES
         && segment
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')

@@ -12,6 +12,22 @@ use super::files::DirectoryGrant;
 use super::http::{HostPattern, OutboundGrant};
 use super::keyvalue::KeyvalueGrant;
 
+/// What an outbound grant gets for the settings it leaves out; for a
+/// tenant's own plugins, also the most it may ask for.
+#[derive(Debug)]
+pub struct OutboundDefaults;
+
+impl OutboundDefaults {
+    /// `outbound_timeout_ms`.
+    pub const TIMEOUT_MS: u64 = 30_000;
+    /// `outbound_max_response_bytes`.
+    pub const MAX_RESPONSE_BYTES: u64 = 64 << 20;
+    /// `outbound_max_requests`.
+    pub const MAX_REQUESTS: u32 = 64;
+    /// `outbound_max_requests_per_call`.
+    pub const MAX_REQUESTS_PER_CALL: u32 = 8;
+}
+
 /// The capabilities of one plugin (`[plugins.grants]`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -104,13 +120,21 @@ impl Grants {
             .collect::<Result<Vec<HostPattern>, String>>()?;
         Ok(OutboundGrant {
             hosts: hosts.into(),
-            timeout: std::time::Duration::from_millis(self.outbound_timeout_ms.unwrap_or(30_000)),
-            max_response_bytes: self.outbound_max_response_bytes.unwrap_or(64 << 20),
+            timeout: std::time::Duration::from_millis(
+                self.outbound_timeout_ms
+                    .unwrap_or(OutboundDefaults::TIMEOUT_MS),
+            ),
+            max_response_bytes: self
+                .outbound_max_response_bytes
+                .unwrap_or(OutboundDefaults::MAX_RESPONSE_BYTES),
             allow_internal: self.outbound_allow_internal,
             in_flight: std::sync::Arc::new(tokio::sync::Semaphore::new(
-                self.outbound_max_requests.unwrap_or(64) as usize,
+                self.outbound_max_requests
+                    .unwrap_or(OutboundDefaults::MAX_REQUESTS) as usize,
             )),
-            max_requests_per_call: self.outbound_max_requests_per_call.unwrap_or(8),
+            max_requests_per_call: self
+                .outbound_max_requests_per_call
+                .unwrap_or(OutboundDefaults::MAX_REQUESTS_PER_CALL),
         })
     }
 

@@ -42,7 +42,7 @@ use wasmtime_wasi::WasiCtx;
 use wasmtime_wasi::cli::StdoutStream;
 use wasmtime_wasi_http::WasiHttpView;
 
-pub use grants::{GrantSummary, Grants, KeyvalueSummary};
+pub use grants::{GrantSummary, Grants, KeyvalueSummary, OutboundDefaults};
 
 use config::ConfigState;
 use denied::Denial;

@@ -5,9 +5,15 @@
 //! Components go to the object store `opbox-<cluster>-plugins`, by digest;
 //! each plugin's record (its place, digest and settings) to the key-value
 //! bucket of the same name, under `shared.<name>` or
-//! `tenant.<tenant>.<name>`; a removal deletes the key. Every host watches
-//! the bucket from the last value of each key: a host that joins late, or
-//! comes back, catches up with every plugin installed meanwhile.
+//! `tenant.<tenant>.<name>`; a removal writes a record with no plugin in
+//! it. Every host watches the bucket from the last value of each key: a
+//! host that joins late, or comes back, catches up with every plugin
+//! installed meanwhile.
+//!
+//! Each record is sealed with the cluster's key (`seal.rs`), over its key
+//! and its bytes, and names the component by digest: a record nobody with
+//! the key wrote, and a key deleted or purged by anyone, change nothing.
+//! A value is the seal in hex, a newline, then the record's JSON.
 
 use std::sync::Arc;
 
@@ -17,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
+use super::seal::Seal;
 use crate::plugins::{Change, Plugins, WeakPlugins};
 use crate::store::Installed;
 
@@ -25,8 +32,8 @@ use crate::store::Installed;
 struct Record {
     /// The host that made the change, which has applied it already.
     origin: String,
-    /// What its store keeps.
-    installed: Installed,
+    /// What its store keeps; `None`: the plugin was removed.
+    installed: Option<Installed>,
 }
 
 /// The cluster's plugin store.
@@ -36,6 +43,8 @@ pub(super) struct Distribution {
     components: object_store::ObjectStore,
     /// This host, for the records it writes.
     host: String,
+    /// Seals the records this host writes, and tells the others' apart.
+    seal: Arc<Seal>,
 }
 
 impl Distribution {
@@ -45,6 +54,7 @@ impl Distribution {
         client: &async_nats::Client,
         cluster: &str,
         host: String,
+        seal: Arc<Seal>,
     ) -> Option<Self> {
         let js = jetstream::new(client.clone());
         let bucket = bucket_name(cluster);
@@ -72,6 +82,7 @@ impl Distribution {
                 records,
                 components,
                 host,
+                seal,
             }),
             (records, components) => {
                 let reason = records
@@ -138,46 +149,67 @@ impl Distribution {
                         .map_err(|e| e.to_string())?;
                 }
                 let key = key(record.tenant.as_deref(), &record.name);
-                let record = Record {
-                    origin: self.host.clone(),
-                    installed: record,
-                };
-                let value = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
-                self.records
-                    .put(key, value.into())
-                    .await
-                    .map_err(|e| e.to_string())?;
+                self.put(key, Some(record)).await?;
             }
             Change::Removed { tenant, name } => {
-                self.records
-                    .delete(key(tenant.as_deref(), &name))
-                    .await
-                    .map_err(|e| e.to_string())?;
+                self.put(key(tenant.as_deref(), &name), None).await?;
             }
         }
         Ok(())
     }
 
+    /// Writes `installed` (`None`: removed) under `key`, sealed.
+    async fn put(&self, key: String, installed: Option<Installed>) -> Result<(), String> {
+        let record = Record {
+            origin: self.host.clone(),
+            installed,
+        };
+        let json = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
+        let mut value = self.seal.seal_kept(&key, &json).into_bytes();
+        value.push(b'\n');
+        value.extend_from_slice(&json);
+        self.records
+            .put(key, value.into())
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    /// The record `entry` holds, if a host of the cluster sealed it.
+    fn unsealed(&self, entry: &kv::Entry) -> Option<Record> {
+        let at = entry.value.iter().position(|&b| b == b'\n')?;
+        let (seal, json) = (&entry.value[..at], &entry.value[at + 1..]);
+        let seal = std::str::from_utf8(seal).ok()?;
+        if !self.seal.is_kept(&entry.key, json, seal) {
+            return None;
+        }
+        serde_json::from_slice(json).ok()
+    }
+
     /// Applies one record (or a deletion) here, unless this host made it.
     async fn apply(&self, plugins: &Plugins, entry: kv::Entry, max_bytes: u64) {
-        let result = match entry.operation {
-            kv::Operation::Put => {
-                let Ok(record) = serde_json::from_slice::<Record>(&entry.value) else {
-                    tracing::warn!(key = %entry.key, "an unreadable plugin record in the cluster");
-                    return;
-                };
-                if record.origin == self.host {
-                    return;
-                }
-                let digest = record.installed.digest.clone();
+        if entry.operation != kv::Operation::Put {
+            // A host removes by writing a sealed record: a deletion is
+            // nobody's word.
+            tracing::warn!(key = %entry.key, "ignored a plugin record deleted outside the cluster's hosts");
+            return;
+        }
+        let Some(record) = self.unsealed(&entry) else {
+            super::seal::refused("a plugin record", super::seal::Unsealed::Forged);
+            return;
+        };
+        if record.origin == self.host {
+            return;
+        }
+        let result = match record.installed {
+            Some(installed) => {
+                let digest = installed.digest.clone();
                 plugins
-                    .apply_put(record.installed, async || {
-                        self.component(&digest, max_bytes).await
-                    })
+                    .apply_put(installed, async || self.component(&digest, max_bytes).await)
                     .await
                     .map_err(|e| e.to_string())
             }
-            kv::Operation::Delete | kv::Operation::Purge => match place(&entry.key) {
+            None => match place(&entry.key) {
                 Some((tenant, name)) => plugins
                     .apply_remove(tenant.as_deref(), &name)
                     .await

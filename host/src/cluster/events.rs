@@ -21,7 +21,8 @@ use futures::StreamExt;
 use serde_json::Value;
 use tokio::sync::broadcast::error::RecvError;
 
-use super::wire::Subjects;
+use super::Shared;
+use super::seal::Seal;
 use crate::store::{EventLog, ReadError};
 
 /// Events read from the log at a time while publishing.
@@ -34,14 +35,19 @@ const RETRY: Duration = Duration::from_secs(1);
 /// the others', from tasks that end with the log; `None`, with a warning,
 /// when the NATS server has no JetStream.
 pub(super) async fn start(
-    client: &async_nats::Client,
-    subjects: &Subjects,
+    shared: &Shared,
     stream_name: String,
     host: String,
     log: Arc<EventLog>,
     from: u64,
     max_events: u64,
 ) -> Option<()> {
+    let Shared {
+        client,
+        subjects,
+        seal,
+        ..
+    } = shared;
     let js = jetstream::new(client.clone());
     let made = js
         .create_or_update_stream(stream::Config {
@@ -64,10 +70,11 @@ pub(super) async fn start(
         host.clone(),
         Arc::downgrade(&log),
         from,
+        seal.clone(),
     ));
-    let (inbox, log) = (client.new_inbox(), Arc::downgrade(&log));
+    let (inbox, log, seal) = (client.new_inbox(), Arc::downgrade(&log), seal.clone());
     tokio::spawn(async move {
-        if let Err(e) = mirror(js, inbox, &stream_name, &host, log).await {
+        if let Err(e) = mirror(js, inbox, &stream_name, &host, log, &seal).await {
             tracing::warn!(error = %e, "cannot mirror the events of other hosts");
         }
     });
@@ -75,7 +82,14 @@ pub(super) async fn start(
 }
 
 /// Publishes, in order, every event this host records after `after`.
-async fn publish(js: Context, subject: String, host: String, log: Weak<EventLog>, mut after: u64) {
+async fn publish(
+    js: Context,
+    subject: String,
+    host: String,
+    log: Weak<EventLog>,
+    mut after: u64,
+    seal: Arc<Seal>,
+) {
     let Some(mut live) = log.upgrade().map(|log| log.follow()) else {
         return;
     };
@@ -100,7 +114,7 @@ async fn publish(js: Context, subject: String, host: String, log: Weak<EventLog>
             };
             for event in events.iter().filter(|e| e.json["host"] == *host) {
                 let payload = serde_json::to_vec(&event.json).unwrap_or_default();
-                while let Err(e) = publish_one(&js, &subject, payload.clone()).await {
+                while let Err(e) = publish_one(&js, &subject, payload.clone(), &seal).await {
                     tracing::debug!(error = %e, "cannot publish an event yet; retrying");
                     tokio::time::sleep(RETRY).await;
                 }
@@ -117,8 +131,18 @@ async fn publish(js: Context, subject: String, host: String, log: Weak<EventLog>
     }
 }
 
-async fn publish_one(js: &Context, subject: &str, payload: Vec<u8>) -> Result<(), String> {
-    js.publish(subject.to_owned(), payload.into())
+async fn publish_one(
+    js: &Context,
+    subject: &str,
+    payload: Vec<u8>,
+    seal: &Seal,
+) -> Result<(), String> {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        super::seal::HEADER,
+        seal.seal_kept(subject, &payload).as_str(),
+    );
+    js.publish_with_headers(subject.to_owned(), headers, payload.into())
         .await
         .map_err(|e| e.to_string())?
         .await
@@ -134,6 +158,7 @@ async fn mirror(
     stream_name: &str,
     host: &str,
     log: Weak<EventLog>,
+    seal: &Seal,
 ) -> Result<(), String> {
     let mut stream = js
         .get_stream(stream_name)
@@ -180,6 +205,16 @@ async fn mirror(
         let Ok(seq) = message.info().map(|info| info.stream_sequence) else {
             continue;
         };
+        // Only what a host of the cluster published, under its own subject.
+        let sealed = message
+            .headers
+            .as_ref()
+            .and_then(|headers| headers.get(super::seal::HEADER))
+            .is_some_and(|kept| seal.is_kept(&message.subject, &message.payload, kept.as_str()));
+        if !sealed {
+            super::seal::refused("an event", super::seal::Unsealed::Forged);
+            continue;
+        }
         let Ok(json) = serde_json::from_slice::<Value>(&message.payload) else {
             continue;
         };

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 
 use super::Shared;
 use super::inbox::{Inbox, Replies};
+use super::seal::Seal;
 use super::wire::{Ask, Credit, Forward, Reply};
 use crate::call::{CallError, CallRequest, ErrorCode, Meter, OpType};
 use crate::dispatch::{OutputStream, Remote};
@@ -85,6 +86,7 @@ impl Shared {
         deadline: Option<Duration>,
     ) -> BoxFuture<'static, Result<Pending, CallError>> {
         let client = self.client.clone();
+        let seal = self.seal.clone();
         let inbox = self.inbox.clone();
         let subject = self
             .subjects
@@ -100,7 +102,7 @@ impl Shared {
                 return Err(lost("this host is not connected to the cluster"));
             }
             let payload = serde_json::to_vec(&forward).map_err(|_| CallError::internal())?;
-            let max = client.max_payload();
+            let max = super::seal::room(&client);
             if payload.len() > max {
                 return Err(CallError::new(
                     ErrorCode::ResourceExhausted,
@@ -112,21 +114,27 @@ impl Shared {
                 .with_details(json!({"limit": "max_payload", "value": max})));
             }
             let inbox = inbox
-                .get_or_try_init(|| Inbox::open(&client))
+                .get_or_try_init(|| Inbox::open(&client, seal.clone()))
                 .await
                 .map_err(|_| lost("cannot subscribe to the cluster"))?;
             let replies = inbox.register();
             let guard = AbortOnDrop {
                 client: client.clone(),
+                seal: seal.clone(),
                 subject: abort,
                 inbox: Some(replies.subject.clone()),
             };
-            client
-                .publish_with_reply(subject, replies.subject.clone(), payload.into())
-                .await
-                .map_err(|_| lost("cannot publish to the cluster"))?;
+            seal.publish(
+                &client,
+                subject,
+                Some(replies.subject.clone()),
+                payload.into(),
+            )
+            .await
+            .map_err(|_| lost("cannot publish to the cluster"))?;
             Ok(Pending {
                 client,
+                seal,
                 replies,
                 guard,
                 silence,
@@ -139,6 +147,7 @@ impl Shared {
 /// A forwarded request waiting for its replies.
 struct Pending {
     client: Client,
+    seal: Arc<Seal>,
     replies: Replies,
     /// Aborts the request on the running host if this is dropped before
     /// its last reply.
@@ -219,8 +228,11 @@ fn items(pending: Pending, control: String, meter: Arc<Meter>) -> OutputStream {
             let credit = Credit { items: flow.taken };
             flow.taken = 0;
             if let Ok(payload) = serde_json::to_vec(&credit) {
-                let client = &flow.pending.client;
-                let _ = client.publish(flow.control.clone(), payload.into()).await;
+                let pending = &flow.pending;
+                let _ = pending
+                    .seal
+                    .publish(&pending.client, flow.control.clone(), None, payload.into())
+                    .await;
             }
         }
         let end = match flow.pending.answer().await {
@@ -263,6 +275,7 @@ fn confused() -> CallError {
 /// ended.
 struct AbortOnDrop {
     client: Client,
+    seal: Arc<Seal>,
     subject: String,
     /// The call's reply inbox; `None` once the call has ended.
     inbox: Option<String>,
@@ -282,10 +295,10 @@ impl Drop for AbortOnDrop {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let client = self.client.clone();
+        let (client, seal) = (self.client.clone(), self.seal.clone());
         let subject = std::mem::take(&mut self.subject);
         runtime.spawn(async move {
-            let _ = client.publish(subject, inbox.into()).await;
+            let _ = seal.publish(&client, subject, None, inbox.into()).await;
         });
     }
 }

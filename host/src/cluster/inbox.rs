@@ -9,6 +9,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use async_nats::{Client, Message};
+
+use super::seal::Seal;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
@@ -21,16 +23,22 @@ const QUEUED: usize = 256;
 pub(super) struct Inbox {
     /// `_INBOX.<unique>`.
     prefix: String,
+    /// Only sealed replies reach their call.
+    seal: Arc<Seal>,
     calls: Mutex<HashMap<String, mpsc::Sender<Message>>>,
 }
 
 impl Inbox {
     /// Subscribes to `<prefix>.*` and routes what arrives.
-    pub(super) async fn open(client: &Client) -> Result<Arc<Self>, async_nats::SubscribeError> {
+    pub(super) async fn open(
+        client: &Client,
+        seal: Arc<Seal>,
+    ) -> Result<Arc<Self>, async_nats::SubscribeError> {
         let prefix = client.new_inbox();
         let mut replies = client.subscribe(format!("{prefix}.*")).await?;
         let inbox = Arc::new(Self {
             prefix,
+            seal,
             calls: Mutex::default(),
         });
         let weak: Weak<Self> = Arc::downgrade(&inbox);
@@ -58,6 +66,14 @@ impl Inbox {
     }
 
     fn route(&self, message: Message) {
+        // The NATS server's own word (no responders) has no seal; every
+        // host's reply has.
+        if message.status.is_none()
+            && let Err(why) = self.seal.open(&message)
+        {
+            super::seal::refused("a reply to a forwarded call", why);
+            return;
+        }
         let token = message
             .subject
             .strip_prefix(self.prefix.as_str())

@@ -16,10 +16,13 @@
 //!   (`events.rs`); and keeps `wasi:keyvalue` in one bucket every host
 //!   shares (`keyvalue.rs`).
 //!
-//! Hosts trust each other: a forwarded call carries its caller's identity
-//! as the forwarding host authenticated it, and the running host takes it.
-//! Anyone who may publish on the cluster's subjects in its NATS account can
-//! call as any caller, so the account must hold opbox hosts only.
+//! Hosts trust each other, and only each other: a forwarded call carries
+//! its caller's identity as the forwarding host authenticated it, and the
+//! running host takes it only from a message sealed with the key every
+//! host of the cluster shares (`[cluster] key` or `key_file`; `seal.rs`).
+//! So does every other message a host acts on (replies, credit, aborts)
+//! and everything it keeps in JetStream for the others (plugin records,
+//! events). A NATS client without the key makes no host run anything.
 //!
 //! A host that loses NATS goes on serving what it holds and reconnects;
 //! meanwhile calls of operations it does not hold get `UNAVAILABLE`.
@@ -34,6 +37,7 @@ mod events;
 mod forward;
 mod inbox;
 mod keyvalue;
+mod seal;
 mod serve;
 mod wire;
 
@@ -94,6 +98,14 @@ pub struct ClusterConfig {
     /// A NATS credentials file.
     #[serde(default)]
     pub creds_file: Option<PathBuf>,
+    /// The secret every host of the cluster shares, at least 32 bytes:
+    /// what a host seals its messages with and checks the others' by.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// A file holding `key` (its text, trimmed), relative to the
+    /// configuration file.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
     /// How often a host running a forwarded call says so, in milliseconds;
     /// a forwarding host that hears nothing for six of these gives up with
     /// `UNAVAILABLE`.
@@ -118,7 +130,8 @@ fn default_max_forwarded() -> usize {
 }
 
 impl ClusterConfig {
-    /// A cluster on `nats_url` with every other setting at its default.
+    /// A cluster on `nats_url` with every other setting at its default,
+    /// and no key yet: [`with_key`](Self::with_key) sets one.
     pub fn new(nats_url: impl Into<String>) -> Self {
         Self {
             nats_url: nats_url.into(),
@@ -129,9 +142,40 @@ impl ClusterConfig {
             password: None,
             token: None,
             creds_file: None,
+            key: None,
+            key_file: None,
             heartbeat_ms: default_heartbeat_ms(),
             max_forwarded: default_max_forwarded(),
         }
+    }
+
+    /// This cluster, with `key` the secret its hosts share.
+    pub fn with_key(self, key: impl Into<String>) -> Self {
+        Self {
+            key: Some(key.into()),
+            ..self
+        }
+    }
+
+    /// The key, from `key` or `key_file`: refused when it is missing or
+    /// shorter than [`seal::MIN_KEY_BYTES`].
+    fn key_bytes(&self) -> Result<Vec<u8>, ClusterError> {
+        let key = match (&self.key, &self.key_file) {
+            (Some(key), _) => key.trim().as_bytes().to_vec(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|source| ClusterError::KeyFile {
+                    path: path.clone(),
+                    source,
+                })?
+                .trim()
+                .as_bytes()
+                .to_vec(),
+            (None, None) => return Err(ClusterError::NoKey),
+        };
+        if key.len() < seal::MIN_KEY_BYTES {
+            return Err(ClusterError::NoKey);
+        }
+        Ok(key)
     }
 }
 
@@ -147,6 +191,8 @@ impl std::fmt::Debug for ClusterConfig {
             .field("password", &self.password.as_ref().map(|_| "…"))
             .field("token", &self.token.as_ref().map(|_| "…"))
             .field("creds_file", &self.creds_file)
+            .field("key", &self.key.as_ref().map(|_| "…"))
+            .field("key_file", &self.key_file)
             .field("heartbeat_ms", &self.heartbeat_ms)
             .field("max_forwarded", &self.max_forwarded)
             .finish()
@@ -174,6 +220,20 @@ pub enum ClusterError {
         /// Why.
         source: std::io::Error,
     },
+    /// No key, or one too short to trust.
+    #[error(
+        "a cluster needs the key its hosts share, at least {} bytes: set `[cluster] key` or `key_file` (`head -c 32 /dev/urandom | base64 > cluster.key`)",
+        seal::MIN_KEY_BYTES
+    )]
+    NoKey,
+    /// The key file cannot be read.
+    #[error("cannot read the cluster key file {path}: {source}")]
+    KeyFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// `nats_url` or the settings cannot be used.
     #[error("cannot join the cluster at {url}: {reason}")]
     Connect {
@@ -195,6 +255,8 @@ struct Shared {
     slots: Arc<Semaphore>,
     max_forwarded: usize,
     running: Arc<Running>,
+    /// Seals what this host sends, and opens what the others send.
+    seal: Arc<seal::Seal>,
     /// Where replies to the calls this host forwards arrive, once one is
     /// forwarded.
     inbox: Arc<tokio::sync::OnceCell<Arc<inbox::Inbox>>>,
@@ -219,6 +281,7 @@ impl std::fmt::Debug for Cluster {
 /// host builds on it (the shared key spaces) comes first.
 pub struct Connection {
     client: Client,
+    seal: Arc<seal::Seal>,
     /// This host's name in the cluster.
     host: String,
     /// Whether NATS is reached, now.
@@ -242,6 +305,7 @@ impl Cluster {
         config: &ClusterConfig,
         data_dir: &Path,
     ) -> Result<Connection, ClusterError> {
+        let seal = Arc::new(seal::Seal::new(&config.key_bytes()?));
         let host = match &config.host {
             Some(host) => host.clone(),
             None => kept_name(data_dir)?,
@@ -250,6 +314,7 @@ impl Cluster {
         let client = connect(config, connected).await?;
         Ok(Connection {
             client,
+            seal,
             host,
             connection,
             config: config.clone(),
@@ -283,6 +348,7 @@ impl Connection {
     ) -> Cluster {
         let Self {
             client,
+            seal,
             host,
             mut connection,
             config,
@@ -312,6 +378,7 @@ impl Connection {
             slots: Arc::new(Semaphore::new(config.max_forwarded)),
             max_forwarded: config.max_forwarded,
             running: Arc::default(),
+            seal: seal.clone(),
             inbox: Arc::default(),
         });
         dispatcher.set_remote(shared.clone());
@@ -319,25 +386,16 @@ impl Connection {
         // meanwhile wait.
         let told = distribute::listen(plugins);
         tokio::spawn({
-            let (client, name) = (shared.client.clone(), config.name.clone());
-            let subjects = shared.subjects.clone();
+            let (shared, name) = (shared.clone(), config.name.clone());
             let plugins = plugins.downgrade();
             async move {
                 if connection.wait_for(|up| *up).await.is_err() {
                     return;
                 }
                 let stream = bucket_name(&name, "events");
-                events::start(
-                    &client,
-                    &subjects,
-                    stream,
-                    host.clone(),
-                    log,
-                    from,
-                    max_events,
-                )
-                .await;
-                if let Some(distribution) = Distribution::open(&client, &name, host).await {
+                events::start(&shared, stream, host.clone(), log, from, max_events).await;
+                let client = &shared.client;
+                if let Some(distribution) = Distribution::open(client, &name, host, seal).await {
                     distribution.start(plugins, told, max_plugin_bytes).await;
                 }
             }

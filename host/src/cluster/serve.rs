@@ -76,10 +76,7 @@ impl Drop for RunningCall {
 /// follows the registry. Returns how many it serves now.
 pub(super) async fn start(shared: Arc<Shared>, dispatcher: Dispatcher) -> usize {
     let aborts = match shared.client.subscribe(shared.subjects.abort()).await {
-        Ok(aborts) => Some(tokio::spawn(listen_for_aborts(
-            aborts,
-            shared.running.clone(),
-        ))),
+        Ok(aborts) => Some(tokio::spawn(listen_for_aborts(aborts, shared.clone()))),
         Err(e) => {
             tracing::error!(error = %e, "cannot subscribe to the cluster's aborts");
             None
@@ -193,10 +190,14 @@ async fn reconcile(
     }
 }
 
-async fn listen_for_aborts(mut aborts: Subscriber, running: Arc<Running>) {
+async fn listen_for_aborts(mut aborts: Subscriber, shared: Arc<Shared>) {
     while let Some(message) = aborts.next().await {
+        if let Err(why) = shared.seal.open(&message) {
+            super::seal::refused("an abort", why);
+            continue;
+        }
         if let Ok(inbox) = std::str::from_utf8(&message.payload) {
-            running.abort(inbox);
+            shared.running.abort(inbox);
         }
     }
 }
@@ -208,6 +209,12 @@ async fn serve_calls(mut calls: Subscriber, shared: Arc<Shared>, dispatcher: Dis
         let Some(reply) = message.reply.clone() else {
             continue;
         };
+        // Only the cluster's hosts call here: a message without their
+        // seal is not answered at all.
+        if let Err(why) = shared.seal.open(&message) {
+            super::seal::refused("a forwarded call", why);
+            continue;
+        }
         let Ok(slot) = shared.slots.clone().try_acquire_owned() else {
             let error = CallError::new(
                 ErrorCode::ResourceExhausted,
@@ -357,7 +364,9 @@ async fn stream(
             }
             granted = control.next() => match granted {
                 Some(message) => {
-                    if let Ok(granted) = serde_json::from_slice::<Credit>(&message.payload) {
+                    if let Err(why) = shared.seal.open(&message) {
+                        super::seal::refused("a subscription's credit", why);
+                    } else if let Ok(granted) = serde_json::from_slice::<Credit>(&message.payload) {
                         credit = credit.saturating_add(granted.items).min(MAX_CREDIT);
                     }
                 }
@@ -399,7 +408,7 @@ fn ready(
 async fn send_items(shared: &Shared, reply: &Subject, outputs: Vec<Value>) -> bool {
     if outputs.len() > 1 {
         let together = serde_json::to_vec(&ItemsRef { outputs: &outputs }).ok();
-        if let Some(payload) = together.filter(|p| p.len() <= shared.client.max_payload()) {
+        if let Some(payload) = together.filter(|p| p.len() <= super::seal::room(&shared.client)) {
             publish(shared, reply, payload).await;
             return true;
         }
@@ -441,7 +450,7 @@ async fn send(shared: &Shared, inbox: &Subject, reply: &Reply) -> bool {
         return false;
     };
     let mut as_is = true;
-    let max = shared.client.max_payload();
+    let max = super::seal::room(&shared.client);
     if payload.len() > max {
         let error = CallError::new(
             ErrorCode::ResourceExhausted,
@@ -468,7 +477,11 @@ async fn send(shared: &Shared, inbox: &Subject, reply: &Reply) -> bool {
 }
 
 async fn publish(shared: &Shared, inbox: &Subject, payload: Vec<u8>) {
-    if let Err(e) = shared.client.publish(inbox.clone(), payload.into()).await {
+    let sent = shared
+        .seal
+        .publish(&shared.client, inbox.to_string(), None, payload.into())
+        .await;
+    if let Err(e) = sent {
         tracing::debug!(error = %e, "cannot answer a forwarded call");
     }
 }

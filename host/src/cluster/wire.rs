@@ -206,6 +206,7 @@ impl Forward {
                 .traceparent
                 .as_deref()
                 .and_then(|parent| TraceParent::parse(parent, self.tracestate.as_deref())),
+            attachment: None,
         }
     }
 }

@@ -49,6 +49,10 @@
 //! max_plugin_bytes = 67108864  # the largest upload
 //! max_uploads = 2              # uploads read at once
 //! max_events = 100000          # events the feed keeps
+//! max_component_functions = 100000  # more in an upload: refused before compiling
+//! compile_memory_bytes = 2147483648 # compiling one upload, in a child process
+//! compile_cpu_ms = 60000       # the compiler's CPU time
+//! compile_timeout_ms = 60000   # and its wall time
 //!
 //! [envelope]                   # TCP and WebSocket connections
 //! max_frame_bytes = 16777216   # larger frames: INVALID_FRAME, connection closed
@@ -100,6 +104,7 @@
 //! # password = "…"
 //! # token = "…"                # or a token,
 //! # creds_file = "opbox.creds" # or a .creds file (relative to this file)
+//! key_file = "cluster.key"     # the secret every host shares (32+ bytes); or `key = "…"`
 //! heartbeat_ms = 250           # a running forwarded call says it still is
 //! max_forwarded = 1024         # calls other hosts forwarded, running here at once
 //!
@@ -135,7 +140,7 @@ use crate::dispatch::DispatchConfig;
 use crate::envelope::EnvelopeConfig;
 use crate::gateway::{GatewayConfig, McpConfig};
 use crate::net::ConnectionConfig;
-use crate::runtime::{ManifestLimits, PluginLimits, RuntimeConfig};
+use crate::runtime::{CompileLimits, ManifestLimits, PluginLimits, RuntimeConfig};
 use crate::telemetry::trace::{TelemetryConfig, Tracer};
 use crate::tenants::{Quotas, TenantConfig};
 
@@ -225,6 +230,13 @@ pub struct HostConfig {
     /// `[telemetry] otlp_endpoint` is; not read from the file.
     #[serde(skip)]
     pub tracer: Tracer,
+    /// The `opbox` binary, which compiles the components callers bring in
+    /// a child process of its own (`opbox compile-component`), bounded by
+    /// `[admin]`'s compile limits; `opbox serve` sets it to itself. Without
+    /// it they are compiled in the host's process, bounded by their shape
+    /// only. Not read from the file.
+    #[serde(skip)]
+    pub compiler: Option<PathBuf>,
 }
 
 impl Default for HostConfig {
@@ -251,6 +263,7 @@ impl Default for HostConfig {
             access: BTreeMap::new(),
             cluster: None,
             tracer: Tracer::default(),
+            compiler: None,
         }
     }
 }
@@ -322,8 +335,13 @@ impl HostConfig {
             tls.cert = base.join(&tls.cert);
             tls.key = base.join(&tls.key);
         }
-        if let Some(creds) = config.cluster.as_mut().and_then(|c| c.creds_file.as_mut()) {
-            *creds = base.join(&*creds);
+        if let Some(cluster) = config.cluster.as_mut() {
+            for file in [&mut cluster.creds_file, &mut cluster.key_file]
+                .into_iter()
+                .flatten()
+            {
+                *file = base.join(&*file);
+            }
         }
         Ok(config)
     }
@@ -356,6 +374,14 @@ impl HostConfig {
                 max_schema_depth: self.limits.max_schema_depth,
                 max_schema_expansion: self.limits.max_schema_expansion,
             },
+            compile: CompileLimits {
+                program: self.compiler.clone(),
+                max_functions: self.admin.max_component_functions,
+                memory_bytes: self.admin.compile_memory_bytes,
+                cpu: Duration::from_millis(self.admin.compile_cpu_ms),
+                wall: Duration::from_millis(self.admin.compile_timeout_ms),
+                ..CompileLimits::default()
+            },
             ..RuntimeConfig::default()
         }
     }
@@ -377,8 +403,6 @@ impl HostConfig {
         GatewayConfig {
             max_body_bytes: self.gateway.max_body_bytes,
             max_batch: self.gateway.max_batch,
-            max_plugin_bytes: self.admin.max_plugin_bytes,
-            max_uploads: self.admin.max_uploads,
             public_metrics: self.gateway.public_metrics,
             envelope: self.envelope(),
             connection: self.connection(),
@@ -404,6 +428,8 @@ impl HostConfig {
                 .as_ref()
                 .map(|c| c.labels.clone())
                 .unwrap_or_default(),
+            max_plugin_bytes: self.admin.max_plugin_bytes,
+            max_uploads: self.admin.max_uploads,
         }
     }
 

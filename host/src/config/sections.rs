@@ -12,7 +12,7 @@ use crate::envelope::EnvelopeConfig;
 use crate::gateway::GatewayConfig;
 use crate::net::{ConnectionConfig, TlsConfig};
 pub use crate::runtime::PluginLimitsConfig;
-use crate::runtime::{ManifestLimits, ReuseConfig, RuntimeConfig};
+use crate::runtime::{CompileLimits, ManifestLimits, ReuseConfig, RuntimeConfig};
 
 /// Limits of envelope connections: see [`EnvelopeConfig`].
 #[derive(Debug, Clone, Deserialize)]
@@ -190,21 +190,38 @@ pub struct AdminSection {
     /// How long a subscription on a replaced or removed plugin version may
     /// run on before it ends with `UNAVAILABLE`, in milliseconds.
     pub grace_ms: u64,
-    /// The largest component an install or replace may upload, in bytes.
+    /// The largest component an install or replace may bring, by any
+    /// route, in bytes.
     pub max_plugin_bytes: usize,
-    /// Uploads read at once, all callers together.
+    /// Components brought in at once (read, decoded and compiled), all
+    /// routes and callers together.
     pub max_uploads: usize,
     /// Events the feed keeps; older ones are deleted as new ones come.
     pub max_events: u64,
+    /// Functions a component brought through the API may hold, across its
+    /// core modules; more is refused before compiling.
+    pub max_component_functions: u64,
+    /// The memory compiling one such component may take, in bytes.
+    pub compile_memory_bytes: u64,
+    /// The CPU time compiling one may take, in milliseconds (counted in
+    /// whole seconds, at least one).
+    pub compile_cpu_ms: u64,
+    /// How long compiling one may take, in milliseconds; never past the
+    /// install's deadline.
+    pub compile_timeout_ms: u64,
 }
 
 impl Default for AdminSection {
     fn default() -> Self {
-        let defaults = GatewayConfig::default();
+        let compile = CompileLimits::default();
         Self {
             grace_ms: 30_000,
-            max_plugin_bytes: defaults.max_plugin_bytes,
-            max_uploads: defaults.max_uploads,
+            max_plugin_bytes: 64 << 20,
+            max_uploads: 2,
+            max_component_functions: compile.max_functions,
+            compile_memory_bytes: compile.memory_bytes,
+            compile_cpu_ms: millis(compile.cpu),
+            compile_timeout_ms: millis(compile.wall),
             max_events: 100_000,
         }
     }

@@ -11,7 +11,7 @@ use futures::stream::BoxStream;
 use serde_json::Value;
 
 use super::Dispatcher;
-use crate::call::{CallError, Identity, Origin};
+use crate::call::{Attachment, CallError, Identity, Origin};
 use crate::registry;
 use crate::runtime::Plugin;
 
@@ -28,6 +28,8 @@ pub struct CallContext {
     pub deadline: Option<Instant>,
     /// The dispatcher, for handlers that look at the registry or call others.
     pub dispatcher: Dispatcher,
+    /// Bytes beside the input ([`CallRequest::attachment`](crate::CallRequest::attachment)).
+    pub attachment: Option<Attachment>,
 }
 
 /// A once-operation implemented in the host.

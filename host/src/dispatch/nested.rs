@@ -110,6 +110,7 @@ impl Nested {
             identity: self.identity.clone(),
             origin: Origin::Nested { depth: self.depth },
             trace: self.span.trace_context(),
+            attachment: None,
         }
     }
 }

@@ -323,6 +323,7 @@ impl Dispatcher {
             origin: request.origin,
             deadline: deadline.map(|d| Instant::now() + d),
             dispatcher: self.clone(),
+            attachment: request.attachment.clone(),
         }
     }
 }

@@ -271,6 +271,7 @@ impl Session {
                 .traceparent
                 .as_deref()
                 .and_then(|parent| TraceParent::parse(parent, payload.tracestate.as_deref())),
+            attachment: None,
         };
         let call = Call {
             id: id.to_owned(),

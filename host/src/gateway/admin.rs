@@ -17,24 +17,24 @@
 //! of a `[[plugins]]` entry (`name` on install only: a replace keeps the
 //! name; `reuse` from the operator only).
 //!
-//! An upload is read only once its sender is known to be allowed to make
-//! it, at most `max_plugin_bytes` of it, and at most `max_uploads` at once.
-
-use std::sync::Arc;
+//! The body of an install or replace is the component itself, handed to
+//! the operation as an attachment (never as base64 text): the operation
+//! reads it only once its sender is known to be allowed to make the change,
+//! at most `max_plugin_bytes` of it, at most `max_uploads` at once, and all
+//! of it within `body_timeout_ms` (else `408`), as for any route that
+//! reaches `admin/install` or `admin/replace`.
 
 use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use base64::Engine;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
-use tokio::sync::Semaphore;
 
 use super::error::ApiError;
 use super::{AppState, caller, trace_context};
-use crate::call::{CallError, CallRequest, ErrorCode, Origin, Transport, new_request_id};
+use crate::call::{Attachment, CallError, CallRequest, Origin, Transport, new_request_id};
 
 /// The namespace of the lifecycle operations (`plugins::NAMESPACE`).
 const ADMIN: &str = "admin";
@@ -56,16 +56,6 @@ pub(super) struct ReplaceQuery {
     tenant: Option<String>,
     #[serde(default)]
     force: bool,
-}
-
-/// Uploads being read now, all callers together.
-#[derive(Debug)]
-pub(super) struct Uploads(Arc<Semaphore>);
-
-impl Uploads {
-    pub(super) fn new(max: usize) -> Self {
-        Self(Arc::new(Semaphore::new(max.max(1))))
-    }
 }
 
 pub(super) async fn install(
@@ -208,7 +198,10 @@ fn with_tenant(mut input: Map<String, Value>, whose: Whose) -> Value {
     Value::Object(input)
 }
 
-/// Reads an upload, once its sender may make it, and runs `admin/{op}`.
+/// Runs `admin/{op}` with the request body as its component, streamed to
+/// the operation, which reads it once it has admitted the call and within
+/// its own bounds (`max_uploads`, `max_plugin_bytes`); the sender has the
+/// body timeout to send it all.
 async fn upload(
     state: &AppState,
     headers: &HeaderMap,
@@ -217,42 +210,27 @@ async fn upload(
     input: &mut Map<String, Value>,
     body: Body,
 ) -> Result<Value, ApiError> {
-    let request = request(state, headers, op, Value::Null)?;
-    // Who may not make the change gets its answer before a byte is read.
-    state
-        .dispatcher
-        .op_type(&request)
-        .await
-        .map_err(|e| ApiError::new(request.request_id.clone(), e))?;
-    let _turn = state.uploads.0.clone().try_acquire_owned().map_err(|_| {
-        ApiError::new(
-            request.request_id.clone(),
-            CallError::new(
-                ErrorCode::ResourceExhausted,
-                "too many plugin uploads at once; try again shortly",
-            )
-            .with_details(json!({ "limit": "max_uploads", "value": state.config.max_uploads })),
-        )
-    })?;
-    let max = state.config.max_plugin_bytes;
-    let wasm = axum::body::to_bytes(body, max).await.map_err(|_| {
-        ApiError::new(
-            request.request_id.clone(),
-            CallError::new(
-                ErrorCode::ResourceExhausted,
-                format!("the component is larger than {max} bytes, or its upload broke off"),
-            )
-            .with_details(json!({ "limit": "max_plugin_bytes", "value": max })),
-        )
-        .with_status(StatusCode::PAYLOAD_TOO_LARGE)
-    })?;
-    input.insert(
-        "wasm_base64".into(),
-        json!(base64::engine::general_purpose::STANDARD.encode(&wasm)),
-    );
-    drop(wasm);
     let input = with_tenant(std::mem::take(input), whose);
-    call(state, CallRequest { input, ..request }).await
+    let attachment = Attachment::streamed(
+        body.into_data_stream(),
+        state.config.connection.body_timeout,
+    );
+    let request = CallRequest {
+        attachment: Some(attachment),
+        ..request(state, headers, op, input)?
+    };
+    call(state, request).await.map_err(|error| {
+        // The limits an upload's body meets, in HTTP's words.
+        let status = match error.limit() {
+            Some("max_plugin_bytes") => Some(StatusCode::PAYLOAD_TOO_LARGE),
+            Some("body_timeout_ms") => Some(StatusCode::REQUEST_TIMEOUT),
+            _ => None,
+        };
+        match status {
+            Some(status) => error.with_status(status),
+            None => error,
+        }
+    })
 }
 
 /// Runs `admin/{op}` with `input` for the sender of `headers`.
@@ -279,6 +257,7 @@ fn request(
         identity: caller(state, headers)?,
         origin: Origin::Wire(Transport::Http),
         trace: trace_context(headers),
+        attachment: None,
     })
 }
 

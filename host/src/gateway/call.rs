@@ -40,6 +40,7 @@ impl CallBody {
             identity,
             origin: Origin::Wire(Transport::Http),
             trace,
+            attachment: None,
         }
     }
 }

@@ -130,6 +130,7 @@ async fn run(
         identity: caller(state, headers)?,
         origin: Origin::Wire(Transport::Http),
         trace: trace_context(headers),
+        attachment: None,
     };
     let request_id = request.request_id.clone();
     match state.dispatcher.call(request).await {

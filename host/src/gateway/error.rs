@@ -43,6 +43,11 @@ impl ApiError {
         self.status = status;
         self
     }
+
+    /// The host limit the call met, as its details name it.
+    pub(super) fn limit(&self) -> Option<&str> {
+        self.error.details.as_ref()?.get("limit")?.as_str()
+    }
 }
 
 impl From<CallError> for ApiError {

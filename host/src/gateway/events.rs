@@ -157,6 +157,7 @@ fn admin_request(op: &str, identity: crate::call::Identity, input: Value) -> Cal
         identity,
         origin: Origin::Wire(Transport::Http),
         trace: None,
+        attachment: None,
     }
 }
 

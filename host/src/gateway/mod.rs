@@ -69,10 +69,6 @@ pub struct GatewayConfig {
     pub max_body_bytes: usize,
     /// The most calls in one `/batch`.
     pub max_batch: usize,
-    /// The largest component an admin upload may carry.
-    pub max_plugin_bytes: usize,
-    /// Admin uploads read at once.
-    pub max_uploads: usize,
     /// Whether anyone may read `/metrics`.
     pub public_metrics: bool,
     /// The metrics `/metrics` serves; the route answers `NOT_FOUND` without.
@@ -92,8 +88,6 @@ impl Default for GatewayConfig {
         Self {
             max_body_bytes: 1 << 20,
             max_batch: 100,
-            max_plugin_bytes: 64 << 20,
-            max_uploads: 2,
             public_metrics: false,
             metrics: None,
             sse_keep_alive: Duration::from_secs(15),
@@ -109,8 +103,6 @@ struct AppState {
     dispatcher: Dispatcher,
     config: Arc<GatewayConfig>,
     websockets: TaskTracker,
-    /// Admin uploads being read now.
-    uploads: Arc<admin::Uploads>,
 }
 
 /// The gateway's routes over `dispatcher`. Each WebSocket connection runs
@@ -131,7 +123,6 @@ pub fn router(dispatcher: Dispatcher, config: GatewayConfig, websockets: TaskTra
     });
     let state = AppState {
         dispatcher,
-        uploads: Arc::new(admin::Uploads::new(config.max_uploads)),
         config: Arc::new(config),
         websockets,
     };

@@ -57,6 +57,7 @@ pub(super) async fn op(
         identity,
         origin: Origin::Wire(Transport::Http),
         trace: trace_context(&headers),
+        attachment: None,
     };
     // A name the caller cannot see goes the query way, to be refused (and
     // counted) as `/call` refuses it.

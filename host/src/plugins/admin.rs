@@ -16,7 +16,12 @@ use futures::FutureExt;
 use serde_json::{Map, Value, json};
 
 use super::{Authority, Listed, Plugins, WeakPlugins};
-use crate::call::{AccessControl, CallError, OpType, OperationSpec, Visibility};
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::call::{
+    AccessControl, Attachment, AttachmentError, CallError, ErrorCode, MAX_SEGMENT_BYTES, OpType,
+    OperationSpec, Visibility, is_valid_segment,
+};
 use crate::dispatch::{CallContext, Handler, NativeOnce, Operation};
 use crate::registry::RegistryError;
 use crate::runtime::Plugin;
@@ -80,7 +85,11 @@ struct Target {
     name: Option<String>,
     /// `limits`, `grants` and `reuse`, as given.
     settings: Value,
-    wasm: Option<Vec<u8>>,
+    /// The component, as base64 inside the input (the routes that carry
+    /// JSON only) …
+    wasm_base64: Option<String>,
+    /// … or as bytes beside it (an upload).
+    attachment: Option<Attachment>,
     /// A replace that skips the compatibility gate.
     force: bool,
     /// Log lines: the last one the reader has, and how many more at most.
@@ -100,7 +109,14 @@ impl Target {
             Some(Value::String(text)) => Some(text),
             _ => None,
         };
-        let (tenant, name, wasm) = (text("tenant"), text("name"), text("wasm_base64"));
+        let (tenant, name, wasm_base64) = (text("tenant"), text("name"), text("wasm_base64"));
+        for (field, value) in [("name", &name), ("tenant", &tenant)] {
+            if value.as_ref().is_some_and(|v| !is_valid_segment(v)) {
+                return Err(CallError::invalid_input(format!(
+                    "`{field}` must be [a-z0-9_-]+, at most {MAX_SEGMENT_BYTES} bytes"
+                )));
+            }
+        }
         let identity = &cx.identity;
         let (authority, tenant) = if identity.scopes.iter().any(|s| s == OPERATOR) {
             (Authority::Operator, tenant)
@@ -123,15 +139,6 @@ impl Target {
             .map_or(MAX_LOG_LINES, |n| {
                 usize::try_from(n).unwrap_or(MAX_LOG_LINES)
             });
-        let wasm = wasm
-            .map(|b64| {
-                base64::engine::general_purpose::STANDARD
-                    .decode(b64)
-                    .map_err(|e| {
-                        CallError::invalid_input(format!("`wasm_base64` is not base64: {e}"))
-                    })
-            })
-            .transpose()?;
         let mut settings = Map::new();
         for key in ["limits", "grants", "reuse", "placement"] {
             if let Some(value) = fields.remove(key) {
@@ -143,7 +150,8 @@ impl Target {
             tenant,
             name,
             settings: Value::Object(settings),
-            wasm,
+            wasm_base64,
+            attachment: cx.attachment.clone(),
             force,
             after,
             limit: limit.min(MAX_LOG_LINES),
@@ -172,10 +180,66 @@ impl Target {
             .ok_or_else(|| CallError::not_found(name))
     }
 
-    fn wasm(&self) -> Result<&[u8], CallError> {
-        self.wasm
-            .as_deref()
-            .ok_or_else(|| CallError::invalid_input("`wasm_base64` is required"))
+    /// The component, brought in on a turn of `plugins`' uploads (held
+    /// until the change is made or refused) and within their size limit,
+    /// whichever way it came: no more than `max_plugin_bytes` is ever
+    /// decoded or read.
+    async fn component(
+        &mut self,
+        plugins: &Plugins,
+    ) -> Result<(Vec<u8>, OwnedSemaphorePermit), CallError> {
+        let max = plugins.max_plugin_bytes();
+        let too_large = || {
+            CallError::new(
+                ErrorCode::ResourceExhausted,
+                format!("the component is larger than {max} bytes"),
+            )
+            .with_details(json!({ "limit": "max_plugin_bytes", "value": max }))
+        };
+        let turn = plugins.upload_turn()?;
+        let wasm = match (self.wasm_base64.take(), self.attachment.take()) {
+            (Some(_), Some(_)) => {
+                return Err(CallError::invalid_input(
+                    "the component came both as `wasm_base64` and as the upload; send it once",
+                ));
+            }
+            (None, None) => {
+                return Err(CallError::invalid_input(
+                    "the component is required: upload it, or give it as `wasm_base64`",
+                ));
+            }
+            (Some(text), None) => {
+                if base64::decoded_len_estimate(text.len()) > max.saturating_add(2) {
+                    return Err(too_large());
+                }
+                let wasm = base64::engine::general_purpose::STANDARD
+                    .decode(text)
+                    .map_err(|e| {
+                        CallError::invalid_input(format!("`wasm_base64` is not base64: {e}"))
+                    })?;
+                if wasm.len() > max {
+                    return Err(too_large());
+                }
+                wasm
+            }
+            (None, Some(attachment)) => {
+                attachment.read(max).await.map_err(|error| match error {
+                    AttachmentError::TooLarge { .. } => too_large(),
+                    AttachmentError::TimedOut { after } => {
+                        let ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+                        CallError::new(
+                            ErrorCode::Timeout,
+                            format!("the component was not sent within {ms} ms"),
+                        )
+                        .with_details(json!({ "limit": "body_timeout_ms", "value": ms }))
+                    }
+                    other => CallError::invalid_input(format!(
+                        "the component could not be read: {other}"
+                    )),
+                })?
+            }
+        };
+        Ok((wasm, turn))
     }
 }
 
@@ -183,17 +247,18 @@ fn install(plugins: &WeakPlugins) -> Result<Operation, RegistryError> {
     admin_op(
         "install",
         OpType::Mutation,
-        "Installs a plugin: a component (base64), its namespace (default: its own), tenant (default: shared), limits, grants and (the operator's only) instance reuse.",
-        change_schema(&["wasm_base64"]),
+        "Installs a plugin: a component (uploaded, or as base64), its namespace (default: its own), tenant (default: shared), limits, grants and (the operator's only) instance reuse.",
+        change_schema(false),
         plugins,
-        |plugins, target| async move {
+        |plugins, mut target| async move {
+            let (wasm, _turn) = target.component(&plugins).await?;
             let tenant = target.tenant.as_deref();
             let plugin = plugins
                 .install(
                     target.authority,
                     tenant,
                     target.name.as_deref(),
-                    target.wasm()?,
+                    &wasm,
                     target.settings.clone(),
                 )
                 .await?;
@@ -207,16 +272,17 @@ fn replace(plugins: &WeakPlugins) -> Result<Operation, RegistryError> {
         "replace",
         OpType::Mutation,
         "Replaces an installed plugin with a new version, without dropping a call. A version that breaks callers of the old one is refused unless `force` is true.",
-        change_schema(&["name", "wasm_base64"]),
+        change_schema(true),
         plugins,
-        |plugins, target| async move {
+        |plugins, mut target| async move {
+            let (wasm, _turn) = target.component(&plugins).await?;
             let tenant = target.tenant.as_deref();
             let plugin = plugins
                 .replace(
                     target.authority,
                     tenant,
                     target.name()?,
-                    target.wasm()?,
+                    &wasm,
                     target.settings.clone(),
                     target.force,
                 )
@@ -293,8 +359,8 @@ fn logs(plugins: &WeakPlugins) -> Result<Operation, RegistryError> {
         json!({
             "type": "object",
             "properties": {
-                "name": { "type": "string" },
-                "tenant": { "type": "string" },
+                "name": name_schema("The plugin."),
+                "tenant": name_schema("Whose plugin; shared when absent."),
                 "after": { "type": "integer", "minimum": 0 },
                 "limit": { "type": "integer", "minimum": 1 },
             },
@@ -333,14 +399,16 @@ fn logs(plugins: &WeakPlugins) -> Result<Operation, RegistryError> {
     )
 }
 
-/// The input of an install or replace: `required` among the fields.
-fn change_schema(required: &[&str]) -> Value {
+/// The input of an install or replace (`named`: the plugin's name is
+/// required). The component is the upload, or `wasm_base64`.
+fn change_schema(named: bool) -> Value {
+    let required: &[&str] = if named { &["name"] } else { &[] };
     let mut schema = json!({
         "type": "object",
         "properties": {
-            "wasm_base64": { "type": "string", "contentEncoding": "base64", "description": "The component." },
-            "name": { "type": "string", "description": "The namespace." },
-            "tenant": { "type": "string", "description": "The owning tenant; shared when absent." },
+            "wasm_base64": { "type": "string", "contentEncoding": "base64", "description": "The component, where it is not uploaded." },
+            "name": name_schema("The namespace."),
+            "tenant": name_schema("The owning tenant; shared when absent."),
             "limits": { "type": "object", "description": "As in a `[[plugins]]` entry." },
             "grants": { "type": "object", "description": "As in a `[[plugins]]` entry." },
             "reuse": { "type": "object", "description": "As in a `[[plugins]]` entry; the operator's only." },
@@ -353,11 +421,21 @@ fn change_schema(required: &[&str]) -> Value {
         "required": required,
         "additionalProperties": false,
     });
-    if required.contains(&"name") {
+    if named {
         schema["properties"]["force"] =
             json!({ "type": "boolean", "description": "Skip the compatibility gate." });
     }
     schema
+}
+
+/// A plugin's or tenant's name.
+fn name_schema(description: &str) -> Value {
+    json!({
+        "type": "string",
+        "pattern": "^[a-z0-9_-]+$",
+        "maxLength": MAX_SEGMENT_BYTES,
+        "description": description,
+    })
 }
 
 /// The input naming a plugin (`name` required or not).
@@ -366,8 +444,8 @@ fn place_schema(named: bool) -> Value {
     json!({
         "type": ["object", "null"],
         "properties": {
-            "name": { "type": "string" },
-            "tenant": { "type": "string" },
+            "name": name_schema("The plugin."),
+            "tenant": name_schema("Whose plugin; shared when absent."),
         },
         "required": required,
         "additionalProperties": false,

@@ -93,6 +93,7 @@ fn load_cause(error: &LoadError) -> &'static str {
         LoadError::Describe(_) => "describe",
         LoadError::Manifest(_) => "manifest",
         LoadError::Grant(_) => "grant",
+        LoadError::TooLarge(_) => "compile_limit",
         _ => "engine",
     }
 }

@@ -57,6 +57,7 @@ impl Plugins {
                 };
                 let plugin = self.load(&wasm, &record, authority).await?;
                 self.register(&owner_of(record.tenant.as_deref()), &plugin)?;
+                self.inner.runtime.keep(&plugin);
                 Ok::<_, PluginError>(plugin)
             }
             .await;
@@ -149,6 +150,7 @@ impl Plugins {
         record.name = plugin.name().to_owned();
         record.digest = store.put_blob(wasm)?;
         store.put(&record)?;
+        self.inner.runtime.keep(&plugin);
         self.register(&owner, &plugin)?;
         let entry = Entry {
             plugin: plugin.clone(),
@@ -252,6 +254,7 @@ impl Plugins {
         let store = self.store()?;
         record.digest = store.put_blob(wasm)?;
         store.put(&record)?;
+        self.inner.runtime.keep(&plugin);
         self.inner
             .dispatcher
             .registry()

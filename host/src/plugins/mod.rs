@@ -59,6 +59,12 @@ pub struct Policy {
     /// This host's labels (`[cluster] labels`), which a plugin's
     /// `placement` must match for the host to hold it.
     pub labels: BTreeMap<String, String>,
+    /// The largest component an install or replace may bring, by any
+    /// route (`[admin] max_plugin_bytes`).
+    pub max_plugin_bytes: usize,
+    /// Components brought in (read, decoded, compiled) at once, all routes
+    /// and callers together (`[admin] max_uploads`).
+    pub max_uploads: usize,
 }
 
 /// A plugin's settings, as an install or replace gives them: the `limits`,
@@ -79,7 +85,8 @@ struct Settings {
 
 impl Settings {
     fn of(settings: &Value) -> Result<Self, PluginError> {
-        serde_json::from_value(settings.clone()).map_err(|e| PluginError::Settings(e.to_string()))
+        serde_json::from_value(settings.clone())
+            .map_err(|e| PluginError::Settings(without_values(&e.to_string())))
     }
 
     /// Whether a host with `labels` may hold the plugin.
@@ -88,6 +95,33 @@ impl Settings {
             .iter()
             .all(|(label, value)| labels.get(label) == Some(value))
     }
+}
+
+/// `message` (serde's words for settings it could not read) without the
+/// text values it quotes: a secret given where a table belongs would
+/// otherwise be repeated in the refusal, its event and its log line.
+fn without_values(message: &str) -> String {
+    let mut words = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find("string \"") {
+        words.push_str(&rest[..at]);
+        words.push_str("a string");
+        // serde quotes the text escaped, so its end is the first quote
+        // that is not escaped.
+        let quoted = &rest[at + "string \"".len()..];
+        let mut escaped = false;
+        let end = quoted
+            .char_indices()
+            .find(|&(_, c)| {
+                let closes = c == '"' && !escaped;
+                escaped = c == '\\' && !escaped;
+                closes
+            })
+            .map_or(quoted.len(), |(at, _)| at + 1);
+        rest = &quoted[end..];
+    }
+    words.push_str(rest);
+    words
 }
 
 /// A plugin's place: its tenant (`None`: shared) and namespace.
@@ -149,6 +183,8 @@ struct Inner {
     events: Arc<EventLog>,
     /// Told of every change made through the API.
     hook: OnceLock<Hook>,
+    /// Turns to bring a component in: `policy.max_uploads` of them.
+    uploads: Arc<tokio::sync::Semaphore>,
 }
 
 /// A [`ChangeHook`], shown by name only.
@@ -196,6 +232,7 @@ impl Plugins {
             inner: Arc::new(Inner {
                 runtime,
                 dispatcher,
+                uploads: Arc::new(tokio::sync::Semaphore::new(policy.max_uploads.max(1))),
                 policy,
                 store: OnceLock::new(),
                 changes: tokio::sync::Mutex::new(()),
@@ -204,6 +241,27 @@ impl Plugins {
                 hook: OnceLock::new(),
             }),
         }
+    }
+
+    /// A turn to bring a component in, held until it is installed or
+    /// refused: `RESOURCE_EXHAUSTED` while `max_uploads` others hold one.
+    pub(crate) fn upload_turn(&self) -> Result<tokio::sync::OwnedSemaphorePermit, CallError> {
+        self.inner.uploads.clone().try_acquire_owned().map_err(|_| {
+            CallError::new(
+                ErrorCode::ResourceExhausted,
+                "too many plugin uploads at once; try again shortly",
+            )
+            .with_details(serde_json::json!({
+                "limit": "max_uploads",
+                "value": self.inner.policy.max_uploads,
+                "retry_after_ms": 1000,
+            }))
+        })
+    }
+
+    /// The largest component an install or replace may bring.
+    pub(crate) fn max_plugin_bytes(&self) -> usize {
+        self.inner.policy.max_plugin_bytes
     }
 
     /// The event feed.
@@ -285,6 +343,7 @@ impl Plugins {
         }
         policy::check(
             allowance,
+            &self.inner.policy.defaults,
             holds,
             replacing.is_none(),
             record.bytes,
@@ -357,7 +416,7 @@ impl Plugins {
             grants: settings.grants,
             reuse: settings.reuse,
         };
-        Ok(self.inner.runtime.load(wasm, options).await?)
+        Ok(self.inner.runtime.load_untrusted(wasm, options).await?)
     }
 
     /// `plugin`'s operations, with the scopes `[access]` sets.

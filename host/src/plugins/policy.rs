@@ -5,7 +5,7 @@
 //! holding `plugins:write` is, for its own tenant's plugins. A refusal
 //! names the rule it broke, as the config spells it.
 
-use crate::capabilities::Grants;
+use crate::capabilities::{Grants, OutboundDefaults};
 use crate::runtime::{PluginLimits, PluginLimitsConfig};
 use crate::tenants::PluginAllowance;
 
@@ -39,9 +39,11 @@ pub struct Holding {
 /// Checks a new component of `bytes` bytes, with `limits` and `grants` as
 /// given, against `allowance`, given what the tenant already `holds`
 /// (without the version a replace retires). `install` counts it as one
-/// more plugin.
+/// more plugin. A limit the allowance sets no ceiling for has the host's
+/// `defaults` as its ceiling.
 pub fn check(
     allowance: &PluginAllowance,
+    defaults: &PluginLimits,
     holds: Holding,
     install: bool,
     bytes: u64,
@@ -67,7 +69,8 @@ pub fn check(
             ),
         ));
     }
-    for (name, asked, ceiling) in limit_pairs(limits, &allowance.limits) {
+    let ceilings = or_defaults(&allowance.limits, defaults);
+    for (name, asked, ceiling) in limit_pairs(limits, &ceilings) {
         if let (Some(asked), Some(ceiling)) = (asked, ceiling)
             && asked > ceiling
         {
@@ -93,11 +96,54 @@ fn check_grants(allowance: &PluginAllowance, grants: &Grants) -> Result<(), Refu
             "a tenant's plugins never reach the host's internal addresses".into(),
         ));
     }
-    if grants.keyvalue.is_some() && !allowance.keyvalue {
-        return Err(refuse(
-            "grants.keyvalue",
-            "this tenant's plugins may not be granted `keyvalue`".into(),
-        ));
+    if let Some(asked) = grants.keyvalue {
+        let Some(ceiling) = allowance.keyvalue.ceiling() else {
+            return Err(refuse(
+                "grants.keyvalue",
+                "this tenant's plugins may not be granted `keyvalue`".into(),
+            ));
+        };
+        for (name, asked, ceiling) in [
+            ("max_bytes", asked.max_bytes, ceiling.max_bytes),
+            ("max_keys", asked.max_keys, ceiling.max_keys),
+        ] {
+            if asked > ceiling {
+                return Err(refuse(
+                    &format!("grants.keyvalue.{name}"),
+                    format!("`keyvalue.{name}` may be at most {ceiling} for this tenant's plugins"),
+                ));
+            }
+        }
+    }
+    let outbound = [
+        (
+            "outbound_timeout_ms",
+            grants.outbound_timeout_ms,
+            OutboundDefaults::TIMEOUT_MS,
+        ),
+        (
+            "outbound_max_response_bytes",
+            grants.outbound_max_response_bytes,
+            OutboundDefaults::MAX_RESPONSE_BYTES,
+        ),
+        (
+            "outbound_max_requests",
+            grants.outbound_max_requests.map(u64::from),
+            u64::from(OutboundDefaults::MAX_REQUESTS),
+        ),
+        (
+            "outbound_max_requests_per_call",
+            grants.outbound_max_requests_per_call.map(u64::from),
+            u64::from(OutboundDefaults::MAX_REQUESTS_PER_CALL),
+        ),
+    ];
+    for (name, asked, ceiling) in outbound {
+        if asked.is_some_and(|asked| asked > ceiling) {
+            return Err(refuse(
+                &format!("grants.{name}"),
+                format!("`{name}` may be at most {ceiling} for this tenant's plugins"),
+            ));
+        }
     }
     if let Some(host) = grants
         .allowed_outbound_hosts
@@ -133,6 +179,25 @@ pub fn hold_to(limits: PluginLimits, ceiling: &PluginLimitsConfig) -> PluginLimi
         idle_ms: min(limits.idle_ms, ceiling.idle_ms),
         log_lines: min_u32(limits.log_lines, ceiling.log_lines),
         ..limits
+    }
+}
+
+/// The ceilings of `allowance`, each it leaves out the host's default.
+/// `fuel` only ever holds a plugin back, so it has no default ceiling.
+fn or_defaults(allowance: &PluginLimitsConfig, defaults: &PluginLimits) -> PluginLimitsConfig {
+    PluginLimitsConfig {
+        memory_bytes: allowance.memory_bytes.or(Some(defaults.memory_bytes)),
+        table_elements: allowance.table_elements.or(Some(defaults.table_elements)),
+        cpu_ms: allowance.cpu_ms.or(Some(defaults.cpu_ms)),
+        fuel: allowance.fuel,
+        output_bytes: allowance.output_bytes.or(Some(defaults.output_bytes)),
+        max_instances: allowance.max_instances.or(Some(defaults.max_instances)),
+        max_subscriptions: allowance
+            .max_subscriptions
+            .or(Some(defaults.max_subscriptions)),
+        item_cpu_ms: allowance.item_cpu_ms.or(Some(defaults.item_cpu_ms)),
+        idle_ms: allowance.idle_ms.or(Some(defaults.idle_ms)),
+        log_lines: allowance.log_lines.or(Some(defaults.log_lines)),
     }
 }
 

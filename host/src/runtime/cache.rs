@@ -35,27 +35,26 @@ impl ArtifactCache {
         self.dir.join(format!("{}-{digest}.cwasm", self.engine_key))
     }
 
-    /// The compiled component for `wasm`, from the cache when it is there.
-    pub(crate) fn load_or_compile(
-        &self,
-        engine: &Engine,
-        digest: &str,
-        wasm: &[u8],
-    ) -> wasmtime::Result<Component> {
+    /// The compiled component of the plugin `digest`, if the cache has a
+    /// usable one.
+    pub(crate) fn get(&self, engine: &Engine, digest: &str) -> Option<Component> {
         let path = self.path(digest);
-        if path.is_file() {
-            match deserialize(engine, &path) {
-                Ok(component) => return Ok(component),
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), "ignoring unusable cached artifact: {e}")
-                }
-            }
+        if !path.is_file() {
+            return None;
         }
-        let artifact = engine.precompile_component(wasm)?;
-        if let Err(e) = write_atomically(&path, &artifact) {
+        deserialize(engine, &path)
+            .inspect_err(|e| {
+                tracing::warn!(path = %path.display(), "ignoring unusable cached artifact: {e}")
+            })
+            .ok()
+    }
+
+    /// Keeps `artifact`, the compiled plugin `digest`.
+    pub(crate) fn put(&self, digest: &str, artifact: &[u8]) {
+        let path = self.path(digest);
+        if let Err(e) = write_atomically(&path, artifact) {
             tracing::warn!(path = %path.display(), "cannot cache the compiled plugin: {e}");
         }
-        deserialize_bytes(engine, &artifact)
     }
 }
 
@@ -76,7 +75,7 @@ fn deserialize(engine: &Engine, path: &Path) -> wasmtime::Result<Component> {
 }
 
 #[allow(unsafe_code)]
-fn deserialize_bytes(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Component> {
+pub(super) fn deserialize_bytes(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Component> {
     // SAFETY: `bytes` are an artifact `Engine::precompile_component` produced,
     // either just now or earlier into the host's own data directory under a
     // name bound to this engine's compatibility hash; wasmtime checks the

@@ -12,6 +12,7 @@
 
 mod busy;
 mod cache;
+mod compile;
 mod invoke;
 mod lanes;
 mod limits;
@@ -33,6 +34,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::Linker;
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
+pub use compile::{CompileLimits, child_main as compile_child_main};
 pub use invoke::{Invocation, InvokeError};
 pub use limits::{LimitHit, PluginLimits, PluginLimitsConfig};
 pub use manifest::ManifestLimits;
@@ -60,6 +62,7 @@ use state::LiveCounter;
 /// | `enforce_limits` | on |
 /// | `cpu_lanes` | one fewer than the machine's cores, at least one: how many CPU-bound guests run at once |
 /// | `manifest` | what a plugin may declare: [`ManifestLimits`] |
+/// | `compile` | how components callers bring are compiled: [`CompileLimits`] |
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
     /// Most instances alive at once, across all plugins.
@@ -91,6 +94,8 @@ pub struct RuntimeConfig {
     pub cpu_lanes: usize,
     /// What a plugin may declare: operations, schema sizes and complexity.
     pub manifest: ManifestLimits,
+    /// How components that callers bring are compiled, and within what.
+    pub compile: CompileLimits,
 }
 
 impl Default for RuntimeConfig {
@@ -109,6 +114,7 @@ impl Default for RuntimeConfig {
                 .map_or(1, |cores| cores.get().saturating_sub(1))
                 .max(1),
             manifest: ManifestLimits::default(),
+            compile: CompileLimits::default(),
         }
     }
 }
@@ -135,6 +141,10 @@ pub enum LoadError {
     /// A grant cannot be honoured (e.g. its directory does not exist).
     #[error("cannot grant the plugin what its configuration says: {0}")]
     Grant(String),
+    /// Compiling it would cost more than a component brought by a caller
+    /// may: its shape, or the compiler's memory, CPU or time.
+    #[error("the component costs too much to compile: {0}")]
+    TooLarge(String),
 }
 
 /// The engine and linker shared by all plugins.
@@ -217,19 +227,59 @@ impl Runtime {
         &self.inner.config
     }
 
-    /// Compiles (or takes from the cache) and checks a plugin.
+    /// Compiles (or takes from the cache) and checks a plugin the operator
+    /// trusts: compiled in this process, and cached at once.
     pub async fn load(&self, wasm: &[u8], options: LoadOptions) -> Result<Arc<Plugin>, LoadError> {
+        let plugin = self.load_with(wasm, options, false).await?;
+        self.keep(&plugin);
+        Ok(plugin)
+    }
+
+    /// Compiles (or takes from the cache) and checks a plugin that a caller
+    /// brought: within [`CompileLimits`], and cached only once
+    /// [`keep`](Self::keep) says it was accepted, so that a refused one
+    /// leaves nothing behind.
+    pub async fn load_untrusted(
+        &self,
+        wasm: &[u8],
+        options: LoadOptions,
+    ) -> Result<Arc<Plugin>, LoadError> {
+        self.load_with(wasm, options, true).await
+    }
+
+    /// Caches `plugin`'s compiled code, if it was compiled for this load.
+    pub fn keep(&self, plugin: &Plugin) {
+        if let (Some(cache), Some(artifact)) = (&self.inner.cache, plugin.take_unsaved()) {
+            cache.put(plugin.digest(), &artifact);
+        }
+    }
+
+    async fn load_with(
+        &self,
+        wasm: &[u8],
+        options: LoadOptions,
+        untrusted: bool,
+    ) -> Result<Arc<Plugin>, LoadError> {
         check_header(wasm)?;
         if options.grants.keyvalue.is_some() {
             self.keyvalue()?;
         }
         let digest = digest(wasm);
         let engine = &self.inner.engine;
-        let component = match &self.inner.cache {
-            Some(cache) => cache.load_or_compile(engine, &digest, wasm),
-            None => wasmtime::component::Component::new(engine, wasm),
-        }
-        .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        let cached = self
+            .inner
+            .cache
+            .as_ref()
+            .and_then(|cache| cache.get(engine, &digest));
+        let (component, artifact) = match cached {
+            Some(component) => (component, None),
+            None => {
+                let artifact = self.compile(wasm, untrusted).await?;
+                let component = cache::deserialize_bytes(engine, &artifact)
+                    .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+                (component, Some(artifact))
+            }
+        };
         let pre = self
             .inner
             .linker
@@ -241,7 +291,33 @@ impl Runtime {
             .imports(engine)
             .map(|(name, _)| name.to_owned())
             .collect();
-        Plugin::load(self.clone(), pre, digest, imports, options).await
+        let plugin = Plugin::load(self.clone(), pre, digest, imports, options).await?;
+        plugin.set_unsaved(artifact);
+        Ok(plugin)
+    }
+
+    /// The compiled artifact of `wasm`: for a component a caller brought,
+    /// within the compile limits (in a child process, where one is
+    /// configured); else in this process.
+    async fn compile(&self, wasm: &[u8], untrusted: bool) -> Result<Vec<u8>, LoadError> {
+        let limits = &self.inner.config.compile;
+        if untrusted {
+            compile::check_shape(wasm, limits)?;
+            if let Some(program) = &limits.program {
+                return compile::in_child(program, wasm, self.code_settings(), limits).await;
+            }
+        }
+        self.inner
+            .engine
+            .precompile_component(wasm)
+            .map_err(|e| LoadError::Compile(format!("{e:#}")))
+    }
+
+    fn code_settings(&self) -> compile::CodeSettings {
+        compile::CodeSettings {
+            fuel: self.inner.config.fuel,
+            epochs: self.inner.config.enforce_limits,
+        }
     }
 }
 
@@ -314,11 +390,11 @@ fn engine_config(config: &RuntimeConfig) -> Config {
         .pagemap_scan(Enabled::Auto)
         .linear_memory_keep_resident(KEEP_RESIDENT_MEMORY)
         .table_keep_resident(KEEP_RESIDENT_TABLE);
-    let mut wasm = Config::new();
-    wasm.epoch_interruption(config.enforce_limits)
-        .consume_fuel(config.fuel)
-        .wasm_component_model_async(true)
-        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    let mut wasm = compile::code_config(compile::CodeSettings {
+        fuel: config.fuel,
+        epochs: config.enforce_limits,
+    });
+    wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     wasm
 }
 

@@ -74,6 +74,9 @@ pub struct Plugin {
     /// Calls this version took, and how many of them failed.
     calls: AtomicU64,
     failures: AtomicU64,
+    /// Its compiled code, when this load compiled it and the artifact
+    /// cache does not have it yet ([`Runtime::keep`]).
+    unsaved: std::sync::Mutex<Option<Vec<u8>>>,
     _alive: LiveGuard,
 }
 
@@ -133,6 +136,7 @@ impl Plugin {
             retired: AtomicBool::new(false),
             calls: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            unsaved: std::sync::Mutex::new(None),
             _alive: alive,
             dropped: Arc::default(),
             log_tail: Arc::default(),
@@ -144,7 +148,9 @@ impl Plugin {
         let name = options.name.unwrap_or(manifest.name);
         if !is_valid_segment(&name) {
             return Err(LoadError::Manifest(format!(
-                "plugin name `{name}` is not valid ([a-z0-9_-]+)"
+                "plugin name `{}` is not valid ([a-z0-9_-]+, at most {} bytes)",
+                crate::call::cut(&name, 64),
+                crate::call::MAX_SEGMENT_BYTES
             )));
         }
         plugin.name = Arc::from(name);
@@ -188,6 +194,20 @@ impl Plugin {
     /// SHA-256 of the plugin's bytes, as hex.
     pub fn digest(&self) -> &str {
         &self.digest
+    }
+
+    pub(super) fn set_unsaved(&self, artifact: Option<Vec<u8>>) {
+        *self
+            .unsaved
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = artifact;
+    }
+
+    pub(super) fn take_unsaved(&self) -> Option<Vec<u8>> {
+        self.unsaved
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
     }
 
     /// The plugin's limits.

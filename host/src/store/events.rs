@@ -272,7 +272,7 @@ impl EventLog {
 impl Observer for EventLog {
     fn observe(&self, event: Event) {
         let Some(queue) = &self.queue else { return };
-        if let Err(TrySendError::Full(_)) = queue.try_send(Queued::Local(event)) {
+        if let Err(TrySendError::Full(_)) = queue.try_send(Queued::Local(event.bounded())) {
             self.shared.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }

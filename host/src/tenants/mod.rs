@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-pub use allowance::PluginAllowance;
+pub use allowance::{KeyvalueAllowance, PluginAllowance};
 pub use quota::Admission;
 pub use quota::Quotas;
 pub(crate) use quota::Usage;

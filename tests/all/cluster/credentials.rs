@@ -15,7 +15,7 @@ async fn joining(
     holds: bool,
     credentials: impl FnOnce(&mut ClusterConfig),
 ) -> TestHost {
-    let mut cluster = ClusterConfig::new(nats.url());
+    let mut cluster = ClusterConfig::new(nats.url()).with_key(super::KEY);
     credentials(&mut cluster);
     TestHost::with_config(move |config| {
         config.cluster = Some(cluster);

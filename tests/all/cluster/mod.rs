@@ -10,6 +10,7 @@ mod names;
 mod placement;
 mod start;
 mod traces;
+mod trust;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -119,6 +120,9 @@ fn nats_server() -> PathBuf {
 /// The token of the `reader` caller, who holds scope `text:read`.
 const READER: &str = "reader-token";
 
+/// The key the test clusters' hosts share.
+pub(super) const KEY: &str = "a-test-cluster-key-that-every-host-shares";
+
 /// An `opbox serve` in the cluster on `nats`: tenant `default` takes
 /// anonymous callers and `reader`; `top` adds top-level settings, `tables`
 /// more tables (`[[plugins]]`, `[access…]`).
@@ -131,7 +135,7 @@ fn host_keeping(nats: &Nats, dir: &Path, data_dir: &Path, top: &str, tables: &st
     let config = format!(
         "listen = \"127.0.0.1:0\"\ndata_dir = {data:?}\ncache_dir = {cache:?}\n{top}\n\
          [gateway]\npublic_metrics = true\n\
-         [cluster]\nnats_url = {url:?}\nname = \"test\"\n\
+         [cluster]\nnats_url = {url:?}\nname = \"test\"\nkey = {KEY:?}\n\
          [[tenants]]\nid = \"default\"\nanonymous = true\n\
          [[tenants.tokens]]\nid = \"reader\"\nsha256 = {hash:?}\nscopes = [\"text:read\"]\n\
          {tables}\n",
@@ -530,7 +534,7 @@ async fn a_host_that_loses_nats_serves_what_it_holds_and_reconnects() {
 fn joins(nats: &Nats) -> impl Fn(&mut opbox::HostConfig) + Clone {
     let url = nats.url();
     move |config| {
-        config.cluster = Some(ClusterConfig::new(url.clone()));
+        config.cluster = Some(ClusterConfig::new(url.clone()).with_key(KEY));
     }
 }
 

@@ -59,7 +59,8 @@ async fn a_host_behind_a_slow_link_is_reached_by_the_others_once_it_has_started(
     // after it is written.
     let relay = slow_relay(nats.port, Duration::from_millis(300)).await;
     let holder = TestHost::with_config(|config| {
-        config.cluster = Some(ClusterConfig::new(format!("nats://127.0.0.1:{relay}")));
+        config.cluster =
+            Some(ClusterConfig::new(format!("nats://127.0.0.1:{relay}")).with_key(super::KEY));
     })
     .await;
 

@@ -69,6 +69,10 @@ enum Command {
         /// overriding `[cluster] nats_url`.
         #[arg(long, value_name = "URL")]
         nats: Option<String>,
+        /// The file holding the secret every host of the cluster shares
+        /// (32 bytes or more), overriding `[cluster] key_file`.
+        #[arg(long, value_name = "FILE", env = "OPBOX_CLUSTER_KEY_FILE")]
+        cluster_key_file: Option<PathBuf>,
         /// Keep installed plugins, events and key-value data here,
         /// overriding `data_dir` (one host at a time may use a directory).
         #[arg(long, value_name = "DIR")]
@@ -124,6 +128,27 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         sdk: Option<PathBuf>,
     },
+    /// Compile a component read on standard input and write the compiled
+    /// artifact on standard output, within the memory and CPU time given:
+    /// how `opbox serve` compiles the components callers upload, in a
+    /// process of their own.
+    #[command(hide = true)]
+    CompileComponent {
+        /// Memory the compiler may take (its data segment and heap), in
+        /// bytes.
+        #[arg(long)]
+        memory_bytes: u64,
+        /// CPU time the compiler may take, in seconds.
+        #[arg(long)]
+        cpu_secs: u64,
+        /// Count instructions (the host's engine does).
+        #[arg(long)]
+        fuel: bool,
+        /// Compile without epoch interruption (the host's engine does not
+        /// enforce CPU-time limits).
+        #[arg(long)]
+        no_epochs: bool,
+    },
     /// Build the plugin in DIR, serve it, and rebuild and replace it on
     /// every save.
     Dev {
@@ -174,6 +199,16 @@ struct Remote {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A compiler child: no logging, no async runtime, nothing but its work.
+    if let Command::CompileComponent {
+        memory_bytes,
+        cpu_secs,
+        fuel,
+        no_epochs,
+    } = cli.command
+    {
+        return opbox::runtime::compile_child_main(memory_bytes, cpu_secs, fuel, !no_epochs);
+    }
     // `serve` reads its configuration first: it says where traces go.
     let host_config = match &cli.command {
         Command::Serve { config, .. } => match config {
@@ -251,11 +286,15 @@ fn main() -> ExitCode {
                 tcp_listen,
                 plugins,
                 nats,
+                cluster_key_file,
                 data_dir,
                 no_examples,
                 ..
             } => {
                 let mut config = host_config.unwrap_or_else(HostConfig::demo);
+                // Components callers upload are compiled by this binary, in
+                // a child process bounded by `[admin]`'s compile limits.
+                config.compiler = std::env::current_exe().ok();
                 if let Some(traces) = &traces {
                     config.tracer = traces.tracer();
                 }
@@ -270,6 +309,10 @@ fn main() -> ExitCode {
                         Some(cluster) => cluster.nats_url = url,
                         None => config.cluster = Some(opbox::cluster::ClusterConfig::new(url)),
                     }
+                }
+                if let (Some(cluster), Some(file)) = (&mut config.cluster, cluster_key_file) {
+                    cluster.key = None;
+                    cluster.key_file = Some(file);
                 }
                 serve::serve(config, listen, tcp_listen, plugins).await
             }
@@ -288,6 +331,8 @@ fn main() -> ExitCode {
                 sdk,
             } => new::new_plugin(&name, lang, &dir, sdk),
             Command::Dev { dir, listen } => dev::dev(dir, listen).await,
+            // Run before the async runtime starts, above.
+            Command::CompileComponent { .. } => Ok(()),
         }
     });
     // Do not wait for lingering requests (e.g. open subscriptions).

@@ -94,12 +94,17 @@ pub(super) async fn send(
                 .map_err(|_| Error::ConnectionReadTimeout)??;
         Ok::<_, Error>(response)
     };
-    // Drive the connection while waiting for the response head.
-    let response = tokio::select! {
-        response = exchange => response?,
+    let mut exchange = std::pin::pin!(exchange);
+    // Drive the connection while waiting for the response head. A
+    // connection can end cleanly right after a whole response (a body of
+    // known length, `Content-Length: 0` among them, then the server
+    // closes): the response is then already waiting for the exchange.
+    let (response, open) = tokio::select! {
+        biased;
+        response = exchange.as_mut() => (response?, true),
         done = connection.as_mut() => {
             done?;
-            return Err(Error::HttpResponseIncomplete);
+            (exchange.await?, false)
         }
     };
     let held = policy.held;
@@ -116,7 +121,10 @@ pub(super) async fn send(
     });
     let io = async move {
         let _held = held;
-        connection.await.map_err(Error::from)
+        if open {
+            connection.await.map_err(Error::from)?;
+        }
+        Ok(())
     };
     Ok((response, Box::new(io)))
 }

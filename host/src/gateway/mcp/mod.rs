@@ -375,6 +375,7 @@ impl OpboxMcp {
             identity,
             origin: Origin::Wire(Transport::Mcp),
             trace,
+            attachment: None,
         }
     }
 

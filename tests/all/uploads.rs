@@ -1,0 +1,309 @@
+//! Components brought to a running host: compiled within bounds that a
+//! hostile one cannot break, refused without a trace, and held to the same
+//! limits on every route that reaches `admin/install`.
+//!
+//! Each test runs the real `opbox serve`, so that its resident memory is
+//! the host's own, read from `/proc`.
+
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use serde_json::{Value, json};
+
+use crate::admin::{OPERATOR, fixture};
+use crate::util::Server;
+
+/// A component holding one core module of `functions` empty functions:
+/// under a megabyte for a quarter of a million, and costly to compile.
+fn many_functions(functions: u32) -> Vec<u8> {
+    fn leb(mut n: u32, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    fn section(id: u8, body: &[u8], out: &mut Vec<u8>) {
+        out.push(id);
+        leb(u32::try_from(body.len()).unwrap(), out);
+        out.extend_from_slice(body);
+    }
+    let mut module = b"\0asm\x01\0\0\0".to_vec();
+    // One type, `[] -> []`; every function of it; each body empty.
+    section(1, &[1, 0x60, 0, 0], &mut module);
+    let mut funcs = Vec::new();
+    leb(functions, &mut funcs);
+    funcs.resize(funcs.len() + functions as usize, 0);
+    section(3, &funcs, &mut module);
+    let mut code = Vec::new();
+    leb(functions, &mut code);
+    for _ in 0..functions {
+        code.extend_from_slice(&[2, 0, 0x0b]);
+    }
+    section(10, &code, &mut module);
+    let mut component = b"\0asm\x0d\0\x01\0".to_vec();
+    section(1, &module, &mut component);
+    component
+}
+
+/// `wasm` grown to `bytes` with a custom section, which changes nothing
+/// it does.
+fn padded(mut wasm: Vec<u8>, bytes: usize) -> Vec<u8> {
+    let name = b"padding";
+    let body = bytes - wasm.len() - 1 - 5 - 1 - name.len();
+    wasm.push(0);
+    let size = u32::try_from(1 + name.len() + body).unwrap();
+    // A five-byte LEB128, so the size is exact.
+    for shift in [0, 7, 14, 21] {
+        wasm.push(((size >> shift) & 0x7f) as u8 | 0x80);
+    }
+    wasm.push(((size >> 28) & 0x7f) as u8);
+    wasm.push(name.len() as u8);
+    wasm.extend_from_slice(name);
+    wasm.resize(bytes, 0);
+    wasm
+}
+
+/// `opbox serve` with the default tenant, anonymous, and the operator's
+/// token, its cache in `dir`; `extra` added to the configuration.
+fn server(dir: &std::path::Path, extra: &str) -> Server {
+    let config = format!(
+        "listen = \"127.0.0.1:0\"\nexamples = false\ncache_dir = \"cache\"\n{extra}\n\
+         [[tenants]]\nid = \"default\"\nanonymous = true\n\
+         [[tenants.tokens]]\nid = \"operator\"\nsha256 = \"{}\"\nscopes = [\"admin\"]\n",
+        opbox::tenants::hash_token_hex(OPERATOR)
+    );
+    // Two malloc arenas, so that the resident set measures the host's
+    // work, not how many threads happened to allocate at once.
+    Server::start_with(dir, &config, &[("MALLOC_ARENA_MAX", "2")])
+}
+
+/// The files of the compiled-plugin cache.
+fn cached(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir.join("cache"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+async fn install(client: &reqwest::Client, server: &Server, wasm: Vec<u8>) -> (u16, Value) {
+    let response = client
+        .post(format!("{}/admin/v1/plugins", server.url))
+        .bearer_auth(OPERATOR)
+        .body(wasm)
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn a_compile_bomb_is_refused_before_compiling_and_costs_the_host_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(dir.path(), "");
+    let client = reqwest::Client::new();
+    let bomb = many_functions(240_000);
+    assert!(bomb.len() < 1 << 20, "{} bytes", bomb.len());
+    let before = server.rss_kib();
+    let started = Instant::now();
+    let (status, body) = install(&client, &server, bomb).await;
+    let took = started.elapsed();
+    let after = server.rss_kib();
+    eprintln!("refused in {took:?}; resident {before} KiB before, {after} KiB after: {body}");
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["details"]["cause"], "compile_limit", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("more than 100000 functions"),
+        "{body}"
+    );
+    // Reading the shape holds nothing but the upload itself.
+    assert!(after < before + 16 * 1024, "{before} KiB → {after} KiB");
+    assert!(cached(dir.path()).is_empty(), "{:?}", cached(dir.path()));
+    // And the host serves on.
+    let (status, body) = install(&client, &server, fixture("echo")).await;
+    assert_eq!(status, 201, "{body}");
+}
+
+#[tokio::test]
+async fn a_component_that_needs_more_than_the_compiler_may_use_is_refused_and_its_memory_is_not_the_hosts()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    // Within the shape's bounds, beyond the compiler's memory.
+    let server = server(dir.path(), "[admin]\ncompile_memory_bytes = 67108864\n");
+    let client = reqwest::Client::new();
+    let before = server.rss_kib();
+    let started = Instant::now();
+    let (status, body) = install(&client, &server, many_functions(90_000)).await;
+    let took = started.elapsed();
+    let after = server.rss_kib();
+    eprintln!("refused in {took:?}; resident {before} KiB before, {after} KiB after: {body}");
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["details"]["cause"], "compile_limit", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("67108864 bytes of memory"),
+        "{body}"
+    );
+    assert!(after < before + 16 * 1024, "{before} KiB → {after} KiB");
+    assert!(cached(dir.path()).is_empty(), "{:?}", cached(dir.path()));
+    let (status, body) = install(&client, &server, fixture("echo")).await;
+    assert_eq!(status, 201, "{body}");
+}
+
+#[tokio::test]
+async fn a_refused_upload_leaves_nothing_in_the_cache_and_an_accepted_one_is_cached() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(dir.path(), "");
+    let client = reqwest::Client::new();
+    // Compiles, but is no plugin: it exports nothing.
+    let (status, body) = install(&client, &server, many_functions(10)).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["details"]["cause"], "link", "{body}");
+    // Compiles and links, but its name is taken by the one installed next.
+    let (status, body) = install(&client, &server, fixture("echo")).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(cached(dir.path()).len(), 1, "{:?}", cached(dir.path()));
+    let renamed = padded(fixture("echo"), fixture("echo").len() + 64);
+    let (status, body) = install(&client, &server, renamed).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(cached(dir.path()).len(), 1, "{:?}", cached(dir.path()));
+}
+
+#[tokio::test]
+async fn the_size_limit_holds_on_every_route_that_installs() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(
+        dir.path(),
+        "[gateway]\nmax_body_bytes = 2097152\n[admin]\nmax_plugin_bytes = 655360\n",
+    );
+    let client = reqwest::Client::new();
+    let big = padded(fixture("echo"), 720_904);
+    let text = base64::engine::general_purpose::STANDARD.encode(&big);
+    let via_call = client
+        .post(format!("{}/call", server.url))
+        .bearer_auth(OPERATOR)
+        .json(&json!({"operation": "admin/install", "input": {"wasm_base64": text}}))
+        .send()
+        .await
+        .unwrap();
+    let via_op = client
+        .post(format!("{}/ops/admin/install", server.url))
+        .bearer_auth(OPERATOR)
+        .json(&json!({"wasm_base64": text}))
+        .send()
+        .await
+        .unwrap();
+    for response in [via_call, via_op] {
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(status, 429, "{body}");
+        assert_eq!(body["error"]["code"], "RESOURCE_EXHAUSTED", "{body}");
+        assert_eq!(
+            body["error"]["details"]["limit"], "max_plugin_bytes",
+            "{body}"
+        );
+    }
+    let (status, body) = install(&client, &server, big).await;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(
+        body["error"]["details"]["limit"], "max_plugin_bytes",
+        "{body}"
+    );
+    // Under the limit, by every route.
+    let small = base64::engine::general_purpose::STANDARD.encode(fixture("echo"));
+    let (status, body) = {
+        let response = client
+            .post(format!("{}/call", server.url))
+            .bearer_auth(OPERATOR)
+            .json(&json!({"operation": "admin/install", "input": {"wasm_base64": small}}))
+            .send()
+            .await
+            .unwrap();
+        (
+            response.status().as_u16(),
+            response.json::<Value>().await.unwrap(),
+        )
+    };
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["output"]["name"], "echo", "{body}");
+}
+
+/// An upload that sends a few bytes, then one more every 200 ms, for as
+/// long as the host lets it; its answer.
+async fn trickle(url: String) -> (u16, Value) {
+    let chunks = futures::stream::unfold(0u32, |n| async move {
+        if n > 0 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let chunk = if n == 0 { b"\0asm".to_vec() } else { vec![0] };
+        Some((Ok::<_, std::io::Error>(chunk), n + 1))
+    });
+    let response = reqwest::Client::new()
+        .post(url)
+        .bearer_auth(OPERATOR)
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn slow_uploads_end_at_the_body_timeout_and_hold_no_place_past_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(
+        dir.path(),
+        "[connections]\nbody_timeout_ms = 2000\n[admin]\nmax_uploads = 2\n",
+    );
+    let client = reqwest::Client::new();
+    let url = format!("{}/admin/v1/plugins", server.url);
+    let started = Instant::now();
+    let slow = [
+        tokio::spawn(trickle(url.clone())),
+        tokio::spawn(trickle(url.clone())),
+    ];
+    // While both are trickling, they hold both places: an install by any
+    // route waits its turn.
+    let small = base64::engine::general_purpose::STANDARD.encode(fixture("echo"));
+    let refused = loop {
+        let response = client
+            .post(format!("{}/call", server.url))
+            .bearer_auth(OPERATOR)
+            .json(&json!({"operation": "admin/install", "input": {"wasm_base64": small}}))
+            .send()
+            .await
+            .unwrap();
+        let body: Value = response.json().await.unwrap();
+        if body["error"]["details"]["limit"] == "max_uploads" {
+            break body;
+        }
+        assert!(started.elapsed() < Duration::from_secs(2), "{body}");
+        assert_eq!(body["result"], "error", "{body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(refused["error"]["code"], "RESOURCE_EXHAUSTED", "{refused}");
+    for slow in slow {
+        let (status, body) = slow.await.unwrap();
+        assert_eq!(status, 408, "{body}");
+        assert_eq!(
+            body["error"]["details"]["limit"], "body_timeout_ms",
+            "{body}"
+        );
+    }
+    // Their places are free again.
+    let (status, body) = install(&client, &server, fixture("echo")).await;
+    assert_eq!(status, 201, "{body}");
+}
