@@ -170,6 +170,7 @@ impl Host {
         let connections = Connections::new(
             config.connections.max_connections,
             config.connections.max_connections_per_ip,
+            config.connections.new_connections_per_ip_per_second,
         );
         let host = Self {
             runtime,

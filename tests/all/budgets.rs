@@ -272,3 +272,67 @@ async fn the_openapi_document_follows_the_plugins_loaded() {
     let (_, after) = host.get("/openapi.json").await;
     assert!(after.to_string().contains("mirror/echo"));
 }
+
+/// `burn/spin`: a native operation that keeps its worker busy for `ms`
+/// milliseconds, in one poll, as host work for a call would.
+fn burn() -> opbox::dispatch::Operation {
+    use futures::FutureExt;
+    use opbox::call::{AccessControl, OpType, OperationSpec, Visibility};
+    use opbox::dispatch::{Handler, Operation};
+    Operation::compile(
+        OperationSpec {
+            name: "burn/spin".into(),
+            op_type: OpType::Query,
+            visibility: Visibility::External,
+            description: "Spins for `ms` milliseconds.".into(),
+            input_schema: json!({"type": "integer"}),
+            output_schema: json!(true),
+            access_control: AccessControl::default(),
+        },
+        Handler::NativeOnce(std::sync::Arc::new(|_, input: Value| {
+            async move {
+                let until =
+                    std::time::Instant::now() + Duration::from_millis(input.as_u64().unwrap_or(0));
+                while std::time::Instant::now() < until {}
+                Ok(json!(null))
+            }
+            .boxed()
+        })),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn nested_native_work_is_charged_to_the_calling_plugins_cpu_ms() {
+    let host = TestHost::with_config(|config| config.plugin_limits.cpu_ms = Some(100)).await;
+    host.host
+        .dispatcher()
+        .registry()
+        .insert_namespace(&opbox::registry::Owner::Shared, "burn", vec![burn()])
+        .unwrap();
+    // Sixteen nested calls of 50 ms of host work each: 800 ms, eight times
+    // the calling plugin's `cpu_ms`.
+    let fan_out = json!({"operation": "burn/spin", "input": 50, "count": 16});
+    let response = host
+        .client
+        .post(host.url("/call"))
+        .json(&json!({"operation": "hostile-edge/fan-out", "input": fan_out}))
+        .send()
+        .await
+        .unwrap();
+    let cost: Value = serde_json::from_slice(response.headers()["opbox-cost"].as_bytes()).unwrap();
+    let body: Value = response.json().await.unwrap();
+    // The call is stopped at its budget, and the host ran no more than the
+    // budget and the calls under way when it ran out (one per worker).
+    assert_eq!(body["error"]["details"]["limit"], "cpu_ms", "{body}");
+    let host_cpu_ms = cost["host_cpu_us"].as_u64().unwrap() / 1000;
+    assert!(
+        (100..400).contains(&host_cpu_ms),
+        "{host_cpu_ms} ms of host work for a call of 100 ms: {cost}"
+    );
+    // A plugin within its budget is not held back.
+    let fan_out = json!({"operation": "burn/spin", "input": 1, "count": 4});
+    let (status, body) = host.call("hostile-edge/fan-out", fan_out).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["output"]["ok"], 4, "{body}");
+}

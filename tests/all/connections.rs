@@ -285,6 +285,53 @@ async fn connections_are_capped_per_address_and_in_all() {
     assert_eq!(status, 200);
 }
 
+/// `GET /healthz` on a connection of its own from `from`, closed after the
+/// answer; the answer's status line.
+async fn health_from(host: &TestHost, from: &str) -> String {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    let mut http = socket.connect(host.addr).await.unwrap();
+    // A refused peer may be gone before it reads the request.
+    let _ = http
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await;
+    let answer = String::from_utf8(closed_by_host(&mut http).await).unwrap();
+    answer.lines().next().unwrap_or_default().to_owned()
+        + if answer.contains("new_connections_per_ip_per_second") {
+            " (rate)"
+        } else {
+            ""
+        }
+}
+
+#[tokio::test]
+async fn an_address_that_churns_connections_is_held_to_its_rate_and_others_are_not() {
+    let host = TestHost::with_config(|config| {
+        config.connections.new_connections_per_ip_per_second = 5;
+    })
+    .await;
+    // One connection after another, each closed at once: a second's worth
+    // is answered, then the address is refused while its rate is spent.
+    let mut answered = 0;
+    let refused = loop {
+        let status = health_from(&host, "127.0.0.1").await;
+        if status.starts_with("HTTP/1.1 200 ") {
+            answered += 1;
+            assert!(answered < 100, "never refused");
+        } else {
+            break status;
+        }
+    };
+    assert!(answered >= 5, "{answered}");
+    assert_eq!(refused, "HTTP/1.1 429 Too Many Requests (rate)");
+    // Another address has a rate of its own.
+    assert!(
+        health_from(&host, "127.0.0.2")
+            .await
+            .starts_with("HTTP/1.1 200 ")
+    );
+}
+
 #[tokio::test]
 async fn slow_request_headers_and_bodies_are_cut_off() {
     let host = TestHost::with_config(|config| {

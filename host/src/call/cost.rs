@@ -29,6 +29,7 @@ pub struct Meter {
 #[derive(Debug, Default)]
 struct Tally {
     guest_cpu_ns: AtomicU64,
+    host_cpu_ns: AtomicU64,
     fuel: AtomicU64,
     memory_peak: AtomicU64,
     keyvalue: AtomicU64,
@@ -67,6 +68,20 @@ impl Meter {
     pub fn add_guest_cpu(&self, spent: Duration) {
         let ns = u64::try_from(spent.as_nanos()).unwrap_or(u64::MAX);
         self.own.guest_cpu_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    /// Adds CPU time the host spent running the call itself (a native
+    /// operation's handler).
+    pub fn add_host_cpu(&self, spent: Duration) {
+        let ns = u64::try_from(spent.as_nanos()).unwrap_or(u64::MAX);
+        self.own.host_cpu_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    /// Host CPU time the call's nested calls spent so far (native
+    /// operations', theirs and below), as their receipts came in: what a
+    /// plugin's `cpu_ms` is charged besides its own guest's.
+    pub fn nested_host_cpu(&self) -> Duration {
+        Duration::from_nanos(self.nested.host_cpu_ns.load(Ordering::Relaxed))
     }
 
     /// Guest CPU time of the call's own instance, nested calls' excluded.
@@ -122,6 +137,8 @@ impl Meter {
         let t = &self.nested;
         t.guest_cpu_ns
             .fetch_add(nested.guest_cpu_us.saturating_mul(1000), Ordering::Relaxed);
+        t.host_cpu_ns
+            .fetch_add(nested.host_cpu_us.saturating_mul(1000), Ordering::Relaxed);
         if let Some(fuel) = nested.fuel {
             self.fueled.store(true, Ordering::Relaxed);
             t.fuel.fetch_add(fuel, Ordering::Relaxed);
@@ -168,6 +185,7 @@ impl Meter {
         Receipt {
             wall_us: micros(self.wall()),
             guest_cpu_us: sum(|t| &t.guest_cpu_ns) / 1000,
+            host_cpu_us: sum(|t| &t.host_cpu_ns) / 1000,
             fuel: self
                 .fueled
                 .load(Ordering::Relaxed)
@@ -203,6 +221,10 @@ pub struct Receipt {
     pub wall_us: u64,
     /// Time guests ran for the call, in microseconds.
     pub guest_cpu_us: u64,
+    /// Time the host ran native operations for the call (the host's own
+    /// operations it called, nested or not), in microseconds.
+    #[serde(default)]
+    pub host_cpu_us: u64,
     /// Wasm instructions counted, when the host counts fuel.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fuel: Option<u64>,
@@ -244,6 +266,7 @@ mod tests {
     fn nested_receipts_roll_up_and_wall_time_stops_at_the_end() {
         let child = Meter::default();
         child.add_guest_cpu(Duration::from_micros(300));
+        child.add_host_cpu(Duration::from_micros(70));
         child.memory(2 << 20);
         child.host_call(HostCall::Keyvalue);
         child.bytes_in(10);
@@ -259,6 +282,8 @@ mod tests {
         parent.end();
         let receipt = parent.receipt();
         assert_eq!(receipt.guest_cpu_us, 400);
+        assert_eq!(receipt.host_cpu_us, 70);
+        assert_eq!(parent.nested_host_cpu(), Duration::from_micros(70));
         assert_eq!(parent.own_guest_cpu(), Duration::from_micros(100));
         assert_eq!(receipt.memory_peak_bytes, 3 << 20);
         assert_eq!(

@@ -66,6 +66,7 @@
 //! [connections]                # every listener
 //! max_connections = 1024       # open at once, in all
 //! max_connections_per_ip = 128 # open at once from one address
+//! new_connections_per_ip_per_second = 200  # opened, from one address
 //! header_timeout_ms = 10000    # to send request headers; idle connections
 //! body_timeout_ms = 30000      # to send a request body
 //! write_timeout_ms = 30000     # a peer taking nothing of what is sent
@@ -439,6 +440,7 @@ impl HostConfig {
         ConnectionConfig {
             max_connections: section.max_connections,
             max_connections_per_ip: section.max_connections_per_ip,
+            new_connections_per_ip_per_second: section.new_connections_per_ip_per_second,
             header_timeout: Duration::from_millis(section.header_timeout_ms),
             body_timeout: Duration::from_millis(section.body_timeout_ms),
             write_timeout: Duration::from_millis(section.write_timeout_ms),

@@ -58,6 +58,8 @@ pub struct ConnectionsSection {
     pub max_connections: usize,
     /// Connections open at once from one peer address.
     pub max_connections_per_ip: usize,
+    /// New connections a second from one peer address (0: any).
+    pub new_connections_per_ip_per_second: u32,
     /// The time a peer has to send a request's headers.
     pub header_timeout_ms: u64,
     /// The time a peer has to send a request's body.
@@ -74,6 +76,7 @@ impl Default for ConnectionsSection {
         Self {
             max_connections: defaults.max_connections,
             max_connections_per_ip: defaults.max_connections_per_ip,
+            new_connections_per_ip_per_second: defaults.new_connections_per_ip_per_second,
             header_timeout_ms: millis(defaults.header_timeout),
             body_timeout_ms: millis(defaults.body_timeout),
             write_timeout_ms: millis(defaults.write_timeout),

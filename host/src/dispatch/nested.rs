@@ -2,6 +2,12 @@
 //! through the dispatcher, as the same caller, within what is left of the
 //! deadline, one level deeper, at most `max_nested_calls` open at once, each
 //! input held to the wire's size limit.
+//!
+//! The host's work for a nested native operation is charged to the calling
+//! plugin's `cpu_ms`, beside its guest's own time: a nested call starts
+//! only while the two together have not spent it, with what is left as its
+//! deadline, and the guest's budget loses what they spent (`runtime`'s
+//! epoch callback, from the call's [`Meter`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,6 +31,7 @@ pub(super) fn invocation(
     dispatcher: &Dispatcher,
     request: &CallRequest,
     deadline: Duration,
+    cpu: Duration,
     meter: &Arc<Meter>,
     span: &CallSpan,
 ) -> Invocation {
@@ -40,6 +47,7 @@ pub(super) fn invocation(
             dispatcher: dispatcher.clone(),
             identity: request.identity.clone(),
             deadline: Instant::now() + deadline,
+            cpu,
             depth: request.origin.depth() + 1,
             span: span.clone(),
             meter: meter.clone(),
@@ -57,6 +65,9 @@ struct Nested {
     dispatcher: Dispatcher,
     identity: Identity,
     deadline: Instant,
+    /// The calling plugin's `cpu_ms`: its guest's time and the host's
+    /// for its nested native operations, together.
+    cpu: Duration,
     depth: u32,
     /// The calling call's span, the parent of its calls' spans.
     span: CallSpan,
@@ -129,6 +140,25 @@ impl Drop for RollUp {
     }
 }
 
+/// What is left of `cpu` once the calling guest's own time and its nested
+/// native operations' (as far as they have ended) are taken out;
+/// `RESOURCE_EXHAUSTED` when nothing is. Checked as each nested call
+/// starts, so no more start once the budget is spent.
+fn cpu_left(meter: &Meter, cpu: Duration) -> Result<Duration, CallError> {
+    let spent = meter.own_guest_cpu() + meter.nested_host_cpu();
+    match cpu.checked_sub(spent) {
+        Some(left) if !left.is_zero() => Ok(left),
+        _ => Err(CallError::new(
+            ErrorCode::ResourceExhausted,
+            "the call has spent its CPU time, its nested native operations' included",
+        )
+        .with_details(json!({
+            "limit": "cpu_ms",
+            "value": u64::try_from(cpu.as_millis()).unwrap_or(u64::MAX),
+        }))),
+    }
+}
+
 fn parse_input(input: &str) -> Result<Value, CallError> {
     serde_json::from_str(input)
         .map_err(|e| CallError::invalid_input(format!("the input is not JSON: {e}")))
@@ -157,9 +187,10 @@ impl NestedCalls for Nested {
             Err(e) => return futures::future::ready(Err(e)).boxed(),
         };
         let (dispatcher, request) = (self.dispatcher.clone(), self.request(operation));
-        let parent = self.meter.clone();
+        let (parent, cpu) = (self.meter.clone(), self.cpu);
         let task = AbortOnDropHandle::new(tokio::spawn(async move {
             let _open = open;
+            cpu_left(&parent, cpu)?;
             let input = parse_input(&input)?;
             let called = dispatcher
                 .call_metered(CallRequest { input, ..request })
@@ -184,7 +215,7 @@ impl NestedCalls for Nested {
             Err(e) => return futures::future::ready(Err(e)).boxed(),
         };
         let (dispatcher, request) = (self.dispatcher.clone(), self.request(operation));
-        let parent = self.meter.clone();
+        let (parent, cpu) = (self.meter.clone(), self.cpu);
         let (started, started_rx) = tokio::sync::oneshot::channel();
         // One item at a time: the subscription runs at most an item ahead
         // of the guest reading it.
@@ -193,7 +224,8 @@ impl NestedCalls for Nested {
             let _open = open;
             // However the task ends (the subscription ended, or the guest
             // dropped it), what it spent is rolled up into the caller's.
-            let (subscribed, _roll_up) = match parse_input(&input) {
+            let input = cpu_left(&parent, cpu).and_then(|_| parse_input(&input));
+            let (subscribed, _roll_up) = match input {
                 Ok(input) => {
                     let subscribed = dispatcher
                         .subscribe_metered(CallRequest { input, ..request })

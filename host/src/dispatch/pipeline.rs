@@ -18,6 +18,7 @@ use crate::call::{
     AccessControl, CallError, CallRequest, ErrorCode, Identity, Meter, OperationSpec, Origin,
     Visibility,
 };
+use crate::runtime::Busy;
 use crate::telemetry::trace::CallSpan;
 use crate::tenants::{Admission, Tenant};
 
@@ -130,13 +131,16 @@ impl Dispatcher {
                     // instance against the tenant.
                     let _native = nested_native(&request, &tenant)?;
                     meter.bytes_in(json_len(&input));
-                    let output = handler(cx, input).await?;
+                    // The host's own work for the call, metered as such:
+                    // a plugin calling it is charged for it.
+                    let output = Busy::host(handler(cx, input), meter.clone()).await?;
                     meter.bytes_out(json_len(&output));
                     Ok(output)
                 }
                 Handler::Plugin { plugin, op: name } => {
                     let _instance = tenant.usage.instance()?;
-                    let invocation = invocation(self, &request, deadline, meter, span);
+                    let cpu = Duration::from_millis(plugin.limits().cpu_ms);
+                    let invocation = invocation(self, &request, deadline, cpu, meter, span);
                     let counted = plugin.count_call();
                     let input = input.to_string();
                     meter.bytes_in(input.len());
@@ -201,7 +205,8 @@ impl Dispatcher {
             Handler::Plugin { plugin, op: name } => {
                 held.push(Some(tenant.usage.instance()?));
                 let deadline = limit.unwrap_or(NO_DEADLINE);
-                let invocation = invocation(self, request, deadline, meter, span);
+                let cpu = Duration::from_millis(plugin.limits().cpu_ms);
+                let invocation = invocation(self, request, deadline, cpu, meter, span);
                 let counted = plugin.count_call();
                 let input = input.to_string();
                 meter.bytes_in(input.len());

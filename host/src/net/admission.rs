@@ -1,9 +1,12 @@
-//! Admission of connections: a host-wide cap and a cap per peer address.
+//! Admission of connections: a host-wide cap, a cap per peer address, and
+//! a rate of new connections per peer address.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use serde_json::json;
 
 use crate::call::{CallError, ErrorCode};
@@ -20,7 +23,13 @@ struct Inner {
     max_total: usize,
     max_per_ip: usize,
     open: Mutex<Open>,
+    /// New connections per address and second, when limited.
+    rate: Option<(u32, DefaultKeyedRateLimiter<IpAddr>)>,
 }
+
+/// Addresses the rate of new connections remembers before it forgets those
+/// whose buckets are full again.
+const RATE_ADDRESSES: usize = 4096;
 
 #[derive(Debug, Default)]
 struct Open {
@@ -35,6 +44,9 @@ pub enum Refusal {
     Total(usize),
     /// The peer's address has `max_connections_per_ip` open.
     PerAddress(usize),
+    /// The peer's address opened `new_connections_per_ip_per_second` in
+    /// the last second.
+    Rate(u32),
 }
 
 impl Refusal {
@@ -52,6 +64,15 @@ impl Refusal {
                 format!("this address has {limit} connections open, the most it may"),
             )
             .with_details(json!({ "limit": "max_connections_per_ip", "value": limit })),
+            Self::Rate(limit) => CallError::new(
+                ErrorCode::ResourceExhausted,
+                format!("this address opens more than {limit} connections a second"),
+            )
+            .with_details(json!({
+                "limit": "new_connections_per_ip_per_second",
+                "value": limit,
+                "retry_after_ms": 1000,
+            })),
         }
     }
 }
@@ -64,13 +85,18 @@ pub struct ConnectionPermit {
 }
 
 impl Connections {
-    /// Counts connections against `max_total` and `max_per_ip`.
-    pub fn new(max_total: usize, max_per_ip: usize) -> Self {
+    /// Counts connections against `max_total` and `max_per_ip`, and new
+    /// ones against `per_ip_per_second` (a second's worth at once; 0: no
+    /// rate).
+    pub fn new(max_total: usize, max_per_ip: usize, per_ip_per_second: u32) -> Self {
+        let rate = NonZeroU32::new(per_ip_per_second)
+            .map(|n| (per_ip_per_second, RateLimiter::keyed(Quota::per_second(n))));
         Self {
             inner: Arc::new(Inner {
                 max_total,
                 max_per_ip,
                 open: Mutex::default(),
+                rate,
             }),
         }
     }
@@ -81,11 +107,22 @@ impl Connections {
         if open.total >= self.inner.max_total {
             return Err(Refusal::Total(self.inner.max_total));
         }
-        let from_ip = open.per_ip.entry(ip).or_default();
-        if *from_ip >= self.inner.max_per_ip {
+        if open
+            .per_ip
+            .get(&ip)
+            .is_some_and(|n| *n >= self.inner.max_per_ip)
+        {
             return Err(Refusal::PerAddress(self.inner.max_per_ip));
         }
-        *from_ip += 1;
+        if let Some((limit, rate)) = &self.inner.rate {
+            if rate.len() > RATE_ADDRESSES {
+                rate.retain_recent();
+            }
+            if rate.check_key(&ip).is_err() {
+                return Err(Refusal::Rate(*limit));
+            }
+        }
+        *open.per_ip.entry(ip).or_default() += 1;
         open.total += 1;
         Ok(ConnectionPermit {
             inner: self.inner.clone(),
@@ -124,7 +161,7 @@ mod tests {
 
     #[test]
     fn places_are_counted_per_address_and_in_all_and_given_back() {
-        let connections = Connections::new(3, 2);
+        let connections = Connections::new(3, 2, 0);
         let (a, b) = (IpAddr::from([10, 0, 0, 1]), IpAddr::from([10, 0, 0, 2]));
         let a1 = connections.admit(a).unwrap();
         let _a2 = connections.admit(a).unwrap();
@@ -135,5 +172,20 @@ mod tests {
         assert_eq!(connections.open(), 2);
         let _b2 = connections.admit(b).unwrap();
         assert_eq!(connections.admit(a).unwrap_err(), Refusal::Total(3));
+    }
+
+    #[test]
+    fn an_address_opens_at_most_its_rate_of_new_connections() {
+        let connections = Connections::new(100, 100, 5);
+        let (a, b) = (IpAddr::from([10, 0, 0, 1]), IpAddr::from([10, 0, 0, 2]));
+        // A second's worth at once, each given back at once: the rate
+        // counts connections opened, not open.
+        for _ in 0..5 {
+            drop(connections.admit(a).unwrap());
+        }
+        assert_eq!(connections.admit(a).unwrap_err(), Refusal::Rate(5));
+        assert_eq!(connections.open(), 0);
+        // Another address has its own.
+        let _b = connections.admit(b).unwrap();
     }
 }

@@ -34,6 +34,7 @@ pub use tls::{Tls, TlsConfig, TlsError};
 /// |---|---|
 /// | `max_connections` | 1,024 open at once, all listeners together |
 /// | `max_connections_per_ip` | 128 open at once from one peer address |
+/// | `new_connections_per_ip_per_second` | 200 new connections a second from one peer address, as many at once |
 /// | `header_timeout` | 10 s to send a request's headers, and the longest an idle HTTP keep-alive connection stays open |
 /// | `body_timeout` | 30 s to send a request's body |
 /// | `write_timeout` | 30 s without the peer taking a byte while the host has something to send |
@@ -44,6 +45,8 @@ pub struct ConnectionConfig {
     pub max_connections: usize,
     /// Connections open at once from one peer address.
     pub max_connections_per_ip: usize,
+    /// New connections a second from one peer address (0: any).
+    pub new_connections_per_ip_per_second: u32,
     /// The time a peer has to send a request's headers (and the longest an
     /// HTTP connection waits for its next request).
     pub header_timeout: Duration,
@@ -60,6 +63,7 @@ impl Default for ConnectionConfig {
         Self {
             max_connections: 1024,
             max_connections_per_ip: 128,
+            new_connections_per_ip_per_second: 200,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(30),

@@ -18,17 +18,30 @@ thread_local! {
 }
 
 /// A future whose own poll time (nested metered polls excluded) is added
-/// to `spent` as guest CPU time.
+/// to `spent`: as guest CPU time, or as the host's.
 pub(crate) struct Busy<F> {
     inner: Pin<Box<F>>,
     spent: Arc<Meter>,
+    add: fn(&Meter, Duration),
 }
 
 impl<F> Busy<F> {
+    /// A guest's run, its time counted as guest CPU.
     pub(crate) fn new(inner: F, spent: Arc<Meter>) -> Self {
         Self {
             inner: Box::pin(inner),
             spent,
+            add: Meter::add_guest_cpu,
+        }
+    }
+
+    /// The host's work for a call (a native operation's handler), its time
+    /// counted as host CPU.
+    pub(crate) fn host(inner: F, spent: Arc<Meter>) -> Self {
+        Self {
+            inner: Box::pin(inner),
+            spent,
+            add: Meter::add_host_cpu,
         }
     }
 }
@@ -43,7 +56,7 @@ impl<F: Future> Future for Busy<F> {
         let total = started.elapsed();
         // This poll counts in full for a metered poll around it.
         let nested = NESTED.replace(outer + total);
-        self.spent.add_guest_cpu(total.saturating_sub(nested));
+        (self.add)(&self.spent, total.saturating_sub(nested));
         polled
     }
 }

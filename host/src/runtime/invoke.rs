@@ -133,6 +133,7 @@ impl Plugin {
         CpuBudget {
             ticks: ticks(duration, self.runtime.inner.config.epoch_tick),
             limit: LimitHit::time(limit, duration),
+            host_charged: Duration::ZERO,
         }
     }
 
@@ -167,8 +168,13 @@ impl Plugin {
         // CPU-bound, it runs only in its turns on the CPU lanes.
         store.set_epoch_deadline(1);
         let lanes = runtime.lanes.clone();
+        let tick = runtime.config.epoch_tick;
         store.epoch_deadline_callback(move |mut cx| {
             let state = cx.data_mut();
+            // What the host ran for the guest's nested native calls counts
+            // against its budget as if the guest had run it.
+            let host_spent = state.nested_host_cpu();
+            state.cpu.charge_host(host_spent, tick);
             if state.cpu.ticks == 0 {
                 state.limiter.hit = Some(state.cpu.limit);
                 return Ok(UpdateDeadline::Interrupt);

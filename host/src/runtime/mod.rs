@@ -34,6 +34,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::Linker;
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
+pub(crate) use busy::Busy;
 pub use compile::{CompileLimits, child_main as compile_child_main};
 pub use invoke::{Invocation, InvokeError};
 pub use limits::{LimitHit, PluginLimits, PluginLimitsConfig};

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use tokio::sync::OwnedSemaphorePermit;
 use wasmtime::ResourceLimiter;
@@ -87,6 +88,22 @@ impl Limiter {
 pub(crate) struct CpuBudget {
     pub(crate) ticks: u64,
     pub(crate) limit: LimitHit,
+    /// Host CPU of the call's nested native operations taken out of
+    /// `ticks` so far.
+    pub(crate) host_charged: Duration,
+}
+
+impl CpuBudget {
+    /// Takes out of the budget, in whole ticks of `tick`, what of
+    /// `host_spent` (the nested native operations' CPU so far) it has not
+    /// taken yet.
+    pub(crate) fn charge_host(&mut self, host_spent: Duration, tick: Duration) {
+        let tick = tick.max(Duration::from_millis(1));
+        let owed = host_spent.saturating_sub(self.host_charged);
+        let ticks = u64::try_from(owed.as_nanos() / tick.as_nanos()).unwrap_or(u64::MAX);
+        self.ticks = self.ticks.saturating_sub(ticks);
+        self.host_charged += tick.saturating_mul(u32::try_from(ticks).unwrap_or(u32::MAX));
+    }
 }
 
 impl ResourceLimiter for Limiter {
@@ -198,6 +215,11 @@ impl StoreState {
         self.cpu = cpu;
         self.turns = Turns::default();
         self.request_id = invocation.request_id.clone();
+    }
+
+    /// Host CPU the call's nested native operations spent so far.
+    pub(crate) fn nested_host_cpu(&self) -> Duration {
+        self.limiter.meter.nested_host_cpu()
     }
 
     /// Linear memory the instance holds now.
