@@ -9,10 +9,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use async_nats::{Client, Message};
-
-use super::seal::Seal;
 use futures::StreamExt;
 use tokio::sync::mpsc;
+
+use super::seal::Seal;
 
 /// Replies a call may have waiting before it counts as gone: a call's own
 /// replies are few (a subscription's items are held to its credit), so

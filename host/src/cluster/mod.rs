@@ -504,3 +504,40 @@ async fn connect(
             reason: e.to_string(),
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cluster_needs_a_key_of_32_bytes_or_more() {
+        let cluster = ClusterConfig::new("nats://127.0.0.1:4222");
+        assert!(matches!(cluster.key_bytes(), Err(ClusterError::NoKey)));
+        let short = cluster.clone().with_key("too short");
+        assert!(matches!(short.key_bytes(), Err(ClusterError::NoKey)));
+        let key = "k".repeat(seal::MIN_KEY_BYTES);
+        assert_eq!(
+            cluster
+                .clone()
+                .with_key(format!(" {key}\n"))
+                .key_bytes()
+                .unwrap(),
+            key.as_bytes()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("cluster.key"), format!("{key}\n")).unwrap();
+        let from_file = ClusterConfig {
+            key_file: Some(dir.path().join("cluster.key")),
+            ..cluster.clone()
+        };
+        assert_eq!(from_file.key_bytes().unwrap(), key.as_bytes());
+        let missing = ClusterConfig {
+            key_file: Some(dir.path().join("nowhere.key")),
+            ..cluster
+        };
+        assert!(matches!(
+            missing.key_bytes(),
+            Err(ClusterError::KeyFile { .. })
+        ));
+    }
+}

@@ -190,3 +190,42 @@ async fn plugin_records_nobody_sealed_change_nothing() {
     assert_eq!(serving(&b, &name).as_deref(), Some(digest.as_str()));
     assert_eq!(serving(&b, "forged"), None);
 }
+
+#[tokio::test]
+async fn opbox_serve_takes_the_key_from_a_file_and_without_one_does_not_start() {
+    let nats = Nats::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = |examples: bool| {
+        format!(
+            "listen = \"127.0.0.1:0\"\nexamples = {examples}\ndata_dir = {:?}\n\
+             [[tenants]]\nid = \"default\"\nanonymous = true\n\
+             [cluster]\nnats_url = {:?}\nname = \"keyed\"\n",
+            crate::util::data_dir(),
+            nats.url()
+        )
+    };
+    // No key: the host says what it needs and stops.
+    std::fs::write(dir.path().join("opbox.toml"), config(true)).unwrap();
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_opbox"))
+        .args(["serve", "--config"])
+        .arg(dir.path().join("opbox.toml"))
+        .env_remove("OPBOX_CLUSTER_KEY_FILE")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("a cluster needs the key its hosts share"),
+        "{said}"
+    );
+    // The README's way: a key file named in the environment, for every host.
+    let key = dir.path().join("cluster.key");
+    std::fs::write(&key, "0123456789abcdef0123456789abcdef0123456789\n").unwrap();
+    let key = key.to_str().unwrap();
+    let (holder_dir, entry_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let env = [("OPBOX_CLUSTER_KEY_FILE", key)];
+    let _holder = crate::util::Server::start_with(holder_dir.path(), &config(true), &env);
+    let entry = crate::util::Server::start_with(entry_dir.path(), &config(false), &env);
+    let (status, output, _) = call(&entry, None, "echo/echo", json!({"x": 1})).await;
+    assert_eq!((status.as_u16(), output), (200, json!({"x": 1})));
+}
