@@ -569,3 +569,43 @@ async fn a_refusal_never_quotes_a_secret() {
         "{events:?}"
     );
 }
+
+#[tokio::test]
+async fn a_tenants_compiled_code_counts_against_its_bytes() {
+    let data = tempfile::tempdir().unwrap();
+    let echo = fixture("echo").len() as u64;
+    let host = TestHost::with_config(|c| {
+        with_operator(c, data.path());
+        // Room for the component, not for its compiled code too.
+        let allowance = PluginAllowance {
+            max_plugins: 2,
+            max_bytes: echo + 1024,
+            ..PluginAllowance::default()
+        };
+        c.tenants.push(tenant("acme", ACME, allowance));
+    })
+    .await;
+    let answer = send(
+        &host,
+        Method::POST,
+        "/admin/v1/plugins",
+        ACME,
+        Some(json!({ "name": "mine" })),
+        Some("echo"),
+    )
+    .await;
+    assert_eq!(
+        rule(&answer),
+        (StatusCode::FORBIDDEN, "max_bytes"),
+        "{}",
+        answer.1
+    );
+    assert!(
+        answer.1["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("compiled code"),
+        "{}",
+        answer.1
+    );
+}

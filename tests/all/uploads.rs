@@ -134,6 +134,15 @@ async fn a_refused_upload_leaves_nothing_in_the_cache_and_an_accepted_one_is_cac
     let (status, body) = install(&client, &server, renamed).await;
     assert_eq!(status, 409, "{body}");
     assert_eq!(cached(dir.path()).len(), 1, "{:?}", cached(dir.path()));
+    // What a removed plugin took in the cache goes with it.
+    let removed = client
+        .delete(format!("{}/admin/v1/plugins/echo", server.url))
+        .bearer_auth(OPERATOR)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(removed.status(), 200);
+    assert!(cached(dir.path()).is_empty(), "{:?}", cached(dir.path()));
 }
 
 #[tokio::test]

@@ -64,9 +64,9 @@ impl Plugins {
             match result {
                 Ok(plugin) => {
                     let entry = Entry {
+                        bytes: record.bytes.saturating_add(plugin.compiled_bytes()),
                         plugin,
                         fixed: false,
-                        bytes: record.bytes,
                         settings: record.settings.clone(),
                     };
                     lock(&self.inner.current)
@@ -137,10 +137,11 @@ impl Plugins {
             settings,
             installed_at_ms: now_ms(),
         };
-        self.check_allowance(authority, &record, None)?;
+        self.check_allowance(authority, &record, None, 0)?;
         self.check_placed(&record)?;
         let mut record = record;
         let plugin = self.load(wasm, &record, authority).await?;
+        self.check_allowance(authority, &record, None, plugin.compiled_bytes())?;
         let owner = owner_of(tenant);
         self.inner
             .dispatcher
@@ -155,7 +156,7 @@ impl Plugins {
         let entry = Entry {
             plugin: plugin.clone(),
             fixed: false,
-            bytes: record.bytes,
+            bytes: record.bytes.saturating_add(plugin.compiled_bytes()),
             settings: record.settings.clone(),
         };
         lock(&self.inner.current).insert(place(&owner, plugin.name()), entry);
@@ -234,9 +235,10 @@ impl Plugins {
             settings,
             installed_at_ms: now_ms(),
         };
-        self.check_allowance(authority, &record, Some(&place))?;
+        self.check_allowance(authority, &record, Some(&place), 0)?;
         self.check_placed(&record)?;
         let plugin = self.load(wasm, &record, authority).await?;
+        self.check_allowance(authority, &record, Some(&place), plugin.compiled_bytes())?;
         if !force {
             let specs = |p: &Plugin| {
                 p.operations()
@@ -262,11 +264,12 @@ impl Plugins {
         let entry = Entry {
             plugin: plugin.clone(),
             fixed: false,
-            bytes: record.bytes,
+            bytes: record.bytes.saturating_add(plugin.compiled_bytes()),
             settings: record.settings.clone(),
         };
         lock(&self.inner.current).insert(place, entry);
         old.plugin.retire(self.inner.policy.grace);
+        self.forget_unused(old.plugin.digest());
         let from = json!({ "version": old.plugin.version(), "digest": old.plugin.digest() });
         self.changed(
             "plugin.replaced",
@@ -316,6 +319,7 @@ impl Plugins {
             .remove_namespace(&owner_of(tenant), name);
         lock(&self.inner.current).remove(&place);
         old.plugin.retire(self.inner.policy.grace);
+        self.forget_unused(old.plugin.digest());
         tracing::info!(
             plugin = name,
             tenant = tenant.unwrap_or("(shared)"),

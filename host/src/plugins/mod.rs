@@ -144,7 +144,8 @@ struct Entry {
     plugin: Arc<Plugin>,
     /// Declared by the configuration: the API may not change it.
     fixed: bool,
-    /// The size of its component, for an installed one.
+    /// The size of its component and of its compiled code, for an
+    /// installed one: what it holds on disk.
     bytes: u64,
     /// Its settings, for an installed one.
     settings: Value,
@@ -312,12 +313,14 @@ impl Plugins {
     }
 
     /// On a tenant's authority, whether `record` (replacing the plugin at
-    /// `replacing`, if any) fits the tenant's allowance.
+    /// `replacing`, if any), its compiled code of `compiled` bytes (0 before
+    /// it is compiled) counted with it, fits the tenant's allowance.
     fn check_allowance(
         &self,
         authority: Authority,
         record: &Installed,
         replacing: Option<&Place>,
+        compiled: u64,
     ) -> Result<(), PluginError> {
         let (Authority::Tenant, Some(tenant)) = (authority, record.tenant.as_deref()) else {
             return Ok(());
@@ -346,7 +349,7 @@ impl Plugins {
             &self.inner.policy.defaults,
             holds,
             replacing.is_none(),
-            record.bytes,
+            record.bytes.saturating_add(compiled),
             &settings.limits,
             &settings.grants,
         )?;
@@ -436,6 +439,18 @@ impl Plugins {
             plugin.name(),
             self.operations(plugin),
         )
+    }
+
+    /// Deletes the cached compiled code of `digest` unless a plugin serving
+    /// here still uses it: what a replaced or removed plugin took in the
+    /// cache goes with it.
+    fn forget_unused(&self, digest: &str) {
+        let used = lock(&self.inner.current)
+            .values()
+            .any(|entry| entry.plugin.digest() == digest);
+        if !used {
+            self.inner.runtime.forget(digest);
+        }
     }
 
     fn store(&self) -> Result<&PluginStore, StoreError> {

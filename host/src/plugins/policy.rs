@@ -32,7 +32,7 @@ fn refuse(rule: &str, message: String) -> Refusal {
 pub struct Holding {
     /// Plugins installed through the API.
     pub plugins: usize,
-    /// Bytes of their components.
+    /// Bytes of their components and compiled code.
     pub bytes: u64,
 }
 
@@ -63,7 +63,7 @@ pub fn check(
         return Err(refuse(
             "max_bytes",
             format!(
-                "this tenant's components may take {} bytes in all; this one would make {}",
+                "this tenant's components and their compiled code may take {} bytes in all; this one would make {}",
                 allowance.max_bytes,
                 holds.bytes.saturating_add(bytes)
             ),

@@ -35,21 +35,40 @@ impl ArtifactCache {
         self.dir.join(format!("{}-{digest}.cwasm", self.engine_key))
     }
 
-    /// The compiled component of the plugin `digest`, if the cache has a
-    /// usable one.
-    pub(crate) fn get(&self, engine: &Engine, digest: &str) -> Option<Component> {
+    /// The compiled component of the plugin `digest`, and its size, if the
+    /// cache has a usable one.
+    pub(crate) fn get(&self, engine: &Engine, digest: &str) -> Option<(Component, u64)> {
         let path = self.path(digest);
         if !path.is_file() {
             return None;
         }
-        deserialize(engine, &path)
+        let bytes = std::fs::read(&path)
+            .inspect_err(
+                |e| tracing::warn!(path = %path.display(), "cannot read a cached artifact: {e}"),
+            )
+            .ok()?;
+        deserialize_bytes(engine, &bytes)
             .inspect_err(|e| {
                 tracing::warn!(path = %path.display(), "ignoring unusable cached artifact: {e}")
             })
             .ok()
+            .map(|component| (component, bytes.len() as u64))
     }
 
-    /// Keeps `artifact`, the compiled plugin `digest`.
+    /// Deletes the compiled plugin `digest`, if the cache has it.
+    pub(crate) fn remove(&self, digest: &str) {
+        let path = self.path(digest);
+        if let Err(e) = std::fs::remove_file(&path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %path.display(), "cannot delete a cached artifact: {e}");
+        }
+    }
+
+    /// Keeps `artifact`, the compiled plugin `digest`. (Artifacts are read
+    /// into memory rather than mapped: a mapped file that someone truncates
+    /// or rewrites in place would crash the host with SIGBUS the next time
+    /// its code runs.)
     pub(crate) fn put(&self, digest: &str, artifact: &[u8]) {
         let path = self.path(digest);
         if let Err(e) = write_atomically(&path, artifact) {
@@ -64,14 +83,6 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     file.write_all(bytes)?;
     file.sync_all()?;
     std::fs::rename(&tmp, path)
-}
-
-/// Reads the artifact into memory rather than mapping the file: a mapped file
-/// that someone truncates or rewrites in place would crash the host with
-/// SIGBUS the next time its code runs.
-fn deserialize(engine: &Engine, path: &Path) -> wasmtime::Result<Component> {
-    let bytes = std::fs::read(path)?;
-    deserialize_bytes(engine, &bytes)
 }
 
 #[allow(unsafe_code)]

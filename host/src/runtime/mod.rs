@@ -255,6 +255,14 @@ impl Runtime {
         }
     }
 
+    /// Deletes the cached compiled code of the plugin `digest`, which no
+    /// plugin serving here uses any more.
+    pub fn forget(&self, digest: &str) {
+        if let Some(cache) = &self.inner.cache {
+            cache.remove(digest);
+        }
+    }
+
     async fn load_with(
         &self,
         wasm: &[u8],
@@ -272,13 +280,13 @@ impl Runtime {
             .cache
             .as_ref()
             .and_then(|cache| cache.get(engine, &digest));
-        let (component, artifact) = match cached {
-            Some(component) => (component, None),
+        let (component, compiled, artifact) = match cached {
+            Some((component, compiled)) => (component, compiled, None),
             None => {
                 let artifact = self.compile(wasm, untrusted).await?;
                 let component = cache::deserialize_bytes(engine, &artifact)
                     .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
-                (component, Some(artifact))
+                (component, artifact.len() as u64, Some(artifact))
             }
         };
         let pre = self
@@ -293,7 +301,7 @@ impl Runtime {
             .map(|(name, _)| name.to_owned())
             .collect();
         let plugin = Plugin::load(self.clone(), pre, digest, imports, options).await?;
-        plugin.set_unsaved(artifact);
+        plugin.set_compiled(compiled, artifact);
         Ok(plugin)
     }
 

@@ -77,6 +77,8 @@ pub struct Plugin {
     /// Its compiled code, when this load compiled it and the artifact
     /// cache does not have it yet ([`Runtime::keep`]).
     unsaved: std::sync::Mutex<Option<Vec<u8>>>,
+    /// The size of its compiled code.
+    compiled_bytes: AtomicU64,
     _alive: LiveGuard,
 }
 
@@ -137,6 +139,7 @@ impl Plugin {
             calls: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             unsaved: std::sync::Mutex::new(None),
+            compiled_bytes: AtomicU64::new(0),
             _alive: alive,
             dropped: Arc::default(),
             log_tail: Arc::default(),
@@ -196,11 +199,19 @@ impl Plugin {
         &self.digest
     }
 
-    pub(super) fn set_unsaved(&self, artifact: Option<Vec<u8>>) {
+    /// The size of its compiled code: what it takes in the artifact cache.
+    pub fn compiled_bytes(&self) -> u64 {
+        self.compiled_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Its compiled code's size, and the code itself when the cache does
+    /// not have it yet.
+    pub(super) fn set_compiled(&self, bytes: u64, unsaved: Option<Vec<u8>>) {
+        self.compiled_bytes.store(bytes, Ordering::Relaxed);
         *self
             .unsaved
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = artifact;
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = unsaved;
     }
 
     pub(super) fn take_unsaved(&self) -> Option<Vec<u8>> {

@@ -34,7 +34,7 @@ use crate::runtime::PluginLimitsConfig;
 pub struct PluginAllowance {
     /// Plugins the tenant may have installed through the API at once.
     pub max_plugins: usize,
-    /// Bytes of their components, all together.
+    /// Bytes of their components and their compiled code, all together.
     pub max_bytes: u64,
     /// The ceiling of each limit.
     pub limits: PluginLimitsConfig,
