@@ -34,6 +34,10 @@
 //!   by digest, records in redb) and the event feed.
 //! - [`services`]: the host's own operations (`services/*`), the OpenAPI
 //!   document among them.
+//! - [`contract`]: the typed contracts of the host's own operations: the
+//!   `admin/*` inputs and the settings an upload carries, their JSON
+//!   Schemas derived, for the operations, the routes and the OpenAPI
+//!   document alike.
 //! - [`dispatch`]: the one place every call goes through: lookup,
 //!   visibility, scopes, admission, kind, input validation, deadlines,
 //!   errors; what a handler is, native or plugin.
@@ -68,6 +72,7 @@ pub mod call;
 pub mod capabilities;
 pub mod cluster;
 pub mod config;
+pub mod contract;
 pub mod dispatch;
 pub mod envelope;
 pub mod gateway;

@@ -136,6 +136,12 @@ fn the_cli_installs_lists_shows_replaces_and_removes_plugins() {
         .output()
         .unwrap();
     assert_one_line_failure(&anonymous, "UNAUTHORIZED (401)");
+    // Every setting of an upload reaches the host, `placement` among them:
+    // a host without the label does not hold the plugin.
+    assert_one_line_failure(
+        &run(url, &["plugins", "install", &v1, "--placement", "zone=eu"]),
+        "CONFLICT (409)",
+    );
 }
 
 #[test]

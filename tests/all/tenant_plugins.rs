@@ -563,7 +563,29 @@ async fn a_refusal_never_quotes_a_secret() {
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
         assert!(!body.to_string().contains(secret), "{body}");
     }
-    let events = crate::events::read_all(&host, OPERATOR, 3).await;
+    // The same through `/call`, where the operation's schema refuses it.
+    let wasm = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, fixture("echo"));
+    let (status, body) = host
+        .call_as(
+            OPERATOR,
+            "admin/install",
+            json!({ "wasm_base64": wasm, "grants": { "config": secret } }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(!body.to_string().contains(secret), "{body}");
+    // Whatever the feed recorded of it all, up to an install that works.
+    let (status, body) = send(
+        &host,
+        Method::POST,
+        "/admin/v1/plugins",
+        OPERATOR,
+        Some(json!({ "name": "mine" })),
+        Some("echo"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let events = crate::events::read_all(&host, OPERATOR, 1).await;
     assert!(
         events.iter().all(|e| !e.to_string().contains(secret)),
         "{events:?}"

@@ -13,7 +13,7 @@ use super::denied::Denial;
 use super::grants::Grants;
 
 /// A configuration value that is never displayed.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(transparent)]
 pub struct Secret(String);
 

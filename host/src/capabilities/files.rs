@@ -13,7 +13,7 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
 /// A host directory granted to a plugin, opened with cap-std: the plugin
 /// cannot reach outside it, whether by `..`, an absolute path or a symlink.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DirectoryGrant {
     /// The directory on the host; relative to the config file.

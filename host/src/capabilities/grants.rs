@@ -29,7 +29,7 @@ impl OutboundDefaults {
 }
 
 /// The capabilities of one plugin (`[plugins.grants]`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Grants {
     /// A host directory the plugin sees as its filesystem root (`/`).

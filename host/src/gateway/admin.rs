@@ -35,6 +35,7 @@ use serde_json::{Map, Value, json};
 use super::error::ApiError;
 use super::{AppState, caller, trace_context};
 use crate::call::{Attachment, CallError, CallRequest, Origin, Transport, new_request_id};
+use crate::contract::{self, UploadSettings};
 
 /// The namespace of the lifecycle operations (`plugins::NAMESPACE`).
 const ADMIN: &str = "admin";
@@ -180,13 +181,12 @@ fn settings(headers: &HeaderMap, named: bool) -> Result<Map<String, Value>, ApiE
     else {
         return Err(bad("must be a JSON object".into()));
     };
-    let allowed: &[&str] = if named {
-        &["name", "limits", "grants", "reuse", "placement"]
-    } else {
-        &["limits", "grants", "reuse", "placement"]
-    };
-    if let Some(key) = fields.keys().find(|k| !allowed.contains(&k.as_str())) {
-        return Err(bad(format!("has `{key}`; it takes {}", allowed.join(", "))));
+    // The header is an `UploadSettings`, read here so that its errors
+    // name it; the operation checks the whole input again.
+    contract::read::<UploadSettings>(Value::Object(fields.clone()))
+        .map_err(|e| bad(format!("is not valid: {}", e.message)))?;
+    if !named && fields.contains_key("name") {
+        return Err(bad("has `name`; a replace keeps the plugin's name".into()));
     }
     Ok(fields)
 }

@@ -15,7 +15,11 @@ use base64::Engine;
 use futures::FutureExt;
 use serde_json::{Map, Value, json};
 
+use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
+
 use super::{Authority, Listed, Plugins, WeakPlugins};
+use crate::contract;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::call::{
@@ -76,40 +80,27 @@ pub(crate) fn detail(plugin: &Plugin, tenant: Option<&str>, fixed: bool) -> Valu
     })
 }
 
-/// The fields of an input naming a plugin and, for a change, its settings.
+/// Whose plugin an input names, for its caller, and, for a change, its
+/// settings as given.
 struct Target {
     /// Who asks: the operator, or a tenant's caller.
     authority: Authority,
     /// The tenant whose plugin it is; `None`: shared.
     tenant: Option<String>,
     name: Option<String>,
-    /// `limits`, `grants` and `reuse`, as given.
+    /// `limits`, `grants`, `reuse` and `placement`, as given.
     settings: Value,
-    /// The component, as base64 inside the input (the routes that carry
-    /// JSON only) …
-    wasm_base64: Option<String>,
-    /// … or as bytes beside it (an upload).
+    /// The component as bytes beside the input, when it was uploaded.
     attachment: Option<Attachment>,
-    /// A replace that skips the compatibility gate.
-    force: bool,
-    /// Log lines: the last one the reader has, and how many more at most.
-    after: u64,
-    limit: usize,
 }
 
 impl Target {
     /// Reads an input its operation's schema has checked, for the caller
     /// of `cx`: a tenant's caller always addresses its own tenant, and
     /// naming another reads as naming one that does not exist.
-    fn of(cx: &CallContext, input: Value) -> Result<Self, CallError> {
-        let Value::Object(mut fields) = input else {
-            return Err(CallError::invalid_input("the input must be an object"));
-        };
-        let mut text = |key: &str| match fields.remove(key) {
-            Some(Value::String(text)) => Some(text),
-            _ => None,
-        };
-        let (tenant, name, wasm_base64) = (text("tenant"), text("name"), text("wasm_base64"));
+    fn of(cx: &CallContext, input: &Value) -> Result<Self, CallError> {
+        let text = |key: &str| input.get(key).and_then(Value::as_str).map(str::to_owned);
+        let (tenant, name) = (text("tenant"), text("name"));
         for (field, value) in [("name", &name), ("tenant", &tenant)] {
             if value.as_ref().is_some_and(|v| !is_valid_segment(v)) {
                 return Err(CallError::invalid_input(format!(
@@ -131,30 +122,16 @@ impl Target {
                 _ => (Authority::Tenant, Some(identity.tenant.clone())),
             }
         };
-        let force = fields.remove("force") == Some(Value::Bool(true));
-        let after = fields.remove("after").and_then(|v| v.as_u64()).unwrap_or(0);
-        let limit = fields
-            .remove("limit")
-            .and_then(|v| v.as_u64())
-            .map_or(MAX_LOG_LINES, |n| {
-                usize::try_from(n).unwrap_or(MAX_LOG_LINES)
-            });
-        let mut settings = Map::new();
-        for key in ["limits", "grants", "reuse", "placement"] {
-            if let Some(value) = fields.remove(key) {
-                settings.insert(key.to_owned(), value);
-            }
-        }
+        let settings: Map<String, Value> = ["limits", "grants", "reuse", "placement"]
+            .into_iter()
+            .filter_map(|key| Some((key.to_owned(), input.get(key)?.clone())))
+            .collect();
         Ok(Self {
             authority,
             tenant,
             name,
             settings: Value::Object(settings),
-            wasm_base64,
             attachment: cx.attachment.clone(),
-            force,
-            after,
-            limit: limit.min(MAX_LOG_LINES),
         })
     }
 
@@ -187,6 +164,7 @@ impl Target {
     async fn component(
         &mut self,
         plugins: &Plugins,
+        wasm_base64: Option<String>,
     ) -> Result<(Vec<u8>, OwnedSemaphorePermit), CallError> {
         let max = plugins.max_plugin_bytes();
         let too_large = || {
@@ -197,7 +175,7 @@ impl Target {
             .with_details(json!({ "limit": "max_plugin_bytes", "value": max }))
         };
         let turn = plugins.upload_turn()?;
-        let wasm = match (self.wasm_base64.take(), self.attachment.take()) {
+        let wasm = match (wasm_base64, self.attachment.take()) {
             (Some(_), Some(_)) => {
                 return Err(CallError::invalid_input(
                     "the component came both as `wasm_base64` and as the upload; send it once",
@@ -248,10 +226,9 @@ fn install(plugins: &WeakPlugins) -> Result<Operation, RegistryError> {
         "install",
         OpType::Mutation,
         "Installs a plugin: a component (uploaded, or as base64), its namespace (default: its own), tenant (default: shared), limits, grants and (the operator's only) instance reuse.",
-        change_schema(false),
         plugins,
-        |plugins, mut target| async move {
-            let (wasm, _turn) = target.component(&plugins).await?;
+        |plugins, mut target, input: contract::Install| async move {
+            let (wasm, _turn) = target.component(&plugins, input.wasm_base64).await?;
             let tenant = target.tenant.as_deref();
             let plugin = plugins
                 .install(
@@ -272,10 +249,9 @@ fn replace(plugins: &WeakPlugins) -> Result<Operation, RegistryError> {
         "replace",
         OpType::Mutation,
         "Replaces an installed plugin with a new version, without dropping a call. A version that breaks callers of the old one is refused unless `force` is true.",
-        change_schema(true),
         plugins,
-        |plugins, mut target| async move {
-            let (wasm, _turn) = target.component(&plugins).await?;
+        |plugins, mut target, input: contract::Replace| async move {
+            let (wasm, _turn) = target.component(&plugins, input.wasm_base64).await?;
             let tenant = target.tenant.as_deref();
             let plugin = plugins
                 .replace(
@@ -284,7 +260,7 @@ fn replace(plugins: &WeakPlugins) -> Result<Operation, RegistryError> {
                     target.name()?,
                     &wasm,
                     target.settings.clone(),
-                    target.force,
+                    input.force,
                 )
                 .await?;
             Ok(detail(&plugin, tenant, false))
@@ -297,9 +273,8 @@ fn remove(plugins: &WeakPlugins) -> Result<Operation, RegistryError> {
         "remove",
         OpType::Mutation,
         "Removes an installed plugin; calls running on it finish.",
-        place_schema(true),
         plugins,
-        |plugins, target| async move {
+        |plugins, target, _: contract::Named| async move {
             plugins
                 .remove(target.tenant.as_deref(), target.name()?)
                 .await?;
@@ -313,9 +288,8 @@ fn list(plugins: &WeakPlugins) -> Result<Operation, RegistryError> {
         "list",
         OpType::Query,
         "Lists the plugins the caller sees: a tenant's and the shared ones; for the operator naming no tenant, every plugin.",
-        place_schema(false),
         plugins,
-        |plugins, target| async move {
+        |plugins, target, _: contract::Listing| async move {
             // The operator's view, with no tenant named, is every plugin.
             let listed = match (target.authority, target.tenant.as_deref()) {
                 (Authority::Operator, None) => plugins.all(),
@@ -335,9 +309,8 @@ fn show(plugins: &WeakPlugins) -> Result<Operation, RegistryError> {
         "show",
         OpType::Query,
         "Describes one plugin: version, digest, operations, limits, grants, live instances.",
-        place_schema(true),
         plugins,
-        |plugins, target| async move {
+        |plugins, target, _: contract::Named| async move {
             let listed = target.seen(&plugins)?;
             Ok(detail(
                 &listed.plugin,
@@ -356,28 +329,20 @@ fn logs(plugins: &WeakPlugins) -> Result<Operation, RegistryError> {
         "logs",
         OpType::Query,
         "The last lines a plugin's guests logged, after `after`: the operator reads every line, a tenant's caller those of its own calls.",
-        json!({
-            "type": "object",
-            "properties": {
-                "name": name_schema("The plugin."),
-                "tenant": name_schema("Whose plugin; shared when absent."),
-                "after": { "type": "integer", "minimum": 0 },
-                "limit": { "type": "integer", "minimum": 1 },
-            },
-            "required": ["name"],
-            "additionalProperties": false,
-        }),
         plugins,
-        |plugins, target| async move {
+        |plugins, target, input: contract::Logs| async move {
             let listed = target.seen(&plugins)?;
             let reader = match target.authority {
                 Authority::Operator => None,
                 Authority::Tenant => target.tenant.as_deref(),
             };
-            let (lines, next) = listed
-                .plugin
-                .log_tail()
-                .after(target.after, target.limit, reader);
+            let limit = input
+                .limit
+                .map_or(MAX_LOG_LINES, |n| {
+                    usize::try_from(n).unwrap_or(MAX_LOG_LINES)
+                })
+                .min(MAX_LOG_LINES);
+            let (lines, next) = listed.plugin.log_tail().after(input.after, limit, reader);
             let lines: Vec<Value> = lines
                 .iter()
                 .map(|line| {
@@ -399,80 +364,29 @@ fn logs(plugins: &WeakPlugins) -> Result<Operation, RegistryError> {
     )
 }
 
-/// The input of an install or replace (`named`: the plugin's name is
-/// required). The component is the upload, or `wasm_base64`.
-fn change_schema(named: bool) -> Value {
-    let required: &[&str] = if named { &["name"] } else { &[] };
-    let mut schema = json!({
-        "type": "object",
-        "properties": {
-            "wasm_base64": { "type": "string", "contentEncoding": "base64", "description": "The component, where it is not uploaded." },
-            "name": name_schema("The namespace."),
-            "tenant": name_schema("The owning tenant; shared when absent."),
-            "limits": { "type": "object", "description": "As in a `[[plugins]]` entry." },
-            "grants": { "type": "object", "description": "As in a `[[plugins]]` entry." },
-            "reuse": { "type": "object", "description": "As in a `[[plugins]]` entry; the operator's only." },
-            "placement": {
-                "type": "object",
-                "additionalProperties": { "type": "string" },
-                "description": "In a cluster: the labels a host must have to hold the plugin.",
-            },
-        },
-        "required": required,
-        "additionalProperties": false,
-    });
-    if named {
-        schema["properties"]["force"] =
-            json!({ "type": "boolean", "description": "Skip the compatibility gate." });
-    }
-    schema
-}
-
-/// A plugin's or tenant's name.
-fn name_schema(description: &str) -> Value {
-    json!({
-        "type": "string",
-        "pattern": "^[a-z0-9_-]+$",
-        "maxLength": MAX_SEGMENT_BYTES,
-        "description": description,
-    })
-}
-
-/// The input naming a plugin (`name` required or not).
-fn place_schema(named: bool) -> Value {
-    let required: &[&str] = if named { &["name"] } else { &[] };
-    json!({
-        "type": ["object", "null"],
-        "properties": {
-            "name": name_schema("The plugin."),
-            "tenant": name_schema("Whose plugin; shared when absent."),
-        },
-        "required": required,
-        "additionalProperties": false,
-    })
-}
-
-/// A lifecycle operation (see [`operation`]): `run` gets the
-/// plugins and the input read as a [`Target`].
-fn admin_op<F, Fut>(
+/// A lifecycle operation (see [`operation`]) whose input is an `I`, its
+/// schema derived from the type: `run` gets the plugins, whose plugin the
+/// input names for its caller ([`Target`]), and the input.
+fn admin_op<I, F, Fut>(
     op: &str,
     op_type: OpType,
     description: &str,
-    input_schema: Value,
     plugins: &WeakPlugins,
     run: F,
 ) -> Result<Operation, RegistryError>
 where
-    F: Fn(Plugins, Target) -> Fut + Send + Sync + 'static,
+    I: DeserializeOwned + JsonSchema,
+    F: Fn(Plugins, Target, I) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Value, CallError>> + Send + 'static,
 {
     let plugins = plugins.clone();
-    let handler: NativeOnce = Arc::new(move |cx: CallContext, input| {
-        match plugins
-            .upgrade()
-            .and_then(|plugins| Ok((plugins, Target::of(&cx, input)?)))
-        {
-            Ok((plugins, target)) => run(plugins, target).boxed(),
+    let handler: NativeOnce = Arc::new(move |cx: CallContext, input: Value| {
+        let read = plugins.upgrade().and_then(|plugins| {
+            let target = Target::of(&cx, &input)?;
+            Ok((plugins, target, contract::read::<I>(input)?))
+        });
+        match read {
+            Ok((plugins, target, input)) => run(plugins, target, input).boxed(),
             Err(error) => std::future::ready(Err(error)).boxed(),
         }
     });
@@ -480,7 +394,7 @@ where
         op,
         op_type,
         description,
-        input_schema,
+        contract::schema::<I>(),
         Handler::NativeOnce(handler),
     )
 }

@@ -27,7 +27,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
-use serde::Deserialize;
 use serde_json::Value;
 
 pub use admin::{NAMESPACE, operations};
@@ -37,10 +36,10 @@ pub use policy::Refusal;
 pub use replica::{Change, ChangeHook};
 
 use crate::call::{AccessControl, CallError, ErrorCode};
-use crate::capabilities::Grants;
+
 use crate::dispatch::{Dispatcher, Operation, plugin_operations};
 use crate::registry::{Owner, RegistryError};
-use crate::runtime::{LoadOptions, Plugin, PluginLimits, PluginLimitsConfig, ReuseConfig, Runtime};
+use crate::runtime::{LoadOptions, Plugin, PluginLimits, Runtime};
 use crate::store::{EventLog, Installed, PluginStore, StoreError};
 
 /// How plugins installed through the API are set up.
@@ -67,26 +66,13 @@ pub struct Policy {
     pub max_uploads: usize,
 }
 
-/// A plugin's settings, as an install or replace gives them: the `limits`,
-/// `grants` and `reuse` of a `[[plugins]]` entry, and where in a cluster
-/// it runs.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-struct Settings {
-    limits: PluginLimitsConfig,
-    grants: Grants,
-    /// Only the operator may set it: idle instances hold pool slots and
-    /// memory beyond the calls that made them.
-    reuse: Option<ReuseConfig>,
-    /// The labels a host must have (each with this value) to hold the
-    /// plugin: `[cluster] labels`. Empty: every host.
-    placement: BTreeMap<String, String>,
-}
+/// A plugin's settings, as the `admin/*` operations' contract has them.
+type Settings = crate::contract::PluginSettings;
 
 impl Settings {
     fn of(settings: &Value) -> Result<Self, PluginError> {
         serde_json::from_value(settings.clone())
-            .map_err(|e| PluginError::Settings(without_values(&e.to_string())))
+            .map_err(|e| PluginError::Settings(crate::contract::without_values(&e.to_string())))
     }
 
     /// Whether a host with `labels` may hold the plugin.
@@ -95,33 +81,6 @@ impl Settings {
             .iter()
             .all(|(label, value)| labels.get(label) == Some(value))
     }
-}
-
-/// `message` (serde's words for settings it could not read) without the
-/// text values it quotes: a secret given where a table belongs would
-/// otherwise be repeated in the refusal, its event and its log line.
-fn without_values(message: &str) -> String {
-    let mut words = String::with_capacity(message.len());
-    let mut rest = message;
-    while let Some(at) = rest.find("string \"") {
-        words.push_str(&rest[..at]);
-        words.push_str("a string");
-        // serde quotes the text escaped, so its end is the first quote
-        // that is not escaped.
-        let quoted = &rest[at + "string \"".len()..];
-        let mut escaped = false;
-        let end = quoted
-            .char_indices()
-            .find(|&(_, c)| {
-                let closes = c == '"' && !escaped;
-                escaped = c == '\\' && !escaped;
-                closes
-            })
-            .map_or(quoted.len(), |(at, _)| at + 1);
-        rest = &quoted[end..];
-    }
-    words.push_str(rest);
-    words
 }
 
 /// A plugin's place: its tenant (`None`: shared) and namespace.

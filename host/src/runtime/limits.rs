@@ -203,7 +203,7 @@ fn in_use(slots: &Semaphore, total: u32) -> u32 {
 
 /// Plugin limits as written in the configuration: each one optional, falling
 /// back to `[plugin_limits]` and then to [`PluginLimits::default`].
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct PluginLimitsConfig {
     /// See [`PluginLimits::memory_bytes`].

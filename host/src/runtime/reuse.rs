@@ -35,7 +35,7 @@ use super::state::StoreState;
 /// | `max_age_ms` | 60,000 ms after the instance was made |
 /// | `max_memory_bytes` | 16 MiB of linear memory: an instance past it is dropped after its call |
 /// | `max_idle` | 4 idle instances kept for each calling tenant |
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct ReuseConfig {
     /// Calls one instance serves before it is dropped.

@@ -49,7 +49,17 @@ async fn a_nats_client_without_the_key_makes_no_host_run_anything() {
     // Anyone on the subjects (which NATS lets this client see) can record
     // a host's sealed call.
     let mut sniffed = mallory.subscribe("opbox.test.call.>").await.unwrap();
-    mallory.flush().await.unwrap();
+    // The server has the subscriptions once a message sent after them comes
+    // back (`flush` only writes them).
+    mallory
+        .publish("opbox.test.call.probe", "".into())
+        .await
+        .unwrap();
+    let probe = tokio::time::timeout(Duration::from_secs(10), sniffed.next()).await;
+    assert_eq!(
+        probe.unwrap().unwrap().subject.as_str(),
+        "opbox.test.call.probe"
+    );
     for (n, (operation, tenant, scopes)) in [
         ("echo/echo", "default", &[][..]),
         ("admin/list", "default", &["admin"][..]),

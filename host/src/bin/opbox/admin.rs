@@ -102,6 +102,10 @@ pub struct Settings {
     /// defaults, or a setting, `KEY=VALUE`: `--reuse max_calls=100`.
     #[arg(long = "reuse", value_name = "KEY=VALUE", num_args = 0..=1, default_missing_value = "")]
     reuse: Vec<String>,
+    /// In a cluster, a label a host must have to hold the plugin,
+    /// `LABEL=VALUE`: `--placement zone=eu`.
+    #[arg(long = "placement", value_name = "LABEL=VALUE")]
+    placement: Vec<String>,
 }
 
 /// What `opbox events` reads.
@@ -326,8 +330,8 @@ async fn follow(host: &Host, events: &Reading) -> Result<()> {
 }
 
 impl Settings {
-    /// `limits`, `grants` and `reuse` as the `opbox-plugin` header takes
-    /// them.
+    /// `limits`, `grants`, `reuse` and `placement` as the `opbox-plugin`
+    /// header takes them (the host's `UploadSettings`).
     fn to_json(&self) -> Result<Map<String, Value>> {
         let mut header = Map::new();
         let mut grants = Map::new();
@@ -351,6 +355,16 @@ impl Settings {
         }
         if !self.reuse.is_empty() {
             header.insert("reuse".into(), Value::Object(reuse));
+        }
+        let mut placement = Map::new();
+        for label in &self.placement {
+            let Some((label, value)) = label.split_once('=') else {
+                bail!("--placement takes LABEL=VALUE, not `{label}`");
+            };
+            placement.insert(label.to_owned(), json!(value));
+        }
+        if !placement.is_empty() {
+            header.insert("placement".into(), Value::Object(placement));
         }
         Ok(header)
     }

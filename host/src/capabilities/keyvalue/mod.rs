@@ -22,7 +22,7 @@ pub use store::{
 };
 
 /// A key-value store granted to a plugin, with its quota per tenant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct KeyvalueGrant {
     /// Bytes of keys and values together.

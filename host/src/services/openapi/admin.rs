@@ -15,8 +15,8 @@ pub(super) fn paths(error: &Value) -> Map<String, Value> {
         json!({ "name": "name", "in": "path", "required": true, "schema": { "type": "string" } });
     let settings = json!({
         "name": "opbox-plugin", "in": "header",
-        "description": "The upload's settings as JSON: `name` (install only), `limits`, `grants`, the fields of a `[[plugins]]` entry",
-        "schema": { "type": "string" },
+        "description": "The upload's settings as JSON: `name` (install only), and `limits`, `grants`, `reuse` (the operator's only) and `placement`, the fields of a `[[plugins]]` entry",
+        "content": { "application/json": { "schema": { "$ref": format!("{COMPONENTS}AdminUploadSettings") } } },
     });
     let component = json!({ "required": true, "content": { "application/wasm": {
         "schema": { "type": "string", "contentMediaType": "application/wasm" },
@@ -126,8 +126,12 @@ pub(super) fn paths(error: &Value) -> Map<String, Value> {
 }
 
 /// The admin routes' component schemas.
-pub(super) fn schemas() -> [(&'static str, Value); 2] {
+pub(super) fn schemas() -> [(&'static str, Value); 3] {
     [
+        (
+            "AdminUploadSettings",
+            crate::contract::schema::<crate::contract::UploadSettings>(),
+        ),
         (
             "AdminPlugin",
             json!({

@@ -125,7 +125,7 @@ pub fn document(ops: &[Arc<Operation>]) -> Value {
         "content": { "application/json": { "schema": { "$ref": format!("{COMPONENTS}ErrorBody") } } },
     });
     for (name, schema) in admin::schemas() {
-        schemas.insert(name.into(), schema);
+        hoist(&mut schemas, name, &schema);
     }
     distinct_titles(&mut schemas);
     let mut document = json!({
