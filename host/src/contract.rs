@@ -18,6 +18,15 @@ use crate::call::CallError;
 use crate::capabilities::Grants;
 use crate::runtime::{PluginLimitsConfig, ReuseConfig};
 
+/// A plugin's or a tenant's name: `[a-z0-9_-]+`, at most
+/// [`MAX_SEGMENT_BYTES`](crate::call::MAX_SEGMENT_BYTES) bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(transparent)]
+pub struct Name(
+    #[schemars(regex(pattern = "^[a-z0-9_-]+$"), length(min = 1, max = crate::call::MAX_SEGMENT_BYTES))]
+    pub String,
+);
+
 /// A plugin's settings, as an install or replace gives them: the `limits`,
 /// `grants` and `reuse` of a `[[plugins]]` entry, and where in a cluster
 /// it runs.
@@ -44,8 +53,7 @@ pub struct PluginSettings {
 pub struct UploadSettings {
     /// The namespace to install under (install only; a replace keeps the
     /// plugin's name); the plugin's own when absent.
-    #[schemars(regex(pattern = "^[a-z0-9_-]+$"), length(max = 256))]
-    pub name: Option<String>,
+    pub name: Option<Name>,
     /// The settings.
     #[serde(flatten)]
     pub settings: PluginSettings,
@@ -56,11 +64,9 @@ pub struct UploadSettings {
 #[serde(deny_unknown_fields)]
 pub struct Install {
     /// The namespace to install under; the plugin's own when absent.
-    #[schemars(regex(pattern = "^[a-z0-9_-]+$"), length(max = 256))]
-    pub name: Option<String>,
+    pub name: Option<Name>,
     /// The owning tenant (the operator's choice); shared when absent.
-    #[schemars(regex(pattern = "^[a-z0-9_-]+$"), length(max = 256))]
-    pub tenant: Option<String>,
+    pub tenant: Option<Name>,
     /// The component, where it is not uploaded.
     #[schemars(extend("contentEncoding" = "base64"))]
     pub wasm_base64: Option<String>,
@@ -74,11 +80,9 @@ pub struct Install {
 #[serde(deny_unknown_fields)]
 pub struct Replace {
     /// The plugin.
-    #[schemars(regex(pattern = "^[a-z0-9_-]+$"), length(max = 256))]
-    pub name: String,
+    pub name: Name,
     /// Whose plugin (the operator's choice); shared when absent.
-    #[schemars(regex(pattern = "^[a-z0-9_-]+$"), length(max = 256))]
-    pub tenant: Option<String>,
+    pub tenant: Option<Name>,
     /// The new component, where it is not uploaded.
     #[schemars(extend("contentEncoding" = "base64"))]
     pub wasm_base64: Option<String>,
@@ -95,11 +99,9 @@ pub struct Replace {
 #[serde(deny_unknown_fields)]
 pub struct Named {
     /// The plugin.
-    #[schemars(regex(pattern = "^[a-z0-9_-]+$"), length(max = 256))]
-    pub name: String,
+    pub name: Name,
     /// Whose plugin (the operator's choice); shared when absent.
-    #[schemars(regex(pattern = "^[a-z0-9_-]+$"), length(max = 256))]
-    pub tenant: Option<String>,
+    pub tenant: Option<Name>,
 }
 
 /// `admin/list`'s input; `null` too.
@@ -109,8 +111,7 @@ pub struct Named {
 pub struct Listing {
     /// Whose plugins (the operator's choice); for the operator naming none,
     /// every plugin.
-    #[schemars(regex(pattern = "^[a-z0-9_-]+$"), length(max = 256))]
-    pub tenant: Option<String>,
+    pub tenant: Option<Name>,
 }
 
 /// `admin/logs`'s input.
@@ -118,11 +119,9 @@ pub struct Listing {
 #[serde(deny_unknown_fields)]
 pub struct Logs {
     /// The plugin.
-    #[schemars(regex(pattern = "^[a-z0-9_-]+$"), length(max = 256))]
-    pub name: String,
+    pub name: Name,
     /// Whose plugin (the operator's choice); shared when absent.
-    #[schemars(regex(pattern = "^[a-z0-9_-]+$"), length(max = 256))]
-    pub tenant: Option<String>,
+    pub tenant: Option<Name>,
     /// The last line the reader has.
     #[serde(default)]
     pub after: u64,
@@ -210,7 +209,7 @@ mod tests {
         let header =
             serde_json::json!({"name": "x", "limits": {"cpu_ms": 5}, "placement": {"zone": "eu"}});
         let read_back = read::<UploadSettings>(header).unwrap();
-        assert_eq!(read_back.name.as_deref(), Some("x"));
+        assert_eq!(read_back.name, Some(Name("x".into())));
         assert_eq!(read_back.settings.limits.cpu_ms, Some(5));
         assert!(read::<UploadSettings>(serde_json::json!({"bogus": 1})).is_err());
         assert!(read::<Listing>(Value::Null).is_ok());

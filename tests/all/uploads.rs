@@ -97,6 +97,25 @@ async fn refused_at_compiling(extra: &str, wasm: Vec<u8>, says: &str) {
     assert_eq!(status, 201, "{body}");
 }
 
+/// `POST {path}` with `body` as the operator; the status and the answer.
+async fn post(client: &reqwest::Client, server: &Server, path: &str, body: Value) -> (u16, Value) {
+    let response = client
+        .post(format!("{}{path}", server.url))
+        .bearer_auth(OPERATOR)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+/// `admin/install` of `wasm` as base64, through `/call`.
+async fn install_by_call(client: &reqwest::Client, server: &Server, wasm: &[u8]) -> (u16, Value) {
+    let text = base64::engine::general_purpose::STANDARD.encode(wasm);
+    let call = json!({"operation": "admin/install", "input": {"wasm_base64": text}});
+    post(client, server, "/call", call).await
+}
+
 #[tokio::test]
 async fn a_compile_bomb_is_refused_before_compiling_and_costs_the_host_nothing() {
     let bomb = many_functions(240_000);
@@ -155,23 +174,15 @@ async fn the_size_limit_holds_on_every_route_that_installs() {
     let client = reqwest::Client::new();
     let big = padded(fixture("echo"), 720_904);
     let text = base64::engine::general_purpose::STANDARD.encode(&big);
-    let via_call = client
-        .post(format!("{}/call", server.url))
-        .bearer_auth(OPERATOR)
-        .json(&json!({"operation": "admin/install", "input": {"wasm_base64": text}}))
-        .send()
-        .await
-        .unwrap();
-    let via_op = client
-        .post(format!("{}/ops/admin/install", server.url))
-        .bearer_auth(OPERATOR)
-        .json(&json!({"wasm_base64": text}))
-        .send()
-        .await
-        .unwrap();
-    for response in [via_call, via_op] {
-        let status = response.status().as_u16();
-        let body: Value = response.json().await.unwrap();
+    let via_call = install_by_call(&client, &server, &big).await;
+    let via_op = post(
+        &client,
+        &server,
+        "/ops/admin/install",
+        json!({"wasm_base64": text}),
+    )
+    .await;
+    for (status, body) in [via_call, via_op] {
         assert_eq!(status, 429, "{body}");
         assert_eq!(body["error"]["code"], "RESOURCE_EXHAUSTED", "{body}");
         assert_eq!(
@@ -186,20 +197,7 @@ async fn the_size_limit_holds_on_every_route_that_installs() {
         "{body}"
     );
     // Under the limit, by every route.
-    let small = base64::engine::general_purpose::STANDARD.encode(fixture("echo"));
-    let (status, body) = {
-        let response = client
-            .post(format!("{}/call", server.url))
-            .bearer_auth(OPERATOR)
-            .json(&json!({"operation": "admin/install", "input": {"wasm_base64": small}}))
-            .send()
-            .await
-            .unwrap();
-        (
-            response.status().as_u16(),
-            response.json::<Value>().await.unwrap(),
-        )
-    };
+    let (status, body) = install_by_call(&client, &server, &fixture("echo")).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["output"]["name"], "echo", "{body}");
 }
@@ -239,17 +237,10 @@ async fn slow_uploads_end_at_the_body_timeout_and_hold_no_place_past_it() {
         tokio::spawn(trickle(url.clone())),
     ];
     // While both are trickling, they hold both places: an install by any
-    // route waits its turn.
-    let small = base64::engine::general_purpose::STANDARD.encode(fixture("echo"));
+    // route waits its turn. (Until they have them, it gets a turn and is
+    // refused for what it is: not a component.)
     let refused = loop {
-        let response = client
-            .post(format!("{}/call", server.url))
-            .bearer_auth(OPERATOR)
-            .json(&json!({"operation": "admin/install", "input": {"wasm_base64": small}}))
-            .send()
-            .await
-            .unwrap();
-        let body: Value = response.json().await.unwrap();
+        let (_, body) = install_by_call(&client, &server, b"not a component").await;
         if body["error"]["details"]["limit"] == "max_uploads" {
             break body;
         }
