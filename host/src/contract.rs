@@ -10,13 +10,13 @@
 use std::collections::BTreeMap;
 
 use schemars::JsonSchema;
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::call::CallError;
-use crate::capabilities::Grants;
-use crate::runtime::{PluginLimitsConfig, ReuseConfig};
+use crate::call::{CallError, OpType};
+use crate::capabilities::{GrantSummary, Grants};
+use crate::runtime::{PluginLimits, PluginLimitsConfig, ReuseConfig};
 
 /// A plugin's or a tenant's name: `[a-z0-9_-]+`, at most
 /// [`MAX_SEGMENT_BYTES`](crate::call::MAX_SEGMENT_BYTES) bytes.
@@ -130,7 +130,111 @@ pub struct Logs {
     pub limit: Option<u64>,
 }
 
-/// The JSON Schema of `T`, as an operation's input schema.
+/// A plugin, as the `admin/*` operations answer it: never a secret value
+/// or a host path.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct PluginDetail {
+    /// `retired` once replaced or removed, while calls still hold it.
+    pub state: PluginState,
+    /// Its namespace.
+    pub name: String,
+    /// Its tenant; `null`: shared.
+    pub tenant: Option<String>,
+    /// Declared by the configuration (`config`) or installed (`api`).
+    pub source: PluginSource,
+    /// The version it declares.
+    pub version: String,
+    /// The SHA-256 of its component, in hex.
+    pub digest: String,
+    /// Its operations.
+    pub operations: Vec<OperationBrief>,
+    /// Its limits, as in force.
+    pub limits: PluginLimits,
+    /// What it is granted, without values or paths.
+    pub grants: GrantSummary,
+    /// Instance reuse, when on.
+    pub reuse: Option<ReuseConfig>,
+    /// Instances alive now.
+    pub live_instances: u32,
+    /// Subscriptions open now.
+    pub open_subscriptions: u32,
+    /// Calls this version took.
+    pub calls: u64,
+    /// How many of them failed.
+    pub failures: u64,
+}
+
+/// Whether a plugin version serves new calls.
+#[derive(Debug, Clone, Copy, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PluginState {
+    /// It serves.
+    Active,
+    /// Replaced or removed; its running calls finish.
+    Retired,
+}
+
+/// Where a plugin comes from.
+#[derive(Debug, Clone, Copy, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PluginSource {
+    /// The configuration file (or the bundled examples): fixed for the API.
+    Config,
+    /// The admin API.
+    Api,
+}
+
+/// One operation of a plugin, in brief.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct OperationBrief {
+    /// `namespace/op`.
+    pub name: String,
+    /// Query, mutation or subscription.
+    pub op_type: OpType,
+}
+
+/// `admin/list`'s answer.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct PluginList {
+    /// The plugins the caller sees.
+    pub plugins: Vec<PluginDetail>,
+}
+
+/// `admin/remove`'s answer.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Removed {
+    /// The plugin removed.
+    pub removed: String,
+}
+
+/// `admin/logs`' answer.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct LogLines {
+    /// The lines, oldest first.
+    pub lines: Vec<LogLine>,
+    /// The `after` to read the next lines with.
+    pub next: u64,
+}
+
+/// One line a plugin's guest logged.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct LogLine {
+    /// Its place in the plugin's tail.
+    pub seq: u64,
+    /// When, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// The call that logged it.
+    pub request_id: String,
+    /// Its level.
+    pub level: String,
+    /// What it says.
+    pub message: String,
+    /// The calling tenant: for the operator only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+}
+
+/// The JSON Schema of `T`, as an operation's input or output schema.
 pub fn schema<T: JsonSchema>() -> Value {
     serde_json::to_value(schemars::schema_for!(T)).unwrap_or(Value::Bool(true))
 }

@@ -64,7 +64,7 @@ pub struct Grants {
 
 /// What callers may learn of a plugin's grants (`services/plugin`): which
 /// capabilities it has, never host paths or values.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct GrantSummary {
     /// `"read-only"` or `"read-write"` when a directory is granted.
     pub directory: Option<&'static str>,
@@ -78,7 +78,7 @@ pub struct GrantSummary {
 }
 
 /// A key-value grant as callers may see it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct KeyvalueSummary {
     /// Bytes of keys and values together, per tenant.
     pub max_bytes: u64,

@@ -16,10 +16,14 @@ use futures::FutureExt;
 use serde_json::{Map, Value, json};
 
 use schemars::JsonSchema;
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{Authority, Listed, Plugins, WeakPlugins};
-use crate::contract;
+use crate::contract::{
+    self, LogLine, LogLines, OperationBrief, PluginDetail, PluginList, PluginSource, PluginState,
+    Removed,
+};
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::call::{
@@ -57,27 +61,38 @@ pub fn operations(plugins: &Plugins) -> Result<Vec<Operation>, RegistryError> {
 }
 
 /// What callers learn of a plugin: never secret values or host paths.
-pub(crate) fn detail(plugin: &Plugin, tenant: Option<&str>, fixed: bool) -> Value {
-    json!({
-        "state": if plugin.is_retired() { "retired" } else { "active" },
-        "name": plugin.name(),
-        "tenant": tenant,
-        "source": if fixed { "config" } else { "api" },
-        "version": plugin.version(),
-        "digest": plugin.digest(),
-        "operations": plugin
+pub(crate) fn detail(plugin: &Plugin, tenant: Option<&str>, fixed: bool) -> PluginDetail {
+    PluginDetail {
+        state: if plugin.is_retired() {
+            PluginState::Retired
+        } else {
+            PluginState::Active
+        },
+        name: plugin.name().to_owned(),
+        tenant: tenant.map(str::to_owned),
+        source: if fixed {
+            PluginSource::Config
+        } else {
+            PluginSource::Api
+        },
+        version: plugin.version().to_owned(),
+        digest: plugin.digest().to_owned(),
+        operations: plugin
             .operations()
             .into_iter()
-            .map(|op| json!({ "name": op.spec.name, "op_type": op.spec.op_type }))
-            .collect::<Vec<_>>(),
-        "limits": plugin.limits(),
-        "grants": plugin.grants().summary(),
-        "reuse": plugin.reuse(),
-        "live_instances": plugin.live_instances(),
-        "open_subscriptions": plugin.open_subscriptions(),
-        "calls": plugin.calls(),
-        "failures": plugin.failures(),
-    })
+            .map(|op| OperationBrief {
+                name: op.spec.name,
+                op_type: op.spec.op_type,
+            })
+            .collect(),
+        limits: plugin.limits().clone(),
+        grants: plugin.grants().summary(),
+        reuse: plugin.reuse().cloned(),
+        live_instances: plugin.live_instances(),
+        open_subscriptions: plugin.open_subscriptions(),
+        calls: plugin.calls(),
+        failures: plugin.failures(),
+    }
 }
 
 /// Whose plugin an input names, for its caller, and, for a change, its
@@ -275,10 +290,11 @@ fn remove(plugins: &WeakPlugins) -> Result<Operation, RegistryError> {
         "Removes an installed plugin; calls running on it finish.",
         plugins,
         |plugins, target, _: contract::Named| async move {
-            plugins
-                .remove(target.tenant.as_deref(), target.name()?)
-                .await?;
-            Ok(json!({ "removed": target.name }))
+            let name = target.name()?;
+            plugins.remove(target.tenant.as_deref(), name).await?;
+            Ok(Removed {
+                removed: name.to_owned(),
+            })
         },
     )
 }
@@ -295,11 +311,11 @@ fn list(plugins: &WeakPlugins) -> Result<Operation, RegistryError> {
                 (Authority::Operator, None) => plugins.all(),
                 (_, tenant) => plugins.list(tenant),
             };
-            let listed = listed
+            let plugins = listed
                 .iter()
                 .map(|listed| detail(&listed.plugin, listed.tenant.as_deref(), listed.fixed))
-                .collect::<Vec<_>>();
-            Ok(json!({ "plugins": listed }))
+                .collect();
+            Ok(PluginList { plugins })
         },
     )
 }
@@ -343,31 +359,27 @@ fn logs(plugins: &WeakPlugins) -> Result<Operation, RegistryError> {
                 })
                 .min(MAX_LOG_LINES);
             let (lines, next) = listed.plugin.log_tail().after(input.after, limit, reader);
-            let lines: Vec<Value> = lines
+            let lines = lines
                 .iter()
-                .map(|line| {
-                    let mut json = json!({
-                        "seq": line.seq,
-                        "at_ms": line.at_ms,
-                        "request_id": &*line.request_id,
-                        "level": line.level,
-                        "message": line.message,
-                    });
-                    if reader.is_none() {
-                        json["tenant"] = json!(&*line.tenant);
-                    }
-                    json
+                .map(|line| LogLine {
+                    seq: line.seq,
+                    at_ms: line.at_ms,
+                    request_id: line.request_id.to_string(),
+                    level: line.level.to_owned(),
+                    message: line.message.clone(),
+                    tenant: reader.is_none().then(|| line.tenant.to_string()),
                 })
                 .collect();
-            Ok(json!({ "lines": lines, "next": next }))
+            Ok(LogLines { lines, next })
         },
     )
 }
 
-/// A lifecycle operation (see [`operation`]) whose input is an `I`, its
-/// schema derived from the type: `run` gets the plugins, whose plugin the
-/// input names for its caller ([`Target`]), and the input.
-fn admin_op<I, F, Fut>(
+/// A lifecycle operation (see [`operation`]) whose input is an `I` and
+/// output an `O`, their schemas derived from the types: `run` gets the
+/// plugins, whose plugin the input names for its caller ([`Target`]), and
+/// the input.
+fn admin_op<I, O, F, Fut>(
     op: &str,
     op_type: OpType,
     description: &str,
@@ -376,8 +388,9 @@ fn admin_op<I, F, Fut>(
 ) -> Result<Operation, RegistryError>
 where
     I: DeserializeOwned + JsonSchema,
+    O: Serialize + JsonSchema,
     F: Fn(Plugins, Target, I) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<Value, CallError>> + Send + 'static,
+    Fut: Future<Output = Result<O, CallError>> + Send + 'static,
 {
     let plugins = plugins.clone();
     let handler: NativeOnce = Arc::new(move |cx: CallContext, input: Value| {
@@ -386,7 +399,9 @@ where
             Ok((plugins, target, contract::read::<I>(input)?))
         });
         match read {
-            Ok((plugins, target, input)) => run(plugins, target, input).boxed(),
+            Ok((plugins, target, input)) => run(plugins, target, input)
+                .map(|output| serde_json::to_value(output?).map_err(|_| CallError::internal()))
+                .boxed(),
             Err(error) => std::future::ready(Err(error)).boxed(),
         }
     });
@@ -395,6 +410,7 @@ where
         op_type,
         description,
         contract::schema::<I>(),
+        contract::schema::<O>(),
         Handler::NativeOnce(handler),
     )
 }
@@ -406,6 +422,7 @@ pub(super) fn operation(
     op_type: OpType,
     description: &str,
     input_schema: Value,
+    output_schema: Value,
     handler: Handler,
 ) -> Result<Operation, RegistryError> {
     Operation::compile(
@@ -415,7 +432,7 @@ pub(super) fn operation(
             visibility: Visibility::External,
             description: description.to_owned(),
             input_schema,
-            output_schema: json!({ "type": "object" }),
+            output_schema,
             access_control: AccessControl {
                 required_scopes: Vec::new(),
                 required_scopes_any: vec![OPERATOR.to_owned(), TENANT.to_owned()],

@@ -113,6 +113,7 @@ fn page(plugins: &WeakPlugins) -> Result<Operation, RegistryError> {
             },
             "additionalProperties": false,
         }),
+        json!({ "type": "object" }),
         Handler::NativeOnce(handler),
     )
 }
@@ -160,6 +161,7 @@ fn follow(plugins: &WeakPlugins) -> Result<Operation, RegistryError> {
             },
             "additionalProperties": false,
         }),
+        json!({ "type": "object" }),
         Handler::NativeStream(handler),
     )
 }
@@ -173,7 +175,7 @@ fn snapshot(plugins: &Plugins, cx: &CallContext, tenant: Option<&str>) -> Value 
     };
     let listed: Vec<Value> = listed
         .iter()
-        .map(|l| detail(&l.plugin, l.tenant.as_deref(), l.fixed))
+        .map(|l| json!(detail(&l.plugin, l.tenant.as_deref(), l.fixed)))
         .collect();
     json!({ "type": "snapshot", "plugins": listed })
 }

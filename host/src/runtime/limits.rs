@@ -27,7 +27,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 ///
 /// CPU limits count time spent running guest code, in epoch ticks; time the
 /// guest spends waiting in a host call counts against deadlines only.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct PluginLimits {
     /// Linear memory per instance, in bytes.
     pub memory_bytes: usize,

@@ -134,25 +134,7 @@ pub(super) fn schemas() -> [(&'static str, Value); 3] {
         ),
         (
             "AdminPlugin",
-            json!({
-                "type": "object",
-                "properties": {
-                    "name": { "type": "string" },
-                    "tenant": { "type": ["string", "null"] },
-                    "source": { "enum": ["api", "config"] },
-                    "state": { "enum": ["active", "retired"] },
-                    "version": { "type": "string" },
-                    "digest": { "type": "string" },
-                    "operations": { "type": "array", "items": { "type": "object" } },
-                    "limits": { "type": "object" },
-                    "grants": { "type": "object" },
-                    "live_instances": { "type": "integer" },
-                    "open_subscriptions": { "type": "integer" },
-                    "calls": { "type": "integer" },
-                    "failures": { "type": "integer" },
-                },
-                "required": ["name", "source", "version", "digest", "operations"],
-            }),
+            crate::contract::schema::<crate::contract::PluginDetail>(),
         ),
         (
             "AdminEvent",
