@@ -13,22 +13,20 @@ use std::sync::Arc;
 
 use base64::Engine;
 use futures::FutureExt;
-use serde_json::{Map, Value, json};
-
 use schemars::JsonSchema;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-
-use super::{Authority, Listed, Plugins, WeakPlugins};
-use crate::contract::{
-    self, LogLine, LogLines, OperationBrief, PluginDetail, PluginList, PluginSource, PluginState,
-    Removed,
-};
+use serde_json::{Map, Value, json};
 use tokio::sync::OwnedSemaphorePermit;
 
+use super::{Authority, Listed, Plugins, WeakPlugins};
 use crate::call::{
     AccessControl, Attachment, AttachmentError, CallError, ErrorCode, MAX_SEGMENT_BYTES, OpType,
     OperationSpec, Visibility, is_valid_segment,
+};
+use crate::contract::{
+    self, LogLine, LogLines, OperationBrief, PluginDetail, PluginList, PluginSource, PluginState,
+    Removed,
 };
 use crate::dispatch::{CallContext, Handler, NativeOnce, Operation};
 use crate::registry::RegistryError;
