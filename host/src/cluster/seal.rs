@@ -23,6 +23,8 @@ use async_nats::{Client, HeaderMap};
 use bytes::Bytes;
 use ring::hmac;
 
+use crate::runtime::hex;
+
 /// The header a seal travels in.
 pub(super) const HEADER: &str = "Opbox-Seal";
 
@@ -228,10 +230,6 @@ fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn unhex(text: &str) -> Option<[u8; 32]> {

@@ -412,7 +412,8 @@ pub fn digest(wasm: &[u8]) -> String {
     hex(&Sha256::digest(wasm))
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// `bytes` as lower-case hex.
+pub(crate) fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
     bytes
         .iter()
