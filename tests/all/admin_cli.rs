@@ -55,6 +55,23 @@ fn the_cli_installs_lists_shows_replaces_and_removes_plugins() {
     ));
     assert!(shown.contains("name        versioned"), "{shown}");
     assert!(shown.contains("\"cpu_ms\":800"), "{shown}");
+    // A setting the host does not know is named before anything is sent:
+    // no host needs to be there.
+    let misspelt = run(
+        "http://127.0.0.1:9",
+        &[
+            "plugins",
+            "install",
+            &v2,
+            "--name",
+            "other",
+            "--limit",
+            "cpu_msec=800",
+        ],
+    );
+    assert!(!misspelt.status.success());
+    let said = String::from_utf8_lossy(&misspelt.stderr);
+    assert!(said.contains("cpu_msec"), "{said}");
     let listed = stdout(&run(url, &["plugins", "list"]));
     let line = listed
         .lines()

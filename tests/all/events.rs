@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use opbox::call::{Event, Observer};
+use opbox::call::{Event, Happening, Observer};
 use opbox::tenants::{PluginAllowance, Quotas, TenantConfig, TokenConfig, hash_token_hex};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -249,7 +249,10 @@ async fn the_feed_sends_a_snapshot_then_stored_then_live_events_each_once() {
     let first = stored[0]["cursor"].as_u64().unwrap();
 
     let mut socket = follow(&host, OPERATOR, &format!("?cursor={first}")).await;
+    // Each item is what `admin/feed` publishes it sends.
+    let schema = crate::contracts::output_schema(&host, "admin/feed").await;
     let snapshot = next_item(&mut socket).await.unwrap();
+    crate::contracts::assert_meets(&schema, &snapshot, "the snapshot");
     assert_eq!(snapshot["type"], "snapshot");
     assert!(
         snapshot["plugins"].to_string().contains("\"versioned\""),
@@ -258,6 +261,7 @@ async fn the_feed_sends_a_snapshot_then_stored_then_live_events_each_once() {
     // What is stored after the cursor, then what happens from now on.
     for expected in &stored[1..] {
         let item = next_item(&mut socket).await.unwrap();
+        crate::contracts::assert_meets(&schema, &item, "an event");
         assert_eq!(
             (&item["type"], &item["cursor"]),
             (&json!("event"), &expected["cursor"])
@@ -265,15 +269,14 @@ async fn the_feed_sends_a_snapshot_then_stored_then_live_events_each_once() {
     }
     host.call("fixture-panic/boom", json!("three")).await;
     log.observe(Event {
-        kind: "test.marker",
+        what: marker("last"),
         tenant: None,
         plugin: None,
-        detail: json!({}),
     });
     let mut live = Vec::new();
     while live
         .last()
-        .is_none_or(|e: &Value| e["kind"] != "test.marker")
+        .is_none_or(|e: &Value| e["detail"]["action"] != "test.marker")
     {
         live.push(next_item(&mut socket).await.unwrap());
     }
@@ -288,6 +291,7 @@ async fn the_feed_sends_a_snapshot_then_stored_then_live_events_each_once() {
     // A cursor that is not a number: one diagnostic, then the close.
     let mut socket = follow(&host, OPERATOR, "?cursor=x1").await;
     let item = next_item(&mut socket).await.unwrap();
+    crate::contracts::assert_meets(&schema, &item, "a diagnostic");
     assert_eq!(
         (&item["type"], &item["code"]),
         (&json!("diagnostic"), &json!("cursor_malformed"))
@@ -301,12 +305,11 @@ async fn an_expired_cursor_and_a_reader_left_behind_each_get_a_diagnostic() {
     let log = host.host.plugins().events();
     // Each event large enough that the socket's buffers fill long before
     // the feed is done.
-    let pad = "x".repeat(2048);
+    let pad = "x".repeat(1000);
     let marker = |n: u64| Event {
-        kind: "test.marker",
+        what: marker(&format!("{n} {pad}")),
         tenant: None,
         plugin: None,
-        detail: json!({ "n": n, "pad": pad }),
     };
     let mut committed = log.follow();
     for n in 0..60 {
@@ -368,4 +371,12 @@ async fn a_feed_socket_holds_its_connections_place_until_it_closes() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(host.get("/healthz").await.0, StatusCode::OK);
+}
+
+/// An event the tests record themselves, saying `reason`.
+fn marker(reason: &str) -> Happening {
+    Happening::PluginRefused {
+        action: "test.marker".into(),
+        reason: reason.into(),
+    }
 }

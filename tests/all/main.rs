@@ -18,6 +18,7 @@ mod cli;
 mod client;
 mod cluster;
 mod connections;
+mod contracts;
 mod cost;
 mod dev;
 mod discovery;

@@ -8,79 +8,217 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::Value;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 use super::Transport;
 
 /// One thing that happened.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
-    /// What kind of thing: `plugin.installed`, `plugin.replaced`,
-    /// `plugin.removed`, `plugin.refused`, `call.trapped`, `limit.hit`,
-    /// `capability.denied`, `quota.refused`.
-    pub kind: &'static str,
+    /// What happened, with what the event says of it.
+    pub what: Happening,
     /// The tenant it belongs to: the plugin's for a change, the caller's
     /// for a call. `None`: the host's (a shared plugin's change), seen by
     /// the operator only.
     pub tenant: Option<String>,
     /// The plugin it concerns, if one.
     pub plugin: Option<String>,
-    /// The rest, by kind. Never a secret, a host path or another tenant's
-    /// name.
-    pub detail: Value,
+}
+
+/// What happened, by kind (`kind` in the feed), with its `detail`. Never a
+/// secret, a host path or another tenant's name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "kind", content = "detail")]
+pub enum Happening {
+    /// A plugin was installed.
+    #[serde(rename = "plugin.installed")]
+    PluginInstalled(Version),
+    /// A plugin was replaced by a new version.
+    #[serde(rename = "plugin.replaced")]
+    PluginReplaced {
+        /// The version now serving.
+        #[serde(flatten)]
+        now: Version,
+        /// The version it replaced.
+        from: Version,
+        /// Whether the compatibility gate was skipped.
+        forced: bool,
+    },
+    /// A plugin was removed.
+    #[serde(rename = "plugin.removed")]
+    PluginRemoved(Version),
+    /// A change was refused.
+    #[serde(rename = "plugin.refused")]
+    PluginRefused {
+        /// `install`, `replace` or `remove`.
+        action: String,
+        /// Why, in the words its caller got.
+        reason: String,
+    },
+    /// A call's guest trapped.
+    #[serde(rename = "call.trapped")]
+    CallTrapped {
+        /// The operation called.
+        operation: String,
+        /// The kind of trap.
+        trap: String,
+        /// The plugin's version.
+        version: Option<String>,
+    },
+    /// A call hit one of its plugin's limits.
+    #[serde(rename = "limit.hit")]
+    LimitHit {
+        /// The operation called.
+        operation: String,
+        /// The limit's name.
+        limit: String,
+        /// The limit's value.
+        value: Option<u64>,
+    },
+    /// A call was refused by one of its tenant's quotas.
+    #[serde(rename = "quota.refused")]
+    QuotaRefused {
+        /// The operation called.
+        operation: String,
+        /// The quota's name.
+        quota: String,
+        /// The quota's value.
+        value: Option<u64>,
+    },
+    /// A plugin used a capability it was not granted.
+    #[serde(rename = "capability.denied")]
+    CapabilityDenied {
+        /// `keyvalue`, `outbound-http`, `config`, ...
+        capability: String,
+        /// The key-value bucket it asked for.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bucket: Option<String>,
+        /// The address it tried to reach.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        target: Option<String>,
+    },
+    /// Events were dropped because the feed's writer fell behind.
+    #[serde(rename = "events.dropped")]
+    EventsDropped {
+        /// How many.
+        count: u64,
+    },
+}
+
+/// A plugin version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Version {
+    /// The version it declares.
+    pub version: String,
+    /// The SHA-256 of its component, in hex.
+    pub digest: String,
+}
+
+/// An event as the feed keeps and sends it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct StoredEvent {
+    /// Its place in the feed, from 1.
+    pub cursor: u64,
+    /// When it was recorded, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// Its tenant; `null`: the host's.
+    pub tenant: Option<String>,
+    /// The plugin it concerns.
+    pub plugin: Option<String>,
+    /// In a cluster, the host it happened on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// What happened.
+    #[serde(flatten)]
+    pub what: Happening,
 }
 
 impl Event {
     /// The longest text an event keeps of a name (tenant, plugin).
     pub const MAX_NAME_BYTES: usize = 256;
-    /// The longest text an event keeps of any string in its detail.
+    /// The longest text an event keeps of any other string.
     pub const MAX_TEXT_BYTES: usize = 1024;
-    /// The most items an event keeps of any list in its detail.
-    pub const MAX_ITEMS: usize = 32;
 
-    /// This event, with every string cut and every list shortened to the
-    /// bounds above: what the feed keeps, whatever a caller named.
+    /// This event, with every string cut to the bounds above: what the
+    /// feed keeps, whatever a caller named.
     pub fn bounded(mut self) -> Self {
-        let cut_name = |name: &mut String| {
-            let kept = super::cut(name, Self::MAX_NAME_BYTES).len();
-            name.truncate(kept);
-        };
-        if let Some(tenant) = &mut self.tenant {
-            cut_name(tenant);
+        let name = |text: &mut String| cut_to(text, Self::MAX_NAME_BYTES);
+        let text = |text: &mut String| cut_to(text, Self::MAX_TEXT_BYTES);
+        self.tenant.iter_mut().for_each(name);
+        self.plugin.iter_mut().for_each(name);
+        match &mut self.what {
+            Happening::PluginInstalled(now) | Happening::PluginRemoved(now) => now.bounded(),
+            Happening::PluginReplaced { now, from, .. } => {
+                now.bounded();
+                from.bounded();
+            }
+            Happening::PluginRefused { action, reason } => {
+                name(action);
+                text(reason);
+            }
+            Happening::CallTrapped {
+                operation,
+                trap,
+                version,
+            } => {
+                text(operation);
+                name(trap);
+                version.iter_mut().for_each(name);
+            }
+            Happening::LimitHit {
+                operation, limit, ..
+            }
+            | Happening::QuotaRefused {
+                operation,
+                quota: limit,
+                ..
+            } => {
+                text(operation);
+                name(limit);
+            }
+            Happening::CapabilityDenied {
+                capability,
+                bucket,
+                target,
+            } => {
+                name(capability);
+                bucket.iter_mut().chain(target.iter_mut()).for_each(text);
+            }
+            Happening::EventsDropped { .. } => {}
         }
-        if let Some(plugin) = &mut self.plugin {
-            cut_name(plugin);
-        }
-        bound(&mut self.detail, 0);
         self
     }
 }
 
-/// `value` cut to [`Event`]'s bounds, nested no deeper than 8 levels.
-fn bound(value: &mut Value, depth: usize) {
-    match value {
-        Value::String(text) => {
-            let kept = super::cut(text, Event::MAX_TEXT_BYTES).len();
-            text.truncate(kept);
+impl Happening {
+    /// Its kind, as the feed names it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::PluginInstalled(_) => "plugin.installed",
+            Self::PluginReplaced { .. } => "plugin.replaced",
+            Self::PluginRemoved(_) => "plugin.removed",
+            Self::PluginRefused { .. } => "plugin.refused",
+            Self::CallTrapped { .. } => "call.trapped",
+            Self::LimitHit { .. } => "limit.hit",
+            Self::QuotaRefused { .. } => "quota.refused",
+            Self::CapabilityDenied { .. } => "capability.denied",
+            Self::EventsDropped { .. } => "events.dropped",
         }
-        Value::Array(items) => {
-            items.truncate(if depth < 8 { Event::MAX_ITEMS } else { 0 });
-            items.iter_mut().for_each(|item| bound(item, depth + 1));
-        }
-        Value::Object(fields) => {
-            let mut kept = 0;
-            fields.retain(|key, _| {
-                let keep =
-                    depth < 8 && kept < Event::MAX_ITEMS && key.len() <= Event::MAX_NAME_BYTES;
-                kept += usize::from(keep);
-                keep
-            });
-            fields
-                .values_mut()
-                .for_each(|field| bound(field, depth + 1));
-        }
-        Value::Null | Value::Bool(_) | Value::Number(_) => {}
     }
+}
+
+impl Version {
+    fn bounded(&mut self) {
+        cut_to(&mut self.version, Event::MAX_NAME_BYTES);
+        cut_to(&mut self.digest, Event::MAX_NAME_BYTES);
+    }
+}
+
+/// Cuts `text` to at most `bytes`, on a character boundary.
+fn cut_to(text: &mut String, bytes: usize) {
+    let kept = super::cut(text, bytes).len();
+    text.truncate(kept);
 }
 
 /// A call that ended, as metrics count it. Every field is from a bounded

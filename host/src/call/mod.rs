@@ -14,7 +14,10 @@ pub use attachment::{Attachment, AttachmentError};
 pub use cost::{HostCall, HostCalls, Meter, Receipt};
 pub(crate) use error::cut;
 pub use error::{CallError, ErrorCode};
-pub use event::{Event, Fanout, Finished, Observer, OpenConnection, SharedObserver, Unobserved};
+pub use event::{
+    Event, Fanout, Finished, Happening, Observer, OpenConnection, SharedObserver, StoredEvent,
+    Unobserved, Version,
+};
 pub use request::{CallRequest, Identity, Origin, Transport, new_request_id, whole_millis};
 pub use spec::{
     AccessControl, MAX_SEGMENT_BYTES, OpType, OperationSpec, Visibility, is_valid_name,

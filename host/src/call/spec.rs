@@ -25,7 +25,7 @@ impl OpType {
 }
 
 /// Who may call an operation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Visibility {
     /// Callable from the wire.
@@ -35,7 +35,7 @@ pub enum Visibility {
 }
 
 /// The scopes a caller needs.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AccessControl {
     /// The caller must hold all of these.
@@ -47,7 +47,7 @@ pub struct AccessControl {
 }
 
 /// An operation's public description (PROTOCOL.md, "Operations").
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct OperationSpec {
     /// `namespace/op`.
     pub name: String,

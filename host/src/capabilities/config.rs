@@ -9,7 +9,7 @@ use serde::Deserialize;
 use wasmtime::component::{HasSelf, Linker};
 
 use super::bindings::wasi::config::store::{self, Error, Host};
-use super::denied::Denial;
+use super::denied::{Asked, Denial};
 use super::grants::Grants;
 
 /// A configuration value that is never displayed.
@@ -52,7 +52,7 @@ impl ConfigState {
         if self.grants.config_granted() {
             Ok(())
         } else {
-            self.denial.report(serde_json::json!({}));
+            self.denial.report(Asked::Nothing);
             Err(Error::Upstream(
                 "denied: wasi:config is not granted to this plugin".into(),
             ))

@@ -5,9 +5,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use serde_json::{Value, json};
-
-use crate::call::{Event, SharedObserver};
+use crate::call::{Event, Happening, SharedObserver};
 
 /// Reports denials of one capability during one call.
 #[derive(Debug)]
@@ -35,21 +33,36 @@ impl Denial {
         }
     }
 
-    /// Reports a denial with `detail` (what was asked for), unless this
-    /// call reported one for the capability already.
-    pub(crate) fn report(&self, detail: Value) {
+    /// Reports a denial of what was `asked` for, unless this call
+    /// reported one for the capability already.
+    pub(crate) fn report(&self, asked: Asked) {
         if self.reported.swap(true, Ordering::Relaxed) {
             return;
         }
-        let mut fields = json!({ "capability": self.capability });
-        if let (Value::Object(fields), Value::Object(detail)) = (&mut fields, detail) {
-            fields.extend(detail);
-        }
+        let (bucket, target) = match asked {
+            Asked::Nothing => (None, None),
+            Asked::Bucket(bucket) => (Some(bucket), None),
+            Asked::Target(target) => (None, Some(target)),
+        };
         self.observer.observe(Event {
-            kind: "capability.denied",
+            what: Happening::CapabilityDenied {
+                capability: self.capability.to_owned(),
+                bucket,
+                target,
+            },
             tenant: Some(self.tenant.to_string()),
             plugin: Some(self.plugin.to_string()),
-            detail: fields,
         });
     }
+}
+
+/// What a denied plugin asked for, as its event says.
+#[derive(Debug)]
+pub(crate) enum Asked {
+    /// The capability itself.
+    Nothing,
+    /// A key-value bucket, by name.
+    Bucket(String),
+    /// An outbound address.
+    Target(String),
 }

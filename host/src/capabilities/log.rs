@@ -2,7 +2,9 @@
 //! tenant.
 //! Always granted; each line is cut at 4 KiB and each call may write
 //! `log_lines` of them, `fatal` included (the rest are counted, and reported
-//! once).
+//! once). The host's own log takes a plugin version's lines at a bounded
+//! rate; the plugin's tail (`admin/logs`) and the call's trace take them
+//! all.
 
 use std::sync::Arc;
 
@@ -10,7 +12,7 @@ use wasmtime::component::{HasSelf, Linker};
 
 use super::bindings::Level;
 use super::bindings::opbox::plugin::{log, types};
-use super::log_tail::LogTail;
+use super::log_tail::{HOST_LOG_LINES_PER_SECOND, LogTail};
 use crate::call::cut;
 use crate::telemetry::trace::CallSpan;
 
@@ -56,6 +58,23 @@ impl LogState {
         }
     }
 
+    /// Whether this line goes to the host's log too; says first how many
+    /// lines of the plugin it skipped.
+    fn to_host_log(&self) -> bool {
+        match self.tail.to_host_log() {
+            None => false,
+            Some(0) => true,
+            Some(skipped) => {
+                tracing::warn!(
+                    plugin = &*self.plugin,
+                    skipped,
+                    "guest log lines kept out of the host's log (past {HOST_LOG_LINES_PER_SECOND} a second; they are in the plugin's tail)"
+                );
+                true
+            }
+        }
+    }
+
     /// Takes one line of the allowance; `false` once it is spent.
     fn take_line(&mut self) -> bool {
         if self.lines_left == 0 {
@@ -84,6 +103,9 @@ impl log::Host for LogState {
         self.tail
             .push(&self.request_id, &self.tenant, name, message);
         self.span.log(name, message);
+        if !self.to_host_log() {
+            return;
+        }
         match level {
             Level::Trace => tracing::trace!(plugin, request_id, tenant, "{message}"),
             Level::Debug => tracing::debug!(plugin, request_id, tenant, "{message}"),
@@ -104,6 +126,9 @@ impl log::Host for LogState {
         self.tail
             .push(&self.request_id, &self.tenant, "fatal", message);
         self.span.log("fatal", message);
+        if !self.to_host_log() {
+            return;
+        }
         tracing::error!(
             plugin = &*self.plugin,
             request_id = &*self.request_id,

@@ -1,10 +1,22 @@
 //! The last log lines of a plugin version, kept for its operator and its
 //! tenants to read (`admin/logs`): at most [`MAX_LINES`] lines and
-//! [`MAX_BYTES`] of messages, the oldest dropped first.
+//! [`MAX_BYTES`] of messages, the oldest dropped first. And the plugin
+//! version's share of the host's own log: at most
+//! [`HOST_LOG_LINES_PER_SECOND`] of its lines a second reach it.
 
 use std::collections::VecDeque;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+
+/// Lines of one plugin version the host's log takes a second (as many at
+/// once). Writing the host's log costs the host a thread and its output
+/// whatever the line; past this, lines stay in the tail and the call's
+/// trace, and the host's log says how many it skipped.
+pub const HOST_LOG_LINES_PER_SECOND: u32 = 1_000;
 
 /// Lines a tail keeps at most.
 pub const MAX_LINES: usize = 256;
@@ -37,12 +49,38 @@ struct Lines {
 }
 
 /// A plugin version's last log lines.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LogTail {
     lines: Mutex<Lines>,
+    /// The version's rate of lines into the host's log.
+    host_log: DefaultDirectRateLimiter,
+    /// Lines kept out of the host's log since it last took one.
+    skipped: AtomicU64,
+}
+
+impl Default for LogTail {
+    fn default() -> Self {
+        let rate = NonZeroU32::new(HOST_LOG_LINES_PER_SECOND).unwrap_or(NonZeroU32::MIN);
+        Self {
+            lines: Mutex::default(),
+            host_log: RateLimiter::direct(Quota::per_second(rate)),
+            skipped: AtomicU64::new(0),
+        }
+    }
 }
 
 impl LogTail {
+    /// Whether the host's log takes one more line of this version now:
+    /// `Some` with the lines it skipped before this one, or `None`.
+    pub(super) fn to_host_log(&self) -> Option<u64> {
+        if self.host_log.check().is_ok() {
+            Some(self.skipped.swap(0, Ordering::Relaxed))
+        } else {
+            self.skipped.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+
     pub(super) fn push(
         &self,
         request_id: &Arc<str>,
@@ -118,5 +156,21 @@ mod tests {
         let bytes: usize = kept.iter().map(|l| l.message.len()).sum();
         assert!(bytes <= MAX_BYTES, "{bytes}");
         assert_eq!(kept.len(), MAX_BYTES / 4096);
+    }
+
+    #[test]
+    fn the_host_log_takes_a_plugins_lines_at_its_rate() {
+        let tail = LogTail::default();
+        let burst = HOST_LOG_LINES_PER_SECOND as usize;
+        let taken = (0..burst * 3)
+            .filter(|_| tail.to_host_log().is_some())
+            .count();
+        // A second's worth at once (and whatever refilled while counting).
+        assert!((burst..burst + burst / 10).contains(&taken), "{taken}");
+        // The next line taken says how many were skipped before it.
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let skipped = tail.to_host_log().expect("refilled");
+        assert_eq!(skipped as usize, burst * 3 - taken);
+        assert_eq!(tail.to_host_log(), Some(0), "nothing skipped since");
     }
 }

@@ -18,6 +18,8 @@
 //! deadline_ms = 30000          # queries and mutations
 //! max_instances = 256          # instances alive at once, all plugins together
 //! # cpu_lanes = 1              # CPU-bound guests running at once (default: cores - 1)
+//! # call_workers = 2           # threads calls run on (default: cores)
+//! # tenant_workers = 1         # one tenant's calls running at once (default: call_workers - 1)
 //! max_call_depth = 16          # operations calling operations, this deep at most
 //! max_nested_calls = 16        # calls one call may have open at once
 //! max_operations = 256         # operations one plugin may declare
@@ -389,12 +391,21 @@ impl HostConfig {
 
     /// The dispatcher settings this configuration asks for.
     pub fn dispatch(&self) -> DispatchConfig {
+        let call_workers = self
+            .limits
+            .call_workers
+            .unwrap_or(DispatchConfig::default().call_workers);
         DispatchConfig {
             default_deadline: Duration::from_millis(self.limits.deadline_ms),
             max_call_depth: self.limits.max_call_depth,
             max_nested_calls: self.limits.max_nested_calls,
             max_input_bytes: self.gateway.max_body_bytes,
             tracer: self.tracer.clone(),
+            call_workers,
+            tenant_workers: self
+                .limits
+                .tenant_workers
+                .unwrap_or(call_workers.saturating_sub(1).max(1)),
             ..DispatchConfig::default()
         }
     }

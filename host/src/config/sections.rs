@@ -124,6 +124,13 @@ pub struct LimitsConfig {
     /// CPU-bound guests running at once; the other executor workers stay
     /// free for short calls. `None`: one fewer than the machine's cores.
     pub cpu_lanes: Option<usize>,
+    /// Threads calls run on, apart from those serving connections.
+    /// `None`: as many as the machine has cores.
+    pub call_workers: Option<usize>,
+    /// Calls of one tenant running on the call workers at once; the other
+    /// workers stay free for other tenants. `None`: one fewer than
+    /// `call_workers`, at least one.
+    pub tenant_workers: Option<usize>,
     /// The deepest chain of calls operations may make to each other.
     pub max_call_depth: u32,
     /// Calls and subscriptions one call may have open at once.
@@ -148,6 +155,8 @@ impl Default for LimitsConfig {
             deadline_ms: 30_000,
             max_instances: RuntimeConfig::default().max_instances,
             cpu_lanes: None,
+            call_workers: None,
+            tenant_workers: None,
             max_call_depth: dispatch.max_call_depth,
             max_nested_calls: dispatch.max_nested_calls,
             max_operations: manifest.max_operations,

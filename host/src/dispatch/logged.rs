@@ -7,10 +7,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures::Stream;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::OutputStream;
-use crate::call::{CallError, CallRequest, ErrorCode, Event, Finished, Meter, SharedObserver, cut};
+use crate::call::{
+    CallError, CallRequest, ErrorCode, Event, Finished, Happening, Meter, SharedObserver, cut,
+};
 use crate::telemetry::trace::{CallSpan, Tracer};
 
 /// Logs a call once, when it finishes; a call dropped before it finished is
@@ -163,37 +165,43 @@ impl CallLog {
     fn event_of(&self, error: &CallError) -> Option<Event> {
         let details = error.details.as_ref()?;
         // A caller's own words: bounded before they are kept.
-        let operation = cut(&self.operation, 256);
+        let operation = cut(&self.operation, 256).to_owned();
         let limit = details.get("limit").and_then(Value::as_str);
-        let (kind, plugin, detail) = match (&error.code, limit) {
+        let text = |key: &str| details[key].as_str().map(str::to_owned);
+        let value = details["value"].as_u64();
+        let (what, plugin) = match (&error.code, limit) {
             (ErrorCode::PluginFailed, _) if details.get("trap").is_some() => (
-                "call.trapped",
-                details["plugin"].as_str().map(str::to_owned),
-                json!({
-                    "operation": operation,
-                    "trap": details["trap"],
-                    "version": details["version"],
-                }),
+                Happening::CallTrapped {
+                    operation,
+                    trap: text("trap").unwrap_or_default(),
+                    version: text("version"),
+                },
+                text("plugin"),
             ),
             (_, Some(limit)) => match limit.strip_prefix("tenant.") {
                 Some(quota) => (
-                    "quota.refused",
+                    Happening::QuotaRefused {
+                        operation,
+                        quota: quota.to_owned(),
+                        value,
+                    },
                     None,
-                    json!({ "operation": operation, "quota": quota, "value": details["value"] }),
                 ),
                 None => (
-                    "limit.hit",
+                    Happening::LimitHit {
+                        operation,
+                        limit: limit.to_owned(),
+                        value,
+                    },
                     self.labels.plugin.clone(),
-                    json!({ "operation": operation, "limit": limit, "value": details["value"] }),
                 ),
             },
             _ => return None,
         };
         Some(Event {
-            kind,
+            what,
             tenant: Some(self.tenant.clone()),
             plugin,
-            detail,
         })
     }
 }

@@ -10,12 +10,14 @@
 //! and its instance dropped.
 
 mod drain;
+mod executor;
 mod failure;
 mod handler;
 mod logged;
 mod nested;
 mod pipeline;
 mod remote;
+mod shares;
 mod validate;
 
 use std::fmt;
@@ -37,6 +39,7 @@ use crate::telemetry::trace::Tracer;
 use crate::tenants::Tenants;
 
 use drain::Drain;
+use executor::CallExecutor;
 pub use handler::{
     CallContext, Handler, NativeOnce, NativeStream, Operation, Registry, plugin_operations,
 };
@@ -44,6 +47,7 @@ use logged::{CallLog, Labels, Logged};
 use pipeline::{Target, visible};
 use remote::Reach;
 pub use remote::Remote;
+use shares::{OnShare, Shares};
 
 /// Settings of the dispatcher.
 ///
@@ -71,6 +75,17 @@ pub struct DispatchConfig {
     pub observer: SharedObserver,
     /// Where calls' spans go.
     pub tracer: Tracer,
+    /// Threads calls run on, apart from the executor that serves
+    /// connections; 0: calls run on the executor that asks for them.
+    pub call_workers: usize,
+    /// Calls of one tenant polled on the call workers at once; the other
+    /// workers stay free for other tenants.
+    pub tenant_workers: usize,
+}
+
+/// The machine's cores.
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }
 
 impl Default for DispatchConfig {
@@ -83,6 +98,8 @@ impl Default for DispatchConfig {
             max_input_bytes: 1 << 20,
             observer: Arc::new(Unobserved),
             tracer: Tracer::default(),
+            call_workers: cores(),
+            tenant_workers: cores().saturating_sub(1).max(1),
         }
     }
 }
@@ -91,7 +108,7 @@ impl Default for DispatchConfig {
 pub type OutputStream = BoxStream<'static, Result<Value, CallError>>;
 
 /// One line of an operation list.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct OperationSummary {
     /// `namespace/op`.
     pub name: String,
@@ -121,6 +138,10 @@ pub struct Dispatcher {
 
 struct Inner {
     registry: Arc<Registry>,
+    /// Where calls run, when not on the executor that asks for them.
+    calls: Option<CallExecutor>,
+    /// Each tenant's share of the call workers.
+    shares: Shares,
     config: DispatchConfig,
     tenants: Tenants,
     drain: Arc<Drain>,
@@ -145,6 +166,16 @@ impl Dispatcher {
         Self {
             inner: Arc::new(Inner {
                 registry,
+                calls: (config.call_workers > 0)
+                    .then(|| CallExecutor::start(config.call_workers))
+                    .and_then(|started| {
+                        started
+                            .inspect_err(|e| {
+                                tracing::warn!("calls run on the serving executor: {e}")
+                            })
+                            .ok()
+                    }),
+                shares: Shares::new(config.tenant_workers),
                 config,
                 tenants,
                 drain: Arc::new(Drain::new()),
@@ -218,7 +249,24 @@ impl Dispatcher {
     async fn call_reaching(&self, request: CallRequest, reach: Reach) -> Metered<Value> {
         let mut log = self.log(&request);
         let (meter, span) = (log.meter().clone(), log.span().clone());
-        let result = self.call_inner(request, &meter, &span, reach).await;
+        let share = self.inner.shares.of(&request.identity.tenant);
+        // A tenant whose calls run long polls has them run on the call
+        // workers, away from the sockets; the others' stay where they are
+        // asked for, without the hop.
+        let calls = self.inner.calls.as_ref().filter(|_| share.runs_long());
+        let this = self.clone();
+        let (call_meter, call_span) = (meter.clone(), span.clone());
+        let call = OnShare::new(
+            async move {
+                this.call_inner(request, &call_meter, &call_span, reach)
+                    .await
+            },
+            share,
+        );
+        let result = match calls {
+            Some(calls) => calls.run(call).await,
+            None => call.await,
+        };
         if result.is_ok() || meter.absorbed() {
             log.answered_elsewhere();
         }
@@ -228,6 +276,11 @@ impl Dispatcher {
             meter,
             traceparent: span.traceparent(),
         }
+    }
+
+    /// `tenant`'s share of the call workers.
+    fn share(&self, tenant: &str) -> std::sync::Arc<shares::Share> {
+        self.inner.shares.of(tenant)
     }
 
     /// The log (and span) of `request`.
@@ -262,10 +315,12 @@ impl Dispatcher {
     ) -> Metered<OutputStream> {
         let mut log = self.log(&request);
         let (meter, span) = (log.meter().clone(), log.span().clone());
-        let result = match self.subscribe_inner(&request, &meter, &span, reach).await {
+        let share = self.inner.shares.of(&request.identity.tenant);
+        let started = self.subscribe_inner(&request, &meter, &span, reach);
+        let result = match OnShare::new(started, share.clone()).await {
             Ok(stream) => {
                 log.answered_elsewhere();
-                Ok(Logged::new(stream, log).boxed())
+                Ok(Logged::new(OnShare::new(stream, share).boxed(), log).boxed())
             }
             Err(e) => {
                 if meter.absorbed() {

@@ -19,6 +19,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::AbortOnDropHandle;
 
 use super::Dispatcher;
+use super::shares::OnShare;
 use crate::call::{CallError, ErrorCode};
 use crate::call::{CallRequest, HostCall, Identity, Meter, Origin, new_request_id};
 use crate::capabilities::invoke::{GuestError, NestedCalls, NestedItems};
@@ -188,16 +189,22 @@ impl NestedCalls for Nested {
         };
         let (dispatcher, request) = (self.dispatcher.clone(), self.request(operation));
         let (parent, cpu) = (self.meter.clone(), self.cpu);
-        let task = AbortOnDropHandle::new(tokio::spawn(async move {
-            let _open = open;
-            cpu_left(&parent, cpu)?;
-            let input = parse_input(&input)?;
-            let called = dispatcher
-                .call_metered(CallRequest { input, ..request })
-                .await;
-            parent.absorb(&called.meter.receipt());
-            called.result
-        }));
+        // On its tenant's turns from the start: what the nested calls
+        // before it spent is charged before it asks what is left.
+        let share = self.dispatcher.share(&self.identity.tenant);
+        let task = AbortOnDropHandle::new(tokio::spawn(OnShare::new(
+            async move {
+                let _open = open;
+                cpu_left(&parent, cpu)?;
+                let input = parse_input(&input)?;
+                let called = dispatcher
+                    .call_metered(CallRequest { input, ..request })
+                    .await;
+                parent.absorb(&called.meter.receipt());
+                called.result
+            },
+            share,
+        )));
         async move {
             let output = task.await.unwrap_or_else(|_| Err(CallError::internal()));
             output.map(|output| output.to_string()).map_err(guest_error)
@@ -220,38 +227,42 @@ impl NestedCalls for Nested {
         // One item at a time: the subscription runs at most an item ahead
         // of the guest reading it.
         let (items, items_rx) = tokio::sync::mpsc::channel(1);
-        let task = AbortOnDropHandle::new(tokio::spawn(async move {
-            let _open = open;
-            // However the task ends (the subscription ended, or the guest
-            // dropped it), what it spent is rolled up into the caller's.
-            let input = cpu_left(&parent, cpu).and_then(|_| parse_input(&input));
-            let (subscribed, _roll_up) = match input {
-                Ok(input) => {
-                    let subscribed = dispatcher
-                        .subscribe_metered(CallRequest { input, ..request })
-                        .await;
-                    let meter = subscribed.meter;
-                    (subscribed.result, Some(RollUp { meter, parent }))
+        let share = self.dispatcher.share(&self.identity.tenant);
+        let task = AbortOnDropHandle::new(tokio::spawn(OnShare::new(
+            async move {
+                let _open = open;
+                // However the task ends (the subscription ended, or the guest
+                // dropped it), what it spent is rolled up into the caller's.
+                let input = cpu_left(&parent, cpu).and_then(|_| parse_input(&input));
+                let (subscribed, _roll_up) = match input {
+                    Ok(input) => {
+                        let subscribed = dispatcher
+                            .subscribe_metered(CallRequest { input, ..request })
+                            .await;
+                        let meter = subscribed.meter;
+                        (subscribed.result, Some(RollUp { meter, parent }))
+                    }
+                    Err(e) => (Err(e), None),
+                };
+                let mut outputs = match subscribed {
+                    Ok(outputs) => {
+                        let _ = started.send(Ok(()));
+                        outputs
+                    }
+                    Err(e) => {
+                        let _ = started.send(Err(e));
+                        return;
+                    }
+                };
+                while let Some(item) = outputs.next().await {
+                    let last = item.is_err();
+                    if items.send(item).await.is_err() || last {
+                        return;
+                    }
                 }
-                Err(e) => (Err(e), None),
-            };
-            let mut outputs = match subscribed {
-                Ok(outputs) => {
-                    let _ = started.send(Ok(()));
-                    outputs
-                }
-                Err(e) => {
-                    let _ = started.send(Err(e));
-                    return;
-                }
-            };
-            while let Some(item) = outputs.next().await {
-                let last = item.is_err();
-                if items.send(item).await.is_err() || last {
-                    return;
-                }
-            }
-        }));
+            },
+            share,
+        )));
         async move {
             started_rx
                 .await

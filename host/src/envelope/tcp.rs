@@ -6,14 +6,13 @@
 //! frame begun must be finished within `frame_timeout`.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::Stream;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_util::codec::{FramedWrite, LengthDelimitedCodec};
 
 use super::EnvelopeConfig;
@@ -21,7 +20,7 @@ use super::session::{self, FrameLimit, Inbound};
 use super::wire;
 use crate::call::Transport;
 use crate::dispatch::Dispatcher;
-use crate::net::{self, ConnectionPermit, Connections, Guarded, Refusal, Tls};
+use crate::net::{self, ConnectionPermit, Connections, Doorman, Guarded, Refusal, Tls};
 
 /// The codec of the TCP framing, refusing frames over `max_frame_bytes`.
 pub fn codec(max_frame_bytes: usize) -> LengthDelimitedCodec {
@@ -47,6 +46,7 @@ pub async fn serve(
 ) {
     let config = Arc::new(config);
     let mut open = tokio::task::JoinSet::new();
+    let doorman = Doorman::new("tcp");
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -58,7 +58,7 @@ pub async fn serve(
         let permit = match connections.admit(peer.ip()) {
             Ok(permit) => permit,
             Err(refusal) => {
-                refuse(&stream, peer, refusal);
+                doorman.refuse(stream, peer, refusal, answer).await;
                 continue;
             }
         };
@@ -82,17 +82,15 @@ pub async fn serve(
     while open.join_next().await.is_some() {}
 }
 
-/// Tells a refused peer why, with what fits in the socket's buffer right
-/// now (never waiting on it), and closes the connection.
-fn refuse(stream: &TcpStream, peer: SocketAddr, refusal: Refusal) {
-    tracing::warn!(%peer, ?refusal, "TCP connection refused");
+/// What a refused peer is told: one error frame.
+fn answer(refusal: Refusal) -> Vec<u8> {
     let frame = wire::error_frame("", &refusal.to_error());
     let mut bytes = u32::try_from(frame.len())
         .unwrap_or(0)
         .to_be_bytes()
         .to_vec();
     bytes.extend_from_slice(&frame);
-    let _ = stream.try_write(&bytes);
+    bytes
 }
 
 async fn connection<IO>(

@@ -36,6 +36,7 @@ use super::error::ApiError;
 use super::ws::{fragments, handshake_key, switching};
 use super::{AppState, caller};
 use crate::call::{CallError, CallRequest, Origin, Transport, new_request_id};
+use crate::contract::{Diagnostic, DiagnosticCode, FeedItem};
 use crate::dispatch::OutputStream;
 use crate::net::ConnectionPermit;
 
@@ -141,11 +142,16 @@ pub(super) async fn events(
 }
 
 fn malformed(cursor: &str) -> Value {
-    json!({
-        "type": "diagnostic",
-        "code": "cursor_malformed",
-        "message": format!("the cursor `{}` is not a whole number", crate::call::cut(cursor, 64)),
+    FeedItem::Diagnostic(Diagnostic {
+        code: DiagnosticCode::CursorMalformed,
+        message: format!(
+            "the cursor `{}` is not a whole number",
+            crate::call::cut(cursor, 64)
+        ),
+        oldest: None,
+        cursor: None,
     })
+    .to_json()
 }
 
 fn admin_request(op: &str, identity: crate::call::Identity, input: Value) -> CallRequest {

@@ -20,7 +20,6 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
@@ -32,13 +31,15 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use serde_json::json;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::idle::{Activity, Tracked};
 use crate::call::new_request_id;
-use crate::net::{self, ConnectionConfig, ConnectionPermit, Connections, Guarded, Refusal, Tls};
+use crate::net::{
+    self, ConnectionConfig, ConnectionPermit, Connections, Doorman, Guarded, Refusal, Tls,
+};
 
 /// Serves `router` on `listener` until `shutdown` resolves; then stops
 /// accepting, lets each connection finish the request it is serving, and
@@ -57,6 +58,7 @@ pub async fn serve(
     let header_timeout = config.header_timeout;
     let stop = CancellationToken::new();
     let open = TaskTracker::new();
+    let doorman = Doorman::new("http");
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -66,7 +68,7 @@ pub async fn serve(
         let permit = match connections.admit(peer.ip()) {
             Ok(permit) => Arc::new(permit),
             Err(refusal) => {
-                refuse(&stream, peer, refusal);
+                doorman.refuse(stream, peer, refusal, answer).await;
                 continue;
             }
         };
@@ -159,10 +161,8 @@ where
     }
 }
 
-/// Tells a refused peer why, with what fits in the socket's buffer right
-/// now (never waiting on it); the connection closes when `stream` drops.
-fn refuse(stream: &TcpStream, peer: SocketAddr, refusal: Refusal) {
-    tracing::debug!(%peer, ?refusal, "HTTP connection refused");
+/// What a refused peer is told: an HTTP response that closes.
+fn answer(refusal: Refusal) -> Vec<u8> {
     let error = refusal.to_error();
     let status =
         StatusCode::from_u16(error.code.http_status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
@@ -174,7 +174,7 @@ fn refuse(stream: &TcpStream, peer: SocketAddr, refusal: Refusal) {
         status.canonical_reason().unwrap_or_default(),
         body.len(),
     );
-    let _ = stream.try_write(response.as_bytes());
+    response.into_bytes()
 }
 
 /// The router, for the requests of one admitted connection.

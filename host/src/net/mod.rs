@@ -3,8 +3,10 @@
 //! file-descriptor limit.
 //!
 //! - [`Connections`]: admission of new connections against a host-wide cap
-//!   and a cap per peer address; a refused peer gets one short answer in its
-//!   own protocol and is closed.
+//!   a cap per peer address and a rate of new connections per address.
+//! - [`Doorman`]: a refused peer gets one short answer in its own protocol
+//!   and is closed; one over its rate is reset. Refusals are logged at
+//!   most once a second.
 //! - [`Guarded`]: a socket whose writes fail once the peer has taken no byte
 //!   for `write_timeout`, so a peer that stops reading cannot pin a
 //!   connection and the replies queued on it.
@@ -17,6 +19,7 @@
 
 mod admission;
 mod guarded;
+mod refuse;
 mod tls;
 
 use std::net::SocketAddr;
@@ -26,6 +29,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 pub use admission::{ConnectionPermit, Connections, Refusal};
 pub use guarded::Guarded;
+pub use refuse::Doorman;
 pub use tls::{Tls, TlsConfig, TlsError};
 
 /// Limits of every connection the host accepts, HTTP and TCP alike.

@@ -19,12 +19,12 @@ use tokio::sync::broadcast::error::RecvError;
 use super::admin::{OPERATOR, detail, operation};
 use super::{Plugins, WeakPlugins};
 use crate::call::{CallError, OpType};
+use crate::contract::{
+    self, Diagnostic, DiagnosticCode, EventPage, EventsQuery, FeedItem, FeedQuery, MAX_PAGE, Name,
+};
 use crate::dispatch::{CallContext, Handler, NativeOnce, NativeStream, Operation};
 use crate::registry::RegistryError;
 use crate::store::{EventLog, ReadError, Stored};
-
-/// Events one page holds at most.
-pub const MAX_PAGE: usize = 1000;
 
 /// Events read from the store at a time while catching up.
 const CATCH_UP: usize = 256;
@@ -34,28 +34,38 @@ pub(super) fn operations(plugins: &WeakPlugins) -> Result<Vec<Operation>, Regist
     Ok(vec![page(plugins)?, follow(plugins)?])
 }
 
-/// Whose events a caller reads: `None` for the operator (all, or one
-/// tenant's when it names one), its own tenant for anyone else.
-fn reader(cx: &CallContext, input: &Value) -> Option<String> {
+/// Whose events a caller reads: `None` for the operator (all, or the
+/// tenant it names), its own tenant for anyone else.
+fn reader(cx: &CallContext, named: Option<Name>) -> Option<String> {
     if cx.identity.scopes.iter().any(|s| s == OPERATOR) {
-        input["tenant"].as_str().map(str::to_owned)
+        named.map(|Name(tenant)| tenant)
     } else {
         Some(cx.identity.tenant.clone())
     }
 }
 
-/// The cursor an input names, if any.
-fn cursor(input: &Value) -> Option<u64> {
-    input["cursor"].as_u64()
+fn expired(cursor: u64, oldest: u64) -> Value {
+    FeedItem::Diagnostic(Diagnostic {
+        code: DiagnosticCode::CursorExpired,
+        message: format!(
+            "events after cursor {cursor} are no longer kept; the oldest kept is {oldest}"
+        ),
+        oldest: Some(oldest),
+        cursor: None,
+    })
+    .to_json()
 }
 
-fn expired(cursor: u64, oldest: u64) -> Value {
-    json!({
-        "type": "diagnostic",
-        "code": "cursor_expired",
-        "message": format!("events after cursor {cursor} are no longer kept; the oldest kept is {oldest}"),
-        "oldest": oldest,
+fn overrun(after: u64) -> Value {
+    FeedItem::Diagnostic(Diagnostic {
+        code: DiagnosticCode::CursorOverrun,
+        message: format!(
+            "this reader fell too far behind the live feed; resume from cursor {after}"
+        ),
+        oldest: None,
+        cursor: Some(after),
     })
+    .to_json()
 }
 
 fn read_failed(error: ReadError) -> CallError {
@@ -77,12 +87,11 @@ fn page(plugins: &WeakPlugins) -> Result<Operation, RegistryError> {
         let plugins = plugins.clone();
         async move {
             let log = plugins.upgrade()?.events();
-            let tenant = reader(&cx, &input);
-            let limit = input["limit"]
-                .as_u64()
-                .map_or(100, |n| usize::try_from(n).unwrap_or(MAX_PAGE))
-                .min(MAX_PAGE);
-            let after = cursor(&input);
+            let query: EventsQuery = contract::read(input)?;
+            let tenant = reader(&cx, query.tenant);
+            let limit = query.limit.unwrap_or(100).min(MAX_PAGE);
+            let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+            let after = query.cursor;
             let (events, next, log) = tokio::task::spawn_blocking(move || {
                 let page = log.page(after, limit, tenant.as_deref());
                 page.map(|(events, next)| (events, next, log))
@@ -90,13 +99,13 @@ fn page(plugins: &WeakPlugins) -> Result<Operation, RegistryError> {
             .await
             .map_err(|_| CallError::internal())?
             .map_err(read_failed)?;
-            let events: Vec<&Value> = events.iter().map(|e| &e.json).collect();
-            Ok(json!({
-                "events": events,
-                "next_cursor": next,
-                "oldest": log.oldest(),
-                "last": log.last(),
-            }))
+            let page = EventPage {
+                events: events.into_iter().map(|e| e.json.clone()).collect(),
+                next_cursor: next,
+                oldest: log.oldest(),
+                last: log.last(),
+            };
+            serde_json::to_value(page).map_err(|_| CallError::internal())
         }
         .boxed()
     });
@@ -104,16 +113,8 @@ fn page(plugins: &WeakPlugins) -> Result<Operation, RegistryError> {
         "events",
         OpType::Query,
         "The events after `cursor` (all kept when absent), at most `limit` (100; 1000 at most), and the cursor to ask from next.",
-        json!({
-            "type": ["object", "null"],
-            "properties": {
-                "cursor": { "type": "integer", "minimum": 0 },
-                "limit": { "type": "integer", "minimum": 1, "maximum": MAX_PAGE },
-                "tenant": { "type": "string", "description": "The operator's filter: one tenant's events." },
-            },
-            "additionalProperties": false,
-        }),
-        json!({ "type": "object" }),
+        contract::schema::<EventsQuery>(),
+        contract::schema::<EventPage>(),
         Handler::NativeOnce(handler),
     )
 }
@@ -124,14 +125,14 @@ fn follow(plugins: &WeakPlugins) -> Result<Operation, RegistryError> {
         let plugins = plugins.clone();
         async move {
             let plugins = plugins.upgrade()?;
-            let tenant = reader(&cx, &input);
+            let query: FeedQuery = contract::read(input)?;
+            let tenant = reader(&cx, query.tenant);
             let log = plugins.events();
             // Followed before anything is read: nothing committed from here
             // on can fall between what is read and what is followed.
             let live = log.follow();
             let snapshot = snapshot(&plugins, &cx, tenant.as_deref());
-            let after = cursor(&input);
-            let start = match after {
+            let start = match query.cursor {
                 Some(cursor) if cursor.saturating_add(1) < log.oldest() => {
                     Step::Diagnostic(expired(cursor, log.oldest()))
                 }
@@ -153,15 +154,8 @@ fn follow(plugins: &WeakPlugins) -> Result<Operation, RegistryError> {
         "feed",
         OpType::Subscription,
         "A snapshot of the plugins, then every event after `cursor`, then live events; ends with a `diagnostic` when the cursor has expired or the reader falls behind.",
-        json!({
-            "type": ["object", "null"],
-            "properties": {
-                "cursor": { "type": "integer", "minimum": 0 },
-                "tenant": { "type": "string", "description": "The operator's filter: one tenant's events." },
-            },
-            "additionalProperties": false,
-        }),
-        json!({ "type": "object" }),
+        contract::schema::<FeedQuery>(),
+        contract::schema::<FeedItem>(),
         Handler::NativeStream(handler),
     )
 }
@@ -173,11 +167,11 @@ fn snapshot(plugins: &Plugins, cx: &CallContext, tenant: Option<&str>) -> Value 
     } else {
         plugins.list(tenant)
     };
-    let listed: Vec<Value> = listed
+    let plugins = listed
         .iter()
-        .map(|l| json!(detail(&l.plugin, l.tenant.as_deref(), l.fixed)))
+        .map(|l| detail(&l.plugin, l.tenant.as_deref(), l.fixed))
         .collect();
-    json!({ "type": "snapshot", "plugins": listed })
+    FeedItem::Snapshot { plugins }.to_json()
 }
 
 /// Where a feed is.
@@ -240,12 +234,7 @@ impl Feed {
                             }
                             Step::Live(event.cursor)
                         }
-                        Err(RecvError::Lagged(_)) => Step::Diagnostic(json!({
-                            "type": "diagnostic",
-                            "code": "cursor_overrun",
-                            "message": format!("this reader fell too far behind the live feed; resume from cursor {after}"),
-                            "cursor": after,
-                        })),
+                        Err(RecvError::Lagged(_)) => Step::Diagnostic(overrun(after)),
                         Err(RecvError::Closed) => Step::Ended,
                     };
                 }

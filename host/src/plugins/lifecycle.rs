@@ -5,11 +5,11 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::replica::{Change, Source};
 use super::{Authority, Entry, PluginError, Plugins, compat, lock, owner_of, place};
-use crate::call::{Event, Observer};
+use crate::call::{Event, Happening, Observer, Version};
 use crate::registry::Owner;
 use crate::runtime::{LoadOptions, Plugin};
 use crate::store::{Installed, PluginStore};
@@ -160,7 +160,11 @@ impl Plugins {
             settings: record.settings.clone(),
         };
         lock(&self.inner.current).insert(place(&owner, plugin.name()), entry);
-        self.changed("plugin.installed", &record, &plugin, json!({}));
+        self.changed(
+            &record,
+            &plugin,
+            Happening::PluginInstalled(version_of(&plugin)),
+        );
         self.tell(source, || Change::Put {
             record,
             wasm: Arc::from(wasm),
@@ -270,13 +274,12 @@ impl Plugins {
         lock(&self.inner.current).insert(place, entry);
         old.plugin.retire(self.inner.policy.grace);
         self.forget_unused(old.plugin.digest());
-        let from = json!({ "version": old.plugin.version(), "digest": old.plugin.digest() });
-        self.changed(
-            "plugin.replaced",
-            &record,
-            &plugin,
-            json!({ "from": from, "forced": force }),
-        );
+        let replaced = Happening::PluginReplaced {
+            now: version_of(&plugin),
+            from: version_of(&old.plugin),
+            forced: force,
+        };
+        self.changed(&record, &plugin, replaced);
         self.tell(source, || Change::Put {
             record,
             wasm: Arc::from(wasm),
@@ -326,10 +329,9 @@ impl Plugins {
             "plugin removed"
         );
         self.inner.events.observe(Event {
-            kind: "plugin.removed",
+            what: Happening::PluginRemoved(version_of(&old.plugin)),
             tenant: tenant.map(str::to_owned),
             plugin: Some(name.to_owned()),
-            detail: json!({ "version": old.plugin.version(), "digest": old.plugin.digest() }),
         });
         let (tenant, name) = place;
         self.tell(source, || Change::Removed { tenant, name });
@@ -337,23 +339,19 @@ impl Plugins {
     }
 
     /// Logs and records a change made.
-    fn changed(&self, kind: &'static str, record: &Installed, plugin: &Plugin, extra: Value) {
+    fn changed(&self, record: &Installed, plugin: &Plugin, what: Happening) {
         tracing::info!(
             plugin = plugin.name(),
             tenant = record.tenant.as_deref().unwrap_or("(shared)"),
             version = plugin.version(),
             digest = plugin.digest(),
-            "{kind}"
+            "{}",
+            what.kind()
         );
-        let mut detail = json!({ "version": plugin.version(), "digest": plugin.digest() });
-        if let (Value::Object(detail), Value::Object(extra)) = (&mut detail, extra) {
-            detail.extend(extra);
-        }
         self.inner.events.observe(Event {
-            kind,
+            what,
             tenant: record.tenant.clone(),
             plugin: Some(plugin.name().to_owned()),
-            detail,
         });
     }
 
@@ -365,11 +363,21 @@ impl Plugins {
             other => crate::call::cut(&other.to_string(), 1024).to_owned(),
         };
         self.inner.events.observe(Event {
-            kind: "plugin.refused",
+            what: Happening::PluginRefused {
+                action: action.to_owned(),
+                reason,
+            },
             tenant: tenant.map(str::to_owned),
             plugin: name.map(|n| crate::call::cut(n, 128).to_owned()),
-            detail: json!({ "action": action, "reason": reason }),
         });
+    }
+}
+
+/// `plugin`'s version, as events name it.
+fn version_of(plugin: &Plugin) -> Version {
+    Version {
+        version: plugin.version().to_owned(),
+        digest: plugin.digest().to_owned(),
     }
 }
 

@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
 use super::{StoreError, failed};
-use crate::call::{Event, Observer};
+use crate::call::{Event, Happening, Observer, StoredEvent};
 
 /// The database file, in the data directory.
 pub const DATABASE: &str = "events.redb";
@@ -307,10 +307,9 @@ fn write_events(shared: &Shared, taken: &Receiver<Queued>, max_events: u64) {
         let dropped = shared.dropped.swap(0, Ordering::Relaxed);
         if dropped > 0 {
             batch.push(Queued::Local(Event {
-                kind: "events.dropped",
+                what: Happening::EventsDropped { count: dropped },
                 tenant: None,
                 plugin: None,
-                detail: json!({ "count": dropped }),
             }));
         }
         match commit(shared, batch, max_events) {
@@ -339,18 +338,16 @@ fn commit(shared: &Shared, batch: Vec<Queued>, max_events: u64) -> Result<Vec<St
             cursor += 1;
             let (json, tenant) = match queued {
                 Queued::Local(event) => {
-                    let mut json = json!({
-                        "cursor": cursor,
-                        "at_ms": at_ms,
-                        "kind": event.kind,
-                        "tenant": event.tenant,
-                        "plugin": event.plugin,
-                        "detail": event.detail,
-                    });
-                    if let Some(host) = shared.host.get() {
-                        json["host"] = json!(host);
-                    }
-                    (json, event.tenant)
+                    let tenant = event.tenant.clone();
+                    let stored = StoredEvent {
+                        cursor,
+                        at_ms,
+                        tenant: event.tenant,
+                        plugin: event.plugin,
+                        host: shared.host.get().cloned(),
+                        what: event.what,
+                    };
+                    (serde_json::to_value(stored).map_err(failed)?, tenant)
                 }
                 Queued::Mirrored { mut json, seq } => {
                     json["cursor"] = json!(cursor);
@@ -391,10 +388,9 @@ mod tests {
 
     fn event(tenant: Option<&str>, n: u64) -> Event {
         Event {
-            kind: "call.trapped",
+            what: Happening::EventsDropped { count: n },
             tenant: tenant.map(str::to_owned),
             plugin: Some("p".into()),
-            detail: json!({ "n": n }),
         }
     }
 
@@ -422,7 +418,10 @@ mod tests {
         assert_eq!(next, 8);
         // A tenant reads only its own.
         let (page, _) = log.page(None, 10, Some("acme")).unwrap();
-        let ns: Vec<_> = page.iter().map(|e| e.json["detail"]["n"].clone()).collect();
+        let ns: Vec<_> = page
+            .iter()
+            .map(|e| e.json["detail"]["count"].clone())
+            .collect();
         assert_eq!(ns, [json!(4), json!(6)]);
         drop(live);
         drop(log);

@@ -24,7 +24,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::call::{Event, Finished, Observer, Transport};
+use crate::call::{Event, Finished, Happening, Observer, Transport};
 
 /// Call durations' bucket bounds, in seconds: 10 µs to 30 s.
 const DURATION_BUCKETS: [f64; 20] = [
@@ -356,47 +356,47 @@ fn label(value: Option<&str>) -> String {
 impl Observer for Metrics {
     fn observe(&self, event: Event) {
         let plugin = || label(event.plugin.as_deref());
-        let detail = |key: &str| event.detail[key].as_str().unwrap_or(UNKNOWN).to_owned();
-        match event.kind {
-            "call.trapped" => {
+        match &event.what {
+            Happening::CallTrapped { trap, .. } => {
                 let labels = TrapLabels {
                     plugin: plugin(),
-                    trap: detail("trap"),
+                    trap: trap.clone(),
                 };
                 self.traps.get_or_create(&labels).inc();
             }
-            "limit.hit" => {
+            Happening::LimitHit { limit, .. } => {
                 let labels = LimitLabels {
                     plugin: plugin(),
-                    limit: detail("limit"),
+                    limit: limit.clone(),
                 };
                 self.limit_hits.get_or_create(&labels).inc();
             }
-            "quota.refused" => {
+            Happening::QuotaRefused { quota, .. } => {
                 let labels = QuotaLabels {
                     tenant: label(event.tenant.as_deref()),
-                    quota: detail("quota"),
+                    quota: quota.clone(),
                 };
                 self.quota_refusals.get_or_create(&labels).inc();
             }
-            "capability.denied" => {
+            Happening::CapabilityDenied { capability, .. } => {
                 let labels = DenialLabels {
                     plugin: plugin(),
-                    capability: detail("capability"),
+                    capability: capability.clone(),
                 };
                 self.denials.get_or_create(&labels).inc();
             }
-            "events.dropped" => {
-                self.events_dropped
-                    .inc_by(event.detail["count"].as_u64().unwrap_or(0));
+            Happening::EventsDropped { count } => {
+                self.events_dropped.inc_by(*count);
             }
-            kind => {
-                if let Some(change) = kind.strip_prefix("plugin.") {
-                    let labels = ChangeLabels {
-                        change: change.to_owned(),
-                    };
-                    self.changes.get_or_create(&labels).inc();
-                }
+            Happening::PluginInstalled(_)
+            | Happening::PluginReplaced { .. }
+            | Happening::PluginRemoved(_)
+            | Happening::PluginRefused { .. } => {
+                let change = event.what.kind().trim_start_matches("plugin.");
+                let labels = ChangeLabels {
+                    change: change.to_owned(),
+                };
+                self.changes.get_or_create(&labels).inc();
             }
         }
     }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use futures::StreamExt;
+use opbox::contract::UploadSettings;
 use reqwest::{Method, StatusCode};
 use serde_json::{Map, Value, json};
 use tokio_tungstenite::tungstenite::Message;
@@ -365,6 +366,12 @@ impl Settings {
         }
         if !placement.is_empty() {
             header.insert("placement".into(), Value::Object(placement));
+        }
+        // Read as the host reads it: a setting it does not know is named
+        // here, before anything is uploaded.
+        let read = opbox::contract::read::<UploadSettings>(Value::Object(header.clone()));
+        if let Err(refused) = read {
+            bail!("{}", refused.message);
         }
         Ok(header)
     }

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
-use super::denied::Denial;
+use super::denied::{Asked, Denial};
 use crate::call::{HostCall, Meter, cut};
 use wasmtime::component::{Linker, ResourceTable};
 use wasmtime_wasi_http::{
@@ -122,7 +122,7 @@ impl WasiHttpHooks for OutboundHooks {
         let Some(pattern) = self.grant.hosts.iter().find(|pattern| allows(pattern, uri)) else {
             tracing::warn!(plugin = %self.plugin, tenant = %self.tenant, target, "outbound request denied");
             self.denial
-                .report(serde_json::json!({ "target": cut(&target, 256) }));
+                .report(Asked::Target(cut(&target, 256).to_owned()));
             return Box::new(async { Err(Error::HttpRequestDenied) });
         };
         let allow_internal = self.grant.allow_internal || pattern.names_address();

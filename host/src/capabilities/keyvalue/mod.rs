@@ -13,7 +13,7 @@ use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
 use super::bindings::wasi::keyvalue::store::{Error, KeyResponse};
 use super::bindings::wasi::keyvalue::{atomics, batch, store as wit};
-use super::denied::Denial;
+use super::denied::{Asked, Denial};
 use crate::call::{HostCall, Meter, cut};
 pub use keyspace::{KeyPage, Keyspace, LocalKeyspace};
 pub use store::{
@@ -159,7 +159,7 @@ impl wit::Host for KeyvalueView<'_> {
         let (Some(grant), Some(kv)) = (self.state.grant, self.state.kv.clone()) else {
             self.state
                 .denial
-                .report(serde_json::json!({ "bucket": cut(&identifier, 64) }));
+                .report(Asked::Bucket(cut(&identifier, 64).to_owned()));
             return Err(Error::AccessDenied);
         };
         check_bucket_name(&identifier).map_err(|e| Error::Other(e.to_string()))?;

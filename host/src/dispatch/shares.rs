@@ -1,0 +1,277 @@
+//! Each tenant's share of the call workers.
+//!
+//! A call's work (its guest's run, a native operation's handler, the
+//! pipeline around them) runs on a few workers. Without a bound, one
+//! tenant's many calls in flight fill every worker, and another tenant's
+//! call waits behind all of them: its latency becomes the first tenant's
+//! load. So each tenant's calls are polled on at most `per_tenant` workers
+//! at once (by default one fewer than there are): however busy one tenant
+//! keeps the host, a worker stays free for the others, and a tenant's
+//! calls queue behind its own.
+//!
+//! A call holds its tenant's turn only while it is being polled, never
+//! while it waits, so a call waiting on I/O, a timer or a nested call's
+//! answer takes nothing from the tenant's other calls. A call polled
+//! inside another of its tenant's polls runs on that turn; a guest's
+//! nested calls, each on a task of its own, take turns like any other.
+
+use std::cell::Cell;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use futures::Stream;
+
+/// A poll that runs this long keeps its worker from everything queued
+/// behind it for long enough to be felt.
+const LONG_POLL: Duration = Duration::from_millis(2);
+
+/// How long a tenant counts as running long polls after its last one.
+const LONG_FOR: Duration = Duration::from_secs(2);
+
+thread_local! {
+    /// The share whose turn the poll running on this thread holds.
+    static HOLDING: Cell<*const Share> = const { Cell::new(std::ptr::null()) };
+}
+
+/// The shares of every tenant with calls in flight.
+#[derive(Debug)]
+pub(crate) struct Shares {
+    per_tenant: usize,
+    tenants: Mutex<HashMap<String, Weak<Share>>>,
+}
+
+/// One tenant's turns on the workers.
+#[derive(Debug)]
+pub(crate) struct Share {
+    per_tenant: usize,
+    state: Mutex<Turns>,
+}
+
+#[derive(Debug, Default)]
+struct Turns {
+    /// Calls of the tenant being polled now.
+    polled: usize,
+    /// Calls waiting for a turn, first come first served.
+    waiting: VecDeque<Waker>,
+    /// When one of the tenant's polls last ran [`LONG_POLL`] or longer.
+    ran_long: Option<Instant>,
+}
+
+impl Shares {
+    /// Shares of at most `per_tenant` workers (one at least) per tenant.
+    pub(crate) fn new(per_tenant: usize) -> Self {
+        Self {
+            per_tenant: per_tenant.max(1),
+            tenants: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// `tenant`'s share, alive as long as one of its calls holds it.
+    pub(crate) fn of(&self, tenant: &str) -> Arc<Share> {
+        let mut tenants = self.tenants.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(share) = tenants.get(tenant).and_then(Weak::upgrade) {
+            return share;
+        }
+        // Forget the tenants whose calls all ended, now and then.
+        if tenants.len() >= 64 && tenants.len().is_power_of_two() {
+            tenants.retain(|_, share| share.strong_count() > 0);
+        }
+        let share = Arc::new(Share {
+            per_tenant: self.per_tenant,
+            state: Mutex::new(Turns::default()),
+        });
+        tenants.insert(tenant.to_owned(), Arc::downgrade(&share));
+        share
+    }
+}
+
+impl Share {
+    fn state(&self) -> MutexGuard<'_, Turns> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether the tenant's calls run long polls: one of them did in the
+    /// last [`LONG_FOR`].
+    pub(crate) fn runs_long(&self) -> bool {
+        self.state()
+            .ran_long
+            .is_some_and(|at| at.elapsed() < LONG_FOR)
+    }
+
+    /// Takes a turn, or queues `waker` for the next one.
+    fn enter(&self, waker: &Waker) -> bool {
+        let mut state = self.state();
+        if state.polled < self.per_tenant {
+            state.polled += 1;
+            true
+        } else {
+            if !state.waiting.iter().any(|w| w.will_wake(waker)) {
+                state.waiting.push_back(waker.clone());
+            }
+            false
+        }
+    }
+
+    /// Gives back a turn taken at `taken`, to the call that has waited
+    /// longest.
+    fn leave(&self, taken: Instant) {
+        let now = Instant::now();
+        let next = {
+            let mut state = self.state();
+            state.polled -= 1;
+            if now.duration_since(taken) >= LONG_POLL {
+                state.ran_long = Some(now);
+            }
+            state.waiting.pop_front()
+        };
+        if let Some(next) = next {
+            next.wake();
+        }
+    }
+
+    /// Polls `poll` on one of this share's turns: `None` when there is
+    /// none free now (the task is woken when one is).
+    fn turn<T>(
+        self: &Arc<Self>,
+        cx: &mut Context<'_>,
+        poll: impl FnOnce(&mut Context<'_>) -> T,
+    ) -> Option<T> {
+        let me = Arc::as_ptr(self);
+        if HOLDING.get() == me {
+            // A nested call, polled within its caller's turn.
+            return Some(poll(cx));
+        }
+        if !self.enter(cx.waker()) {
+            return None;
+        }
+        let outer = HOLDING.replace(me);
+        /// Gives the turn back however the poll ends, a panic included.
+        struct Leave<'a>(&'a Share, *const Share, Instant);
+        impl Drop for Leave<'_> {
+            fn drop(&mut self) {
+                HOLDING.set(self.1);
+                self.0.leave(self.2);
+            }
+        }
+        let _leave = Leave(self, outer, Instant::now());
+        Some(poll(cx))
+    }
+}
+
+/// A call's future or stream, polled only on its tenant's turns.
+pub(crate) struct OnShare<F> {
+    inner: Pin<Box<F>>,
+    share: Arc<Share>,
+}
+
+impl<F> OnShare<F> {
+    pub(crate) fn new(inner: F, share: Arc<Share>) -> Self {
+        Self {
+            inner: Box::pin(inner),
+            share,
+        }
+    }
+}
+
+impl<F: Future> Future for OnShare<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = &mut *self;
+        let inner = &mut this.inner;
+        this.share
+            .turn(cx, |cx| inner.as_mut().poll(cx))
+            .unwrap_or(Poll::Pending)
+    }
+}
+
+impl<S: Stream> Stream for OnShare<S> {
+    type Item = S::Item;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
+        let this = &mut *self;
+        let inner = &mut this.inner;
+        this.share
+            .turn(cx, |cx| inner.as_mut().poll_next(cx))
+            .unwrap_or(Poll::Pending)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    /// A future that, each time it is polled, notes how many polls of its
+    /// tenant run at once, spins a little, and is ready after `polls`.
+    async fn work(polls: usize, running: Arc<AtomicUsize>, most: Arc<AtomicUsize>) {
+        for _ in 0..polls {
+            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+            most.fetch_max(now, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(1));
+            running.fetch_sub(1, Ordering::SeqCst);
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_tenant_is_polled_on_at_most_its_share_of_the_workers() {
+        let shares = Shares::new(2);
+        let (running, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let calls: Vec<_> = (0..8)
+            .map(|_| {
+                let call = work(20, running.clone(), most.clone());
+                tokio::spawn(OnShare::new(call, shares.of("busy")))
+            })
+            .collect();
+        // Another tenant's call is not held back by them.
+        let other = Arc::new(AtomicUsize::new(0));
+        let other_most = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(OnShare::new(
+            work(5, other.clone(), other_most.clone()),
+            shares.of("quiet"),
+        ))
+        .await
+        .unwrap();
+        for call in calls {
+            call.await.unwrap();
+        }
+        assert_eq!(most.load(Ordering::SeqCst), 2, "never more than the share");
+        assert_eq!(other_most.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_nested_call_runs_on_its_callers_turn() {
+        let shares = Shares::new(1);
+        let share = shares.of("t");
+        let inner = OnShare::new(async { 7 }, share.clone());
+        let outer = OnShare::new(async move { inner.await + 1 }, share);
+        assert_eq!(outer.await, 8);
+    }
+
+    #[tokio::test]
+    async fn a_tenant_whose_polls_run_long_is_told_apart() {
+        let shares = Shares::new(1);
+        let (busy, quiet) = (shares.of("busy"), shares.of("quiet"));
+        let long = async { std::thread::sleep(LONG_POLL + Duration::from_millis(1)) };
+        OnShare::new(long, busy.clone()).await;
+        OnShare::new(async {}, quiet.clone()).await;
+        assert!(busy.runs_long());
+        assert!(!quiet.runs_long());
+    }
+
+    #[test]
+    fn a_tenant_without_calls_is_forgotten() {
+        let shares = Shares::new(1);
+        for n in 0..200 {
+            drop(shares.of(&format!("t{n}")));
+        }
+        let kept = shares.tenants.lock().unwrap().len();
+        assert!(kept < 200, "{kept} tenants kept");
+    }
+}
