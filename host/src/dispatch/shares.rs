@@ -19,6 +19,7 @@ use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -55,8 +56,9 @@ pub(crate) struct Share {
 struct Turns {
     /// Calls of the tenant being polled now.
     polled: usize,
-    /// Calls waiting for a turn, first come first served.
-    waiting: VecDeque<Waker>,
+    /// Calls waiting for a turn, by their [`Place`], first come first
+    /// served.
+    waiting: VecDeque<(u64, Waker)>,
     /// When one of the tenant's polls last ran [`LONG_POLL`] or longer.
     ran_long: Option<Instant>,
 }
@@ -102,17 +104,45 @@ impl Share {
             .is_some_and(|at| at.elapsed() < LONG_FOR)
     }
 
-    /// Takes a turn, or queues `waker` for the next one.
-    fn enter(&self, waker: &Waker) -> bool {
+    /// Takes a turn for the call at `place`, or queues `waker` for the
+    /// next one.
+    fn enter(&self, place: &mut Place, waker: &Waker) -> bool {
         let mut state = self.state();
         if state.polled < self.per_tenant {
             state.polled += 1;
-            true
-        } else {
-            if !state.waiting.iter().any(|w| w.will_wake(waker)) {
-                state.waiting.push_back(waker.clone());
+            if std::mem::take(&mut place.queued) {
+                state.waiting.retain(|(id, _)| *id != place.id);
             }
-            false
+            return true;
+        }
+        match state.waiting.iter_mut().find(|(id, _)| *id == place.id) {
+            Some((_, queued)) => queued.clone_from(waker),
+            None => state.waiting.push_back((place.id, waker.clone())),
+        }
+        place.queued = true;
+        false
+    }
+
+    /// Takes the call at `place` out of the queue, as it goes away. If it
+    /// was woken for a turn it will never take, the next call is woken
+    /// in its stead: a wake-up is never lost with a call that dropped.
+    fn forget(&self, place: &Place) {
+        if !place.queued {
+            return;
+        }
+        let next = {
+            let mut state = self.state();
+            let before = state.waiting.len();
+            state.waiting.retain(|(id, _)| *id != place.id);
+            let woken = state.waiting.len() == before;
+            if woken && state.polled < self.per_tenant {
+                state.waiting.pop_front()
+            } else {
+                None
+            }
+        };
+        if let Some((_, next)) = next {
+            next.wake();
         }
     }
 
@@ -128,7 +158,7 @@ impl Share {
             }
             state.waiting.pop_front()
         };
-        if let Some(next) = next {
+        if let Some((_, next)) = next {
             next.wake();
         }
     }
@@ -137,6 +167,7 @@ impl Share {
     /// none free now (the task is woken when one is).
     fn turn<T>(
         self: &Arc<Self>,
+        place: &mut Place,
         cx: &mut Context<'_>,
         poll: impl FnOnce(&mut Context<'_>) -> T,
     ) -> Option<T> {
@@ -145,7 +176,7 @@ impl Share {
             // A nested call, polled within its caller's turn.
             return Some(poll(cx));
         }
-        if !self.enter(cx.waker()) {
+        if !self.enter(place, cx.waker()) {
             return None;
         }
         let outer = HOLDING.replace(me);
@@ -162,18 +193,39 @@ impl Share {
     }
 }
 
+/// Where one call stands in its tenant's queue.
+#[derive(Debug)]
+struct Place {
+    /// Its own, among every call's.
+    id: u64,
+    /// Whether it queued for a turn and has not taken one since.
+    queued: bool,
+}
+
 /// A call's future or stream, polled only on its tenant's turns.
 pub(crate) struct OnShare<F> {
     inner: Pin<Box<F>>,
     share: Arc<Share>,
+    place: Place,
 }
 
 impl<F> OnShare<F> {
     pub(crate) fn new(inner: F, share: Arc<Share>) -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
         Self {
             inner: Box::pin(inner),
             share,
+            place: Place {
+                id: NEXT.fetch_add(1, Ordering::Relaxed),
+                queued: false,
+            },
         }
+    }
+}
+
+impl<F> Drop for OnShare<F> {
+    fn drop(&mut self) {
+        self.share.forget(&self.place);
     }
 }
 
@@ -184,7 +236,7 @@ impl<F: Future> Future for OnShare<F> {
         let this = &mut *self;
         let inner = &mut this.inner;
         this.share
-            .turn(cx, |cx| inner.as_mut().poll(cx))
+            .turn(&mut this.place, cx, |cx| inner.as_mut().poll(cx))
             .unwrap_or(Poll::Pending)
     }
 }
@@ -196,7 +248,7 @@ impl<S: Stream> Stream for OnShare<S> {
         let this = &mut *self;
         let inner = &mut this.inner;
         this.share
-            .turn(cx, |cx| inner.as_mut().poll_next(cx))
+            .turn(&mut this.place, cx, |cx| inner.as_mut().poll_next(cx))
             .unwrap_or(Poll::Pending)
     }
 }
@@ -252,6 +304,30 @@ mod tests {
         let inner = OnShare::new(async { 7 }, share.clone());
         let outer = OnShare::new(async move { inner.await + 1 }, share);
         assert_eq!(outer.await, 8);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_call_dropped_while_it_waits_for_a_turn_wakes_the_next() {
+        let shares = Shares::new(1);
+        let share = shares.of("t");
+        // One call holds the turn for a long poll, while two queue.
+        let holder = tokio::spawn(OnShare::new(
+            async { std::thread::sleep(Duration::from_millis(300)) },
+            share.clone(),
+        ));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let dropped = tokio::spawn(OnShare::new(async {}, share.clone()));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let waiting = tokio::spawn(OnShare::new(async { 7 }, share.clone()));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!holder.is_finished(), "the holder still runs its poll");
+        // The first in the queue goes away (its caller hung up) ...
+        dropped.abort();
+        assert!(dropped.await.unwrap_err().is_cancelled());
+        // ... and the turn, once free, reaches the one left.
+        holder.await.unwrap();
+        let answered = tokio::time::timeout(Duration::from_secs(5), waiting).await;
+        assert_eq!(answered.expect("woken").unwrap(), 7);
     }
 
     #[tokio::test]
