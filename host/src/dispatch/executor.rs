@@ -67,6 +67,20 @@ impl CallExecutor {
     }
 }
 
+impl CallExecutor {
+    /// Starts `task` on the call workers.
+    pub(crate) fn spawn<F>(&self, task: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match &self.runtime {
+            Some(runtime) => runtime.spawn(task),
+            None => tokio::spawn(task),
+        }
+    }
+}
+
 impl Drop for CallExecutor {
     fn drop(&mut self) {
         // The host may be dropped on an async task, where waiting for the

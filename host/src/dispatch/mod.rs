@@ -30,6 +30,7 @@ use futures::stream::BoxStream;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::Semaphore;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::call::{
     CallError, CallRequest, Identity, Meter, OpType, OperationSpec, Origin, SharedObserver,
@@ -249,11 +250,17 @@ impl Dispatcher {
     async fn call_reaching(&self, request: CallRequest, reach: Reach) -> Metered<Value> {
         let mut log = self.log(&request);
         let (meter, span) = (log.meter().clone(), log.span().clone());
-        let share = self.inner.shares.of(&request.identity.tenant);
+        let share = self.share(&request.identity.tenant);
         // A tenant whose calls run long polls has them run on the call
         // workers, away from the sockets; the others' stay where they are
-        // asked for, without the hop.
-        let calls = self.inner.calls.as_ref().filter(|_| share.runs_long());
+        // asked for, without the hop. A nested call runs on the turn of
+        // the call that made it, where its cost is charged before the
+        // next one asks what is left.
+        let calls = self
+            .inner
+            .calls
+            .as_ref()
+            .filter(|_| share.runs_long() && !share.held_here());
         let this = self.clone();
         let (call_meter, call_span) = (meter.clone(), span.clone());
         let call = OnShare::new(
@@ -281,6 +288,23 @@ impl Dispatcher {
     /// `tenant`'s share of the call workers.
     fn share(&self, tenant: &str) -> std::sync::Arc<shares::Share> {
         self.inner.shares.of(tenant)
+    }
+
+    /// Starts `task`, a nested call of `tenant`'s, on its tenant's turns:
+    /// on the call workers when the tenant's calls run long, where it is
+    /// asked for otherwise. Dropping the handle cancels it.
+    fn spawn_on_share<F>(&self, tenant: &str, task: F) -> AbortOnDropHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let share = self.share(tenant);
+        let calls = self.inner.calls.as_ref().filter(|_| share.runs_long());
+        let task = OnShare::new(task, share);
+        AbortOnDropHandle::new(match calls {
+            Some(calls) => calls.spawn(task),
+            None => tokio::spawn(task),
+        })
     }
 
     /// The log (and span) of `request`.
@@ -315,7 +339,7 @@ impl Dispatcher {
     ) -> Metered<OutputStream> {
         let mut log = self.log(&request);
         let (meter, span) = (log.meter().clone(), log.span().clone());
-        let share = self.inner.shares.of(&request.identity.tenant);
+        let share = self.share(&request.identity.tenant);
         let started = self.subscribe_inner(&request, &meter, &span, reach);
         let result = match OnShare::new(started, share.clone()).await {
             Ok(stream) => {

@@ -16,10 +16,8 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_util::task::AbortOnDropHandle;
 
 use super::Dispatcher;
-use super::shares::OnShare;
 use crate::call::{CallError, ErrorCode};
 use crate::call::{CallRequest, HostCall, Identity, Meter, Origin, new_request_id};
 use crate::capabilities::invoke::{GuestError, NestedCalls, NestedItems};
@@ -191,9 +189,9 @@ impl NestedCalls for Nested {
         let (parent, cpu) = (self.meter.clone(), self.cpu);
         // On its tenant's turns from the start: what the nested calls
         // before it spent is charged before it asks what is left.
-        let share = self.dispatcher.share(&self.identity.tenant);
-        let task = AbortOnDropHandle::new(tokio::spawn(OnShare::new(
-            async move {
+        let task = self
+            .dispatcher
+            .spawn_on_share(&self.identity.tenant, async move {
                 let _open = open;
                 cpu_left(&parent, cpu)?;
                 let input = parse_input(&input)?;
@@ -202,9 +200,7 @@ impl NestedCalls for Nested {
                     .await;
                 parent.absorb(&called.meter.receipt());
                 called.result
-            },
-            share,
-        )));
+            });
         async move {
             let output = task.await.unwrap_or_else(|_| Err(CallError::internal()));
             output.map(|output| output.to_string()).map_err(guest_error)
@@ -227,9 +223,9 @@ impl NestedCalls for Nested {
         // One item at a time: the subscription runs at most an item ahead
         // of the guest reading it.
         let (items, items_rx) = tokio::sync::mpsc::channel(1);
-        let share = self.dispatcher.share(&self.identity.tenant);
-        let task = AbortOnDropHandle::new(tokio::spawn(OnShare::new(
-            async move {
+        let task = self
+            .dispatcher
+            .spawn_on_share(&self.identity.tenant, async move {
                 let _open = open;
                 // However the task ends (the subscription ended, or the guest
                 // dropped it), what it spent is rolled up into the caller's.
@@ -260,9 +256,7 @@ impl NestedCalls for Nested {
                         return;
                     }
                 }
-            },
-            share,
-        )));
+            });
         async move {
             started_rx
                 .await

@@ -104,6 +104,12 @@ impl Share {
             .is_some_and(|at| at.elapsed() < LONG_FOR)
     }
 
+    /// Whether the poll running on this thread holds one of this share's
+    /// turns: a call started there is nested in a call of the tenant.
+    pub(crate) fn held_here(self: &Arc<Self>) -> bool {
+        HOLDING.get() == Arc::as_ptr(self)
+    }
+
     /// Takes a turn for the call at `place`, or queues `waker` for the
     /// next one.
     fn enter(&self, place: &mut Place, waker: &Waker) -> bool {
@@ -172,7 +178,7 @@ impl Share {
         poll: impl FnOnce(&mut Context<'_>) -> T,
     ) -> Option<T> {
         let me = Arc::as_ptr(self);
-        if HOLDING.get() == me {
+        if self.held_here() {
             // A nested call, polled within its caller's turn.
             return Some(poll(cx));
         }
