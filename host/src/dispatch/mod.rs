@@ -251,24 +251,26 @@ impl Dispatcher {
         let mut log = self.log(&request);
         let (meter, span) = (log.meter().clone(), log.span().clone());
         let share = self.share(&request.identity.tenant);
-        // A tenant whose calls run long polls has them run on the call
-        // workers, away from the sockets; the others' stay where they are
-        // asked for, without the hop. A nested call runs on the turn of
+        // A tenant's calls of an operation whose polls run long run on the
+        // call workers, away from the sockets; the others stay where they
+        // are asked for, without the hop. A nested call runs on the turn of
         // the call that made it, where its cost is charged before the
         // next one asks what is left.
         let calls = self
             .inner
             .calls
             .as_ref()
-            .filter(|_| share.runs_long() && !share.held_here());
+            .filter(|_| share.runs_long(&request.operation) && !share.held_here());
         let this = self.clone();
         let (call_meter, call_span) = (meter.clone(), span.clone());
+        let operation = request.operation.clone();
         let call = OnShare::new(
             async move {
                 this.call_inner(request, &call_meter, &call_span, reach)
                     .await
             },
             share,
+            &operation,
         );
         let result = match calls {
             Some(calls) => calls.run(call).await,
@@ -290,17 +292,26 @@ impl Dispatcher {
         self.inner.shares.of(tenant)
     }
 
-    /// Starts `task`, a nested call of `tenant`'s, on its tenant's turns:
-    /// on the call workers when the tenant's calls run long, where it is
-    /// asked for otherwise. Dropping the handle cancels it.
-    fn spawn_on_share<F>(&self, tenant: &str, task: F) -> AbortOnDropHandle<F::Output>
+    /// Starts `task`, a nested call of `tenant`'s to `operation`, on its
+    /// tenant's turns: on the call workers when those calls run long, where
+    /// it is asked for otherwise. Dropping the handle cancels it.
+    fn spawn_on_share<F>(
+        &self,
+        tenant: &str,
+        operation: &str,
+        task: F,
+    ) -> AbortOnDropHandle<F::Output>
     where
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
         let share = self.share(tenant);
-        let calls = self.inner.calls.as_ref().filter(|_| share.runs_long());
-        let task = OnShare::new(task, share);
+        let calls = self
+            .inner
+            .calls
+            .as_ref()
+            .filter(|_| share.runs_long(operation));
+        let task = OnShare::new(task, share, operation);
         AbortOnDropHandle::new(match calls {
             Some(calls) => calls.spawn(task),
             None => tokio::spawn(task),
@@ -341,10 +352,12 @@ impl Dispatcher {
         let (meter, span) = (log.meter().clone(), log.span().clone());
         let share = self.share(&request.identity.tenant);
         let started = self.subscribe_inner(&request, &meter, &span, reach);
-        let result = match OnShare::new(started, share.clone()).await {
+        let operation = &request.operation;
+        let result = match OnShare::new(started, share.clone(), operation).await {
             Ok(stream) => {
                 log.answered_elsewhere();
-                Ok(Logged::new(OnShare::new(stream, share).boxed(), log).boxed())
+                let stream = OnShare::new(stream, share, operation);
+                Ok(Logged::new(stream.boxed(), log).boxed())
             }
             Err(e) => {
                 if meter.absorbed() {

@@ -185,13 +185,14 @@ impl NestedCalls for Nested {
             Ok(open) => open,
             Err(e) => return futures::future::ready(Err(e)).boxed(),
         };
-        let (dispatcher, request) = (self.dispatcher.clone(), self.request(operation));
+        let tenant = &self.identity.tenant;
+        let (dispatcher, request) = (self.dispatcher.clone(), self.request(operation.clone()));
         let (parent, cpu) = (self.meter.clone(), self.cpu);
         // On its tenant's turns from the start: what the nested calls
         // before it spent is charged before it asks what is left.
         let task = self
             .dispatcher
-            .spawn_on_share(&self.identity.tenant, async move {
+            .spawn_on_share(tenant, &operation, async move {
                 let _open = open;
                 cpu_left(&parent, cpu)?;
                 let input = parse_input(&input)?;
@@ -217,7 +218,8 @@ impl NestedCalls for Nested {
             Ok(open) => open,
             Err(e) => return futures::future::ready(Err(e)).boxed(),
         };
-        let (dispatcher, request) = (self.dispatcher.clone(), self.request(operation));
+        let tenant = &self.identity.tenant;
+        let (dispatcher, request) = (self.dispatcher.clone(), self.request(operation.clone()));
         let (parent, cpu) = (self.meter.clone(), self.cpu);
         let (started, started_rx) = tokio::sync::oneshot::channel();
         // One item at a time: the subscription runs at most an item ahead
@@ -225,7 +227,7 @@ impl NestedCalls for Nested {
         let (items, items_rx) = tokio::sync::mpsc::channel(1);
         let task = self
             .dispatcher
-            .spawn_on_share(&self.identity.tenant, async move {
+            .spawn_on_share(tenant, &operation, async move {
                 let _open = open;
                 // However the task ends (the subscription ended, or the guest
                 // dropped it), what it spent is rolled up into the caller's.

@@ -20,7 +20,7 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -42,7 +42,9 @@ thread_local! {
 #[derive(Debug)]
 pub(crate) struct Shares {
     per_tenant: usize,
-    tenants: Mutex<HashMap<String, Weak<Share>>>,
+    /// Kept between calls: a tenant whose polls ran long is known as such
+    /// at its next call, though no call of its was in flight between.
+    tenants: Mutex<HashMap<String, Arc<Share>>>,
 }
 
 /// One tenant's turns on the workers.
@@ -59,8 +61,9 @@ struct Turns {
     /// Calls waiting for a turn, by their [`Place`], first come first
     /// served.
     waiting: VecDeque<(u64, Waker)>,
-    /// When one of the tenant's polls last ran [`LONG_POLL`] or longer.
-    ran_long: Option<Instant>,
+    /// When a poll of each of the tenant's operations last ran
+    /// [`LONG_POLL`] or longer.
+    ran_long: HashMap<Box<str>, Instant>,
 }
 
 impl Shares {
@@ -72,21 +75,22 @@ impl Shares {
         }
     }
 
-    /// `tenant`'s share, alive as long as one of its calls holds it.
+    /// `tenant`'s share.
     pub(crate) fn of(&self, tenant: &str) -> Arc<Share> {
         let mut tenants = self.tenants.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(share) = tenants.get(tenant).and_then(Weak::upgrade) {
-            return share;
+        if let Some(share) = tenants.get(tenant) {
+            return share.clone();
         }
-        // Forget the tenants whose calls all ended, now and then.
+        // Forget, now and then, the tenants with no call in flight whose
+        // polls have not run long lately.
         if tenants.len() >= 64 && tenants.len().is_power_of_two() {
-            tenants.retain(|_, share| share.strong_count() > 0);
+            tenants.retain(|_, share| Arc::strong_count(share) > 1 || share.any_runs_long());
         }
         let share = Arc::new(Share {
             per_tenant: self.per_tenant,
             state: Mutex::new(Turns::default()),
         });
-        tenants.insert(tenant.to_owned(), Arc::downgrade(&share));
+        tenants.insert(tenant.to_owned(), share.clone());
         share
     }
 }
@@ -96,12 +100,22 @@ impl Share {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Whether the tenant's calls run long polls: one of them did in the
-    /// last [`LONG_FOR`].
-    pub(crate) fn runs_long(&self) -> bool {
+    /// Whether the tenant's calls of `operation` run long polls: one of
+    /// them did in the last [`LONG_FOR`]. Told apart by operation, so that
+    /// a tenant's short calls are not moved with its long ones.
+    pub(crate) fn runs_long(&self, operation: &str) -> bool {
         self.state()
             .ran_long
+            .get(operation)
             .is_some_and(|at| at.elapsed() < LONG_FOR)
+    }
+
+    /// Whether any of the tenant's operations runs long polls.
+    fn any_runs_long(&self) -> bool {
+        self.state()
+            .ran_long
+            .values()
+            .any(|at| at.elapsed() < LONG_FOR)
     }
 
     /// Whether the poll running on this thread holds one of this share's
@@ -152,15 +166,25 @@ impl Share {
         }
     }
 
-    /// Gives back a turn taken at `taken`, to the call that has waited
-    /// longest.
-    fn leave(&self, taken: Instant) {
+    /// Gives back a turn taken at `taken` by a call of `operation`, to the
+    /// call that has waited longest.
+    fn leave(&self, taken: Instant, operation: &str) {
         let now = Instant::now();
         let next = {
             let mut state = self.state();
             state.polled -= 1;
             if now.duration_since(taken) >= LONG_POLL {
-                state.ran_long = Some(now);
+                let ran_long = &mut state.ran_long;
+                match ran_long.get_mut(operation) {
+                    Some(at) => *at = now,
+                    None => {
+                        // Now and then, forget what has not run long lately.
+                        if ran_long.len() >= 64 && ran_long.len().is_power_of_two() {
+                            ran_long.retain(|_, at| now.duration_since(*at) < LONG_FOR);
+                        }
+                        ran_long.insert(operation.into(), now);
+                    }
+                }
             }
             state.waiting.pop_front()
         };
@@ -187,14 +211,14 @@ impl Share {
         }
         let outer = HOLDING.replace(me);
         /// Gives the turn back however the poll ends, a panic included.
-        struct Leave<'a>(&'a Share, *const Share, Instant);
+        struct Leave<'a>(&'a Share, *const Share, Instant, &'a str);
         impl Drop for Leave<'_> {
             fn drop(&mut self) {
                 HOLDING.set(self.1);
-                self.0.leave(self.2);
+                self.0.leave(self.2, self.3);
             }
         }
-        let _leave = Leave(self, outer, Instant::now());
+        let _leave = Leave(self, outer, Instant::now(), &place.operation);
         Some(poll(cx))
     }
 }
@@ -206,6 +230,8 @@ struct Place {
     id: u64,
     /// Whether it queued for a turn and has not taken one since.
     queued: bool,
+    /// The operation it calls.
+    operation: Box<str>,
 }
 
 /// A call's future or stream, polled only on its tenant's turns.
@@ -216,7 +242,8 @@ pub(crate) struct OnShare<F> {
 }
 
 impl<F> OnShare<F> {
-    pub(crate) fn new(inner: F, share: Arc<Share>) -> Self {
+    /// `inner`, a call of `operation`, on `share`'s turns.
+    pub(crate) fn new(inner: F, share: Arc<Share>, operation: &str) -> Self {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         Self {
             inner: Box::pin(inner),
@@ -224,6 +251,7 @@ impl<F> OnShare<F> {
             place: Place {
                 id: NEXT.fetch_add(1, Ordering::Relaxed),
                 queued: false,
+                operation: operation.into(),
             },
         }
     }
@@ -284,7 +312,7 @@ mod tests {
         let calls: Vec<_> = (0..8)
             .map(|_| {
                 let call = work(20, running.clone(), most.clone());
-                tokio::spawn(OnShare::new(call, shares.of("busy")))
+                tokio::spawn(OnShare::new(call, shares.of("busy"), "t/work"))
             })
             .collect();
         // Another tenant's call is not held back by them.
@@ -293,6 +321,7 @@ mod tests {
         tokio::spawn(OnShare::new(
             work(5, other.clone(), other_most.clone()),
             shares.of("quiet"),
+            "t/work",
         ))
         .await
         .unwrap();
@@ -307,8 +336,8 @@ mod tests {
     async fn a_nested_call_runs_on_its_callers_turn() {
         let shares = Shares::new(1);
         let share = shares.of("t");
-        let inner = OnShare::new(async { 7 }, share.clone());
-        let outer = OnShare::new(async move { inner.await + 1 }, share);
+        let inner = OnShare::new(async { 7 }, share.clone(), "t/inner");
+        let outer = OnShare::new(async move { inner.await + 1 }, share, "t/outer");
         assert_eq!(outer.await, 8);
     }
 
@@ -320,11 +349,12 @@ mod tests {
         let holder = tokio::spawn(OnShare::new(
             async { std::thread::sleep(Duration::from_millis(300)) },
             share.clone(),
+            "t/hold",
         ));
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let dropped = tokio::spawn(OnShare::new(async {}, share.clone()));
+        let dropped = tokio::spawn(OnShare::new(async {}, share.clone(), "t/drop"));
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let waiting = tokio::spawn(OnShare::new(async { 7 }, share.clone()));
+        let waiting = tokio::spawn(OnShare::new(async { 7 }, share.clone(), "t/wait"));
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!holder.is_finished(), "the holder still runs its poll");
         // The first in the queue goes away (its caller hung up) ...
@@ -337,14 +367,27 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_tenant_whose_polls_run_long_is_told_apart() {
+    async fn an_operation_whose_polls_run_long_is_told_apart() {
         let shares = Shares::new(1);
         let (busy, quiet) = (shares.of("busy"), shares.of("quiet"));
         let long = async { std::thread::sleep(LONG_POLL + Duration::from_millis(1)) };
-        OnShare::new(long, busy.clone()).await;
-        OnShare::new(async {}, quiet.clone()).await;
-        assert!(busy.runs_long());
-        assert!(!quiet.runs_long());
+        OnShare::new(long, busy.clone(), "t/long").await;
+        OnShare::new(async {}, busy.clone(), "t/short").await;
+        OnShare::new(async {}, quiet.clone(), "t/long").await;
+        assert!(busy.runs_long("t/long"));
+        // Neither the tenant's other operations nor other tenants'.
+        assert!(!busy.runs_long("t/short"));
+        assert!(!quiet.runs_long("t/long"));
+    }
+
+    #[tokio::test]
+    async fn a_tenant_is_known_to_run_long_between_its_calls() {
+        let shares = Shares::new(1);
+        // One call at a time, as a client calling in a loop makes them:
+        // no call of the tenant is in flight between two.
+        let long = async { std::thread::sleep(LONG_POLL + Duration::from_millis(1)) };
+        OnShare::new(long, shares.of("busy"), "t/long").await;
+        assert!(shares.of("busy").runs_long("t/long"));
     }
 
     #[test]
