@@ -6,10 +6,9 @@
 //! soak), while one worker ran such a poll, the other slept with nobody
 //! watching the sockets: a quiet tenant's request sat unread until the
 //! poll ended. So a tenant's calls of an operation whose polls run long
-//! (`Share::runs_long`) run on workers of their own, at a lower scheduling
-//! priority, and the workers that accept connections and read requests are
-//! left to short polls: a request is read as soon as it arrives. Other
-//! calls run where they are asked for, without the hop between threads
+//! (`Share::runs_long`) run on workers of their own, and the workers that
+//! accept connections and read requests are left to short polls: a request
+//! is read as soon as it arrives. Other calls run where they are asked for, without the hop between threads
 //! (two wake-ups, which on an idle machine cost more than a short call).
 
 use std::cell::Cell;
@@ -37,10 +36,7 @@ impl CallExecutor {
         let runtime = Builder::new_multi_thread()
             .worker_threads(workers.max(1))
             .thread_name("opbox-call")
-            .on_thread_start(|| {
-                CALL_WORKER.set(true);
-                yield_to_sockets();
-            })
+            .on_thread_start(|| CALL_WORKER.set(true))
             .enable_all()
             .build()?;
         Ok(Self {
@@ -67,24 +63,6 @@ impl CallExecutor {
                 Err(CallError::internal())
             }
         }
-    }
-}
-
-/// How much lower than the serving workers' the call workers' scheduling
-/// priority is (a nice value): when both want a core, the kernel runs the
-/// thread that reads a request first, and the long poll keeps the rest.
-/// Ten steps is a tenth of the weight, never none: a long call is slowed
-/// while requests arrive, not starved.
-const CALL_WORKER_NICE: i32 = 10;
-
-/// Lowers this thread's scheduling priority by [`CALL_WORKER_NICE`] (on
-/// Linux, a priority set for a thread id is that thread's alone).
-fn yield_to_sockets() {
-    let tid = rustix::thread::gettid();
-    let lowered = rustix::process::getpriority_process(Some(tid))
-        .and_then(|now| rustix::process::setpriority_process(Some(tid), now + CALL_WORKER_NICE));
-    if let Err(e) = lowered {
-        tracing::debug!("the call workers keep the serving workers' priority: {e}");
     }
 }
 
