@@ -1,8 +1,8 @@
 //! `/mcp` as an AI agent's MCP client sees it: the official Python SDK
-//! (`mcp` from PyPI) lists tools per caller, calls queries with structured
-//! output, gets typed errors, runs a subscription with progress
-//! notifications, cancels one (and the guest stops), and hears when the
-//! tool list changes.
+//! (`mcp` from PyPI) and the official TypeScript one (from npm) list tools
+//! per caller, call queries with structured output, get typed errors, run
+//! a subscription with progress notifications, cancel one (and the guest
+//! stops); the Python one hears when the tool list changes.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::admin::{OPERATOR, fixture, install, with_operator};
-use crate::tools::python_with;
+use crate::tools::{node_with, python_with};
 use crate::util::TestHost;
 
 /// A token of tenant `acme`, which alone has the plugin `vault`.
@@ -44,19 +44,58 @@ fn config(config: &mut HostConfig, data: &std::path::Path) {
     });
 }
 
-/// The script's next report, which must be `step`.
-async fn next(
-    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
-    step: &str,
-) -> Value {
-    let line = tokio::time::timeout(Duration::from_secs(120), lines.next_line())
-        .await
-        .unwrap_or_else(|_| panic!("no `{step}` from the MCP client in 2 minutes"))
-        .unwrap()
-        .unwrap_or_else(|| panic!("the MCP client ended before `{step}`"));
-    let report: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
-    assert_eq!(report["step"], step, "{report}");
-    report
+/// An MCP client script run as a child: its reports, one JSON line each,
+/// and what it wrote to stderr, for the failure message.
+struct Client {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    errors: tokio::task::JoinHandle<String>,
+}
+
+impl Client {
+    fn spawn(mut command: tokio::process::Command) -> Self {
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let stderr = child.stderr.take().unwrap();
+        let errors = tokio::spawn(async move {
+            let mut text = String::new();
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                text.push_str(&line);
+                text.push('\n');
+            }
+            text
+        });
+        Self {
+            child,
+            stdin,
+            lines,
+            errors,
+        }
+    }
+
+    /// The script's next report, which must be `step`.
+    async fn next(&mut self, step: &str) -> Value {
+        let line = tokio::time::timeout(Duration::from_secs(120), self.lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("no `{step}` from the MCP client in 2 minutes"))
+            .unwrap();
+        let Some(line) = line else {
+            let errors = (&mut self.errors).await.unwrap_or_default();
+            panic!("the MCP client ended before `{step}`:\n{errors}");
+        };
+        let report: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert_eq!(report["step"], step, "{report}");
+        report
+    }
 }
 
 fn names(list: &Value) -> Vec<&str> {
@@ -76,30 +115,14 @@ async fn the_python_mcp_sdk_lists_calls_streams_and_cancels_tools() {
         env!("CARGO_MANIFEST_DIR"),
         "/../tests/all/scripts/mcp_client.py"
     );
-    let mut child = tokio::process::Command::new(python)
+    let mut command = tokio::process::Command::new(python);
+    command
         .arg(script)
-        .args([host.url("/mcp"), OPERATOR.into(), ACME.into()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let stderr = child.stderr.take().unwrap();
-    let errors = tokio::spawn(async move {
-        let mut text = String::new();
-        let mut lines = BufReader::new(stderr).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            text.push_str(&line);
-            text.push('\n');
-        }
-        text
-    });
+        .args([host.url("/mcp"), OPERATOR.into(), ACME.into()]);
+    let mut client = Client::spawn(command);
 
     // Each caller is offered exactly what it may call.
-    let lists = next(&mut lines, "lists").await;
+    let lists = client.next("lists").await;
     let (anonymous, operator, acme) = (
         names(&lists["anonymous"]),
         names(&lists["operator"]),
@@ -125,7 +148,7 @@ async fn the_python_mcp_sdk_lists_calls_streams_and_cancels_tools() {
     assert!(!acme.iter().any(|n| n.starts_with("admin.")), "{lists}");
 
     // Schemas: an object input as is; any other wrapped as `input`.
-    let schemas = next(&mut lines, "schemas").await;
+    let schemas = client.next("schemas").await;
     assert_eq!(schemas["stats_input"]["type"], "object", "{schemas}");
     assert!(schemas["stats_input"]["properties"]["text"].is_object());
     assert_eq!(schemas["stats_output"]["type"], "object");
@@ -139,7 +162,7 @@ async fn the_python_mcp_sdk_lists_calls_streams_and_cancels_tools() {
     assert!(echo.get("required").is_none(), "{schemas}");
     assert_eq!(schemas["read_only"], true);
 
-    let calls = next(&mut lines, "calls").await;
+    let calls = client.next("calls").await;
     let ok = &calls["ok"];
     assert_eq!(ok["is_error"], false, "{calls}");
     assert_eq!(ok["structured"]["words"], 6, "{calls}");
@@ -157,15 +180,16 @@ async fn the_python_mcp_sdk_lists_calls_streams_and_cancels_tools() {
     for (name, code) in [("bad", "INVALID_INPUT"), ("domain", "DEMO_FAILURE")] {
         let failed = &calls[name];
         assert_eq!(failed["is_error"], true, "{name}: {calls}");
-        assert_eq!(
-            failed["structured"]["error"]["code"], code,
-            "{name}: {calls}"
-        );
-        assert!(failed["structured"]["error"]["message"].is_string());
+        // No structured content, which clients hold to the output schema:
+        // the typed error is the text.
+        assert!(failed["structured"].is_null(), "{name}: {calls}");
+        let text: Value = serde_json::from_str(failed["text"][0].as_str().unwrap()).unwrap();
+        assert_eq!(text["error"]["code"], code, "{name}: {calls}");
+        assert!(text["error"]["message"].is_string(), "{name}: {calls}");
     }
     assert_eq!(calls["meta"]["structured"]["words"], 2, "{calls}");
 
-    let subscription = next(&mut lines, "subscription").await;
+    let subscription = client.next("subscription").await;
     let progress = subscription["progress"].as_array().unwrap();
     assert_eq!(progress.len(), 3, "{subscription}");
     for (i, step) in progress.iter().enumerate() {
@@ -178,36 +202,101 @@ async fn the_python_mcp_sdk_lists_calls_streams_and_cancels_tools() {
     assert_eq!(result["last"], json!({"n": 3}));
 
     // Cancelled while it runs: the guest stops, the session goes on.
-    next(&mut lines, "running").await;
+    client.next("running").await;
     assert_eq!(host.wait_for_live(1, Duration::from_secs(10)).await, 1);
-    stdin.write_all(b"cancel\n").await.unwrap();
-    next(&mut lines, "cancelled").await;
+    client.stdin.write_all(b"cancel\n").await.unwrap();
+    client.next("cancelled").await;
     assert_eq!(
         host.wait_for_live(0, Duration::from_secs(10)).await,
         0,
         "the guest still runs"
     );
-    stdin.write_all(b"go\n").await.unwrap();
-    let after = next(&mut lines, "after").await;
+    client.stdin.write_all(b"go\n").await.unwrap();
+    let after = client.next("after").await;
     assert_eq!(after["result"]["structured"]["words"], 2, "{after}");
 
     // A plugin installed while a session is open: it is told, and lists it.
-    let listening = next(&mut lines, "listening").await;
+    let listening = client.next("listening").await;
     assert!(!names(&listening["tools"]).contains(&"versioned.which"));
     let named = Some(json!({ "name": "versioned" }));
     let (status, body) = install(&host, Some(OPERATOR), named, fixture("fixture-v1")).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    let changed = next(&mut lines, "changed").await;
+    let changed = client.next("changed").await;
     assert!(
         names(&changed["tools"]).contains(&"versioned.which"),
         "{changed}"
     );
 
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+    let status = tokio::time::timeout(Duration::from_secs(30), client.child.wait())
         .await
         .unwrap()
         .unwrap();
-    let errors = errors.await.unwrap();
+    let errors = client.errors.await.unwrap();
+    assert!(status.success(), "{errors}");
+}
+
+/// The official TypeScript SDK holds a result's structured content to the
+/// tool's output schema, failures included: opbox's error code and message
+/// must reach it, not a schema mismatch of the SDK's own.
+#[tokio::test]
+async fn the_typescript_mcp_sdk_gets_opbox_errors_progress_and_cancels() {
+    let data = tempfile::tempdir().unwrap();
+    let host = TestHost::with_config(|c| config(c, data.path())).await;
+    let sdk = node_with("@modelcontextprotocol/sdk", "1.32.2");
+    let script = sdk.join("mcp_client.mjs");
+    std::fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/all/scripts/mcp_client.mjs"
+        ),
+        &script,
+    )
+    .unwrap();
+    let mut command = tokio::process::Command::new("node");
+    command.arg(&script).args([host.url("/mcp"), ACME.into()]);
+    let mut client = Client::spawn(command);
+
+    let lists = client.next("lists").await;
+    let tools = names(&lists["tools"]);
+    assert!(tools.contains(&"vault.echo") && tools.contains(&"textkit.stats"));
+
+    let calls = client.next("calls").await;
+    assert_eq!(calls["ok"]["is_error"], false, "{calls}");
+    assert_eq!(calls["ok"]["structured"]["words"], 6, "{calls}");
+    for (name, code) in [("bad", "INVALID_INPUT"), ("domain", "DEMO_FAILURE")] {
+        let failed = &calls[name];
+        assert_eq!(failed["is_error"], true, "{name}: {calls}");
+        let text: Value = serde_json::from_str(failed["text"][0].as_str().unwrap()).unwrap();
+        assert_eq!(text["error"]["code"], code, "{name}: {calls}");
+        assert!(text["error"]["message"].is_string(), "{name}: {calls}");
+    }
+
+    let subscription = client.next("subscription").await;
+    let progress = subscription["progress"].as_array().unwrap();
+    assert_eq!(progress.len(), 3, "{subscription}");
+    let item: Value = serde_json::from_str(progress[2]["message"].as_str().unwrap()).unwrap();
+    assert_eq!(item, json!({ "n": 3 }));
+    assert_eq!(subscription["result"]["structured"]["items"], 3);
+
+    client.next("running").await;
+    assert_eq!(host.wait_for_live(1, Duration::from_secs(10)).await, 1);
+    client.stdin.write_all(b"cancel\n").await.unwrap();
+    let cancelled = client.next("cancelled").await;
+    assert_eq!(cancelled["ended"], "aborted", "{cancelled}");
+    assert_eq!(
+        host.wait_for_live(0, Duration::from_secs(10)).await,
+        0,
+        "the guest still runs after the SDK cancelled it"
+    );
+    client.stdin.write_all(b"go\n").await.unwrap();
+    let after = client.next("after").await;
+    assert_eq!(after["result"]["structured"]["words"], 2, "{after}");
+
+    let status = tokio::time::timeout(Duration::from_secs(30), client.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    let errors = client.errors.await.unwrap();
     assert!(status.success(), "{errors}");
 }
 

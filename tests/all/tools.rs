@@ -1,6 +1,7 @@
 //! Outside tools the tests check opbox against, installed on first use
 //! from their public registries, at pinned versions, under Cargo's test
-//! tmpdir: `cargo test` needs nothing but `python3` with `venv`.
+//! tmpdir: `cargo test` needs nothing but `python3` with `venv`, and `npm`
+//! (which `.ci/run` installs) for the JavaScript ones.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -44,10 +45,47 @@ pub fn python_with(package: &str, version: &str) -> PathBuf {
     python
 }
 
+/// A directory where `npm` installed `package@version` from npm's
+/// registry: a script copied into it imports the package. Built beside its
+/// final place and renamed into it, as [`python_with`] is.
+pub fn node_with(package: &str, version: &str) -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("tools");
+    let name = format!("npm-{}-{version}", package.replace(['@', '/'], "_"));
+    let home = root.join(&name);
+    let _one = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
+    if home.join("node_modules").join(package).exists() {
+        return home;
+    }
+    std::fs::create_dir_all(&root).unwrap();
+    let partial = root.join(format!("{name}.partial-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&partial);
+    std::fs::create_dir_all(&partial).unwrap();
+    // An ES module package, so that scripts copied in may `import`.
+    std::fs::write(
+        partial.join("package.json"),
+        r#"{"private": true, "type": "module"}"#,
+    )
+    .unwrap();
+    run(Command::new("npm")
+        .args([
+            "install",
+            "--no-audit",
+            "--no-fund",
+            "--save-exact",
+            "--prefix",
+        ])
+        .arg(&partial)
+        .arg(format!("{package}@{version}")));
+    if std::fs::rename(&partial, &home).is_err() {
+        let _ = std::fs::remove_dir_all(&partial);
+    }
+    home
+}
+
 fn run(command: &mut Command) {
     let output = command
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {command:?} (is python3 installed?): {e}"));
+        .unwrap_or_else(|e| panic!("cannot run {command:?} (are python3 and npm installed?): {e}"));
     assert!(
         output.status.success(),
         "{command:?} failed: {}",

@@ -461,13 +461,7 @@ impl OpboxMcp {
         drop(outputs);
         let mut result = match ended {
             Ok(()) => tools::structured_result(json!({ "items": items, "last": last }), false),
-            Err(error) => {
-                let mut failed = tools::failure(&error);
-                if let Some(Value::Object(content)) = &mut failed.structured_content {
-                    content.insert("items".into(), items.into());
-                }
-                failed
-            }
+            Err(error) => tools::error_result(&json!({ "error": error, "items": items })),
         };
         result.meta = Some(receipt_meta(&request_id, &started.meter));
         Ok(result)

@@ -12,8 +12,8 @@
 //!   wrapped the same way, as `{"output": …}`. A text copy goes along, for
 //!   clients that read only text.
 //! - **Errors.** A domain or host error is a tool error (`isError`) whose
-//!   `structuredContent` is `{"error": {code, message, retryable,
-//!   details?}}` and whose text is that JSON.
+//!   text is `{"error": {code, message, retryable, details?}}` as JSON,
+//!   with no `structuredContent` (clients hold that to the output schema).
 
 use std::sync::Arc;
 
@@ -74,6 +74,25 @@ fn object_of(schema: &Value) -> JsonObject {
     }
 }
 
+/// `schema` with its properties' boolean schemas written as objects: `true`
+/// as `{}`, `false` as `{"not": {}}`. The same in JSON Schema, but MCP's
+/// TypeScript SDK refuses a whole tool list in which a property's schema
+/// is not an object.
+fn with_object_properties(mut schema: JsonObject) -> JsonObject {
+    if let Some(Value::Object(properties)) = schema.get_mut("properties") {
+        for property in properties.values_mut() {
+            if let Value::Bool(accepts) = property {
+                *property = if *accepts {
+                    json!({})
+                } else {
+                    json!({ "not": {} })
+                };
+            }
+        }
+    }
+    schema
+}
+
 /// The tool of `op`.
 pub(super) fn tool(op: &Operation) -> Tool {
     let spec = &op.spec;
@@ -93,6 +112,7 @@ pub(super) fn tool(op: &Operation) -> Tool {
             " (a subscription: each output arrives as a progress notification, as JSON in its message; the result counts them and holds the last)",
         );
     }
+    let input = with_object_properties(input);
     let mut tool = Tool::new(tool_name(&spec.name), description, Arc::new(input));
     if !subscription {
         let output = if is_object_schema(&spec.output_schema) {
@@ -100,7 +120,7 @@ pub(super) fn tool(op: &Operation) -> Tool {
         } else {
             wrapped("output", &spec.output_schema, true)
         };
-        tool = tool.with_raw_output_schema(Arc::new(output));
+        tool = tool.with_raw_output_schema(Arc::new(with_object_properties(output)));
     }
     let mut annotations = ToolAnnotations::default();
     annotations.title = Some(spec.name.clone());
@@ -128,9 +148,19 @@ pub(super) fn success(op: &Operation, output: Value) -> CallToolResult {
     structured_result(structured, false)
 }
 
-/// A failed call's result: a tool error carrying the typed error.
+/// A failed call's result: a tool error whose text is the typed error as
+/// JSON (`{"error": {"code", "message", ...}}`). It carries no structured
+/// content: that is held to the tool's output schema, which describes
+/// what the operation answers, and clients (the TypeScript SDK, the
+/// Inspector) check it even on errors, turning opbox's error into a schema
+/// mismatch of their own.
 pub(super) fn failure(error: &CallError) -> CallToolResult {
-    structured_result(json!({ "error": error }), true)
+    error_result(&json!({ "error": error }))
+}
+
+/// A tool error whose text is `body` as JSON.
+pub(super) fn error_result(body: &Value) -> CallToolResult {
+    CallToolResult::error(vec![ContentBlock::text(body.to_string())])
 }
 
 /// A result whose text is its structured content as JSON.
