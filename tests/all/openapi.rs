@@ -402,16 +402,47 @@ async fn the_deadline_header_shortens_a_call() {
     assert_eq!(answer.status(), StatusCode::GATEWAY_TIMEOUT);
     let body: Value = answer.json().await.unwrap();
     assert_eq!(body["error"]["code"], "TIMEOUT", "{body}");
-    let answer = sleep("soon").await.unwrap();
-    assert_eq!(answer.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    let body: Value = answer.json().await.unwrap();
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("opbox-deadline-ms"),
-        "{body}"
-    );
+    for refused in ["soon", "0", "-5"] {
+        let answer = sleep(refused).await.unwrap();
+        assert_eq!(
+            answer.status(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{refused}"
+        );
+        let body: Value = answer.json().await.unwrap();
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("opbox-deadline-ms"),
+            "{body}"
+        );
+    }
+    // The document's range, and past it: longer than the host's own
+    // deadline, so the host's applies, whatever the digits.
+    let doc: Value = host
+        .client
+        .get(host.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let declared = &doc["components"]["parameters"]["Deadline"]["schema"];
+    assert_eq!(declared["minimum"], 1, "{declared}");
+    let largest = declared["maximum"].as_u64().unwrap().to_string();
+    for long in [largest.as_str(), "99999999999999999999999999"] {
+        let answer = host
+            .client
+            .post(host.url("/ops/fixture-slow/sleep"))
+            .header("opbox-deadline-ms", long)
+            .json(&json!({"ms": 10}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::OK, "{long}");
+    }
 }
 
 #[tokio::test]

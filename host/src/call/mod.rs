@@ -18,7 +18,10 @@ pub use event::{
     Event, Fanout, Finished, Happening, Observer, OpenConnection, SharedObserver, StoredEvent,
     Unobserved, Version,
 };
-pub use request::{CallRequest, Identity, Origin, Transport, new_request_id, whole_millis};
+pub use request::{
+    CallRequest, Identity, MAX_DEADLINE_MS, NO_TIME, Origin, Transport, new_request_id,
+    whole_millis,
+};
 pub use spec::{
     AccessControl, MAX_SEGMENT_BYTES, OpType, OperationSpec, Visibility, is_valid_name,
     is_valid_segment,

@@ -162,6 +162,9 @@ pub fn whole_millis<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64
     let Some(number) = Option::<serde_json::Number>::deserialize(d)? else {
         return Ok(None);
     };
+    if number.as_u64() == Some(0) || number.as_f64() == Some(0.0) {
+        return Err(serde::de::Error::custom(NO_TIME));
+    }
     if let Some(ms) = number.as_u64() {
         return Ok(Some(ms));
     }
@@ -174,6 +177,14 @@ pub fn whole_millis<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64
         ))),
     }
 }
+
+/// Why a deadline of 0 ms is refused: the call could not even start.
+pub const NO_TIME: &str = "a deadline of 0 ms leaves the call no time: send 1 or more, or none";
+
+/// The largest deadline the published schemas declare (`u32::MAX` ms, 49
+/// days); a larger one is taken as the host's own, like any deadline past
+/// it.
+pub const MAX_DEADLINE_MS: u64 = u32::MAX as u64;
 
 /// A fresh request id.
 pub fn new_request_id() -> Arc<str> {

@@ -100,14 +100,25 @@ fn deadline(headers: &HeaderMap) -> Result<Option<Duration>, CallError> {
     let Some(value) = headers.get(&DEADLINE) else {
         return Ok(None);
     };
-    value
+    let digits = value
         .to_str()
         .ok()
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(|ms| Some(Duration::from_millis(ms)))
-        .ok_or_else(|| {
-            CallError::invalid_input("`opbox-deadline-ms` is not a whole number of milliseconds")
-        })
+        .map(str::trim)
+        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()));
+    let Some(digits) = digits else {
+        return Err(CallError::invalid_input(
+            "`opbox-deadline-ms` is not a whole number of milliseconds",
+        ));
+    };
+    match digits.parse::<u64>() {
+        Ok(0) => Err(CallError::invalid_input(format!(
+            "`opbox-deadline-ms`: {}",
+            crate::call::NO_TIME
+        ))),
+        Ok(ms) => Ok(Some(Duration::from_millis(ms))),
+        // More digits than a u64 holds: longer than any host's deadline.
+        Err(_) => Ok(Some(Duration::from_millis(u64::MAX))),
+    }
 }
 
 /// The request id, and for a query or mutation its cost (a

@@ -260,7 +260,12 @@ fn requests(requests: Vec<Value>) -> Value {
 }
 
 fn deadline_schema() -> Value {
-    json!({ "type": "integer", "minimum": 0, "description": "Milliseconds; may only shorten the host's deadline" })
+    json!({
+        "type": "integer",
+        "minimum": 1,
+        "maximum": crate::call::MAX_DEADLINE_MS,
+        "description": "Milliseconds; may only shorten the host's deadline",
+    })
 }
 
 /// Adds `schema` to `schemas` as `name`, and its `$defs` (or draft-07

@@ -130,7 +130,7 @@ pub(super) fn components(document: &mut Value) {
         "in": "header",
         "required": false,
         "description": "Milliseconds; may only shorten the host's deadline",
-        "schema": { "type": "integer", "minimum": 0 },
+        "schema": { "type": "integer", "minimum": 1, "maximum": crate::call::MAX_DEADLINE_MS },
     } });
     components["headers"] = json!({
         "RequestId": {
