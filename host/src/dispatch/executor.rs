@@ -8,8 +8,9 @@
 //! poll ended. So a tenant's calls of an operation whose polls run long
 //! (`Share::runs_long`) run on workers of their own, and the workers that
 //! accept connections and read requests are left to short polls: a request
-//! is read as soon as it arrives. Other calls run where they are asked for, without the hop between threads
-//! (two wake-ups, which on an idle machine cost more than a short call).
+//! is read as soon as it arrives. Other calls run where they are asked
+//! for, without the hop between threads (two wake-ups, which on an idle
+//! machine cost more than a short call).
 
 use std::cell::Cell;
 use std::future::Future;
@@ -64,9 +65,7 @@ impl CallExecutor {
             }
         }
     }
-}
 
-impl CallExecutor {
     /// Starts `task` on the call workers.
     pub(crate) fn spawn<F>(&self, task: F) -> tokio::task::JoinHandle<F::Output>
     where

@@ -68,7 +68,7 @@ fn thread_cpu() -> Duration {
     )
 }
 
-/// The shares of every tenant with calls in flight.
+/// The shares of the tenants with calls in flight or long polls lately.
 #[derive(Debug)]
 pub(crate) struct Shares {
     per_tenant: usize,
