@@ -137,7 +137,7 @@ impl EventLog {
     /// `max_events` events.
     pub fn open(dir: &std::path::Path, max_events: u64) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(failed)?;
-        let db = Database::create(dir.join(DATABASE)).map_err(failed)?;
+        let db = super::create_database(&dir.join(DATABASE))?;
         let txn = db.begin_write().map_err(failed)?;
         let (first, last) = {
             let table = txn.open_table(EVENTS).map_err(failed)?;

@@ -64,6 +64,20 @@ fn failed(e: impl std::fmt::Display) -> StoreError {
     StoreError(e.to_string())
 }
 
+/// Opens (or creates) the database at `path`. The database is locked while
+/// open, and a second host given the same data directory is told so, in
+/// words an operator acts on.
+fn create_database(path: &Path) -> Result<Database, StoreError> {
+    Database::create(path).map_err(|e| match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => StoreError(format!(
+            "{} is open in another opbox host (or another process): stop that one, or give this \
+             one a `data_dir` of its own",
+            path.display()
+        )),
+        e => failed(e),
+    })
+}
+
 /// The plugins installed into this host, on disk.
 #[derive(Debug)]
 pub struct PluginStore {
@@ -82,7 +96,7 @@ impl PluginStore {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let blobs = dir.join("blobs");
         std::fs::create_dir_all(&blobs).map_err(failed)?;
-        let db = Database::create(dir.join(DATABASE)).map_err(failed)?;
+        let db = create_database(&dir.join(DATABASE))?;
         let txn = db.begin_write().map_err(failed)?;
         txn.open_table(PLUGINS).map_err(failed)?;
         txn.commit().map_err(failed)?;
@@ -203,6 +217,18 @@ mod tests {
             bytes: 9,
             held: false,
         }
+    }
+
+    #[test]
+    fn a_second_host_on_the_same_data_directory_is_told_why_it_cannot_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = PluginStore::open(dir.path()).unwrap();
+        let second = PluginStore::open(dir.path()).unwrap_err().to_string();
+        assert!(second.contains("open in another opbox host"), "{second}");
+        assert!(second.contains("data_dir"), "{second}");
+        let _events = EventLog::open(dir.path(), 5).unwrap();
+        let events = EventLog::open(dir.path(), 5).unwrap_err().to_string();
+        assert!(events.contains("open in another opbox host"), "{events}");
     }
 
     #[test]
