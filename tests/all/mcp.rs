@@ -82,6 +82,16 @@ impl Client {
         }
     }
 
+    /// Waits for the script to end, which it must without an error.
+    async fn ends_well(mut self) {
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        let errors = self.errors.await.unwrap();
+        assert!(status.success(), "{errors}");
+    }
+
     /// The script's next report, which must be `step`.
     async fn next(&mut self, step: &str) -> Value {
         let line = tokio::time::timeout(Duration::from_secs(120), self.lines.next_line())
@@ -95,6 +105,20 @@ impl Client {
         let report: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
         assert_eq!(report["step"], step, "{report}");
         report
+    }
+}
+
+/// The `bad` (input) and `domain` calls of a script's `calls` report
+/// failed as tool errors whose text is opbox's error, with no structured
+/// content (which clients hold to the output schema).
+fn tool_errors_are_opboxs(calls: &Value) {
+    for (name, code) in [("bad", "INVALID_INPUT"), ("domain", "DEMO_FAILURE")] {
+        let failed = &calls[name];
+        assert_eq!(failed["is_error"], true, "{name}: {calls}");
+        assert!(failed["structured"].is_null(), "{name}: {calls}");
+        let text: Value = serde_json::from_str(failed["text"][0].as_str().unwrap()).unwrap();
+        assert_eq!(text["error"]["code"], code, "{name}: {calls}");
+        assert!(text["error"]["message"].is_string(), "{name}: {calls}");
     }
 }
 
@@ -177,16 +201,7 @@ async fn the_python_mcp_sdk_lists_calls_streams_and_cancels_tools() {
         calls["wrapped"]["structured"],
         json!({"output": [1, "two"]})
     );
-    for (name, code) in [("bad", "INVALID_INPUT"), ("domain", "DEMO_FAILURE")] {
-        let failed = &calls[name];
-        assert_eq!(failed["is_error"], true, "{name}: {calls}");
-        // No structured content, which clients hold to the output schema:
-        // the typed error is the text.
-        assert!(failed["structured"].is_null(), "{name}: {calls}");
-        let text: Value = serde_json::from_str(failed["text"][0].as_str().unwrap()).unwrap();
-        assert_eq!(text["error"]["code"], code, "{name}: {calls}");
-        assert!(text["error"]["message"].is_string(), "{name}: {calls}");
-    }
+    tool_errors_are_opboxs(&calls);
     assert_eq!(calls["meta"]["structured"]["words"], 2, "{calls}");
 
     let subscription = client.next("subscription").await;
@@ -227,12 +242,7 @@ async fn the_python_mcp_sdk_lists_calls_streams_and_cancels_tools() {
         "{changed}"
     );
 
-    let status = tokio::time::timeout(Duration::from_secs(30), client.child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    let errors = client.errors.await.unwrap();
-    assert!(status.success(), "{errors}");
+    client.ends_well().await;
 }
 
 /// The official TypeScript SDK holds a result's structured content to the
@@ -263,13 +273,7 @@ async fn the_typescript_mcp_sdk_gets_opbox_errors_progress_and_cancels() {
     let calls = client.next("calls").await;
     assert_eq!(calls["ok"]["is_error"], false, "{calls}");
     assert_eq!(calls["ok"]["structured"]["words"], 6, "{calls}");
-    for (name, code) in [("bad", "INVALID_INPUT"), ("domain", "DEMO_FAILURE")] {
-        let failed = &calls[name];
-        assert_eq!(failed["is_error"], true, "{name}: {calls}");
-        let text: Value = serde_json::from_str(failed["text"][0].as_str().unwrap()).unwrap();
-        assert_eq!(text["error"]["code"], code, "{name}: {calls}");
-        assert!(text["error"]["message"].is_string(), "{name}: {calls}");
-    }
+    tool_errors_are_opboxs(&calls);
 
     let subscription = client.next("subscription").await;
     let progress = subscription["progress"].as_array().unwrap();
@@ -292,12 +296,7 @@ async fn the_typescript_mcp_sdk_gets_opbox_errors_progress_and_cancels() {
     let after = client.next("after").await;
     assert_eq!(after["result"]["structured"]["words"], 2, "{after}");
 
-    let status = tokio::time::timeout(Duration::from_secs(30), client.child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    let errors = client.errors.await.unwrap();
-    assert!(status.success(), "{errors}");
+    client.ends_well().await;
 }
 
 #[tokio::test]

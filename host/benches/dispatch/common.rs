@@ -124,6 +124,18 @@ pub(crate) async fn serve(router: axum::Router) -> SocketAddr {
     addr
 }
 
+/// Serves `host` on its own listener (`Host::serve`: admission, timeouts,
+/// the guarded socket), as `opbox serve` does, on a loopback port.
+pub(crate) async fn serve_host(host: &Host) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let host = host.clone();
+    tokio::spawn(async move { host.serve(listener, std::future::pending()).await });
+    addr
+}
+
 /// The middle of `values` (the upper one of an even count), sorting them.
 pub(crate) fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);

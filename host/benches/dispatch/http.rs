@@ -52,14 +52,7 @@ pub(crate) async fn bench_http(host: &Host, bare: bool, opbox: bool) {
         println!("skipped: `wrk` is not on PATH (Debian: `apt-get install wrk`)\n");
         return;
     }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let opbox_addr = listener.local_addr().expect("local addr");
-    tokio::spawn({
-        let host = host.clone();
-        async move { host.serve(listener, std::future::pending()).await }
-    });
+    let opbox_addr = serve_host(host).await;
     let routes_addr = serve(router(host)).await;
     let bare_addr = serve(bare_router()).await;
     let p2 = WasmtimeServe::start("wasi_http_hello.wasm");
@@ -305,14 +298,7 @@ async fn bench_http2(host: &Host) {
         println!("skipped: `h2load` is not on PATH (Debian: `apt-get install nghttp2-client`)\n");
         return;
     }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let opbox_addr = listener.local_addr().expect("local addr");
-    tokio::spawn({
-        let host = host.clone();
-        async move { host.serve(listener, std::future::pending()).await }
-    });
+    let opbox_addr = serve_host(host).await;
     let bare_addr = serve(bare_router()).await;
     let body = std::env::temp_dir().join("opbox-bench-h2.json");
     std::fs::write(&body, call_body("echo/echo")).expect("write the body");
