@@ -162,6 +162,7 @@ mod json;
 pub mod keyvalue;
 pub mod log;
 mod plugin;
+mod schema;
 
 #[doc(hidden)]
 #[path = "guest.rs"]

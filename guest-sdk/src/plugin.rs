@@ -82,7 +82,8 @@ pub(crate) struct Op {
 /// A handler takes the call's [`Context`] and, if the operation has one, its
 /// input. Inputs are decoded with serde (a mismatch answers `INVALID_INPUT`
 /// with serde's message), outputs encoded with serde, and both JSON Schemas
-/// derived with schemars. An operation without an input accepts `null` or
+/// derived with schemars (inputs closed to unknown fields; see the crate's
+/// `schema` module). An operation without an input accepts `null` or
 /// `{}`. Settings such as [`Operation::internal`] and [`Operation::scopes`]
 /// belong to the [`Operation`] they are called on.
 #[derive(Default)]
@@ -338,8 +339,8 @@ where
                 }
             };
         Parts {
-            input_schema: schema_of::<In>,
-            output_schema: schema_of::<Out>,
+            input_schema: crate::schema::input::<In>,
+            output_schema: crate::schema::output::<Out>,
             handler: Erased::Once(Box::new(handler)),
         }
     }
@@ -358,8 +359,8 @@ where
                 Box::pin(async move { encode(&output.await?) })
             };
         Parts {
-            input_schema: no_input_schema,
-            output_schema: schema_of::<Out>,
+            input_schema: crate::schema::no_input,
+            output_schema: crate::schema::output::<Out>,
             handler: Erased::Once(Box::new(handler)),
         }
     }
@@ -382,8 +383,8 @@ where
                 }
             };
         Parts {
-            input_schema: schema_of::<In>,
-            output_schema: schema_of::<Out>,
+            input_schema: crate::schema::input::<In>,
+            output_schema: crate::schema::output::<Out>,
             handler: Erased::Stream(Box::new(handler)),
         }
     }
@@ -399,8 +400,8 @@ where
     fn into_parts(self) -> Parts {
         let handler = move |ctx: Context, _input: String| stream_items(self(ctx));
         Parts {
-            input_schema: no_input_schema,
-            output_schema: schema_of::<Out>,
+            input_schema: crate::schema::no_input,
+            output_schema: crate::schema::output::<Out>,
             handler: Erased::Stream(Box::new(handler)),
         }
     }
@@ -422,8 +423,8 @@ where
                 Box::pin(async move { items })
             };
         Parts {
-            input_schema: schema_of::<In>,
-            output_schema: schema_of::<Out>,
+            input_schema: crate::schema::input::<In>,
+            output_schema: crate::schema::output::<Out>,
             handler: Erased::Stream(Box::new(handler)),
         }
     }
@@ -442,8 +443,8 @@ where
                 Box::pin(async move { items })
             };
         Parts {
-            input_schema: no_input_schema,
-            output_schema: schema_of::<Out>,
+            input_schema: crate::schema::no_input,
+            output_schema: crate::schema::output::<Out>,
             handler: Erased::Stream(Box::new(handler)),
         }
     }
@@ -473,22 +474,6 @@ where
         .into_iter()
         .map(|item| item.and_then(|out| encode(&out)));
     Items::Iter(Box::new(encoded))
-}
-
-/// The input schema of an operation without input: `null`, or an empty
-/// object (what tool callers send for "no arguments").
-fn no_input_schema() -> String {
-    serde_json::json!({
-        "anyOf": [
-            { "type": "null" },
-            { "type": "object", "additionalProperties": false }
-        ]
-    })
-    .to_string()
-}
-
-fn schema_of<T: JsonSchema>() -> String {
-    schemars::schema_for!(T).to_value().to_string()
 }
 
 fn decode<In: DeserializeOwned>(input: &str) -> Result<In> {

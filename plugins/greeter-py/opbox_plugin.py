@@ -143,8 +143,11 @@ NO_INPUT = {"anyOf": [{"type": "null"}, {"type": "object", "additionalProperties
 _SCALARS = {str: "string", int: "integer", float: "number", bool: "boolean"}
 
 
-def schema_of(hint: Any) -> dict:
-    """The JSON Schema of a type hint."""
+def schema_of(hint: Any, closed: bool = True) -> dict:
+    """The JSON Schema of a type hint. Inputs are ``closed``: their
+    dataclasses refuse unknown fields, so adding an optional field later
+    widens them (the host's compatibility gate lets that through).
+    Outputs are open, so adding an output field is no break either."""
     if hint is Any or hint is None:
         return {} if hint is Any else {"type": "null"}
     if hint in _SCALARS:
@@ -156,11 +159,11 @@ def schema_of(hint: Any) -> dict:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin is list:
-        return {"type": "array", "items": schema_of(args[0]) if args else {}}
+        return {"type": "array", "items": schema_of(args[0], closed) if args else {}}
     if origin is dict:
         return {"type": "object"}
     if origin is typing.Union:
-        return {"anyOf": [schema_of(a) for a in args]}
+        return {"anyOf": [schema_of(a, closed) for a in args]}
     if dataclasses.is_dataclass(hint) or typing.is_typeddict(hint):
         hints = typing.get_type_hints(hint)
         if dataclasses.is_dataclass(hint):
@@ -172,12 +175,14 @@ def schema_of(hint: Any) -> dict:
             ]
         else:
             required = sorted(hint.__required_keys__)
-        return {
+        schema = {
             "type": "object",
-            "properties": {name: schema_of(h) for name, h in hints.items()},
+            "properties": {name: schema_of(h, closed) for name, h in hints.items()},
             "required": required,
-            "additionalProperties": False,
         }
+        if closed:
+            schema["additionalProperties"] = False
+        return schema
     raise TypeError(f"no JSON Schema for the type hint {hint!r}")
 
 
@@ -217,7 +222,7 @@ class _Op:
             op_type=self.op_type,
             description=self.description,
             input_schema=json.dumps(NO_INPUT if no_input else schema_of(self.input_hint)),
-            output_schema=json.dumps(schema_of(self.output_hint)),
+            output_schema=json.dumps(schema_of(self.output_hint, closed=False)),
             internal=self.internal,
             required_scopes=list(self.scopes),
         )

@@ -112,7 +112,11 @@ impl Client {
 /// failed as tool errors whose text is opbox's error, with no structured
 /// content (which clients hold to the output schema).
 fn tool_errors_are_opboxs(calls: &Value) {
-    for (name, code) in [("bad", "INVALID_INPUT"), ("domain", "DEMO_FAILURE")] {
+    for (name, code) in [
+        ("bad", "INVALID_INPUT"),
+        ("domain", "DEMO_FAILURE"),
+        ("extra", "INVALID_INPUT"),
+    ] {
         let failed = &calls[name];
         assert_eq!(failed["is_error"], true, "{name}: {calls}");
         assert!(failed["structured"].is_null(), "{name}: {calls}");
@@ -295,6 +299,9 @@ async fn the_typescript_mcp_sdk_gets_opbox_errors_progress_and_cancels() {
     client.stdin.write_all(b"go\n").await.unwrap();
     let after = client.next("after").await;
     assert_eq!(after["result"]["structured"]["words"], 2, "{after}");
+    // Schemas hold only what the SDK's validator knows: no "unknown
+    // format" lines on the user's console.
+    assert_eq!(after["warnings"], json!([]), "{after}");
 
     client.ends_well().await;
 }

@@ -4,7 +4,8 @@
 //! - `which` (query) answers `{"version": 2}`, so a caller can tell which
 //!   version served it.
 //! - `count` (subscription) yields `{"version": 2, "n": n}` every
-//!   `every_ms`, forever.
+//!   `every_ms`, forever, from `n = from` (new in this version, optional:
+//!   a compatible change).
 //! - `added` (query), new in this version, answers `"added"`.
 
 use std::time::Duration;
@@ -24,15 +25,19 @@ async fn which(_ctx: Context, _input: Value) -> Result<Value> {
 #[derive(Deserialize, JsonSchema)]
 struct Count {
     every_ms: u64,
+    #[serde(default)]
+    from: Option<u64>,
 }
 
 async fn count(_ctx: Context, input: Count) -> Result<impl Stream<Item = Result<Value>>> {
     let every = Duration::from_millis(input.every_ms);
-    Ok(stream::iter(0u64..).then(move |n| async move {
-        opbox_sdk::yield_now().await;
-        std::thread::sleep(every);
-        Ok(json!({ "version": VERSION, "n": n }))
-    }))
+    Ok(
+        stream::iter(input.from.unwrap_or(0)..).then(move |n| async move {
+            opbox_sdk::yield_now().await;
+            std::thread::sleep(every);
+            Ok(json!({ "version": VERSION, "n": n }))
+        }),
+    )
 }
 
 async fn added(_ctx: Context, _input: Value) -> Result<Value> {

@@ -11,6 +11,10 @@ import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/
 import { CallToolResultSchema } from "@modelcontextprotocol/sdk/types.js";
 
 const [url, token] = process.argv.slice(2);
+// The SDK compiles schemas with Ajv, which warns on the console about
+// every keyword or format it does not know; a user sees each line.
+const warnings = [];
+console.warn = (...args) => warnings.push(args.join(" "));
 const say = (step, fields = {}) => console.log(JSON.stringify({ step, ...fields }));
 const lines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
 const hear = async (word) => {
@@ -38,7 +42,9 @@ say("lists", { tools: tools.map((t) => t.name).sort() });
 const ok = await client.callTool({ name: "textkit.stats", arguments: { text: "to be or not to be" } });
 const bad = await client.callTool({ name: "textkit.stats", arguments: { words: 1 } });
 const domain = await client.callTool({ name: "echo.fail", arguments: { input: {} } });
-say("calls", { ok: outcome(ok), bad: outcome(bad), domain: outcome(domain) });
+// An argument the tool's input schema does not allow.
+const extra = await client.callTool({ name: "echo.echo", arguments: { x: 1 } });
+say("calls", { ok: outcome(ok), bad: outcome(bad), domain: outcome(domain), extra: outcome(extra) });
 
 const progress = [];
 const counted = await client.callTool(
@@ -70,7 +76,7 @@ abort.abort("the test cancels it");
 say("cancelled", { ended: await long });
 await hear("go");
 const after = await client.callTool({ name: "textkit.stats", arguments: { text: "still here" } });
-say("after", { result: outcome(after) });
+say("after", { result: outcome(after), warnings });
 
 await client.close();
 process.exit(0);

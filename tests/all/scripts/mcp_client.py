@@ -83,6 +83,7 @@ async def main():
         wrapped = await s.call_tool("echo.echo", {"input": [1, "two"]})
         bad = await s.call_tool("textkit.stats", {"words": 1})
         domain = await s.call_tool("echo.fail", {"input": {}})
+        extra = await s.call_tool("echo.echo", {"x": 1})
         meta = await s.call_tool("call", {"operation": "textkit/stats", "input": {"text": "a a"}})
         say(
             "calls",
@@ -90,6 +91,7 @@ async def main():
             wrapped=outcome(wrapped),
             bad=outcome(bad),
             domain=outcome(domain),
+            extra=outcome(extra),
             meta=outcome(meta),
         )
 

@@ -319,7 +319,10 @@ impl ServerHandler for OpboxMcp {
             // Worded alike whether it does not exist or is another tenant's.
             return Err(ErrorData::invalid_params(format!("no tool `{tool}`"), None));
         };
-        let input = tools::input_of(&op, request.arguments);
+        let input = match tools::input_of(&op, request.arguments) {
+            Ok(input) => input,
+            Err(error) => return Ok(tools::failure(&error).into()),
+        };
         Ok(self
             .call(identity, &op, input, false, &context)
             .await?

@@ -93,6 +93,71 @@ fn with_object_properties(mut schema: JsonObject) -> JsonObject {
     schema
 }
 
+/// The `format`s JSON Schema 2020-12 defines. Others (schemars writes
+/// `uint`, `uint64`, `int32`, `double`, …) only annotate, and MCP's
+/// TypeScript SDK prints an "unknown format ignored" warning for each one
+/// on every listing; tools leave them out. The numeric ones come with
+/// `minimum`/`maximum` where they constrain anything.
+const FORMATS: &[&str] = &[
+    "date-time",
+    "date",
+    "time",
+    "duration",
+    "email",
+    "idn-email",
+    "hostname",
+    "idn-hostname",
+    "ipv4",
+    "ipv6",
+    "uri",
+    "uri-reference",
+    "iri",
+    "iri-reference",
+    "uuid",
+    "uri-template",
+    "json-pointer",
+    "relative-json-pointer",
+    "regex",
+];
+
+/// Keywords whose values are instances, not schemas: left as they are.
+const INSTANCES: &[&str] = &["const", "enum", "default", "examples"];
+
+/// `schema` without the `format`s JSON Schema does not define, at every
+/// depth. (A property named `format` has a schema, not a string, so it
+/// stays.)
+fn without_unknown_formats(schema: &mut Value) {
+    match schema {
+        Value::Object(object) => {
+            let unknown = object
+                .get("format")
+                .and_then(Value::as_str)
+                .is_some_and(|format| !FORMATS.contains(&format));
+            if unknown {
+                object.remove("format");
+            }
+            for (keyword, value) in object.iter_mut() {
+                if !INSTANCES.contains(&keyword.as_str()) {
+                    without_unknown_formats(value);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(without_unknown_formats),
+        _ => {}
+    }
+}
+
+/// `schema` as a tool's schema: an object whose properties' schemas are
+/// objects and whose formats are all standard.
+fn tool_schema(schema: JsonObject) -> Arc<JsonObject> {
+    let mut schema = Value::Object(with_object_properties(schema));
+    without_unknown_formats(&mut schema);
+    match schema {
+        Value::Object(object) => Arc::new(object),
+        _ => unreachable!("an object stays an object"),
+    }
+}
+
 /// The tool of `op`.
 pub(super) fn tool(op: &Operation) -> Tool {
     let spec = &op.spec;
@@ -112,15 +177,14 @@ pub(super) fn tool(op: &Operation) -> Tool {
             " (a subscription: each output arrives as a progress notification, as JSON in its message; the result counts them and holds the last)",
         );
     }
-    let input = with_object_properties(input);
-    let mut tool = Tool::new(tool_name(&spec.name), description, Arc::new(input));
+    let mut tool = Tool::new(tool_name(&spec.name), description, tool_schema(input));
     if !subscription {
         let output = if is_object_schema(&spec.output_schema) {
             object_of(&spec.output_schema)
         } else {
             wrapped("output", &spec.output_schema, true)
         };
-        tool = tool.with_raw_output_schema(Arc::new(with_object_properties(output)));
+        tool = tool.with_raw_output_schema(tool_schema(output));
     }
     let mut annotations = ToolAnnotations::default();
     annotations.title = Some(spec.name.clone());
@@ -128,14 +192,24 @@ pub(super) fn tool(op: &Operation) -> Tool {
     tool.with_annotations(annotations)
 }
 
-/// The input of `op` in a tool call's `arguments`.
-pub(super) fn input_of(op: &Operation, arguments: Option<JsonObject>) -> Value {
+/// The input of `op` in a tool call's `arguments`. A wrapped input's tool
+/// takes `input` and nothing else, as its input schema says: any other
+/// argument is refused rather than dropped.
+pub(super) fn input_of(op: &Operation, arguments: Option<JsonObject>) -> Result<Value, CallError> {
     if is_object_schema(&op.spec.input_schema) {
-        return Value::Object(arguments.unwrap_or_default());
+        return Ok(Value::Object(arguments.unwrap_or_default()));
     }
-    arguments
-        .and_then(|mut arguments| arguments.remove("input"))
-        .unwrap_or(Value::Null)
+    let mut arguments = arguments.unwrap_or_default();
+    let input = arguments.remove("input").unwrap_or(Value::Null);
+    match arguments.keys().next() {
+        Some(unknown) => {
+            let unknown: String = unknown.chars().take(64).collect();
+            Err(CallError::invalid_input(format!(
+                "unknown argument `{unknown}`: this tool takes only `input`"
+            )))
+        }
+        None => Ok(input),
+    }
 }
 
 /// A successful call's result.
@@ -236,6 +310,27 @@ mod tests {
         for junk in ["a.b.c", ".b", "a.", "A.b", "a b.c"] {
             assert_eq!(operation_name(junk), None, "{junk}");
         }
+    }
+
+    #[test]
+    fn tool_schemas_keep_only_standard_formats() {
+        let schema = json!({
+            "type": "object",
+            "properties": {
+                "n": { "type": "integer", "format": "uint64", "minimum": 0 },
+                "at": { "type": "string", "format": "date-time" },
+                "format": { "type": "string", "default": { "format": "uint" } },
+            },
+            "$defs": { "X": { "type": "number", "format": "double" } },
+        });
+        let schema = Value::Object((*tool_schema(object_of(&schema))).clone());
+        assert_eq!(
+            schema["properties"]["n"],
+            json!({ "type": "integer", "minimum": 0 })
+        );
+        assert_eq!(schema["properties"]["at"]["format"], "date-time");
+        assert_eq!(schema["properties"]["format"]["default"]["format"], "uint");
+        assert_eq!(schema["$defs"]["X"], json!({ "type": "number" }));
     }
 
     #[test]

@@ -128,3 +128,55 @@ fn operations_removed_or_changed_in_kind_are_breaks() {
         ]
     );
 }
+
+/// The changes a plugin makes most, with the schemas the Rust SDK writes
+/// for them: inputs closed, outputs open, enums as `enum` lists.
+#[test]
+fn the_usual_changes_of_an_sdk_plugin_pass_and_real_breaks_do_not() {
+    let input = |extra: Value| {
+        let mut properties = json!({ "name": { "type": "string" } });
+        properties
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        json!({
+            "type": "object",
+            "properties": properties,
+            "required": ["name"],
+            "additionalProperties": false,
+        })
+    };
+    let title = json!({ "title": { "type": ["string", "null"] } });
+    // A new optional input field widens a closed input.
+    assert!(compatible(input(json!({})), input(title.clone())));
+    // It narrows an open one: that input took `title` of any type.
+    let mut open = input(json!({}));
+    open.as_object_mut().unwrap().remove("additionalProperties");
+    assert!(!compatible(open, input(title.clone())));
+    // Removing the field again is a break.
+    assert!(!compatible(input(title), input(json!({}))));
+
+    let kind = |values: Value| json!({ "type": "string", "enum": values });
+    // A new enum value in an input widens it; in an output it is a break
+    // (callers may not know it).
+    assert!(compatible(
+        kind(json!(["a", "b"])),
+        kind(json!(["a", "b", "c"]))
+    ));
+    let output_breaks = Walk::gaps(
+        &kind(json!(["a", "b", "c"])),
+        &kind(json!(["a", "b"])),
+        &mut 0,
+    );
+    assert_eq!(output_breaks.len(), 1, "{output_breaks:?}");
+    // A new field in an open output is no break.
+    let output = |properties: Value| json!({ "type": "object", "properties": properties });
+    assert!(
+        Walk::gaps(
+            &output(json!({ "n": { "type": "integer" }, "at": { "type": "string" } })),
+            &output(json!({ "n": { "type": "integer" } })),
+            &mut 0
+        )
+        .is_empty()
+    );
+}
