@@ -263,6 +263,8 @@ async fn whole_numbers_written_as_floats_are_integers_on_both_sides() {
     for (deadline, why) in [
         (json!(1.5), "whole, non-negative number of milliseconds"),
         (json!(0), "0 ms leaves the call no time"),
+        (json!(4_294_967_296_u64), "out of range"),
+        (json!(1e30), "out of range"),
     ] {
         let (status, body) = host
             .post(

@@ -48,3 +48,4 @@ mod tools;
 mod traces;
 mod uploads;
 mod util;
+mod validators;

@@ -19,7 +19,7 @@ pub use event::{
     Unobserved, Version,
 };
 pub use request::{
-    CallRequest, Identity, MAX_DEADLINE_MS, NO_TIME, Origin, Transport, new_request_id,
+    CallRequest, Identity, MAX_DEADLINE_MS, NO_TIME, Origin, TOO_LONG, Transport, new_request_id,
     whole_millis,
 };
 pub use spec::{

@@ -165,26 +165,34 @@ pub fn whole_millis<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64
     if number.as_u64() == Some(0) || number.as_f64() == Some(0.0) {
         return Err(serde::de::Error::custom(NO_TIME));
     }
-    if let Some(ms) = number.as_u64() {
-        return Ok(Some(ms));
+    let ms = match number.as_u64() {
+        Some(ms) => ms,
+        None => match number.as_f64() {
+            Some(ms) if ms.fract() == 0.0 && ms >= 0.0 => ms.min(u64::MAX as f64) as u64,
+            _ => {
+                return Err(serde::de::Error::custom(format!(
+                    "{number} is not a whole, non-negative number of milliseconds"
+                )));
+            }
+        },
+    };
+    if ms > MAX_DEADLINE_MS {
+        return Err(serde::de::Error::custom(TOO_LONG));
     }
-    match number.as_f64() {
-        Some(ms) if ms.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&ms) => {
-            Ok(Some(ms as u64))
-        }
-        _ => Err(serde::de::Error::custom(format!(
-            "{number} is not a whole, non-negative number of milliseconds"
-        ))),
-    }
+    Ok(Some(ms))
 }
 
 /// Why a deadline of 0 ms is refused: the call could not even start.
 pub const NO_TIME: &str = "a deadline of 0 ms leaves the call no time: send 1 or more, or none";
 
-/// The largest deadline the published schemas declare (`u32::MAX` ms, 49
-/// days); a larger one is taken as the host's own, like any deadline past
-/// it.
+/// The largest deadline a caller may send (`u32::MAX` ms, about 49 days),
+/// as the published schemas declare; a larger one is refused. Any deadline
+/// past the host's own is the host's.
 pub const MAX_DEADLINE_MS: u64 = u32::MAX as u64;
+
+/// Why a deadline over [`MAX_DEADLINE_MS`] is refused.
+pub const TOO_LONG: &str =
+    "a deadline over 4294967295 ms is out of range: send less, or none for the host's own";
 
 /// A fresh request id.
 pub fn new_request_id() -> Arc<str> {

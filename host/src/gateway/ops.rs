@@ -110,14 +110,18 @@ fn deadline(headers: &HeaderMap) -> Result<Option<Duration>, CallError> {
             "`opbox-deadline-ms` is not a whole number of milliseconds",
         ));
     };
-    match digits.parse::<u64>() {
-        Ok(0) => Err(CallError::invalid_input(format!(
+    // Digits past a u64 are past the largest deadline too.
+    let too_long = |_| crate::call::MAX_DEADLINE_MS + 1;
+    match digits.parse::<u64>().unwrap_or_else(too_long) {
+        0 => Err(CallError::invalid_input(format!(
             "`opbox-deadline-ms`: {}",
             crate::call::NO_TIME
         ))),
-        Ok(ms) => Ok(Some(Duration::from_millis(ms))),
-        // More digits than a u64 holds: longer than any host's deadline.
-        Err(_) => Ok(Some(Duration::from_millis(u64::MAX))),
+        ms if ms > crate::call::MAX_DEADLINE_MS => Err(CallError::invalid_input(format!(
+            "`opbox-deadline-ms`: {}",
+            crate::call::TOO_LONG
+        ))),
+        ms => Ok(Some(Duration::from_millis(ms))),
     }
 }
 

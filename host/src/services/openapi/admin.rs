@@ -4,9 +4,17 @@
 use serde_json::{Map, Value, json};
 
 use super::COMPONENTS;
+use super::typed::{ADMIN_ERRORS, errors};
 
-/// The admin routes' path items, answering errors with `error`.
-pub(super) fn paths(error: &Value) -> Map<String, Value> {
+/// `ok` under `status`, and the admin routes' errors.
+fn answers(status: &str, ok: Value) -> Value {
+    let mut responses = errors(ADMIN_ERRORS);
+    responses.insert(status.into(), ok);
+    Value::Object(responses)
+}
+
+/// The admin routes' path items.
+pub(super) fn paths() -> Map<String, Value> {
     let tenant = json!({
         "name": "tenant", "in": "query", "schema": { "type": "string" },
         "description": "Whose plugin (the operator's choice); shared when absent. A tenant's caller always addresses its own tenant.",
@@ -32,21 +40,18 @@ pub(super) fn paths(error: &Value) -> Map<String, Value> {
             "operationId": "adminListPlugins",
             "summary": "The plugins the caller sees",
             "parameters": [tenant],
-            "responses": {
-                "200": { "description": "The plugins", "content": { "application/json": { "schema": {
-                    "type": "object",
-                    "properties": { "plugins": { "type": "array", "items": { "$ref": format!("{COMPONENTS}AdminPlugin") } } },
-                    "required": ["plugins"],
-                } } } },
-                "default": error,
-            },
+            "responses": answers("200", json!({ "description": "The plugins", "content": { "application/json": { "schema": {
+                "type": "object",
+                "properties": { "plugins": { "type": "array", "items": { "$ref": format!("{COMPONENTS}AdminPlugin") } } },
+                "required": ["plugins"],
+            } } } })),
         },
         "post": {
             "operationId": "adminInstallPlugin",
             "summary": "Installs a component",
             "parameters": [tenant, settings],
             "requestBody": component,
-            "responses": { "201": plugin("The plugin, installed"), "default": error },
+            "responses": answers("201", plugin("The plugin, installed")),
         },
     }));
     paths.insert("/admin/v1/plugins/{name}".into(), json!({
@@ -54,7 +59,7 @@ pub(super) fn paths(error: &Value) -> Map<String, Value> {
             "operationId": "adminShowPlugin",
             "summary": "One plugin",
             "parameters": [name, tenant],
-            "responses": { "200": plugin("The plugin"), "default": error },
+            "responses": answers("200", plugin("The plugin")),
         },
         "put": {
             "operationId": "adminReplacePlugin",
@@ -63,18 +68,15 @@ pub(super) fn paths(error: &Value) -> Map<String, Value> {
                 "name": "force", "in": "query", "schema": { "type": "boolean" },
             }],
             "requestBody": component,
-            "responses": { "200": plugin("The new version"), "default": error },
+            "responses": answers("200", plugin("The new version")),
         },
         "delete": {
             "operationId": "adminRemovePlugin",
             "summary": "Removes a plugin; calls running on it finish",
             "parameters": [name, tenant],
-            "responses": {
-                "200": { "description": "Removed", "content": { "application/json": { "schema": {
-                    "type": "object", "properties": { "removed": { "type": "string" } }, "required": ["removed"],
-                } } } },
-                "default": error,
-            },
+            "responses": answers("200", json!({ "description": "Removed", "content": { "application/json": { "schema": {
+                "type": "object", "properties": { "removed": { "type": "string" } }, "required": ["removed"],
+            } } } })),
         },
     }));
     paths.insert("/admin/v1/plugins/{name}/logs".into(), json!({
@@ -85,17 +87,14 @@ pub(super) fn paths(error: &Value) -> Map<String, Value> {
                 { "name": "after", "in": "query", "schema": { "type": "integer", "minimum": 0 } },
                 { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1 } },
             ],
-            "responses": {
-                "200": { "description": "The lines", "content": { "application/json": { "schema": {
-                    "type": "object",
-                    "properties": {
-                        "lines": { "type": "array", "items": { "type": "object" } },
-                        "next": { "type": "integer" },
-                    },
-                    "required": ["lines", "next"],
-                } } } },
-                "default": error,
-            },
+            "responses": answers("200", json!({ "description": "The lines", "content": { "application/json": { "schema": {
+                "type": "object",
+                "properties": {
+                    "lines": { "type": "array", "items": { "type": "object" } },
+                    "next": { "type": "integer" },
+                },
+                "required": ["lines", "next"],
+            } } } })),
         },
     }));
     paths.insert("/admin/v1/events".into(), json!({
@@ -107,19 +106,16 @@ pub(super) fn paths(error: &Value) -> Map<String, Value> {
                 { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 1000 } },
                 { "name": "tenant", "in": "query", "schema": { "type": "string" } },
             ],
-            "responses": {
-                "200": { "description": "The page", "content": { "application/json": { "schema": {
-                    "type": "object",
-                    "properties": {
-                        "events": { "type": "array", "items": { "$ref": format!("{COMPONENTS}AdminEvent") } },
-                        "next_cursor": { "type": "integer" },
-                        "oldest": { "type": "integer" },
-                        "last": { "type": "integer" },
-                    },
-                    "required": ["events", "next_cursor", "oldest", "last"],
-                } } } },
-                "default": error,
-            },
+            "responses": answers("200", json!({ "description": "The page", "content": { "application/json": { "schema": {
+                "type": "object",
+                "properties": {
+                    "events": { "type": "array", "items": { "$ref": format!("{COMPONENTS}AdminEvent") } },
+                    "next_cursor": { "type": "integer" },
+                    "oldest": { "type": "integer" },
+                    "last": { "type": "integer" },
+                },
+                "required": ["events", "next_cursor", "oldest", "last"],
+            } } } })),
         },
     }));
     paths

@@ -61,6 +61,7 @@ pub fn document(ops: &[Arc<Operation>]) -> Value {
     let mut calls = Vec::new();
     let mut outputs = Vec::new();
     let mut subscriptions = Vec::new();
+    let mut items = Vec::new();
     for op in ops {
         let spec = &op.spec;
         let component = spec.name.replace('/', ".");
@@ -88,6 +89,7 @@ pub fn document(ops: &[Arc<Operation>]) -> Value {
         });
         if spec.op_type == OpType::Subscription {
             subscriptions.push(request);
+            items.push(json!({ "$ref": format!("{COMPONENTS}{output}") }));
         } else {
             calls.push(request);
             outputs.push(json!({ "$ref": format!("{COMPONENTS}{output}") }));
@@ -120,10 +122,16 @@ pub fn document(ops: &[Arc<Operation>]) -> Value {
         ] }),
     );
     let (calls, subscriptions) = (requests(calls), requests(subscriptions));
-    let error = json!({
-        "description": "The error, with the status of its code",
-        "content": { "application/json": { "schema": { "$ref": format!("{COMPONENTS}ErrorBody") } } },
-    });
+    let item = if items.is_empty() {
+        json!({})
+    } else {
+        json!({ "anyOf": items })
+    };
+    let responses = |ok: Value, statuses: &[&str]| {
+        let mut responses = typed::errors(statuses);
+        responses.insert("200".into(), ok);
+        Value::Object(responses)
+    };
     for (name, schema) in admin::schemas() {
         hoist(&mut schemas, name, &schema);
     }
@@ -136,68 +144,72 @@ pub fn document(ops: &[Arc<Operation>]) -> Value {
             "description": "Operations of sandboxed WebAssembly plugins, as this caller sees them.",
         },
         "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
+        "servers": [{ "url": "/", "description": "This host" }],
         "security": [{ "bearer": [] }, {}],
         "paths": {
-            "/call": { "post": {
-                "operationId": "call",
-                "summary": "Runs one query or mutation",
-                "requestBody": { "required": true, "content": { "application/json": {
-                    "schema": calls,
-                } } },
-                "responses": {
-                    "200": { "description": "The output", "content": { "application/json": {
-                        "schema": { "$ref": format!("{COMPONENTS}CallOk") },
+            "/call": {
+                "post": {
+                    "operationId": "call",
+                    "summary": "Runs one query or mutation",
+                    "requestBody": { "required": true, "content": { "application/json": {
+                        "schema": calls,
                     } } },
-                    "default": error,
+                    "responses": responses(json!({ "description": "The output", "content": { "application/json": {
+                        "schema": { "$ref": format!("{COMPONENTS}CallOk") },
+                    } } }), typed::CALL_ERRORS),
                 },
-            } },
+                "get": {
+                    "operationId": "callWebSocket",
+                    "summary": "The envelope protocol over a WebSocket: send a WebSocket upgrade, then envelopes as text messages",
+                    "responses": {
+                        "101": { "description": "Upgraded to a WebSocket" },
+                        "401": { "$ref": "#/components/responses/Error401" },
+                        "426": { "$ref": "#/components/responses/Error426" },
+                        "429": { "$ref": "#/components/responses/Error429" },
+                    },
+                },
+            },
             "/batch": { "post": {
                 "operationId": "batch",
-                "summary": "Runs several queries and mutations concurrently; results keep their order, and an item that fails (even one that is not a valid call) is an error in its place",
+                "summary": "Runs several queries and mutations concurrently; results keep their order. Each item is checked on its own: one that fails, or is not a valid call, is an error in its place, and the batch still answers 200",
                 "requestBody": { "required": true, "content": { "application/json": {
                     "schema": { "type": "array", "items": calls },
                 } } },
-                "responses": {
-                    "200": { "description": "One /call body per item", "content": { "application/json": { "schema": {
-                        "type": "object",
-                        "properties": { "results": {
-                            "type": "array",
-                            "items": { "$ref": format!("{COMPONENTS}CallResult") },
-                        } },
-                        "required": ["results"],
-                    } } } },
-                    "default": error,
-                },
+                "responses": responses(json!({ "description": "One /call body per item", "content": { "application/json": { "schema": {
+                    "type": "object",
+                    "properties": { "results": {
+                        "type": "array",
+                        "items": { "$ref": format!("{COMPONENTS}CallResult") },
+                    } },
+                    "required": ["results"],
+                } } } }), &["400", "401", "408", "413", "422", "429", "503"]),
             } },
             "/subscribe": { "post": {
                 "operationId": "subscribe",
-                "summary": "Runs a subscription as Server-Sent Events: one `data:` event per output, then `event: completed`, or `event: error`. Errors found before the subscription starts are a 200 with one `event: error` too",
+                "summary": "Runs a subscription as Server-Sent Events: one `data:` event per output, then `event: completed`, or `event: error`. A call that cannot start (an unknown operation, an input that does not fit) is a 200 with one `event: error` too",
                 "requestBody": { "required": true, "content": { "application/json": {
                     "schema": subscriptions,
                 } } },
-                "responses": {
-                    "200": { "description": "The outputs", "content": { "text/event-stream": {
-                        "schema": { "type": "string" },
-                    } } },
-                    "default": error,
-                },
+                "responses": responses(json!({ "description": "The outputs", "content": { "text/event-stream": {
+                    "schema": typed::events(item),
+                } } }), &["400", "401", "408", "413", "429", "503"]),
             } },
             "/search": { "get": {
                 "operationId": "search",
                 "summary": "The caller's operations, filtered by `q`",
                 "parameters": [{ "name": "q", "in": "query", "schema": { "type": "string" } }],
-                "responses": { "200": { "description": "Name, kind and description of each" }, "default": error },
+                "responses": responses(json!({ "description": "Name, kind and description of each" }), typed::DISCOVERY_ERRORS),
             } },
             "/schema": { "get": {
                 "operationId": "schema",
                 "summary": "One operation's full spec",
                 "parameters": [{ "name": "name", "in": "query", "required": true, "schema": { "type": "string" } }],
-                "responses": { "200": { "description": "The spec" }, "default": error },
+                "responses": responses(json!({ "description": "The spec" }), typed::DISCOVERY_ERRORS),
             } },
             "/openapi.json": { "get": {
                 "operationId": "openapi",
                 "summary": "This document",
-                "responses": { "200": { "description": "OpenAPI 3.1" }, "default": error },
+                "responses": responses(json!({ "description": "OpenAPI 3.1" }), typed::DISCOVERY_ERRORS),
             } },
             "/healthz": { "get": {
                 "operationId": "healthz",
@@ -212,7 +224,7 @@ pub fn document(ops: &[Arc<Operation>]) -> Value {
         },
     });
     if let Some(paths) = document["paths"].as_object_mut() {
-        paths.extend(admin::paths(&error));
+        paths.extend(admin::paths());
         paths.extend(ops.iter().map(|op| typed::path(op)));
     }
     typed::components(&mut document);
@@ -261,10 +273,10 @@ fn requests(requests: Vec<Value>) -> Value {
 
 fn deadline_schema() -> Value {
     json!({
-        "type": "integer",
+        "type": ["integer", "null"],
         "minimum": 1,
         "maximum": crate::call::MAX_DEADLINE_MS,
-        "description": "Milliseconds; may only shorten the host's deadline",
+        "description": "Milliseconds; may only shorten the host's deadline. `null`, like none, is the host's own",
     })
 }
 

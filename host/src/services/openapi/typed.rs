@@ -13,9 +13,9 @@ use serde_json::{Map, Value, json};
 use super::COMPONENTS;
 use crate::dispatch::Operation;
 
-/// The statuses an operation's route may answer with an error body, and
-/// what each means.
-const ERRORS: [(&str, &str); 11] = [
+/// The statuses a route may answer with an error body, and what each
+/// means: each is a response component, `ErrorNNN`.
+const ERRORS: [(&str, &str); 13] = [
     (
         "400",
         "A plugin's own (domain) error, or a body that is not JSON",
@@ -25,10 +25,15 @@ const ERRORS: [(&str, &str); 11] = [
         "No valid bearer token, where anonymous callers are not taken",
     ),
     ("403", "The caller lacks a scope the operation requires"),
-    ("404", "No such operation for this caller"),
+    ("404", "No such operation (or plugin) for this caller"),
     ("408", "The request body was not sent in time"),
+    (
+        "409",
+        "The change conflicts: a name in use, or a replace that breaks callers (`details.breaks`)",
+    ),
     ("413", "The request body is over the size limit"),
     ("422", "The input does not fit the input schema"),
+    ("426", "A WebSocket route asked without a WebSocket upgrade"),
     (
         "429",
         "A limit or quota was reached; `Retry-After` says when to try again",
@@ -40,6 +45,67 @@ const ERRORS: [(&str, &str); 11] = [
     ),
     ("504", "The call ran past its deadline"),
 ];
+
+/// What an operation's route, `/call` and `/batch` may answer with.
+pub(super) const CALL_ERRORS: &[&str] = &[
+    "400", "401", "403", "404", "408", "413", "422", "429", "500", "503", "504",
+];
+
+/// What the admin routes may answer with.
+pub(super) const ADMIN_ERRORS: &[&str] = &[
+    "400", "401", "403", "404", "408", "409", "413", "422", "429", "500", "503",
+];
+
+/// What the discovery routes may answer with.
+pub(super) const DISCOVERY_ERRORS: &[&str] = &["401", "404", "422", "429"];
+
+/// Responses referring to the error components of `statuses`.
+pub(super) fn errors(statuses: &[&str]) -> Map<String, Value> {
+    statuses
+        .iter()
+        .map(|status| {
+            let reference = json!({ "$ref": format!("#/components/responses/Error{status}") });
+            ((*status).to_owned(), reference)
+        })
+        .collect()
+}
+
+/// An event stream's per-event schema: a `data:` event per item of
+/// `item`, then `event: completed` with the cost, or `event: error` with
+/// the error. Each `data` is JSON text; `contentSchema` says of what.
+pub(super) fn events(item: Value) -> Value {
+    let data = |schema: Value| json!({ "type": "string", "contentMediaType": "application/json", "contentSchema": schema });
+    json!({ "anyOf": [
+        {
+            "type": "object",
+            "description": "One output",
+            "properties": {
+                "event": { "const": "message" },
+                "data": data(item),
+                "id": { "type": "string", "description": "The output's sequence number" },
+            },
+            "required": ["data"],
+        },
+        {
+            "type": "object",
+            "description": "The end: what the subscription cost",
+            "properties": {
+                "event": { "const": "completed" },
+                "data": data(json!({ "type": "object", "properties": { "cost": { "type": "object" } } })),
+            },
+            "required": ["event", "data"],
+        },
+        {
+            "type": "object",
+            "description": "The end: why it failed (also for errors found before it started)",
+            "properties": {
+                "event": { "const": "error" },
+                "data": data(json!({ "$ref": format!("{COMPONENTS}Error") })),
+            },
+            "required": ["event", "data"],
+        },
+    ] })
+}
 
 /// The operation name as an `operationId` (and an MCP tool name).
 fn operation_id(name: &str) -> String {
@@ -58,10 +124,7 @@ pub(super) fn path(op: &Operation) -> (String, Value) {
         json!({
             "description": "One `data:` event per output (each fits the output schema), then `event: completed` with the cost, or `event: error`",
             "headers": { "opbox-request-id": { "$ref": "#/components/headers/RequestId" } },
-            "content": { "text/event-stream": {
-                "schema": { "type": "string" },
-                "x-opbox-item-schema": output,
-            } },
+            "content": { "text/event-stream": { "schema": events(output) } },
         })
     } else {
         json!({
@@ -75,12 +138,7 @@ pub(super) fn path(op: &Operation) -> (String, Value) {
     };
     let mut responses = Map::new();
     responses.insert("200".into(), answer);
-    for (status, _) in ERRORS {
-        responses.insert(
-            status.into(),
-            json!({ "$ref": format!("#/components/responses/Error{status}") }),
-        );
-    }
+    responses.extend(errors(CALL_ERRORS));
     let takes_null = op.input.is_valid(&Value::Null);
     // Scope-free operations may be called without a token.
     let open = spec.access_control.required_scopes.is_empty()
