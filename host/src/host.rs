@@ -278,10 +278,19 @@ impl Host {
         path: &Path,
         settings: Option<&PluginConfig>,
     ) -> Result<Arc<Plugin>, HostError> {
-        let wasm = std::fs::read(path).map_err(|source| HostError::ReadPlugin {
-            path: path.to_owned(),
-            source,
-        })?;
+        let wasm = match crate::bundled::named(path) {
+            Some(Ok(wasm)) => wasm.to_vec(),
+            Some(Err(message)) => {
+                return Err(HostError::ReadPlugin {
+                    path: path.to_owned(),
+                    source: std::io::Error::new(std::io::ErrorKind::NotFound, message),
+                });
+            }
+            None => std::fs::read(path).map_err(|source| HostError::ReadPlugin {
+                path: path.to_owned(),
+                source,
+            })?,
+        };
         let origin = path.display().to_string();
         let owner = match settings.and_then(|p| p.tenant.clone()) {
             None => Owner::Shared,

@@ -80,7 +80,7 @@ pub async fn install(
 }
 
 /// `PUT /admin/v1/plugins/{name}` on `host` as the operator.
-async fn replace(host: &TestHost, name: &str, wasm: Vec<u8>) -> (StatusCode, Value) {
+pub async fn replace(host: &TestHost, name: &str, wasm: Vec<u8>) -> (StatusCode, Value) {
     replace_at(host, &format!("/admin/v1/plugins/{name}"), wasm).await
 }
 

@@ -147,6 +147,11 @@ fn the_cli_installs_lists_shows_replaces_and_removes_plugins() {
         &run(url, &["plugins", "show", "versioned"]),
         "NOT_FOUND (404)",
     );
+    // What is missing is a plugin, and the error says so.
+    assert_one_line_failure(
+        &run(url, &["plugins", "remove", "nosuch"]),
+        "no plugin named `nosuch`",
+    );
     let anonymous = opbox()
         .args(["plugins", "install", &v1, "--url", url])
         .env_remove("OPBOX_TOKEN")

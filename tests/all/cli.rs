@@ -69,8 +69,10 @@ fn serve_with_no_config_serves_the_examples() {
     let stderr = running.0.stderr.take().unwrap();
     let mut lines = BufReader::new(stderr).lines();
     let started = Instant::now();
+    let mut log = Vec::new();
     let addr = loop {
         let line = lines.next().expect("the server logs its address").unwrap();
+        log.push(line.clone());
         if let Some((_, addr)) = line.split_once("serving on http://") {
             break addr.trim().to_owned();
         }
@@ -101,6 +103,42 @@ fn serve_with_no_config_serves_the_examples() {
     assert_eq!(body["output"], serde_json::json!({"x": 1}));
     // The compiled plugins were cached in the default data directory.
     assert!(dir.path().join(".opbox/cache").read_dir().unwrap().count() >= 3);
+
+    // The demo can be administered from this machine: its log says where
+    // the operator's token is, a file only its owner reads.
+    let said = log
+        .iter()
+        .find(|line| line.contains("export OPBOX_TOKEN="))
+        .expect("the token is named before the host serves");
+    let file = dir.path().join(".opbox/admin-token");
+    assert!(said.contains(".opbox/admin-token"), "{said}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let token = std::fs::read_to_string(&file).unwrap();
+    let list = |token: Option<&str>| {
+        let mut command = opbox();
+        command
+            .args(["plugins", "list", "--url", &format!("http://{addr}")])
+            .env_remove("OPBOX_TOKEN");
+        if let Some(token) = token {
+            command.env("OPBOX_TOKEN", token.trim());
+        }
+        command.output().unwrap()
+    };
+    let listed = list(Some(&token));
+    let stdout = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    assert!(stdout.contains("textkit"), "{stdout}");
+    // Without it, no.
+    assert!(!list(None).status.success());
 }
 
 fn raw_post(addr: &str, path: &str, body: &str) -> String {

@@ -176,7 +176,29 @@ fn the_example_configuration_is_valid_and_means_what_it_says() {
     assert_eq!(mirror.memory_bytes, 16 << 20);
     assert_eq!(mirror.cpu_ms, 1000);
     assert_eq!(mirror.output_bytes, PluginLimits::default().output_bytes);
-    assert!(config.plugins[0].path.starts_with(path.parent().unwrap()));
+    assert_eq!(config.plugins[0].path, std::path::Path::new("bundled:echo"));
+}
+
+/// The example configuration serves as it is, from anywhere: its plugin
+/// is a bundled example, not a file a newcomer would have to build.
+#[tokio::test]
+async fn the_example_configuration_serves() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("opbox.example.toml");
+    let data = tempfile::tempdir().unwrap();
+    let mut config = HostConfig::load(&path).unwrap();
+    config.data_dir = data.path().to_owned();
+    let host = Host::start(config).await.unwrap();
+    let mut request = opbox::CallRequest::new("mirror/echo", serde_json::json!({"x": 1}));
+    // An anonymous caller, of the configuration's `demo` tenant.
+    request.identity = host.dispatcher().authenticate(None).unwrap();
+    let output = host.dispatcher().call(request).await.unwrap();
+    assert_eq!(output, serde_json::json!({"x": 1}));
+    // A bundled name that is not there says which are.
+    let mut config = HostConfig::load(&path).unwrap();
+    config.data_dir = data.path().join("other");
+    config.plugins[0].path = "bundled:nosuch".into();
+    let error = Host::start(config).await.unwrap_err().to_string();
+    assert!(error.contains("bundled:echo, bundled:ticker"), "{error}");
 }
 
 #[tokio::test]

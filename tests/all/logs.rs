@@ -4,15 +4,24 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::admin::{OPERATOR, with_operator};
+use crate::admin::{OPERATOR, fixture, install, replace, with_operator};
 use crate::util::TestHost;
 
 const ACME: &str = "acme-dev-token";
 
 async fn tail(host: &TestHost, token: Option<&str>, query: &str) -> (StatusCode, Value) {
+    tail_of(host, "hostile-noise", token, query).await
+}
+
+async fn tail_of(
+    host: &TestHost,
+    name: &str,
+    token: Option<&str>,
+    query: &str,
+) -> (StatusCode, Value) {
     let mut request = host
         .client
-        .get(host.url(&format!("/admin/v1/plugins/hostile-noise/logs{query}")));
+        .get(host.url(&format!("/admin/v1/plugins/{name}/logs{query}")));
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
@@ -82,4 +91,36 @@ async fn the_log_tail_shows_each_reader_what_it_may_see() {
     assert_eq!(messages(&body), [(mine, "flood line 0".into())]);
     assert!(!body.to_string().contains("default"), "{body}");
     assert_eq!(tail(&host, None, "").await.0, StatusCode::UNAUTHORIZED);
+}
+
+/// What `opbox plugins logs NAME --follow` does: ask for the lines after
+/// the last one it read. A replace must not send it back to the start of a
+/// new count, past which it would wait for ever.
+#[tokio::test]
+async fn a_follower_of_the_log_keeps_reading_across_a_replace() {
+    let data = tempfile::tempdir().unwrap();
+    let host = TestHost::with_config(|c| with_operator(c, data.path())).await;
+    let named = Some(json!({ "name": "noisy" }));
+    let (status, body) = install(&host, Some(OPERATOR), named, fixture("hostile-noise")).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    host.call("noisy/log-flood", json!(3)).await;
+    let (_, read) = tail_of(&host, "noisy", Some(OPERATOR), "").await;
+    assert_eq!(messages(&read).len(), 3, "{read}");
+    let next = read["next"].clone();
+
+    let (status, body) = replace(&host, "noisy", fixture("hostile-noise")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, new) = host.call("noisy/log-flood", json!(1)).await;
+    let (_, after) = tail_of(&host, "noisy", Some(OPERATOR), &format!("?after={next}")).await;
+    assert_eq!(
+        messages(&after),
+        [(
+            new["request_id"].as_str().unwrap().to_owned(),
+            "flood line 0".into()
+        )],
+        "{after}"
+    );
+    // A reader from the start sees the old version's lines, then the new.
+    let (_, all) = tail_of(&host, "noisy", Some(OPERATOR), "").await;
+    assert_eq!(messages(&all).len(), 4, "{all}");
 }

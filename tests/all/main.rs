@@ -38,6 +38,7 @@ mod metrics;
 mod nested;
 mod openapi;
 mod outbound;
+mod readme;
 mod reuse;
 mod shutdown;
 mod subscribe;

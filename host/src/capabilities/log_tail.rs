@@ -48,6 +48,18 @@ struct Lines {
     last: u64,
 }
 
+impl Lines {
+    /// Drops the oldest lines until the tail is within its bounds.
+    fn trim(&mut self) {
+        while self.kept.len() > MAX_LINES || self.bytes > MAX_BYTES {
+            let Some(oldest) = self.kept.pop_front() else {
+                break;
+            };
+            self.bytes -= oldest.message.len();
+        }
+    }
+}
+
 /// A plugin version's last log lines.
 #[derive(Debug)]
 pub struct LogTail {
@@ -103,12 +115,28 @@ impl LogTail {
             level,
             message: message.to_owned(),
         });
-        while lines.kept.len() > MAX_LINES || lines.bytes > MAX_BYTES {
-            let Some(oldest) = lines.kept.pop_front() else {
-                break;
-            };
-            lines.bytes -= oldest.message.len();
+        lines.trim();
+    }
+
+    /// Makes this tail (a new version's) go on from `earlier` (the version
+    /// it replaces): `earlier`'s lines come first, and this one's are
+    /// counted after them, so a reader asking for the lines after the last
+    /// it read misses none and is not sent back to the start. Lines the
+    /// old version writes from now on stay in its own tail.
+    pub fn continue_from(&self, earlier: &LogTail) {
+        let before = earlier.lines.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut lines = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
+        let own = std::mem::take(&mut lines.kept);
+        lines.kept = before.kept.clone();
+        lines.bytes = before.bytes;
+        lines.last = before.last;
+        for mut line in own {
+            lines.last += 1;
+            line.seq = lines.last;
+            lines.bytes += line.message.len();
+            lines.kept.push_back(line);
         }
+        lines.trim();
     }
 
     /// Up to `limit` lines after `after`, of calls of `tenant` only when

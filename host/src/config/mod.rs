@@ -326,7 +326,9 @@ impl HostConfig {
             *dir = base.join(&*dir);
         }
         for plugin in &mut config.plugins {
-            plugin.path = base.join(&plugin.path);
+            if crate::bundled::named(&plugin.path).is_none() {
+                plugin.path = base.join(&plugin.path);
+            }
             if let Some(dir) = &mut plugin.grants.directory {
                 dir.path = base.join(&dir.path);
             }

@@ -94,6 +94,8 @@ fn millis(duration: Duration) -> u64 {
 #[serde(deny_unknown_fields)]
 pub struct PluginConfig {
     /// The `.wasm` file; relative paths are relative to the config file.
+    /// `bundled:NAME` is one of the examples built into the binary
+    /// (`bundled:echo`, `bundled:ticker`, `bundled:textkit`).
     pub path: PathBuf,
     /// The namespace to mount it under, if not its own name.
     #[serde(default)]

@@ -167,7 +167,7 @@ impl Target {
         };
         found(&self.tenant)
             .or_else(|| found(&None))
-            .ok_or_else(|| CallError::not_found(name))
+            .ok_or_else(|| super::error::no_plugin(name))
     }
 
     /// The component, brought in on a turn of `plugins`' uploads (held

@@ -53,6 +53,12 @@ pub enum PluginError {
     Store(#[from] StoreError),
 }
 
+/// `NOT_FOUND` for a plugin name, worded the same whether no plugin has
+/// the name or the caller may not see it.
+pub(crate) fn no_plugin(name: &str) -> CallError {
+    CallError::new(ErrorCode::NotFound, format!("no plugin named `{name}`"))
+}
+
 impl From<PluginError> for CallError {
     fn from(error: PluginError) -> Self {
         match &error {
@@ -62,7 +68,7 @@ impl From<PluginError> for CallError {
             PluginError::Load(load) => CallError::invalid_input(error.to_string())
                 .with_details(json!({ "cause": load_cause(load) })),
             PluginError::Register(RegistryError::NotHeld(name)) | PluginError::NotFound(name) => {
-                CallError::not_found(name)
+                no_plugin(name)
             }
             PluginError::Register(_) => CallError::new(ErrorCode::Conflict, error.to_string()),
             PluginError::Fixed(_) => CallError::new(ErrorCode::Forbidden, error.to_string()),

@@ -260,6 +260,9 @@ impl Plugins {
         let store = self.store()?;
         record.digest = store.put_blob(wasm)?;
         store.put(&record)?;
+        // Before any call reaches it, so its log lines are counted on
+        // from the old version's.
+        plugin.log_tail().continue_from(old.plugin.log_tail());
         self.inner.runtime.keep(&plugin);
         self.inner
             .dispatcher

@@ -1,5 +1,5 @@
 //! `opbox plugins …` and `opbox events`: the admin API of a running host,
-//! over HTTP (`--url`, `--token` or `OPBOX_TOKEN`).
+//! over HTTP (`--url` or `OPBOX_URL`, `--token` or `OPBOX_TOKEN`).
 
 use std::path::PathBuf;
 
@@ -15,7 +15,12 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 #[derive(Debug, clap::Args)]
 pub struct Host {
     /// The host's HTTP gateway.
-    #[arg(long, default_value = "http://127.0.0.1:8080", global = true)]
+    #[arg(
+        long,
+        env = "OPBOX_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
     url: String,
     /// A bearer token holding `admin` (any plugin) or `plugins:write` (the
     /// caller's tenant's).

@@ -33,6 +33,7 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::prelude::*;
 
 mod admin;
+mod demo;
 mod dev;
 mod new;
 mod serve;
@@ -282,6 +283,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve {
+                config: file,
                 listen,
                 tcp_listen,
                 plugins,
@@ -289,7 +291,6 @@ fn main() -> ExitCode {
                 cluster_key_file,
                 data_dir,
                 no_examples,
-                ..
             } => {
                 let mut config = host_config.unwrap_or_else(HostConfig::demo);
                 // Components callers upload are compiled by this binary, in
@@ -313,6 +314,13 @@ fn main() -> ExitCode {
                 if let (Some(cluster), Some(file)) = (&mut config.cluster, cluster_key_file) {
                     cluster.key = None;
                     cluster.key_file = Some(file);
+                }
+                if file.is_none() {
+                    let token = demo::admin_token(&mut config)?;
+                    tracing::info!(
+                        "the operator's token is in {0}: export OPBOX_TOKEN=$(cat {0})",
+                        token.display()
+                    );
                 }
                 serve::serve(config, listen, tcp_listen, plugins).await
             }

@@ -1,0 +1,165 @@
+//! The README's snippets, run as a newcomer would run them: copied into a
+//! shell, against the host they describe. A snippet that drifts from what
+//! opbox does fails here.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use crate::cli::opbox;
+
+/// The README.
+fn readme() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap()
+}
+
+/// The blocks fenced as `lang` in the section whose heading is
+/// `heading` (up to the next heading of its level or above), in order.
+fn blocks(readme: &str, heading: &str, lang: &str) -> Vec<String> {
+    let start = readme
+        .find(&format!("\n{heading}\n"))
+        .unwrap_or_else(|| panic!("no section `{heading}`"));
+    let level = heading.split(' ').next().unwrap().len();
+    let rest = &readme[start + heading.len() + 2..];
+    let (mut end, mut at, mut fenced) = (rest.len(), 0, false);
+    for line in rest.split_inclusive('\n') {
+        fenced ^= line.starts_with("```");
+        let hashes = line.chars().take_while(|c| *c == '#').count();
+        if !fenced && hashes > 0 && hashes <= level && line[hashes..].starts_with(' ') {
+            end = at;
+            break;
+        }
+        at += line.len();
+    }
+    rest[..end]
+        .split(&format!("```{lang}\n"))
+        .skip(1)
+        .map(|block| block.split("\n```").next().unwrap().to_owned())
+        .collect()
+}
+
+/// `opbox serve` with no config in `dir`, as the README's first command;
+/// its HTTP address.
+struct Demo(std::process::Child);
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn demo(dir: &std::path::Path) -> (Demo, String) {
+    let mut child = opbox()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--tcp-listen",
+            "127.0.0.1:0",
+        ])
+        .current_dir(dir)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("the demo starts").unwrap();
+        if let Some((_, addr)) = line.split_once("serving on http://") {
+            break addr.trim().to_owned();
+        }
+    };
+    // Keep its log flowing.
+    std::thread::spawn(move || lines.map_while(Result::ok).for_each(drop));
+    (Demo(child), addr)
+}
+
+/// Runs `script` in bash in `dir`, each command checked (`set -e`), with
+/// the `opbox` binary on the path and the demo's address where the README
+/// says `localhost:8080`; what it printed.
+fn run(dir: &std::path::Path, addr: &str, script: &str) -> String {
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_opbox"))
+        .parent()
+        .unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let script = script.replace("localhost:8080", addr);
+    let output = Command::new("bash")
+        .args(["-e", "-o", "pipefail", "-c"])
+        .arg(format!("set -e\n{script}"))
+        .current_dir(dir)
+        .env("PATH", path)
+        .env("OPBOX_URL", format!("http://{addr}"))
+        .env_remove("OPBOX_TOKEN")
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{script}\n---\n{said}");
+    said
+}
+
+/// "Operating a host": the command-line lifecycle, then the same over
+/// HTTP with curl, against the demo host, with the two components the
+/// section says how to build.
+#[test]
+fn the_lifecycle_snippets_work_on_the_demo_host() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["notes", "kv"] {
+        std::fs::copy(
+            opbox::bundled::built_plugin(name),
+            dir.path().join(format!("{name}.wasm")),
+        )
+        .unwrap();
+    }
+    let (_demo, addr) = demo(dir.path());
+    let blocks = blocks(&readme(), "## Operating a host", "sh");
+    assert!(blocks.len() >= 2, "{blocks:?}");
+    let (cli, http) = (&blocks[0], &blocks[1]);
+    let said = run(dir.path(), &addr, cli);
+    assert!(said.contains("notes"), "{said}");
+    // The CLI's token is the one the demo wrote; the curl block uses it.
+    let said = run(
+        dir.path(),
+        &addr,
+        &format!("export OPBOX_TOKEN=$(cat .opbox/admin-token)\n{http}"),
+    );
+    assert!(!said.contains("\"result\":\"error\""), "{said}");
+    assert!(said.contains("\"removed\":\"notes\""), "{said}");
+}
+
+/// "Over TLS": its config, its certificate made with its `openssl`
+/// command, and its `curl` answered over HTTPS.
+#[test]
+fn the_tls_snippets_serve_https() {
+    let readme = readme();
+    let section = "### Over TLS";
+    let config = blocks(&readme, section, "toml")
+        .into_iter()
+        .next()
+        .expect("the section's config");
+    let script = blocks(&readme, section, "sh")
+        .into_iter()
+        .next()
+        .expect("the section's commands");
+    let dir = tempfile::tempdir().unwrap();
+    // Its commands: make the certificate, serve (here, by the test, on
+    // free ports), call.
+    let (make, rest) = script
+        .split_once("cargo run -p opbox -- serve --config opbox.toml\n")
+        .expect("the section serves its config");
+    run(dir.path(), "unused", make);
+    let config = format!(
+        "listen = \"127.0.0.1:0\"\n{}",
+        config.replace("127.0.0.1:8081", "127.0.0.1:0")
+    );
+    let server = crate::util::Server::start_in(dir.path(), &config);
+    let port = server.url.rsplit(':').next().unwrap().to_owned();
+    let said = run(dir.path(), &format!("localhost:{port}"), rest);
+    assert!(said.contains("\"result\":\"ok\""), "{said}");
+}
