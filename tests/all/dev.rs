@@ -21,6 +21,8 @@ struct Dev {
     child: Child,
     lines: mpsc::Receiver<String>,
     seen: Vec<String>,
+    /// What it (and the toolchains it ran) wrote to stderr so far.
+    errors: std::sync::Arc<std::sync::Mutex<String>>,
     url: String,
 }
 
@@ -40,9 +42,27 @@ impl Dev {
             .args(["--listen", "127.0.0.1:0"])
             .envs(env.iter().copied())
             .env("RUST_LOG", "warn")
+            // What many authors have set: a toolchain's errors must still
+            // arrive without a backtrace around them.
+            .env("RUST_BACKTRACE", "1")
             .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        let errors = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let mut stderr = child.stderr.take().unwrap();
+        std::thread::spawn({
+            let errors = errors.clone();
+            move || {
+                let mut chunk = [0u8; 4096];
+                while let Ok(n @ 1..) = std::io::Read::read(&mut stderr, &mut chunk) {
+                    errors
+                        .lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&chunk[..n]));
+                }
+            }
+        });
         let (tx, lines) = mpsc::channel();
         let stdout = BufReader::new(child.stdout.take().unwrap());
         std::thread::spawn(move || {
@@ -56,6 +76,7 @@ impl Dev {
             child,
             lines,
             seen: Vec::new(),
+            errors,
             url: String::new(),
         };
         let serving = dev.wait_for("serving on http://", Duration::from_secs(60));
@@ -75,13 +96,42 @@ impl Dev {
             };
             self.seen.push(line.clone());
             assert!(
-                !line.starts_with("build failed") && !line.starts_with("load failed"),
+                !line.contains("build failed: ") && !line.contains("load failed: "),
                 "{}",
                 self.seen.join("\n")
             );
             if line.starts_with(prefix) {
                 return line;
             }
+        }
+    }
+
+    /// Waits for a failed build, then for its stderr to name `file`;
+    /// what the build wrote to stderr.
+    fn wait_for_failure(&mut self, file: &str, within: Duration) -> String {
+        let from = self.errors.lock().unwrap().len();
+        loop {
+            let line = self.lines.recv_timeout(within).unwrap_or_else(|e| {
+                panic!(
+                    "no failed build ({e}); it printed:\n{}",
+                    self.seen.join("\n")
+                )
+            });
+            self.seen.push(line.clone());
+            // A toolchain may leave its last line unfinished on stdout.
+            if line.contains("build failed: ") {
+                break;
+            }
+        }
+        // The toolchain wrote its errors before it exited, so they are in
+        // the pipe already; the reader may lag behind by a moment.
+        let started = std::time::Instant::now();
+        loop {
+            let errors = self.errors.lock().unwrap()[from..].to_owned();
+            if errors.contains(file) || started.elapsed() > Duration::from_secs(10) {
+                return errors;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -125,9 +175,19 @@ async fn new_then_dev(name: &str, lang: &str, source: &str, env: &[(&str, &str)]
     let output = dev.call(&hello, json!({"name": "Ada"})).await;
     assert_eq!(output, json!({"message": "Hello, Ada!"}));
 
-    // A save rebuilds and replaces it; the host never stops serving.
+    // A save that does not build shows the toolchain's errors, naming
+    // the file, without a backtrace around them; the last good build
+    // goes on serving.
     let path = dir.join(source);
     let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, format!("{text}\n)(\n")).unwrap();
+    let errors = dev.wait_for_failure(source, BUILD);
+    assert!(errors.contains(source), "{errors}");
+    assert!(!errors.contains("stack backtrace"), "{errors}");
+    let output = dev.call(&hello, json!({"name": "Ada"})).await;
+    assert_eq!(output, json!({"message": "Hello, Ada!"}));
+
+    // A save rebuilds and replaces it; the host never stops serving.
     assert!(text.contains("Hello, "), "{text}");
     std::fs::write(&path, text.replace("Hello, ", "Welcome, ")).unwrap();
     loop {

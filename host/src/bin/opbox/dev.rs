@@ -26,16 +26,8 @@ use crate::new::Lang;
 /// often several writes.
 const SETTLE: Duration = Duration::from_millis(200);
 
-/// Directories that hold builds and tools, never sources, and files the
-/// builds write.
-const NOT_SOURCES: [&str; 6] = [
-    "target",
-    ".opbox",
-    "node_modules",
-    "__pycache__",
-    ".git",
-    "Cargo.lock",
-];
+/// Directories that hold builds and tools, never sources.
+const NOT_SOURCES: [&str; 5] = ["target", ".opbox", "node_modules", "__pycache__", ".git"];
 
 /// Runs the dev loop for the plugin in `dir` until Ctrl-C.
 pub async fn dev(dir: PathBuf, listen: SocketAddr) -> Result<()> {
@@ -63,7 +55,7 @@ pub async fn dev(dir: PathBuf, listen: SocketAddr) -> Result<()> {
             event.kind,
             EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_)
         );
-        if edits && event.paths.iter().any(|path| is_source(path)) {
+        if edits && event.paths.iter().any(|path| is_source(path, lang)) {
             let _ = changed.send(());
         }
     })
@@ -96,21 +88,37 @@ pub async fn dev(dir: PathBuf, listen: SocketAddr) -> Result<()> {
     Ok(())
 }
 
-/// Whether a change at `path` is to the plugin's sources.
-fn is_source(path: &Path) -> bool {
-    let build_output = path.extension().is_some_and(|ext| ext == "wasm");
+/// Whether a change at `path` is to the sources of a plugin in `lang`:
+/// the files its build reads, by their extension, outside the build's own
+/// directories. Anything else (a log the author redirects into the
+/// directory, an editor's swap file, notes) starts no build.
+fn is_source(path: &Path, lang: Lang) -> bool {
     let in_build_dir = path.components().any(|part| {
         NOT_SOURCES
             .iter()
             .any(|dir| part.as_os_str() == std::ffi::OsStr::new(dir))
     });
-    !build_output && !in_build_dir
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    let extension = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or_default();
+    let read = match lang {
+        Lang::Rust => matches!(extension, "rs" | "wit") || name == "Cargo.toml",
+        Lang::Python => matches!(extension, "py" | "wit"),
+        Lang::Js => matches!(extension, "js" | "mjs" | "wit") || name == "package.json",
+    };
+    read && !in_build_dir
 }
 
 /// Builds the plugin and installs (or replaces) it; says how it went.
 /// The name it serves under, when it does.
 async fn rebuild(host: &Host, dir: &Path, lang: Lang, serving: Option<&str>) -> Option<String> {
     let started = Instant::now();
+    println!("building with {}…", lang.toolchain());
     let wasm = match build(dir, lang).await {
         Ok(wasm) => wasm,
         Err(e) => {
@@ -188,7 +196,10 @@ async fn build(dir: &Path, lang: Lang) -> Result<Vec<u8>> {
             ])
             .arg("-o")
             .arg(&wasm)
-            .env("PYTHONDONTWRITEBYTECODE", "1");
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            // componentize-py is Rust: with a backtrace asked for, a
+            // Python error would arrive inside 60 lines of it.
+            .env_remove("RUST_BACKTRACE");
             run(cmd, dir, "componentize-py").await?;
             wasm
         }
@@ -233,12 +244,17 @@ async fn run(mut cmd: Command, dir: &Path, what: &str) -> Result<()> {
 /// messages name it.
 async fn build_rust(dir: &Path) -> Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    // Spawned rather than run with `output()`, which would capture stderr:
+    // cargo's progress and the compiler's errors go to the terminal.
     let output = Command::new(cargo)
         .args(["build", "--release", "--target", "wasm32-wasip2"])
         .arg("--message-format=json-render-diagnostics")
         .current_dir(dir)
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::inherit())
-        .output()
+        .spawn()
+        .context("cannot run cargo")?
+        .wait_with_output()
         .await
         .context("cannot run cargo")?;
     if !output.status.success() {
@@ -265,23 +281,29 @@ mod tests {
 
     #[test]
     fn only_sources_start_a_build() {
-        for source in [
-            "/p/src/lib.rs",
-            "/p/app.py",
-            "/p/wit/plugin.wit",
-            "/p/Cargo.toml",
-        ] {
-            assert!(is_source(Path::new(source)), "{source}");
-        }
-        for output in [
-            "/p/target/release/x.rlib",
-            "/p/.opbox/build/plugin.wasm",
-            "/p/node_modules/jco/x.js",
-            "/p/__pycache__/app.pyc",
-            "/p/Cargo.lock",
-            "/p/greeter.wasm",
-        ] {
-            assert!(!is_source(Path::new(output)), "{output}");
+        let cases = [
+            (Lang::Rust, "/p/src/lib.rs", true),
+            (Lang::Rust, "/p/wit/plugin.wit", true),
+            (Lang::Rust, "/p/Cargo.toml", true),
+            (Lang::Rust, "/p/build.rs", true),
+            (Lang::Python, "/p/app.py", true),
+            (Lang::Js, "/p/app.js", true),
+            (Lang::Js, "/p/package.json", true),
+            (Lang::Rust, "/p/target/release/x.rlib", false),
+            (Lang::Rust, "/p/target/release/build/x/out/y.rs", false),
+            (Lang::Rust, "/p/Cargo.lock", false),
+            (Lang::Rust, "/p/greeter.wasm", false),
+            (Lang::Rust, "/p/dev.log", false),
+            (Lang::Rust, "/p/notes.txt", false),
+            (Lang::Rust, "/p/src/.lib.rs.swp", false),
+            (Lang::Rust, "/p/.opbox/build/plugin.wasm", false),
+            (Lang::Python, "/p/__pycache__/app.py", false),
+            (Lang::Python, "/p/out.txt", false),
+            (Lang::Js, "/p/node_modules/jco/x.js", false),
+            (Lang::Js, "/p/package-lock.json", false),
+        ];
+        for (lang, path, source) in cases {
+            assert_eq!(is_source(Path::new(path), lang), source, "{path}");
         }
     }
 }

@@ -22,6 +22,24 @@ pub enum Lang {
 }
 
 impl Lang {
+    /// The language's name, for people.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Rust => "Rust",
+            Self::Python => "Python",
+            Self::Js => "JavaScript",
+        }
+    }
+
+    /// The toolchain that builds a plugin in this language.
+    pub fn toolchain(self) -> &'static str {
+        match self {
+            Self::Rust => "cargo build --release --target wasm32-wasip2",
+            Self::Python => "componentize-py",
+            Self::Js => "jco componentize",
+        }
+    }
+
     /// The language of the plugin in `dir`, from the file that marks it.
     pub fn of(dir: &Path) -> Result<Self> {
         if dir.join("Cargo.toml").is_file() {
@@ -124,16 +142,18 @@ fn default_sdk() -> Option<PathBuf> {
 /// Writes a new plugin `name` in `lang` into `parent/name`, and says what
 /// to do next.
 pub fn new_plugin(name: &str, lang: Lang, parent: &Path, sdk: Option<PathBuf>) -> Result<()> {
+    // A plugin's name, `[a-z0-9_-]+`, which here also names a crate or a
+    // package: those start with a letter.
     let valid = !name.is_empty()
         && name.len() <= 64
         && name
             .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
         && name.as_bytes()[0].is_ascii_lowercase();
     if !valid {
         bail!(
-            "a plugin name is lower-case letters, digits and dashes, starting with a letter \
-             (it names the plugin's operations, `{name}/hello`): not {name:?}"
+            "a plugin name is `[a-z0-9_-]+` (it names the plugin's operations, `{name}/hello`), \
+             and a new one starts with a letter (it names the crate or package too): not {name:?}"
         );
     }
     let dir = parent.join(name);
@@ -146,6 +166,9 @@ pub fn new_plugin(name: &str, lang: Lang, parent: &Path, sdk: Option<PathBuf>) -
         }
         (_, sdk) => sdk.unwrap_or_default(),
     };
+    // Relative to the new plugin where it can be (a plugin made inside a
+    // checkout, as the examples are), so the directory can move with it.
+    let sdk = relative_to(&sdk, &dir).unwrap_or(sdk);
     let sdk = sdk.to_string_lossy().replace('\\', "/");
     let fill = |text: &str| {
         text.replace("{{name}}", name)
@@ -171,7 +194,7 @@ pub fn new_plugin(name: &str, lang: Lang, parent: &Path, sdk: Option<PathBuf>) -
         }
         std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
     }
-    println!("created {} ({lang:?})", dir.display());
+    println!("created {} ({})", dir.display(), lang.name());
     let setup = match lang {
         Lang::Rust => "rustup target add wasm32-wasip2",
         Lang::Python => "pip install componentize-py==0.25.1",
@@ -184,9 +207,54 @@ pub fn new_plugin(name: &str, lang: Lang, parent: &Path, sdk: Option<PathBuf>) -
     Ok(())
 }
 
+/// `path` as seen from `base` (`../guest-sdk`), when `base` is within the
+/// directory that holds `path` (a checkout holding the SDK).
+fn relative_to(path: &Path, base: &Path) -> Option<PathBuf> {
+    let base = std::path::absolute(base).ok()?;
+    // `base` may not exist yet: resolve its nearest existing ancestor.
+    let (mut known, mut tail) = (base.as_path(), Vec::new());
+    let resolved = loop {
+        if let Ok(resolved) = known.canonicalize() {
+            break resolved;
+        }
+        tail.push(known.file_name()?);
+        known = known.parent()?;
+    };
+    let base: PathBuf = tail.iter().rev().fold(resolved, |p, part| p.join(part));
+    let path = path.canonicalize().ok()?;
+    let shared = path
+        .components()
+        .zip(base.components())
+        .take_while(|(a, b)| a == b)
+        .count();
+    // Only from inside the SDK's own checkout: from anywhere else, the
+    // absolute path survives the plugin moving.
+    if shared + 1 < path.components().count() {
+        return None;
+    }
+    let up = base.components().count() - shared;
+    let mut relative: PathBuf = std::iter::repeat_n("..", up).collect();
+    relative.extend(path.components().skip(shared));
+    Some(relative)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sdk_is_found_relative_to_a_new_plugin() {
+        let root = tempfile::tempdir().unwrap();
+        let sdk = root.path().join("opbox/guest-sdk");
+        std::fs::create_dir_all(&sdk).unwrap();
+        let plugin = root.path().join("opbox/plugins/greeter");
+        assert_eq!(
+            relative_to(&sdk, &plugin).unwrap(),
+            Path::new("../../guest-sdk")
+        );
+        let elsewhere = root.path().join("work/greeter");
+        assert_eq!(relative_to(&sdk, &elsewhere), None);
+    }
 
     #[test]
     fn the_js_template_pins_the_toolchain_the_example_is_built_with() {
@@ -202,7 +270,7 @@ mod tests {
     #[test]
     fn names_that_cannot_name_operations_are_refused() {
         let parent = tempfile::tempdir().unwrap();
-        for name in ["", "Hello", "1st", "a/b", "a_b"] {
+        for name in ["", "Hello", "1st", "a/b", "-a", "a.b"] {
             let error = new_plugin(name, Lang::Python, parent.path(), None).unwrap_err();
             assert!(error.to_string().contains("plugin name"), "{error}");
         }
