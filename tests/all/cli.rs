@@ -213,6 +213,35 @@ fn a_missing_plugin_directory_is_one_clear_line() {
     assert_one_line_failure(&output, "cannot read the plugin directory no-such-dir");
 }
 
+/// TLS for a TCP listener that is off would do nothing: said, not
+/// ignored; with the listener on (here from the command line), it serves.
+#[test]
+fn envelope_tls_without_a_tcp_listener_is_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("opbox.toml");
+    std::fs::write(
+        &config,
+        "listen = \"127.0.0.1:0\"\n[envelope]\ntls = { cert = \"cert.pem\", key = \"key.pem\" }\n",
+    )
+    .unwrap();
+    let output = opbox()
+        .args(["serve", "--config"])
+        .arg(&config)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_one_line_failure(&output, "`[envelope] tls` is set but `tcp_listen` is not");
+    // Given a listener, the same config gets as far as reading the
+    // certificate (which this test did not make).
+    let output = opbox()
+        .args(["serve", "--tcp-listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_one_line_failure(&output, "cert.pem");
+}
+
 #[test]
 fn a_bad_config_is_one_clear_line() {
     let dir = tempfile::tempdir().unwrap();

@@ -49,6 +49,12 @@ impl Drop for Demo {
 }
 
 fn demo(dir: &std::path::Path) -> (Demo, String) {
+    let (demo, http, _) = demo_with_tcp(dir);
+    (demo, http)
+}
+
+/// [`demo`], and the address of its TCP envelope listener.
+fn demo_with_tcp(dir: &std::path::Path) -> (Demo, String, String) {
     let mut child = opbox()
         .args([
             "serve",
@@ -62,21 +68,32 @@ fn demo(dir: &std::path::Path) -> (Demo, String) {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut tcp = String::new();
     let addr = loop {
         let line = lines.next().expect("the demo starts").unwrap();
+        if let Some((_, addr)) = line.split_once("envelopes on tcp://") {
+            tcp = addr.trim().to_owned();
+        }
         if let Some((_, addr)) = line.split_once("serving on http://") {
             break addr.trim().to_owned();
         }
     };
     // Keep its log flowing.
     std::thread::spawn(move || lines.map_while(Result::ok).for_each(drop));
-    (Demo(child), addr)
+    (Demo(child), addr, tcp)
 }
 
 /// Runs `script` in bash in `dir`, each command checked (`set -e`), with
 /// the `opbox` binary on the path and the demo's address where the README
 /// says `localhost:8080`; what it printed.
 fn run(dir: &std::path::Path, addr: &str, script: &str) -> String {
+    run_at(dir, addr, "", script)
+}
+
+/// [`run`], with the demo's TCP envelope listener where the README's
+/// `opbox call` and `opbox subscribe` would use 127.0.0.1:8081, and its
+/// gateway where it says `127.0.0.1:8080`.
+fn run_at(dir: &std::path::Path, addr: &str, tcp: &str, script: &str) -> String {
     let bin = std::path::Path::new(env!("CARGO_BIN_EXE_opbox"))
         .parent()
         .unwrap();
@@ -85,7 +102,22 @@ fn run(dir: &std::path::Path, addr: &str, script: &str) -> String {
         bin.display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let script = script.replace("localhost:8080", addr);
+    let mut script = script.replace("localhost:8080", addr);
+    if !tcp.is_empty() {
+        // A line naming no `--url` goes to the TCP listener.
+        let url = format!("--url tcp://{tcp} ");
+        script = script
+            .replace("127.0.0.1:8080", addr)
+            .lines()
+            .map(|line| match line.contains("--url") {
+                true => line.to_owned(),
+                false => line
+                    .replace("opbox call ", &format!("opbox call {url}"))
+                    .replace("opbox subscribe ", &format!("opbox subscribe {url}")),
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+    }
     let output = Command::new("bash")
         .args(["-e", "-o", "pipefail", "-c"])
         .arg(format!("set -e\n{script}"))
@@ -162,4 +194,28 @@ fn the_tls_snippets_serve_https() {
     let port = server.url.rsplit(':').next().unwrap().to_owned();
     let said = run(dir.path(), &format!("localhost:{port}"), rest);
     assert!(said.contains("\"result\":\"ok\""), "{said}");
+}
+
+/// "Calling operations": the first curl calls, then the command line's
+/// envelopes over TCP and WebSocket, against the demo host.
+#[test]
+fn the_calling_snippets_answer_as_they_say() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_demo, addr, tcp) = demo_with_tcp(dir.path());
+    let readme = readme();
+    let calls = &blocks(&readme, "## Calling operations", "sh")[0];
+    let said = run(dir.path(), &addr, calls);
+    for answer in [
+        r#""output":{"x":1}"#,
+        "event: completed",
+        r#""words":3"#,
+        r#""code":"DEMO_FAILURE""#,
+    ] {
+        assert!(said.contains(answer), "no {answer} in:\n{said}");
+    }
+    let envelopes = &blocks(&readme, "### Envelopes over TCP and WebSocket", "sh")[0];
+    let said = run_at(dir.path(), &addr, &tcp, envelopes);
+    assert!(said.contains(r#""x": 1"#), "{said}");
+    assert!(said.contains(r#"{"n":3}"#), "{said}");
+    assert!(said.contains(r#""words": 2"#), "{said}");
 }

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use opbox::{Host, HostConfig};
 
 /// How long open requests may take to finish after a shutdown signal.
@@ -36,6 +36,12 @@ pub(crate) async fn serve(
         config.tcp_listen = tcp_listen;
     }
     config.plugin_dirs.extend(plugins);
+    if config.envelope.tls.is_some() && config.tcp_listen.is_none() {
+        bail!(
+            "`[envelope] tls` is set but `tcp_listen` is not, so the TCP listener it is for is off: \
+             set `tcp_listen` (WebSockets use `[gateway] tls`)"
+        );
+    }
     let addr = config.listen;
     let tcp_addr = config.tcp_listen;
     let metrics_addr = config.metrics_listen;
