@@ -288,3 +288,42 @@ async fn a_client_offering_h2_gets_http2_over_tls() {
     let body: Value = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(body["output"], "h2");
 }
+
+/// `opbox call` reaches both TLS listeners (`wss://` and `tls://`) trusting
+/// the certificate it is given, and refuses a host it cannot trust.
+#[tokio::test]
+async fn the_command_line_calls_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = files(dir.path());
+    issue(&files);
+    let host = tls_host(&files).await;
+    let call = |url: String, trust: bool| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_opbox"));
+        command.args([
+            "call",
+            "echo/echo",
+            r#"{"over": "tls"}"#,
+            "--raw",
+            "--url",
+            &url,
+        ]);
+        if trust {
+            command.arg("--cacert").arg(&files.cert);
+        }
+        command.output()
+    };
+    for url in [
+        format!("wss://localhost:{}/call", host.addr.port()),
+        format!("tls://localhost:{}", host.tcp_addr.port()),
+    ] {
+        let output = call(url.clone(), true).await.unwrap();
+        let said = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{url}: {output:?}");
+        assert_eq!(said.trim(), r#"{"over":"tls"}"#, "{url}");
+        // Without the certificate, the host is not trusted, and it says so.
+        let output = call(url.clone(), false).await.unwrap();
+        assert!(!output.status.success(), "{url}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("certificate"), "{url}: {stderr}");
+    }
+}

@@ -1,4 +1,5 @@
-//! A client for the envelope protocol, over TCP or WebSocket.
+//! A client for the envelope protocol, over TCP or WebSocket, either of
+//! them inside TLS (`tls://`, `wss://`; see the `dial` module).
 //!
 //! One [`Client`] is one connection; calls and subscriptions on it run
 //! concurrently. Dropping a [`ClientSubscription`] before it ends sends
@@ -29,12 +30,9 @@ use bytes::Bytes;
 use futures::{SinkExt, Stream, StreamExt};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_util::codec::{FramedRead, FramedWrite};
 
+pub use super::dial::tls_config;
 use super::wire::{CALL_ABORTED, CALL_COMPLETED, CALL_ERROR, CALL_REQUESTED, CALL_RESPONDED};
-use super::{EnvelopeConfig, tcp};
 use crate::call::CallError;
 
 /// Why a client call failed.
@@ -44,9 +42,15 @@ pub enum ClientError {
     /// The host answered with an error.
     #[error("{0}")]
     Call(CallError),
-    /// The URL is not `tcp://HOST:PORT` or `ws://HOST:PORT/PATH`.
-    #[error("unsupported URL `{0}`: use tcp://HOST:PORT or ws://HOST:PORT/call")]
+    /// The URL is not `tcp://HOST:PORT`, `tls://HOST:PORT`,
+    /// `ws://HOST:PORT/PATH` or `wss://HOST:PORT/PATH`.
+    #[error(
+        "unsupported URL `{0}`: use tcp://HOST:PORT, tls://HOST:PORT, ws://HOST:PORT/call or wss://HOST:PORT/call"
+    )]
     Url(String),
+    /// The certificates to trust could not be read.
+    #[error("{0}")]
+    Tls(String),
     /// The connection could not be made.
     #[error("cannot connect to {url}: {message}")]
     Connect {
@@ -88,63 +92,27 @@ fn lock(calls: &Mutex<HashMap<String, Replies>>) -> MutexGuard<'_, HashMap<Strin
 }
 
 impl Client {
-    /// Connects to `url`: `tcp://HOST:PORT` for length-prefixed frames, or
-    /// `ws://HOST:PORT/call` for WebSocket. `token` is sent as the bearer
-    /// token (on the upgrade for WebSocket, with each call over TCP).
+    /// Connects to `url`: `tcp://HOST:PORT` for length-prefixed frames,
+    /// `ws://HOST:PORT/call` for WebSocket, or `tls://…` and `wss://…` for
+    /// the same inside TLS, trusting the web's roots (see
+    /// [`Client::connect_with`] to trust more). `token` is sent as the
+    /// bearer token (on the upgrade for WebSocket, with each call over TCP).
     pub async fn connect(url: &str, token: Option<String>) -> Result<Self, ClientError> {
-        let connect_error = |message: String| ClientError::Connect {
-            url: url.to_owned(),
-            message,
-        };
+        Self::connect_with(url, token, None).await
+    }
+
+    /// [`Client::connect`], trusting what `tls` trusts for `tls://` and
+    /// `wss://` (made with [`tls_config`]).
+    pub async fn connect_with(
+        url: &str,
+        token: Option<String>,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Result<Self, ClientError> {
         let calls = Arc::new(Mutex::new(HashMap::new()));
         let (out, outgoing) = mpsc::unbounded_channel::<Outgoing>();
-        if let Some(addr) = url.strip_prefix("tcp://") {
-            let stream = tokio::net::TcpStream::connect(addr)
-                .await
-                .map_err(|e| connect_error(e.to_string()))?;
-            let _ = stream.set_nodelay(true);
-            let (read, write) = stream.into_split();
-            let codec = tcp::codec(EnvelopeConfig::default().max_frame_bytes);
-            let incoming = FramedRead::new(read, codec.clone()).map(|frame| {
-                frame
-                    .map(bytes::BytesMut::freeze)
-                    .map_err(|e| e.to_string())
-            });
-            let sink = FramedWrite::new(write, codec);
-            tokio::spawn(pump(incoming, sink, outgoing, calls.clone()));
-            Ok(Self::new(out, calls, token))
-        } else if url.starts_with("ws://") || url.starts_with("wss://") {
-            let mut request = url
-                .into_client_request()
-                .map_err(|e| connect_error(e.to_string()))?;
-            if let Some(token) = &token {
-                let value = format!("Bearer {token}")
-                    .parse()
-                    .map_err(|_| connect_error("the token is not a valid header value".into()))?;
-                request.headers_mut().insert("authorization", value);
-            }
-            let (socket, _) = tokio_tungstenite::connect_async(request)
-                .await
-                .map_err(|e| connect_error(e.to_string()))?;
-            let (sink, stream) = socket.split();
-            let incoming = stream.filter_map(|message| {
-                std::future::ready(match message {
-                    Ok(Message::Binary(bytes)) => Some(Ok(bytes)),
-                    Ok(Message::Text(text)) => Some(Ok(Bytes::from(text))),
-                    Ok(_) => None,
-                    Err(e) => Some(Err(e.to_string())),
-                })
-            });
-            let sink = sink.with(|bytes: Bytes| {
-                std::future::ready(Ok::<_, tokio_tungstenite::tungstenite::Error>(
-                    Message::Binary(bytes),
-                ))
-            });
-            tokio::spawn(pump(incoming, Box::pin(sink), outgoing, calls.clone()));
-            Ok(Self::new(out, calls, None))
-        } else {
-            Err(ClientError::Url(url.to_owned()))
-        }
+        let (incoming, sink, token_sent) = super::dial::dial(url, token.as_deref(), tls).await?;
+        tokio::spawn(pump(incoming, sink, outgoing, calls.clone()));
+        Ok(Self::new(out, calls, if token_sent { None } else { token }))
     }
 
     fn new(

@@ -11,6 +11,7 @@
 //!   WebSocket, as `opbox call` and `opbox subscribe` use it.
 
 pub mod client;
+mod dial;
 mod outbox;
 pub mod session;
 pub mod tcp;

@@ -5,7 +5,8 @@
 //!   127.0.0.1:8080 (HTTP, WebSocket) and 127.0.0.1:8081 (TCP envelopes).
 //! - `opbox inspect FILE.wasm`: print a plugin's operations and schemas.
 //! - `opbox call OP [JSON]` and `opbox subscribe OP [JSON]`: call a running
-//!   host over the envelope protocol (`--url tcp://…` or `ws://…/call`).
+//!   host over the envelope protocol (`--url tcp://…` or `ws://…/call`, or
+//!   `tls://…` and `wss://…/call` with `--cacert FILE` to trust).
 //! - `opbox token new --tenant T [--scopes a,b] [--id NAME]`: make a bearer
 //!   token and print it once, with the config lines that grant it.
 //! - `opbox plugins install|list|show|replace|remove …` and `opbox events
@@ -187,9 +188,14 @@ struct Remote {
     operation: String,
     /// Its input as JSON; `null` when absent.
     input: Option<String>,
-    /// The host: `tcp://HOST:PORT` or `ws://HOST:PORT/call`.
+    /// The host: `tcp://HOST:PORT` or `ws://HOST:PORT/call`, or
+    /// `tls://HOST:PORT` or `wss://HOST:PORT/call` for the same over TLS.
     #[arg(long, default_value = "tcp://127.0.0.1:8081")]
     url: String,
+    /// PEM certificates to trust for `tls://` and `wss://`, beside the
+    /// web's roots: a private CA's, or a self-signed host's own.
+    #[arg(long, value_name = "FILE")]
+    cacert: Option<PathBuf>,
     /// A bearer token to call with.
     #[arg(long, env = "OPBOX_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -414,7 +420,11 @@ async fn call(remote: Remote, subscribe: bool) -> Result<()> {
             println!("{output:#}");
         }
     };
-    let client = Client::connect(&remote.url, remote.token.clone()).await?;
+    let tls = match &remote.cacert {
+        Some(file) => Some(opbox::envelope::client::tls_config(Some(file))?),
+        None => None,
+    };
+    let client = Client::connect_with(&remote.url, remote.token.clone(), tls).await?;
     if !subscribe {
         print(&client.call(&remote.operation, input).await?);
         return Ok(());
