@@ -1,7 +1,8 @@
 // The JavaScript example plugin: a query with a real input schema, a
-// subscription, a domain error, and an exception that reaches the caller.
+// subscription, a domain error, a call to another operation, an outbound
+// request, and an exception that reaches the caller.
 
-import { OpboxError, Plugin, logger } from "./opbox.js";
+import { OpboxError, Plugin, fetch, invoke, logger } from "./opbox.js";
 
 const plugin = new Plugin("greeter-js", "0.1.0");
 
@@ -57,6 +58,38 @@ plugin.query(
   "version",
   { description: "The plugin's version: an operation without input.", output: { type: "string" } },
   async () => plugin.version,
+);
+
+plugin.query(
+  "echoed",
+  {
+    description: "Sends its input through echo/echo, another plugin's operation.",
+    input: true,
+    output: true,
+  },
+  async (ctx, input) => ({ echoed: await invoke("echo/echo", input) }),
+);
+
+plugin.query(
+  "fetched",
+  {
+    description: "Fetches a URL (from a host the operator granted) and answers its status and text.",
+    input: {
+      type: "object",
+      properties: { url: { type: "string" } },
+      required: ["url"],
+      additionalProperties: false,
+    },
+    output: {
+      type: "object",
+      properties: { status: { type: "integer" }, text: { type: "string" } },
+      required: ["status", "text"],
+    },
+  },
+  async (ctx, { url }) => {
+    const response = await fetch(url, { headers: { accept: "text/plain" } });
+    return { status: response.status, text: response.text() };
+  },
 );
 
 plugin.query(

@@ -16,9 +16,15 @@
 //     export const handler = plugin.handler();
 //
 // Built with `jco componentize --backend quickjs` against the `plugin-core`
-// world: QuickJS cannot import an `async func` yet, so a JS plugin cannot
-// call other operations.
+// world: QuickJS cannot import an `async func` yet, so `invoke` and `fetch`
+// use the host's plain-function twins (`opbox:plugin/blocking`): the
+// plugin waits while the host calls the operation or makes the request.
+//
+//     const { words } = await invoke("textkit/stats", { text });
+//     const response = await fetch("https://api.example.com/v1", { method: "POST", body });
+//     const data = response.json();
 
+import blocking from "opbox:plugin/blocking@0.1.0";
 import log from "opbox:plugin/log@0.1.0";
 
 // A domain error: the caller gets `code`, `message` and `details` as the
@@ -38,6 +44,95 @@ export class OpboxError extends Error {
       details: this.details === undefined ? null : JSON.stringify(this.details),
     };
   }
+}
+
+// The value of a host function that answers `result<T, call-error>`: its
+// `ok`, or its `err` thrown as an `OpboxError`.
+function outcome(run) {
+  let value;
+  try {
+    value = run();
+  } catch (error) {
+    const err = error?.payload ?? error;
+    if (err && typeof err.code === "string") {
+      const details = err.details == null ? undefined : JSON.parse(err.details);
+      throw new OpboxError(err.code, err.message, details);
+    }
+    throw error;
+  }
+  return value;
+}
+
+// Calls the query or mutation `operation` (`namespace/op`) with `input`,
+// as the current caller, within what is left of the call's deadline; its
+// output, or its error thrown as an `OpboxError`.
+export async function invoke(operation, input = null) {
+  const output = outcome(() => blocking.call(operation, JSON.stringify(input)));
+  return JSON.parse(output);
+}
+
+// An outbound HTTP request, to a host the operator granted
+// (`allowed_outbound_hosts`): `{ method, headers, body }` as in the web's
+// `fetch`, a string or bytes for `body`. The answer has `status`,
+// `headers` (lower-case names), `bytes`, `text()` and `json()`. A refusal
+// or failure is an `OpboxError` (`HTTP_DENIED`, `HTTP_FAILED`,
+// `HTTP_TOO_LARGE`).
+export async function fetch(url, { method = "GET", headers = {}, body } = {}) {
+  const encoded =
+    body === undefined ? new Uint8Array() : typeof body === "string" ? utf8(body) : new Uint8Array(body);
+  const request = {
+    method,
+    url,
+    headers: Object.entries(headers).map(([name, value]) => [name, utf8(String(value))]),
+  };
+  const [head, bytes] = outcome(() => blocking.fetch(request, encoded));
+  const text = () => fromUtf8(bytes);
+  return {
+    status: head.status,
+    headers: Object.fromEntries(
+      head.headers.map(([name, value]) => [name.toLowerCase(), fromUtf8(value)]),
+    ),
+    bytes,
+    text,
+    json: () => JSON.parse(text()),
+  };
+}
+
+// UTF-8 by hand: QuickJS has no TextEncoder or TextDecoder.
+function utf8(text) {
+  const bytes = [];
+  for (const char of text) {
+    const c = char.codePointAt(0);
+    if (c < 0x80) bytes.push(c);
+    else if (c < 0x800) bytes.push(0xc0 | (c >> 6), 0x80 | (c & 63));
+    else if (c < 0x10000) bytes.push(0xe0 | (c >> 12), 0x80 | ((c >> 6) & 63), 0x80 | (c & 63));
+    else
+      bytes.push(
+        0xf0 | (c >> 18),
+        0x80 | ((c >> 12) & 63),
+        0x80 | ((c >> 6) & 63),
+        0x80 | (c & 63),
+      );
+  }
+  return new Uint8Array(bytes);
+}
+
+// Text from UTF-8 bytes; a malformed sequence becomes U+FFFD.
+function fromUtf8(bytes) {
+  let text = "";
+  for (let i = 0; i < bytes.length; ) {
+    const b = bytes[i];
+    const length = b < 0x80 ? 1 : b >> 5 === 6 ? 2 : b >> 4 === 14 ? 3 : b >> 3 === 30 ? 4 : 0;
+    let c = length === 1 ? b : b & (0xff >> (length + 1));
+    let valid = length > 0 && i + length <= bytes.length;
+    for (let k = 1; valid && k < length; k++) {
+      valid = bytes[i + k] >> 6 === 2;
+      c = (c << 6) | (bytes[i + k] & 63);
+    }
+    text += valid ? String.fromCodePoint(c) : "\ufffd";
+    i += valid ? length : 1;
+  }
+  return text;
 }
 
 // Log lines attributed to the plugin and the call, in the host's log.

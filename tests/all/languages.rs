@@ -149,16 +149,41 @@ async fn the_python_example_answers_streams_fails_and_calls_others() {
 }
 
 #[tokio::test]
-async fn the_javascript_example_answers_streams_and_fails() {
+async fn the_javascript_example_answers_streams_fails_and_calls_others() {
     let js = env!("OPBOX_JS_EXAMPLE");
     let Some(path) = example(js, "jco", "OPBOX_JCO") else {
         return;
     };
-    let host = host_with(path, Grants::default()).await;
+    let addr = upstream().await;
+    let grants = Grants {
+        allowed_outbound_hosts: vec![format!("http://127.0.0.1:{}", addr.port())],
+        ..Grants::default()
+    };
+    let host = host_with(path, grants).await;
 
     // Its input schema is a JSON Schema object.
     greets_and_refuses(&host, "greeter-js").await;
     counts_and_takes_no_input(&host, "greeter-js").await;
+
+    // A call to another plugin's operation, through `invoke` (QuickJS
+    // imports no async function: the host's blocking twin serves it).
+    let input = json!({"from": "js", "n": [1, 2]});
+    let (status, body) = host.call("greeter-js/echoed", input.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["output"], json!({ "echoed": input }));
+
+    // An outbound request through `fetch`: to the granted host only, and a
+    // refusal arrives as the host's error.
+    let url = format!("http://127.0.0.1:{}/hello", addr.port());
+    let (status, body) = host.call("greeter-js/fetched", json!({"url": url})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["output"],
+        json!({"status": 200, "text": "hello from upstream"})
+    );
+    let url = format!("http://localhost:{}/hello", addr.port());
+    let (_, body) = host.call("greeter-js/fetched", json!({"url": url})).await;
+    assert_eq!(body["error"]["code"], "HTTP_DENIED", "{body}");
 
     // An exception: its message and its stack reach the caller.
     let (status, body) = host.call("greeter-js/broken", json!({"text": "x"})).await;

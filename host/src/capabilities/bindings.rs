@@ -8,6 +8,9 @@ wasmtime::component::bindgen!({
         "opbox:plugin/invoke.call": async | store,
         "opbox:plugin/invoke.subscribe": async | store,
         "opbox:plugin/outbound.send": async | store,
+        // Plain functions to the guest, which waits while they run.
+        "opbox:plugin/blocking.call": async | store,
+        "opbox:plugin/blocking.fetch": async | store,
         // Writes wait for the disk: on a blocking thread, not a worker.
         "wasi:keyvalue": async,
     },

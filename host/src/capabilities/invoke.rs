@@ -75,6 +75,11 @@ impl InvokeState {
     pub(super) fn new(nested: Option<Arc<dyn NestedCalls>>) -> Self {
         Self { nested }
     }
+
+    /// Who carries out this call's calls, if anyone does.
+    pub(super) fn nested(&self) -> Option<Arc<dyn NestedCalls>> {
+        self.nested.clone()
+    }
 }
 
 impl invoke::Host for InvokeState {}
@@ -124,14 +129,19 @@ fn nested<T>(
 ) -> Result<Arc<dyn NestedCalls>, CallError> {
     accessor
         .with(|mut store| store.get().nested.clone())
-        .ok_or_else(|| CallError {
-            code: "UNAVAILABLE".into(),
-            message: "calls to other operations are not available here".into(),
-            details: None,
-        })
+        .ok_or_else(unavailable)
 }
 
-fn to_wit(e: GuestError) -> CallError {
+/// What a guest is told where no one carries out its calls (`describe`).
+pub(super) fn unavailable() -> CallError {
+    CallError {
+        code: "UNAVAILABLE".into(),
+        message: "calls to other operations are not available here".into(),
+        details: None,
+    }
+}
+
+pub(super) fn to_wit(e: GuestError) -> CallError {
     CallError {
         code: e.code,
         message: e.message,

@@ -22,6 +22,7 @@
 //! folder and `runtime` are the only places that know wasmtime.
 
 pub(crate) mod bindings;
+mod blocking;
 pub mod config;
 mod denied;
 pub mod files;
@@ -67,6 +68,7 @@ pub fn add_to_linker<T: View>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
     files::add_to_linker(linker)?;
     log::add_to_linker(linker)?;
     invoke::add_to_linker(linker)?;
+    blocking::add_to_linker(linker)?;
     config::add_to_linker(linker)?;
     keyvalue::add_to_linker(linker)?;
     http::add_to_linker(linker)

@@ -19,6 +19,8 @@ mod grant;
 mod outbound;
 mod send;
 
+pub(super) use outbound::gather;
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -74,6 +74,83 @@ impl<T> outbound::HostWithStore<T> for HasSelf<HttpState> {
     }
 }
 
+/// An exchange begun by [`HttpState::send_whole`]: the response's head
+/// and its body, once the head has arrived.
+pub(in crate::capabilities) type Sending = Pin<
+    Box<
+        dyn std::future::Future<
+                Output = Result<
+                    (
+                        http::Response<WasiBody>,
+                        Box<dyn std::future::Future<Output = Result<(), Error>> + Send>,
+                    ),
+                    Error,
+                >,
+            > + Send,
+    >,
+>;
+
+impl HttpState {
+    /// Begins sending `head` with the whole of `body`, under the same
+    /// policy as [`outbound::HostWithStore::send`].
+    pub(in crate::capabilities) fn send_whole(
+        &mut self,
+        head: outbound::Request,
+        body: Vec<u8>,
+    ) -> Result<Sending, CallError> {
+        let (chunk, received) = mpsc::channel(1);
+        if !body.is_empty() {
+            // Room for one chunk: this never waits, and never fails.
+            let _ = chunk.try_send(Bytes::from(body));
+        }
+        drop(chunk);
+        let request = request(head, received)?;
+        let noop = Box::new(async { Ok(()) });
+        Ok(Pin::from(self.hooks.send_request(request, None, noop)))
+    }
+}
+
+/// Waits for the exchange `sending` and its whole response body, of at
+/// most `max_bytes` (`HTTP_TOO_LARGE` past it, as past the grant's cap).
+pub(in crate::capabilities) async fn gather(
+    sending: Sending,
+    max_bytes: usize,
+) -> Result<(outbound::Response, Vec<u8>), CallError> {
+    let (response, connection) = sending.await.map_err(refused)?;
+    tokio::spawn(async move {
+        let _ = Pin::from(connection).await;
+    });
+    let (parts, mut body) = response.into_parts();
+    let head = outbound::Response {
+        status: parts.status.as_u16(),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
+            .collect(),
+    };
+    let mut whole = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|error| match refused(error) {
+            too_large if too_large.code == "HTTP_TOO_LARGE" => too_large,
+            other => failed(&format!("reading the response failed: {}", other.message)),
+        })?;
+        if let Ok(data) = frame.into_data() {
+            if whole.len() + data.len() > max_bytes {
+                return Err(CallError {
+                    code: "HTTP_TOO_LARGE".into(),
+                    message: format!(
+                        "the response is over {max_bytes} bytes, the most a blocking fetch gathers"
+                    ),
+                    details: None,
+                });
+            }
+            whole.extend_from_slice(&data);
+        }
+    }
+    Ok((head, whole))
+}
+
 /// The `http` request for a guest's head, its body the chunks `received`.
 fn request(
     head: outbound::Request,
