@@ -139,6 +139,10 @@ struct Inner {
     changes: tokio::sync::Mutex<()>,
     /// Every plugin, by place: the version serving now.
     current: Mutex<HashMap<Place, Entry>>,
+    /// The plugins of the cluster whose placement leaves this host out, by
+    /// place: their placement, so that a change asked of this host is
+    /// told where to go rather than that nothing is there.
+    elsewhere: Mutex<HashMap<Place, String>>,
     /// Where every change and refusal is recorded.
     events: Arc<EventLog>,
     /// Told of every change made through the API.
@@ -197,6 +201,7 @@ impl Plugins {
                 store: OnceLock::new(),
                 changes: tokio::sync::Mutex::new(()),
                 current: Mutex::default(),
+                elsewhere: Mutex::default(),
                 events,
                 hook: OnceLock::new(),
             }),
@@ -259,12 +264,14 @@ impl Plugins {
         plugins
     }
 
-    /// The entry at `place`, if the API may change it.
+    /// The entry at `place`, if the API may change it. A plugin the
+    /// cluster holds on other hosts only is `NotPlaced` here.
     fn managed(&self, place: &Place) -> Result<Entry, PluginError> {
-        let entry = lock(&self.inner.current)
-            .get(place)
-            .cloned()
-            .ok_or_else(|| PluginError::NotFound(place.1.clone()))?;
+        let entry = lock(&self.inner.current).get(place).cloned();
+        let entry = entry.ok_or_else(|| match lock(&self.inner.elsewhere).get(place) {
+            Some(placement) => PluginError::NotPlaced(placement.clone()),
+            None => PluginError::NotFound(place.1.clone()),
+        })?;
         if entry.fixed {
             return Err(PluginError::Fixed(place.1.clone()));
         }

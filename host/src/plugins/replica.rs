@@ -70,12 +70,20 @@ impl Plugins {
     where
         F: AsyncFnOnce() -> Result<Vec<u8>, String>,
     {
+        let place = (record.tenant.clone(), record.name.clone());
         if !self.placed_here(&record.settings) {
-            return self
+            let removed = self
                 .apply_remove(record.tenant.as_deref(), &record.name)
                 .await;
+            let placement = record
+                .settings
+                .get("placement")
+                .cloned()
+                .unwrap_or_default();
+            lock(&self.inner.elsewhere).insert(place, placement.to_string());
+            return removed;
         }
-        let place = (record.tenant.clone(), record.name.clone());
+        lock(&self.inner.elsewhere).remove(&place);
         let current = lock(&self.inner.current).get(&place).cloned();
         let authority = if record.held {
             Authority::Tenant
@@ -129,6 +137,7 @@ impl Plugins {
         name: &str,
     ) -> Result<bool, PluginError> {
         let place = (tenant.map(str::to_owned), name.to_owned());
+        lock(&self.inner.elsewhere).remove(&place);
         if !lock(&self.inner.current).contains_key(&place) {
             return Ok(false);
         }

@@ -88,4 +88,33 @@ async fn a_placed_plugin_is_held_only_where_the_labels_match() {
         us.host.dispatcher().call(request).await.unwrap(),
         json!({"version": 1})
     );
+
+    // A change asked of the us host, which does not hold it, is told to
+    // go where it is placed (CONFLICT), not that nothing is there.
+    let replaced = us
+        .host
+        .plugins()
+        .replace(Authority::Operator, None, &name, &v1, json!({}), true)
+        .await
+        .unwrap_err();
+    assert!(matches!(replaced, PluginError::NotPlaced(_)), "{replaced}");
+    assert!(
+        replaced.to_string().contains(r#"{"zone":"eu"}"#),
+        "{replaced}"
+    );
+    let removed = us.host.plugins().remove(None, &name).await.unwrap_err();
+    assert!(matches!(removed, PluginError::NotPlaced(_)), "{removed}");
+    // Removed through a host that holds it, it is gone everywhere: then
+    // nothing is there.
+    eu.host.plugins().remove(None, &name).await.unwrap();
+    assert!(
+        eventually(within, || async {
+            matches!(
+                us.host.plugins().remove(None, &name).await,
+                Err(PluginError::NotFound(_))
+            )
+        })
+        .await,
+        "the us host still thinks the plugin is held elsewhere"
+    );
 }
