@@ -55,6 +55,11 @@ fn demo(dir: &std::path::Path) -> (Demo, String) {
 
 /// [`demo`], and the address of its TCP envelope listener.
 fn demo_with_tcp(dir: &std::path::Path) -> (Demo, String, String) {
+    serve(dir, &[])
+}
+
+/// `opbox serve ARGS` in `dir` on free ports; its HTTP and TCP addresses.
+fn serve(dir: &std::path::Path, args: &[&str]) -> (Demo, String, String) {
     let mut child = opbox()
         .args([
             "serve",
@@ -63,6 +68,7 @@ fn demo_with_tcp(dir: &std::path::Path) -> (Demo, String, String) {
             "--tcp-listen",
             "127.0.0.1:0",
         ])
+        .args(args)
         .current_dir(dir)
         .stderr(Stdio::piped())
         .spawn()
@@ -218,4 +224,85 @@ fn the_calling_snippets_answer_as_they_say() {
     assert!(said.contains(r#""x": 1"#), "{said}");
     assert!(said.contains(r#"{"n":3}"#), "{said}");
     assert!(said.contains(r#""words": 2"#), "{said}");
+
+    // "Observing a host": the receipt of a call, in its header.
+    let receipt = &blocks(&readme, "## Observing a host", "sh")[0];
+    let said = run(dir.path(), &addr, receipt);
+    assert!(said.starts_with("opbox-cost: {"), "{said}");
+    assert!(said.contains(r#""bytes_out":7"#), "{said}");
+
+    // The MCP section's Python, with the official SDK at the version the
+    // MCP tests pin. Its `async with` is written for an asyncio REPL
+    // (`python -m asyncio`); a script wraps it in a coroutine.
+    let python = blocks(&readme, "### From an AI agent: MCP at `/mcp`", "python")
+        .into_iter()
+        .next()
+        .expect("the MCP section's Python");
+    let (imports, body): (Vec<&str>, Vec<&str>) = python
+        .lines()
+        .partition(|line| line.starts_with("from ") || line.starts_with("import "));
+    let script = format!(
+        "import asyncio\n{}\n\nasync def main():\n{}\n\nasyncio.run(main())\n",
+        imports.join("\n"),
+        body.iter()
+            .map(|line| format!("    {line}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    )
+    .replace("localhost:8080", &addr);
+    let output = Command::new(crate::tools::python_with("mcp", "2.3.0"))
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{script}\n---\n{said}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(said.contains("textkit.stats"), "{said}");
+    assert!(said.contains("'words': 3"), "{said}");
+}
+
+/// "Writing a plugin": its `Cargo.toml` and `src/lib.rs`, built with its
+/// commands, inspected, served beside the examples and called.
+#[test]
+fn the_rust_plugin_of_the_readme_builds_and_answers() {
+    let readme = readme();
+    let section = "## Writing a plugin";
+    let manifest = &blocks(&readme, section, "toml")[0];
+    let source = &blocks(&readme, section, "rust")[0];
+    let commands = &blocks(&readme, section, "sh")[0];
+    let dir = tempfile::tempdir().unwrap();
+    let crate_dir = dir.path().join("greeter");
+    std::fs::create_dir_all(crate_dir.join("src")).unwrap();
+    // The SDK where this checkout has it; the rest as written.
+    let sdk = concat!(env!("CARGO_MANIFEST_DIR"), "/../guest-sdk");
+    assert!(manifest.contains("../opbox/guest-sdk"), "{manifest}");
+    std::fs::write(
+        crate_dir.join("Cargo.toml"),
+        format!(
+            "{}\n[workspace]\n",
+            manifest.replace("../opbox/guest-sdk", sdk)
+        ),
+    )
+    .unwrap();
+    std::fs::write(crate_dir.join("src/lib.rs"), source).unwrap();
+    // A target directory kept between runs (so a second run compiles
+    // little), of this test's own: `--plugins` serves every component in
+    // it, and another test's half-written one must not be among them.
+    let shared = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/readme-plugin");
+    std::fs::create_dir_all(shared).unwrap();
+    std::os::unix::fs::symlink(shared, crate_dir.join("target")).unwrap();
+
+    let serve_line = "opbox serve --plugins target/wasm32-wasip2/release/";
+    let (build, call) = commands
+        .split_once(serve_line)
+        .expect("the section serves what it built");
+    let call = call.split_once('\n').map_or("", |(_, rest)| rest);
+    let said = run(&crate_dir, "unused", build);
+    assert!(said.contains("greeter/hello"), "{said}");
+    let (_host, addr, _) = serve(&crate_dir, &["--plugins", "target/wasm32-wasip2/release/"]);
+    let said = run(&crate_dir, &addr, call);
+    assert!(said.contains(r#""message":"Hello, Ada!""#), "{said}");
 }
