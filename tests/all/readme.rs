@@ -306,3 +306,75 @@ fn the_rust_plugin_of_the_readme_builds_and_answers() {
     let said = run(&crate_dir, &addr, call);
     assert!(said.contains(r#""message":"Hello, Ada!""#), "{said}");
 }
+
+/// Every configuration snippet in the README is a valid `opbox.toml` (or
+/// part of one): the host reads each as it reads a config file, which
+/// refuses unknown keys, so a renamed setting cannot linger in the docs.
+#[test]
+fn every_config_snippet_is_a_valid_config() {
+    let readme = readme();
+    let dir = tempfile::tempdir().unwrap();
+    let snippets: Vec<&str> = readme
+        .split("```toml\n")
+        .skip(1)
+        .map(|block| block.split("\n```").next().unwrap())
+        // A plugin's Cargo.toml, not the host's.
+        .filter(|block| !block.contains("[package]"))
+        .collect();
+    assert!(snippets.len() >= 5, "{snippets:?}");
+    for snippet in snippets {
+        let path = dir.path().join("opbox.toml");
+        std::fs::write(&path, snippet).unwrap();
+        if let Err(e) = opbox::HostConfig::load(&path) {
+            panic!("{e}\n---\n{snippet}");
+        }
+    }
+}
+
+/// "Tenants, tokens and quotas": a token made by its first command, put
+/// into its config where it says, then used by its calls.
+#[test]
+fn the_tenant_snippets_make_a_token_that_calls() {
+    let readme = readme();
+    let section = "### Tenants, tokens and quotas";
+    let config = &blocks(&readme, section, "toml")[0];
+    let commands = &blocks(&readme, section, "sh")[0];
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        opbox::bundled::built_plugin("notes"),
+        dir.path().join("notes.wasm"),
+    )
+    .unwrap();
+    let (make, calls) = commands.split_once('\n').unwrap();
+    let made = run(dir.path(), "unused", make);
+    let token = made
+        .lines()
+        .find(|line| line.starts_with("opbox_"))
+        .unwrap_or_else(|| panic!("no token in:\n{made}"));
+    let hash = made
+        .lines()
+        .find_map(|line| line.strip_prefix("sha256 = "))
+        .unwrap_or_else(|| panic!("no hash in:\n{made}"));
+    assert!(config.contains(r#"sha256 = "…""#), "{config}");
+    let config = format!(
+        "listen = \"127.0.0.1:0\"\ntcp_listen = \"127.0.0.1:0\"\n{}",
+        config.replace(r#""…""#, hash)
+    );
+    let server = crate::util::Server::start_in(dir.path(), &config);
+    let addr = server.url.trim_start_matches("http://").to_owned();
+    let tcp = server.tcp.clone().unwrap();
+    let said = run_at(
+        dir.path(),
+        &addr,
+        &tcp,
+        &format!("export TOKEN={token}\n{calls}"),
+    );
+    assert_eq!(said.matches("\"words\"").count(), 2, "{said}");
+    // Without the token, the operation's scope is missing.
+    let said = run(
+        dir.path(),
+        &addr,
+        "curl -s localhost:8080/call -d '{\"operation\":\"textkit/stats\",\"input\":{\"text\":\"a\"}}'",
+    );
+    assert!(said.contains("UNAUTHORIZED"), "{said}");
+}
