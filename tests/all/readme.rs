@@ -100,14 +100,29 @@ fn run(dir: &std::path::Path, addr: &str, script: &str) -> String {
 /// `opbox call` and `opbox subscribe` would use 127.0.0.1:8081, and its
 /// gateway where it says `127.0.0.1:8080`.
 fn run_at(dir: &std::path::Path, addr: &str, tcp: &str, script: &str) -> String {
+    run_on_path(dir, addr, tcp, script, None)
+}
+
+/// [`run_at`], with `first` (a virtual environment's `bin`) first on the
+/// path, as a newcomer's activated environment would be.
+fn run_on_path(
+    dir: &std::path::Path,
+    addr: &str,
+    tcp: &str,
+    script: &str,
+    first: Option<&std::path::Path>,
+) -> String {
     let bin = std::path::Path::new(env!("CARGO_BIN_EXE_opbox"))
         .parent()
         .unwrap();
-    let path = format!(
+    let mut path = format!(
         "{}:{}",
         bin.display(),
         std::env::var("PATH").unwrap_or_default()
     );
+    if let Some(first) = first {
+        path = format!("{}:{path}", first.display());
+    }
     let mut script = script.replace("localhost:8080", addr);
     if !tcp.is_empty() {
         // A line naming no `--url` goes to the TCP listener.
@@ -377,4 +392,22 @@ fn the_tenant_snippets_make_a_token_that_calls() {
         "curl -s localhost:8080/call -d '{\"operation\":\"textkit/stats\",\"input\":{\"text\":\"a\"}}'",
     );
     assert!(said.contains("UNAUTHORIZED"), "{said}");
+}
+
+/// "From a generated client": its commands as written, in a virtual
+/// environment that holds the generator at the version the OpenAPI tests
+/// pin (so its `pip install` finds it there), against the demo host.
+#[test]
+fn the_generated_client_snippet_calls_an_operation() {
+    let readme = readme();
+    let commands = &blocks(
+        &readme,
+        "### From a generated client: `/openapi.json`",
+        "sh",
+    )[0];
+    let dir = tempfile::tempdir().unwrap();
+    let (_demo, addr) = demo(dir.path());
+    let python = crate::tools::python_with("openapi-python-client", "0.29.1");
+    let said = run_on_path(dir.path(), &addr, "", commands, python.parent());
+    assert!(said.contains("words=3"), "{said}");
 }

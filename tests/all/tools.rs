@@ -20,6 +20,7 @@ pub fn python_with(package: &str, version: &str) -> PathBuf {
     let python = home.join("bin").join("python");
     let _one = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
     if python.exists() {
+        scripts_point_at(&home);
         return python;
     }
     std::fs::create_dir_all(&root).unwrap();
@@ -42,7 +43,30 @@ pub fn python_with(package: &str, version: &str) -> PathBuf {
         // Another test run installed it meanwhile.
         let _ = std::fs::remove_dir_all(&partial);
     }
+    scripts_point_at(&home);
     python
+}
+
+/// Makes the scripts of the virtual environment at `home` (`pip`, a
+/// package's commands) name its interpreter where it is now: pip wrote
+/// the place it was built in into their first line, before the rename.
+fn scripts_point_at(home: &std::path::Path) {
+    let python = home.join("bin").join("python");
+    let Ok(entries) = std::fs::read_dir(home.join("bin")) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue; // a binary, or the interpreter's link
+        };
+        let Some((first, rest)) = text.split_once('\n') else {
+            continue;
+        };
+        if first.starts_with("#!") && first.contains(".partial-") {
+            std::fs::write(&path, format!("#!{}\n{rest}", python.display())).unwrap();
+        }
+    }
 }
 
 /// A directory where `npm` installed `package@version` from npm's
