@@ -5,8 +5,9 @@
 //! Per language: the build (Rust from a clean target directory, and again
 //! after a one-line edit), the component's size, its cold compile (no
 //! cache), the first call and the steady per-call latency of `hello`
-//! through the dispatcher (a fresh instance per call), and the per-item cost
-//! of a 10,000-item `count`. Python and JavaScript need their toolchains
+//! through the dispatcher (a fresh instance per call, then with the
+//! instances reused as `[plugins.reuse]` allows), and the per-item cost of
+//! a 10,000-item `count`. Python and JavaScript need their toolchains
 //! where `cargo build` found them (see `docs/plugins.md`); a language whose
 //! toolchain is missing is reported as skipped.
 
@@ -58,14 +59,14 @@ pub(crate) async fn bench_languages(host: &Host) {
     );
     println!(
         "| language | build | rebuild after an edit | size | cold compile | first call | \
-         `hello` median | `hello` p99 | `count` per item |"
+         `hello` median | `hello` p99 | `hello` reused, median | reused, p99 | `count` per item |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     let dir = tempfile::tempdir().expect("a temporary directory");
     for lang in &LANGS {
         if lang.tool.is_empty() {
             println!(
-                "| {} | skipped: toolchain not installed | | | | | | | |",
+                "| {} | skipped: toolchain not installed | | | | | | | | | |",
                 lang.lang
             );
             continue;
@@ -86,24 +87,38 @@ pub(crate) async fn bench_languages(host: &Host) {
         let start = Instant::now();
         dispatcher.call(hello()).await.expect("hello answers");
         let first = start.elapsed();
-        let mut samples = Vec::with_capacity(HELLO_CALLS);
-        for _ in 0..HELLO_CALLS {
-            let start = Instant::now();
-            dispatcher.call(hello()).await.expect("hello answers");
-            samples.push(start.elapsed());
-        }
-        let stats = Stats::of(samples);
+        let calls = async || {
+            let mut samples = Vec::with_capacity(HELLO_CALLS);
+            for _ in 0..HELLO_CALLS {
+                let start = Instant::now();
+                dispatcher.call(hello()).await.expect("hello answers");
+                samples.push(start.elapsed());
+            }
+            Stats::of(samples)
+        };
+        let fresh = calls().await;
         let per_item = count(host, &name).await;
+        // The same plugin, its instances reused across calls, as an
+        // operator may allow (`[plugins.reuse]`).
+        let reuse = json!({ "reuse": { "max_calls": 100_000 } });
+        host.plugins()
+            .replace(Authority::Operator, None, &name, &wasm, reuse, true)
+            .await
+            .expect("the plugin is replaced");
+        dispatcher.call(hello()).await.expect("hello answers");
+        let reused = calls().await;
         println!(
-            "| {} | {} | {} | {:.2} MB | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {:.2} MB | {} | {} | {} | {} | {} | {} | {} |",
             lang.lang,
             secs(build),
             secs(rebuild),
             wasm.len() as f64 / 1e6,
             ms(cold),
             ms(first),
-            us(stats.median),
-            us(stats.p99),
+            us(fresh.median),
+            us(fresh.p99),
+            us(reused.median),
+            us(reused.p99),
             us(per_item),
         );
     }
