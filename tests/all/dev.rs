@@ -14,16 +14,16 @@ use crate::languages::example;
 
 /// How long a build may take: the first Rust one compiles the SDK's
 /// dependencies for wasm32-wasip2.
-const BUILD: Duration = Duration::from_secs(600);
+pub(crate) const BUILD: Duration = Duration::from_secs(600);
 
 /// A running `opbox dev`, killed when dropped, and what it printed.
-struct Dev {
+pub(crate) struct Dev {
     child: Child,
     lines: mpsc::Receiver<String>,
     seen: Vec<String>,
     /// What it (and the toolchains it ran) wrote to stderr so far.
     errors: std::sync::Arc<std::sync::Mutex<String>>,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Drop for Dev {
@@ -35,7 +35,7 @@ impl Drop for Dev {
 
 impl Dev {
     /// Runs `opbox dev dir` on any free port, with `env` set.
-    fn start(dir: &Path, env: &[(&str, &str)]) -> Self {
+    pub(crate) fn start(dir: &Path, env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_opbox"))
             .arg("dev")
             .arg(dir)
@@ -85,7 +85,7 @@ impl Dev {
     }
 
     /// The next line starting with `prefix`; fails on a failed build.
-    fn wait_for(&mut self, prefix: &str, within: Duration) -> String {
+    pub(crate) fn wait_for(&mut self, prefix: &str, within: Duration) -> String {
         loop {
             let line = match self.lines.recv_timeout(within) {
                 Ok(line) => line,

@@ -34,6 +34,7 @@ mod limits;
 mod loading;
 mod logs;
 mod mcp;
+mod memory_reset;
 mod metrics;
 mod nested;
 mod openapi;

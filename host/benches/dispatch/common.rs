@@ -50,6 +50,17 @@ pub(crate) async fn start_host() -> Host {
     config.limits.cpu_lanes = std::env::var("OPBOX_BENCH_CPU_LANES")
         .ok()
         .map(|lanes| lanes.parse().expect("OPBOX_BENCH_CPU_LANES is a number"));
+    // To compare how pooled memories are reset (`languages`), rerun with
+    // `OPBOX_BENCH_MEMORY_RESET=copy` and `OPBOX_BENCH_KEEP_RESIDENT=BYTES`.
+    if let Ok(reset) = std::env::var("OPBOX_BENCH_MEMORY_RESET") {
+        config.limits.memory_reset = serde_json::from_value(json!(reset))
+            .expect("OPBOX_BENCH_MEMORY_RESET is dirty or copy");
+    }
+    if let Ok(bytes) = std::env::var("OPBOX_BENCH_KEEP_RESIDENT") {
+        config.limits.keep_resident_bytes = bytes
+            .parse()
+            .expect("OPBOX_BENCH_KEEP_RESIDENT is a number of bytes");
+    }
     let host = Host::start(config).await.expect("the host starts");
     let echo = native_echo();
     host.dispatcher()

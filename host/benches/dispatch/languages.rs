@@ -55,7 +55,10 @@ pub(crate) async fn bench_languages(host: &Host) {
     println!("## One plugin in three languages\n");
     println!(
         "`opbox new`'s template (`hello`, `count`) built and run per language; \
-         calls through the dispatcher, a fresh instance per call.\n"
+         calls through the dispatcher, a fresh instance per call; memory reset: {}, \
+         keep resident: {} bytes.\n",
+        std::env::var("OPBOX_BENCH_MEMORY_RESET").unwrap_or("dirty".into()),
+        std::env::var("OPBOX_BENCH_KEEP_RESIDENT").unwrap_or("default".into()),
     );
     println!(
         "| language | build | rebuild after an edit | size | cold compile | first call | \

@@ -17,6 +17,7 @@
 //! cargo bench -p opbox --bench dispatch -- swap      # replaced every 500 ms; restart with 100 plugins
 //! cargo bench -p opbox --bench dispatch -- callers   # /call vs an MCP tool call, plain vs TLS
 //! cargo bench -p opbox --bench dispatch -- telemetry # a span's cost in process; metrics off / on / traces exported over HTTP (needs `wrk`)
+//! cargo bench -p opbox --bench dispatch -- sse       # 100,000 items as SSE: opbox and bare axum
 //! cargo bench -p opbox --bench dispatch -- languages # one plugin in Rust, Python and JavaScript
 //! cargo bench -p opbox --bench dispatch -- cluster   # local vs forwarded over NATS, needs `nats-server`
 //! ```
@@ -117,6 +118,9 @@ fn main() {
         }
         if wants("stream") {
             stream::bench_stream(&dispatcher).await;
+        }
+        if wants("sse") {
+            stream::bench_sse(&host).await;
         }
         if wants("http-bare") || wants("http-opbox") {
             http::bench_http(&host, wants("http-bare"), wants("http-opbox")).await;

@@ -27,6 +27,8 @@
 //! max_manifest_bytes = 1048576 # a plugin's whole manifest
 //! max_schema_depth = 32        # nesting of a schema
 //! max_schema_expansion = 10000 # schema objects with every $ref followed
+//! memory_reset = "dirty"       # between calls: copy back the pages written ("copy": all kept)
+//! keep_resident_bytes = 4194304 # of each pooled memory, kept mapped between calls
 //!
 //! [plugin_limits]              # every plugin's limits, unless it has its own
 //! memory_bytes = 67108864      # linear memory per instance (64 MiB)
@@ -355,6 +357,8 @@ impl HostConfig {
     pub fn runtime(&self) -> RuntimeConfig {
         RuntimeConfig {
             max_instances: self.limits.max_instances,
+            memory_reset: self.limits.memory_reset,
+            keep_resident_bytes: self.limits.keep_resident_bytes,
             cpu_lanes: self
                 .limits
                 .cpu_lanes

@@ -12,7 +12,9 @@ use crate::envelope::EnvelopeConfig;
 use crate::gateway::GatewayConfig;
 use crate::net::{ConnectionConfig, TlsConfig};
 pub use crate::runtime::PluginLimitsConfig;
-use crate::runtime::{CompileLimits, ManifestLimits, ReuseConfig, RuntimeConfig};
+use crate::runtime::{
+    CompileLimits, KEEP_RESIDENT_BYTES, ManifestLimits, MemoryReset, ReuseConfig, RuntimeConfig,
+};
 
 /// Limits of envelope connections: see [`EnvelopeConfig`].
 #[derive(Debug, Clone, Deserialize)]
@@ -147,6 +149,11 @@ pub struct LimitsConfig {
     pub max_schema_depth: usize,
     /// Schema objects in a schema with its `$ref`s followed.
     pub max_schema_expansion: u64,
+    /// How a pooled instance's memory is made clean between calls.
+    pub memory_reset: MemoryReset,
+    /// Bytes at the bottom of each pooled memory kept mapped and reset in
+    /// place between calls.
+    pub keep_resident_bytes: usize,
 }
 
 impl Default for LimitsConfig {
@@ -166,6 +173,8 @@ impl Default for LimitsConfig {
             max_manifest_bytes: manifest.max_manifest_bytes,
             max_schema_depth: manifest.max_schema_depth,
             max_schema_expansion: manifest.max_schema_expansion,
+            memory_reset: MemoryReset::default(),
+            keep_resident_bytes: KEEP_RESIDENT_BYTES,
         }
     }
 }

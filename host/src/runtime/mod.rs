@@ -19,6 +19,7 @@ mod limits;
 mod manifest;
 mod output;
 mod plugin;
+mod pool;
 mod reuse;
 mod state;
 mod subscription;
@@ -31,8 +32,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
+use wasmtime::Engine;
 use wasmtime::component::Linker;
-use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 pub(crate) use busy::Busy;
 pub use compile::{CompileLimits, child_main as compile_child_main};
@@ -40,6 +41,7 @@ pub use invoke::{Invocation, InvokeError};
 pub use limits::{LimitHit, PluginLimits, PluginLimitsConfig};
 pub use manifest::ManifestLimits;
 pub use plugin::{Counted, LoadOptions, Plugin, PluginOperation};
+pub use pool::{KEEP_RESIDENT_BYTES, MemoryReset};
 pub use reuse::ReuseConfig;
 pub(crate) use state::StoreState;
 pub use subscription::Subscription;
@@ -97,6 +99,11 @@ pub struct RuntimeConfig {
     pub manifest: ManifestLimits,
     /// How components that callers bring are compiled, and within what.
     pub compile: CompileLimits,
+    /// How a pooled linear memory is made clean between calls.
+    pub memory_reset: MemoryReset,
+    /// Bytes at the bottom of each pooled linear memory kept mapped and
+    /// reset in place between calls; the rest is unmapped.
+    pub keep_resident_bytes: usize,
 }
 
 impl Default for RuntimeConfig {
@@ -116,6 +123,8 @@ impl Default for RuntimeConfig {
                 .max(1),
             manifest: ManifestLimits::default(),
             compile: CompileLimits::default(),
+            memory_reset: MemoryReset::Dirty,
+            keep_resident_bytes: KEEP_RESIDENT_BYTES,
         }
     }
 }
@@ -181,8 +190,8 @@ impl std::fmt::Debug for Inner {
 impl Runtime {
     /// Builds the engine and linker.
     pub fn new(config: RuntimeConfig) -> Result<Self, LoadError> {
-        let engine =
-            Engine::new(&engine_config(&config)).map_err(|e| LoadError::Engine(e.to_string()))?;
+        let engine = Engine::new(&pool::engine_config(&config))
+            .map_err(|e| LoadError::Engine(e.to_string()))?;
         let mut linker = Linker::new(&engine);
         capabilities::add_to_linker(&mut linker).map_err(|e| LoadError::Engine(e.to_string()))?;
         let cache = match &config.cache_dir {
@@ -374,37 +383,6 @@ fn check_header(wasm: &[u8]) -> Result<(), LoadError> {
         ));
     }
     Ok(())
-}
-
-/// Bytes at the bottom of each pooled linear memory reset in place between
-/// calls: covers a Rust guest's shadow stack (1 MiB), data and a small heap.
-const KEEP_RESIDENT_MEMORY: usize = 4 << 20;
-/// Bytes of each pooled table reset in place between calls.
-const KEEP_RESIDENT_TABLE: usize = 64 << 10;
-
-fn engine_config(config: &RuntimeConfig) -> Config {
-    let instances = config.max_instances.max(1);
-    let mut pool = PoolingAllocationConfig::default();
-    pool.total_component_instances(instances)
-        // A Rust component is a handful of core modules around one memory.
-        .total_core_instances(instances.saturating_mul(8))
-        .total_memories(instances.saturating_mul(2))
-        .total_tables(instances.saturating_mul(4))
-        .total_stacks(instances.saturating_mul(2))
-        .max_memory_size(config.max_memory_bytes)
-        // Reuse slots without page faults: reset only the pages a call
-        // dirtied (PAGEMAP_SCAN on Linux 6.7+, a plain memset elsewhere)
-        // instead of unmapping them, which costs a fault per page on the next
-        // call and a TLB shootdown on every core on this one.
-        .pagemap_scan(Enabled::Auto)
-        .linear_memory_keep_resident(KEEP_RESIDENT_MEMORY)
-        .table_keep_resident(KEEP_RESIDENT_TABLE);
-    let mut wasm = compile::code_config(compile::CodeSettings {
-        fuel: config.fuel,
-        epochs: config.enforce_limits,
-    });
-    wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-    wasm
 }
 
 /// The digest a plugin is known by: the SHA-256 of its component, in hex.

