@@ -222,3 +222,37 @@ async fn a_plugin_has_no_ambient_authority() {
     );
     assert!(!std::path::Path::new("/tmp/opbox-escape").exists());
 }
+
+/// `opbox dev` compiles with Winch, wasmtime's baseline compiler: the
+/// limits a plugin runs under hold in its code too.
+#[tokio::test]
+async fn code_from_the_quick_compiler_keeps_every_limit() {
+    let host = TestHost::with_config(|config| {
+        config.quick_compile = true;
+        config.plugin_limits.cpu_ms = Some(500);
+        config.plugin_limits.memory_bytes = Some(32 << 20);
+    })
+    .await;
+    let (status, body) = host.call("echo/echo", json!({"x": 1})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) =
+        while_others_answer(&host, host.call("hostile-loop/spin", json!(null))).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    assert_eq!(details(&body), &json!({"limit": "cpu_ms", "value": 500}));
+    let (status, body) =
+        while_others_answer(&host, host.call("hostile-memory/bomb", json!(null))).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(details(&body)["limit"], "memory_bytes", "{body}");
+
+    let host = TestHost::with_config(|config| {
+        config.quick_compile = true;
+        config.plugin_limits.fuel = Some(50_000_000);
+    })
+    .await;
+    let (status, body) = host.call("hostile-loop/spin", json!(null)).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(
+        details(&body),
+        &json!({"limit": "fuel", "value": 50_000_000})
+    );
+}

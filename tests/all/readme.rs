@@ -496,3 +496,56 @@ fn the_dev_loop_snippet_serves_a_new_python_plugin() {
         "{said}"
     );
 }
+
+/// "Two commands": the first is the demo host every test above starts
+/// (`opbox serve`, no config), listening where the README says; the
+/// second is the one `.ci/run` runs.
+#[test]
+fn the_two_commands_are_the_ones_tests_and_ci_run() {
+    let readme = readme();
+    let block = &blocks(&readme, "## Two commands", "sh")[0];
+    let [serve, test] = block.lines().collect::<Vec<_>>()[..] else {
+        panic!("two commands, not:\n{block}");
+    };
+    assert!(serve.starts_with("cargo run -p opbox -- serve "), "{serve}");
+    assert!(
+        serve.contains("127.0.0.1:8080") && serve.contains(":8081"),
+        "{serve}"
+    );
+    // What `opbox serve` with no config serves.
+    let demo = opbox::HostConfig::demo();
+    assert_eq!(demo.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(
+        demo.tcp_listen.map(|addr| addr.to_string()).as_deref(),
+        Some("127.0.0.1:8081")
+    );
+    let command = test.split('#').next().unwrap().trim();
+    let ci = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../.ci/run")).unwrap();
+    assert!(
+        ci.lines().any(|line| line.starts_with(command)),
+        "`.ci/run` does not run `{command}`"
+    );
+}
+
+/// "Running the host": every command and flag of the synopsis is one the
+/// binary takes.
+#[test]
+fn the_synopsis_names_only_commands_and_flags_that_exist() {
+    let readme = readme();
+    let block = &blocks(&readme, "## Running the host", "sh")[0];
+    for line in block.lines() {
+        let command = line.split_whitespace().nth(1).unwrap();
+        let help = opbox().args([command, "--help"]).output().unwrap();
+        assert!(help.status.success(), "no `opbox {command}`");
+        let help = String::from_utf8_lossy(&help.stdout);
+        for flag in line
+            .split(|c: char| c.is_whitespace() || c == '[' || c == ']')
+            .filter(|word| word.starts_with("--"))
+        {
+            assert!(
+                help.contains(flag),
+                "`opbox {command}` takes no {flag}:\n{help}"
+            );
+        }
+    }
+}

@@ -4,7 +4,8 @@
 //!
 //! Per language: the build (Rust from a clean target directory, and again
 //! after a one-line edit), the component's size, its cold compile (no
-//! cache), the first call and the steady per-call latency of `hello`
+//! cache) with Cranelift and with Winch (as `opbox dev` compiles), the
+//! first call and the steady per-call latency of `hello`
 //! through the dispatcher (a fresh instance per call, then with the
 //! instances reused as `[plugins.reuse]` allows), and the per-item cost of
 //! a 10,000-item `count`. Python and JavaScript need their toolchains
@@ -61,15 +62,15 @@ pub(crate) async fn bench_languages(host: &Host) {
         std::env::var("OPBOX_BENCH_KEEP_RESIDENT").unwrap_or("default".into()),
     );
     println!(
-        "| language | build | rebuild after an edit | size | cold compile | first call | \
+        "| language | build | rebuild after an edit | size | cold compile | with Winch (`opbox dev`) | first call | \
          `hello` median | `hello` p99 | `hello` reused, median | reused, p99 | `count` per item |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     let dir = tempfile::tempdir().expect("a temporary directory");
     for lang in &LANGS {
         if lang.tool.is_empty() {
             println!(
-                "| {} | skipped: toolchain not installed | | | | | | | | | |",
+                "| {} | skipped: toolchain not installed | | | | | | | | | | |",
                 lang.lang
             );
             continue;
@@ -77,7 +78,8 @@ pub(crate) async fn bench_languages(host: &Host) {
         let name = format!("bench-{}", lang.lang);
         let plugin_dir = new_plugin(dir.path(), &name, lang.lang);
         let (wasm, build, rebuild) = build_twice(&plugin_dir, lang);
-        let cold = cold_compile(&wasm).await;
+        let cold = cold_compile(&wasm, false).await;
+        let quick = cold_compile(&wasm, true).await;
         // The bench host's store outlives a run: a plugin from the last
         // one goes first (not there: nothing to do).
         let _ = host.plugins().remove(None, &name).await;
@@ -111,12 +113,13 @@ pub(crate) async fn bench_languages(host: &Host) {
         dispatcher.call(hello()).await.expect("hello answers");
         let reused = calls().await;
         println!(
-            "| {} | {} | {} | {:.2} MB | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {:.2} MB | {} | {} | {} | {} | {} | {} | {} | {} |",
             lang.lang,
             secs(build),
             secs(rebuild),
             wasm.len() as f64 / 1e6,
             ms(cold),
+            ms(quick),
             ms(first),
             us(fresh.median),
             us(fresh.p99),
@@ -209,10 +212,11 @@ fn build(dir: &Path, lang: &Lang) -> (Vec<u8>, Duration) {
 }
 
 /// Compiling the component with nothing cached.
-async fn cold_compile(wasm: &[u8]) -> Duration {
+async fn cold_compile(wasm: &[u8], quick: bool) -> Duration {
     let runtime = Runtime::new(RuntimeConfig {
         max_instances: 4,
         cache_dir: None,
+        quick_compile: quick,
         ..RuntimeConfig::default()
     })
     .expect("a runtime");

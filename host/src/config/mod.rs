@@ -242,6 +242,11 @@ pub struct HostConfig {
     /// only. Not read from the file.
     #[serde(skip)]
     pub compiler: Option<PathBuf>,
+    /// Compile plugins with Winch, wasmtime's baseline compiler, instead
+    /// of Cranelift: about a third of the compile time, slower code.
+    /// `opbox dev` sets it; not read from the file.
+    #[serde(skip)]
+    pub quick_compile: bool,
 }
 
 impl Default for HostConfig {
@@ -269,6 +274,7 @@ impl Default for HostConfig {
             cluster: None,
             tracer: Tracer::default(),
             compiler: None,
+            quick_compile: false,
         }
     }
 }
@@ -359,6 +365,7 @@ impl HostConfig {
             max_instances: self.limits.max_instances,
             memory_reset: self.limits.memory_reset,
             keep_resident_bytes: self.limits.keep_resident_bytes,
+            quick_compile: self.quick_compile,
             cpu_lanes: self
                 .limits
                 .cpu_lanes

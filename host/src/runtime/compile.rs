@@ -77,6 +77,8 @@ pub(super) struct CodeSettings {
     pub(super) fuel: bool,
     /// Epoch interruption (CPU-time limits) is compiled in.
     pub(super) epochs: bool,
+    /// Winch, wasmtime's baseline compiler, instead of Cranelift.
+    pub(super) quick: bool,
 }
 
 /// Refuses a component whose shape is past `limits`, reading it without
@@ -133,6 +135,9 @@ pub(super) async fn in_child(
     }
     if !settings.epochs {
         command.arg("--no-epochs");
+    }
+    if settings.quick {
+        command.arg("--quick");
     }
     let mut child = command.spawn().map_err(|e| {
         tracing::error!(program = %program.display(), "cannot start the compiler: {e}");
@@ -194,7 +199,13 @@ const FAILED: i32 = 3;
 /// `opbox compile-component`: reads a component on standard input and
 /// writes its compiled artifact on standard output, within the memory and
 /// CPU time it is given, which it sets on itself before reading a byte.
-pub fn child_main(memory_bytes: u64, cpu_secs: u64, fuel: bool, epochs: bool) -> ExitCode {
+pub fn child_main(
+    memory_bytes: u64,
+    cpu_secs: u64,
+    fuel: bool,
+    epochs: bool,
+    quick: bool,
+) -> ExitCode {
     let limited = rlimit::setrlimit(rlimit::Resource::DATA, memory_bytes, memory_bytes)
         .and_then(|()| rlimit::setrlimit(rlimit::Resource::CPU, cpu_secs, cpu_secs));
     if let Err(e) = limited {
@@ -206,7 +217,11 @@ pub fn child_main(memory_bytes: u64, cpu_secs: u64, fuel: bool, epochs: bool) ->
         eprintln!("cannot read the component: {e}");
         return ExitCode::FAILURE;
     }
-    let mut config = code_config(CodeSettings { fuel, epochs });
+    let mut config = code_config(CodeSettings {
+        fuel,
+        epochs,
+        quick,
+    });
     // One thread: the compiler competes with the host's calls for cores.
     config.parallel_compilation(false);
     let artifact =
@@ -235,6 +250,9 @@ pub(super) fn code_config(settings: CodeSettings) -> wasmtime::Config {
         .epoch_interruption(settings.epochs)
         .consume_fuel(settings.fuel)
         .wasm_component_model_async(true);
+    if settings.quick {
+        config.strategy(wasmtime::Strategy::Winch);
+    }
     config
 }
 
@@ -246,13 +264,24 @@ mod tests {
     fn the_compilers_settings_make_code_the_hosts_engine_loads() {
         // The smallest component: no sections at all.
         let empty = b"\0asm\x0d\0\x01\0";
-        for (fuel, epochs) in [(false, true), (true, true), (false, false)] {
-            let settings = CodeSettings { fuel, epochs };
+        for (fuel, epochs, quick) in [
+            (false, true, false),
+            (true, true, false),
+            (false, false, false),
+            (false, true, true),
+            (true, true, true),
+        ] {
+            let settings = CodeSettings {
+                fuel,
+                epochs,
+                quick,
+            };
             let compiler = wasmtime::Engine::new(&code_config(settings)).unwrap();
             let artifact = compiler.precompile_component(empty).unwrap();
             let host = super::super::Runtime::new(super::super::RuntimeConfig {
                 fuel,
                 enforce_limits: epochs,
+                quick_compile: quick,
                 ..Default::default()
             })
             .unwrap();

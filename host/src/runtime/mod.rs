@@ -104,6 +104,10 @@ pub struct RuntimeConfig {
     /// Bytes at the bottom of each pooled linear memory kept mapped and
     /// reset in place between calls; the rest is unmapped.
     pub keep_resident_bytes: usize,
+    /// Compile plugins with Winch, wasmtime's baseline compiler: in about
+    /// a third of Cranelift's time, to code that runs slower. For `opbox
+    /// dev`, where a save waits for the compile.
+    pub quick_compile: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -125,6 +129,7 @@ impl Default for RuntimeConfig {
             compile: CompileLimits::default(),
             memory_reset: MemoryReset::Dirty,
             keep_resident_bytes: KEEP_RESIDENT_BYTES,
+            quick_compile: false,
         }
     }
 }
@@ -335,6 +340,7 @@ impl Runtime {
         compile::CodeSettings {
             fuel: self.inner.config.fuel,
             epochs: self.inner.config.enforce_limits,
+            quick: self.inner.config.quick_compile,
         }
     }
 }

@@ -26,8 +26,8 @@ pub enum MemoryReset {
     /// Copy back (or zero) the first `keep_resident_bytes` of the memory
     /// whole, written or not, and unmap the rest. No page faults for a
     /// guest whose memory fits, at the price of copying all of it on every
-    /// call: about 20 µs more for a Rust guest, 0.7 – 1.1 ms less for a
-    /// Python one (`docs/performance.md`).
+    /// call: about 9 µs more a call for a small Rust guest, about 1 ms less
+    /// for a Python one (`docs/performance.md`).
     Copy,
 }
 
@@ -64,6 +64,7 @@ pub(super) fn engine_config(config: &RuntimeConfig) -> Config {
     let mut wasm = compile::code_config(compile::CodeSettings {
         fuel: config.fuel,
         epochs: config.enforce_limits,
+        quick: config.quick_compile,
     });
     wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     wasm

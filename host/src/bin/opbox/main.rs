@@ -150,6 +150,9 @@ enum Command {
         /// enforce CPU-time limits).
         #[arg(long)]
         no_epochs: bool,
+        /// Compile with Winch (the host's engine does: `opbox dev`).
+        #[arg(long)]
+        quick: bool,
     },
     /// Build the plugin in DIR, serve it, and rebuild and replace it on
     /// every save.
@@ -212,9 +215,10 @@ fn main() -> ExitCode {
         cpu_secs,
         fuel,
         no_epochs,
+        quick,
     } = cli.command
     {
-        return opbox::runtime::compile_child_main(memory_bytes, cpu_secs, fuel, !no_epochs);
+        return opbox::runtime::compile_child_main(memory_bytes, cpu_secs, fuel, !no_epochs, quick);
     }
     // `serve` reads its configuration first: it says where traces go.
     let host_config = match &cli.command {
