@@ -243,7 +243,7 @@ pub struct HostConfig {
     #[serde(skip)]
     pub compiler: Option<PathBuf>,
     /// Compile plugins with Winch, wasmtime's baseline compiler, instead
-    /// of Cranelift: about a third of the compile time, slower code.
+    /// of Cranelift: about a quarter of the compile time, slower code.
     /// `opbox dev` sets it; not read from the file.
     #[serde(skip)]
     pub quick_compile: bool,

@@ -105,7 +105,7 @@ pub struct RuntimeConfig {
     /// reset in place between calls; the rest is unmapped.
     pub keep_resident_bytes: usize,
     /// Compile plugins with Winch, wasmtime's baseline compiler: in about
-    /// a third of Cranelift's time, to code that runs slower. For `opbox
+    /// a quarter of Cranelift's time, to code that runs slower. For `opbox
     /// dev`, where a save waits for the compile.
     pub quick_compile: bool,
 }
