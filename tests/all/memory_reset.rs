@@ -2,7 +2,7 @@
 //! calls, seen in the page faults a Python plugin's fresh instances cost
 //! the host process.
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::languages::example;
 use crate::util::Server;
@@ -38,15 +38,8 @@ async fn faults_per_call(python: &std::path::Path, limits: &str) -> u64 {
 
 /// Calls `greeter-py/hello` on `server`.
 async fn hello(client: &reqwest::Client, server: &Server) {
-    let body: Value = client
-        .post(format!("{}/call", server.url))
-        .json(&json!({"operation": "greeter-py/hello", "input": {"name": "Ada"}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let input = json!({"name": "Ada"});
+    let body = server.call(client, "greeter-py/hello", input).await;
     assert_eq!(body["output"], json!({"message": "Hello, Ada!"}), "{body}");
 }
 
