@@ -13,7 +13,7 @@ use crate::{Context, Error, Plugin};
 mod bindings {
     wit_bindgen::generate!({
         path: "wit",
-        world: "opbox:plugin/plugin",
+        world: "opbox:plugin/plugin-raw",
         pub_export_macro: true,
         export_macro_name: "__export_handler",
         default_bindings_module: "::opbox_sdk::__private",
@@ -24,16 +24,24 @@ mod bindings {
 
 pub use bindings::__export_handler;
 pub use bindings::exports::opbox::plugin::handler::Guest;
+pub use bindings::exports::opbox::plugin::raw::{Guest as RawGuest, RawSpec};
 pub use bindings::opbox::plugin::types::{CallContext, CallError, Manifest};
 pub use bindings::opbox::plugin::{invoke, log};
 pub use bindings::wasi::config::store as wasi_config;
 pub use bindings::wasi::keyvalue as wasi_keyvalue;
 #[doc(hidden)]
-pub use bindings::{exports, opbox, wit_stream};
+pub use bindings::{exports, opbox, wit_future, wit_stream};
 pub use wit_bindgen;
 
 /// The item type of a subscription's stream, as the WIT world spells it.
 pub type Item = Result<String, CallError>;
+
+/// What `raw.run` hands back at once: stdout, stderr and the status.
+pub type RawStarted = (
+    wit_bindgen::StreamReader<u8>,
+    wit_bindgen::StreamReader<u8>,
+    wit_bindgen::FutureReader<Result<u8, CallError>>,
+);
 
 /// How many ready items are handed to the host in one stream write.
 const WRITE_BATCH: usize = 64;
@@ -163,6 +171,58 @@ pub async fn subscribe(
         }
     });
     Ok(reader)
+}
+
+/// `raw.describe`: the byte-stream operations of `plugin`.
+pub fn describe_raw(plugin: &Plugin) -> Vec<RawSpec> {
+    install_panic_hook();
+    plugin
+        .raw
+        .iter()
+        .map(|op| RawSpec {
+            name: op.name.clone(),
+            description: op.description.clone(),
+            input_schema: (op.input_schema)(),
+            internal: op.internal,
+            required_scopes: op.required_scopes.clone(),
+        })
+        .collect()
+}
+
+/// `raw.run`: starts a byte-stream operation of `plugin` on a task of its
+/// own, and hands back its outputs and status at once.
+pub fn run_raw(
+    plugin: &'static Plugin,
+    ctx: CallContext,
+    op: String,
+    input: String,
+    stdin: wit_bindgen::StreamReader<u8>,
+) -> Result<RawStarted, CallError> {
+    install_panic_hook();
+    let Some(found) = plugin.raw.iter().find(|raw| raw.name == op) else {
+        return Err(match plugin.op_named(&op) {
+            Some(_) => wrong_type(&op, "not a byte-stream operation"),
+            None => unknown(&op),
+        });
+    };
+    let (stdout, stdout_reader) = wit_stream::new::<u8>();
+    let (stderr, stderr_reader) = wit_stream::new::<u8>();
+    let (status, status_reader) = wit_future::new::<Result<u8, CallError>>(|| {
+        Err(Error::internal("the operation ended without a status").into())
+    });
+    let pipes = crate::raw::Pipes {
+        stdin: crate::raw::Stdin::new(stdin),
+        stdout: crate::raw::Output::new(stdout),
+        stderr: crate::raw::Output::new(stderr),
+    };
+    let run = (found.handler)(Context::from_wit(ctx), input, pipes);
+    wit_bindgen::spawn_local(async move {
+        // The pipes were moved into `run`: its outputs end when it returns,
+        // before the status is written.
+        let exit = run.await.map_err(CallError::from);
+        let _ = status.write(exit).await;
+    });
+    Ok((stdout_reader, stderr_reader, status_reader))
 }
 
 fn unknown(op: &str) -> CallError {

@@ -162,6 +162,7 @@ mod json;
 pub mod keyvalue;
 pub mod log;
 mod plugin;
+pub mod raw;
 mod schema;
 
 #[doc(hidden)]
@@ -234,6 +235,21 @@ macro_rules! export {
                 $crate::__private::CallError,
             > {
                 $crate::__private::subscribe(Self::plugin(), ctx, op, input).await
+            }
+        }
+
+        impl $crate::__private::RawGuest for __OpboxPlugin {
+            fn describe() -> ::std::vec::Vec<$crate::__private::RawSpec> {
+                $crate::__private::describe_raw(Self::plugin())
+            }
+
+            async fn run(
+                ctx: $crate::__private::CallContext,
+                op: ::std::string::String,
+                input: ::std::string::String,
+                stdin: $crate::__private::wit_bindgen::StreamReader<u8>,
+            ) -> ::std::result::Result<$crate::__private::RawStarted, $crate::__private::CallError> {
+                $crate::__private::run_raw(Self::plugin(), ctx, op, input, stdin)
             }
         }
 

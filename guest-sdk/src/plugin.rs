@@ -89,12 +89,17 @@ pub(crate) struct Op {
 #[derive(Default)]
 pub struct Plugin {
     pub(crate) ops: Vec<Op>,
+    pub(crate) raw: Vec<crate::raw::RawOp>,
 }
 
 impl fmt::Debug for Plugin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let names: Vec<&str> = self.ops.iter().map(|op| op.name.as_str()).collect();
-        f.debug_struct("Plugin").field("ops", &names).finish()
+        let raw: Vec<&str> = self.raw.iter().map(|op| op.name.as_str()).collect();
+        f.debug_struct("Plugin")
+            .field("ops", &names)
+            .field("raw", &raw)
+            .finish()
     }
 }
 
@@ -165,6 +170,29 @@ impl Plugin {
         handler: impl IterHandler<Args>,
     ) -> Self {
         self.op(Operation::subscription_iter(name, description, handler))
+    }
+
+    /// Adds a byte-stream operation (the raw carriage, [`crate::raw`]).
+    ///
+    /// `handler` is an `async fn(Context, In, Pipes) -> Result<u8>`, or an
+    /// `async fn(Context, Pipes) -> Result<u8>` for one without arguments:
+    /// it reads the caller's bytes from `pipes.stdin`, writes to
+    /// `pipes.stdout` and `pipes.stderr`, and returns its exit code.
+    #[must_use]
+    pub fn raw<Args>(
+        self,
+        name: &str,
+        description: &str,
+        handler: impl crate::raw::RawHandler<Args>,
+    ) -> Self {
+        self.raw_op(crate::raw::RawOperation::new(name, description, handler))
+    }
+
+    /// Adds a byte-stream operation built with its settings.
+    #[must_use]
+    pub fn raw_op(mut self, operation: crate::raw::RawOperation) -> Self {
+        self.raw.push(operation.0);
+        self
     }
 
     pub(crate) fn op_named(&self, name: &str) -> Option<&Op> {

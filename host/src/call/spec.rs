@@ -14,13 +14,15 @@ pub enum OpType {
     Mutation,
     /// One input, a stream of outputs.
     Subscription,
+    /// One input, then bytes both ways: the raw carriage (`docs/raw.md`).
+    Raw,
 }
 
 impl OpType {
     /// Whether the operation answers once (query, mutation) rather than with
-    /// a stream.
+    /// a stream of outputs or of bytes.
     pub fn is_once(self) -> bool {
-        !matches!(self, Self::Subscription)
+        matches!(self, Self::Query | Self::Mutation)
     }
 }
 
@@ -51,7 +53,7 @@ pub struct AccessControl {
 pub struct OperationSpec {
     /// `namespace/op`.
     pub name: String,
-    /// Query, mutation or subscription.
+    /// Query, mutation, subscription or raw.
     pub op_type: OpType,
     /// External or internal.
     pub visibility: Visibility,

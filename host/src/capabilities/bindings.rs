@@ -22,3 +22,28 @@ wasmtime::component::bindgen!({
 
 pub use self::opbox::plugin::log::Level;
 pub use self::opbox::plugin::types::{CallContext, CallError, Manifest, OpType, OperationSpec};
+
+/// The optional export of byte-stream operations (`raw`, the world
+/// `plugin-raw`): its own bindings, so that a plugin without it still
+/// loads through [`PluginPre`]; every interface it shares with `plugin` is
+/// the one generated above.
+pub mod raw {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "opbox:plugin/plugin-raw",
+        with: {
+            "opbox:plugin/types": super::opbox::plugin::types,
+            "opbox:plugin/log": super::opbox::plugin::log,
+            "opbox:plugin/invoke": super::opbox::plugin::invoke,
+            "opbox:plugin/outbound": super::opbox::plugin::outbound,
+            "opbox:plugin/blocking": super::opbox::plugin::blocking,
+            "wasi:config/store": super::wasi::config::store,
+            "wasi:keyvalue/store": super::wasi::keyvalue::store,
+            "wasi:keyvalue/atomics": super::wasi::keyvalue::atomics,
+            "wasi:keyvalue/batch": super::wasi::keyvalue::batch,
+        },
+        exports: { default: async | store },
+    });
+
+    pub use self::exports::opbox::plugin::raw::{GuestIndices, RawSpec};
+}

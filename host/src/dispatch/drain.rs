@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use futures::StreamExt;
 use tokio::sync::{Notify, watch};
 
-use super::OutputStream;
+use super::Outputs;
 use crate::call::{CallError, ErrorCode, Origin};
 
 /// Whether the host is draining, and how many calls are in flight.
@@ -111,7 +111,11 @@ impl Drain {
 
     /// `stream`, counted in flight while it is open, and ended with
     /// `UNAVAILABLE` when the host starts draining.
-    pub(crate) fn until_drained(&self, stream: OutputStream, in_flight: InFlight) -> OutputStream {
+    pub(crate) fn until_drained<T: Send + 'static>(
+        &self,
+        stream: Outputs<T>,
+        in_flight: InFlight,
+    ) -> Outputs<T> {
         let drained = Box::pin(self.draining());
         futures::stream::unfold(Some((stream, drained, in_flight)), |state| async move {
             let (mut stream, mut drained, in_flight) = state?;

@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use futures::Stream;
 use serde_json::Value;
 
-use super::OutputStream;
+use super::Outputs;
 use crate::call::{
     CallError, CallRequest, ErrorCode, Event, Finished, Happening, Meter, SharedObserver, cut,
 };
@@ -210,19 +210,19 @@ impl CallLog {
 const MAX_CAUSE: usize = 512;
 
 /// A subscription's outputs, logged when the stream ends or is dropped.
-pub(super) struct Logged {
-    inner: OutputStream,
+pub(super) struct Logged<T = Value> {
+    inner: Outputs<T>,
     log: CallLog,
 }
 
-impl Logged {
-    pub(super) fn new(inner: OutputStream, log: CallLog) -> Self {
+impl<T> Logged<T> {
+    pub(super) fn new(inner: Outputs<T>, log: CallLog) -> Self {
         Self { inner, log }
     }
 }
 
-impl Stream for Logged {
-    type Item = Result<Value, CallError>;
+impl<T> Stream for Logged<T> {
+    type Item = Result<T, CallError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         if self.log.done {

@@ -16,6 +16,7 @@ mod handler;
 mod logged;
 mod nested;
 mod pipeline;
+mod raw;
 mod remote;
 mod shares;
 mod validate;
@@ -46,6 +47,7 @@ pub use handler::{
 };
 use logged::{CallLog, Labels, Logged};
 use pipeline::{Target, visible};
+pub use raw::{RawInput, RawOutputs};
 use remote::Reach;
 pub use remote::Remote;
 use shares::{OnShare, Shares};
@@ -105,8 +107,11 @@ impl Default for DispatchConfig {
     }
 }
 
+/// A stream of outputs that ends after an error.
+pub type Outputs<T> = BoxStream<'static, Result<T, CallError>>;
+
 /// A subscription's outputs; the stream ends after an error.
-pub type OutputStream = BoxStream<'static, Result<Value, CallError>>;
+pub type OutputStream = Outputs<Value>;
 
 /// One line of an operation list.
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]

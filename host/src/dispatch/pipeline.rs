@@ -13,10 +13,10 @@ use super::drain::InFlight;
 use super::nested::invocation;
 use super::remote::{Reach, Remote};
 use super::validate::{is_large, validate_input};
-use super::{CallContext, Dispatcher, Handler, Operation, OutputStream, failure};
+use super::{CallContext, Dispatcher, Handler, Operation, OutputStream, Outputs, failure};
 use crate::call::{
-    AccessControl, CallError, CallRequest, ErrorCode, Identity, Meter, OperationSpec, Origin,
-    Visibility,
+    AccessControl, CallError, CallRequest, ErrorCode, Identity, Meter, OpType, OperationSpec,
+    Origin, Visibility,
 };
 use crate::runtime::Busy;
 use crate::telemetry::trace::CallSpan;
@@ -33,6 +33,8 @@ pub(super) enum Kind {
     Once,
     /// A subscription (`subscribe`).
     Stream,
+    /// A byte-stream operation (the raw carriage).
+    Raw,
 }
 
 /// Where an admitted call runs.
@@ -60,7 +62,7 @@ impl Dispatcher {
     /// asked for, within the tenant's quotas. An operation this host does
     /// not hold goes to the cluster, if `reach` allows, with this host's
     /// part of the admission; the host that runs it checks the rest.
-    fn admit(
+    pub(super) fn admit(
         &self,
         request: &CallRequest,
         kind: Kind,
@@ -69,29 +71,28 @@ impl Dispatcher {
         let in_flight = self.inner.drain.enter(request.origin)?;
         let (target, tenant) = self.resolve(request, reach)?;
         if let Target::Here(op) = &target {
-            match (kind, op.spec.op_type.is_once()) {
-                (Kind::Once, false) => {
-                    return Err(CallError::new(
-                        ErrorCode::InvalidOperationType,
-                        format!(
-                            "`{}` is a subscription; subscribe to it instead",
-                            op.spec.name
-                        ),
-                    ));
-                }
-                (Kind::Stream, true) => {
-                    return Err(CallError::new(
-                        ErrorCode::InvalidOperationType,
-                        format!("`{}` is a query or mutation; call it instead", op.spec.name),
-                    ));
-                }
-                _ => {}
+            let asked = match kind {
+                Kind::Once => op.spec.op_type.is_once(),
+                Kind::Stream => op.spec.op_type == OpType::Subscription,
+                Kind::Raw => op.spec.op_type == OpType::Raw,
+            };
+            if !asked {
+                let how = match op.spec.op_type {
+                    OpType::Query | OpType::Mutation => "a query or mutation; call it",
+                    OpType::Subscription => "a subscription; subscribe to it",
+                    OpType::Raw => "a byte-stream operation; call it with the raw carriage",
+                };
+                return Err(CallError::new(
+                    ErrorCode::InvalidOperationType,
+                    format!("`{}` is {how} instead", op.spec.name),
+                ));
             }
         }
         let admission = match (request.origin, kind) {
             (Origin::Nested { .. }, _) => None,
             (Origin::Wire(_), Kind::Once) => Some(tenant.usage.admit_call()?),
-            (Origin::Wire(_), Kind::Stream) => Some(tenant.usage.admit_subscription()?),
+            // A byte stream stays open as a subscription does.
+            (Origin::Wire(_), Kind::Stream | Kind::Raw) => Some(tenant.usage.admit_subscription()?),
         };
         Ok(Admitted {
             target,
@@ -288,7 +289,11 @@ impl Dispatcher {
     /// that it never holds an async worker; the call's deadline, which runs
     /// around this, bounds the wait. (What one check can cost is bounded
     /// when the plugin loads: see `runtime::ManifestLimits`.)
-    async fn validate(&self, op: &Arc<Operation>, input: Value) -> Result<Value, CallError> {
+    pub(super) async fn validate(
+        &self,
+        op: &Arc<Operation>,
+        input: Value,
+    ) -> Result<Value, CallError> {
         if !is_large(&input) {
             return validate_input(op, &input).map(|()| input);
         }
@@ -394,7 +399,10 @@ fn nested_native(request: &CallRequest, tenant: &Tenant) -> Result<Option<Admiss
 }
 
 /// `stream`, keeping `held` (quota slots) until it is dropped.
-pub(super) fn holding(stream: OutputStream, held: Vec<Option<Admission>>) -> OutputStream {
+pub(super) fn holding<T: Send + 'static>(
+    stream: Outputs<T>,
+    held: Vec<Option<Admission>>,
+) -> Outputs<T> {
     stream
         .map(move |item| {
             let _held = &held;
@@ -404,16 +412,19 @@ pub(super) fn holding(stream: OutputStream, held: Vec<Option<Admission>>) -> Out
 }
 
 /// Ends `stream` with `TIMEOUT` once `limit` has passed.
-pub(super) fn with_time_limit(stream: OutputStream, limit: Duration) -> OutputStream {
+pub(super) fn with_time_limit<T: Send + 'static>(
+    stream: Outputs<T>,
+    limit: Duration,
+) -> Outputs<T> {
     cut_off(stream, tokio::time::sleep(limit), failure::timeout(limit))
 }
 
 /// Ends `stream` with `UNAVAILABLE` once `ending` resolves: the plugin
 /// version it runs on was replaced or removed, and its grace period is over.
-fn until_retired(
-    stream: OutputStream,
+pub(super) fn until_retired<T: Send + 'static>(
+    stream: Outputs<T>,
     ending: impl Future<Output = ()> + Send + 'static,
-) -> OutputStream {
+) -> Outputs<T> {
     let error = CallError::new(
         ErrorCode::Unavailable,
         "the plugin was replaced or removed; subscribe again",
@@ -422,11 +433,11 @@ fn until_retired(
 }
 
 /// `stream` until `signal` resolves, then `error` as its last item.
-fn cut_off(
-    stream: OutputStream,
+fn cut_off<T: Send + 'static>(
+    stream: Outputs<T>,
     signal: impl Future<Output = ()> + Send + 'static,
     error: CallError,
-) -> OutputStream {
+) -> Outputs<T> {
     futures::stream::unfold(
         (stream, Box::pin(signal), Some(error)),
         |(mut stream, mut signal, error)| async move {

@@ -26,6 +26,7 @@ mod events;
 mod idle;
 mod mcp;
 mod ops;
+mod raw;
 mod serve;
 mod subscribe;
 mod ws;
@@ -131,6 +132,7 @@ pub fn router(dispatcher: Dispatcher, config: GatewayConfig, websockets: TaskTra
         .route("/batch", post(call::batch))
         .route("/subscribe", post(subscribe::subscribe))
         .route("/ops/{namespace}/{op}", post(ops::op))
+        .route("/raw/{namespace}/{op}", post(raw::raw))
         .route("/search", get(discovery::search))
         .route("/schema", get(discovery::schema))
         .route("/openapi.json", get(discovery::openapi))

@@ -96,7 +96,7 @@ pub(super) async fn op(
 }
 
 /// The `opbox-deadline-ms` header, when there is one.
-fn deadline(headers: &HeaderMap) -> Result<Option<Duration>, CallError> {
+pub(super) fn deadline(headers: &HeaderMap) -> Result<Option<Duration>, CallError> {
     let Some(value) = headers.get(&DEADLINE) else {
         return Ok(None);
     };

@@ -189,13 +189,23 @@ impl Plugin {
         &self,
         store: &mut Store<StoreState>,
     ) -> Result<bindings::Plugin, InvokeError> {
-        self.pre.instantiate_async(&mut *store).await.map_err(|e| {
-            if e.is::<PoolConcurrencyLimitError>() {
-                InvokeError::NoCapacity
-            } else {
-                classify(store, e)
-            }
-        })
+        self.pre
+            .instantiate_async(&mut *store)
+            .await
+            .map_err(|e| instantiate_failed(store, e))
+    }
+
+    /// A fresh instance, untyped: for the exports `bindings::Plugin` does
+    /// not cover (`raw`).
+    pub(super) async fn instantiate_instance(
+        &self,
+        store: &mut Store<StoreState>,
+    ) -> Result<wasmtime::component::Instance, InvokeError> {
+        self.pre
+            .instance_pre()
+            .instantiate_async(&mut *store)
+            .await
+            .map_err(|e| instantiate_failed(store, e))
     }
 
     /// Runs a query or mutation: JSON text in, JSON text out.
@@ -305,5 +315,15 @@ impl Plugin {
             }
             _ => first,
         }
+    }
+}
+
+/// Why an instance could not be made: no room in the pool, or a trap in
+/// its start-up.
+fn instantiate_failed(store: &mut Store<StoreState>, e: wasmtime::Error) -> InvokeError {
+    if e.is::<PoolConcurrencyLimitError>() {
+        InvokeError::NoCapacity
+    } else {
+        classify(store, e)
     }
 }

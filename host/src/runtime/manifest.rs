@@ -57,6 +57,10 @@ impl Default for ManifestLimits {
     }
 }
 
+/// What a byte-stream operation answers, as its output schema: bytes, not
+/// JSON.
+pub(crate) const RAW_OUTPUT_SCHEMA: &str = r#"{"type":"string","contentMediaType":"application/octet-stream","description":"bytes: stdout and stderr, then an exit code"}"#;
+
 fn refuse(message: String) -> LoadError {
     LoadError::Manifest(message)
 }
@@ -65,8 +69,24 @@ fn refuse(message: String) -> LoadError {
 /// schemas that are JSON, compile and are cheap enough to validate against.
 pub(super) fn check_operations(
     specs: Vec<bindings::OperationSpec>,
+    raw: Vec<bindings::raw::RawSpec>,
     limits: &ManifestLimits,
 ) -> Result<Vec<PluginOp>, LoadError> {
+    // Byte-stream operations are checked with the others, under the same
+    // names and limits: what they answer is bytes, described as such.
+    let first_raw = specs.len();
+    let specs: Vec<bindings::OperationSpec> = specs
+        .into_iter()
+        .chain(raw.into_iter().map(|raw| bindings::OperationSpec {
+            name: raw.name,
+            op_type: WitOpType::Query,
+            description: raw.description,
+            input_schema: raw.input_schema,
+            output_schema: RAW_OUTPUT_SCHEMA.to_owned(),
+            internal: raw.internal,
+            required_scopes: raw.required_scopes,
+        }))
+        .collect();
     if specs.len() > limits.max_operations {
         return Err(refuse(format!(
             "{} operations, more than max_operations = {}",
@@ -92,7 +112,7 @@ pub(super) fn check_operations(
     }
     let mut seen = HashSet::new();
     let mut ops = Vec::with_capacity(specs.len());
-    for spec in specs {
+    for (index, spec) in specs.into_iter().enumerate() {
         if !is_valid_segment(&spec.name) {
             return Err(refuse(format!(
                 "operation name `{}` is not valid ([a-z0-9_-]+)",
@@ -127,6 +147,7 @@ pub(super) fn check_operations(
             output_schema,
             input: Arc::new(input),
             op_type: match spec.op_type {
+                _ if index >= first_raw => OpType::Raw,
                 WitOpType::Query => OpType::Query,
                 WitOpType::Mutation => OpType::Mutation,
                 WitOpType::Subscription => OpType::Subscription,

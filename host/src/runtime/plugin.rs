@@ -53,6 +53,8 @@ pub(crate) struct PluginOp {
 pub struct Plugin {
     pub(crate) runtime: Runtime,
     pub(crate) pre: bindings::PluginPre<StoreState>,
+    /// Its byte-stream operations' export, when it has one.
+    pub(crate) raw: Option<bindings::raw::GuestIndices>,
     pub(crate) name: Arc<str>,
     version: String,
     digest: String,
@@ -124,9 +126,12 @@ impl Plugin {
         options: LoadOptions,
     ) -> Result<Arc<Self>, LoadError> {
         let alive = runtime.inner.plugins.enter();
+        // A plugin without the `raw` export has no byte-stream operations.
+        let raw = bindings::raw::GuestIndices::new(pre.instance_pre()).ok();
         let mut plugin = Self {
             runtime,
             pre,
+            raw,
             name: Arc::from(options.name.as_deref().unwrap_or("loading")),
             version: String::new(),
             digest,
@@ -158,7 +163,12 @@ impl Plugin {
         }
         plugin.name = Arc::from(name);
         plugin.version = manifest.version;
-        plugin.ops = check_operations(manifest.operations, &plugin.runtime.inner.config.manifest)?;
+        let raw = plugin.describe_raw().await?;
+        plugin.ops = check_operations(
+            manifest.operations,
+            raw,
+            &plugin.runtime.inner.config.manifest,
+        )?;
         Ok(Arc::new(plugin))
     }
 
@@ -182,6 +192,30 @@ impl Plugin {
             .await
             .and_then(|r| r);
         manifest.map_err(|e| describe_failed(classify(&mut store, e)))
+    }
+
+    /// Its byte-stream operations, from the `raw` export; none without it.
+    async fn describe_raw(&self) -> Result<Vec<bindings::raw::RawSpec>, LoadError> {
+        let Some(indices) = &self.raw else {
+            return Ok(Vec::new());
+        };
+        let invocation = Invocation::internal("describe", Duration::from_secs(10));
+        let budget = self.budget("deadline_ms", invocation.deadline);
+        let mut store = self
+            .new_store(&invocation, budget)
+            .map_err(|e| LoadError::Describe(e.to_string()))?;
+        let instance = self
+            .instantiate_instance(&mut store)
+            .await
+            .map_err(describe_failed)?;
+        let guest = indices
+            .load(&mut store, &instance)
+            .map_err(|e| describe_failed(classify(&mut store, e)))?;
+        let specs = store
+            .run_concurrent(async |accessor| guest.call_describe(accessor).await)
+            .await
+            .and_then(|r| r);
+        specs.map_err(|e| describe_failed(classify(&mut store, e)))
     }
 
     /// The namespace the plugin is mounted under.

@@ -281,6 +281,9 @@ impl ServerHandler for OpboxMcp {
             .dispatcher
             .callable_operations(&identity)
             .iter()
+            // Bytes both ways have no MCP form: byte-stream operations
+            // are not tools.
+            .filter(|op| op.spec.op_type != OpType::Raw)
             .map(|op| tools::tool(op))
             .collect();
         if self.meta_tools {

@@ -120,6 +120,7 @@ fn kind(op_type: OpType) -> &'static str {
         OpType::Query => "query",
         OpType::Mutation => "mutation",
         OpType::Subscription => "subscription",
+        OpType::Raw => "raw",
     }
 }
 

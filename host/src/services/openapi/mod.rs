@@ -87,6 +87,11 @@ pub fn document(ops: &[Arc<Operation>]) -> Value {
             "x-opbox-op-type": spec.op_type,
             "x-opbox-access-control": spec.access_control,
         });
+        if spec.op_type == OpType::Raw {
+            // Not reachable through `/call` or `/subscribe`: its own route
+            // only (`typed::path`).
+            continue;
+        }
         if spec.op_type == OpType::Subscription {
             subscriptions.push(request);
             items.push(json!({ "$ref": format!("{COMPONENTS}{output}") }));

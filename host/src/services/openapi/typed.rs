@@ -112,9 +112,13 @@ fn operation_id(name: &str) -> String {
     name.replace('/', ".")
 }
 
-/// The path item of `op`'s own route, at `/ops/{ns}/{op}`.
+/// The path item of `op`'s own route, at `/ops/{ns}/{op}` (a byte-stream
+/// operation's at `/raw/{ns}/{op}`).
 pub(super) fn path(op: &Operation) -> (String, Value) {
     let spec = &op.spec;
+    if spec.op_type == crate::call::OpType::Raw {
+        return raw_path(op);
+    }
     let component = spec.name.replace('/', ".");
     let namespace = spec.name.split('/').next().unwrap_or_default();
     let input = json!({ "$ref": format!("{COMPONENTS}{component}.input") });
@@ -140,14 +144,7 @@ pub(super) fn path(op: &Operation) -> (String, Value) {
     responses.insert("200".into(), answer);
     responses.extend(errors(CALL_ERRORS));
     let takes_null = op.input.is_valid(&Value::Null);
-    // Scope-free operations may be called without a token.
-    let open = spec.access_control.required_scopes.is_empty()
-        && spec.access_control.required_scopes_any.is_empty();
-    let security = if open {
-        json!([{ "bearer": [] }, {}])
-    } else {
-        json!([{ "bearer": [] }])
-    };
+    let security = security(spec);
     let item = json!({ "post": {
         "operationId": operation_id(&spec.name),
         "summary": spec.description,
@@ -163,6 +160,66 @@ pub(super) fn path(op: &Operation) -> (String, Value) {
         "x-opbox-op-type": spec.op_type,
     } });
     (format!("/ops/{}", spec.name), item)
+}
+
+/// The path item of a byte-stream operation: arguments in the
+/// `opbox-input` header, stdin as the request body, its output as the
+/// response body (`docs/raw.md`).
+fn raw_path(op: &Operation) -> (String, Value) {
+    let spec = &op.spec;
+    let component = spec.name.replace('/', ".");
+    let namespace = spec.name.split('/').next().unwrap_or_default();
+    let mut responses = Map::new();
+    responses.insert(
+        "200".into(),
+        json!({
+            "description": "stdout as it is written, then the `opbox-exit` (or `opbox-error`) and `opbox-cost` trailers; or, asked for with `Accept`, frames of `[type u8][length u32][payload]`: 1 stdout, 2 stderr, 3 the exit code, 4 the error",
+            "headers": { "opbox-request-id": { "$ref": "#/components/headers/RequestId" } },
+            "content": {
+                "application/octet-stream": { "schema": { "type": "string", "format": "binary" } },
+                "application/vnd.opbox.raw": { "schema": { "type": "string", "format": "binary" } },
+            },
+        }),
+    );
+    responses.extend(errors(CALL_ERRORS));
+    let security = security(spec);
+    let item = json!({ "post": {
+        "operationId": operation_id(&spec.name),
+        "summary": spec.description,
+        "tags": [namespace],
+        "security": security,
+        "parameters": [
+            { "$ref": "#/components/parameters/Deadline" },
+            {
+                "name": "opbox-input",
+                "in": "header",
+                "description": "The arguments, JSON; `{}` when absent",
+                "required": false,
+                "content": { "application/json": {
+                    "schema": { "$ref": format!("{COMPONENTS}{component}.input") },
+                } },
+            },
+        ],
+        "requestBody": {
+            "required": false,
+            "description": "stdin, streamed; its end closes the operation's stdin",
+            "content": { "application/octet-stream": { "schema": { "type": "string", "format": "binary" } } },
+        },
+        "responses": responses,
+        "x-opbox-op-type": spec.op_type,
+    } });
+    (format!("/raw/{}", spec.name), item)
+}
+
+/// Who may call `spec`: scope-free operations may be called without a token.
+fn security(spec: &crate::call::OperationSpec) -> Value {
+    let open = spec.access_control.required_scopes.is_empty()
+        && spec.access_control.required_scopes_any.is_empty();
+    if open {
+        json!([{ "bearer": [] }, {}])
+    } else {
+        json!([{ "bearer": [] }])
+    }
 }
 
 /// The components the routes refer to: the error responses, the deadline
