@@ -41,6 +41,102 @@ async fn host() -> TestHost {
     host_with_budget(1 << 30).await
 }
 
+/// Sends lines to `calc/repl` one at a time over `client`, each only once
+/// the answer to the one before has arrived.
+async fn each_line_is_answered_before_the_next_is_sent(client: reqwest::Client) {
+    let host = TestHost::with_config(|config| {
+        config.plugins.push(PluginConfig {
+            path: opbox::bundled::built_plugin("calc"),
+            reuse: None,
+            name: None,
+            tenant: None,
+            grants: Default::default(),
+            limits: Default::default(),
+        });
+    })
+    .await;
+    let (lines, stdin) = futures::channel::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
+    let mut lines = lines;
+    let response = client
+        .post(host.url("/raw/calc/repl"))
+        .header("accept", FRAMED)
+        .body(reqwest::Body::wrap_stream(stdin))
+        .send()
+        .await
+        .expect("the operation starts before any line is sent");
+    assert_eq!(response.status(), 200);
+    let mut body = response.bytes_stream();
+    let mut received = Vec::new();
+    let mut frames = Vec::new();
+    for (line, answer) in [
+        ("1 + 2", Frame::Stdout(b"3\n".to_vec())),
+        ("(7 - 10) * 4", Frame::Stdout(b"-12\n".to_vec())),
+        (
+            "1 / 0",
+            Frame::Stderr(b"error: division by zero: 1 / 0\n".to_vec()),
+        ),
+        ("6 * 7", Frame::Stdout(b"42\n".to_vec())),
+    ] {
+        futures::SinkExt::send(&mut lines, Ok(Bytes::from(format!("{line}\n"))))
+            .await
+            .expect("the line is sent");
+        // Nothing more is sent until this line's answer is read.
+        while frames.is_empty() {
+            // A host that held answers back until stdin ended would never
+            // answer here.
+            let next = tokio::time::timeout(Duration::from_secs(30), body.next());
+            let bytes = next
+                .await
+                .unwrap_or_else(|_| panic!("no answer to `{line}` while the caller waits"))
+                .expect("an answer comes")
+                .expect("the body goes on");
+            received.extend_from_slice(&bytes);
+            let whole = complete_frames(&received);
+            frames.extend(parse_frames(&received[..whole]));
+            received.drain(..whole);
+        }
+        assert_eq!(frames.remove(0), answer, "the answer to `{line}`");
+    }
+    drop(lines);
+    while let Some(bytes) = body.next().await {
+        received.extend_from_slice(&bytes.expect("the body goes on"));
+    }
+    frames.extend(parse_frames(&received));
+    assert_eq!(frames, [Frame::Stdout(Vec::new()), Frame::Exit(1)]);
+}
+
+/// How many leading bytes of `bytes` are whole frames.
+fn complete_frames(bytes: &[u8]) -> usize {
+    let mut at = 0;
+    while bytes.len() >= at + 5 {
+        let len = u32::from_be_bytes([bytes[at + 1], bytes[at + 2], bytes[at + 3], bytes[at + 4]]);
+        let end = at + 5 + len as usize;
+        if end > bytes.len() {
+            break;
+        }
+        at = end;
+    }
+    at
+}
+
+#[tokio::test]
+async fn an_interactive_operation_answers_each_line_as_it_comes_over_http2() {
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .expect("a client");
+    each_line_is_answered_before_the_next_is_sent(client).await;
+}
+
+#[tokio::test]
+async fn an_interactive_operation_answers_each_line_as_it_comes_over_http1() {
+    let client = reqwest::Client::builder()
+        .http1_only()
+        .build()
+        .expect("a client");
+    each_line_is_answered_before_the_next_is_sent(client).await;
+}
+
 #[tokio::test]
 async fn a_call_in_which_nothing_moves_for_idle_ms_ends() {
     let host = host_with(|limits| limits.idle_ms = Some(300)).await;
@@ -373,4 +469,244 @@ async fn gzip_of(bytes: &[u8]) -> Vec<u8> {
     let frames = run_framed(&host, "gzip/compress", bytes.to_vec()).await;
     assert_eq!(frames.last(), Some(&Frame::Exit(0)));
     stdout_of(&frames)
+}
+
+/// What a host sends on an envelope connection: a raw chunk or a JSON
+/// envelope.
+#[derive(Debug)]
+enum Envelope {
+    Chunk {
+        stream_type: u8,
+        id: String,
+        data: Vec<u8>,
+    },
+    Json(Value),
+}
+
+fn envelope(bytes: &[u8]) -> Envelope {
+    if bytes[0] <= 2 {
+        let id_len = usize::from(bytes[1]);
+        Envelope::Chunk {
+            stream_type: bytes[0],
+            id: String::from_utf8(bytes[2..2 + id_len].to_vec()).expect("a UTF-8 id"),
+            data: bytes[2 + id_len..].to_vec(),
+        }
+    } else {
+        Envelope::Json(serde_json::from_slice(bytes).expect("the host sends JSON"))
+    }
+}
+
+/// A raw chunk of stdin from a caller.
+fn stdin_chunk(id: &str, data: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0, u8::try_from(id.len()).expect("a short id")];
+    frame.extend_from_slice(id.as_bytes());
+    frame.extend_from_slice(data);
+    frame
+}
+
+/// One TCP connection carries a byte stream, sent within the host's
+/// credit, and JSON calls made while it runs; each JSON call is answered
+/// while the stream is still going, and the stream round-trips.
+#[tokio::test]
+async fn a_raw_call_and_json_calls_share_one_tcp_connection() {
+    let host = host().await;
+    let mut conn = crate::util::Frames::connect(&host).await;
+    let payload = json!({"operationId": "gzip/compress", "input": {}, "carriage": "raw"});
+    conn.send("call.requested", "z", payload).await;
+    let original = text(4 << 20);
+    let mut credit: usize = 256 << 10;
+    let (mut sent, mut eof_sent) = (0, false);
+    let mut compressed = Vec::new();
+    let (mut asked, mut answered) = (0, 0);
+    let exit = loop {
+        while !eof_sent && credit > 0 {
+            if sent == original.len() {
+                conn.send_raw(&stdin_chunk("z", &[])).await;
+                eof_sent = true;
+                break;
+            }
+            let end = (sent + (32 << 10)).min(original.len()).min(sent + credit);
+            conn.send_raw(&stdin_chunk("z", &original[sent..end])).await;
+            credit -= end - sent;
+            sent = end;
+            // A JSON call every 512 KiB of stdin, on the same connection.
+            if sent % (512 << 10) == 0 {
+                asked += 1;
+                conn.call(&format!("e{asked}"), "echo/echo", json!({"n": asked}))
+                    .await;
+            }
+        }
+        let frame = conn.next_frame().await.expect("the host answers");
+        match envelope(&frame) {
+            Envelope::Chunk {
+                stream_type,
+                id,
+                data,
+            } => {
+                assert_eq!((stream_type, id.as_str()), (1, "z"), "stdout of `z`");
+                compressed.extend_from_slice(&data);
+            }
+            Envelope::Json(value) => match value["type"].as_str() {
+                Some("call.credit") => {
+                    assert_eq!(value["id"], "z");
+                    credit += value["payload"]["bytes"].as_u64().expect("a count") as usize;
+                }
+                Some("call.responded") => {
+                    answered += 1;
+                    let n = value["id"].as_str().expect("an id")[1..]
+                        .parse::<u64>()
+                        .ok();
+                    assert_eq!(Some(value["payload"]["output"]["n"].as_u64()), Some(n));
+                }
+                Some("call.completed") => {
+                    assert_eq!(value["id"], "z");
+                    break value["payload"]["exit_code"].clone();
+                }
+                _ => panic!("unexpected {value}"),
+            },
+        }
+    };
+    assert_eq!(exit, 0);
+    assert!(eof_sent);
+    assert!(asked >= 7, "{asked}");
+    // JSON calls were answered while the stream ran, not after it.
+    assert!(answered >= 1, "no JSON call was answered during the stream");
+    while answered < asked {
+        let frame = conn.next().await.expect("the other calls are answered");
+        assert_eq!(frame["type"], "call.responded", "{frame}");
+        answered += 1;
+    }
+    let frames = run_framed(&host, "gzip/decompress", compressed).await;
+    assert!(
+        stdout_of(&frames) == original,
+        "the round trip changed the bytes"
+    );
+}
+
+#[tokio::test]
+async fn stdin_past_the_host_s_credit_ends_that_call_only() {
+    let host = host().await;
+    let mut conn = crate::util::Frames::connect(&host).await;
+    // An operation that reads nothing: every byte sent stays ahead.
+    let payload = json!({"operationId": "fixture-slow/deaf", "carriage": "raw"});
+    conn.send("call.requested", "d", payload).await;
+    // Frames of an unauthenticated connection are at most 64 KiB.
+    let chunk = vec![b'j'; 32 << 10];
+    for _ in 0..8 {
+        conn.send_raw(&stdin_chunk("d", &chunk)).await;
+    }
+    // 256 KiB are within the credit; one byte more is not.
+    conn.call("e1", "echo/echo", json!(1)).await;
+    let first = conn.next().await.expect("an answer");
+    assert_eq!(
+        (first["id"].as_str(), first["type"].as_str()),
+        (Some("e1"), Some("call.responded")),
+        "{first}"
+    );
+    conn.send_raw(&stdin_chunk("d", b"x")).await;
+    let refused = conn.next().await.expect("an answer");
+    assert_eq!(refused["id"], "d", "{refused}");
+    assert_eq!(refused["type"], "call.error");
+    assert_eq!(refused["payload"]["code"], "RESOURCE_EXHAUSTED");
+    assert_eq!(refused["payload"]["details"]["limit"], "raw_window_bytes");
+    // The connection and its other calls go on; the guest is gone.
+    conn.call("e2", "echo/echo", json!(2)).await;
+    let second = conn.next().await.expect("an answer");
+    assert_eq!(second["id"], "e2", "{second}");
+    assert_eq!(host.wait_for_live(0, Duration::from_secs(10)).await, 0);
+}
+
+/// The interactive example over a WebSocket: stdin chunks as binary
+/// messages, each line answered on stdout or stderr before the next is
+/// sent, then the drained chunk and `call.completed` with the exit code.
+#[tokio::test]
+async fn an_interactive_operation_answers_each_line_over_a_websocket() {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let host = TestHost::with_config(|config| {
+        config.plugins.push(PluginConfig {
+            path: opbox::bundled::built_plugin("calc"),
+            reuse: None,
+            name: None,
+            tenant: None,
+            grants: Default::default(),
+            limits: Default::default(),
+        });
+    })
+    .await;
+    let url = host.url("/call").replace("http://", "ws://");
+    let (mut socket, _) = tokio_tungstenite::connect_async(&url)
+        .await
+        .expect("the WebSocket opens");
+    let requested = json!({"type": "call.requested", "id": "c",
+        "payload": {"operationId": "calc/repl", "carriage": "raw"}});
+    socket
+        .send(Message::text(requested.to_string()))
+        .await
+        .expect("sent");
+    for (line, stream_type, answer) in [
+        ("2 * (3 + 4)", 1, "14\n"),
+        ("2 *", 2, "error: the line ends too soon: 2 *\n"),
+        ("100 / 7", 1, "14\n"),
+    ] {
+        let chunk = stdin_chunk("c", format!("{line}\n").as_bytes());
+        socket
+            .send(Message::binary(chunk))
+            .await
+            .expect("the line is sent");
+        let got = next_envelope(&mut socket).await;
+        let Envelope::Chunk {
+            stream_type: got_type,
+            id,
+            data,
+        } = got
+        else {
+            panic!("not a chunk: {got:?}");
+        };
+        assert_eq!((got_type, id.as_str()), (stream_type, "c"), "for `{line}`");
+        assert_eq!(String::from_utf8_lossy(&data), answer, "for `{line}`");
+    }
+    socket
+        .send(Message::binary(stdin_chunk("c", &[])))
+        .await
+        .expect("stdin closed");
+    let drained = next_envelope(&mut socket).await;
+    assert!(
+        matches!(&drained, Envelope::Chunk { stream_type: 1, data, .. } if data.is_empty()),
+        "{drained:?}"
+    );
+    let Envelope::Json(done) = next_envelope(&mut socket).await else {
+        panic!("no call.completed");
+    };
+    assert_eq!(done["type"], "call.completed", "{done}");
+    assert_eq!(done["payload"]["exit_code"], 1, "one line was not answered");
+    assert!(done["payload"]["cost"].is_object(), "{done}");
+}
+
+async fn next_envelope<S>(socket: &mut S) -> Envelope
+where
+    S: futures::Stream<
+            Item = Result<
+                tokio_tungstenite::tungstenite::Message,
+                tokio_tungstenite::tungstenite::Error,
+            >,
+        > + Unpin,
+{
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(30), socket.next())
+            .await
+            .expect("an answer while the caller waits")
+            .expect("the socket stays open")
+            .expect("a message");
+        let got = match message {
+            Message::Binary(bytes) => envelope(&bytes),
+            Message::Text(text) => envelope(text.as_bytes()),
+            _ => continue,
+        };
+        match got {
+            Envelope::Json(value) if value["type"] == "call.credit" => continue,
+            got => return got,
+        }
+    }
 }

@@ -375,6 +375,22 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Frames<S> {
         self.send("call.requested", id, payload).await;
     }
 
+    /// The next frame's bytes, whatever they are, or `None` when the host
+    /// closed the connection. Fails the test after 30 s.
+    pub async fn next_frame(&mut self) -> Option<Vec<u8>> {
+        use tokio::io::AsyncReadExt;
+        let read = async {
+            let mut len = [0u8; 4];
+            self.stream.read_exact(&mut len).await.ok()?;
+            let mut bytes = vec![0; u32::from_be_bytes(len) as usize];
+            self.stream.read_exact(&mut bytes).await.ok()?;
+            Some(bytes)
+        };
+        tokio::time::timeout(Duration::from_secs(30), read)
+            .await
+            .expect("a frame within 30 s")
+    }
+
     /// The next envelope, or `None` when the host closed the connection.
     /// Fails the test after 30 s.
     pub async fn next(&mut self) -> Option<Value> {

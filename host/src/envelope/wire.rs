@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -17,6 +18,20 @@ pub const CALL_RESPONDED: &str = "call.responded";
 pub const CALL_COMPLETED: &str = "call.completed";
 /// A call failed; terminal for its `id`.
 pub const CALL_ERROR: &str = "call.error";
+/// A byte-stream call may be sent this many more stdin bytes.
+pub const CALL_CREDIT: &str = "call.credit";
+
+/// A raw chunk's `stream_type`: the caller's bytes (stdin).
+pub const RAW_STDIN: u8 = 0;
+/// A raw chunk's `stream_type`: the operation's stdout.
+pub const RAW_STDOUT: u8 = 1;
+/// A raw chunk's `stream_type`: the operation's stderr.
+pub const RAW_STDERR: u8 = 2;
+/// How many stdin bytes a byte-stream call takes ahead of what its
+/// operation has read: the credit every such call starts with.
+pub const RAW_WINDOW: usize = 256 << 10;
+/// The longest id of a byte-stream call: raw chunks carry it in one byte.
+pub const MAX_RAW_ID_BYTES: usize = 255;
 
 /// One envelope from a caller, understood.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,6 +47,15 @@ pub enum Incoming {
     Abort {
         /// The caller's id of the call.
         id: String,
+    },
+    /// A raw chunk: bytes of a byte-stream call.
+    Chunk {
+        /// The caller's id of the call.
+        id: String,
+        /// [`RAW_STDIN`] from a caller.
+        stream_type: u8,
+        /// The bytes; none is the end of the stream.
+        data: Bytes,
     },
 }
 
@@ -62,6 +86,22 @@ pub struct CallPayload {
     /// The caller's W3C `tracestate`, kept with its `traceparent`.
     #[serde(default)]
     pub tracestate: Option<String>,
+    /// How the call's data travels: JSON envelopes (the default) or raw
+    /// chunks after this envelope, for a byte-stream operation.
+    #[serde(default)]
+    pub carriage: Carriage,
+}
+
+/// How a call's data travels.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Carriage {
+    /// Outputs as `call.responded` envelopes.
+    #[default]
+    Json,
+    /// Bytes as raw chunks both ways, then `call.completed` with the exit
+    /// code (`docs/raw.md`).
+    Raw,
 }
 
 /// The reply sequence a caller asks for in `call.requested`.
@@ -86,6 +126,7 @@ impl std::fmt::Debug for CallPayload {
             )
             .field("deadline_ms", &self.deadline_ms)
             .field("expect", &self.expect)
+            .field("carriage", &self.carriage)
             .finish()
     }
 }
@@ -126,6 +167,61 @@ impl BadEnvelope {
             }
         }
     }
+}
+
+/// Whether a frame is a raw chunk rather than a JSON envelope: its first
+/// byte is a `stream_type`, which no JSON text starts with.
+pub fn is_chunk(bytes: &[u8]) -> bool {
+    bytes.first().is_some_and(|&b| b <= RAW_STDERR)
+}
+
+/// Parses a raw chunk: `[stream_type u8][id length u8][id][data]`.
+pub fn parse_chunk(bytes: &Bytes) -> Result<Incoming, BadEnvelope> {
+    let short = || BadEnvelope::Frame("a raw chunk shorter than its head".into());
+    let (&stream_type, rest) = bytes.split_first().ok_or_else(short)?;
+    let (&id_len, rest) = rest.split_first().ok_or_else(short)?;
+    let id_len = usize::from(id_len);
+    let id = rest.get(..id_len).ok_or_else(short)?;
+    let id = std::str::from_utf8(id)
+        .map_err(|_| BadEnvelope::Frame("a raw chunk's id is not UTF-8".into()))?
+        .to_owned();
+    if stream_type != RAW_STDIN {
+        return Err(BadEnvelope::Call {
+            id,
+            message: format!("a caller sends raw chunks of stream type {RAW_STDIN} (stdin) only"),
+        });
+    }
+    Ok(Incoming::Chunk {
+        id,
+        stream_type,
+        data: bytes.slice(2 + id_len..),
+    })
+}
+
+/// A raw chunk of call `id`.
+pub fn chunk_frame(id: &str, stream_type: u8, data: &[u8]) -> Vec<u8> {
+    let id = &id.as_bytes()[..id.len().min(MAX_RAW_ID_BYTES)];
+    let mut frame = Vec::with_capacity(2 + id.len() + data.len());
+    frame.push(stream_type);
+    // At most `MAX_RAW_ID_BYTES`: checked when the call started.
+    frame.push(u8::try_from(id.len()).unwrap_or(u8::MAX));
+    frame.extend_from_slice(id);
+    frame.extend_from_slice(data);
+    frame
+}
+
+/// `call.credit`: the caller may send `bytes` more of stdin.
+pub fn credit_frame(id: &str, bytes: usize) -> Vec<u8> {
+    frame(CALL_CREDIT, id, json!({ "bytes": bytes }))
+}
+
+/// `call.completed` of a byte-stream call, with its exit code and cost.
+pub fn exited_frame(id: &str, exit_code: u8, cost: &Receipt) -> Vec<u8> {
+    frame(
+        CALL_COMPLETED,
+        id,
+        json!({ "exit_code": exit_code, "cost": cost }),
+    )
 }
 
 /// Parses one envelope.
@@ -249,7 +345,27 @@ mod tests {
                 Ok(Incoming::Call { id: got, .. } | Incoming::Abort { id: got }) => prop_assert_eq!(got, id),
                 Err(BadEnvelope::Call { id: got, .. }) => prop_assert_eq!(got, id),
                 Err(BadEnvelope::Frame(message)) => prop_assert!(false, "frame error {}", message),
+                Ok(Incoming::Chunk { .. }) => prop_assert!(false, "JSON taken for a raw chunk"),
             }
+        }
+
+        /// Whatever follows a stream-type byte, a raw chunk parses or is
+        /// refused without panicking, and what the host builds parses back.
+        #[test]
+        fn raw_chunks_parse_or_are_refused(
+            bytes in prop::collection::vec(any::<u8>(), 0..64),
+            id in "[a-z0-9]{0,12}",
+            data in prop::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let mut frame = vec![RAW_STDIN];
+            frame.extend_from_slice(&bytes);
+            let _ = parse_chunk(&Bytes::from(frame));
+            let built = Bytes::from(chunk_frame(&id, RAW_STDIN, &data));
+            prop_assert!(is_chunk(&built));
+            prop_assert_eq!(
+                parse_chunk(&built),
+                Ok(Incoming::Chunk { id, stream_type: RAW_STDIN, data: Bytes::from(data) })
+            );
         }
 
         /// What the host builds, a client parses back as JSON with the same
@@ -278,9 +394,21 @@ mod tests {
                     expect: None,
                     traceparent: None,
                     tracestate: None,
+                    carriage: Carriage::Json,
                 }
             })
         );
+    }
+
+    #[test]
+    fn a_caller_sends_stdin_chunks_only() {
+        let stdout = Bytes::from(chunk_frame("a", RAW_STDOUT, b"x"));
+        assert!(matches!(parse_chunk(&stdout), Err(BadEnvelope::Call { id, .. }) if id == "a"));
+        for short in [&[RAW_STDIN][..], &[RAW_STDIN, 3, b'a']] {
+            let short = Bytes::copy_from_slice(short);
+            assert!(matches!(parse_chunk(&short), Err(BadEnvelope::Frame(_))));
+        }
+        assert!(!is_chunk(br#"{"id":"a"}"#));
     }
 
     #[test]

@@ -384,14 +384,20 @@ impl<S: Sink<Message, Error = WsError> + Unpin> Sink<Bytes> for Replies<S> {
 }
 
 /// A reply as WebSocket messages: one text message (an envelope is UTF-8
-/// JSON, and a browser gets a string it can `JSON.parse`), sent as frames of
-/// at most [`FRAGMENT`] bytes.
+/// JSON, and a browser gets a string it can `JSON.parse`), or one binary
+/// message for a raw chunk of a byte-stream call, sent as frames of at most
+/// [`FRAGMENT`] bytes.
 pub(super) fn fragments(bytes: Bytes) -> impl Iterator<Item = Message> {
     let len = bytes.len();
     let count = len.div_ceil(FRAGMENT).max(1);
+    let first = if crate::envelope::wire::is_chunk(&bytes) {
+        Data::Binary
+    } else {
+        Data::Text
+    };
     (0..count).map(move |n| {
         let chunk = bytes.slice(n * FRAGMENT..((n + 1) * FRAGMENT).min(len));
-        let opcode = if n == 0 { Data::Text } else { Data::Continue };
+        let opcode = if n == 0 { first } else { Data::Continue };
         Message::Frame(Frame::message(chunk, OpCode::Data(opcode), n + 1 == count))
     })
 }

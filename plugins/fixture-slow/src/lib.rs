@@ -8,6 +8,8 @@
 //! - `fixture-slow/nest` calls another operation; `nest-stream` subscribes
 //!   to one and passes its outputs on; `tally` subscribes to one and counts
 //!   its outputs; `recurse` calls itself; `secret` is internal.
+//! - `fixture-slow/deaf` is a byte-stream operation that never reads its
+//!   stdin and never ends on its own.
 
 use std::time::Duration;
 
@@ -111,8 +113,18 @@ async fn secret(_ctx: Context, _input: serde_json::Value) -> Result<&'static str
     Ok("only for operations")
 }
 
+/// Reads nothing, writes nothing, waits forever (until the host ends it),
+/// in host sleeps of 50 ms.
+async fn deaf(_ctx: Context, _pipes: opbox_sdk::raw::Pipes) -> Result<u8> {
+    loop {
+        std::thread::sleep(Duration::from_millis(50));
+        opbox_sdk::yield_now().await;
+    }
+}
+
 fn plugin() -> Plugin {
     Plugin::new()
+        .raw("deaf", "Never reads its stdin; never ends.", deaf)
         .query(
             "nest",
             "Calls `operation` with `input` and returns its output.",

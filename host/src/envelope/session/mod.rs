@@ -36,7 +36,7 @@ use tokio::task::AbortHandle;
 
 use super::EnvelopeConfig;
 use super::outbox::{Outbound, Outbox};
-use super::wire::{self, BadEnvelope, CallPayload, Expect, Incoming};
+use super::wire::{self, BadEnvelope, CallPayload, Carriage, Expect, Incoming};
 use crate::call::{CallError, ErrorCode, OpenConnection};
 use crate::call::{CallRequest, Identity, Origin, TraceParent, Transport, new_request_id};
 use crate::dispatch::Dispatcher;
@@ -86,11 +86,23 @@ impl FrameLimit {
     }
 }
 
+mod raw;
+
 /// The calls open on one connection, and when it last did anything.
 struct OpenCalls {
-    calls: HashMap<String, (u64, AbortHandle)>,
+    calls: HashMap<String, OpenCall>,
     next_seq: u64,
     last_active: Instant,
+}
+
+/// One call open on a connection.
+struct OpenCall {
+    /// Tells this call from an earlier one under the same id.
+    seq: u64,
+    handle: AbortHandle,
+    /// Where the caller's raw chunks go, for a byte-stream call whose
+    /// stdin is open.
+    stdin: Option<raw::StdinSender>,
 }
 
 type Shared = Arc<Mutex<OpenCalls>>;
@@ -142,8 +154,8 @@ pub async fn serve<R, W>(
         () = write(open.clone(), rx, outgoing, draining) => {}
     }
     let calls = std::mem::take(&mut lock(&open).calls);
-    for (_, handle) in calls.into_values() {
-        handle.abort();
+    for call in calls.into_values() {
+        call.handle.abort();
     }
 }
 
@@ -188,6 +200,16 @@ impl Session {
                 Inbound::Frame(bytes) if bytes.len() > self.limit.get() => {
                     BadEnvelope::Frame(self.too_long(bytes.len()))
                 }
+                Inbound::Frame(bytes) if wire::is_chunk(&bytes) => {
+                    match wire::parse_chunk(&bytes) {
+                        Ok(Incoming::Chunk { id, data, .. }) => {
+                            self.stdin(&id, data).await;
+                            continue;
+                        }
+                        Ok(_) => continue,
+                        Err(bad) => bad,
+                    }
+                }
                 Inbound::Frame(bytes) => match wire::parse(&bytes) {
                     Ok(Incoming::Call { id, payload }) => {
                         self.start(id, payload).await;
@@ -197,6 +219,7 @@ impl Session {
                         self.abort(&id);
                         continue;
                     }
+                    Ok(Incoming::Chunk { .. }) => continue,
                     Err(bad) => bad,
                 },
                 Inbound::Violation(message) => BadEnvelope::Frame(message),
@@ -239,9 +262,16 @@ impl Session {
                 return Some(error);
             }
         };
+        let raw = payload.carriage == Carriage::Raw;
+        if raw && id.len() > wire::MAX_RAW_ID_BYTES {
+            return Some(CallError::invalid_input(format!(
+                "the id of a raw call is at most {} bytes",
+                wire::MAX_RAW_ID_BYTES
+            )));
+        }
         let mut open = lock(&self.open);
-        if let Some((_, handle)) = open.calls.remove(id) {
-            handle.abort();
+        if let Some(call) = open.calls.remove(id) {
+            call.handle.abort();
             return Some(CallError::invalid_input(format!(
                 "the id `{id}` is already in use by an open call; both are cancelled"
             )));
@@ -280,8 +310,19 @@ impl Session {
             outbox: self.outbox.clone(),
             max_frame_bytes: self.config.max_frame_bytes,
         };
-        let task = tokio::spawn(call.run(self.dispatcher.clone(), request));
-        open.calls.insert(id.to_owned(), (seq, task.abort_handle()));
+        let (task, stdin) = if raw {
+            let (sender, receiver) = raw::stdin();
+            let task = tokio::spawn(call.run_raw(self.dispatcher.clone(), request, receiver));
+            (task, Some(sender))
+        } else {
+            (
+                tokio::spawn(call.run(self.dispatcher.clone(), request)),
+                None,
+            )
+        };
+        let handle = task.abort_handle();
+        open.calls
+            .insert(id.to_owned(), OpenCall { seq, handle, stdin });
         None
     }
 
@@ -316,9 +357,42 @@ impl Session {
     /// Stops the call with `id`, if it is open: its task is aborted, which
     /// drops its store and interrupts the guest. Unknown ids are ignored.
     fn abort(&self, id: &str) {
-        if let Some((_, handle)) = lock(&self.open).calls.remove(id) {
-            handle.abort();
+        if let Some(call) = lock(&self.open).calls.remove(id) {
+            call.handle.abort();
         }
+    }
+
+    /// Hands a raw chunk to the byte-stream call `id`: an empty one closes
+    /// its stdin. A chunk for an id with no stdin open (no such call, a
+    /// call that is not a byte stream, stdin already closed) is ignored, as
+    /// an abort of an unknown id is; one past the credit the host gave ends
+    /// its call with `RESOURCE_EXHAUSTED`.
+    async fn stdin(&self, id: &str, data: bytes::Bytes) {
+        let refused = {
+            let mut open = lock(&self.open);
+            let Some(call) = open.calls.get_mut(id) else {
+                return;
+            };
+            let Some(stdin) = &call.stdin else {
+                return;
+            };
+            if data.is_empty() {
+                call.stdin = None;
+                return;
+            }
+            match stdin.send(data) {
+                Ok(()) => return,
+                Err(error) => {
+                    if let Some(call) = open.calls.remove(id) {
+                        call.handle.abort();
+                    }
+                    error
+                }
+            }
+        };
+        self.outbox
+            .push(None, wire::error_frame(id, &refused), false, false)
+            .await;
     }
 }
 
@@ -467,7 +541,7 @@ async fn write<W: Sink<Bytes> + Unpin>(
             let mut open = lock(&open);
             open.last_active = Instant::now();
             if let Some((id, seq)) = &frame.call {
-                if open.calls.get(id).map(|(live, _)| live) != Some(seq) {
+                if open.calls.get(id).map(|call| &call.seq) != Some(seq) {
                     continue;
                 }
                 if frame.last {
