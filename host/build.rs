@@ -60,7 +60,7 @@ fn main() {
     println!("cargo:rustc-env=OPBOX_PLUGINS_DIR={}", built.display());
     build_python_example(root, &plugins, &built);
     build_js_example(root, &plugins, &built);
-    for example in ["echo", "ticker", "textkit"] {
+    for example in ["echo", "ticker", "textkit", "gzip", "calc"] {
         let wasm = built.join(format!("{example}.wasm"));
         assert!(
             wasm.is_file(),

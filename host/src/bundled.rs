@@ -15,6 +15,14 @@ pub const EXAMPLES: &[(&str, &[u8])] = &[
         "textkit",
         include_bytes!(concat!(env!("OPBOX_PLUGINS_DIR"), "/textkit.wasm")),
     ),
+    (
+        "gzip",
+        include_bytes!(concat!(env!("OPBOX_PLUGINS_DIR"), "/gzip.wasm")),
+    ),
+    (
+        "calc",
+        include_bytes!(concat!(env!("OPBOX_PLUGINS_DIR"), "/calc.wasm")),
+    ),
 ];
 
 /// How a `[[plugins]] path` names a bundled example: `bundled:echo`.

@@ -20,19 +20,29 @@ async fn host_with_budget(output_bytes: usize) -> TestHost {
     host_with(|limits| limits.output_bytes = Some(output_bytes)).await
 }
 
-/// The gzip example with `configure` applied to its limits.
+/// The examples (`echo`, `gzip`, `calc` among them) and the fixtures,
+/// `configure` applied to the gzip example's limits.
 async fn host_with(configure: impl FnOnce(&mut opbox::runtime::PluginLimitsConfig)) -> TestHost {
     TestHost::with_config(|config| {
         let mut limits = opbox::runtime::PluginLimitsConfig::default();
         configure(&mut limits);
-        config.plugins.push(PluginConfig {
-            path: opbox::bundled::built_plugin("gzip"),
-            reuse: None,
-            name: None,
-            tenant: None,
-            grants: Default::default(),
-            limits,
-        });
+        // The bundled examples, each from its own `[[plugins]]`, so that
+        // gzip's limits can be set.
+        config.examples = false;
+        for (name, _) in opbox::bundled::EXAMPLES {
+            config.plugins.push(PluginConfig {
+                path: format!("{}{name}", opbox::bundled::SCHEME).into(),
+                reuse: None,
+                name: None,
+                tenant: None,
+                grants: Default::default(),
+                limits: if *name == "gzip" {
+                    limits.clone()
+                } else {
+                    Default::default()
+                },
+            });
+        }
     })
     .await
 }
@@ -44,17 +54,7 @@ async fn host() -> TestHost {
 /// Sends lines to `calc/repl` one at a time over `client`, each only once
 /// the answer to the one before has arrived.
 async fn each_line_is_answered_before_the_next_is_sent(client: reqwest::Client) {
-    let host = TestHost::with_config(|config| {
-        config.plugins.push(PluginConfig {
-            path: opbox::bundled::built_plugin("calc"),
-            reuse: None,
-            name: None,
-            tenant: None,
-            grants: Default::default(),
-            limits: Default::default(),
-        });
-    })
-    .await;
+    let host = host().await;
     let (lines, stdin) = futures::channel::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
     let mut lines = lines;
     let response = client
@@ -623,17 +623,7 @@ async fn stdin_past_the_host_s_credit_ends_that_call_only() {
 async fn an_interactive_operation_answers_each_line_over_a_websocket() {
     use futures::SinkExt;
     use tokio_tungstenite::tungstenite::Message;
-    let host = TestHost::with_config(|config| {
-        config.plugins.push(PluginConfig {
-            path: opbox::bundled::built_plugin("calc"),
-            reuse: None,
-            name: None,
-            tenant: None,
-            grants: Default::default(),
-            limits: Default::default(),
-        });
-    })
-    .await;
+    let host = host().await;
     let url = host.url("/call").replace("http://", "ws://");
     let (mut socket, _) = tokio_tungstenite::connect_async(&url)
         .await
@@ -709,4 +699,67 @@ where
             got => return got,
         }
     }
+}
+
+/// Runs `opbox call OPERATION --url URL [ARGS]` with `stdin`; its exit
+/// code, stdout and stderr.
+async fn opbox_call(
+    url: &str,
+    operation: &str,
+    args: &[&str],
+    stdin: Vec<u8>,
+) -> (i32, Vec<u8>, String) {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_opbox"))
+        .args(["call", operation])
+        .args(args)
+        .args(["--url", url])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("opbox starts");
+    let mut input = child.stdin.take().expect("a stdin");
+    let feeding = tokio::spawn(async move {
+        input.write_all(&stdin).await.expect("stdin is taken");
+    });
+    let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("opbox call ends")
+        .expect("its output");
+    feeding.await.expect("fed");
+    (
+        output.status.code().unwrap_or(-1),
+        output.stdout,
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// `opbox call` pipes its standard streams through a byte-stream
+/// operation, over TCP and over a WebSocket, and ends with its exit code.
+#[tokio::test]
+async fn opbox_call_pipes_stdin_and_stdout_through_a_byte_stream_operation() {
+    let host = host().await;
+    let tcp = format!("tcp://{}", host.tcp_addr);
+    let ws = host.url("/call").replace("http://", "ws://");
+    let original = text(1 << 20);
+    let (code, compressed, stderr) = opbox_call(
+        &tcp,
+        "gzip/compress",
+        &[r#"{"level": 9}"#],
+        original.clone(),
+    )
+    .await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(&compressed[..2], &[0x1f, 0x8b]);
+    let (code, restored, stderr) = opbox_call(&ws, "gzip/decompress", &[], compressed).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(restored == original, "the round trip changed the bytes");
+
+    let (code, stdout, stderr) =
+        opbox_call(&tcp, "calc/repl", &[], b"1 + 2\n2 *\n6 * 7\n".to_vec()).await;
+    assert_eq!(String::from_utf8_lossy(&stdout), "3\n42\n");
+    assert_eq!(stderr, "error: the line ends too soon: 2 *\n");
+    assert_eq!(code, 1, "the operation's exit code");
 }

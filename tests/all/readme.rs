@@ -240,6 +240,12 @@ fn the_calling_snippets_answer_as_they_say() {
     assert!(said.contains(r#"{"n":3}"#), "{said}");
     assert!(said.contains(r#""words": 2"#), "{said}");
 
+    // Byte streams: gzip over HTTP and back through the system's gzip,
+    // then the calculator through `opbox call`.
+    let bytes = &blocks(&readme, "### Byte streams: the raw carriage", "sh")[0];
+    let said = run_at(dir.path(), &addr, &tcp, bytes);
+    assert_eq!(said, "hello, bytes\n3\n42\n");
+
     // "Observing a host": the receipt of a call, in its header.
     let receipt = &blocks(&readme, "## Observing a host", "sh")[0];
     let said = run(dir.path(), &addr, receipt);

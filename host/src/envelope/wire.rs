@@ -175,16 +175,23 @@ pub fn is_chunk(bytes: &[u8]) -> bool {
     bytes.first().is_some_and(|&b| b <= RAW_STDERR)
 }
 
-/// Parses a raw chunk: `[stream_type u8][id length u8][id][data]`.
-pub fn parse_chunk(bytes: &Bytes) -> Result<Incoming, BadEnvelope> {
-    let short = || BadEnvelope::Frame("a raw chunk shorter than its head".into());
+/// A raw chunk's parts: its stream type, its call's id and its bytes.
+pub fn split_chunk(bytes: &Bytes) -> Result<(u8, String, Bytes), String> {
+    let short = || "a raw chunk shorter than its head".to_owned();
     let (&stream_type, rest) = bytes.split_first().ok_or_else(short)?;
     let (&id_len, rest) = rest.split_first().ok_or_else(short)?;
     let id_len = usize::from(id_len);
     let id = rest.get(..id_len).ok_or_else(short)?;
     let id = std::str::from_utf8(id)
-        .map_err(|_| BadEnvelope::Frame("a raw chunk's id is not UTF-8".into()))?
+        .map_err(|_| "a raw chunk's id is not UTF-8".to_owned())?
         .to_owned();
+    Ok((stream_type, id, bytes.slice(2 + id_len..)))
+}
+
+/// Parses a raw chunk from a caller: `[stream_type u8][id length u8][id]
+/// [data]`, stdin only.
+pub fn parse_chunk(bytes: &Bytes) -> Result<Incoming, BadEnvelope> {
+    let (stream_type, id, data) = split_chunk(bytes).map_err(BadEnvelope::Frame)?;
     if stream_type != RAW_STDIN {
         return Err(BadEnvelope::Call {
             id,
@@ -194,7 +201,7 @@ pub fn parse_chunk(bytes: &Bytes) -> Result<Incoming, BadEnvelope> {
     Ok(Incoming::Chunk {
         id,
         stream_type,
-        data: bytes.slice(2 + id_len..),
+        data,
     })
 }
 

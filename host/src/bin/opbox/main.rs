@@ -37,6 +37,7 @@ mod admin;
 mod demo;
 mod dev;
 mod new;
+mod raw;
 mod serve;
 
 /// Log lines waiting for stderr at most (about 4 MiB of call lines); more
@@ -92,7 +93,9 @@ enum Command {
         #[arg(long, default_value = ".opbox/cache")]
         cache_dir: PathBuf,
     },
-    /// Call a query or mutation on a running host and print its output.
+    /// Call a query or mutation on a running host and print its output; a
+    /// byte-stream operation reads standard input and writes standard
+    /// output and error, and its exit code is the command's.
     Call(Remote),
     /// Subscribe to a subscription on a running host and print each output
     /// as it arrives; Ctrl-C aborts it.
@@ -362,6 +365,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.is::<admin::Reported>() => ExitCode::FAILURE,
+        Err(ref e) if let Some(raw::Exited(code)) = e.downcast_ref() => ExitCode::from(*code),
         Err(e) => {
             eprintln!("error: {}", one_line(&e));
             ExitCode::FAILURE
@@ -430,6 +434,19 @@ async fn call(remote: Remote, subscribe: bool) -> Result<()> {
     };
     let client = Client::connect_with(&remote.url, remote.token.clone(), tls).await?;
     if !subscribe {
+        let spec = client
+            .call(
+                "services/schema",
+                serde_json::json!({"name": remote.operation}),
+            )
+            .await?;
+        if spec["op_type"] == "raw" {
+            let input = match &remote.input {
+                Some(_) => input,
+                None => serde_json::json!({}),
+            };
+            return raw::pipe(&client, &remote.operation, input).await;
+        }
         print(&client.call(&remote.operation, input).await?);
         return Ok(());
     }

@@ -68,6 +68,11 @@ pub fn document(ops: &[Arc<Operation>]) -> Value {
         let input = format!("{component}.input");
         let output = format!("{component}.output");
         hoist(&mut schemas, &input, &spec.input_schema);
+        if spec.op_type == OpType::Raw {
+            // Its output is bytes, and it is reached at its own route only
+            // (`typed::path`), not through `/call` or `/subscribe`.
+            continue;
+        }
         hoist(&mut schemas, &output, &spec.output_schema);
         let mut required = vec!["operation"];
         if !op.input.is_valid(&Value::Null) {
@@ -87,11 +92,6 @@ pub fn document(ops: &[Arc<Operation>]) -> Value {
             "x-opbox-op-type": spec.op_type,
             "x-opbox-access-control": spec.access_control,
         });
-        if spec.op_type == OpType::Raw {
-            // Not reachable through `/call` or `/subscribe`: its own route
-            // only (`typed::path`).
-            continue;
-        }
         if spec.op_type == OpType::Subscription {
             subscriptions.push(request);
             items.push(json!({ "$ref": format!("{COMPONENTS}{output}") }));

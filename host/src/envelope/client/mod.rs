@@ -32,8 +32,11 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 
 pub use super::dial::tls_config;
-use super::wire::{CALL_ABORTED, CALL_COMPLETED, CALL_ERROR, CALL_REQUESTED, CALL_RESPONDED};
+use super::wire::{self, CALL_ABORTED, CALL_COMPLETED, CALL_ERROR, CALL_REQUESTED, CALL_RESPONDED};
 use crate::call::CallError;
+pub use raw::{ClientRaw, RawEvent, RawInput};
+
+mod raw;
 
 /// Why a client call failed.
 #[derive(Debug, thiserror::Error)]
@@ -67,8 +70,16 @@ pub enum ClientError {
     Protocol(String),
 }
 
-/// The envelopes of one call, as they arrive.
-type Replies = mpsc::UnboundedSender<Value>;
+/// What arrives for one call: an envelope, or a raw chunk of a
+/// byte-stream call (its stream type and bytes).
+#[derive(Debug)]
+enum Reply {
+    Envelope(Value),
+    Chunk(u8, Bytes),
+}
+
+/// Where the replies of one call go, as they arrive.
+type Replies = mpsc::UnboundedSender<Reply>;
 
 /// A frame to send, and who to tell once it is written.
 type Outgoing = (Bytes, Option<oneshot::Sender<()>>);
@@ -167,6 +178,11 @@ impl Client {
         input: Value,
         expect: &str,
     ) -> Result<ClientSubscription, ClientError> {
+        self.start_with(json!({ "operationId": operation, "input": input, "expect": expect }))
+    }
+
+    /// Registers a fresh id and sends `call.requested` with `payload`.
+    fn start_with(&self, mut payload: Value) -> Result<ClientSubscription, ClientError> {
         let id = self
             .inner
             .next_id
@@ -174,7 +190,6 @@ impl Client {
             .to_string();
         let (tx, replies) = mpsc::unbounded_channel();
         lock(&self.inner.calls).insert(id.clone(), tx);
-        let mut payload = json!({ "operationId": operation, "input": input, "expect": expect });
         if let Some(token) = &self.inner.token {
             payload["auth_token"] = json!(token);
         }
@@ -210,7 +225,7 @@ impl Client {
 pub struct ClientSubscription {
     client: Client,
     id: String,
-    replies: mpsc::UnboundedReceiver<Value>,
+    replies: mpsc::UnboundedReceiver<Reply>,
     done: bool,
 }
 
@@ -224,7 +239,10 @@ impl Stream for ClientSubscription {
         let item = match self.replies.poll_recv(cx) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(None) => Some(Err(ClientError::Closed)),
-            Poll::Ready(Some(envelope)) => output(envelope).transpose(),
+            Poll::Ready(Some(Reply::Envelope(envelope))) => output(envelope).transpose(),
+            Poll::Ready(Some(Reply::Chunk(..))) => Some(Err(ClientError::Protocol(
+                "a raw chunk for a call that is not a byte stream".into(),
+            ))),
         };
         if !matches!(item, Some(Ok(_))) {
             self.finish();
@@ -310,15 +328,22 @@ async fn pump<I, S>(
             },
             frame = incoming.next() => {
                 let Some(Ok(frame)) = frame else { break };
+                if wire::is_chunk(&frame) {
+                    let Ok((stream_type, id, data)) = wire::split_chunk(&frame) else { break };
+                    if let Some(replies) = lock(&calls).get(&id) {
+                        let _ = replies.send(Reply::Chunk(stream_type, data));
+                    }
+                    continue;
+                }
                 let Ok(envelope) = serde_json::from_slice::<Value>(&frame) else { break };
                 let id = envelope["id"].as_str().unwrap_or_default().to_owned();
                 let calls = lock(&calls);
                 match calls.get(&id) {
-                    Some(replies) => { let _ = replies.send(envelope); }
+                    Some(replies) => { let _ = replies.send(Reply::Envelope(envelope)); }
                     // A connection-level error ends every call.
                     None if id.is_empty() => {
                         for replies in calls.values() {
-                            let _ = replies.send(envelope.clone());
+                            let _ = replies.send(Reply::Envelope(envelope.clone()));
                         }
                     }
                     None => {}
