@@ -89,6 +89,7 @@ mod keyvalue;
 mod languages;
 mod limits;
 mod noisy;
+mod raw;
 mod relay;
 mod stream;
 mod swap;
@@ -136,6 +137,9 @@ fn main() {
         }
         if wants("relay") {
             relay::bench_relay().await;
+        }
+        if wants("raw") {
+            raw::bench_raw().await;
         }
         if wants("tenants") {
             tenants::bench_tenants().await;

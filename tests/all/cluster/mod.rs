@@ -562,6 +562,30 @@ async fn pair(nats: &Nats) -> (TestHost, TestHost) {
     (holder, caller)
 }
 
+/// A byte-stream operation is not forwarded: a host that does not hold it
+/// says so, and the host that holds it serves it.
+#[tokio::test]
+async fn a_byte_stream_operation_is_served_only_by_a_host_that_holds_it() {
+    let nats = Nats::start();
+    let (holder, caller) = pair(&nats).await;
+    let compress = |host: &TestHost| {
+        host.client
+            .post(host.url("/raw/gzip/compress"))
+            .body("bytes")
+            .send()
+    };
+    let refused = compress(&caller).await.expect("answered");
+    assert_eq!(refused.status(), 503);
+    let error: Value = refused.json().await.expect("a JSON error");
+    assert_eq!(error["error"]["code"], "UNAVAILABLE", "{error}");
+    let message = error["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("not forwarded"), "{message}");
+    let served = compress(&holder).await.expect("answered");
+    assert_eq!(served.status(), 200);
+    let body = served.bytes().await.expect("the body");
+    assert_eq!(&body[..2], &[0x1f, 0x8b]);
+}
+
 /// Items `host`'s subscriptions of `operation` have sent.
 async fn items_sent(host: &TestHost, operation: &str) -> u64 {
     let label = format!("operation=\"{operation}\"");
