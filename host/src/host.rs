@@ -119,6 +119,8 @@ pub struct Host {
     gateway_tls: Option<Arc<Tls>>,
     /// The TCP listener's TLS, when configured.
     tcp_tls: Option<Arc<Tls>>,
+    /// The QUIC listener's TLS: the same certificate, its own ALPN.
+    quic_tls: Option<Arc<Tls>>,
     /// This host's membership of a cluster, when `[cluster]` is set.
     cluster: Option<Cluster>,
 }
@@ -131,6 +133,7 @@ impl Host {
         let tenants = Tenants::new(&config.tenants, config.limits.max_instances)?;
         let gateway_tls = load_tls(config.gateway.tls.as_ref(), &[b"h2", b"http/1.1"])?;
         let tcp_tls = load_tls(config.envelope.tls.as_ref(), &[])?;
+        let quic_tls = load_tls(config.envelope.tls.as_ref(), &[envelope::quic::ALPN])?;
         if config.tenants.is_empty() {
             tracing::warn!("no [[tenants]] configured: every call will be refused as UNAUTHORIZED");
         }
@@ -182,6 +185,7 @@ impl Host {
             metrics,
             gateway_tls,
             tcp_tls,
+            quic_tls,
             cluster: None,
         };
         // Gauges are read at each scrape. The sampler holds the plugins
@@ -405,11 +409,41 @@ impl Host {
         .await;
     }
 
+    /// Serves the envelope protocol over QUIC on `socket` until `shutdown`
+    /// resolves, with the certificate of `[envelope] tls` (QUIC has no
+    /// plaintext form): an error without one.
+    pub async fn serve_quic(
+        &self,
+        socket: std::net::UdpSocket,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), envelope::quic::QuicError> {
+        let tls = self.quic_tls.as_ref().ok_or_else(|| {
+            envelope::quic::QuicError::new("needs a certificate: set `[envelope] tls`")
+        })?;
+        let config = self.config.envelope();
+        socket
+            .set_nonblocking(true)
+            .map_err(|e| envelope::quic::QuicError::new(&e.to_string()))?;
+        let endpoint = envelope::quic::endpoint(socket, tls, &config)?;
+        envelope::quic::serve(
+            endpoint,
+            self.dispatcher.clone(),
+            config,
+            self.connections.clone(),
+            shutdown,
+        )
+        .await;
+        Ok(())
+    }
+
     /// Reads the listeners' TLS certificates and keys again (what SIGHUP
     /// does to `opbox serve`); new connections get them, open ones keep
     /// theirs. A pair that does not load is logged and the old one kept.
     pub fn reload_tls(&self) {
-        for tls in [&self.gateway_tls, &self.tcp_tls].into_iter().flatten() {
+        for tls in [&self.gateway_tls, &self.tcp_tls, &self.quic_tls]
+            .into_iter()
+            .flatten()
+        {
             tls.log_reload("asked to");
         }
     }

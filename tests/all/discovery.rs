@@ -58,7 +58,10 @@ async fn search_filters_by_name_or_description() {
         .map(|op| op["name"].as_str().unwrap())
         .collect();
     // textkit/summary matches by its description, which names echo/echo.
-    assert_eq!(names, ["echo/echo", "echo/fail", "textkit/summary"]);
+    assert_eq!(
+        names,
+        ["echo/cat", "echo/echo", "echo/fail", "textkit/summary"]
+    );
     let (_, body) = host.get("/search?q=frequent").await;
     assert_eq!(body["operations"][0]["name"], "textkit/stats");
     let (_, body) = host.get("/search?q=zzz-nothing").await;

@@ -39,6 +39,7 @@ mod metrics;
 mod nested;
 mod openapi;
 mod outbound;
+mod quic;
 mod raw;
 mod readme;
 mod reuse;

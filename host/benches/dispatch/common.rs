@@ -19,6 +19,8 @@ pub(crate) const ITEMS: u64 = 100_000;
 
 pub(crate) const LATENCY_CALLS: usize = 3_000;
 
+/// The benchmark host's data directory; a bench starting a host of its own
+/// gives it a directory below this one (one host per directory).
 pub(crate) fn data_dir() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("opbox-bench")
 }

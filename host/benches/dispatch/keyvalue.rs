@@ -14,7 +14,7 @@ pub(crate) const KV_CALLS: usize = 2_000;
 pub(crate) async fn bench_keyvalue() {
     let db = tempfile::tempdir().expect("a temporary directory");
     let config = HostConfig {
-        data_dir: data_dir(),
+        data_dir: data_dir().join("keyvalue"),
         keyvalue_path: Some(db.path().join("kv.redb")),
         plugins: vec![PluginConfig {
             path: opbox::bundled::built_plugin("kv"),

@@ -23,7 +23,7 @@ pub(crate) async fn bench_raw() {
         ..Default::default()
     };
     let config = HostConfig {
-        data_dir: data_dir(),
+        data_dir: data_dir().join("raw"),
         examples: false,
         plugins: vec![PluginConfig {
             path: opbox::bundled::built_plugin("echo"),

@@ -34,7 +34,7 @@ pub(crate) async fn bench_relay() {
         addr
     };
     let config = HostConfig {
-        data_dir: data_dir(),
+        data_dir: data_dir().join("relay"),
         plugins: vec![PluginConfig {
             path: opbox::bundled::built_plugin("relay"),
             reuse: None,

@@ -44,7 +44,7 @@ pub(crate) async fn bench_tenants() {
         plugins: Default::default(),
     };
     let config = HostConfig {
-        data_dir: data_dir(),
+        data_dir: data_dir().join("tenants"),
         tenants: vec![
             tenant("a", TENANT_A, Some(f64::from(A_RATE))),
             tenant("b", TENANT_B, None),

@@ -88,6 +88,8 @@ pub enum Transport {
     WebSocket,
     /// Envelopes over TCP.
     Tcp,
+    /// Envelopes over QUIC.
+    Quic,
     /// The MCP server at `/mcp`: tools, over Streamable HTTP.
     Mcp,
     /// A program embedding the host, calling its dispatcher directly.
@@ -103,6 +105,7 @@ impl Transport {
             Self::Http => "http",
             Self::WebSocket => "websocket",
             Self::Tcp => "tcp",
+            Self::Quic => "quic",
             Self::Mcp => "mcp",
             Self::Embedded => "embedded",
             Self::Cluster => "cluster",

@@ -7,6 +7,7 @@
 //! ```toml
 //! listen = "127.0.0.1:8080"    # where the HTTP gateway listens
 //! # tcp_listen = "127.0.0.1:8081"  # envelopes over TCP (off unless set)
+//! # quic_listen = "127.0.0.1:8443" # envelopes over QUIC (off unless set; needs [envelope] tls)
 //! # metrics_listen = "127.0.0.1:9090"  # /metrics for anyone (off unless set)
 //! data_dir = ".opbox"          # installed plugins, events, key-value database
 //! # cache_dir = ".opbox/cache" # compiled plugins (default: data_dir/cache)
@@ -65,7 +66,7 @@
 //! max_queued_bytes = 1048576   # replies waiting for a slow reader
 //! idle_timeout_ms = 60000      # no frame and no open call: closed
 //! frame_timeout_ms = 10000     # to finish a frame once begun (TCP)
-//! # tls = { cert = "cert.pem", key = "key.pem" }  # TLS on tcp_listen
+//! # tls = { cert = "cert.pem", key = "key.pem" }  # TLS on tcp_listen, and quic_listen's certificate
 //!
 //! [connections]                # every listener
 //! max_connections = 1024       # open at once, in all
@@ -186,6 +187,9 @@ pub struct HostConfig {
     pub listen: SocketAddr,
     /// Where the envelope protocol listens over TCP; off when absent.
     pub tcp_listen: Option<SocketAddr>,
+    /// Where the envelope protocol listens over QUIC (UDP), with the
+    /// certificate of `[envelope] tls`; off when absent.
+    pub quic_listen: Option<SocketAddr>,
     /// Where `/metrics` is served to anyone (and nothing else); off when
     /// absent.
     pub metrics_listen: Option<SocketAddr>,
@@ -254,6 +258,7 @@ impl Default for HostConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             tcp_listen: None,
+            quic_listen: None,
             metrics_listen: None,
             data_dir: PathBuf::from(".opbox"),
             cache_dir: None,

@@ -353,10 +353,29 @@ impl Dispatcher {
         request: CallRequest,
         reach: Reach,
     ) -> Metered<OutputStream> {
-        let mut log = self.log(&request);
+        let request = &request;
+        self.stream_metered(request, |meter, span| async move {
+            self.subscribe_inner(request, &meter, &span, reach).await
+        })
+        .await
+    }
+
+    /// A call answering with a stream (a subscription, a byte stream),
+    /// started by `start` on its tenant's turns, logged and metered until
+    /// the stream ends.
+    async fn stream_metered<'a, T, F>(
+        &self,
+        request: &'a CallRequest,
+        start: impl FnOnce(Arc<Meter>, crate::telemetry::trace::CallSpan) -> F,
+    ) -> Metered<Outputs<T>>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<Outputs<T>, CallError>> + 'a,
+    {
+        let mut log = self.log(request);
         let (meter, span) = (log.meter().clone(), log.span().clone());
         let share = self.share(&request.identity.tenant);
-        let started = self.subscribe_inner(&request, &meter, &span, reach);
+        let started = start(meter.clone(), span.clone());
         let operation = &request.operation;
         let result = match OnShare::new(started, share.clone(), operation).await {
             Ok(stream) => {

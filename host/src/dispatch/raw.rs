@@ -9,11 +9,9 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 
-use super::logged::Logged;
 use super::nested::invocation;
 use super::pipeline::{Admitted, Kind, Target, holding, until_retired, with_time_limit};
 use super::remote::Reach;
-use super::shares::OnShare;
 use super::{Dispatcher, Handler, Metered, Outputs, failure};
 use crate::call::{CallError, CallRequest, ErrorCode, Meter};
 use crate::runtime::RawOutput;
@@ -47,27 +45,11 @@ impl Dispatcher {
         request: CallRequest,
         stdin: RawInput,
     ) -> Metered<RawOutputs> {
-        let mut log = self.log(&request);
-        let (meter, span) = (log.meter().clone(), log.span().clone());
-        let share = self.share(&request.identity.tenant);
-        let started = self.raw_inner(&request, stdin, &meter, &span);
-        let operation = &request.operation;
-        let result = match OnShare::new(started, share.clone(), operation).await {
-            Ok(stream) => {
-                log.answered_elsewhere();
-                let stream = OnShare::new(stream, share, operation);
-                Ok(Logged::new(stream.boxed(), log).boxed())
-            }
-            Err(e) => {
-                log.finish(Some(&e));
-                Err(e)
-            }
-        };
-        Metered {
-            result,
-            meter,
-            traceparent: span.traceparent(),
-        }
+        let request = &request;
+        self.stream_metered(request, |meter, span| async move {
+            self.raw_inner(request, stdin, &meter, &span).await
+        })
+        .await
     }
 
     async fn raw_inner(

@@ -7,6 +7,7 @@
 //! | `tls://HOST:PORT` | the same inside TLS (`[envelope] tls`) |
 //! | `ws://HOST:PORT/call` | one envelope per WebSocket message |
 //! | `wss://HOST:PORT/call` | the same inside TLS (`[gateway] tls`) |
+//! | `quic://HOST:PORT` | length-prefixed frames on one QUIC stream (`quic_listen`) |
 //!
 //! TLS checks the host's certificate against the web's roots and any
 //! certificates the caller adds (a private CA, or a self-signed host's own
@@ -87,6 +88,10 @@ pub(super) async fn dial(
         let stream = tcp_to(addr).await.map_err(failed)?;
         return Ok(framed(stream, false));
     }
+    if let Some(addr) = url.strip_prefix("quic://") {
+        let stream = quic_to(addr, tls()?).await.map_err(failed)?;
+        return Ok(framed(stream, false));
+    }
     if let Some(addr) = url.strip_prefix("tls://") {
         let stream = tcp_to(addr).await.map_err(failed)?;
         let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
@@ -124,6 +129,39 @@ async fn tcp_to(addr: &str) -> Result<TcpStream, String> {
     let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let _ = stream.set_nodelay(true);
     Ok(stream)
+}
+
+/// A QUIC connection to `addr`, the host's certificate checked for its
+/// name, and one bidirectional stream on it for every call of the client.
+async fn quic_to(
+    addr: &str,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<impl AsyncRead + AsyncWrite + Send + 'static, String> {
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    let host = host.trim_matches(['[', ']']);
+    let peer = tokio::net::lookup_host(addr)
+        .await
+        .map_err(|e| e.to_string())?
+        .next()
+        .ok_or_else(|| format!("`{addr}` resolves to no address"))?;
+    let mut tls = (*tls).clone();
+    tls.alpn_protocols = vec![super::quic::ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls))
+        .map_err(|e| format!("QUIC TLS: {e}"))?;
+    let local: std::net::SocketAddr = if peer.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        ([0u16; 8], 0).into()
+    };
+    let mut endpoint = quinn::Endpoint::client(local).map_err(|e| e.to_string())?;
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    let connection = endpoint
+        .connect(peer, host)
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| format!("QUIC: {e}"))?;
+    let (send, recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
+    Ok(tokio::io::join(recv, send))
 }
 
 /// `stream` inside TLS, the host's certificate checked for `host`.

@@ -13,6 +13,7 @@
 pub mod client;
 mod dial;
 mod outbox;
+pub mod quic;
 pub mod session;
 pub mod tcp;
 pub mod wire;

@@ -122,7 +122,7 @@ async fn connection<IO>(
 /// the whole frame must arrive within `frame_timeout`. A length over `limit`
 /// is refused before anything more is read. Ends after a violation, or when
 /// the peer closes or the connection breaks.
-fn frames<R: AsyncRead + Unpin + Send + 'static>(
+pub(super) fn frames<R: AsyncRead + Unpin + Send + 'static>(
     read: R,
     limit: FrameLimit,
     frame_timeout: Duration,

@@ -49,16 +49,14 @@ pub(super) async fn op(
         Ok(deadline) => deadline,
         Err(error) => return ApiError::new(request_id, error).into_response(),
     };
-    let request = CallRequest {
-        request_id: request_id.clone(),
-        operation: format!("{namespace}/{op}"),
+    let request = route_request(
+        &request_id,
+        (&namespace, &op),
         input,
         deadline,
         identity,
-        origin: Origin::Wire(Transport::Http),
-        trace: trace_context(&headers),
-        attachment: None,
-    };
+        &headers,
+    );
     // A name the caller cannot see goes the query way, to be refused (and
     // counted) as `/call` refuses it.
     let subscription = matches!(
@@ -93,6 +91,28 @@ pub(super) async fn op(
         subscription,
     );
     response
+}
+
+/// The call an operation's own route (`/ops/…`, `/raw/…`) makes of its
+/// path, its input and its headers.
+pub(super) fn route_request(
+    request_id: &Arc<str>,
+    (namespace, op): (&str, &str),
+    input: serde_json::Value,
+    deadline: Option<Duration>,
+    identity: crate::call::Identity,
+    headers: &HeaderMap,
+) -> CallRequest {
+    CallRequest {
+        request_id: request_id.clone(),
+        operation: format!("{namespace}/{op}"),
+        input,
+        deadline,
+        identity,
+        origin: Origin::Wire(Transport::Http),
+        trace: trace_context(headers),
+        attachment: None,
+    }
 }
 
 /// The `opbox-deadline-ms` header, when there is one.

@@ -37,9 +37,9 @@ use serde_json::Value;
 
 use super::call::COST;
 use super::error::ApiError;
-use super::ops::{REQUEST_ID, deadline};
-use super::{AppState, caller, trace_context};
-use crate::call::{CallError, CallRequest, Meter, Origin, Transport, new_request_id};
+use super::ops::{REQUEST_ID, deadline, route_request};
+use super::{AppState, caller};
+use crate::call::{CallError, Meter, new_request_id};
 use crate::runtime::RawOutput;
 
 /// The request header that carries the operation's arguments, JSON.
@@ -83,26 +83,45 @@ pub(super) async fn raw(
         Err(error) => return refuse(error),
     };
     let framed = accepts_framed(&headers);
-    let request = CallRequest {
-        request_id: request_id.clone(),
-        operation: format!("{namespace}/{op}"),
+    let request = route_request(
+        &request_id,
+        (&namespace, &op),
         input,
         deadline,
         identity,
-        origin: Origin::Wire(Transport::Http),
-        trace: trace_context(&headers),
-        attachment: None,
-    };
-    // The body's chunks as they arrive; a body that fails (the client went
-    // away mid-stream) ends stdin.
-    let stdin = body
-        .into_data_stream()
-        .take_while(|chunk| std::future::ready(chunk.is_ok()))
-        .filter_map(|chunk| std::future::ready(chunk.ok()))
-        .boxed();
+        &headers,
+    );
+    // The body's chunks as they arrive, and its end as the end of stdin. A
+    // body cut off (the client went away, or reset its side) is not an
+    // end: the operation must not take half its input for the whole. The
+    // call is stopped instead: its response ends, which drops it.
+    let (cut, cut_off) = futures::channel::oneshot::channel::<()>();
+    let stdin = futures::stream::unfold(
+        (body.into_data_stream(), Some(cut)),
+        |(mut body, mut cut)| async move {
+            match body.next().await {
+                Some(Ok(chunk)) => Some((chunk, (body, cut))),
+                None => None,
+                Some(Err(_)) => {
+                    if let Some(cut) = cut.take() {
+                        let _ = cut.send(());
+                    }
+                    std::future::pending().await
+                }
+            }
+        },
+    )
+    .boxed();
     let started = state.dispatcher.run_raw_metered(request, stdin).await;
     let outputs = match started.result {
-        Ok(outputs) => outputs,
+        // Only a cut stops the output; stdin's normal end drops the sender.
+        Ok(outputs) => outputs
+            .take_until(async {
+                if cut_off.await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            })
+            .boxed(),
         Err(error) => return refuse(error),
     };
     let meter = started.meter.clone();

@@ -49,6 +49,7 @@ pub struct TlsError {
 pub struct Tls {
     files: TlsConfig,
     current: Arc<Current>,
+    config: Arc<rustls::ServerConfig>,
     acceptor: TlsAcceptor,
 }
 
@@ -90,11 +91,19 @@ impl Tls {
             .with_no_client_auth()
             .with_cert_resolver(current.clone());
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let config = Arc::new(config);
         Ok(Self {
             files: files.clone(),
             current,
-            acceptor: TlsAcceptor::from(Arc::new(config)),
+            acceptor: TlsAcceptor::from(config.clone()),
+            config,
         })
+    }
+
+    /// The rustls configuration, for a listener that runs its own
+    /// handshakes (QUIC); it presents the certificate [`Tls::reload`] swaps.
+    pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        self.config.clone()
     }
 
     /// Reads the files again; new handshakes get what they hold. On error

@@ -152,7 +152,7 @@ impl Plugin {
             outbound: capabilities::check(&options.grants).map_err(LoadError::Grant)?,
             grants: Arc::new(options.grants),
         };
-        let manifest = plugin.describe().await?;
+        let (manifest, raw) = plugin.describe().await?;
         let name = options.name.unwrap_or(manifest.name);
         if !is_valid_segment(&name) {
             return Err(LoadError::Manifest(format!(
@@ -163,7 +163,6 @@ impl Plugin {
         }
         plugin.name = Arc::from(name);
         plugin.version = manifest.version;
-        let raw = plugin.describe_raw().await?;
         plugin.ops = check_operations(
             manifest.operations,
             raw,
@@ -172,33 +171,12 @@ impl Plugin {
         Ok(Arc::new(plugin))
     }
 
-    async fn describe(&self) -> Result<bindings::Manifest, LoadError> {
-        let invocation = Invocation::internal("describe", Duration::from_secs(10));
-        let budget = self.budget("deadline_ms", invocation.deadline);
-        let mut store = self
-            .new_store(&invocation, budget)
-            .map_err(|e| LoadError::Describe(e.to_string()))?;
-        let instance = self
-            .instantiate(&mut store)
-            .await
-            .map_err(describe_failed)?;
-        let manifest = store
-            .run_concurrent(async |accessor| {
-                instance
-                    .opbox_plugin_handler()
-                    .call_describe(accessor)
-                    .await
-            })
-            .await
-            .and_then(|r| r);
-        manifest.map_err(|e| describe_failed(classify(&mut store, e)))
-    }
-
-    /// Its byte-stream operations, from the `raw` export; none without it.
-    async fn describe_raw(&self) -> Result<Vec<bindings::raw::RawSpec>, LoadError> {
-        let Some(indices) = &self.raw else {
-            return Ok(Vec::new());
-        };
+    /// What the plugin says about itself: its manifest, and its
+    /// byte-stream operations (none without the `raw` export), from one
+    /// instance.
+    async fn describe(
+        &self,
+    ) -> Result<(bindings::Manifest, Vec<bindings::raw::RawSpec>), LoadError> {
         let invocation = Invocation::internal("describe", Duration::from_secs(10));
         let budget = self.budget("deadline_ms", invocation.deadline);
         let mut store = self
@@ -208,14 +186,26 @@ impl Plugin {
             .instantiate_instance(&mut store)
             .await
             .map_err(describe_failed)?;
-        let guest = indices
-            .load(&mut store, &instance)
-            .map_err(|e| describe_failed(classify(&mut store, e)))?;
-        let specs = store
-            .run_concurrent(async |accessor| guest.call_describe(accessor).await)
+        let exports = bindings::Plugin::new(&mut store, &instance).and_then(|handler| {
+            let raw = self.raw.as_ref().map(|raw| raw.load(&mut store, &instance));
+            Ok((handler, raw.transpose()?))
+        });
+        let (handler, raw) = exports.map_err(|e| describe_failed(classify(&mut store, e)))?;
+        let described = store
+            .run_concurrent(async |accessor| {
+                let manifest = handler
+                    .opbox_plugin_handler()
+                    .call_describe(accessor)
+                    .await?;
+                let raw = match &raw {
+                    Some(raw) => raw.call_describe(accessor).await?,
+                    None => Vec::new(),
+                };
+                wasmtime::Result::Ok((manifest, raw))
+            })
             .await
             .and_then(|r| r);
-        specs.map_err(|e| describe_failed(classify(&mut store, e)))
+        described.map_err(|e| describe_failed(classify(&mut store, e)))
     }
 
     /// The namespace the plugin is mounted under.

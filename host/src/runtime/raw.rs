@@ -163,7 +163,8 @@ impl Plugin {
             _slot: slot,
         };
         // Drive the store until the guest has started: a refusal to start is
-        // the call's error, not an item.
+        // the call's error, not an item, and a guest that neither starts
+        // nor refuses within `idle_ms` is stopped.
         let mut started_rx = Some(started_rx);
         let started = futures::future::poll_fn(|cx| {
             call.poll_driver(cx);
@@ -173,6 +174,11 @@ impl Plugin {
                 started_rx = None;
                 return Poll::Ready(sent.is_ok());
             }
+            if call.driver.is_some() && call.idle_timer.as_mut().poll(cx).is_ready() {
+                let limit = LimitHit::time("idle_ms", call.idle);
+                call.driver = None;
+                call.outcome = Some(Err(InvokeError::Limit(limit)));
+            }
             if call.driver.is_none() {
                 Poll::Ready(false)
             } else {
@@ -180,6 +186,7 @@ impl Plugin {
             }
         })
         .await;
+        call.rearm();
         if !started {
             return Err(match call.outcome.take() {
                 Some(Err(e)) => e,

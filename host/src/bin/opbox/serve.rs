@@ -44,6 +44,10 @@ pub(crate) async fn serve(
     }
     let addr = config.listen;
     let tcp_addr = config.tcp_listen;
+    let quic_addr = config.quic_listen;
+    if quic_addr.is_some() && config.envelope.tls.is_none() {
+        bail!("`quic_listen` needs a certificate: set `[envelope] tls` (QUIC is always encrypted)");
+    }
     let metrics_addr = config.metrics_listen;
     let scheme = if config.gateway.tls.is_some() {
         "https"
@@ -75,6 +79,21 @@ pub(crate) async fn serve(
             let stopped = stopped();
             async move { host.serve_tcp(tcp, stopped).await }
         }));
+    }
+    if let Some(quic_addr) = quic_addr {
+        let socket = std::net::UdpSocket::bind(quic_addr)
+            .with_context(|| format!("cannot listen on udp://{quic_addr}"))?;
+        let local = socket.local_addr()?;
+        tracing::info!("opbox envelopes on quic://{local}");
+        tokio::spawn({
+            let host = host.clone();
+            let stopped = stopped();
+            async move {
+                if let Err(e) = host.serve_quic(socket, stopped).await {
+                    tracing::error!("{e}");
+                }
+            }
+        });
     }
     if let Some(metrics_addr) = metrics_addr {
         let (metrics, local) = bind(metrics_addr).await?;

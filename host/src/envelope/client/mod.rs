@@ -48,7 +48,7 @@ pub enum ClientError {
     /// The URL is not `tcp://HOST:PORT`, `tls://HOST:PORT`,
     /// `ws://HOST:PORT/PATH` or `wss://HOST:PORT/PATH`.
     #[error(
-        "unsupported URL `{0}`: use tcp://HOST:PORT, tls://HOST:PORT, ws://HOST:PORT/call or wss://HOST:PORT/call"
+        "unsupported URL `{0}`: use tcp://HOST:PORT, tls://HOST:PORT, quic://HOST:PORT, ws://HOST:PORT/call or wss://HOST:PORT/call"
     )]
     Url(String),
     /// The certificates to trust could not be read.

@@ -1,0 +1,98 @@
+//! Envelopes over QUIC: JSON calls and byte-stream calls on one connection,
+//! with the certificate of `[envelope] tls`, through opbox's own client
+//! (`quic://`).
+
+use std::future::pending;
+use std::time::Duration;
+
+use opbox::envelope::client::{Client, RawEvent, tls_config};
+use opbox::net::TlsConfig;
+use serde_json::json;
+
+use crate::util::TestHost;
+
+/// A host with a fresh self-signed certificate for 127.0.0.1, serving
+/// envelopes over QUIC; its QUIC address and the certificate's file.
+async fn quic_host(dir: &std::path::Path) -> (TestHost, String, std::path::PathBuf) {
+    let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).expect("a certificate");
+    let files = TlsConfig {
+        cert: dir.join("cert.pem"),
+        key: dir.join("key.pem"),
+    };
+    std::fs::write(&files.cert, made.cert.pem()).expect("written");
+    std::fs::write(&files.key, made.signing_key.serialize_pem()).expect("written");
+    let host = TestHost::with_config(|config| config.envelope.tls = Some(files.clone())).await;
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("a UDP port");
+    let addr = socket.local_addr().expect("its address");
+    let serving = host.host.clone();
+    tokio::spawn(async move { serving.serve_quic(socket, pending()).await });
+    (host, format!("quic://{addr}"), files.cert)
+}
+
+/// Runs byte-stream `operation` with `stdin` over `client`; its stdout and
+/// exit code.
+async fn run(client: &Client, operation: &str, stdin: Vec<u8>) -> (Vec<u8>, u8) {
+    let mut call = client
+        .run_raw(operation, json!({}))
+        .await
+        .expect("the call starts");
+    let input = call.input();
+    let feeding = tokio::spawn(async move {
+        input.write(&stdin).await.expect("stdin is taken");
+        input.close().expect("stdin closes");
+    });
+    let mut stdout = Vec::new();
+    let code = loop {
+        let event = tokio::time::timeout(Duration::from_secs(60), call.next())
+            .await
+            .expect("the call goes on")
+            .expect("an event")
+            .expect("no error");
+        match event {
+            RawEvent::Stdout(bytes) => stdout.extend_from_slice(&bytes),
+            RawEvent::Stderr(_) => {}
+            RawEvent::Exit(code) => break code,
+        }
+    };
+    feeding.await.expect("fed");
+    (stdout, code)
+}
+
+#[tokio::test]
+async fn json_and_byte_stream_calls_share_one_quic_connection() {
+    let dir = tempfile::tempdir().expect("a directory");
+    let (_host, url, cert) = quic_host(dir.path()).await;
+    let tls = tls_config(Some(&cert)).expect("the certificate is read");
+    let client = Client::connect_with(&url, None, Some(tls))
+        .await
+        .expect("connects over QUIC");
+
+    let output = client
+        .call("echo/echo", json!({"x": 1}))
+        .await
+        .expect("answered");
+    assert_eq!(output, json!({"x": 1}));
+
+    // A byte stream in each direction at once, with JSON calls beside it.
+    let original: Vec<u8> = (0..4u32 << 20).map(|n| (n % 251) as u8).collect();
+    let (compressed, echoed) = tokio::join!(
+        run(&client, "gzip/compress", original.clone()),
+        client.call("echo/echo", json!("beside")),
+    );
+    assert_eq!(echoed.expect("answered"), json!("beside"));
+    let (compressed, code) = compressed;
+    assert_eq!(code, 0);
+    let (restored, code) = run(&client, "gzip/decompress", compressed).await;
+    assert_eq!(code, 0);
+    assert!(restored == original, "the round trip changed the bytes");
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_trust_the_certificate_is_not_served() {
+    let dir = tempfile::tempdir().expect("a directory");
+    let (_host, url, _cert) = quic_host(dir.path()).await;
+    // The web's roots only: the self-signed certificate is refused.
+    let refused = Client::connect(&url, None).await;
+    let error = refused.expect_err("an untrusted certificate").to_string();
+    assert!(error.contains("QUIC"), "{error}");
+}
