@@ -230,7 +230,10 @@ fn envelope_tls_without_a_tcp_listener_is_one_clear_line() {
         .current_dir(dir.path())
         .output()
         .unwrap();
-    assert_one_line_failure(&output, "`[envelope] tls` is set but `tcp_listen` is not");
+    assert_one_line_failure(
+        &output,
+        "`[envelope] tls` is set but neither `tcp_listen` nor `quic_listen` is",
+    );
     // Given a listener, the same config gets as far as reading the
     // certificate (which this test did not make).
     let output = opbox()
@@ -240,6 +243,20 @@ fn envelope_tls_without_a_tcp_listener_is_one_clear_line() {
         .output()
         .unwrap();
     assert_one_line_failure(&output, "cert.pem");
+    // QUIC is always encrypted: a QUIC listener without a certificate is
+    // refused as clearly.
+    std::fs::write(
+        &config,
+        "listen = \"127.0.0.1:0\"\nquic_listen = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let output = opbox()
+        .args(["serve", "--config"])
+        .arg(&config)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_one_line_failure(&output, "`quic_listen` needs a certificate");
 }
 
 #[test]

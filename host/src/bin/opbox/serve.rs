@@ -36,10 +36,11 @@ pub(crate) async fn serve(
         config.tcp_listen = tcp_listen;
     }
     config.plugin_dirs.extend(plugins);
-    if config.envelope.tls.is_some() && config.tcp_listen.is_none() {
+    if config.envelope.tls.is_some() && config.tcp_listen.is_none() && config.quic_listen.is_none()
+    {
         bail!(
-            "`[envelope] tls` is set but `tcp_listen` is not, so the TCP listener it is for is off: \
-             set `tcp_listen` (WebSockets use `[gateway] tls`)"
+            "`[envelope] tls` is set but neither `tcp_listen` nor `quic_listen` is, so the listeners it is for are off: \
+             set one (WebSockets use `[gateway] tls`)"
         );
     }
     let addr = config.listen;
