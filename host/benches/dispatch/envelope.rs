@@ -31,7 +31,7 @@ pub(crate) async fn bench_envelopes(host: &Host) {
         ("WebSocket, one connection", format!("ws://{http}/call")),
         ("HTTP `POST /call`", format!("http://{http}/call")),
     ] {
-        let (rate, stats) = tokio::task::spawn_blocking(move || echo_in_flight(&target))
+        let (rate, stats) = tokio::task::spawn_blocking(move || echo_in_flight(&target, None))
             .await
             .expect("the client thread");
         println!(
@@ -64,8 +64,12 @@ pub(crate) async fn bench_envelopes(host: &Host) {
 }
 
 /// Keeps `IN_FLIGHT` `echo/echo` calls going against `target` for
-/// `ENVELOPE_SECONDS`: calls per second and latency.
-pub(crate) fn echo_in_flight(target: &str) -> (f64, Stats) {
+/// `ENVELOPE_SECONDS`, trusting `tls` for `quic://`: calls per second and
+/// latency.
+pub(crate) fn echo_in_flight(
+    target: &str,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+) -> (f64, Stats) {
     client_runtime().block_on(async {
         let deadline = Instant::now() + Duration::from_secs(ENVELOPE_SECONDS);
         let input = json!({"x": 1});
@@ -73,7 +77,7 @@ pub(crate) fn echo_in_flight(target: &str) -> (f64, Stats) {
             None
         } else {
             Some(
-                opbox::envelope::client::Client::connect(target, None)
+                opbox::envelope::client::Client::connect_with(target, None, tls)
                     .await
                     .expect("connect"),
             )

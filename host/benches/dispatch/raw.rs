@@ -1,5 +1,6 @@
 //! `raw`: bytes through a byte-stream operation (`echo/cat`, a pass-through)
-//! over each transport, against the same bytes with no opbox in between.
+//! over each transport, against the same bytes with no opbox in between;
+//! then `echo/echo` calls over TCP and QUIC envelopes.
 
 use std::time::{Duration, Instant};
 
@@ -35,7 +36,27 @@ pub(crate) async fn bench_raw() {
         }],
         ..HostConfig::demo()
     };
+    // A certificate for the QUIC listener (and so the TCP one), made here:
+    // both encrypted, as QUIC always is.
+    let dir = data_dir().join("raw");
+    std::fs::create_dir_all(&dir).expect("a directory");
+    let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).expect("a certificate");
+    let files = opbox::net::TlsConfig {
+        cert: dir.join("cert.pem"),
+        key: dir.join("key.pem"),
+    };
+    std::fs::write(&files.cert, made.cert.pem()).expect("written");
+    std::fs::write(&files.key, made.signing_key.serialize_pem()).expect("written");
+    let mut config = config;
+    config.envelope.tls = Some(files.clone());
     let host = Host::start(config).await.expect("the host starts");
+    let quic = {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("a UDP port");
+        let addr = socket.local_addr().expect("its address");
+        let host = host.clone();
+        tokio::spawn(async move { host.serve_quic(socket, std::future::pending()).await });
+        addr
+    };
     let http = serve_host(&host).await;
     let tcp = {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -46,6 +67,7 @@ pub(crate) async fn bench_raw() {
         tokio::spawn(async move { host.serve_tcp(listener, std::future::pending()).await });
         addr
     };
+    let tls = opbox::envelope::client::tls_config(Some(&files.cert)).expect("the certificate");
     let bare = serve(axum::Router::new().route(
         "/cat",
         axum::routing::post(|body: axum::body::Body| async move {
@@ -67,12 +89,16 @@ pub(crate) async fn bench_raw() {
         ("HTTP/1.1 `POST /raw/echo/cat`", Path::Http(false)),
         ("HTTP/2 `POST /raw/echo/cat`", Path::Http(true)),
         (
-            "TCP envelopes, raw chunks",
-            Path::Envelope(format!("tcp://{tcp}")),
+            "TCP + TLS envelopes, raw chunks",
+            Path::Envelope(format!("tls://{tcp}")),
         ),
         (
             "WebSocket envelopes, raw chunks",
             Path::Envelope(format!("ws://{http}/call")),
+        ),
+        (
+            "QUIC envelopes, raw chunks",
+            Path::Envelope(format!("quic://{quic}")),
         ),
     ] {
         let before = rss_kib();
@@ -86,16 +112,43 @@ pub(crate) async fn bench_raw() {
                 }
             }
         });
-        let elapsed =
-            tokio::task::spawn_blocking(move || client_runtime().block_on(run(path, http, bare)))
-                .await
-                .expect("the client thread");
+        let tls = tls.clone();
+        let elapsed = tokio::task::spawn_blocking(move || {
+            client_runtime().block_on(run(path, http, bare, tls))
+        })
+        .await
+        .expect("the client thread");
         sampler.abort();
         println!(
             "| {name} | {:.0} | {} MiB | {} MiB |",
             MIB as f64 / elapsed.as_secs_f64(),
             before / 1024,
             peak.load(std::sync::atomic::Ordering::Relaxed) / 1024
+        );
+    }
+    println!();
+    let (in_flight, seconds) = (
+        super::envelope::IN_FLIGHT,
+        super::envelope::ENVELOPE_SECONDS,
+    );
+    println!(
+        "## Envelopes over TCP and QUIC: `echo/echo`, {in_flight} calls in flight for {seconds} s\n"
+    );
+    println!("| transport | calls/s | p50 | p99 |\n|---|---|---|---|");
+    for (name, target) in [
+        ("TCP + TLS, one connection", format!("tls://{tcp}")),
+        ("QUIC, one connection, one stream", format!("quic://{quic}")),
+    ] {
+        let tls = tls.clone();
+        let (rate, stats) = tokio::task::spawn_blocking(move || {
+            super::envelope::echo_in_flight(&target, Some(tls))
+        })
+        .await
+        .expect("the client thread");
+        println!(
+            "| {name} | {rate:.0} | {} | {} |",
+            us(stats.median),
+            us(stats.p99)
         );
     }
     println!();
@@ -111,7 +164,12 @@ enum Path {
 }
 
 /// Sends `MIB` MiB and reads them back; how long that took.
-async fn run(path: Path, http: std::net::SocketAddr, bare: std::net::SocketAddr) -> Duration {
+async fn run(
+    path: Path,
+    http: std::net::SocketAddr,
+    bare: std::net::SocketAddr,
+    tls: std::sync::Arc<rustls::ClientConfig>,
+) -> Duration {
     let chunk = Bytes::from(vec![b'r'; CHUNK]);
     let chunks = MIB * (1 << 20) / CHUNK;
     let started = Instant::now();
@@ -145,7 +203,9 @@ async fn run(path: Path, http: std::net::SocketAddr, bare: std::net::SocketAddr)
             bytes
         }
         Path::Envelope(url) => {
-            let client = Client::connect(&url, None).await.expect("connects");
+            let client = Client::connect_with(&url, None, Some(tls))
+                .await
+                .expect("connects");
             let mut call = client
                 .run_raw("echo/cat", serde_json::json!(null))
                 .await

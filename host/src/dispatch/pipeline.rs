@@ -24,7 +24,7 @@ use crate::tenants::{Admission, Tenant};
 
 /// The longest a deadline can be: far enough to mean "none", near enough not
 /// to overflow `Instant` arithmetic.
-const NO_DEADLINE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+pub(super) const NO_DEADLINE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// Which kind of operation a caller asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

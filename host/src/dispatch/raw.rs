@@ -10,7 +10,9 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 
 use super::nested::invocation;
-use super::pipeline::{Admitted, Kind, Target, holding, until_retired, with_time_limit};
+use super::pipeline::{
+    Admitted, Kind, NO_DEADLINE, Target, holding, until_retired, with_time_limit,
+};
 use super::remote::Reach;
 use super::{Dispatcher, Handler, Metered, Outputs, failure};
 use crate::call::{CallError, CallRequest, ErrorCode, Meter};
@@ -85,7 +87,7 @@ impl Dispatcher {
         let input = self.validate(&op, request.input.clone()).await?;
         let limit = self.subscription_limit(request);
         let held = vec![admission, Some(tenant.usage.instance()?)];
-        let deadline = limit.unwrap_or(NO_LIMIT);
+        let deadline = limit.unwrap_or(NO_DEADLINE);
         let cpu = Duration::from_millis(plugin.limits().cpu_ms);
         let invocation = invocation(self, request, deadline, cpu, meter, span);
         let counted = plugin.count_call();
@@ -122,6 +124,3 @@ impl Dispatcher {
         Ok(self.inner.drain.until_drained(outputs, in_flight))
     }
 }
-
-/// A deadline far enough to mean "none".
-const NO_LIMIT: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
