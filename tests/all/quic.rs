@@ -14,6 +14,14 @@ use crate::util::TestHost;
 /// A host with a fresh self-signed certificate for 127.0.0.1, serving
 /// envelopes over QUIC; its QUIC address and the certificate's file.
 async fn quic_host(dir: &std::path::Path) -> (TestHost, String, std::path::PathBuf) {
+    quic_host_with(dir, |_| {}).await
+}
+
+/// [`quic_host`], with `configure` applied to the host's configuration.
+async fn quic_host_with(
+    dir: &std::path::Path,
+    configure: impl FnOnce(&mut opbox::HostConfig),
+) -> (TestHost, String, std::path::PathBuf) {
     let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).expect("a certificate");
     let files = TlsConfig {
         cert: dir.join("cert.pem"),
@@ -21,7 +29,11 @@ async fn quic_host(dir: &std::path::Path) -> (TestHost, String, std::path::PathB
     };
     std::fs::write(&files.cert, made.cert.pem()).expect("written");
     std::fs::write(&files.key, made.signing_key.serialize_pem()).expect("written");
-    let host = TestHost::with_config(|config| config.envelope.tls = Some(files.clone())).await;
+    let host = TestHost::with_config(|config| {
+        config.envelope.tls = Some(files.clone());
+        configure(config);
+    })
+    .await;
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("a UDP port");
     let addr = socket.local_addr().expect("its address");
     let serving = host.host.clone();
@@ -95,4 +107,48 @@ async fn a_client_that_does_not_trust_the_certificate_is_not_served() {
     let refused = Client::connect(&url, None).await;
     let error = refused.expect_err("an untrusted certificate").to_string();
     assert!(error.contains("QUIC"), "{error}");
+}
+
+/// A QUIC connection takes a place among the caps every listener shares:
+/// past `max_connections_per_ip`, the next from the same address is
+/// refused before its handshake, and a place freed is taken again.
+#[tokio::test]
+async fn quic_connections_are_held_to_the_per_address_cap() {
+    let dir = tempfile::tempdir().expect("a directory");
+    let (_host, url, cert) = quic_host_with(dir.path(), |config| {
+        config.connections.max_connections_per_ip = 1;
+    })
+    .await;
+    let tls = tls_config(Some(&cert)).expect("the certificate is read");
+    let first = Client::connect_with(&url, None, Some(tls.clone()))
+        .await
+        .expect("the first connection is taken");
+    assert_eq!(
+        first.call("echo/echo", json!(1)).await.expect("answered"),
+        json!(1)
+    );
+    let second = Client::connect_with(&url, None, Some(tls.clone())).await;
+    let error = second
+        .expect_err("a second connection from the address")
+        .to_string();
+    assert!(error.contains("refused"), "{error}");
+    drop(first);
+    // The place comes back once the first connection is gone.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match Client::connect_with(&url, None, Some(tls.clone())).await {
+            Ok(client) => {
+                assert_eq!(
+                    client.call("echo/echo", json!(2)).await.expect("answered"),
+                    json!(2)
+                );
+                break;
+            }
+            Err(e) if std::time::Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("the freed place was not taken again: {e}"),
+        }
+    }
 }
