@@ -435,3 +435,55 @@ async fn an_empty_response_of_known_length_arrives_whatever_its_status() {
         }
     }
 }
+
+/// `relay/pipe`: an upstream body passed through as bytes, each chunk as
+/// it arrives; past the grant's response cap the call ends with
+/// `HTTP_TOO_LARGE`, and a status that is not 2xx is told on stderr with
+/// exit code 1.
+#[tokio::test]
+async fn an_upstream_body_passes_through_a_byte_stream_operation_as_bytes() {
+    let addr = upstream(Arc::new(Notify::new())).await;
+    let host = host_for(addr).await;
+    // `[type][length u32][payload]` frames: stdout (1) joined, and the last
+    // other frame.
+    let pipe = async |path: &str| {
+        let input = json!({"url": format!("http://127.0.0.1:{}{path}", addr.port())});
+        let response = host
+            .client
+            .post(host.url("/raw/relay/pipe"))
+            .header("opbox-input", input.to_string())
+            .header("accept", "application/vnd.opbox.raw")
+            .send()
+            .await
+            .expect("answered");
+        assert_eq!(response.status(), 200);
+        let body = response.bytes().await.expect("the body");
+        let (mut at, mut stdout, mut last) = (0, Vec::new(), None);
+        while at < body.len() {
+            let len = u32::from_be_bytes([body[at + 1], body[at + 2], body[at + 3], body[at + 4]]);
+            let payload = body[at + 5..at + 5 + len as usize].to_vec();
+            match body[at] {
+                1 => stdout.extend_from_slice(&payload),
+                kind => last = Some((kind, payload)),
+            }
+            at += 5 + len as usize;
+        }
+        (stdout, last.expect("an end"))
+    };
+    let (stdout, end) = pipe("/chunks").await;
+    assert_eq!(String::from_utf8_lossy(&stdout), "one two three");
+    assert_eq!(end, (3, vec![0]), "exit code 0");
+
+    let (stdout, (kind, error)) = pipe("/big").await;
+    assert_eq!(kind, 4, "an error ends it");
+    let error: serde_json::Value = serde_json::from_slice(&error).expect("JSON");
+    assert_eq!(error["code"], "HTTP_TOO_LARGE", "{error}");
+    assert!(
+        stdout.len() <= 1 << 20,
+        "{} bytes past a 1 MiB cap",
+        stdout.len()
+    );
+
+    let (_, end) = pipe("/missing").await;
+    assert_eq!(end, (3, vec![1]), "exit code 1");
+}

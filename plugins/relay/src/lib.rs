@@ -14,11 +14,15 @@
 //!   chunked HTTP endpoint and re-emits, as each arrives, every event
 //!   (`{event, data, id}`) or, for any other content, every chunk
 //!   (`{delta}`). Nothing is buffered beyond the event being read.
+//! - `relay/pipe` (raw): `{url}` passes the upstream body through as bytes,
+//!   each chunk as it arrives, to stdout; a status that is not 2xx is told
+//!   on stderr and ends with exit code 1.
 
 use std::collections::VecDeque;
 
 use opbox_sdk::futures::{Stream, stream};
 use opbox_sdk::http::{self, Body, Request, RequestBody, Response};
+use opbox_sdk::raw::Pipes;
 use opbox_sdk::{Context, Error, Plugin, Result};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -224,8 +228,30 @@ async fn sse(_ctx: Context, target: Target) -> Result<impl Stream<Item = Result<
     }))
 }
 
+/// The upstream body, as it arrives, to stdout: no JSON on either side.
+async fn pipe(_ctx: Context, target: Target, mut pipes: Pipes) -> Result<u8> {
+    let mut response = http::get(&target.url).await?;
+    let status = response.status().as_u16();
+    if !(200..300).contains(&status) {
+        pipes
+            .stderr
+            .write(format!("relay: the upstream answered {status}\n"))
+            .await?;
+        return Ok(1);
+    }
+    while let Some(chunk) = response.body_mut().chunk().await? {
+        pipes.stdout.write(chunk).await?;
+    }
+    Ok(0)
+}
+
 fn plugin() -> Plugin {
     Plugin::new()
+        .raw(
+            "pipe",
+            "Passes an upstream body through as bytes, as it arrives.",
+            pipe,
+        )
         .query(
             "fetch",
             "Fetches a URL and returns its status and body.",
