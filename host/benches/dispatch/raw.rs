@@ -11,7 +11,7 @@ use opbox::envelope::client::{Client, RawEvent};
 use opbox::{Host, HostConfig};
 
 use super::common::*;
-use super::relay::rss_kib;
+use super::relay::sampling_rss;
 
 /// How much each transport carries.
 const MIB: usize = 256;
@@ -101,29 +101,14 @@ pub(crate) async fn bench_raw() {
             Path::Envelope(format!("quic://{quic}")),
         ),
     ] {
-        let before = rss_kib();
-        let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(before));
-        let sampler = tokio::spawn({
-            let peak = peak.clone();
-            async move {
-                loop {
-                    peak.fetch_max(rss_kib(), std::sync::atomic::Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            }
-        });
         let tls = tls.clone();
-        let elapsed = tokio::task::spawn_blocking(move || {
-            client_runtime().block_on(run(path, http, bare, tls))
-        })
-        .await
-        .expect("the client thread");
-        sampler.abort();
+        let (elapsed, before, peak) =
+            sampling_rss(move || client_runtime().block_on(run(path, http, bare, tls))).await;
         println!(
             "| {name} | {:.0} | {} MiB | {} MiB |",
             MIB as f64 / elapsed.as_secs_f64(),
             before / 1024,
-            peak.load(std::sync::atomic::Ordering::Relaxed) / 1024
+            peak / 1024
         );
     }
     println!();

@@ -55,19 +55,8 @@ pub(crate) async fn bench_relay() {
     println!("| path | MiB/s | resident before | peak while streaming |\n|---|---|---|---|");
     let url = format!("http://{upstream}/stream");
     for through_opbox in [false, true] {
-        let before = rss_kib();
-        let peak = Arc::new(std::sync::atomic::AtomicU64::new(before));
-        let sampler = tokio::spawn({
-            let peak = peak.clone();
-            async move {
-                loop {
-                    peak.fetch_max(rss_kib(), std::sync::atomic::Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            }
-        });
         let url = url.clone();
-        let (bytes, elapsed) = tokio::task::spawn_blocking(move || {
+        let ((bytes, elapsed), before, peak) = sampling_rss(move || {
             client_runtime().block_on(async move {
                 let client = reqwest::Client::new();
                 let started = Instant::now();
@@ -89,9 +78,7 @@ pub(crate) async fn bench_relay() {
                 (bytes, started.elapsed())
             })
         })
-        .await
-        .expect("the client thread");
-        sampler.abort();
+        .await;
         assert!(bytes >= RELAY_MIB << 20, "only {bytes} bytes arrived");
         let name = if through_opbox {
             "upstream → `relay/sse` → SSE client"
@@ -102,10 +89,38 @@ pub(crate) async fn bench_relay() {
             "| {name} | {:.0} | {} MiB | {} MiB |",
             RELAY_MIB as f64 / elapsed.as_secs_f64(),
             before / 1024,
-            peak.load(std::sync::atomic::Ordering::Relaxed) / 1024
+            peak / 1024
         );
     }
     println!();
+}
+
+/// Runs `client` on a thread of its own while this process's resident
+/// memory is sampled every 20 ms: its output, and the resident KiB before
+/// it and at the peak.
+pub(crate) async fn sampling_rss<T: Send + 'static>(
+    client: impl FnOnce() -> T + Send + 'static,
+) -> (T, u64, u64) {
+    let before = rss_kib();
+    let peak = Arc::new(std::sync::atomic::AtomicU64::new(before));
+    let sampler = tokio::spawn({
+        let peak = peak.clone();
+        async move {
+            loop {
+                peak.fetch_max(rss_kib(), std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    });
+    let output = tokio::task::spawn_blocking(client)
+        .await
+        .expect("the client thread");
+    sampler.abort();
+    (
+        output,
+        before,
+        peak.load(std::sync::atomic::Ordering::Relaxed),
+    )
 }
 
 /// This process's resident memory.

@@ -19,11 +19,8 @@ use std::future::Future;
 use std::net::UdpSocket;
 use std::sync::Arc;
 
-use tokio_util::codec::FramedWrite;
-
 use super::EnvelopeConfig;
-use super::session::{self, FrameLimit};
-use super::tcp::{codec, frames};
+use super::tcp::serve_framed;
 use crate::call::Transport;
 use crate::dispatch::Dispatcher;
 use crate::net::{Connections, Tls};
@@ -111,7 +108,15 @@ pub async fn serve(
             };
             let mut streams = tokio::task::JoinSet::new();
             while let Ok((send, recv)) = connection.accept_bi().await {
-                streams.spawn(stream(send, recv, dispatcher.clone(), config.clone()));
+                // Each stream a session of envelopes in the TCP framing.
+                let (dispatcher, config) = (dispatcher.clone(), config.clone());
+                streams.spawn(serve_framed(
+                    recv,
+                    send,
+                    Transport::Quic,
+                    dispatcher,
+                    config,
+                ));
             }
             // The connection is gone: its streams' calls are aborted.
             streams.abort_all();
@@ -119,26 +124,4 @@ pub async fn serve(
     }
     endpoint.close(0u32.into(), b"the host is shutting down");
     while open.join_next().await.is_some() {}
-}
-
-/// One stream: a session of envelopes in the TCP framing.
-async fn stream(
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
-    dispatcher: Dispatcher,
-    config: Arc<EnvelopeConfig>,
-) {
-    let limit = FrameLimit::for_connection(&config, None);
-    let incoming = Box::pin(frames(recv, limit.clone(), config.frame_timeout));
-    let outgoing = FramedWrite::new(send, codec(config.max_frame_bytes));
-    session::serve(
-        dispatcher,
-        Transport::Quic,
-        None,
-        config,
-        limit,
-        incoming,
-        outgoing,
-    )
-    .await;
 }

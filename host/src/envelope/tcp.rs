@@ -102,17 +102,26 @@ async fn connection<IO>(
     IO: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (read, write) = tokio::io::split(io);
+    serve_framed(read, write, Transport::Tcp, dispatcher, config).await;
+}
+
+/// A session of envelopes in this framing, read off `read` and written to
+/// `write`: a TCP connection, or a QUIC stream.
+pub(super) async fn serve_framed<R, W>(
+    read: R,
+    write: W,
+    transport: Transport,
+    dispatcher: Dispatcher,
+    config: Arc<EnvelopeConfig>,
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Send + Unpin,
+{
     let limit = FrameLimit::for_connection(&config, None);
     let incoming = Box::pin(frames(read, limit.clone(), config.frame_timeout));
     let outgoing = FramedWrite::new(write, codec(config.max_frame_bytes));
     session::serve(
-        dispatcher,
-        Transport::Tcp,
-        None,
-        config,
-        limit,
-        incoming,
-        outgoing,
+        dispatcher, transport, None, config, limit, incoming, outgoing,
     )
     .await;
 }
@@ -122,7 +131,7 @@ async fn connection<IO>(
 /// the whole frame must arrive within `frame_timeout`. A length over `limit`
 /// is refused before anything more is read. Ends after a violation, or when
 /// the peer closes or the connection breaks.
-pub(super) fn frames<R: AsyncRead + Unpin + Send + 'static>(
+fn frames<R: AsyncRead + Unpin + Send + 'static>(
     read: R,
     limit: FrameLimit,
     frame_timeout: Duration,
