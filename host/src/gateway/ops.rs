@@ -41,22 +41,10 @@ pub(super) async fn op(
     InputBody(input): InputBody,
 ) -> Response {
     let request_id = new_request_id();
-    let identity = match caller(&state, &headers) {
-        Ok(identity) => identity,
+    let request = match route_request(&state, &request_id, (&namespace, &op), Ok(input), &headers) {
+        Ok(request) => request,
         Err(error) => return ApiError::new(request_id, error).into_response(),
     };
-    let deadline = match deadline(&headers) {
-        Ok(deadline) => deadline,
-        Err(error) => return ApiError::new(request_id, error).into_response(),
-    };
-    let request = route_request(
-        &request_id,
-        (&namespace, &op),
-        input,
-        deadline,
-        identity,
-        &headers,
-    );
     // A name the caller cannot see goes the query way, to be refused (and
     // counted) as `/call` refuses it.
     let subscription = matches!(
@@ -94,29 +82,32 @@ pub(super) async fn op(
 }
 
 /// The call an operation's own route (`/ops/…`, `/raw/…`) makes of its
-/// path, its input and its headers.
+/// path, its input and its headers: refused, in this order, for a caller
+/// without valid credentials, a malformed deadline, or an `input` that
+/// could not be read.
 pub(super) fn route_request(
+    state: &AppState,
     request_id: &Arc<str>,
     (namespace, op): (&str, &str),
-    input: serde_json::Value,
-    deadline: Option<Duration>,
-    identity: crate::call::Identity,
+    input: Result<serde_json::Value, CallError>,
     headers: &HeaderMap,
-) -> CallRequest {
-    CallRequest {
+) -> Result<CallRequest, CallError> {
+    let identity = caller(state, headers)?;
+    let deadline = deadline(headers)?;
+    Ok(CallRequest {
         request_id: request_id.clone(),
         operation: format!("{namespace}/{op}"),
-        input,
+        input: input?,
         deadline,
         identity,
         origin: Origin::Wire(Transport::Http),
         trace: trace_context(headers),
         attachment: None,
-    }
+    })
 }
 
 /// The `opbox-deadline-ms` header, when there is one.
-pub(super) fn deadline(headers: &HeaderMap) -> Result<Option<Duration>, CallError> {
+fn deadline(headers: &HeaderMap) -> Result<Option<Duration>, CallError> {
     let Some(value) = headers.get(&DEADLINE) else {
         return Ok(None);
     };

@@ -35,10 +35,10 @@ use http_body::Frame;
 use http_body_util::StreamBody;
 use serde_json::Value;
 
+use super::AppState;
 use super::call::COST;
 use super::error::ApiError;
-use super::ops::{REQUEST_ID, deadline, route_request};
-use super::{AppState, caller};
+use super::ops::{REQUEST_ID, route_request};
 use crate::call::{CallError, Meter, new_request_id};
 use crate::runtime::RawOutput;
 
@@ -70,27 +70,17 @@ pub(super) async fn raw(
 ) -> Response {
     let request_id = new_request_id();
     let refuse = |error: CallError| ApiError::new(request_id.clone(), error).into_response();
-    let identity = match caller(&state, &headers) {
-        Ok(identity) => identity,
-        Err(error) => return refuse(error),
-    };
-    let deadline = match deadline(&headers) {
-        Ok(deadline) => deadline,
-        Err(error) => return refuse(error),
-    };
-    let input = match arguments(&headers) {
-        Ok(input) => input,
+    let request = match route_request(
+        &state,
+        &request_id,
+        (&namespace, &op),
+        arguments(&headers),
+        &headers,
+    ) {
+        Ok(request) => request,
         Err(error) => return refuse(error),
     };
     let framed = accepts_framed(&headers);
-    let request = route_request(
-        &request_id,
-        (&namespace, &op),
-        input,
-        deadline,
-        identity,
-        &headers,
-    );
     // The body's chunks as they arrive, and its end as the end of stdin. A
     // body cut off (the client went away, or reset its side) is not an
     // end: the operation must not take half its input for the whole. The
