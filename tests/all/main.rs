@@ -41,6 +41,7 @@ mod openapi;
 mod outbound;
 mod quic;
 mod raw;
+mod raw_volume;
 mod readme;
 mod reuse;
 mod shutdown;

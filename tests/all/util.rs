@@ -415,6 +415,8 @@ pub struct Server {
     pub url: String,
     /// `ADDR` of its envelope listener, when the config has `tcp_listen`.
     pub tcp: Option<String>,
+    /// `ADDR` of its QUIC listener, when the config has `quic_listen`.
+    pub quic: Option<String>,
     /// Every line it has logged so far.
     log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     reader: Option<std::thread::JoinHandle<()>>,
@@ -449,8 +451,8 @@ impl Server {
     }
 
     /// Runs `opbox serve` with `config` written to `dir/opbox.toml` and
-    /// `env` set. Returns once it listens (on TCP too, when `config` has
-    /// `tcp_listen`).
+    /// `env` set. Returns once it listens (on TCP and QUIC too, when
+    /// `config` has `tcp_listen` or `quic_listen`).
     pub fn start_with(dir: &std::path::Path, config: &str, env: &[(&str, &str)]) -> Self {
         Self::launch(dir, config, env, true)
     }
@@ -474,9 +476,10 @@ impl Server {
             .spawn()
             .unwrap();
         let wants_tcp = config.contains("tcp_listen");
+        let wants_quic = config.contains("quic_listen");
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let (mut http, mut tcp, mut log) = (None, None, Vec::new());
-        while http.is_none() || (wants_tcp && tcp.is_none()) {
+        let (mut http, mut tcp, mut quic, mut log) = (None, None, None, Vec::new());
+        while http.is_none() || (wants_tcp && tcp.is_none()) || (wants_quic && quic.is_none()) {
             let line = lines.next().expect("the server starts").unwrap();
             // `serving on http://…` or `https://…`.
             if let Some((_, url)) = line.split_once("serving on ") {
@@ -485,9 +488,13 @@ impl Server {
                     .split_once("://")
                     .map(|(_, addr)| addr.to_owned());
             }
-            if let Some((_, addr)) = line.split_once("envelopes on tcp://") {
-                tcp = Some(addr.trim().to_owned());
-            }
+            // `envelopes on tcp://ADDR`, then ` (TLS)` when it is.
+            let addr_after = |marker: &str| {
+                let (_, rest) = line.split_once(marker)?;
+                rest.split_whitespace().next().map(str::to_owned)
+            };
+            tcp = tcp.or_else(|| addr_after("envelopes on tcp://"));
+            quic = quic.or_else(|| addr_after("envelopes on quic://"));
             log.push(line);
         }
         let log = std::sync::Arc::new(std::sync::Mutex::new(log));
@@ -508,6 +515,7 @@ impl Server {
             child,
             url: format!("http://{}", http.unwrap()),
             tcp,
+            quic,
             log,
             reader,
             _unread: unread,
