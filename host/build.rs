@@ -103,7 +103,7 @@ fn build_python_example(root: &Path, plugins: &Path, built: &Path) {
         let mut cmd = Command::new(tool);
         cmd.arg("--wit-path")
             .arg(root.join("wit"))
-            .args(["--world", "opbox:plugin/plugin", "componentize"])
+            .args(["--world", "opbox:plugin/plugin-raw", "componentize"])
             .arg("--python-path")
             .arg(&source)
             .arg("app")

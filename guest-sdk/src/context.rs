@@ -152,7 +152,7 @@ impl<O: DeserializeOwned> Subscription<O> {
 }
 
 /// The JSON text of `input` to `operation`.
-fn encode<I: Serialize + ?Sized>(operation: &str, input: &I) -> Result<String> {
+pub(crate) fn encode<I: Serialize + ?Sized>(operation: &str, input: &I) -> Result<String> {
     serde_json::to_string(input)
         .map_err(|e| Error::internal(format!("cannot encode the input of `{operation}`: {e}")))
 }

@@ -211,9 +211,9 @@ pub fn run_raw(
         Err(Error::internal("the operation ended without a status").into())
     });
     let pipes = crate::raw::Pipes {
-        stdin: crate::raw::Stdin::new(stdin),
-        stdout: crate::raw::Output::new(stdout),
-        stderr: crate::raw::Output::new(stderr),
+        stdin: crate::raw::Reader::new(stdin),
+        stdout: crate::raw::Writer::new(stdout),
+        stderr: crate::raw::Writer::new(stderr),
     };
     let run = (found.handler)(Context::from_wit(ctx), input, pipes);
     wit_bindgen::spawn_local(async move {

@@ -119,8 +119,9 @@
 //!
 //! # Calling other operations
 //!
-//! [`Context::call`] calls a query or mutation and [`Context::subscribe`]
-//! subscribes to a subscription, by full name, through the host's
+//! [`Context::call`] calls a query or mutation, [`Context::subscribe`]
+//! subscribes to a subscription and [`Context::run`] starts a byte-stream
+//! operation ([`raw::Child`]), by full name, through the host's
 //! dispatcher: as the same caller (tenant, scopes), within what is left of
 //! the current call's deadline, with this plugin's internal operations
 //! visible. Errors come back as the callee returned them, ready for `?`.

@@ -6,6 +6,9 @@
 //! Both directions hold back: a read waits until the caller has sent
 //! something, a write until the caller has taken what came before.
 //!
+//! Any operation can start another byte-stream operation with
+//! [`Context::run`], and write and read it through a [`Child`].
+//!
 //! ```
 //! use opbox_sdk::raw::Pipes;
 //! use opbox_sdk::{Context, Plugin, Result};
@@ -31,20 +34,22 @@ use std::future::Future;
 
 use futures::future::LocalBoxFuture;
 use schemars::JsonSchema;
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use wit_bindgen::{StreamReader, StreamResult, StreamWriter};
+use wit_bindgen::{FutureReader, StreamReader, StreamResult, StreamWriter};
 
 use crate::{Context, Error, Result};
 
-/// The most bytes one [`Stdin::read`] returns.
+/// The most bytes one [`Reader::read`] returns.
 pub const READ_BYTES: usize = 64 * 1024;
 
-/// The caller's bytes, as they arrive.
-pub struct Stdin {
+/// Bytes as they arrive: the caller's, in an operation's stdin; an
+/// operation's output, in a [`Child`].
+pub struct Reader {
     reader: Option<StreamReader<u8>>,
 }
 
-impl Stdin {
+impl Reader {
     pub(crate) fn new(reader: StreamReader<u8>) -> Self {
         Self {
             reader: Some(reader),
@@ -52,7 +57,7 @@ impl Stdin {
     }
 
     /// The bytes that have arrived, at most [`READ_BYTES`], waiting until
-    /// there are some; `None` once the caller has closed its side.
+    /// there are some; `None` once the writer has closed its side.
     pub async fn read(&mut self) -> Option<Vec<u8>> {
         let reader = self.reader.as_mut()?;
         loop {
@@ -68,7 +73,7 @@ impl Stdin {
         }
     }
 
-    /// Everything the caller sends, until it closes its side.
+    /// Everything the writer sends, until it closes its side.
     pub async fn read_to_end(&mut self) -> Vec<u8> {
         let mut all = Vec::new();
         while let Some(bytes) = self.read().await {
@@ -78,21 +83,21 @@ impl Stdin {
     }
 }
 
-impl fmt::Debug for Stdin {
+impl fmt::Debug for Reader {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Stdin")
+        f.debug_struct("Reader")
             .field("open", &self.reader.is_some())
             .finish()
     }
 }
 
-/// The caller is gone: nobody reads this output any more.
+/// The reader is gone: nobody reads these bytes any more.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Closed;
 
 impl fmt::Display for Closed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("the caller no longer reads this output")
+        f.write_str("nobody reads this stream any more")
     }
 }
 
@@ -104,18 +109,19 @@ impl From<Closed> for Error {
     }
 }
 
-/// An output of the operation: stdout or stderr.
-pub struct Output {
+/// Bytes going out: an operation's stdout or stderr, or the stdin of a
+/// [`Child`]. Dropping it closes the stream.
+pub struct Writer {
     writer: StreamWriter<u8>,
 }
 
-impl Output {
+impl Writer {
     pub(crate) fn new(writer: StreamWriter<u8>) -> Self {
         Self { writer }
     }
 
-    /// Writes all of `bytes`, waiting while the caller has not taken what
-    /// came before; [`Closed`] if the caller went away.
+    /// Writes all of `bytes`, waiting while the reader has not taken what
+    /// came before; [`Closed`] if the reader went away.
     pub async fn write(&mut self, bytes: impl Into<Vec<u8>>) -> std::result::Result<(), Closed> {
         let bytes = bytes.into();
         if bytes.is_empty() {
@@ -129,9 +135,9 @@ impl Output {
     }
 }
 
-impl fmt::Debug for Output {
+impl fmt::Debug for Writer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Output").finish_non_exhaustive()
+        f.debug_struct("Writer").finish_non_exhaustive()
     }
 }
 
@@ -140,11 +146,80 @@ impl fmt::Debug for Output {
 #[derive(Debug)]
 pub struct Pipes {
     /// The caller's bytes.
-    pub stdin: Stdin,
+    pub stdin: Reader,
     /// The operation's output.
-    pub stdout: Output,
+    pub stdout: Writer,
     /// The operation's diagnostics, kept apart from its output.
-    pub stderr: Output,
+    pub stderr: Writer,
+}
+
+impl Context {
+    /// Starts another byte-stream operation, `namespace/op`, with its
+    /// arguments, on the same terms as [`Context::call`]: as this call's
+    /// caller, within what is left of its deadline. Errors found before it
+    /// starts come back here; then write its stdin and read its outputs
+    /// through the [`Child`].
+    ///
+    /// Its outputs are handed over only as fast as they are read, and its
+    /// stdin only as fast as it reads: write and read at the same time
+    /// (`futures::join!`), or a large output fills while you are still
+    /// writing and neither side moves. Returning from this call stops it.
+    ///
+    /// ```ignore
+    /// let mut gzip = ctx.run("gzip/compress", &json!({"level": 9})).await?;
+    /// let write = async move {
+    ///     let _ = gzip.stdin.write(text).await;
+    ///     // `stdin` is dropped here: the operation's input ends.
+    /// };
+    /// let (_, compressed) = futures::join!(write, gzip.stdout.read_to_end());
+    /// let code = gzip.status.wait().await?;
+    /// ```
+    pub async fn run<I: Serialize + ?Sized>(&self, operation: &str, input: &I) -> Result<Child> {
+        let input = crate::context::encode(operation, input)?;
+        let (stdin, stdin_reader) = crate::__private::wit_stream::new::<u8>();
+        let (stdout, stderr, status) =
+            crate::__private::invoke::run(operation.to_owned(), input, stdin_reader).await?;
+        Ok(Child {
+            stdin: Writer::new(stdin),
+            stdout: Reader::new(stdout),
+            stderr: Reader::new(stderr),
+            status: Status(status),
+        })
+    }
+}
+
+/// A byte-stream operation this call started ([`Context::run`]). Its parts
+/// are apart so that they can be used at once; dropping one you do not
+/// need is fine (an output dropped is thrown away), and dropping them all
+/// stops the operation.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Child {
+    /// Its input; dropping it closes its stdin.
+    pub stdin: Writer,
+    /// Its output.
+    pub stdout: Reader,
+    /// Its diagnostics.
+    pub stderr: Reader,
+    /// How it ended.
+    pub status: Status,
+}
+
+/// How a [`Child`] ended.
+pub struct Status(FutureReader<std::result::Result<u8, crate::__private::CallError>>);
+
+impl Status {
+    /// Waits until the operation has ended: its exit code, or the error
+    /// that ended it (a limit, a trap, an abort), as it came.
+    pub async fn wait(self) -> Result<u8> {
+        Ok(self.0.await?)
+    }
+}
+
+impl fmt::Debug for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Status").finish_non_exhaustive()
+    }
 }
 
 type RawFn = Box<dyn Fn(Context, String, Pipes) -> LocalBoxFuture<'static, Result<u8>>>;

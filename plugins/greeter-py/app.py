@@ -1,11 +1,14 @@
 """The Python example plugin: a query with a typed input, a subscription,
-a domain error, a nested call, an outbound request, and an exception that
-reaches the caller."""
+a domain error, a nested call, an outbound request, an exception that
+reaches the caller, and a byte-stream operation, run from the wire and
+from another operation."""
 
 from dataclasses import dataclass
 from typing import AsyncIterator
 
-from opbox_plugin import Context, OpboxError, Plugin, call, fetch, log_info
+import asyncio
+
+from opbox_plugin import Context, OpboxError, Pipes, Plugin, call, fetch, log_info, run
 
 plugin = Plugin("greeter-py", "0.1.0")
 
@@ -90,4 +93,42 @@ async def broken(ctx: Context, input: Text) -> dict:
     raise ValueError(f"cannot handle {input.text!r}")
 
 
+@plugin.raw("Greets each name it reads, a line at a time; an empty line is an error on stderr.")
+async def greet_lines(ctx: Context, pipes: Pipes) -> int:
+    failed = False
+    pending = b""
+    while (data := await pipes.stdin.read()) is not None:
+        pending += data
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            name = line.decode("utf-8", "replace").strip()
+            if name:
+                await pipes.stdout.write(f"Hello, {name}!\n".encode())
+            else:
+                await pipes.stderr.write(b"say who to greet\n")
+                failed = True
+    return 1 if failed else 0
+
+
+@dataclass
+class Sizes:
+    text: int
+    gzipped: int
+
+
+@plugin.query("How small gzip makes a text, by way of the gzip example's byte stream.")
+async def gzipped(ctx: Context, input: Text) -> Sizes:
+    gzip = await run("gzip/compress", {"level": 9})
+
+    async def feed():
+        await gzip.stdin.write(input.text.encode())
+        gzip.stdin.close()
+
+    _, compressed = await asyncio.gather(feed(), gzip.stdout.read_all())
+    if await gzip.wait() != 0:
+        raise OpboxError("GZIP_FAILED", (await gzip.stderr.read_all()).decode("utf-8", "replace"))
+    return Sizes(text=len(input.text.encode()), gzipped=len(compressed))
+
+
 Handler = plugin.handler()
+Raw = plugin.raw_handler()

@@ -8,12 +8,18 @@ error with the caller's code; any other exception fails the call with
 ``PLUGIN_FAILED``: its type and message in the error's message, the tail
 of its traceback in ``details.stderr``.
 
+A byte-stream operation (``plugin.raw``) is an ``async def`` taking its
+``Pipes`` last and returning an exit code; ``run`` starts one from inside
+any operation. Byte-stream operations need the world ``plugin-raw`` and
+the ``Raw`` export.
+
     plugin = Plugin("greeter-py", "0.1.0")
 
     @plugin.query("Greets someone by name.")
     async def hello(ctx: Context, input: Greet) -> Greeting: ...
 
     Handler = plugin.handler()   # what componentize-py exports
+    Raw = plugin.raw_handler()   # with `-w opbox:plugin/plugin-raw`
 """
 
 import dataclasses
@@ -29,7 +35,10 @@ from componentize_py_types import Err, Ok
 from wit_world import exports
 from wit_world.imports import invoke, log, outbound, types
 
-__all__ = ["Context", "HttpResponse", "OpboxError", "Plugin", "call", "fetch", "log_info"]
+__all__ = [
+    "Child", "Context", "HttpResponse", "OpboxError", "Pipes", "Plugin", "Reader", "Writer",
+    "call", "fetch", "log_info", "run",
+]
 
 
 class OpboxError(Exception):
@@ -116,6 +125,91 @@ async def fetch(
     except Err as e:
         raise _opbox_error(e.value) from None
     return HttpResponse(response, chunks)
+
+
+class Reader:
+    """Bytes as they arrive: the caller's (``Pipes.stdin``), or the output
+    of an operation this one started (``Child.stdout``, ``Child.stderr``)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    async def read(self, max_bytes: int = 64 * 1024) -> Optional[bytes]:
+        """The bytes that have arrived, at most ``max_bytes``, waiting until
+        there are some; ``None`` once the writer has closed its side."""
+        while not self._stream.writer_dropped:
+            data = await self._stream.read(max_bytes)
+            if data:
+                return data
+        return None
+
+    async def read_all(self) -> bytes:
+        """Everything the writer sends, until it closes its side."""
+        all = bytearray()
+        while (data := await self.read()) is not None:
+            all += data
+        return bytes(all)
+
+    def close(self) -> None:
+        """Stops reading: what is written after is thrown away."""
+        self._stream.__exit__(None, None, None)
+
+
+class Writer:
+    """Bytes going out: an operation's ``stdout`` and ``stderr``, or the
+    ``stdin`` of an operation it started. ``close()`` ends the stream."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    async def write(self, data: bytes) -> bool:
+        """Writes all of ``data``, waiting while the reader has not taken
+        what came before; ``False`` if the reader went away."""
+        return await self._stream.write_all(data) == len(data)
+
+    def close(self) -> None:
+        self._stream.__exit__(None, None, None)
+
+
+@dataclasses.dataclass
+class Pipes:
+    """What a byte-stream operation reads and writes."""
+
+    stdin: Reader
+    stdout: Writer
+    stderr: Writer
+
+
+class Child:
+    """A byte-stream operation this call started (``run``): write its
+    ``stdin`` (``close()`` ends it) while reading its ``stdout`` and
+    ``stderr``, then ``wait()`` for its exit code."""
+
+    def __init__(self, stdin: Writer, stdout: Reader, stderr: Reader, status):
+        self.stdin = stdin
+        self.stdout = stdout
+        self.stderr = stderr
+        self._status = status
+
+    async def wait(self) -> int:
+        """Its exit code; the error that ended it raises ``OpboxError``."""
+        result = await self._status.read()
+        if isinstance(result, Err):
+            raise _opbox_error(result.value)
+        return result.value
+
+
+async def run(operation: str, input: Any = None) -> Child:
+    """Starts byte-stream ``operation`` through the host, as the same caller.
+    Its outputs arrive only as fast as they are read, and its stdin is
+    taken only as fast as it reads: write and read at the same time
+    (``asyncio.gather``), or a large output fills while you still write."""
+    writer, reader = wit_world.byte_stream()
+    try:
+        stdout, stderr, status = await invoke.run(operation, json.dumps(input), reader)
+    except Err as e:
+        raise _opbox_error(e.value) from None
+    return Child(Writer(writer), Reader(stdout), Reader(stderr), status)
 
 
 def _opbox_error(error: types.CallError) -> "OpboxError":
@@ -207,7 +301,7 @@ def encode(value: Any) -> str:
 @dataclasses.dataclass
 class _Op:
     name: str
-    op_type: types.OpType
+    op_type: Optional[types.OpType]  # None: a byte-stream operation
     description: str
     function: Callable
     input_hint: Any
@@ -215,13 +309,16 @@ class _Op:
     internal: bool
     scopes: list
 
-    def spec(self) -> types.OperationSpec:
+    def input_schema(self) -> str:
         no_input = self.input_hint is None
+        return json.dumps(NO_INPUT if no_input else schema_of(self.input_hint))
+
+    def spec(self) -> types.OperationSpec:
         return types.OperationSpec(
             name=self.name,
             op_type=self.op_type,
             description=self.description,
-            input_schema=json.dumps(NO_INPUT if no_input else schema_of(self.input_hint)),
+            input_schema=self.input_schema(),
             output_schema=json.dumps(schema_of(self.output_hint, closed=False)),
             internal=self.internal,
             required_scopes=list(self.scopes),
@@ -235,18 +332,23 @@ class Plugin:
         self.name = name
         self.version = version
         self.ops: dict[str, _Op] = {}
+        self.raw_ops: dict[str, _Op] = {}
 
     def _add(self, op_type, description, name, internal, scopes):
         def register(function: Callable) -> Callable:
             hints = typing.get_type_hints(function)
             params = [p for p in function.__code__.co_varnames[: function.__code__.co_argcount]]
+            if op_type is None:
+                # A byte-stream operation: its pipes come last.
+                params = params[:-1]
             input_hint = hints.get(params[1], Any) if len(params) > 1 else None
             output_hint = hints.get("return", Any)
             if op_type == types.OpType.SUBSCRIPTION:
                 # AsyncIterator[T]: the schema is of each item.
                 output_hint = (typing.get_args(output_hint) or (Any,))[0]
             op_name = name or function.__name__.replace("_", "-")
-            self.ops[op_name] = _Op(
+            ops = self.raw_ops if op_type is None else self.ops
+            ops[op_name] = _Op(
                 op_name, op_type, description, function, input_hint, output_hint,
                 internal, scopes,
             )
@@ -266,6 +368,12 @@ class Plugin:
         """Declares an async generator ``(ctx, input)`` yielding outputs."""
         return self._add(types.OpType.SUBSCRIPTION, description, name, internal, scopes)
 
+    def raw(self, description: str, *, name=None, internal=False, scopes=()):
+        """Declares an ``async def (ctx, [input,] pipes) -> int`` byte-stream
+        operation: it reads ``pipes.stdin`` while it writes ``pipes.stdout``
+        and ``pipes.stderr``, and returns its exit code (0 is success)."""
+        return self._add(None, description, name, internal, scopes)
+
     def _arguments(self, op: _Op, ctx: Context, input: str) -> list:
         if op.input_hint is None:
             return [ctx]
@@ -273,6 +381,8 @@ class Plugin:
 
     def _find(self, op: str, op_type_is_subscription: bool) -> _Op:
         found = self.ops.get(op)
+        if found is None and op in self.raw_ops:
+            raise Err(types.CallError("INVALID_OPERATION_TYPE", f"`{op}` is a byte stream", None))
         if found is None:
             raise Err(types.CallError("NOT_FOUND", f"this plugin has no operation `{op}`", None))
         if (found.op_type == types.OpType.SUBSCRIPTION) != op_type_is_subscription:
@@ -319,3 +429,56 @@ class Plugin:
                 return reader
 
         return Handler
+
+    def raw_handler(self) -> type:
+        """The class componentize-py exports as ``Raw``, for the world
+        ``plugin-raw``: the byte-stream operations."""
+        from wit_world.exports import raw
+
+        plugin = self
+
+        class RawHandler(exports.Raw):
+            def describe(self) -> list:
+                return [
+                    raw.RawSpec(
+                        name=op.name,
+                        description=op.description,
+                        input_schema=op.input_schema(),
+                        internal=op.internal,
+                        required_scopes=list(op.scopes),
+                    )
+                    for op in plugin.raw_ops.values()
+                ]
+
+            async def run(self, ctx: Context, op: str, input: str, stdin):
+                found = plugin.raw_ops.get(op)
+                if found is None:
+                    code = "INVALID_OPERATION_TYPE" if op in plugin.ops else "NOT_FOUND"
+                    raise Err(types.CallError(code, f"`{op}` is not a byte-stream operation here", None))
+                stdout, stdout_reader = wit_world.byte_stream()
+                stderr, stderr_reader = wit_world.byte_stream()
+                status, status_reader = wit_world.result_u8_types_call_error_future(
+                    lambda: Err(types.CallError("PLUGIN_FAILED", "the operation ended without a status", None))
+                )
+                pipes = Pipes(Reader(stdin), Writer(stdout), Writer(stderr))
+                arguments = plugin._arguments(found, ctx, input) + [pipes]
+
+                async def drive():
+                    # Its outputs end before its status is written.
+                    with stdout, stderr:
+                        try:
+                            code = await found.function(*arguments)
+                            if not isinstance(code, int) or not 0 <= code <= 255:
+                                raise TypeError(f"an exit code is an int from 0 to 255, not {code!r}")
+                            exit = Ok(code)
+                        except OpboxError as e:
+                            exit = Err(e.to_wit())
+                        except Exception as e:
+                            _fail(e)
+                            raise
+                    await status.write(exit)
+
+                componentize_py_async_support.spawn(drive())
+                return (stdout_reader, stderr_reader, status_reader)
+
+        return RawHandler

@@ -10,7 +10,36 @@ use opbox::config::PluginConfig;
 use reqwest::StatusCode;
 use serde_json::json;
 
+use crate::raw::{FRAMED, Frame, parse_frames};
 use crate::util::TestHost;
+
+/// Byte-stream `operation` run over HTTP with `stdin`, in the framed form.
+async fn raw_frames(host: &TestHost, operation: &str, stdin: &str) -> Vec<Frame> {
+    let response = host
+        .client
+        .post(host.url(&format!("/raw/{operation}")))
+        .header("accept", FRAMED)
+        .body(stdin.to_owned())
+        .send()
+        .await
+        .expect("request sent");
+    assert_eq!(response.status(), StatusCode::OK);
+    parse_frames(&response.bytes().await.expect("the body arrives"))
+}
+
+/// Stdout and stderr of `frames`, as text.
+fn split_outputs(frames: &[Frame]) -> (String, String) {
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    for frame in frames {
+        match frame {
+            Frame::Stdout(bytes) => stdout.extend_from_slice(bytes),
+            Frame::Stderr(bytes) => stderr.extend_from_slice(bytes),
+            _ => {}
+        }
+    }
+    let text = |bytes| String::from_utf8(bytes).expect("text");
+    (text(stdout), text(stderr))
+}
 
 /// The example built at `path`, or `None` (and a note) where its toolchain
 /// was not installed when the host was built.
@@ -129,6 +158,22 @@ async fn the_python_example_answers_streams_fails_and_calls_others() {
     let url = format!("http://localhost:{}/hello", addr.port());
     let (_, body) = host.call("greeter-py/get", json!({"url": url})).await;
     assert_eq!(body["error"]["code"], "HTTP_DENIED", "{body}");
+
+    // A byte-stream operation: each name read is greeted on stdout, an
+    // empty line is said on stderr and makes the exit code 1.
+    let frames = raw_frames(&host, "greeter-py/greet-lines", "Ada\n\nBob\n").await;
+    let (stdout, stderr) = split_outputs(&frames);
+    assert_eq!(stdout, "Hello, Ada!\nHello, Bob!\n", "{frames:?}");
+    assert_eq!(stderr, "say who to greet\n", "{frames:?}");
+    assert_eq!(frames.last(), Some(&Frame::Exit(1)), "{frames:?}");
+    // And one run from inside a query, with stdin written while stdout is
+    // read.
+    let text = "the cat sat on the mat; ".repeat(200);
+    let (status, body) = host.call("greeter-py/gzipped", json!({"text": text})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["output"]["text"], text.len(), "{body}");
+    let gzipped = body["output"]["gzipped"].as_u64().expect("a size");
+    assert!(gzipped > 20 && gzipped < 200, "{body}");
 
     // An exception: its message and the traceback's tail reach the caller.
     let (status, body) = host.call("greeter-py/broken", json!({"text": "x"})).await;

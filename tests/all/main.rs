@@ -37,6 +37,7 @@ mod mcp;
 mod memory_reset;
 mod metrics;
 mod nested;
+mod nested_raw;
 mod openapi;
 mod outbound;
 mod quic;

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use crate::util::TestHost;
 
-const FRAMED: &str = "application/vnd.opbox.raw";
+pub(crate) const FRAMED: &str = "application/vnd.opbox.raw";
 
 /// The gzip example, its output budget (`output_bytes`: stdout and stderr
 /// together, per call) at `output_bytes`.
@@ -162,7 +162,7 @@ async fn a_call_in_which_nothing_moves_for_idle_ms_ends() {
 }
 
 /// Bytes that compress, but not to nothing: numbered lines.
-fn text(bytes: usize) -> Vec<u8> {
+pub(crate) fn text(bytes: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes + 64);
     let mut n = 0u64;
     while out.len() < bytes {
@@ -175,14 +175,14 @@ fn text(bytes: usize) -> Vec<u8> {
 
 /// One parsed frame of the framed form.
 #[derive(Debug, PartialEq)]
-enum Frame {
+pub(crate) enum Frame {
     Stdout(Vec<u8>),
     Stderr(Vec<u8>),
     Exit(u8),
     Error(Value),
 }
 
-fn parse_frames(mut body: &[u8]) -> Vec<Frame> {
+pub(crate) fn parse_frames(mut body: &[u8]) -> Vec<Frame> {
     let mut frames = Vec::new();
     while !body.is_empty() {
         assert!(body.len() >= 5, "a frame's head is cut: {body:?}");
@@ -216,7 +216,7 @@ async fn run_framed(host: &TestHost, operation: &str, stdin: Vec<u8>) -> Vec<Fra
     parse_frames(&response.bytes().await.expect("the body arrives"))
 }
 
-fn stdout_of(frames: &[Frame]) -> Vec<u8> {
+pub(crate) fn stdout_of(frames: &[Frame]) -> Vec<u8> {
     frames
         .iter()
         .filter_map(|f| match f {
@@ -497,7 +497,7 @@ fn envelope(bytes: &[u8]) -> Envelope {
 }
 
 /// A raw chunk of stdin from a caller.
-fn stdin_chunk(id: &str, data: &[u8]) -> Vec<u8> {
+pub(crate) fn stdin_chunk(id: &str, data: &[u8]) -> Vec<u8> {
     let mut frame = vec![0, u8::try_from(id.len()).expect("a short id")];
     frame.extend_from_slice(id.as_bytes());
     frame.extend_from_slice(data);

@@ -7,6 +7,7 @@ wasmtime::component::bindgen!({
     imports: {
         "opbox:plugin/invoke.call": async | store,
         "opbox:plugin/invoke.subscribe": async | store,
+        "opbox:plugin/invoke.run": async | store,
         "opbox:plugin/outbound.send": async | store,
         // Plain functions to the guest, which waits while they run.
         "opbox:plugin/blocking.call": async | store,

@@ -20,9 +20,13 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::Dispatcher;
 use crate::call::{CallError, ErrorCode};
 use crate::call::{CallRequest, HostCall, Identity, Meter, Origin, new_request_id};
-use crate::capabilities::invoke::{GuestError, NestedCalls, NestedItems};
+use crate::capabilities::invoke::{GuestError, NestedCalls, NestedItems, NestedRaw};
 use crate::runtime::Invocation;
 use crate::telemetry::trace::CallSpan;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+
+mod raw;
 
 /// What a plugin's call runs with: who for, how long, and the way back into
 /// the dispatcher for the calls it makes.
@@ -273,5 +277,14 @@ impl NestedCalls for Nested {
             Ok(outputs.boxed())
         }
         .boxed()
+    }
+
+    fn run(
+        &self,
+        operation: String,
+        input: String,
+        stdin: BoxStream<'static, Bytes>,
+    ) -> BoxFuture<'static, Result<NestedRaw, GuestError>> {
+        self.run_raw(operation, input, stdin)
     }
 }

@@ -10,13 +10,17 @@
 //!   its outputs; `recurse` calls itself; `secret` is internal.
 //! - `fixture-slow/deaf` is a byte-stream operation that never reads its
 //!   stdin and never ends on its own.
+//! - `fixture-slow/nest-raw` runs another byte-stream operation, passing
+//!   its stdin on and that operation's stdout and stderr back; `run` runs
+//!   one with a string as stdin and returns what it wrote.
 
 use std::time::Duration;
 
-use opbox_sdk::futures::{Stream, StreamExt, stream};
+use opbox_sdk::futures::{Stream, StreamExt, join, stream};
+use opbox_sdk::raw::{Child, Pipes, Reader, Writer};
 use opbox_sdk::{Context, Error, Operation, Plugin, Result};
 use schemars::JsonSchema;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 #[derive(Deserialize, JsonSchema)]
 struct Sleep {
@@ -86,7 +90,7 @@ async fn nest_stream(
     Ok(outputs.into_stream())
 }
 
-#[derive(serde::Serialize, JsonSchema)]
+#[derive(Serialize, JsonSchema)]
 struct Tally {
     count: u32,
     last: serde_json::Value,
@@ -103,6 +107,70 @@ async fn tally(ctx: Context, input: Nest) -> Result<Tally> {
         tally.count += 1;
     }
     Ok(tally)
+}
+
+/// Copies `from` into `to` until `from` ends or nobody reads `to`.
+async fn copy(mut from: Reader, mut to: Writer) {
+    while let Some(bytes) = from.read().await {
+        if to.write(bytes).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn nest_raw(ctx: Context, input: Nest, pipes: Pipes) -> Result<u8> {
+    let child = ctx.run(&input.operation, &input.input).await?;
+    let Child {
+        stdin,
+        stdout,
+        stderr,
+        status,
+        ..
+    } = child;
+    join!(
+        copy(pipes.stdin, stdin),
+        copy(stdout, pipes.stdout),
+        copy(stderr, pipes.stderr),
+    );
+    status.wait().await
+}
+
+#[derive(Deserialize, JsonSchema)]
+struct Run {
+    /// The byte-stream operation to run, `namespace/op`.
+    operation: String,
+    /// Its arguments.
+    #[serde(default)]
+    input: serde_json::Value,
+    /// Its stdin.
+    stdin: String,
+}
+
+#[derive(Serialize, JsonSchema)]
+struct Ran {
+    code: u8,
+    stdout: String,
+    stderr: String,
+}
+
+async fn run(ctx: Context, input: Run) -> Result<Ran> {
+    let Child {
+        mut stdin,
+        mut stdout,
+        mut stderr,
+        status,
+        ..
+    } = ctx.run(&input.operation, &input.input).await?;
+    let feed = async move {
+        let _ = stdin.write(input.stdin).await;
+        // `stdin` is dropped here: the operation's input ends.
+    };
+    let ((), out, err) = join!(feed, stdout.read_to_end(), stderr.read_to_end());
+    Ok(Ran {
+        code: status.wait().await?,
+        stdout: String::from_utf8_lossy(&out).into_owned(),
+        stderr: String::from_utf8_lossy(&err).into_owned(),
+    })
 }
 
 async fn recurse(ctx: Context, depth: u32) -> Result<u32> {
@@ -125,6 +193,16 @@ async fn deaf(_ctx: Context, _pipes: opbox_sdk::raw::Pipes) -> Result<u8> {
 fn plugin() -> Plugin {
     Plugin::new()
         .raw("deaf", "Never reads its stdin; never ends.", deaf)
+        .raw(
+            "nest-raw",
+            "Runs byte-stream `operation` with `input`, passing stdin on and its outputs back.",
+            nest_raw,
+        )
+        .query(
+            "run",
+            "Runs byte-stream `operation` with `input` and `stdin`; returns its outputs and exit code.",
+            run,
+        )
         .query(
             "nest",
             "Calls `operation` with `input` and returns its output.",

@@ -8,7 +8,7 @@ use std::io::Write;
 
 use flate2::Compression;
 use flate2::write::{GzDecoder, GzEncoder};
-use opbox_sdk::raw::{Output, Pipes};
+use opbox_sdk::raw::{Pipes, Writer};
 use opbox_sdk::{Context, Error, Plugin, Result};
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -42,7 +42,7 @@ async fn pump<W: Write>(
     send(&mut pipes.stdout, rest).await
 }
 
-async fn send(stdout: &mut Output, bytes: Vec<u8>) -> Result<()> {
+async fn send(stdout: &mut Writer, bytes: Vec<u8>) -> Result<()> {
     Ok(stdout.write(bytes).await?)
 }
 

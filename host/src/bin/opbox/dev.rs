@@ -180,6 +180,20 @@ fn report(plugin: &Plugin, bytes: usize, built: Duration, loaded: Duration) {
     }
 }
 
+/// The world a Python plugin in `dir` targets: `plugin-raw` when its
+/// `app.py` exports `Raw` (it has byte-stream operations), else `plugin`.
+fn python_world(dir: &Path) -> &'static str {
+    let app = std::fs::read_to_string(dir.join("app.py")).unwrap_or_default();
+    let exports_raw = app
+        .lines()
+        .any(|line| line.starts_with("Raw =") || line.starts_with("Raw="));
+    if exports_raw {
+        "opbox:plugin/plugin-raw"
+    } else {
+        "opbox:plugin/plugin"
+    }
+}
+
 /// Builds the plugin in `dir` with its language's toolchain; the
 /// component's bytes. The toolchain's own messages go to stderr.
 async fn build(dir: &Path, lang: Lang) -> Result<Vec<u8>> {
@@ -190,20 +204,13 @@ async fn build(dir: &Path, lang: Lang) -> Result<Vec<u8>> {
         Lang::Rust => build_rust(dir).await?,
         Lang::Python => {
             let mut cmd = Command::new(tool(dir, "OPBOX_COMPONENTIZE_PY", "componentize-py"));
-            cmd.args([
-                "-d",
-                "wit",
-                "-w",
-                "opbox:plugin/plugin",
-                "componentize",
-                "app",
-            ])
-            .arg("-o")
-            .arg(&wasm)
-            .env("PYTHONDONTWRITEBYTECODE", "1")
-            // componentize-py is Rust: with a backtrace asked for, a
-            // Python error would arrive inside 60 lines of it.
-            .env_remove("RUST_BACKTRACE");
+            cmd.args(["-d", "wit", "-w", python_world(dir), "componentize", "app"])
+                .arg("-o")
+                .arg(&wasm)
+                .env("PYTHONDONTWRITEBYTECODE", "1")
+                // componentize-py is Rust: with a backtrace asked for, a
+                // Python error would arrive inside 60 lines of it.
+                .env_remove("RUST_BACKTRACE");
             run(cmd, dir, "componentize-py").await?;
             wasm
         }
