@@ -430,6 +430,7 @@ impl Host {
             self.dispatcher.clone(),
             config,
             self.connections.clone(),
+            self.config.connection().write_timeout,
             shutdown,
         )
         .await;

@@ -9,7 +9,8 @@ use opbox::envelope::client::{Client, RawEvent, tls_config};
 use opbox::net::TlsConfig;
 use serde_json::json;
 
-use crate::util::TestHost;
+use crate::raw::stdin_chunk;
+use crate::util::{Frames, TestHost};
 
 /// A host with a fresh self-signed certificate for 127.0.0.1, serving
 /// envelopes over QUIC; its QUIC address and the certificate's file.
@@ -151,4 +152,82 @@ async fn quic_connections_are_held_to_the_per_address_cap() {
             Err(e) => panic!("the freed place was not taken again: {e}"),
         }
     }
+}
+
+/// A QUIC connection of quinn's own to the host at `url`, trusting `cert`:
+/// streams opened and read (or not) by hand.
+async fn quinn_to(url: &str, cert: &std::path::Path) -> quinn::Connection {
+    let addr: std::net::SocketAddr = url
+        .strip_prefix("quic://")
+        .expect("a quic:// URL")
+        .parse()
+        .expect("an address");
+    let mut tls = (*tls_config(Some(cert)).expect("the certificate is read")).clone();
+    tls.alpn_protocols = vec![opbox::envelope::quic::ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(std::sync::Arc::new(tls))
+        .expect("a QUIC TLS configuration");
+    let mut endpoint =
+        quinn::Endpoint::client(([127, 0, 0, 1], 0).into()).expect("a client endpoint");
+    endpoint.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
+    endpoint
+        .connect(addr, "127.0.0.1")
+        .expect("connecting")
+        .await
+        .expect("connected")
+}
+
+/// A stream of its own on `connection`, for envelopes.
+async fn stream_on(
+    connection: &quinn::Connection,
+) -> Frames<tokio::io::Join<quinn::RecvStream, quinn::SendStream>> {
+    let (send, recv) = connection.open_bi().await.expect("a stream");
+    Frames::new(tokio::io::join(recv, send))
+}
+
+/// A peer that stops reading one stream, while its connection stays alive,
+/// loses that stream's session after `write_timeout`: the byte-stream call
+/// on it stops (long before its `idle_ms`), and another stream of the same
+/// connection is served.
+#[tokio::test]
+async fn a_stream_whose_peer_stops_reading_ends_after_write_timeout() {
+    let dir = tempfile::tempdir().expect("a directory");
+    let (host, url, cert) = quic_host_with(dir.path(), |config| {
+        config.connections.write_timeout_ms = 500;
+        config.plugin_limits.output_bytes = Some(64 << 20);
+    })
+    .await;
+    // 16 MiB of zeros, gzipped by the host: a few KiB that decompress to
+    // far more than QUIC lets a peer leave unread.
+    let gzipped = host
+        .client
+        .post(host.url("/raw/gzip/compress"))
+        .body(vec![0u8; 16 << 20])
+        .send()
+        .await
+        .expect("compressed")
+        .bytes()
+        .await
+        .expect("the body arrives");
+    assert!(gzipped.len() < 128 << 10, "{}", gzipped.len());
+    assert_eq!(host.wait_for_live(0, Duration::from_secs(10)).await, 0);
+
+    let connection = quinn_to(&url, &cert).await;
+    let mut flood = stream_on(&connection).await;
+    let call = json!({"operationId": "gzip/decompress", "input": {}, "carriage": "raw"});
+    flood.send("call.requested", "flood", call).await;
+    flood.send_raw(&stdin_chunk("flood", &gzipped)).await;
+    flood.send_raw(&stdin_chunk("flood", &[])).await;
+    // From here on, nothing of `flood` is read.
+    assert_eq!(host.wait_for_live(1, Duration::from_secs(10)).await, 1);
+    assert_eq!(
+        host.wait_for_live(0, Duration::from_secs(10)).await,
+        0,
+        "the call still runs on a stream nobody reads"
+    );
+
+    let mut other = stream_on(&connection).await;
+    other.call("e", "echo/echo", json!("still here")).await;
+    let answer = other.next().await.expect("an answer");
+    assert_eq!(answer["type"], "call.responded", "{answer}");
+    assert_eq!(answer["payload"]["output"], "still here");
 }

@@ -111,7 +111,10 @@ impl<'a> Check<'a> {
                 let first = (0..n)
                     .find(|&i| bytes[i] != self.block.1[offset + i])
                     .unwrap_or(0);
-                panic!("the output differs from the input at byte {}", self.at + first);
+                panic!(
+                    "the output differs from the input at byte {}",
+                    self.at + first
+                );
             }
             let before = self.at;
             self.at += n;
@@ -189,7 +192,10 @@ async fn over_envelopes(server: &Server, url: &str, cert: &std::path::Path, tran
     let feeding = tokio::spawn(async move {
         let mut blocks = std::pin::pin!(blocks);
         while let Some(block) = blocks.next().await {
-            into_compress.write(&block).await.expect("compress takes stdin");
+            into_compress
+                .write(&block)
+                .await
+                .expect("compress takes stdin");
         }
         into_compress.close().expect("compress's stdin closes");
     });
@@ -234,7 +240,10 @@ async fn a_gibibyte_round_trips_through_gzip_over_http2() {
         .build()
         .expect("a client");
     let source = Source::new();
-    let stdin = source.clone().blocks().map(Ok::<_, std::convert::Infallible>);
+    let stdin = source
+        .clone()
+        .blocks()
+        .map(Ok::<_, std::convert::Infallible>);
     let compressed = client
         .post(format!("{}/raw/gzip/compress", server.url))
         .header("opbox-input", r#"{"level": 1}"#)
@@ -280,6 +289,9 @@ async fn a_gibibyte_round_trips_through_gzip_over_tcp_with_tls() {
 async fn a_gibibyte_round_trips_through_gzip_over_quic() {
     let dir = tempfile::tempdir().expect("a directory");
     let (server, cert) = serve(dir.path());
-    let url = format!("quic://{}", server.quic.as_deref().expect("a QUIC listener"));
+    let url = format!(
+        "quic://{}",
+        server.quic.as_deref().expect("a QUIC listener")
+    );
     over_envelopes(&server, &url, &cert, "QUIC").await;
 }

@@ -13,17 +13,19 @@
 //! its handshake; it may open at most `max_open_calls` streams at once and
 //! no unidirectional ones; it is closed after `idle_timeout` without a
 //! packet; a handshake has `frame_timeout` to finish; each stream is a
-//! session with the envelope limits of a TCP connection.
+//! session with the envelope limits of a TCP connection, and loses its
+//! session when the peer takes none of its bytes for `write_timeout`.
 
 use std::future::Future;
 use std::net::UdpSocket;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::EnvelopeConfig;
 use super::tcp::serve_framed;
 use crate::call::Transport;
 use crate::dispatch::Dispatcher;
-use crate::net::{Connections, Tls};
+use crate::net::{Connections, Guarded, Tls};
 
 /// The ALPN protocol a QUIC envelope connection names.
 pub const ALPN: &[u8] = b"opbox-envelope/1";
@@ -76,6 +78,7 @@ pub async fn serve(
     dispatcher: Dispatcher,
     config: EnvelopeConfig,
     connections: Connections,
+    write_timeout: Duration,
     shutdown: impl Future<Output = ()>,
 ) {
     let config = Arc::new(config);
@@ -110,9 +113,12 @@ pub async fn serve(
             while let Ok((send, recv)) = connection.accept_bi().await {
                 // Each stream a session of envelopes in the TCP framing.
                 let (dispatcher, config) = (dispatcher.clone(), config.clone());
+                // A peer that stops taking one stream's bytes for
+                // `write_timeout` loses that stream and its calls, as a
+                // TCP peer loses its connection; its other streams go on.
                 streams.spawn(serve_framed(
                     recv,
-                    send,
+                    Guarded::new(send, write_timeout),
                     Transport::Quic,
                     dispatcher,
                     config,
