@@ -9,7 +9,7 @@ use opbox::envelope::client::{Client, RawEvent, tls_config};
 use opbox::net::TlsConfig;
 use serde_json::json;
 
-use crate::raw::stdin_chunk;
+use crate::raw::{opbox_call, stdin_chunk};
 use crate::util::{Frames, TestHost};
 
 /// A host with a fresh self-signed certificate for 127.0.0.1, serving
@@ -230,4 +230,102 @@ async fn a_stream_whose_peer_stops_reading_ends_after_write_timeout() {
     let answer = other.next().await.expect("an answer");
     assert_eq!(answer["type"], "call.responded", "{answer}");
     assert_eq!(answer["payload"]["output"], "still here");
+}
+
+/// Sends lines to `calc/repl` over `client` one at a time, each only once
+/// the answer to the one before has arrived, on stdout or on stderr.
+async fn answers_each_line(client: &Client) {
+    let mut call = client
+        .run_raw("calc/repl", json!({}))
+        .await
+        .expect("the call starts");
+    let input = call.input();
+    for (line, answer) in [
+        ("1 + 2", RawEvent::Stdout("3\n".into())),
+        (
+            "2 *",
+            RawEvent::Stderr("error: the line ends too soon: 2 *\n".into()),
+        ),
+        ("6 * 7", RawEvent::Stdout("42\n".into())),
+    ] {
+        input
+            .write(format!("{line}\n").as_bytes())
+            .await
+            .expect("the line is sent");
+        let event = tokio::time::timeout(Duration::from_secs(30), call.next())
+            .await
+            .unwrap_or_else(|_| panic!("no answer to `{line}` while the caller waits"))
+            .expect("an event")
+            .expect("no error");
+        assert_eq!(event, answer, "the answer to `{line}`");
+    }
+    input.close().expect("stdin closes");
+    let end = call.next().await.expect("an event").expect("no error");
+    assert_eq!(end, RawEvent::Exit(1), "one line was not answered");
+}
+
+/// The interactive example answers each line before the next is sent over
+/// QUIC and over TCP with TLS, each output on its own stream type.
+#[tokio::test]
+async fn an_interactive_operation_answers_each_line_over_quic_and_tcp() {
+    let dir = tempfile::tempdir().expect("a directory");
+    let (host, url, cert) = quic_host(dir.path()).await;
+    let tls = tls_config(Some(&cert)).expect("the certificate is read");
+    for url in [url, format!("tls://{}", host.tcp_addr)] {
+        let client = Client::connect_with(&url, None, Some(tls.clone()))
+            .await
+            .unwrap_or_else(|e| panic!("{url}: {e}"));
+        answers_each_line(&client).await;
+    }
+}
+
+/// `opbox call --url quic://…` pipes its standard streams through a
+/// byte-stream operation and ends with its exit code.
+#[tokio::test]
+async fn opbox_call_pipes_through_a_byte_stream_operation_over_quic() {
+    let dir = tempfile::tempdir().expect("a directory");
+    let (_host, url, cert) = quic_host(dir.path()).await;
+    let cert = cert.to_str().expect("a UTF-8 path");
+    let (code, stdout, stderr) = opbox_call(
+        &url,
+        "echo/cat",
+        &["--cacert", cert],
+        b"hi over QUIC\n".to_vec(),
+    )
+    .await;
+    assert_eq!(
+        (code, stdout.as_slice()),
+        (0, &b"hi over QUIC\n"[..]),
+        "{stderr}"
+    );
+    let (code, stdout, stderr) = opbox_call(
+        &url,
+        "calc/repl",
+        &["--cacert", cert],
+        b"1 + 2\nsix\n".to_vec(),
+    )
+    .await;
+    assert_eq!(String::from_utf8_lossy(&stdout), "3\n");
+    assert!(stderr.ends_with(": six\n"), "{stderr}");
+    assert_eq!(code, 1, "the operation's exit code");
+}
+
+/// A QUIC peer that goes away mid-call (its connection closed) stops the
+/// byte-stream operation it was running, which would never end on its own.
+#[tokio::test]
+async fn a_quic_peer_that_goes_away_stops_its_byte_stream_operation() {
+    let dir = tempfile::tempdir().expect("a directory");
+    let (host, url, cert) = quic_host(dir.path()).await;
+    assert_eq!(host.wait_for_live(0, Duration::from_secs(10)).await, 0);
+    let connection = quinn_to(&url, &cert).await;
+    let mut stream = stream_on(&connection).await;
+    let call = json!({"operationId": "fixture-slow/deaf", "input": {}, "carriage": "raw"});
+    stream.send("call.requested", "deaf", call).await;
+    assert_eq!(host.wait_for_live(1, Duration::from_secs(10)).await, 1);
+    connection.close(0u32.into(), b"gone");
+    assert_eq!(
+        host.wait_for_live(0, Duration::from_secs(10)).await,
+        0,
+        "the operation still runs after its peer left"
+    );
 }

@@ -703,7 +703,7 @@ where
 
 /// Runs `opbox call OPERATION --url URL [ARGS]` with `stdin`; its exit
 /// code, stdout and stderr.
-async fn opbox_call(
+pub(crate) async fn opbox_call(
     url: &str,
     operation: &str,
     args: &[&str],
