@@ -245,3 +245,66 @@ async fn an_http2_subscriber_that_stops_reading_is_cut_off() {
     assert_eq!(host.wait_for_live(0, Duration::from_secs(20)).await, 0);
     drop(response);
 }
+
+/// Full duplex from a client nobody here wrote: `curl --http2` streaming
+/// its stdin as typed (`-T .`) into `calc/repl`, each line answered on
+/// curl's stdout before the next is written.
+#[tokio::test]
+async fn curl_over_http2_talks_to_an_interactive_operation_line_by_line() {
+    let host = TestHost::start().await;
+    let mut curl = tokio::process::Command::new("curl")
+        .args([
+            "-sS",
+            "-N",
+            "--http2-prior-knowledge",
+            "-T",
+            ".",
+            "-X",
+            "POST",
+        ])
+        .arg(host.url("/raw/calc/repl"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("curl runs");
+    let mut stdin = curl.stdin.take().expect("curl's stdin");
+    let mut stdout = curl.stdout.take().expect("curl's stdout");
+    for (line, answer) in [
+        ("1 + 2", "3\n"),
+        ("6 * 7", "42\n"),
+        ("(7 - 10) * 4", "-12\n"),
+    ] {
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .expect("the line is written");
+        let mut got = Vec::new();
+        while !got.ends_with(b"\n") {
+            let mut buf = [0u8; 64];
+            let read = tokio::time::timeout(Duration::from_secs(30), stdout.read(&mut buf));
+            let n = read
+                .await
+                .unwrap_or_else(|_| panic!("no answer to `{line}` while curl waits"))
+                .expect("curl's stdout reads");
+            assert!(n > 0, "curl ended before answering `{line}`");
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            answer,
+            "the answer to `{line}`"
+        );
+    }
+    drop(stdin);
+    let output = tokio::time::timeout(Duration::from_secs(30), curl.wait_with_output())
+        .await
+        .expect("curl ends once its stdin has")
+        .expect("its status");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
