@@ -329,3 +329,70 @@ async fn a_quic_peer_that_goes_away_stops_its_byte_stream_operation() {
         "the operation still runs after its peer left"
     );
 }
+
+/// Over QUIC each call of opbox's client has a stream of its own: a
+/// byte-stream call whose output the caller does not read holds its
+/// operation back (the client takes a few frames, then QUIC's flow control
+/// stops the host), while other calls on the connection are answered; read
+/// again, every byte arrives.
+#[tokio::test]
+async fn over_quic_a_call_that_is_not_read_holds_back_only_its_operation() {
+    let dir = tempfile::tempdir().expect("a directory");
+    let (host, url, cert) = quic_host_with(dir.path(), |config| {
+        config.plugin_limits.output_bytes = Some(128 << 20);
+    })
+    .await;
+    // 64 MiB of zeros, gzipped by the host: a few KiB that fit in the
+    // stdin credit, and decompress to far more than a client may buffer.
+    let unpacked = 64 << 20;
+    let gzipped = host
+        .client
+        .post(host.url("/raw/gzip/compress"))
+        .body(vec![0u8; unpacked])
+        .send()
+        .await
+        .expect("compressed")
+        .bytes()
+        .await
+        .expect("the body arrives");
+    assert_eq!(host.wait_for_live(0, Duration::from_secs(10)).await, 0);
+
+    let tls = tls_config(Some(&cert)).expect("the certificate is read");
+    let client = Client::connect_with(&url, None, Some(tls))
+        .await
+        .expect("connected");
+    let mut call = client
+        .run_raw("gzip/decompress", json!({}))
+        .await
+        .expect("the call starts");
+    let input = call.input();
+    input.write(&gzipped).await.expect("stdin is taken");
+    input.close().expect("stdin closes");
+    assert_eq!(host.wait_for_live(1, Duration::from_secs(10)).await, 1);
+    // Not read: other calls on the connection are answered meanwhile, and
+    // the operation is still there after them, far from done.
+    for n in 0..20 {
+        assert_eq!(
+            client.call("echo/echo", json!(n)).await.expect("answered"),
+            json!(n)
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        host.host.runtime().live_instances(),
+        1,
+        "the operation ran to its end with nobody reading"
+    );
+    let mut read = 0;
+    let code = loop {
+        match call.next().await.expect("an event").expect("no error") {
+            RawEvent::Stdout(bytes) => {
+                assert!(bytes.iter().all(|&b| b == 0));
+                read += bytes.len();
+            }
+            RawEvent::Stderr(bytes) => panic!("stderr: {bytes:?}"),
+            RawEvent::Exit(code) => break code,
+        }
+    };
+    assert_eq!((code, read), (0, unpacked));
+}

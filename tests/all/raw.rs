@@ -464,6 +464,22 @@ async fn output_bytes_is_a_byte_budget_for_the_whole_call() {
 }
 
 /// `bytes`, compressed by the gzip example.
+/// A gzip bomb: 256 MiB of zeros packed into about 256 KiB. Decompressing
+/// it stays within the plugin's 64 MiB of memory (each piece of input is
+/// written out before the next goes in), and every byte comes out.
+#[tokio::test]
+async fn gzip_decompresses_a_bomb_in_constant_memory() {
+    let host = host().await;
+    let unpacked = 256 << 20;
+    let packed = gzip_of(&vec![0u8; unpacked]).await;
+    assert!(packed.len() < unpacked / 500, "{}", packed.len());
+    let frames = run_framed(&host, "gzip/decompress", packed).await;
+    assert_eq!(frames.last(), Some(&Frame::Exit(0)), "{:?}", frames.last());
+    let out = stdout_of(&frames);
+    assert_eq!(out.len(), unpacked);
+    assert!(out.iter().all(|&b| b == 0));
+}
+
 async fn gzip_of(bytes: &[u8]) -> Vec<u8> {
     let host = host().await;
     let frames = run_framed(&host, "gzip/compress", bytes.to_vec()).await;

@@ -13,14 +13,15 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use serde_json::Value;
+use wasmtime::StoreContextMut;
 use wasmtime::component::{
-    Accessor, Destination, FutureReader, HasSelf, Linker, Source, StreamConsumer, StreamProducer,
-    StreamReader, StreamResult,
+    Accessor, Destination, FutureReader, HasSelf, Linker, StreamProducer, StreamReader,
+    StreamResult,
 };
-use wasmtime::{AsContextMut, StoreContextMut};
 
 use super::bindings::CallError;
 use super::bindings::opbox::plugin::invoke;
+use super::chunks::{ChunkConsumer, ChunkProducer};
 
 /// Carries out the calls a guest makes to other operations
 /// (`opbox:plugin/invoke`) on behalf of the call that made them: same caller,
@@ -156,15 +157,17 @@ impl<T> invoke::HostWithStore<T> for HasSelf<InvokeState> {
         // The guest's stdin, a chunk at a time, taken only as the operation
         // reads: the channel holds one chunk.
         let (chunks, stdin_rx) = futures::channel::mpsc::channel::<Bytes>(0);
+        let chunks = ChunkConsumer::new(chunks, |bytes| bytes, |_: &mut T| {});
         accessor
-            .with(|mut store| stdin.pipe(&mut store, StdinChunks(chunks)))
+            .with(|mut store| stdin.pipe(&mut store, chunks))
             .map_err(no_room)?;
         let stdin = stdin_rx.boxed();
         let started = nested.run(operation, input, stdin).await.map_err(to_wit)?;
         accessor
             .with(|mut store| -> wasmtime::Result<RawHandles> {
-                let stdout = StreamReader::new(&mut store, Bytestream(started.stdout))?;
-                let stderr = StreamReader::new(&mut store, Bytestream(started.stderr))?;
+                let output = |chunks| ChunkProducer::new(chunks, |_: &mut T| {});
+                let stdout = StreamReader::new(&mut store, output(started.stdout))?;
+                let stderr = StreamReader::new(&mut store, output(started.stderr))?;
                 let status = started.status;
                 let status = FutureReader::new(&mut store, async move {
                     Ok::<_, wasmtime::Error>(status.await.map_err(to_wit))
@@ -252,83 +255,5 @@ impl<D> StreamProducer<D> for Outputs {
             Poll::Pending if finish => Poll::Ready(Ok(StreamResult::Cancelled)),
             Poll::Pending => Poll::Pending,
         }
-    }
-}
-
-/// An operation's output as a byte stream the guest reads: a chunk is
-/// pulled only when the guest asks for bytes; dropping it (the guest
-/// dropped the stream, or its call ended) lets the operation's side go.
-struct Bytestream(BoxStream<'static, Bytes>);
-
-impl<D> StreamProducer<D> for Bytestream {
-    type Item = u8;
-    type Buffer = Bytes;
-
-    fn poll_produce<'a>(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        mut store: StoreContextMut<'a, D>,
-        mut destination: Destination<'a, u8, Bytes>,
-        finish: bool,
-    ) -> Poll<wasmtime::Result<StreamResult>> {
-        // As for a subscription's items: a zero-length read takes nothing.
-        if destination.remaining(&mut store) == Some(0) {
-            return Poll::Ready(Ok(StreamResult::Completed));
-        }
-        let this = self.get_mut();
-        loop {
-            return match this.0.poll_next_unpin(cx) {
-                Poll::Ready(Some(chunk)) if chunk.is_empty() => continue,
-                Poll::Ready(Some(chunk)) => {
-                    destination.set_buffer(chunk);
-                    Poll::Ready(Ok(StreamResult::Completed))
-                }
-                Poll::Ready(None) => Poll::Ready(Ok(StreamResult::Dropped)),
-                Poll::Pending if finish => Poll::Ready(Ok(StreamResult::Cancelled)),
-                Poll::Pending => Poll::Pending,
-            };
-        }
-    }
-}
-
-/// The most bytes taken from the guest's stdin stream at once.
-const STDIN_CHUNK_BYTES: usize = 64 * 1024;
-
-/// The guest's stdin for an operation it started, taken a chunk at a time
-/// when the operation has room for one; its end closes the operation's
-/// stdin.
-struct StdinChunks(futures::channel::mpsc::Sender<Bytes>);
-
-impl<D> StreamConsumer<D> for StdinChunks {
-    type Item = u8;
-
-    fn poll_consume(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        mut store: StoreContextMut<'_, D>,
-        source: Source<'_, u8>,
-        finish: bool,
-    ) -> Poll<wasmtime::Result<StreamResult>> {
-        let chunks = &mut self.get_mut().0;
-        match chunks.poll_ready(cx) {
-            Poll::Ready(Ok(())) => {}
-            Poll::Ready(Err(_)) => return Poll::Ready(Ok(StreamResult::Dropped)),
-            Poll::Pending if finish => return Poll::Ready(Ok(StreamResult::Cancelled)),
-            Poll::Pending => return Poll::Pending,
-        }
-        if source.remaining(&mut store) == 0 {
-            return Poll::Ready(Ok(StreamResult::Completed));
-        }
-        let chunk = {
-            let mut direct = source.as_direct(store.as_context_mut());
-            let take = direct.remaining().len().min(STDIN_CHUNK_BYTES);
-            let chunk = Bytes::copy_from_slice(&direct.remaining()[..take]);
-            direct.mark_read(take);
-            chunk
-        };
-        if chunks.start_send(chunk).is_err() {
-            return Poll::Ready(Ok(StreamResult::Dropped));
-        }
-        Poll::Ready(Ok(StreamResult::Completed))
     }
 }

@@ -23,6 +23,7 @@
 
 pub(crate) mod bindings;
 mod blocking;
+pub(crate) mod chunks;
 pub mod config;
 mod denied;
 pub mod files;

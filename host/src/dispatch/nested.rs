@@ -9,6 +9,7 @@
 //! deadline, and the guest's budget loses what they spent (`runtime`'s
 //! epoch callback, from the call's [`Meter`]).
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,7 +18,7 @@ use futures::{FutureExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::Dispatcher;
+use super::{Dispatcher, Metered};
 use crate::call::{CallError, ErrorCode};
 use crate::call::{CallRequest, HostCall, Identity, Meter, Origin, new_request_id};
 use crate::capabilities::invoke::{GuestError, NestedCalls, NestedItems, NestedRaw};
@@ -25,6 +26,7 @@ use crate::runtime::Invocation;
 use crate::telemetry::trace::CallSpan;
 use bytes::Bytes;
 use futures::stream::BoxStream;
+use tokio_util::task::AbortOnDropHandle;
 
 mod raw;
 
@@ -129,6 +131,68 @@ impl Nested {
     }
 }
 
+impl Nested {
+    /// Starts a nested subscription or byte stream of `operation` on a
+    /// task of its own, on its tenant's turns: once what is left of the
+    /// caller's CPU time is checked and `input` parsed, `start` opens it
+    /// through the dispatcher, and `forward` hands its outputs on.
+    /// Resolves once it has started, or with why it did not, to the task:
+    /// dropping that stops the stream. However the task ends, what the
+    /// stream spent is rolled up into the caller's receipt.
+    fn spawn_stream<T, Start, Forward>(
+        &self,
+        operation: String,
+        input: String,
+        start: impl FnOnce(Dispatcher, CallRequest) -> Start + Send + 'static,
+        forward: impl FnOnce(T) -> Forward + Send + 'static,
+    ) -> BoxFuture<'static, Result<AbortOnDropHandle<()>, GuestError>>
+    where
+        T: Send + 'static,
+        Start: Future<Output = Metered<T>> + Send,
+        Forward: Future<Output = ()> + Send,
+    {
+        let open = match self.admit(&input) {
+            Ok(open) => open,
+            Err(e) => return futures::future::ready(Err(e)).boxed(),
+        };
+        let tenant = &self.identity.tenant;
+        let (dispatcher, request) = (self.dispatcher.clone(), self.request(operation.clone()));
+        let (parent, cpu) = (self.meter.clone(), self.cpu);
+        let (started, started_rx) = tokio::sync::oneshot::channel();
+        let task = self
+            .dispatcher
+            .spawn_on_share(tenant, &operation, async move {
+                let _open = open;
+                let input = cpu_left(&parent, cpu).and_then(|_| parse_input(&input));
+                let (opened, _roll_up) = match input {
+                    Ok(input) => {
+                        let opened = start(dispatcher, CallRequest { input, ..request }).await;
+                        let meter = opened.meter;
+                        (opened.result, Some(RollUp { meter, parent }))
+                    }
+                    Err(e) => (Err(e), None),
+                };
+                match opened {
+                    Ok(outputs) => {
+                        let _ = started.send(Ok(()));
+                        forward(outputs).await;
+                    }
+                    Err(e) => {
+                        let _ = started.send(Err(e));
+                    }
+                }
+            });
+        async move {
+            started_rx
+                .await
+                .unwrap_or_else(|_| Err(CallError::internal()))
+                .map_err(guest_error)?;
+            Ok(task)
+        }
+        .boxed()
+    }
+}
+
 /// Rolls a nested subscription's receipt up into its caller's when
 /// dropped.
 struct RollUp {
@@ -218,56 +282,24 @@ impl NestedCalls for Nested {
         operation: String,
         input: String,
     ) -> BoxFuture<'static, Result<NestedItems, GuestError>> {
-        let open = match self.admit(&input) {
-            Ok(open) => open,
-            Err(e) => return futures::future::ready(Err(e)).boxed(),
-        };
-        let tenant = &self.identity.tenant;
-        let (dispatcher, request) = (self.dispatcher.clone(), self.request(operation.clone()));
-        let (parent, cpu) = (self.meter.clone(), self.cpu);
-        let (started, started_rx) = tokio::sync::oneshot::channel();
         // One item at a time: the subscription runs at most an item ahead
         // of the guest reading it.
         let (items, items_rx) = tokio::sync::mpsc::channel(1);
-        let task = self
-            .dispatcher
-            .spawn_on_share(tenant, &operation, async move {
-                let _open = open;
-                // However the task ends (the subscription ended, or the guest
-                // dropped it), what it spent is rolled up into the caller's.
-                let input = cpu_left(&parent, cpu).and_then(|_| parse_input(&input));
-                let (subscribed, _roll_up) = match input {
-                    Ok(input) => {
-                        let subscribed = dispatcher
-                            .subscribe_metered(CallRequest { input, ..request })
-                            .await;
-                        let meter = subscribed.meter;
-                        (subscribed.result, Some(RollUp { meter, parent }))
-                    }
-                    Err(e) => (Err(e), None),
-                };
-                let mut outputs = match subscribed {
-                    Ok(outputs) => {
-                        let _ = started.send(Ok(()));
-                        outputs
-                    }
-                    Err(e) => {
-                        let _ = started.send(Err(e));
-                        return;
-                    }
-                };
+        let started = self.spawn_stream(
+            operation,
+            input,
+            |dispatcher, request| async move { dispatcher.subscribe_metered(request).await },
+            move |mut outputs| async move {
                 while let Some(item) = outputs.next().await {
                     let last = item.is_err();
                     if items.send(item).await.is_err() || last {
                         return;
                     }
                 }
-            });
+            },
+        );
         async move {
-            started_rx
-                .await
-                .unwrap_or_else(|_| Err(CallError::internal()))
-                .map_err(guest_error)?;
+            let task = started.await?;
             let outputs = tokio_stream::wrappers::ReceiverStream::new(items_rx).map(move |item| {
                 // The stream owns the task: dropping it aborts the
                 // subscription.

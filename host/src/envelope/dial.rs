@@ -7,7 +7,7 @@
 //! | `tls://HOST:PORT` | the same inside TLS (`[envelope] tls`) |
 //! | `ws://HOST:PORT/call` | one envelope per WebSocket message |
 //! | `wss://HOST:PORT/call` | the same inside TLS (`[gateway] tls`) |
-//! | `quic://HOST:PORT` | length-prefixed frames on one QUIC stream (`quic_listen`) |
+//! | `quic://HOST:PORT` | length-prefixed frames on a QUIC stream of each call's own (`quic_listen`) |
 //!
 //! TLS checks the host's certificate against the web's roots and any
 //! certificates the caller adds (a private CA, or a self-signed host's own
@@ -68,14 +68,23 @@ pub fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, C
     Ok(Arc::new(config))
 }
 
-/// Connects to `url`; the frames in and out, and whether `token` went on
-/// the connection itself (a WebSocket upgrade's `Authorization`) rather
-/// than with each call.
+/// What dialing a URL gives a client.
+pub(super) enum Dialed {
+    /// One connection for all calls: the frames in and out, and whether
+    /// `token` went on the connection itself (a WebSocket upgrade's
+    /// `Authorization`) rather than with each call.
+    Frames(Incoming, Outgoing, bool),
+    /// A QUIC connection, on which each call opens a stream of its own
+    /// ([`open_stream`]).
+    Quic(quinn::Connection),
+}
+
+/// Connects to `url`.
 pub(super) async fn dial(
     url: &str,
     token: Option<&str>,
     tls: Option<Arc<rustls::ClientConfig>>,
-) -> Result<(Incoming, Outgoing, bool), ClientError> {
+) -> Result<Dialed, ClientError> {
     let failed = |message: String| ClientError::Connect {
         url: url.to_owned(),
         message,
@@ -85,18 +94,19 @@ pub(super) async fn dial(
         None => tls_config(None),
     };
     if let Some(addr) = url.strip_prefix("tcp://") {
-        let stream = tcp_to(addr).await.map_err(failed)?;
-        return Ok(framed(stream, false));
+        let (incoming, outgoing) = framed(tcp_to(addr).await.map_err(failed)?);
+        return Ok(Dialed::Frames(incoming, outgoing, false));
     }
     if let Some(addr) = url.strip_prefix("quic://") {
-        let stream = quic_to(addr, tls()?).await.map_err(failed)?;
-        return Ok(framed(stream, false));
+        let connection = quic_to(addr, tls()?).await.map_err(failed)?;
+        return Ok(Dialed::Quic(connection));
     }
     if let Some(addr) = url.strip_prefix("tls://") {
         let stream = tcp_to(addr).await.map_err(failed)?;
         let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
         let stream = handshake(stream, host, tls()?).await.map_err(failed)?;
-        return Ok(framed(stream, false));
+        let (incoming, outgoing) = framed(stream);
+        return Ok(Dialed::Frames(incoming, outgoing, false));
     }
     let secure = url.starts_with("wss://");
     if !secure && !url.starts_with("ws://") {
@@ -122,7 +132,7 @@ pub(super) async fn dial(
         upgraded(request, stream).await
     };
     let (incoming, outgoing) = websocket.map_err(failed)?;
-    Ok((incoming, outgoing, true))
+    Ok(Dialed::Frames(incoming, outgoing, true))
 }
 
 async fn tcp_to(addr: &str) -> Result<TcpStream, String> {
@@ -132,11 +142,8 @@ async fn tcp_to(addr: &str) -> Result<TcpStream, String> {
 }
 
 /// A QUIC connection to `addr`, the host's certificate checked for its
-/// name, and one bidirectional stream on it for every call of the client.
-async fn quic_to(
-    addr: &str,
-    tls: Arc<rustls::ClientConfig>,
-) -> Result<impl AsyncRead + AsyncWrite + Send + 'static, String> {
+/// name.
+async fn quic_to(addr: &str, tls: Arc<rustls::ClientConfig>) -> Result<quinn::Connection, String> {
     let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
     let host = host.trim_matches(['[', ']']);
     let peer = tokio::net::lookup_host(addr)
@@ -155,13 +162,22 @@ async fn quic_to(
     };
     let mut endpoint = quinn::Endpoint::client(local).map_err(|e| e.to_string())?;
     endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
-    let connection = endpoint
+    endpoint
         .connect(peer, host)
         .map_err(|e| e.to_string())?
         .await
+        .map_err(|e| format!("QUIC: {e}"))
+}
+
+/// A bidirectional stream of its own on `connection`, framed as TCP is.
+pub(super) async fn open_stream(
+    connection: &quinn::Connection,
+) -> Result<(Incoming, Outgoing), String> {
+    let (send, recv) = connection
+        .open_bi()
+        .await
         .map_err(|e| format!("QUIC: {e}"))?;
-    let (send, recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
-    Ok(tokio::io::join(recv, send))
+    Ok(framed(tokio::io::join(recv, send)))
 }
 
 /// `stream` inside TLS, the host's certificate checked for `host`.
@@ -179,7 +195,7 @@ async fn handshake(
 }
 
 /// Length-prefixed frames over `stream`.
-fn framed<S>(stream: S, token_sent: bool) -> (Incoming, Outgoing, bool)
+fn framed<S>(stream: S) -> (Incoming, Outgoing)
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
@@ -192,7 +208,7 @@ where
     });
     let outgoing =
         SinkExt::<Bytes>::sink_map_err(FramedWrite::new(write, codec), |e| e.to_string());
-    (Box::new(incoming), Box::new(outgoing), token_sent)
+    (Box::new(incoming), Box::new(outgoing))
 }
 
 /// A WebSocket upgrade of `stream` for `request`: one envelope a message.

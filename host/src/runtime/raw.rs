@@ -3,7 +3,8 @@
 //! come out as fast as the caller drains them, then its exit status.
 //!
 //! The caller owns the store through the [`RawCall`]: dropping it drops the
-//! store and stops the guest. At most one chunk of each output (64 KiB) and
+//! store and stops the guest. At most one chunk of each output (64 KiB,
+//! [`CHUNK_BYTES`](crate::capabilities::chunks::CHUNK_BYTES)) and
 //! one of the caller's waits on the host at a time, so a call's memory on
 //! the host is bounded whatever the sizes streamed. Every chunk that moves,
 //! either way, refills the guest's CPU budget (`item_cpu_ms`), as each item
@@ -24,10 +25,8 @@ use futures::stream::BoxStream;
 use futures::{FutureExt, Stream, StreamExt};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
-use wasmtime::component::{
-    Destination, FutureConsumer, Source, StreamConsumer, StreamProducer, StreamReader, StreamResult,
-};
-use wasmtime::{AsContextMut, StoreContextMut};
+use wasmtime::StoreContextMut;
+use wasmtime::component::{FutureConsumer, Source, StreamReader};
 
 use super::bindings;
 use super::busy::Busy;
@@ -36,10 +35,8 @@ use super::limits::LimitHit;
 use super::plugin::Plugin;
 use super::state::StoreState;
 use super::trap::classify;
+use crate::capabilities::chunks::{ChunkConsumer, ChunkProducer};
 use crate::capabilities::invoke::GuestError;
-
-/// The most bytes taken from one of the guest's outputs at once.
-pub const CHUNK_BYTES: usize = 64 * 1024;
 
 /// What a byte-stream operation sends back.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,25 +85,25 @@ impl Plugin {
         let meter = invocation.meter.clone();
         let invocation = invocation.clone();
         let op = op.to_owned();
-        let driver = async move {
-            let mut store = plugin.new_store(&invocation, budget)?;
-            let instance = plugin.instantiate_instance(&mut store).await?;
-            let guest = indices
-                .load(&mut store, &instance)
-                .map_err(|e| classify(&mut store, e))?;
-            let result = store
+        let driver =
+            async move {
+                let mut store = plugin.new_store(&invocation, budget)?;
+                let instance = plugin.instantiate_instance(&mut store).await?;
+                let guest = indices
+                    .load(&mut store, &instance)
+                    .map_err(|e| classify(&mut store, e))?;
+                let result = store
                 .run_concurrent(
                     async |accessor| -> wasmtime::Result<Result<Option<WitStatus>, GuestError>> {
-                        let stdin = accessor.with(|mut access| {
-                            StreamReader::new(
-                                &mut access,
-                                Stdin {
-                                    chunks: stdin,
-                                    item_ticks: budget.ticks,
-                                    moved,
-                                },
-                            )
-                        })?;
+                        // Each chunk the guest takes refills its CPU
+                        // budget and tells the call that bytes moved.
+                        let item_ticks = budget.ticks;
+                        let stdin = ChunkProducer::new(stdin, move |state: &mut StoreState| {
+                            state.cpu.ticks = item_ticks;
+                            moved.store(true, Ordering::Relaxed);
+                        });
+                        let stdin =
+                            accessor.with(|mut access| StreamReader::new(&mut access, stdin))?;
                         let started = guest.call_run(accessor, ctx, op, input, stdin).await?;
                         let (stdout, stderr, status) = match started {
                             Ok(outputs) => outputs,
@@ -115,15 +112,19 @@ impl Plugin {
                         let (status_tx, status_rx) = oneshot::channel::<WitStatus>();
                         let (stdout_done, stdout_ended) = oneshot::channel::<()>();
                         let (stderr_done, stderr_ended) = oneshot::channel::<()>();
+                        // Each output is taken only when the caller's
+                        // side has room; each chunk refills the budget.
+                        let output = |wrap, done: oneshot::Sender<()>| {
+                            ChunkConsumer::new(out_tx.clone(), wrap, move |state: &mut StoreState| {
+                                // `done` goes with the consumer: its drop
+                                // says this output has ended.
+                                let _done = &done;
+                                state.cpu.ticks = item_ticks;
+                            })
+                        };
                         accessor.with(|mut access| -> wasmtime::Result<()> {
-                            let output = |stderr: bool, done| Output {
-                                out: out_tx.clone(),
-                                stderr,
-                                item_ticks: budget.ticks,
-                                _done: done,
-                            };
-                            stdout.pipe(&mut access, output(false, stdout_done))?;
-                            stderr.pipe(&mut access, output(true, stderr_done))?;
+                            stdout.pipe(&mut access, output(RawOutput::Stdout, stdout_done))?;
+                            stderr.pipe(&mut access, output(RawOutput::Stderr, stderr_done))?;
                             status.pipe(&mut access, Status(Some(status_tx)))
                         })?;
                         let _ = started_tx.send(());
@@ -137,17 +138,17 @@ impl Plugin {
                 )
                 .await
                 .and_then(|r| r);
-            meter_fuel(&store, &invocation.meter);
-            match result {
-                Ok(Ok(Some(status))) => Ok(status),
-                Ok(Ok(None)) => Err(InvokeError::Host(
-                    "the operation ended without a status".into(),
-                )),
-                Ok(Err(e)) => Err(InvokeError::Guest(e)),
-                Err(e) => Err(classify(&mut store, e)),
+                meter_fuel(&store, &invocation.meter);
+                match result {
+                    Ok(Ok(Some(status))) => Ok(status),
+                    Ok(Ok(None)) => Err(InvokeError::Host(
+                        "the operation ended without a status".into(),
+                    )),
+                    Ok(Err(e)) => Err(InvokeError::Guest(e)),
+                    Err(e) => Err(classify(&mut store, e)),
+                }
             }
-        }
-        .boxed();
+            .boxed();
         let mut call = RawCall {
             driver: Some(Busy::new(driver, meter).boxed()),
             outcome: None,
@@ -294,98 +295,6 @@ impl Stream for RawCall {
                 None => Poll::Ready(None),
             },
         }
-    }
-}
-
-/// The caller's bytes as the guest reads them: a chunk is handed over only
-/// when the guest asks, so a guest that stops reading holds the caller back.
-struct Stdin {
-    chunks: BoxStream<'static, Bytes>,
-    item_ticks: u64,
-    /// Tells the [`RawCall`] that bytes moved.
-    moved: Arc<AtomicBool>,
-}
-
-impl StreamProducer<StoreState> for Stdin {
-    type Item = u8;
-    type Buffer = Bytes;
-
-    fn poll_produce<'a>(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        mut store: StoreContextMut<'a, StoreState>,
-        mut destination: Destination<'a, u8, Bytes>,
-        finish: bool,
-    ) -> Poll<wasmtime::Result<StreamResult>> {
-        // A zero-length read asks whether bytes are ready; yes, without
-        // taking any, keeps the caller's bytes from being read ahead.
-        if destination.remaining(&mut store) == Some(0) {
-            return Poll::Ready(Ok(StreamResult::Completed));
-        }
-        let this = self.get_mut();
-        loop {
-            return match this.chunks.poll_next_unpin(cx) {
-                Poll::Ready(Some(chunk)) if chunk.is_empty() => continue,
-                Poll::Ready(Some(chunk)) => {
-                    store.data_mut().cpu.ticks = this.item_ticks;
-                    this.moved.store(true, Ordering::Relaxed);
-                    destination.set_buffer(chunk);
-                    Poll::Ready(Ok(StreamResult::Completed))
-                }
-                Poll::Ready(None) => Poll::Ready(Ok(StreamResult::Dropped)),
-                Poll::Pending if finish => Poll::Ready(Ok(StreamResult::Cancelled)),
-                Poll::Pending => Poll::Pending,
-            };
-        }
-    }
-}
-
-/// One of the guest's outputs, taken only when the caller's side has room.
-struct Output {
-    out: mpsc::Sender<RawOutput>,
-    stderr: bool,
-    item_ticks: u64,
-    /// Dropped with the consumer: this output has ended.
-    _done: oneshot::Sender<()>,
-}
-
-impl StreamConsumer<StoreState> for Output {
-    type Item = u8;
-
-    fn poll_consume(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        mut store: StoreContextMut<'_, StoreState>,
-        source: Source<'_, u8>,
-        finish: bool,
-    ) -> Poll<wasmtime::Result<StreamResult>> {
-        let this = self.get_mut();
-        match this.out.poll_ready(cx) {
-            Poll::Ready(Ok(())) => {}
-            Poll::Ready(Err(_)) => return Poll::Ready(Ok(StreamResult::Dropped)),
-            Poll::Pending if finish => return Poll::Ready(Ok(StreamResult::Cancelled)),
-            Poll::Pending => return Poll::Pending,
-        }
-        if source.remaining(&mut store) == 0 {
-            return Poll::Ready(Ok(StreamResult::Completed));
-        }
-        let bytes = {
-            let mut direct = source.as_direct(store.as_context_mut());
-            let take = direct.remaining().len().min(CHUNK_BYTES);
-            let bytes = Bytes::copy_from_slice(&direct.remaining()[..take]);
-            direct.mark_read(take);
-            bytes
-        };
-        store.data_mut().cpu.ticks = this.item_ticks;
-        let output = if this.stderr {
-            RawOutput::Stderr(bytes)
-        } else {
-            RawOutput::Stdout(bytes)
-        };
-        if this.out.start_send(output).is_err() {
-            return Poll::Ready(Ok(StreamResult::Dropped));
-        }
-        Poll::Ready(Ok(StreamResult::Completed))
     }
 }
 

@@ -3,15 +3,17 @@
 //! stdin handed on as it writes it and the operation's stdout and stderr
 //! pulled only as it reads them.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
-use std::sync::Arc;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
 
-use super::{Nested, RollUp, cpu_left, guest_error, parse_input};
-use crate::call::{CallError, CallRequest};
+use super::{Nested, guest_error};
+use crate::call::CallError;
 use crate::capabilities::invoke::{GuestError, NestedRaw};
 use crate::runtime::RawOutput;
 
@@ -27,85 +29,53 @@ impl Nested {
         input: String,
         stdin: BoxStream<'static, Bytes>,
     ) -> BoxFuture<'static, Result<NestedRaw, GuestError>> {
-        let open = match self.admit(&input) {
-            Ok(open) => open,
-            Err(e) => return futures::future::ready(Err(e)).boxed(),
-        };
-        let tenant = &self.identity.tenant;
-        let (dispatcher, request) = (self.dispatcher.clone(), self.request(operation.clone()));
-        let (parent, cpu) = (self.meter.clone(), self.cpu);
-        let (started, started_rx) = tokio::sync::oneshot::channel();
         let (stdout, stdout_rx) = mpsc::channel::<Bytes>(1);
         let (stderr, stderr_rx) = mpsc::channel::<Bytes>(1);
-        let (status, status_rx) = tokio::sync::oneshot::channel::<Result<u8, CallError>>();
-        let task = self
-            .dispatcher
-            .spawn_on_share(tenant, &operation, async move {
-                let _open = open;
-                let input = cpu_left(&parent, cpu).and_then(|_| parse_input(&input));
-                let (ran, _roll_up) = match input {
-                    Ok(input) => {
-                        let ran = dispatcher
-                            .run_raw_metered(CallRequest { input, ..request }, stdin)
-                            .await;
-                        let meter = ran.meter;
-                        (ran.result, Some(RollUp { meter, parent }))
-                    }
-                    Err(e) => (Err(e), None),
-                };
-                let mut outputs = match ran {
-                    Ok(outputs) => {
-                        let _ = started.send(Ok(()));
-                        outputs
-                    }
-                    Err(e) => {
-                        let _ = started.send(Err(e));
-                        return;
-                    }
-                };
-                let (mut stdout, mut stderr) = (Some(stdout), Some(stderr));
-                while let Some(output) = outputs.next().await {
-                    let (to, bytes) = match output {
-                        Ok(RawOutput::Stdout(bytes)) => (&mut stdout, bytes),
-                        Ok(RawOutput::Stderr(bytes)) => (&mut stderr, bytes),
-                        Ok(RawOutput::Exit(code)) => {
-                            let _ = status.send(Ok(code));
-                            return;
+        let (status, status_rx) = oneshot::channel::<Result<u8, CallError>>();
+        let started =
+            self.spawn_stream(
+                operation,
+                input,
+                move |dispatcher, request| async move {
+                    dispatcher.run_raw_metered(request, stdin).await
+                },
+                move |mut outputs| async move {
+                    let (mut stdout, mut stderr) = (Some(stdout), Some(stderr));
+                    while let Some(output) = outputs.next().await {
+                        let (to, bytes) = match output {
+                            Ok(RawOutput::Stdout(bytes)) => (&mut stdout, bytes),
+                            Ok(RawOutput::Stderr(bytes)) => (&mut stderr, bytes),
+                            Ok(RawOutput::Exit(code)) => {
+                                let _ = status.send(Ok(code));
+                                return;
+                            }
+                            Err(e) => {
+                                let _ = status.send(Err(e));
+                                return;
+                            }
+                        };
+                        if let Some(sender) = to
+                            && sender.send(bytes).await.is_err()
+                        {
+                            *to = None;
                         }
-                        Err(e) => {
-                            let _ = status.send(Err(e));
-                            return;
-                        }
-                    };
-                    if let Some(sender) = to
-                        && sender.send(bytes).await.is_err()
-                    {
-                        *to = None;
                     }
-                }
-            });
+                },
+            );
         async move {
-            started_rx
-                .await
-                .unwrap_or_else(|_| Err(CallError::internal()))
-                .map_err(guest_error)?;
             // Each of the three owns the task: once the guest has dropped
             // them all, the operation stops.
-            let task = Arc::new(task);
-            let held = task.clone();
-            let stdout = tokio_stream::wrappers::ReceiverStream::new(stdout_rx)
-                .map(move |bytes| {
-                    let _task = &held;
-                    bytes
-                })
-                .boxed();
-            let held = task.clone();
-            let stderr = tokio_stream::wrappers::ReceiverStream::new(stderr_rx)
-                .map(move |bytes| {
-                    let _task = &held;
-                    bytes
-                })
-                .boxed();
+            let task = Arc::new(started.await?);
+            let output = |rx| {
+                let task = task.clone();
+                ReceiverStream::new(rx)
+                    .map(move |bytes| {
+                        let _task = &task;
+                        bytes
+                    })
+                    .boxed()
+            };
+            let (stdout, stderr) = (output(stdout_rx), output(stderr_rx));
             let status = async move {
                 let _task = task;
                 status_rx

@@ -1,8 +1,10 @@
 //! A client for the envelope protocol, over TCP or WebSocket, either of
-//! them inside TLS (`tls://`, `wss://`; see the `dial` module).
+//! them inside TLS (`tls://`, `wss://`), or QUIC (`quic://`); see the
+//! `dial` module.
 //!
 //! One [`Client`] is one connection; calls and subscriptions on it run
-//! concurrently. Dropping a [`ClientSubscription`] before it ends sends
+//! concurrently. Over QUIC each call has a stream of its own (see the
+//! `route` module). Dropping a [`ClientSubscription`] before it ends sends
 //! `call.aborted`, which stops the guest on the host.
 //!
 //! ```no_run
@@ -20,23 +22,25 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use futures::{SinkExt, Stream, StreamExt};
+use futures::{Stream, StreamExt};
 use serde_json::{Value, json};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 pub use super::dial::tls_config;
-use super::wire::{self, CALL_ABORTED, CALL_COMPLETED, CALL_ERROR, CALL_REQUESTED, CALL_RESPONDED};
+use super::dial::{Dialed, dial};
+use super::wire::{CALL_ABORTED, CALL_COMPLETED, CALL_ERROR, CALL_REQUESTED, CALL_RESPONDED};
 use crate::call::CallError;
 pub use raw::{ClientRaw, RawEvent, RawInput};
+use route::{Replies, Reply, Route};
 
 mod raw;
+mod route;
 
 /// Why a client call failed.
 #[derive(Debug, thiserror::Error)]
@@ -70,20 +74,6 @@ pub enum ClientError {
     Protocol(String),
 }
 
-/// What arrives for one call: an envelope, or a raw chunk of a
-/// byte-stream call (its stream type and bytes).
-#[derive(Debug)]
-enum Reply {
-    Envelope(Value),
-    Chunk(u8, Bytes),
-}
-
-/// Where the replies of one call go, as they arrive.
-type Replies = mpsc::UnboundedSender<Reply>;
-
-/// A frame to send, and who to tell once it is written.
-type Outgoing = (Bytes, Option<oneshot::Sender<()>>);
-
 /// A connection to an opbox host.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -92,14 +82,18 @@ pub struct Client {
 
 #[derive(Debug)]
 struct Inner {
-    out: mpsc::UnboundedSender<Outgoing>,
-    calls: Arc<Mutex<HashMap<String, Replies>>>,
+    carrier: Carrier,
     next_id: AtomicU64,
     token: Option<String>,
 }
 
-fn lock(calls: &Mutex<HashMap<String, Replies>>) -> MutexGuard<'_, HashMap<String, Replies>> {
-    calls.lock().unwrap_or_else(PoisonError::into_inner)
+/// How the client's calls reach the host.
+#[derive(Debug)]
+enum Carrier {
+    /// One connection for every call.
+    Shared(Route),
+    /// A QUIC connection: each call on a stream of its own.
+    Quic(quinn::Connection),
 }
 
 impl Client {
@@ -119,26 +113,23 @@ impl Client {
         token: Option<String>,
         tls: Option<Arc<rustls::ClientConfig>>,
     ) -> Result<Self, ClientError> {
-        let calls = Arc::new(Mutex::new(HashMap::new()));
-        let (out, outgoing) = mpsc::unbounded_channel::<Outgoing>();
-        let (incoming, sink, token_sent) = super::dial::dial(url, token.as_deref(), tls).await?;
-        tokio::spawn(pump(incoming, sink, outgoing, calls.clone()));
-        Ok(Self::new(out, calls, if token_sent { None } else { token }))
-    }
-
-    fn new(
-        out: mpsc::UnboundedSender<Outgoing>,
-        calls: Arc<Mutex<HashMap<String, Replies>>>,
-        token: Option<String>,
-    ) -> Self {
-        Self {
+        let (carrier, token) = match dial(url, token.as_deref(), tls).await? {
+            Dialed::Frames(incoming, sink, token_sent) => {
+                let route = Route::shared(incoming, sink);
+                (
+                    Carrier::Shared(route),
+                    if token_sent { None } else { token },
+                )
+            }
+            Dialed::Quic(connection) => (Carrier::Quic(connection), token),
+        };
+        Ok(Self {
             inner: Arc::new(Inner {
-                out,
-                calls,
+                carrier,
                 next_id: AtomicU64::new(1),
                 token,
             }),
-        }
+        })
     }
 
     /// Calls a query or mutation and waits for its output. A subscription
@@ -188,34 +179,22 @@ impl Client {
             .next_id
             .fetch_add(1, Ordering::Relaxed)
             .to_string();
-        let (tx, replies) = mpsc::unbounded_channel();
-        lock(&self.inner.calls).insert(id.clone(), tx);
+        let (route, replies) = match &self.inner.carrier {
+            Carrier::Shared(route) => (route.clone(), route.register(&id)),
+            Carrier::Quic(connection) => Route::own_stream(connection.clone()),
+        };
         if let Some(token) = &self.inner.token {
             payload["auth_token"] = json!(token);
         }
         // From here on, dropping the guard aborts the call.
         let guard = ClientSubscription {
-            client: self.clone(),
+            route,
             id,
             replies,
             done: false,
         };
-        self.send(CALL_REQUESTED, &guard.id, payload, None)?;
+        guard.send(CALL_REQUESTED, payload, None)?;
         Ok(guard)
-    }
-
-    fn send(
-        &self,
-        kind: &str,
-        id: &str,
-        payload: Value,
-        written: Option<oneshot::Sender<()>>,
-    ) -> Result<(), ClientError> {
-        let envelope = json!({ "type": kind, "id": id, "payload": payload });
-        self.inner
-            .out
-            .send((Bytes::from(envelope.to_string()), written))
-            .map_err(|_| ClientError::Closed)
     }
 }
 
@@ -223,9 +202,9 @@ impl Client {
 /// subscription on the host.
 #[derive(Debug)]
 pub struct ClientSubscription {
-    client: Client,
+    route: Route,
     id: String,
-    replies: mpsc::UnboundedReceiver<Reply>,
+    replies: Replies,
     done: bool,
 }
 
@@ -255,7 +234,18 @@ impl ClientSubscription {
     /// The call ended: forget it, and abort nothing on drop.
     fn finish(&mut self) {
         self.done = true;
-        lock(&self.client.inner.calls).remove(&self.id);
+        self.route.forget(&self.id);
+    }
+
+    /// Sends a `kind` envelope for this call.
+    fn send(
+        &self,
+        kind: &str,
+        payload: Value,
+        written: Option<oneshot::Sender<()>>,
+    ) -> Result<(), ClientError> {
+        let envelope = json!({ "type": kind, "id": self.id, "payload": payload });
+        self.route.send(Bytes::from(envelope.to_string()), written)
     }
 
     /// Aborts the subscription and waits until the abort has been written
@@ -271,12 +261,10 @@ impl ClientSubscription {
         if std::mem::replace(&mut self.done, true) {
             return None;
         }
-        lock(&self.client.inner.calls).remove(&self.id);
+        self.route.forget(&self.id);
         let (tx, rx) = oneshot::channel();
         let tx = wait.then_some(tx);
-        self.client
-            .send(CALL_ABORTED, &self.id, json!({}), tx)
-            .ok()?;
+        self.send(CALL_ABORTED, json!({}), tx).ok()?;
         Some(rx)
     }
 }
@@ -301,56 +289,4 @@ fn output(mut envelope: Value) -> Result<Option<Value>, ClientError> {
             "unexpected envelope {envelope}"
         ))),
     }
-}
-
-/// Moves frames between the transport and the calls until either side ends.
-async fn pump<I, S>(
-    mut incoming: I,
-    mut sink: S,
-    mut outgoing: mpsc::UnboundedReceiver<Outgoing>,
-    calls: Arc<Mutex<HashMap<String, Replies>>>,
-) where
-    I: Stream<Item = Result<Bytes, String>> + Unpin,
-    S: futures::Sink<Bytes> + Unpin,
-{
-    loop {
-        tokio::select! {
-            frame = outgoing.recv() => match frame {
-                Some((frame, written)) => {
-                    if sink.send(frame).await.is_err() {
-                        break;
-                    }
-                    if let Some(written) = written {
-                        let _ = written.send(());
-                    }
-                }
-                None => break,
-            },
-            frame = incoming.next() => {
-                let Some(Ok(frame)) = frame else { break };
-                if wire::is_chunk(&frame) {
-                    let Ok((stream_type, id, data)) = wire::split_chunk(&frame) else { break };
-                    if let Some(replies) = lock(&calls).get(&id) {
-                        let _ = replies.send(Reply::Chunk(stream_type, data));
-                    }
-                    continue;
-                }
-                let Ok(envelope) = serde_json::from_slice::<Value>(&frame) else { break };
-                let id = envelope["id"].as_str().unwrap_or_default().to_owned();
-                let calls = lock(&calls);
-                match calls.get(&id) {
-                    Some(replies) => { let _ = replies.send(Reply::Envelope(envelope)); }
-                    // A connection-level error ends every call.
-                    None if id.is_empty() => {
-                        for replies in calls.values() {
-                            let _ = replies.send(Reply::Envelope(envelope.clone()));
-                        }
-                    }
-                    None => {}
-                }
-            }
-        }
-    }
-    // Every call still waiting learns the connection is gone.
-    lock(&calls).clear();
 }

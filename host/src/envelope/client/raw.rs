@@ -7,7 +7,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
-use super::{CALL_COMPLETED, CALL_ERROR, Client, ClientError, ClientSubscription, Reply};
+use super::{CALL_COMPLETED, CALL_ERROR, Client, ClientError, ClientSubscription, Reply, Route};
 use crate::envelope::wire::{self, RAW_STDERR, RAW_STDIN, RAW_STDOUT, RAW_WINDOW};
 
 /// The most stdin bytes sent in one chunk.
@@ -37,7 +37,7 @@ pub struct ClientRaw {
 /// the same stdin.
 #[derive(Debug, Clone)]
 pub struct RawInput {
-    client: Client,
+    route: Route,
     id: String,
     /// Bytes the host has granted and this side has not sent.
     credit: Arc<Semaphore>,
@@ -52,7 +52,7 @@ impl Client {
             "carriage": "raw",
         }))?;
         let input = RawInput {
-            client: self.clone(),
+            route: call.route.clone(),
             id: call.id.clone(),
             credit: Arc::new(Semaphore::new(RAW_WINDOW)),
         };
@@ -135,10 +135,6 @@ impl RawInput {
 
     fn send(&self, data: &[u8]) -> Result<(), ClientError> {
         let frame = wire::chunk_frame(&self.id, RAW_STDIN, data);
-        self.client
-            .inner
-            .out
-            .send((Bytes::from(frame), None))
-            .map_err(|_| ClientError::Closed)
+        self.route.send(Bytes::from(frame), None)
     }
 }
