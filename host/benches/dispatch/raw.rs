@@ -122,7 +122,10 @@ pub(crate) async fn bench_raw() {
     println!("| transport | calls/s | p50 | p99 |\n|---|---|---|---|");
     for (name, target) in [
         ("TCP + TLS, one connection", format!("tls://{tcp}")),
-        ("QUIC, one connection, one stream", format!("quic://{quic}")),
+        (
+            "QUIC, one connection, a stream per call",
+            format!("quic://{quic}"),
+        ),
     ] {
         let tls = tls.clone();
         let (rate, stats) = tokio::task::spawn_blocking(move || {

@@ -26,7 +26,7 @@ use futures::{FutureExt, Stream, StreamExt};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
 use wasmtime::StoreContextMut;
-use wasmtime::component::{FutureConsumer, Source, StreamReader};
+use wasmtime::component::{FutureConsumer, Source, StreamConsumer, StreamReader};
 
 use super::bindings;
 use super::busy::Busy;
@@ -85,14 +85,13 @@ impl Plugin {
         let meter = invocation.meter.clone();
         let invocation = invocation.clone();
         let op = op.to_owned();
-        let driver =
-            async move {
-                let mut store = plugin.new_store(&invocation, budget)?;
-                let instance = plugin.instantiate_instance(&mut store).await?;
-                let guest = indices
-                    .load(&mut store, &instance)
-                    .map_err(|e| classify(&mut store, e))?;
-                let result = store
+        let driver = async move {
+            let mut store = plugin.new_store(&invocation, budget)?;
+            let instance = plugin.instantiate_instance(&mut store).await?;
+            let guest = indices
+                .load(&mut store, &instance)
+                .map_err(|e| classify(&mut store, e))?;
+            let result = store
                 .run_concurrent(
                     async |accessor| -> wasmtime::Result<Result<Option<WitStatus>, GuestError>> {
                         // Each chunk the guest takes refills its CPU
@@ -112,19 +111,13 @@ impl Plugin {
                         let (status_tx, status_rx) = oneshot::channel::<WitStatus>();
                         let (stdout_done, stdout_ended) = oneshot::channel::<()>();
                         let (stderr_done, stderr_ended) = oneshot::channel::<()>();
-                        // Each output is taken only when the caller's
-                        // side has room; each chunk refills the budget.
-                        let output = |wrap, done: oneshot::Sender<()>| {
-                            ChunkConsumer::new(out_tx.clone(), wrap, move |state: &mut StoreState| {
-                                // `done` goes with the consumer: its drop
-                                // says this output has ended.
-                                let _done = &done;
-                                state.cpu.ticks = item_ticks;
-                            })
-                        };
                         accessor.with(|mut access| -> wasmtime::Result<()> {
-                            stdout.pipe(&mut access, output(RawOutput::Stdout, stdout_done))?;
-                            stderr.pipe(&mut access, output(RawOutput::Stderr, stderr_done))?;
+                            let stdout_out =
+                                output(&out_tx, RawOutput::Stdout, item_ticks, stdout_done);
+                            let stderr_out =
+                                output(&out_tx, RawOutput::Stderr, item_ticks, stderr_done);
+                            stdout.pipe(&mut access, stdout_out)?;
+                            stderr.pipe(&mut access, stderr_out)?;
                             status.pipe(&mut access, Status(Some(status_tx)))
                         })?;
                         let _ = started_tx.send(());
@@ -138,17 +131,17 @@ impl Plugin {
                 )
                 .await
                 .and_then(|r| r);
-                meter_fuel(&store, &invocation.meter);
-                match result {
-                    Ok(Ok(Some(status))) => Ok(status),
-                    Ok(Ok(None)) => Err(InvokeError::Host(
-                        "the operation ended without a status".into(),
-                    )),
-                    Ok(Err(e)) => Err(InvokeError::Guest(e)),
-                    Err(e) => Err(classify(&mut store, e)),
-                }
+            meter_fuel(&store, &invocation.meter);
+            match result {
+                Ok(Ok(Some(status))) => Ok(status),
+                Ok(Ok(None)) => Err(InvokeError::Host(
+                    "the operation ended without a status".into(),
+                )),
+                Ok(Err(e)) => Err(InvokeError::Guest(e)),
+                Err(e) => Err(classify(&mut store, e)),
             }
-            .boxed();
+        }
+        .boxed();
         let mut call = RawCall {
             driver: Some(Busy::new(driver, meter).boxed()),
             outcome: None,
@@ -296,6 +289,21 @@ impl Stream for RawCall {
             },
         }
     }
+}
+
+/// One of the guest's outputs, taken only when the caller's side has room;
+/// each chunk refills the guest's CPU budget. `done` goes with it: its drop
+/// says this output has ended.
+fn output(
+    out: &mpsc::Sender<RawOutput>,
+    wrap: fn(Bytes) -> RawOutput,
+    item_ticks: u64,
+    done: oneshot::Sender<()>,
+) -> impl StreamConsumer<StoreState, Item = u8> {
+    ChunkConsumer::new(out.clone(), wrap, move |state: &mut StoreState| {
+        let _done = &done;
+        state.cpu.ticks = item_ticks;
+    })
 }
 
 /// The guest's exit status, kept for the end of the call.
