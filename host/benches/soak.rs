@@ -6,6 +6,7 @@
 //! cargo bench -p opbox --bench soak                 # 60 s of attack
 //! OPBOX_SOAK_SECS=20 cargo bench -p opbox --bench soak
 //! OPBOX_SOAK_ATTACKER_CPUS=1 cargo bench -p opbox --bench soak  # the attacker pinned (taskset)
+//! OPBOX_SOAK_ATTACKER_RATE=1000 cargo bench -p opbox --bench soak  # the attacker's tenant held to 1,000 calls/s
 //! OPBOX_SOAK_SECS=0 cargo bench -p opbox --bench soak    # the compile bombs only
 //! ```
 //!
@@ -86,6 +87,7 @@ anonymous = true
 [[tenants.tokens]]
 id = "attacker"
 sha256 = "{attacker}"
+{attacker_quotas}
 
 [[plugins]]
 path = "{plugins}/hostile_edge.wasm"
@@ -98,6 +100,21 @@ path = "{plugins}/fixture_hog.wasm"
 [[plugins]]
 path = "{plugins}/fixture_slow.wasm"
 "#;
+
+/// The attacker's tenant quotas beyond the defaults: a rate, when
+/// `OPBOX_SOAK_ATTACKER_RATE` asks for one (calls per second), as an
+/// operator would set it for a tenant that needs no more.
+fn attacker_quotas() -> String {
+    match std::env::var("OPBOX_SOAK_ATTACKER_RATE") {
+        Ok(rate) => {
+            let rate: f64 = rate
+                .parse()
+                .expect("OPBOX_SOAK_ATTACKER_RATE: calls per second");
+            format!("[tenants.quotas]\ncalls_per_second = {rate:?}\n")
+        }
+        Err(_) => String::new(),
+    }
+}
 
 fn main() {
     if let Ok(target) = std::env::var("OPBOX_SOAK_ATTACK") {
@@ -120,11 +137,15 @@ fn main() {
         .replace("{data}", &data.path().display().to_string())
         .replace("{plugins}", env!("OPBOX_PLUGINS_DIR"))
         .replace("{victim}", &opbox::tenants::hash_token_hex(VICTIM))
-        .replace("{attacker}", &opbox::tenants::hash_token_hex(ATTACKER));
+        .replace("{attacker}", &opbox::tenants::hash_token_hex(ATTACKER))
+        .replace("{attacker_quotas}", &attacker_quotas());
     let path = data.path().join("opbox.toml");
     std::fs::write(&path, config).unwrap();
     let (mut host, http, tcp) = start_host(&path);
     println!("# opbox soak: {secs} s of every attack at once, victim at {RATE} calls/s");
+    if let Ok(rate) = std::env::var("OPBOX_SOAK_ATTACKER_RATE") {
+        println!("\nThe attacker's tenant is held to {rate} calls/s.");
+    }
     println!();
     // Warm the caches and the pool first.
     runtime.block_on(victim(&http, Duration::from_secs(3)));

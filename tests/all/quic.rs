@@ -330,11 +330,11 @@ async fn a_quic_peer_that_goes_away_stops_its_byte_stream_operation() {
     );
 }
 
-/// Over QUIC each call of opbox's client has a stream of its own: a
-/// byte-stream call whose output the caller does not read holds its
-/// operation back (the client takes a few frames, then QUIC's flow control
-/// stops the host), while other calls on the connection are answered; read
-/// again, every byte arrives.
+/// Over QUIC each byte-stream call of opbox's client has a stream of its
+/// own: one whose output the caller does not read holds its operation
+/// back (the client takes a few frames, then QUIC's flow control stops the
+/// host), while other calls on the connection are answered; read again,
+/// every byte arrives.
 #[tokio::test]
 async fn over_quic_a_call_that_is_not_read_holds_back_only_its_operation() {
     let dir = tempfile::tempdir().expect("a directory");

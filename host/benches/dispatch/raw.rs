@@ -123,7 +123,7 @@ pub(crate) async fn bench_raw() {
     for (name, target) in [
         ("TCP + TLS, one connection", format!("tls://{tcp}")),
         (
-            "QUIC, one connection, a stream per call",
+            "QUIC, one connection, JSON calls on one stream",
             format!("quic://{quic}"),
         ),
     ] {

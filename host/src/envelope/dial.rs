@@ -7,7 +7,7 @@
 //! | `tls://HOST:PORT` | the same inside TLS (`[envelope] tls`) |
 //! | `ws://HOST:PORT/call` | one envelope per WebSocket message |
 //! | `wss://HOST:PORT/call` | the same inside TLS (`[gateway] tls`) |
-//! | `quic://HOST:PORT` | length-prefixed frames on a QUIC stream of each call's own (`quic_listen`) |
+//! | `quic://HOST:PORT` | length-prefixed frames on QUIC streams: one for JSON calls, one for each byte-stream call (`quic_listen`) |
 //!
 //! TLS checks the host's certificate against the web's roots and any
 //! certificates the caller adds (a private CA, or a self-signed host's own
@@ -74,7 +74,7 @@ pub(super) enum Dialed {
     /// `token` went on the connection itself (a WebSocket upgrade's
     /// `Authorization`) rather than with each call.
     Frames(Incoming, Outgoing, bool),
-    /// A QUIC connection, on which each call opens a stream of its own
+    /// A QUIC connection, on which streams are opened as calls need them
     /// ([`open_stream`]).
     Quic(quinn::Connection),
 }

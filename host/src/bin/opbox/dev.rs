@@ -291,6 +291,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_python_plugin_exporting_raw_is_built_for_plugin_raw() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = dir.path().join("app.py");
+        std::fs::write(&app, "Handler = plugin.handler()\n").unwrap();
+        assert_eq!(python_world(dir.path()), "opbox:plugin/plugin");
+        std::fs::write(
+            &app,
+            "Handler = plugin.handler()\nRaw = plugin.raw_handler()\n",
+        )
+        .unwrap();
+        assert_eq!(python_world(dir.path()), "opbox:plugin/plugin-raw");
+        // A mention in a comment or a string is not an export.
+        std::fs::write(&app, "# Raw = plugin.raw_handler()\n").unwrap();
+        assert_eq!(python_world(dir.path()), "opbox:plugin/plugin");
+    }
+
+    #[test]
     fn only_sources_start_a_build() {
         let cases = [
             (Lang::Rust, "/p/src/lib.rs", true),

@@ -3,8 +3,8 @@
 //! `dial` module.
 //!
 //! One [`Client`] is one connection; calls and subscriptions on it run
-//! concurrently. Over QUIC each call has a stream of its own (see the
-//! `route` module). Dropping a [`ClientSubscription`] before it ends sends
+//! concurrently. Over QUIC each byte-stream call has a stream of its own
+//! (see the `route` module). Dropping a [`ClientSubscription`] before it ends sends
 //! `call.aborted`, which stops the guest on the host.
 //!
 //! ```no_run
@@ -33,7 +33,7 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
 pub use super::dial::tls_config;
-use super::dial::{Dialed, dial};
+use super::dial::{Dialed, dial, open_stream};
 use super::wire::{CALL_ABORTED, CALL_COMPLETED, CALL_ERROR, CALL_REQUESTED, CALL_RESPONDED};
 use crate::call::CallError;
 pub use raw::{ClientRaw, RawEvent, RawInput};
@@ -92,8 +92,12 @@ struct Inner {
 enum Carrier {
     /// One connection for every call.
     Shared(Route),
-    /// A QUIC connection: each call on a stream of its own.
-    Quic(quinn::Connection),
+    /// A QUIC connection: JSON calls share one stream (`shared`); each
+    /// byte-stream call opens a stream of its own.
+    Quic {
+        connection: quinn::Connection,
+        shared: Route,
+    },
 }
 
 impl Client {
@@ -121,7 +125,17 @@ impl Client {
                     if token_sent { None } else { token },
                 )
             }
-            Dialed::Quic(connection) => (Carrier::Quic(connection), token),
+            Dialed::Quic(connection) => {
+                let (incoming, sink) =
+                    open_stream(&connection)
+                        .await
+                        .map_err(|message| ClientError::Connect {
+                            url: url.to_owned(),
+                            message,
+                        })?;
+                let shared = Route::shared(incoming, sink);
+                (Carrier::Quic { connection, shared }, token)
+            }
         };
         Ok(Self {
             inner: Arc::new(Inner {
@@ -179,9 +193,12 @@ impl Client {
             .next_id
             .fetch_add(1, Ordering::Relaxed)
             .to_string();
+        let raw = payload["carriage"] == "raw";
         let (route, replies) = match &self.inner.carrier {
-            Carrier::Shared(route) => (route.clone(), route.register(&id)),
-            Carrier::Quic(connection) => Route::own_stream(connection.clone()),
+            Carrier::Quic { connection, .. } if raw => Route::own_stream(connection.clone()),
+            Carrier::Shared(route) | Carrier::Quic { shared: route, .. } => {
+                (route.clone(), route.register(&id))
+            }
         };
         if let Some(token) = &self.inner.token {
             payload["auth_token"] = json!(token);

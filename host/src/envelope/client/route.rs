@@ -3,10 +3,12 @@
 //! Over TCP, TLS and WebSocket every call of a [`Client`](super::Client)
 //! shares its one connection: a pump reads everything that arrives and
 //! sorts it by call id, buffering what a call has not read yet. Over QUIC
-//! each call opens a bidirectional stream of its own, as alknet has it: its
-//! replies wait in a channel of a few frames, and past that the stream is
-//! not read, so QUIC's flow control holds that call back on the host, and
-//! only that call.
+//! JSON calls share one stream the same way, and each byte-stream call
+//! opens a bidirectional stream of its own, as alknet has it: its replies
+//! wait in a channel of a few frames, and past that the stream is not
+//! read, so QUIC's flow control holds that call back on the host, and only
+//! that call. (A stream for every JSON call too cost a third of the calls
+//! per second: `docs/performance.md`.)
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
