@@ -16,9 +16,10 @@
 //!   and serves them.
 //! - [`config`]: the configuration file, one section per layer below.
 //! - [`gateway`]: HTTP routes (`/call`, `/batch`, `/subscribe` as SSE,
-//!   `/search`, `/schema`, `/openapi.json`, `/healthz`, the WebSocket
-//!   upgrade, `/admin/v1/plugins`, `/admin/v1/events`); the only module
-//!   that knows axum.
+//!   `/ops/…`, `/raw/…`, the `wasi:http` mounts at `/http/…`, `/search`,
+//!   `/schema`, `/openapi.json`, `/healthz`, the WebSocket upgrade,
+//!   `/admin/v1/plugins`, `/admin/v1/events`); the only module that knows
+//!   axum.
 //! - [`envelope`]: the envelope protocol over TCP and WebSocket, and a
 //!   client for it.
 //! - [`cluster`]: hosts calling each other over NATS: each serves the

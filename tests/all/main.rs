@@ -55,3 +55,4 @@ mod traces;
 mod uploads;
 mod util;
 mod validators;
+mod wasi_http;

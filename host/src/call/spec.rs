@@ -16,6 +16,9 @@ pub enum OpType {
     Subscription,
     /// One input, then bytes both ways: the raw carriage (`docs/raw.md`).
     Raw,
+    /// An HTTP request in, an HTTP response out: a standard `wasi:http`
+    /// component, mounted at `/http/{name}/` (`docs/wasi-http.md`).
+    Http,
 }
 
 impl OpType {

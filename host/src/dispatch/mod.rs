@@ -13,6 +13,7 @@ mod drain;
 mod executor;
 mod failure;
 mod handler;
+mod http;
 mod logged;
 mod nested;
 mod pipeline;
@@ -45,6 +46,7 @@ use executor::CallExecutor;
 pub use handler::{
     CallContext, Handler, NativeOnce, NativeStream, Operation, Registry, plugin_operations,
 };
+pub use http::{HttpPart, HttpParts};
 use logged::{CallLog, Labels, Logged};
 use pipeline::{Target, visible};
 pub use raw::{RawInput, RawOutputs};

@@ -35,6 +35,8 @@ pub(super) enum Kind {
     Stream,
     /// A byte-stream operation (the raw carriage).
     Raw,
+    /// An HTTP request to a `wasi:http` component.
+    Http,
 }
 
 /// Where an admitted call runs.
@@ -75,12 +77,14 @@ impl Dispatcher {
                 Kind::Once => op.spec.op_type.is_once(),
                 Kind::Stream => op.spec.op_type == OpType::Subscription,
                 Kind::Raw => op.spec.op_type == OpType::Raw,
+                Kind::Http => op.spec.op_type == OpType::Http,
             };
             if !asked {
                 let how = match op.spec.op_type {
                     OpType::Query | OpType::Mutation => "a query or mutation; call it",
                     OpType::Subscription => "a subscription; subscribe to it",
                     OpType::Raw => "a byte-stream operation; call it with the raw carriage",
+                    OpType::Http => "an HTTP component; send it requests under `/http/`",
                 };
                 return Err(CallError::new(
                     ErrorCode::InvalidOperationType,
@@ -90,7 +94,7 @@ impl Dispatcher {
         }
         let admission = match (request.origin, kind) {
             (Origin::Nested { .. }, _) => None,
-            (Origin::Wire(_), Kind::Once) => Some(tenant.usage.admit_call()?),
+            (Origin::Wire(_), Kind::Once | Kind::Http) => Some(tenant.usage.admit_call()?),
             // A byte stream stays open as a subscription does.
             (Origin::Wire(_), Kind::Stream | Kind::Raw) => Some(tenant.usage.admit_subscription()?),
         };

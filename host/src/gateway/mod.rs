@@ -7,6 +7,8 @@
 //! | `POST /batch` | `call::batch`: several, run concurrently, results in order |
 //! | `POST /subscribe` | `subscribe::subscribe`: a subscription as SSE |
 //! | `POST /ops/{ns}/{op}` | `ops::op`: one operation, input and output as the bodies |
+//! | `POST /raw/{ns}/{op}` | `raw::raw`: a byte-stream operation, stdin and stdout as the bodies |
+//! | `/http/{name}/…` | `http::http`: a request to a standard `wasi:http` component |
 //! | `GET /search?q=` | `discovery::search`: the caller's visible operations |
 //! | `GET /schema?name=` | `discovery::schema`: one operation's full spec |
 //! | `GET /openapi.json` | `discovery::openapi`: OpenAPI 3.1, the caller's view |
@@ -23,6 +25,7 @@ mod call;
 mod discovery;
 mod error;
 mod events;
+mod http;
 mod idle;
 mod mcp;
 mod ops;
@@ -38,7 +41,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use tokio_util::task::TaskTracker;
 
 pub use error::ApiError;
@@ -133,6 +136,9 @@ pub fn router(dispatcher: Dispatcher, config: GatewayConfig, websockets: TaskTra
         .route("/subscribe", post(subscribe::subscribe))
         .route("/ops/{namespace}/{op}", post(ops::op))
         .route("/raw/{namespace}/{op}", post(raw::raw))
+        .route("/http/{name}", any(http::http))
+        .route("/http/{name}/", any(http::http))
+        .route("/http/{name}/{*path}", any(http::http))
         .route("/search", get(discovery::search))
         .route("/schema", get(discovery::schema))
         .route("/openapi.json", get(discovery::openapi))

@@ -189,9 +189,12 @@ impl Plugin {
         &self,
         store: &mut Store<StoreState>,
     ) -> Result<bindings::Plugin, InvokeError> {
-        self.pre
-            .instantiate_async(&mut *store)
-            .await
+        let instance = self.instantiate_instance(store).await?;
+        let handler = self
+            .handler()
+            .ok_or_else(|| InvokeError::Host("the component has no operations".into()))?;
+        handler
+            .load(&mut *store, &instance)
             .map_err(|e| instantiate_failed(store, e))
     }
 
@@ -202,7 +205,6 @@ impl Plugin {
         store: &mut Store<StoreState>,
     ) -> Result<wasmtime::component::Instance, InvokeError> {
         self.pre
-            .instance_pre()
             .instantiate_async(&mut *store)
             .await
             .map_err(|e| instantiate_failed(store, e))

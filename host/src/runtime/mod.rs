@@ -13,6 +13,7 @@
 mod busy;
 mod cache;
 mod compile;
+mod http;
 mod invoke;
 mod lanes;
 mod limits;
@@ -38,10 +39,11 @@ use wasmtime::component::Linker;
 
 pub(crate) use busy::Busy;
 pub use compile::{CompileLimits, child_main as compile_child_main};
+pub use http::{HttpBodyError, HttpRequestBody, HttpResponse, HttpResponseBody, request_body};
 pub use invoke::{Invocation, InvokeError};
 pub use limits::{LimitHit, PluginLimits, PluginLimitsConfig};
 pub use manifest::ManifestLimits;
-pub use plugin::{Counted, LoadOptions, Plugin, PluginOperation};
+pub use plugin::{Counted, HTTP_OPERATION, LoadOptions, Plugin, PluginOperation};
 pub use pool::{KEEP_RESIDENT_BYTES, MemoryReset};
 pub use raw::{RawCall, RawOutput};
 pub use reuse::ReuseConfig;
@@ -310,7 +312,6 @@ impl Runtime {
             .linker
             .instantiate_pre(&component)
             .map_err(|e| LoadError::Link(format!("{e:#}")))?;
-        let pre = bindings::PluginPre::new(pre).map_err(|e| LoadError::Link(format!("{e:#}")))?;
         let imports = component
             .component_type()
             .imports(engine)

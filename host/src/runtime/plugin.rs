@@ -8,6 +8,9 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+use wasmtime::component::InstancePre;
+use wasmtime_wasi_http::p2::bindings::ProxyIndices;
+
 use super::bindings;
 use super::invoke::{Invocation, InvokeError};
 use super::limits::{Dropped, Occupancy, PluginLimits};
@@ -52,9 +55,15 @@ pub(crate) struct PluginOp {
 /// A plugin ready to serve calls.
 pub struct Plugin {
     pub(crate) runtime: Runtime,
-    pub(crate) pre: bindings::PluginPre<StoreState>,
+    pub(crate) pre: InstancePre<StoreState>,
+    /// Its operations' export (`opbox:plugin/handler`); `None` for a
+    /// `wasi:http` component.
+    handler: Option<bindings::PluginIndices>,
     /// Its byte-stream operations' export, when it has one.
     pub(crate) raw: Option<bindings::raw::GuestIndices>,
+    /// Its `wasi:http/incoming-handler@0.2` export, for a standard HTTP
+    /// component (`docs/wasi-http.md`).
+    pub(crate) http: Option<ProxyIndices>,
     pub(crate) name: Arc<str>,
     version: String,
     digest: String,
@@ -120,18 +129,37 @@ impl std::fmt::Debug for Plugin {
 impl Plugin {
     pub(crate) async fn load(
         runtime: Runtime,
-        pre: bindings::PluginPre<StoreState>,
+        pre: InstancePre<StoreState>,
         digest: String,
         imports: Vec<String>,
         options: LoadOptions,
     ) -> Result<Arc<Self>, LoadError> {
         let alive = runtime.inner.plugins.enter();
-        // A plugin without the `raw` export has no byte-stream operations.
-        let raw = bindings::raw::GuestIndices::new(pre.instance_pre()).ok();
+        // An opbox plugin exports `handler`, and `raw` when it has
+        // byte-stream operations; a standard HTTP component exports
+        // `wasi:http/incoming-handler` instead.
+        let handler = bindings::PluginIndices::new(&pre);
+        let raw = bindings::raw::GuestIndices::new(&pre).ok();
+        let http = handler
+            .is_err()
+            .then(|| ProxyIndices::new(&pre).ok())
+            .flatten();
+        let handler = match (handler, &http) {
+            (Ok(handler), _) => Some(handler),
+            (Err(_), Some(_)) => None,
+            (Err(e), None) => {
+                return Err(LoadError::Link(format!(
+                    "the component exports neither `opbox:plugin/handler` (an opbox plugin) \
+                     nor `wasi:http/incoming-handler@0.2` (an HTTP component): {e:#}"
+                )));
+            }
+        };
         let mut plugin = Self {
             runtime,
             pre,
+            handler,
             raw,
+            http,
             name: Arc::from(options.name.as_deref().unwrap_or("loading")),
             version: String::new(),
             digest,
@@ -152,16 +180,12 @@ impl Plugin {
             outbound: capabilities::check(&options.grants).map_err(LoadError::Grant)?,
             grants: Arc::new(options.grants),
         };
+        if plugin.http.is_some() {
+            return plugin.mounted(options.name);
+        }
         let (manifest, raw) = plugin.describe().await?;
         let name = options.name.unwrap_or(manifest.name);
-        if !is_valid_segment(&name) {
-            return Err(LoadError::Manifest(format!(
-                "plugin name `{}` is not valid ([a-z0-9_-]+, at most {} bytes)",
-                crate::call::cut(&name, 64),
-                crate::call::MAX_SEGMENT_BYTES
-            )));
-        }
-        plugin.name = Arc::from(name);
+        plugin.name = checked_name(name)?;
         plugin.version = manifest.version;
         plugin.ops = check_operations(
             manifest.operations,
@@ -169,6 +193,38 @@ impl Plugin {
             &plugin.runtime.inner.config.manifest,
         )?;
         Ok(Arc::new(plugin))
+    }
+
+    /// A `wasi:http` component, which says nothing about itself: mounted
+    /// under the name it is given, with one operation of kind `http`
+    /// (`{name}/http`) through which the dispatcher routes its requests.
+    fn mounted(mut self, name: Option<String>) -> Result<Arc<Self>, LoadError> {
+        let name = name.ok_or_else(|| {
+            LoadError::Manifest(
+                "a wasi:http component does not name itself: give it a name (`name` in \
+                 [[plugins]], or the name it is installed under)"
+                    .into(),
+            )
+        })?;
+        self.name = checked_name(name)?;
+        self.version = String::new();
+        let any = serde_json::json!({});
+        let input =
+            jsonschema::validator_for(&any).map_err(|e| LoadError::Manifest(e.to_string()))?;
+        self.ops = vec![PluginOp {
+            name: HTTP_OPERATION.into(),
+            op_type: OpType::Http,
+            description: format!(
+                "HTTP requests to `/http/{}/…` (a wasi:http component)",
+                self.name
+            ),
+            input_schema: any.clone(),
+            output_schema: any,
+            input: Arc::new(input),
+            internal: false,
+            required_scopes: Vec::new(),
+        }];
+        Ok(Arc::new(self))
     }
 
     /// What the plugin says about itself: its manifest, and its
@@ -186,7 +242,11 @@ impl Plugin {
             .instantiate_instance(&mut store)
             .await
             .map_err(describe_failed)?;
-        let exports = bindings::Plugin::new(&mut store, &instance).and_then(|handler| {
+        let handler = self
+            .handler
+            .as_ref()
+            .ok_or_else(|| LoadError::Describe("the component has no operations".into()))?;
+        let exports = handler.load(&mut store, &instance).and_then(|handler| {
             let raw = self.raw.as_ref().map(|raw| raw.load(&mut store, &instance));
             Ok((handler, raw.transpose()?))
         });
@@ -206,6 +266,17 @@ impl Plugin {
             .await
             .and_then(|r| r);
         described.map_err(|e| describe_failed(classify(&mut store, e)))
+    }
+
+    /// Its operations' export; `None` for a `wasi:http` component.
+    pub(super) fn handler(&self) -> Option<&bindings::PluginIndices> {
+        self.handler.as_ref()
+    }
+
+    /// Whether it is a standard `wasi:http` component, served at
+    /// `/http/{name}/` rather than through operations of its own.
+    pub fn is_http(&self) -> bool {
+        self.http.is_some()
     }
 
     /// The namespace the plugin is mounted under.
@@ -384,6 +455,21 @@ pub struct PluginOperation {
 
 /// A failed `describe`, for the operator: with the guest's panic message when
 /// it left one.
+/// The one operation of a `wasi:http` component, inside its namespace.
+pub const HTTP_OPERATION: &str = "http";
+
+/// `name`, if it may name a plugin.
+fn checked_name(name: String) -> Result<Arc<str>, LoadError> {
+    if !is_valid_segment(&name) {
+        return Err(LoadError::Manifest(format!(
+            "plugin name `{}` is not valid ([a-z0-9_-]+, at most {} bytes)",
+            crate::call::cut(&name, 64),
+            crate::call::MAX_SEGMENT_BYTES
+        )));
+    }
+    Ok(Arc::from(name))
+}
+
 fn describe_failed(error: InvokeError) -> LoadError {
     LoadError::Describe(match error {
         InvokeError::Trap {

@@ -281,9 +281,9 @@ impl ServerHandler for OpboxMcp {
             .dispatcher
             .callable_operations(&identity)
             .iter()
-            // Bytes both ways have no MCP form: byte-stream operations
-            // are not tools.
-            .filter(|op| op.spec.op_type != OpType::Raw)
+            // Bytes both ways, and HTTP exchanges, have no MCP form:
+            // byte-stream operations and HTTP components are not tools.
+            .filter(|op| !matches!(op.spec.op_type, OpType::Raw | OpType::Http))
             .map(|op| tools::tool(op))
             .collect();
         if self.meta_tools {

@@ -121,6 +121,7 @@ fn kind(op_type: OpType) -> &'static str {
         OpType::Mutation => "mutation",
         OpType::Subscription => "subscription",
         OpType::Raw => "raw",
+        OpType::Http => "http",
     }
 }
 

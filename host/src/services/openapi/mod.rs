@@ -65,6 +65,10 @@ pub fn document(ops: &[Arc<Operation>]) -> Value {
     for op in ops {
         let spec = &op.spec;
         let component = spec.name.replace('/', ".");
+        if spec.op_type == OpType::Http {
+            // Reached at its mount only (`typed::path`), with HTTP of its own.
+            continue;
+        }
         let input = format!("{component}.input");
         let output = format!("{component}.output");
         hoist(&mut schemas, &input, &spec.input_schema);

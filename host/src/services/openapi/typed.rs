@@ -119,6 +119,9 @@ pub(super) fn path(op: &Operation) -> (String, Value) {
     if spec.op_type == crate::call::OpType::Raw {
         return raw_path(op);
     }
+    if spec.op_type == crate::call::OpType::Http {
+        return http_path(op);
+    }
     let component = spec.name.replace('/', ".");
     let namespace = spec.name.split('/').next().unwrap_or_default();
     let input = json!({ "$ref": format!("{COMPONENTS}{component}.input") });
@@ -209,6 +212,49 @@ fn raw_path(op: &Operation) -> (String, Value) {
         "x-opbox-op-type": spec.op_type,
     } });
     (format!("/raw/{}", spec.name), item)
+}
+
+/// The mount of a `wasi:http` component, `/http/{name}/{path}`: any path
+/// below it, with the methods a handler usually takes; what it answers is
+/// the component's own.
+fn http_path(op: &Operation) -> (String, Value) {
+    let spec = &op.spec;
+    let namespace = spec.name.split('/').next().unwrap_or_default();
+    let mut responses = Map::new();
+    responses.insert(
+        "default".into(),
+        json!({
+            "description": "What the component answers; the host's own errors (no such component, no room, a trap before it answered) have the usual error body",
+            "headers": { "opbox-request-id": { "$ref": "#/components/headers/RequestId" } },
+        }),
+    );
+    let security = security(spec);
+    let mut item = Map::new();
+    for method in ["get", "post", "put", "patch", "delete"] {
+        item.insert(
+            method.into(),
+            json!({
+                "operationId": format!("{}.{method}", operation_id(&spec.name)),
+                "summary": spec.description,
+                "tags": [namespace],
+                "security": security,
+                "parameters": [
+                    { "$ref": "#/components/parameters/Deadline" },
+                    {
+                        "name": "path",
+                        "in": "path",
+                        "required": true,
+                        "description": "The path below the mount; the component sees it as `/{path}`, with the query",
+                        "schema": { "type": "string" },
+                    },
+                ],
+                "responses": responses,
+                "x-opbox-op-type": spec.op_type,
+                "x-opbox-mount": format!("/http/{namespace}/"),
+            }),
+        );
+    }
+    (format!("/http/{namespace}/{{path}}"), Value::Object(item))
 }
 
 /// Who may call `spec`: scope-free operations may be called without a token.

@@ -1,0 +1,200 @@
+//! Standard `wasi:http` components as plugins (`docs/wasi-http.md`),
+//! mounted at `/http/{name}/`: `plugins/wasi-http-echo` and
+//! `plugins/wasi-http-hello`, built against WASI 0.2 alone, unmodified.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use opbox::config::PluginConfig;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::util::{TestHost, two_tenants};
+
+/// A component of the plugins workspace, as `[[plugins]]` declares it.
+fn component(file: &str, name: &str, tenant: Option<&str>) -> PluginConfig {
+    PluginConfig {
+        path: PathBuf::from(env!("OPBOX_PLUGINS_DIR")).join(format!("{file}.wasm")),
+        reuse: None,
+        name: Some(name.into()),
+        tenant: tenant.map(Into::into),
+        grants: Default::default(),
+        limits: Default::default(),
+    }
+}
+
+/// A host serving the examples and the echo component as `echo-http`.
+async fn host_with(configure: impl FnOnce(&mut opbox::HostConfig)) -> TestHost {
+    TestHost::with_config(|config| {
+        config
+            .plugins
+            .push(component("wasi_http_echo", "echo-http", None));
+        configure(config);
+    })
+    .await
+}
+
+/// The component gets the request less its mount: method, the path below
+/// it with the query, the headers (the host's own left out) and the body;
+/// its answer comes back as it wrote it, with the host's request id.
+#[tokio::test]
+async fn a_wasi_http_component_gets_the_request_below_its_mount() {
+    let host = host_with(|_| {}).await;
+    let response = host
+        .client
+        .put(host.url("/http/echo-http/notes/7?draft=1"))
+        .header("x-mine", "kept")
+        .header("opbox-deadline-ms", "5000")
+        .body("the body, as it came")
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "text/plain");
+    assert!(response.headers().contains_key("opbox-request-id"));
+    let text = response.text().await.expect("a body");
+    let (head, body) = text.split_once("\n\n").expect("headers, then the body");
+    let mut lines = head.lines();
+    assert_eq!(lines.next(), Some("PUT /notes/7?draft=1"));
+    let headers: Vec<_> = lines.collect();
+    assert!(headers.contains(&"x-mine: kept"), "{headers:?}");
+    assert!(
+        !headers.iter().any(|h| h.starts_with("opbox-")),
+        "{headers:?}"
+    );
+    assert_eq!(body, "the body, as it came");
+
+    // The mount itself is `/`.
+    let text = host
+        .client
+        .get(host.url("/http/echo-http"))
+        .send()
+        .await
+        .expect("answered")
+        .text()
+        .await
+        .expect("a body");
+    assert!(text.starts_with("GET /\n"), "{text}");
+}
+
+/// A component built for `wasmtime serve` runs unmodified, and is listed
+/// like any plugin: in `/search` as one operation of kind `http`, and in
+/// `/openapi.json` as a mount.
+#[tokio::test]
+async fn a_component_for_wasmtime_serve_runs_unmodified_and_is_listed() {
+    let host = host_with(|config| {
+        config
+            .plugins
+            .push(component("wasi_http_hello", "hello-http", None));
+    })
+    .await;
+    let response = host
+        .client
+        .post(host.url("/http/hello-http/call"))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.expect("JSON");
+    assert_eq!(body, json!({"result": "ok", "output": {"x": 1}}));
+
+    let (_, found) = host.get("/search?q=hello-http").await;
+    let found = found["operations"].as_array().expect("operations").clone();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0]["name"], "hello-http/http");
+    assert_eq!(found[0]["op_type"], "http");
+    let (_, openapi) = host.get("/openapi.json").await;
+    assert!(
+        openapi["paths"]["/http/hello-http/{path}"]["get"].is_object(),
+        "{}",
+        openapi["paths"]
+    );
+    // Not a tool, and not something `/call` runs.
+    let (status, body) = host.call("hello-http/http", json!({})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["code"], "INVALID_OPERATION_TYPE");
+}
+
+/// A tenant's component answers that tenant only: another tenant gets the
+/// 404 a name nobody uses gets.
+#[tokio::test]
+async fn another_tenants_component_is_not_found_as_a_name_nobody_uses() {
+    let host = TestHost::with_config(|config| {
+        two_tenants(config);
+        config
+            .plugins
+            .push(component("wasi_http_echo", "mine", Some("acme")));
+    })
+    .await;
+    let get = |path: &str, token: &str| host.client.get(host.url(path)).bearer_auth(token).send();
+    let own = get("/http/mine/x", "acme").await.expect("answered");
+    assert_eq!(own.status(), StatusCode::OK);
+    let text = own.text().await.expect("a body");
+    // The caller's token is the host's, not the component's.
+    assert!(!text.to_lowercase().contains("authorization"), "{text}");
+    let other = get("/http/mine/x", "globex").await.expect("answered");
+    let nobody = get("/http/nobody/x", "globex").await.expect("answered");
+    assert_eq!(other.status(), StatusCode::NOT_FOUND);
+    assert_eq!(nobody.status(), StatusCode::NOT_FOUND);
+    let other: Value = other.json().await.expect("JSON");
+    let nobody: Value = nobody.json().await.expect("JSON");
+    assert_eq!(other["error"]["code"], nobody["error"]["code"]);
+    let message = |v: &Value| {
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .replace("mine", "NAME")
+            .replace("nobody", "NAME")
+    };
+    assert_eq!(message(&other), message(&nobody));
+}
+
+/// The plugin's limits hold: a component that computes forever is stopped
+/// at the call's deadline, and a body past `output_bytes` is cut off; the
+/// host serves the next request.
+#[tokio::test]
+async fn a_component_is_held_to_its_deadline_and_output_bytes() {
+    let host = host_with(|config| {
+        config.plugin_limits.output_bytes = Some(64 << 10);
+    })
+    .await;
+    let spin = host
+        .client
+        .get(host.url("/http/echo-http/spin"))
+        .header("opbox-deadline-ms", "500")
+        .send()
+        .await
+        .expect("answered");
+    let status = spin.status();
+    let error: Value = spin.json().await.expect("JSON");
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{error}");
+    assert_eq!(error["error"]["code"], "TIMEOUT", "{error}");
+    assert_eq!(host.wait_for_live(0, Duration::from_secs(10)).await, 0);
+
+    let within = host
+        .client
+        .get(host.url("/http/echo-http/big?bytes=65536"))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(within.bytes().await.expect("the whole body").len(), 65536);
+    let past = host
+        .client
+        .get(host.url("/http/echo-http/big?bytes=65537"))
+        .send()
+        .await
+        .expect("the head arrives");
+    assert_eq!(past.status(), StatusCode::OK);
+    assert!(
+        past.bytes().await.is_err(),
+        "a body past output_bytes is cut off"
+    );
+
+    let after = host
+        .client
+        .get(host.url("/http/echo-http/still"))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(after.status(), StatusCode::OK);
+}
