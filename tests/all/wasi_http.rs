@@ -198,3 +198,111 @@ async fn a_component_is_held_to_its_deadline_and_output_bytes() {
         .expect("answered");
     assert_eq!(after.status(), StatusCode::OK);
 }
+
+/// Installed, replaced and removed through the admin API like any plugin:
+/// requests sent one after another while it is replaced are all answered,
+/// by one version or the other, and once it is removed its mount is
+/// `NOT_FOUND`.
+#[tokio::test]
+async fn a_wasi_http_component_is_installed_replaced_and_removed_while_serving() {
+    use crate::admin::{OPERATOR, fixture, install, replace, with_operator};
+    let data = tempfile::tempdir().expect("a directory");
+    let host = TestHost::with_config(|config| with_operator(config, data.path())).await;
+    let settings = json!({"name": "web"});
+    let (status, body) = install(
+        &host,
+        Some(OPERATOR),
+        Some(settings),
+        fixture("wasi_http_echo"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let get = || async {
+        let response = host
+            .client
+            .get(host.url("/http/web/x"))
+            .send()
+            .await
+            .expect("answered");
+        (response.status(), response.text().await.expect("a body"))
+    };
+    let (status, text) = get().await;
+    assert_eq!(
+        (status, text.starts_with("GET /x")),
+        (StatusCode::OK, true),
+        "{text}"
+    );
+
+    let client = host.client.clone();
+    let url = host.url("/http/web/x");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = stop.clone();
+    let requests = tokio::spawn(async move {
+        let (mut echo, mut hello) = (0, 0);
+        while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+            let response = client.get(&url).send().await.expect("answered");
+            assert_eq!(response.status(), StatusCode::OK, "a request was dropped");
+            let text = response.text().await.expect("a whole body");
+            if text.starts_with("GET /x") {
+                echo += 1;
+            } else {
+                assert!(text.contains(r#""result":"ok""#), "{text}");
+                hello += 1;
+            }
+        }
+        (echo, hello)
+    });
+    let (status, body) = replace(&host, "web", fixture("wasi_http_hello")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // Until the new version has answered a few.
+    loop {
+        let (status, text) = get().await;
+        assert_eq!(status, StatusCode::OK);
+        if text.contains(r#""result":"ok""#) {
+            break;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (echo, hello) = requests.await.expect("no request failed");
+    assert!(echo + hello > 0);
+
+    let response = host
+        .client
+        .delete(host.url("/admin/v1/plugins/web"))
+        .bearer_auth(OPERATOR)
+        .send()
+        .await
+        .expect("answered");
+    assert!(response.status().is_success(), "{}", response.status());
+    assert_eq!(get().await.0, StatusCode::NOT_FOUND);
+}
+
+/// What a request cost arrives after the body, as the `opbox-cost`
+/// trailer (read here over HTTP/2, with hyper): its bytes out are the
+/// body's.
+#[tokio::test]
+async fn the_cost_of_a_request_is_a_trailer_after_the_body() {
+    use http_body_util::BodyExt;
+    let host = host_with(|_| {}).await;
+    let stream = tokio::net::TcpStream::connect(host.addr)
+        .await
+        .expect("connects");
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("an HTTP/2 connection");
+    tokio::spawn(connection);
+    let request = hyper::Request::get(host.url("/http/echo-http/big?bytes=10000"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .expect("a request");
+    let response = sender.send_request(request).await.expect("answered");
+    assert_eq!(response.status(), StatusCode::OK);
+    let collected = response.into_body().collect().await.expect("the body");
+    let trailers = collected.trailers().cloned().expect("trailers");
+    assert_eq!(collected.to_bytes().len(), 10000);
+    let cost: Value = serde_json::from_slice(trailers["opbox-cost"].as_bytes()).expect("JSON");
+    assert_eq!(cost["bytes_out"], 10000, "{cost}");
+    assert!(cost["wall_us"].as_u64().expect("a time") > 0, "{cost}");
+}

@@ -6,20 +6,24 @@
 //! body streamed as it arrives. The caller's `Authorization` and the
 //! `opbox-*` headers are the host's and are not passed on: the caller's
 //! token is not the component's to see. The response streams back as the
-//! component writes it, with `opbox-request-id` (and `traceparent`) added.
+//! component writes it, with `opbox-request-id` (and `traceparent`) added,
+//! and the call's cost receipt as the `opbox-cost` trailer.
 //! A failure before the component answers has the usual error body and
 //! status; one after its head ends the body early.
+
+use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::header::AUTHORIZATION;
-use axum::http::{HeaderValue, Uri};
+use axum::http::{HeaderMap, HeaderValue, Uri};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use http_body::Frame;
 use http_body_util::StreamBody;
 
 use super::AppState;
+use super::call::COST;
 use super::error::ApiError;
 use super::ops::{REQUEST_ID, route_request};
 use crate::call::{CallError, ErrorCode, new_request_id};
@@ -83,12 +87,30 @@ pub(super) async fn http(State(state): State<AppState>, request: Request) -> Res
         Some(Err(error)) => return refuse(error),
         _ => return refuse(CallError::internal()),
     };
-    let body = answer.map(|part| match part {
-        Ok(HttpPart::Data(bytes)) => Ok::<_, CallError>(Frame::data(bytes)),
-        Ok(HttpPart::Trailers(trailers)) => Ok(Frame::trailers(trailers)),
-        Ok(HttpPart::Head(_)) => Err(CallError::internal()),
-        Err(error) => Err(error),
-    });
+    // The component's trailers, if it sends any, are held for the end,
+    // where the call's cost receipt joins them (`opbox-cost`).
+    let held = Arc::new(Mutex::new(HeaderMap::new()));
+    let keep = held.clone();
+    let meter = served.meter.clone();
+    let body = answer
+        .filter_map(move |part| {
+            std::future::ready(match part {
+                Ok(HttpPart::Data(bytes)) => Some(Ok::<_, CallError>(Frame::data(bytes))),
+                Ok(HttpPart::Trailers(trailers)) => {
+                    lock(&keep).extend(trailers);
+                    None
+                }
+                Ok(HttpPart::Head(_)) => Some(Err(CallError::internal())),
+                Err(error) => Some(Err(error)),
+            })
+        })
+        .chain(futures::stream::once(async move {
+            let mut trailers = std::mem::take(&mut *lock(&held));
+            if let Ok(value) = HeaderValue::from_str(&meter.receipt().to_json()) {
+                trailers.insert(COST, value);
+            }
+            Ok(Frame::trailers(trailers))
+        }));
     let mut response = Response::from_parts(head, Body::new(StreamBody::new(body)));
     let headers = response.headers_mut();
     if let Ok(value) = HeaderValue::from_str(&request_id) {
@@ -104,6 +126,10 @@ pub(super) async fn http(State(state): State<AppState>, request: Request) -> Res
     response
 }
 
+fn lock(trailers: &Mutex<HeaderMap>) -> std::sync::MutexGuard<'_, HeaderMap> {
+    trailers.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// The component `uri` names, and the URI it gets: the path below its
 /// mount (`/` at least), with the query.
 fn mounted(uri: &Uri) -> Option<(String, Uri)> {
@@ -116,7 +142,12 @@ fn mounted(uri: &Uri) -> Option<(String, Uri)> {
         Some(query) => format!("/{rest}?{query}"),
         None => format!("/{rest}"),
     };
-    let uri = Uri::builder().path_and_query(path).build().ok()?;
+    // Over HTTP/2 the authority is in the URI (there is no `Host`).
+    let mut builder = Uri::builder();
+    if let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) {
+        builder = builder.scheme(scheme.clone()).authority(authority.clone());
+    }
+    let uri = builder.path_and_query(path).build().ok()?;
     Some((name.to_owned(), uri))
 }
 
@@ -132,6 +163,10 @@ mod tests {
             ("/http/hello/a/b?c=1&d", Some(("hello", "/a/b?c=1&d"))),
             ("/http/hello?x=1", Some(("hello", "/?x=1"))),
             ("/http/", None),
+            (
+                "http://example.com/http/hello/a?b",
+                Some(("hello", "http://example.com/a?b")),
+            ),
             ("/other/hello", None),
         ];
         for (uri, expected) in cases {
