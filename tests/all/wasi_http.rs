@@ -306,3 +306,29 @@ async fn the_cost_of_a_request_is_a_trailer_after_the_body() {
     assert_eq!(cost["bytes_out"], 10000, "{cost}");
     assert!(cost["wall_us"].as_u64().expect("a time") > 0, "{cost}");
 }
+
+/// A caller that goes away stops the guest at once, not at its deadline:
+/// the spinning component's instance is gone once the connection is.
+#[tokio::test]
+async fn a_caller_that_goes_away_stops_the_component() {
+    use tokio::io::AsyncWriteExt;
+    // A CPU budget past the deadline (30 s): only the caller leaving can
+    // stop it within the wait below.
+    let host = host_with(|config| config.plugin_limits.cpu_ms = Some(60_000)).await;
+    assert_eq!(host.wait_for_live(0, Duration::from_secs(10)).await, 0);
+    let mut socket = tokio::net::TcpStream::connect(host.addr)
+        .await
+        .expect("connects");
+    socket
+        .write_all(b"GET /http/echo-http/spin HTTP/1.1\r\nhost: opbox\r\n\r\n")
+        .await
+        .expect("sent");
+    assert_eq!(host.wait_for_live(1, Duration::from_secs(10)).await, 1);
+    drop(socket);
+    // Well within the 30 s deadline.
+    assert_eq!(
+        host.wait_for_live(0, Duration::from_secs(10)).await,
+        0,
+        "the component still runs after its caller left"
+    );
+}

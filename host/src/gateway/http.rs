@@ -23,7 +23,7 @@ use http_body::Frame;
 use http_body_util::StreamBody;
 
 use super::AppState;
-use super::call::COST;
+use super::call::{COST, with_traceparent};
 use super::error::ApiError;
 use super::ops::{REQUEST_ID, route_request};
 use crate::call::{CallError, ErrorCode, new_request_id};
@@ -116,13 +116,7 @@ pub(super) async fn http(State(state): State<AppState>, request: Request) -> Res
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         headers.insert(REQUEST_ID, value);
     }
-    if let Some(traceparent) = served
-        .traceparent
-        .as_deref()
-        .and_then(|t| HeaderValue::from_str(t).ok())
-    {
-        headers.insert("traceparent", traceparent);
-    }
+    with_traceparent(headers, served.traceparent.as_deref());
     response
 }
 

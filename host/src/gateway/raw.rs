@@ -36,7 +36,7 @@ use http_body_util::StreamBody;
 use serde_json::Value;
 
 use super::AppState;
-use super::call::COST;
+use super::call::{COST, with_traceparent};
 use super::error::ApiError;
 use super::ops::{REQUEST_ID, route_request};
 use crate::call::{CallError, Meter, new_request_id};
@@ -130,13 +130,7 @@ pub(super) async fn raw(
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         headers.insert(REQUEST_ID, value);
     }
-    if let Some(traceparent) = started
-        .traceparent
-        .as_deref()
-        .and_then(|t| HeaderValue::from_str(t).ok())
-    {
-        headers.insert("traceparent", traceparent);
-    }
+    with_traceparent(headers, started.traceparent.as_deref());
     response
 }
 

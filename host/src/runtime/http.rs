@@ -6,7 +6,9 @@
 //! (`cpu_ms`, refilled by nothing: a request is one call), and the call's
 //! deadline, which bounds the whole exchange, the response body included.
 //! The response head is handed back as soon as the guest sets it; its body
-//! streams from the guest as it writes, at most `output_bytes` of it.
+//! streams from the guest as it writes, at most `output_bytes` of it. A
+//! caller that goes away, before the head or during the body, stops the
+//! guest.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -15,6 +17,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use tokio_util::task::AbortOnDropHandle;
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
@@ -101,7 +104,10 @@ impl Plugin {
             meter_fuel(&store, &meter);
             let _ = ended_tx.send(outcome);
         };
-        tokio::spawn(Busy::new(run, invocation.meter.clone()));
+        // The guest runs as long as its response is wanted: dropping this
+        // (the caller went away before the head, or dropped the body)
+        // stops it.
+        let task = AbortOnDropHandle::new(tokio::spawn(Busy::new(run, invocation.meter.clone())));
         // The response, or why there is none. When the guest stops, its
         // outcome and the dropped response arrive together: a dropped
         // response is told by the outcome (a trap, its deadline).
@@ -131,6 +137,7 @@ impl Plugin {
             body,
             left: output_bytes,
             limit: output_bytes,
+            _guest: task,
         }))
     }
 }
@@ -151,6 +158,8 @@ pub struct HttpResponseBody {
     body: HyperOutgoingBody,
     left: usize,
     limit: usize,
+    /// The guest's task: dropped with the body, which stops the guest.
+    _guest: AbortOnDropHandle<()>,
 }
 
 impl std::fmt::Debug for HttpResponseBody {
