@@ -396,3 +396,60 @@ async fn over_quic_a_call_that_is_not_read_holds_back_only_its_operation() {
     };
     assert_eq!((code, read), (0, unpacked));
 }
+
+/// A QUIC connection may have `max_open_calls` streams open at once: the
+/// next waits for QUIC's stream credit, which comes back when one of them
+/// ends.
+#[tokio::test]
+async fn a_quic_connection_opens_at_most_max_open_calls_streams_at_once() {
+    let dir = tempfile::tempdir().expect("a directory");
+    let (_host, url, cert) = quic_host_with(dir.path(), |config| {
+        config.envelope.max_open_calls = 2;
+    })
+    .await;
+    let connection = quinn_to(&url, &cert).await;
+    // A stream counts once the host has heard of it: each says something.
+    let mut open = Vec::new();
+    for n in 0..2 {
+        let mut stream = stream_on(&connection).await;
+        stream.call(&format!("e{n}"), "echo/echo", json!(n)).await;
+        let answer = stream.next().await.expect("an answer");
+        assert_eq!(answer["type"], "call.responded", "{answer}");
+        open.push(stream);
+    }
+    let third = tokio::time::timeout(Duration::from_millis(500), connection.open_bi()).await;
+    assert!(third.is_err(), "a third stream opened past the cap");
+    // One ends (both sides finished): its credit comes back.
+    let mut done = open.pop().expect("a stream");
+    tokio::io::AsyncWriteExt::shutdown(done.stream())
+        .await
+        .expect("finished");
+    assert!(done.next().await.is_none(), "the host finishes its side");
+    let (send, recv) = tokio::time::timeout(Duration::from_secs(10), connection.open_bi())
+        .await
+        .expect("a freed stream is granted again")
+        .expect("a stream");
+    let mut third = Frames::new(tokio::io::join(recv, send));
+    third.call("e3", "echo/echo", json!(3)).await;
+    let answer = third.next().await.expect("an answer");
+    assert_eq!(answer["payload"]["output"], 3, "{answer}");
+}
+
+/// A QUIC connection with nothing going on is closed after
+/// `idle_timeout_ms`.
+#[tokio::test]
+async fn an_idle_quic_connection_is_closed_after_idle_timeout() {
+    let dir = tempfile::tempdir().expect("a directory");
+    let (_host, url, cert) = quic_host_with(dir.path(), |config| {
+        config.envelope.idle_timeout_ms = 300;
+    })
+    .await;
+    let connection = quinn_to(&url, &cert).await;
+    let closed = tokio::time::timeout(Duration::from_secs(10), connection.closed())
+        .await
+        .expect("the idle connection is closed");
+    assert!(
+        matches!(closed, quinn::ConnectionError::TimedOut),
+        "{closed:?}"
+    );
+}
