@@ -332,3 +332,70 @@ async fn a_caller_that_goes_away_stops_the_component() {
         "the component still runs after its caller left"
     );
 }
+
+/// Its imports are linked as a plugin's are: `wasi:http/outgoing-handler`
+/// reaches the hosts of its `allowed_outbound_hosts` and no other.
+#[tokio::test]
+async fn a_component_reaches_only_the_hosts_it_is_granted() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a port");
+    let addr = listener.local_addr().expect("its address");
+    let app = axum::Router::new().route(
+        "/hello",
+        axum::routing::get(|| async { "hello from upstream" }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let host = TestHost::with_config(|config| {
+        let mut echo = component("wasi_http_echo", "echo-http", None);
+        echo.grants.allowed_outbound_hosts = vec![format!("http://127.0.0.1:{}", addr.port())];
+        config.plugins.push(echo);
+    })
+    .await;
+    let fetch = |url: String| {
+        let path = format!("/http/echo-http/fetch?url={url}");
+        let request = host.client.get(host.url(&path)).send();
+        async move {
+            let response = request.await.expect("answered");
+            (response.status(), response.text().await.expect("a body"))
+        }
+    };
+    let granted = fetch(format!("http://127.0.0.1:{}/hello", addr.port())).await;
+    assert_eq!(granted, (StatusCode::OK, "hello from upstream".to_owned()));
+    let (status, text) = fetch(format!("http://localhost:{}/hello", addr.port())).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{text}");
+    assert!(text.contains("HttpRequestDenied"), "{text}");
+}
+
+/// What it writes to stderr is logged by the host, attributed: the line
+/// names the plugin and the request.
+#[tokio::test]
+async fn what_a_component_writes_to_stderr_is_logged_with_its_request() {
+    let dir = tempfile::tempdir().expect("a directory");
+    let config = format!(
+        "listen = \"127.0.0.1:0\"\nexamples = false\ncache_dir = {:?}\n\n[[tenants]]\nid = \"default\"\nanonymous = true\n\n[[plugins]]\npath = {:?}\nname = \"echo-http\"\n",
+        crate::util::cache_dir(),
+        PathBuf::from(env!("OPBOX_PLUGINS_DIR")).join("wasi_http_echo.wasm"),
+    );
+    let server = crate::util::Server::start_in(dir.path(), &config);
+    let response = reqwest::get(format!("{}/http/echo-http/log", server.url))
+        .await
+        .expect("answered");
+    let request_id = response.headers()["opbox-request-id"]
+        .to_str()
+        .expect("text")
+        .to_owned();
+    assert_eq!(response.text().await.expect("a body"), "logged");
+    assert!(
+        server.logs_within("a line from the component", Duration::from_secs(10)),
+        "the component's stderr was not logged"
+    );
+    let log = server.stop();
+    let line = log
+        .iter()
+        .find(|line| line.contains("a line from the component"))
+        .expect("the line");
+    assert!(line.contains("echo-http"), "{line}");
+    assert!(line.contains(&request_id), "{line}");
+    assert!(line.contains("stderr"), "{line}");
+}
