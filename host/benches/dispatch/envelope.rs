@@ -31,14 +31,7 @@ pub(crate) async fn bench_envelopes(host: &Host) {
         ("WebSocket, one connection", format!("ws://{http}/call")),
         ("HTTP `POST /call`", format!("http://{http}/call")),
     ] {
-        let (rate, stats) = tokio::task::spawn_blocking(move || echo_in_flight(&target, None))
-            .await
-            .expect("the client thread");
-        println!(
-            "| {name} | {rate:.0} | {} | {} |",
-            us(stats.median),
-            us(stats.p99)
-        );
+        echo_row(name, target, None).await;
     }
     let items = tokio::task::spawn_blocking(move || {
         client_runtime().block_on(async {
@@ -61,6 +54,23 @@ pub(crate) async fn bench_envelopes(host: &Host) {
     .await
     .expect("the client thread");
     println!("\n`ticker/count` over TCP: {items:.0} items/s ({ITEMS} items)\n");
+}
+
+/// One row of an `echo/echo` table: calls per second, p50 and p99 against
+/// `target`, on a client thread of its own.
+pub(crate) async fn echo_row(
+    name: &str,
+    target: String,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+) {
+    let (rate, stats) = tokio::task::spawn_blocking(move || echo_in_flight(&target, tls))
+        .await
+        .expect("the client thread");
+    println!(
+        "| {name} | {rate:.0} | {} | {} |",
+        us(stats.median),
+        us(stats.p99)
+    );
 }
 
 /// Keeps `IN_FLIGHT` `echo/echo` calls going against `target` for

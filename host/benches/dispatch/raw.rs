@@ -127,17 +127,7 @@ pub(crate) async fn bench_raw() {
             format!("quic://{quic}"),
         ),
     ] {
-        let tls = tls.clone();
-        let (rate, stats) = tokio::task::spawn_blocking(move || {
-            super::envelope::echo_in_flight(&target, Some(tls))
-        })
-        .await
-        .expect("the client thread");
-        println!(
-            "| {name} | {rate:.0} | {} | {} |",
-            us(stats.median),
-            us(stats.p99)
-        );
+        super::envelope::echo_row(name, target, Some(tls.clone())).await;
     }
     println!();
 }
