@@ -370,8 +370,13 @@ impl Run {
 async fn victim(http: &str, duration: Duration) -> Run {
     // From an address of its own, as a real victim would be: the attacker's
     // connections count against the attacker's address.
+    // Its pool retires an idle connection before the host closes it (after
+    // `header_timeout_ms`, 10 s, which the host's answers announce in
+    // `Keep-Alive`, a header reqwest does not read): otherwise a call sent
+    // into a connection the host is closing fails.
     let client = reqwest::Client::builder()
         .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .pool_idle_timeout(Duration::from_secs(5))
         .build()
         .unwrap();
     let url = format!("http://{http}/call");
@@ -396,7 +401,7 @@ async fn victim(http: &str, duration: Duration) -> Run {
                     Ok(started.elapsed().as_secs_f64() * 1000.0)
                 }
                 Ok(response) => Err(response.status().to_string()),
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(chain(&e)),
             }
         }));
     }
@@ -419,6 +424,17 @@ async fn victim(http: &str, duration: Duration) -> Run {
         println!("victim failure ×{count}: {reason}");
     }
     run
+}
+
+/// `error` and its causes, one after the other.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
 }
 
 /// The attacker's process: every attack in a loop until the time is up.

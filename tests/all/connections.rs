@@ -366,6 +366,33 @@ async fn slow_request_headers_and_bodies_are_cut_off() {
 }
 
 #[tokio::test]
+async fn http1_answers_say_how_long_an_idle_connection_stays_open() {
+    let host = TestHost::with_config(|config| config.connections.header_timeout_ms = 2_000).await;
+    // A client that reads `Keep-Alive` retires its pooled connection before
+    // the host closes it, instead of sending a request into the closing one.
+    let mut idle = TcpStream::connect(host.addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nhost: opbox\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = String::from_utf8(closed_by_host(&mut idle).await).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert!(answer.contains("keep-alive: timeout=2\r\n"), "{answer}");
+
+    // HTTP/2 has no connection headers: its idle close is a GOAWAY.
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let response = h2
+        .get(format!("http://{}/healthz", host.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    assert!(response.headers().get("keep-alive").is_none());
+}
+
+#[tokio::test]
 async fn a_reply_longer_than_a_frame_fails_its_call_not_the_connection() {
     let host = TestHost::with_config(|config| {
         config.plugin_limits.output_bytes = Some(32 << 20);

@@ -24,7 +24,8 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::Request;
-use axum::http::StatusCode;
+use axum::http::header::{CONNECTION, HeaderName};
+use axum::http::{HeaderValue, StatusCode, Version};
 use axum::response::Response;
 use futures::future::BoxFuture;
 use hyper::body::Incoming;
@@ -56,6 +57,7 @@ pub async fn serve(
     // The time to send headers is also how long a TLS handshake may take
     // and how long a connection may stay idle.
     let header_timeout = config.header_timeout;
+    let keep_alive = keep_alive_hint(header_timeout);
     let stop = CancellationToken::new();
     let open = TaskTracker::new();
     let doorman = Doorman::new("http");
@@ -78,6 +80,7 @@ pub async fn serve(
             router: router.clone(),
             permit,
             activity: Activity::new(),
+            keep_alive: keep_alive.clone(),
         };
         let (http, stop, tls) = (http.clone(), stop.clone(), tls.clone());
         open.spawn(async move {
@@ -177,12 +180,28 @@ fn answer(refusal: Refusal) -> Vec<u8> {
     response.into_bytes()
 }
 
+/// What an HTTP/1 response tells its client of how long the connection
+/// stays open idle (`Keep-Alive: timeout=N`, as Node's server and nginx
+/// send it): a client that reads it (undici, Node's `fetch`) retires a
+/// pooled connection before the host closes it, rather than sending a
+/// request into a connection that is closing. None under a second.
+fn keep_alive_hint(idle: std::time::Duration) -> Option<HeaderValue> {
+    match idle.as_secs() {
+        0 => None,
+        secs => HeaderValue::try_from(format!("timeout={secs}")).ok(),
+    }
+}
+
+/// `Keep-Alive`, which `http` has no constant for.
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+
 /// The router, for the requests of one admitted connection.
 #[derive(Clone)]
 struct Admitted {
     router: Router,
     permit: Arc<ConnectionPermit>,
     activity: Arc<Activity>,
+    keep_alive: Option<HeaderValue>,
 }
 
 impl hyper::service::Service<Request<Incoming>> for Admitted {
@@ -193,10 +212,19 @@ impl hyper::service::Service<Request<Incoming>> for Admitted {
     fn call(&self, mut request: Request<Incoming>) -> Self::Future {
         request.extensions_mut().insert(self.permit.clone());
         let open = self.activity.begin();
+        // HTTP/2 has no connection headers; its idle close is a GOAWAY.
+        let keep_alive = (request.version() < Version::HTTP_2)
+            .then(|| self.keep_alive.clone())
+            .flatten();
         let mut router = self.router.clone();
         let response = tower_service::Service::call(&mut router, request);
         Box::pin(async move {
-            let response = response.await?;
+            let mut response = response.await?;
+            let stays_open = response.status() != StatusCode::SWITCHING_PROTOCOLS
+                && !response.headers().contains_key(CONNECTION);
+            if let Some(hint) = keep_alive.filter(|_| stays_open) {
+                response.headers_mut().insert(KEEP_ALIVE, hint);
+            }
             Ok(response.map(|body| Tracked::new(body, open)))
         })
     }

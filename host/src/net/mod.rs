@@ -39,7 +39,7 @@ pub use tls::{Tls, TlsConfig, TlsError};
 /// | `max_connections` | 1,024 open at once, all listeners together |
 /// | `max_connections_per_ip` | 128 open at once from one peer address |
 /// | `new_connections_per_ip_per_second` | 200 new connections a second from one peer address, as many at once |
-/// | `header_timeout` | 10 s to send a request's headers, and the longest an idle HTTP keep-alive connection stays open |
+/// | `header_timeout` | 10 s to send a request's headers, and the longest an idle HTTP keep-alive connection stays open (HTTP/1 answers announce it: `Keep-Alive: timeout=10`) |
 /// | `body_timeout` | 30 s to send a request's body |
 /// | `write_timeout` | 30 s without the peer taking a byte while the host has something to send |
 /// | `max_http2_streams` | 128 requests open at once on one HTTP/2 connection |
