@@ -38,7 +38,7 @@ fn slow_tenant() -> TenantConfig {
 }
 
 /// The scrape, parsed.
-async fn scrape(
+pub(crate) async fn scrape(
     host: &TestHost,
     token: Option<&str>,
 ) -> (StatusCode, Vec<prometheus_parse::Sample>) {
@@ -58,7 +58,11 @@ async fn scrape(
 
 /// The value of `metric` with exactly these `labels` among theirs; 0 when
 /// there is no such series.
-fn value(samples: &[prometheus_parse::Sample], metric: &str, labels: &[(&str, &str)]) -> f64 {
+pub(crate) fn value(
+    samples: &[prometheus_parse::Sample],
+    metric: &str,
+    labels: &[(&str, &str)],
+) -> f64 {
     samples
         .iter()
         .filter(|s| s.metric == metric)

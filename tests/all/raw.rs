@@ -592,11 +592,56 @@ async fn a_raw_call_and_json_calls_share_one_tcp_connection() {
         assert_eq!(frame["type"], "call.responded", "{frame}");
         answered += 1;
     }
+    // Counted as answered: the call ended at its exit, not when its
+    // stream was dropped.
+    assert_eq!(calls_of(&host, "gzip/compress", "tcp", "ok").await, 1.0);
     let frames = run_framed(&host, "gzip/decompress", compressed).await;
     assert!(
         stdout_of(&frames) == original,
         "the round trip changed the bytes"
     );
+}
+
+/// How many calls of `operation` over `transport` the host counts as ended
+/// with `code`.
+async fn calls_of(host: &TestHost, operation: &str, transport: &str, code: &str) -> f64 {
+    let (_, samples) = crate::metrics::scrape(host, None).await;
+    let labels = [
+        ("operation", operation),
+        ("transport", transport),
+        ("code", code),
+    ];
+    crate::metrics::value(&samples, "opbox_calls_total", &labels)
+}
+
+#[tokio::test]
+async fn a_byte_stream_call_over_http_that_exits_is_counted_as_answered() {
+    let host = host().await;
+    // The plain form ends with a trailer, the framed one with its exit
+    // frame and a trailer: either way hyper stops at the trailers.
+    let plain = host
+        .client
+        .post(host.url("/raw/gzip/compress"))
+        .body("hello, hello, hello")
+        .send()
+        .await
+        .expect("request sent");
+    assert_eq!(plain.status(), 200);
+    let compressed = plain.bytes().await.expect("the body arrives");
+    let frames = run_framed(&host, "gzip/decompress", compressed.to_vec()).await;
+    assert_eq!(frames.last(), Some(&Frame::Exit(0)));
+    for operation in ["gzip/compress", "gzip/decompress"] {
+        assert_eq!(
+            calls_of(&host, operation, "http", "ok").await,
+            1.0,
+            "{operation}"
+        );
+        assert_eq!(
+            calls_of(&host, operation, "http", "aborted").await,
+            0.0,
+            "{operation}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -75,6 +75,19 @@ async fn a_wasi_http_component_gets_the_request_below_its_mount() {
         .await
         .expect("a body");
     assert!(text.starts_with("GET /\n"), "{text}");
+
+    // Counted like any call, by plugin and outcome.
+    let (_, samples) = crate::metrics::scrape(&host, None).await;
+    let labels = [
+        ("operation", "echo-http/http"),
+        ("plugin", "echo-http"),
+        ("transport", "http"),
+        ("code", "ok"),
+    ];
+    assert_eq!(
+        crate::metrics::value(&samples, "opbox_calls_total", &labels),
+        2.0
+    );
 }
 
 /// A component built for `wasmtime serve` runs unmodified, and is listed

@@ -10,9 +10,11 @@ use futures::Stream;
 use serde_json::Value;
 
 use super::Outputs;
+use super::http::HttpPart;
 use crate::call::{
     CallError, CallRequest, ErrorCode, Event, Finished, Happening, Meter, SharedObserver, cut,
 };
+use crate::runtime::RawOutput;
 use crate::telemetry::trace::{CallSpan, Tracer};
 
 /// Logs a call once, when it finishes; a call dropped before it finished is
@@ -209,7 +211,33 @@ impl CallLog {
 /// The most of an error's message a log line keeps.
 const MAX_CAUSE: usize = 512;
 
-/// A subscription's outputs, logged when the stream ends or is dropped.
+/// An output after which a call has nothing more to send. A call ends
+/// there, though its stream has still to say so: a consumer that stops at
+/// it (hyper stops at a body's trailers) must not leave it logged as
+/// aborted.
+pub(super) trait Ending {
+    fn ends_call(&self) -> bool {
+        false
+    }
+}
+
+/// A subscription ends with its stream.
+impl Ending for Value {}
+
+impl Ending for RawOutput {
+    fn ends_call(&self) -> bool {
+        matches!(self, RawOutput::Exit(_))
+    }
+}
+
+impl Ending for HttpPart {
+    fn ends_call(&self) -> bool {
+        matches!(self, HttpPart::Trailers(_))
+    }
+}
+
+/// A call's outputs, logged when the last is taken, or the stream ends or
+/// is dropped.
 pub(super) struct Logged<T = Value> {
     inner: Outputs<T>,
     log: CallLog,
@@ -221,7 +249,7 @@ impl<T> Logged<T> {
     }
 }
 
-impl<T> Stream for Logged<T> {
+impl<T: Ending> Stream for Logged<T> {
     type Item = Result<T, CallError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
@@ -230,7 +258,12 @@ impl<T> Stream for Logged<T> {
         }
         let polled = self.inner.as_mut().poll_next(cx);
         match &polled {
-            Poll::Ready(Some(Ok(_))) => self.log.items += 1,
+            Poll::Ready(Some(Ok(output))) => {
+                self.log.items += 1;
+                if output.ends_call() {
+                    self.log.finish(None);
+                }
+            }
             Poll::Ready(Some(Err(e))) => self.log.finish(Some(e)),
             Poll::Ready(None) => self.log.finish(None),
             Poll::Pending => {}

@@ -371,7 +371,7 @@ impl Dispatcher {
         start: impl FnOnce(Arc<Meter>, crate::telemetry::trace::CallSpan) -> F,
     ) -> Metered<Outputs<T>>
     where
-        T: Send + 'static,
+        T: logged::Ending + Send + 'static,
         F: Future<Output = Result<Outputs<T>, CallError>> + 'a,
     {
         let mut log = self.log(request);
