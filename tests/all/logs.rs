@@ -124,3 +124,53 @@ async fn a_follower_of_the_log_keeps_reading_across_a_replace() {
     let (_, all) = tail_of(&host, "noisy", Some(OPERATOR), "").await;
     assert_eq!(messages(&all).len(), 4, "{all}");
 }
+
+/// What a plugin prints on stdout or stderr is in its tail like what it
+/// logs, attributed to its call and its stream, and counts against the
+/// same `log_lines`: a `wasi:http` component, which has no log interface,
+/// is read the same way.
+#[tokio::test]
+async fn what_a_plugin_prints_is_in_its_tail_within_its_log_lines() {
+    let data = tempfile::tempdir().unwrap();
+    let host = TestHost::with_config(|c| with_operator(c, data.path())).await;
+    let named = Some(json!({ "name": "echo-http" }));
+    let (status, body) = install(&host, Some(OPERATOR), named, fixture("wasi-http-echo")).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let response = host
+        .client
+        .get(host.url("/http/echo-http/log"))
+        .send()
+        .await
+        .unwrap();
+    let request_id = response.headers()["opbox-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(response.text().await.unwrap(), "logged");
+    let (_, read) = tail_of(&host, "echo-http", Some(OPERATOR), "").await;
+    let line = &read["lines"][0];
+    assert_eq!(line["message"], "a line from the component", "{read}");
+    assert_eq!(line["stream"], "stderr", "{read}");
+    assert_eq!(line["request_id"], request_id.as_str(), "{read}");
+
+    // A plugin that may write two lines a call prints three before it
+    // traps: the first two are kept. Printed lines reach the tail when the
+    // call ends.
+    let settings = Some(json!({ "name": "terse", "limits": { "log_lines": 2 } }));
+    let (status, body) = install(&host, Some(OPERATOR), settings, fixture("fixture-panic")).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (_, failed) = host.call("terse/abort", json!("one\ntwo\nthree")).await;
+    assert_eq!(failed["result"], "error", "{failed}");
+    let (_, read) = tail_of(&host, "terse", Some(OPERATOR), "").await;
+    let printed: Vec<_> = read["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| (l["stream"].as_str(), l["message"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        printed,
+        [(Some("stderr"), "one"), (Some("stderr"), "two")],
+        "{read}"
+    );
+}

@@ -1,8 +1,8 @@
 //! `opbox:plugin/log`: guest log lines, attributed to plugin, request and
 //! tenant.
 //! Always granted; each line is cut at 4 KiB and each call may write
-//! `log_lines` of them, `fatal` included (the rest are counted, and reported
-//! once). The host's own log takes a plugin version's lines at a bounded
+//! `log_lines` of them, `fatal` included, and the lines it printed on
+//! stdout and stderr too (the rest are counted, and reported once). The host's own log takes a plugin version's lines at a bounded
 //! rate; the plugin's tail (`admin/logs`) and the call's trace take them
 //! all.
 
@@ -75,6 +75,27 @@ impl LogState {
         }
     }
 
+    /// What the guest printed on `stream` (`stdout` or `stderr`), line by
+    /// line, as `info` lines of the log: each counts against `log_lines`,
+    /// is cut at 4 KiB, goes to the tail and the trace, and to the host's
+    /// log at the plugin's rate, like any other line.
+    pub(crate) fn printed(&mut self, stream: &'static str, text: &str) {
+        for line in text.lines().filter(|line| !line.is_empty()) {
+            if !self.take_line() {
+                continue;
+            }
+            let line = cut(line, MAX_LINE);
+            self.tail
+                .push(&self.request_id, &self.tenant, "info", Some(stream), line);
+            self.span.log("info", line);
+            if self.to_host_log() {
+                let (plugin, request_id, tenant) =
+                    (&*self.plugin, &*self.request_id, &*self.tenant);
+                tracing::info!(plugin, request_id, tenant, stream, "{line}");
+            }
+        }
+    }
+
     /// Takes one line of the allowance; `false` once it is spent.
     fn take_line(&mut self) -> bool {
         if self.lines_left == 0 {
@@ -101,7 +122,7 @@ impl log::Host for LogState {
             Level::Error => "error",
         };
         self.tail
-            .push(&self.request_id, &self.tenant, name, message);
+            .push(&self.request_id, &self.tenant, name, None, message);
         self.span.log(name, message);
         if !self.to_host_log() {
             return;
@@ -124,7 +145,7 @@ impl log::Host for LogState {
             return;
         }
         self.tail
-            .push(&self.request_id, &self.tenant, "fatal", message);
+            .push(&self.request_id, &self.tenant, "fatal", None, message);
         self.span.log("fatal", message);
         if !self.to_host_log() {
             return;

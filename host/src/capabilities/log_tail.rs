@@ -37,6 +37,9 @@ pub struct TailLine {
     pub tenant: Arc<str>,
     /// `trace`, `debug`, `info`, `warn`, `error` or `fatal`.
     pub level: &'static str,
+    /// `stdout` or `stderr` for a line the guest printed; `None` for one
+    /// of the log interface.
+    pub stream: Option<&'static str>,
     /// What it said (at most 4 KiB).
     pub message: String,
 }
@@ -98,6 +101,7 @@ impl LogTail {
         request_id: &Arc<str>,
         tenant: &Arc<str>,
         level: &'static str,
+        stream: Option<&'static str>,
         message: &str,
     ) {
         let at_ms = SystemTime::now()
@@ -113,6 +117,7 @@ impl LogTail {
             request_id: request_id.clone(),
             tenant: tenant.clone(),
             level,
+            stream,
             message: message.to_owned(),
         });
         lines.trim();
@@ -167,7 +172,7 @@ mod tests {
             (Arc::from("r1"), Arc::from("acme"), Arc::from("globex"));
         for n in 0..MAX_LINES + 10 {
             let tenant = if n % 2 == 0 { &acme } else { &globex };
-            tail.push(&id, tenant, "info", &format!("line {n}"));
+            tail.push(&id, tenant, "info", None, &format!("line {n}"));
         }
         let (all, next) = tail.after(0, usize::MAX, None);
         assert_eq!(all.len(), MAX_LINES);
@@ -178,7 +183,7 @@ mod tests {
         // Long lines: the byte bound holds too.
         let long = "x".repeat(4096);
         for _ in 0..100 {
-            tail.push(&id, &acme, "warn", &long);
+            tail.push(&id, &acme, "warn", None, &long);
         }
         let (kept, _) = tail.after(0, usize::MAX, None);
         let bytes: usize = kept.iter().map(|l| l.message.len()).sum();

@@ -206,9 +206,4 @@ impl CallState {
     pub fn take_fatal(&mut self) -> Option<String> {
         self.log.fatal.take()
     }
-
-    /// Log lines the guest wrote past its limit, and so lost.
-    pub fn log_lines_dropped(&self) -> u64 {
-        self.log.dropped
-    }
 }

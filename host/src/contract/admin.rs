@@ -211,6 +211,10 @@ pub struct LogLine {
     pub request_id: String,
     /// Its level.
     pub level: String,
+    /// `stdout` or `stderr` for a line the plugin printed; absent for one
+    /// it logged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
     /// What it says.
     pub message: String,
     /// The calling tenant: for the operator only.

@@ -364,6 +364,7 @@ fn logs(plugins: &WeakPlugins) -> Result<Operation, RegistryError> {
                     at_ms: line.at_ms,
                     request_id: line.request_id.to_string(),
                     level: line.level.to_owned(),
+                    stream: line.stream.map(str::to_owned),
                     message: line.message.clone(),
                     tenant: reader.is_none().then(|| line.tenant.to_string()),
                 })

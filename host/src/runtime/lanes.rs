@@ -7,17 +7,22 @@
 //! stays free for short calls and for the I/O that brings them in, so a
 //! spinning neighbour costs an `echo` call little more than its own work.
 //!
-//! CPU-bound guests take turns: at each tick the guest gives its lease back
-//! and queues for the next free lane behind the others (tokio's semaphore is
-//! first come, first served). A guest that stops running while it holds a
-//! lease (it waits in a host call, or its caller stopped reading) renews it
-//! no more; the epoch thread revokes leases not renewed for two ticks, so a
-//! waiting guest never keeps a lane from the ones that would run.
+//! CPU-bound guests take turns: at each tick the guest gives its lease back,
+//! yields, and tries for a lane again; every guest waiting for one is woken
+//! when one is given back, and the first of them polled takes it. A lane is
+//! never set aside for a waiting guest: a store is polled only through its
+//! call (a byte-stream call's, only while its caller takes its output), so
+//! a lane handed to a guest that is not polled could stay with it while the
+//! guest that would unblock it waits for that very lane. A guest that
+//! stops running while it holds a lease (it waits in a host call, or its
+//! caller stopped reading) renews it no more; the epoch thread revokes
+//! leases not renewed for two ticks, so a waiting guest never keeps a lane
+//! from the ones that would run.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use wasmtime::UpdateDeadline;
 
 /// Ticks a guest may run before it counts as CPU-bound. Two, because the
@@ -28,6 +33,8 @@ pub(crate) const CPU_BOUND_AFTER: u32 = 2;
 #[derive(Debug)]
 pub(crate) struct CpuLanes {
     lanes: Arc<Semaphore>,
+    /// Told whenever a lane is given back.
+    freed: Arc<Notify>,
     leases: Mutex<Vec<Weak<Lease>>>,
     /// Epoch ticks so far, counted by the epoch thread.
     now: AtomicU64,
@@ -43,12 +50,26 @@ pub(crate) struct Turns {
 /// A CPU-bound guest's right to run on a lane, with the tick it was granted.
 #[derive(Debug, Default)]
 pub(crate) struct Lease {
-    held: Mutex<Option<(OwnedSemaphorePermit, u64)>>,
+    held: Mutex<Option<(Lane, u64)>>,
 }
 
 impl Lease {
-    fn held(&self) -> MutexGuard<'_, Option<(OwnedSemaphorePermit, u64)>> {
+    fn held(&self) -> MutexGuard<'_, Option<(Lane, u64)>> {
         self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// One lane, taken: given back, and the waiting guests told, when dropped.
+#[derive(Debug)]
+struct Lane {
+    permit: Option<OwnedSemaphorePermit>,
+    freed: Arc<Notify>,
+}
+
+impl Drop for Lane {
+    fn drop(&mut self) {
+        drop(self.permit.take());
+        self.freed.notify_waiters();
     }
 }
 
@@ -56,6 +77,7 @@ impl CpuLanes {
     pub(crate) fn new(lanes: usize) -> Self {
         Self {
             lanes: Arc::new(Semaphore::new(lanes.max(1))),
+            freed: Arc::new(Notify::new()),
             leases: Mutex::new(Vec::new()),
             now: AtomicU64::new(0),
         }
@@ -75,12 +97,27 @@ impl CpuLanes {
             1,
             Box::pin(async move {
                 tokio::task::yield_now().await;
-                // The semaphore is never closed.
-                if let Ok(permit) = lanes.lanes.clone().acquire_owned().await {
-                    *lease.held() = Some((permit, lanes.now.load(Ordering::Relaxed)));
-                }
+                let lane = lanes.take().await;
+                *lease.held() = Some((lane, lanes.now.load(Ordering::Relaxed)));
             }),
         )
+    }
+
+    /// A lane, for the guest polled when one is free.
+    async fn take(&self) -> Lane {
+        loop {
+            // Listening before trying: a lane given back in between wakes it.
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if let Ok(permit) = self.lanes.clone().try_acquire_owned() {
+                return Lane {
+                    permit: Some(permit),
+                    freed: self.freed.clone(),
+                };
+            }
+            freed.await;
+        }
     }
 
     fn register(&self) -> Arc<Lease> {
@@ -158,6 +195,40 @@ mod tests {
         drop(b);
         // b's call ended: its lease, and so the lane, are gone with it.
         a_waits.await.expect("a's turn");
+    }
+
+    /// The future a guest's tick returns: yielding, then waiting for a lane.
+    fn waits(update: UpdateDeadline) -> futures::future::BoxFuture<'static, ()> {
+        match update {
+            UpdateDeadline::YieldCustom(1, future) => future,
+            _ => panic!("expected a yield of one tick"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lane_given_back_goes_to_a_guest_that_is_polled() {
+        let lanes = Arc::new(CpuLanes::new(1));
+        let (mut a, mut b, mut c) = (Turns::default(), Turns::default(), Turns::default());
+        for turns in [&mut a, &mut b, &mut c] {
+            turns.ticks = CPU_BOUND_AFTER;
+        }
+        finish(lanes.next_turn(&mut a)).await;
+        assert_eq!(lanes.free(), 0, "a holds the only lane");
+        // b waits for a lane, then is not polled again: its store is polled
+        // only through its call, whose caller is not reading.
+        let mut b_waits = waits(lanes.next_turn(&mut b));
+        for _ in 0..2 {
+            assert!(futures::poll!(&mut b_waits).is_pending());
+        }
+        // a stops running and loses its lease; c is polled and takes the lane.
+        lanes.tick();
+        lanes.tick();
+        let c_waits = waits(lanes.next_turn(&mut c));
+        tokio::time::timeout(std::time::Duration::from_secs(5), c_waits)
+            .await
+            .expect("c takes the lane nobody holds");
+        assert_eq!(lanes.free(), 0, "c holds the lane");
+        drop(b_waits);
     }
 
     #[tokio::test]

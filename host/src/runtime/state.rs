@@ -230,22 +230,20 @@ impl StoreState {
     /// Logs what the call printed and what it dropped, as the store's drop
     /// does; a reused instance does it after each call.
     pub(crate) fn finish_call(&mut self) {
-        let lines = self.capabilities.log_lines_dropped();
-        if lines > 0 {
-            self.dropped.log_lines.fetch_add(lines, Ordering::Relaxed);
-            tracing::warn!(plugin = %self.plugin, request_id = %self.request_id, tenant = %self.tenant, dropped = lines, "guest log lines over the per-call limit were dropped");
-        }
         for (stream, captured) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
             let (text, dropped) = captured.take();
-            for line in text.lines().filter(|l| !l.is_empty()) {
-                tracing::info!(plugin = %self.plugin, request_id = %self.request_id, tenant = %self.tenant, stream, "{line}");
-            }
+            self.capabilities.log.printed(stream, &text);
             if dropped > 0 {
                 self.dropped
                     .output_bytes
                     .fetch_add(dropped, Ordering::Relaxed);
                 tracing::warn!(plugin = %self.plugin, request_id = %self.request_id, tenant = %self.tenant, stream, dropped, "guest output over the capture cap was dropped");
             }
+        }
+        let lines = std::mem::take(&mut self.capabilities.log.dropped);
+        if lines > 0 {
+            self.dropped.log_lines.fetch_add(lines, Ordering::Relaxed);
+            tracing::warn!(plugin = %self.plugin, request_id = %self.request_id, tenant = %self.tenant, dropped = lines, "guest log lines over the per-call limit were dropped");
         }
     }
 }
