@@ -357,12 +357,18 @@ async fn slow_request_headers_and_bodies_are_cut_off() {
     assert!(answer.contains("body_timeout_ms"), "{answer}");
 
     // A keep-alive connection left idle is closed too.
+    let answer = left_idle(&host).await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+}
+
+/// Asks for `/healthz` over HTTP/1.1 and leaves the connection open: what
+/// the host sent on it before it closed it.
+async fn left_idle(host: &TestHost) -> String {
     let mut idle = TcpStream::connect(host.addr).await.unwrap();
     idle.write_all(b"GET /healthz HTTP/1.1\r\nhost: opbox\r\n\r\n")
         .await
         .unwrap();
-    let answer = String::from_utf8(closed_by_host(&mut idle).await).unwrap();
-    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    String::from_utf8(closed_by_host(&mut idle).await).unwrap()
 }
 
 #[tokio::test]
@@ -370,11 +376,7 @@ async fn http1_answers_say_how_long_an_idle_connection_stays_open() {
     let host = TestHost::with_config(|config| config.connections.header_timeout_ms = 2_000).await;
     // A client that reads `Keep-Alive` retires its pooled connection before
     // the host closes it, instead of sending a request into the closing one.
-    let mut idle = TcpStream::connect(host.addr).await.unwrap();
-    idle.write_all(b"GET /healthz HTTP/1.1\r\nhost: opbox\r\n\r\n")
-        .await
-        .unwrap();
-    let answer = String::from_utf8(closed_by_host(&mut idle).await).unwrap();
+    let answer = left_idle(&host).await;
     assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
     assert!(answer.contains("keep-alive: timeout=2\r\n"), "{answer}");
 
