@@ -90,6 +90,31 @@ async fn a_wasi_http_component_gets_the_request_below_its_mount() {
     );
 }
 
+/// A component built with the Spin Rust SDK, as its template writes one,
+/// runs unmodified: it gets the path below its mount, as `spin up` would
+/// give it the path below its route.
+#[tokio::test]
+async fn a_component_built_with_the_spin_sdk_runs_unmodified() {
+    let host = host_with(|config| {
+        config
+            .plugins
+            .push(component("spin_hello", "spin-hello", None));
+    })
+    .await;
+    let response = host
+        .client
+        .get(host.url("/http/spin-hello/greet?who=opbox"))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "text/plain");
+    assert_eq!(
+        response.text().await.expect("a body"),
+        "Hello from Spin: GET /greet\n"
+    );
+}
+
 /// A component built for `wasmtime serve` runs unmodified, and is listed
 /// like any plugin: in `/search` as one operation of kind `http`, and in
 /// `/openapi.json` as a mount.
