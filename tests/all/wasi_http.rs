@@ -437,3 +437,43 @@ async fn what_a_component_writes_to_stderr_is_logged_with_its_request() {
     assert!(line.contains(&request_id), "{line}");
     assert!(line.contains("stderr"), "{line}");
 }
+
+/// A request to a component joins the caller's trace: its span is a child
+/// of the caller's, and the response names it.
+#[tokio::test]
+async fn a_request_joins_the_callers_trace() {
+    let (endpoint, received) = crate::traces::receiver().await;
+    let config = format!(
+        "listen = \"127.0.0.1:0\"\nexamples = false\ncache_dir = {:?}\n\n[[tenants]]\nid = \"default\"\nanonymous = true\n\n[telemetry]\notlp_endpoint = \"{endpoint}\"\nservice_name = \"opbox-test\"\n\n[[plugins]]\npath = {:?}\nname = \"echo-http\"\n",
+        crate::util::cache_dir(),
+        PathBuf::from(env!("OPBOX_PLUGINS_DIR")).join("wasi_http_echo.wasm"),
+    );
+    let dir = tempfile::tempdir().expect("a directory");
+    let server = crate::util::Server::start_in(dir.path(), &config);
+    let (trace_id, caller_span) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+    let response = reqwest::Client::new()
+        .get(format!("{}/http/echo-http/traced", server.url))
+        .header("traceparent", format!("00-{trace_id}-{caller_span}-01"))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), StatusCode::OK);
+    let traceparent = response.headers()["traceparent"]
+        .to_str()
+        .expect("text")
+        .to_owned();
+    assert!(
+        response
+            .text()
+            .await
+            .expect("a body")
+            .starts_with("GET /traced")
+    );
+    let spans = crate::traces::spans_of(&received, &crate::traces::id_bytes(trace_id), 1).await;
+    let span = crate::traces::named(&spans, "echo-http/http");
+    assert_eq!(crate::traces::hex(&span.parent_span_id), caller_span);
+    assert_eq!(
+        traceparent,
+        format!("00-{trace_id}-{}-01", crate::traces::hex(&span.span_id))
+    );
+}
