@@ -2,9 +2,9 @@
 //! tenant.
 //! Always granted; each line is cut at 4 KiB and each call may write
 //! `log_lines` of them, `fatal` included, and the lines it printed on
-//! stdout and stderr too (the rest are counted, and reported once). The host's own log takes a plugin version's lines at a bounded
-//! rate; the plugin's tail (`admin/logs`) and the call's trace take them
-//! all.
+//! stdout and stderr too (the rest are counted, and reported once). The
+//! host's own log takes a plugin version's lines at a bounded rate; the
+//! plugin's tail (`admin/logs`) and the call's trace take them all.
 
 use std::sync::Arc;
 
