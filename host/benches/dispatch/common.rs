@@ -29,11 +29,14 @@ pub(crate) async fn start_host() -> Host {
     let mut config = HostConfig {
         data_dir: data_dir(),
         // `hostile-loop` for the noisy neighbour, `fixture-hog` for an
-        // iterator subscription, and `echo` again with its instances reused.
+        // iterator subscription, `echo` again with its instances reused,
+        // and the component `wasmtime serve` runs in the HTTP ladder,
+        // mounted at `/http/hello-http`.
         plugins: [
             ("hostile-loop", None, None),
             ("fixture-hog", None, None),
             ("echo", Some("echo-reused"), Some(ReuseConfig::default())),
+            ("wasi-http-hello", Some("hello-http"), None),
         ]
         .into_iter()
         .map(|(file, name, reuse)| PluginConfig {

@@ -1,7 +1,8 @@
 //! `http`: the HTTP path's cost, layer by layer: `POST /call` under `wrk`
 //! against a bare axum handler, opbox's routes answering a native operation
 //! (on axum's listener, then on opbox's own), a reused guest, a fresh guest,
-//! and `wasmtime serve` running a WASIp2 and a WASIp3 component; then over
+//! the WASIp2 component served at its mount (`/http/hello-http/call`), and
+//! `wasmtime serve` running that component and a WASIp3 one; then over
 //! HTTP/2 with `h2load`.
 //!
 //! Each rung reports requests per second, latency, and the serving
@@ -98,6 +99,13 @@ pub(crate) async fn bench_http(host: &Host, bare: bool, opbox: bool) {
             script: call_script("opbox-bench-post.lua", "echo/echo"),
             pid: here,
         });
+        rungs.push(Rung {
+            key: "mount",
+            name: "opbox, WASIp2 hello at its mount (fresh instance)",
+            addr: opbox_addr,
+            script: mount_script("opbox-bench-post-mount.lua", "/http/hello-http/call"),
+            pid: here,
+        });
     }
     for (serving, key, name) in [
         (
@@ -183,6 +191,7 @@ pub(crate) async fn bench_http(host: &Host, bare: bool, opbox: bool) {
         ("reused", "bare", "requests/s ≥ 60%"),
         ("reused", "p3", "requests/s ≥ 1.5×"),
         ("fresh", "p2", "—"),
+        ("mount", "p2", "—"),
     ] {
         if let Some((rps, cpu)) = ratio(of, against) {
             println!(
@@ -383,6 +392,16 @@ fn call_script(name: &str, operation: &str) -> std::path::PathBuf {
         ),
     )
     .expect("write the wrk script");
+    script
+}
+
+/// A `wrk` script posting what `/call` of `echo/echo` posts to `path`
+/// instead: a `wasi:http` component's mount.
+fn mount_script(name: &str, path: &str) -> std::path::PathBuf {
+    let script = call_script(name, "echo/echo");
+    let mut text = std::fs::read_to_string(&script).expect("read the wrk script");
+    text.push_str(&format!("wrk.path = \"{path}\"\n"));
+    std::fs::write(&script, text).expect("write the wrk script");
     script
 }
 
