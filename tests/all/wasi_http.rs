@@ -405,17 +405,23 @@ async fn a_component_reaches_only_the_hosts_it_is_granted() {
     assert!(text.contains("HttpRequestDenied"), "{text}");
 }
 
+/// `opbox serve` in `dir`, open to anonymous callers, serving the echo
+/// component as `echo-http`, with `extra` in its configuration.
+fn echo_server(dir: &std::path::Path, extra: &str) -> crate::util::Server {
+    let config = format!(
+        "listen = \"127.0.0.1:0\"\nexamples = false\ncache_dir = {:?}\n\n[[tenants]]\nid = \"default\"\nanonymous = true\n\n{extra}\n[[plugins]]\npath = {:?}\nname = \"echo-http\"\n",
+        crate::util::cache_dir(),
+        PathBuf::from(env!("OPBOX_PLUGINS_DIR")).join("wasi_http_echo.wasm"),
+    );
+    crate::util::Server::start_in(dir, &config)
+}
+
 /// What it writes to stderr is logged by the host, attributed: the line
 /// names the plugin and the request.
 #[tokio::test]
 async fn what_a_component_writes_to_stderr_is_logged_with_its_request() {
     let dir = tempfile::tempdir().expect("a directory");
-    let config = format!(
-        "listen = \"127.0.0.1:0\"\nexamples = false\ncache_dir = {:?}\n\n[[tenants]]\nid = \"default\"\nanonymous = true\n\n[[plugins]]\npath = {:?}\nname = \"echo-http\"\n",
-        crate::util::cache_dir(),
-        PathBuf::from(env!("OPBOX_PLUGINS_DIR")).join("wasi_http_echo.wasm"),
-    );
-    let server = crate::util::Server::start_in(dir.path(), &config);
+    let server = echo_server(dir.path(), "");
     let response = reqwest::get(format!("{}/http/echo-http/log", server.url))
         .await
         .expect("answered");
@@ -443,13 +449,10 @@ async fn what_a_component_writes_to_stderr_is_logged_with_its_request() {
 #[tokio::test]
 async fn a_request_joins_the_callers_trace() {
     let (endpoint, received) = crate::traces::receiver().await;
-    let config = format!(
-        "listen = \"127.0.0.1:0\"\nexamples = false\ncache_dir = {:?}\n\n[[tenants]]\nid = \"default\"\nanonymous = true\n\n[telemetry]\notlp_endpoint = \"{endpoint}\"\nservice_name = \"opbox-test\"\n\n[[plugins]]\npath = {:?}\nname = \"echo-http\"\n",
-        crate::util::cache_dir(),
-        PathBuf::from(env!("OPBOX_PLUGINS_DIR")).join("wasi_http_echo.wasm"),
-    );
     let dir = tempfile::tempdir().expect("a directory");
-    let server = crate::util::Server::start_in(dir.path(), &config);
+    let telemetry =
+        format!("[telemetry]\notlp_endpoint = \"{endpoint}\"\nservice_name = \"opbox-test\"\n");
+    let server = echo_server(dir.path(), &telemetry);
     let (trace_id, caller_span) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
     let response = reqwest::Client::new()
         .get(format!("{}/http/echo-http/traced", server.url))

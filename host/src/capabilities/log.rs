@@ -85,15 +85,21 @@ impl LogState {
                 continue;
             }
             let line = cut(line, MAX_LINE);
-            self.tail
-                .push(&self.request_id, &self.tenant, "info", Some(stream), line);
-            self.span.log("info", line);
-            if self.to_host_log() {
+            if self.keep("info", Some(stream), line) {
                 let (plugin, request_id, tenant) =
                     (&*self.plugin, &*self.request_id, &*self.tenant);
                 tracing::info!(plugin, request_id, tenant, stream, "{line}");
             }
         }
+    }
+
+    /// Puts a line in the tail and the trace; whether the host's log takes
+    /// it too.
+    fn keep(&mut self, level: &'static str, stream: Option<&'static str>, line: &str) -> bool {
+        self.tail
+            .push(&self.request_id, &self.tenant, level, stream, line);
+        self.span.log(level, line);
+        self.to_host_log()
     }
 
     /// Takes one line of the allowance; `false` once it is spent.
@@ -113,7 +119,6 @@ impl log::Host for LogState {
             return;
         }
         let message = cut(&message, MAX_LINE);
-        let (plugin, request_id, tenant) = (&*self.plugin, &*self.request_id, &*self.tenant);
         let name = match level {
             Level::Trace => "trace",
             Level::Debug => "debug",
@@ -121,12 +126,10 @@ impl log::Host for LogState {
             Level::Warn => "warn",
             Level::Error => "error",
         };
-        self.tail
-            .push(&self.request_id, &self.tenant, name, None, message);
-        self.span.log(name, message);
-        if !self.to_host_log() {
+        if !self.keep(name, None, message) {
             return;
         }
+        let (plugin, request_id, tenant) = (&*self.plugin, &*self.request_id, &*self.tenant);
         match level {
             Level::Trace => tracing::trace!(plugin, request_id, tenant, "{message}"),
             Level::Debug => tracing::debug!(plugin, request_id, tenant, "{message}"),
@@ -144,10 +147,7 @@ impl log::Host for LogState {
         if !self.take_line() {
             return;
         }
-        self.tail
-            .push(&self.request_id, &self.tenant, "fatal", None, message);
-        self.span.log("fatal", message);
-        if !self.to_host_log() {
+        if !self.keep("fatal", None, message) {
             return;
         }
         tracing::error!(
