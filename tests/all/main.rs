@@ -56,3 +56,4 @@ mod uploads;
 mod util;
 mod validators;
 mod wasi_http;
+mod wasi_http_p3;

@@ -1,7 +1,8 @@
 //! The guest's own filesystem, clocks, random numbers and captured
 //! stdout/stderr: WASI preview 2 (`wasi:cli`, `wasi:clocks`,
 //! `wasi:filesystem`, `wasi:io`, `wasi:random`, `wasi:sockets` with no
-//! network granted). No arguments and no environment; a filesystem only
+//! network granted), and the same interfaces of WASI 0.3 over the same
+//! context, for WASIp3 components. No arguments and no environment; a filesystem only
 //! where the operator granted a directory.
 
 use std::path::PathBuf;
@@ -66,5 +67,6 @@ pub(crate) fn view<'a>(ctx: &'a mut WasiCtx, table: &'a mut ResourceTable) -> Wa
 }
 
 pub(super) fn add_to_linker<T: WasiView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
-    wasmtime_wasi::p2::add_to_linker_async(linker)
+    wasmtime_wasi::p2::add_to_linker_async(linker)?;
+    wasmtime_wasi::p3::add_to_linker(linker)
 }

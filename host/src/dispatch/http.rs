@@ -132,5 +132,6 @@ fn body_failed(error: HttpBodyError, plugin: &Plugin, name: &str) -> CallError {
             ErrorCode::PluginFailed,
             format!("the component failed while writing its response: {e}"),
         ),
+        HttpBodyError::Stopped(e) => failure::from_invoke(e, plugin, name),
     }
 }

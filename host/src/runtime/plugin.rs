@@ -9,9 +9,9 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use wasmtime::component::InstancePre;
-use wasmtime_wasi_http::p2::bindings::ProxyIndices;
 
 use super::bindings;
+use super::http::HttpExport;
 use super::invoke::{Invocation, InvokeError};
 use super::limits::{Dropped, Occupancy, PluginLimits};
 use super::manifest::check_operations;
@@ -61,9 +61,9 @@ pub struct Plugin {
     handler: Option<bindings::PluginIndices>,
     /// Its byte-stream operations' export, when it has one.
     pub(crate) raw: Option<bindings::raw::GuestIndices>,
-    /// Its `wasi:http/incoming-handler@0.2` export, for a standard HTTP
-    /// component (`docs/wasi-http.md`).
-    pub(crate) http: Option<ProxyIndices>,
+    /// Its `wasi:http` handler, for a standard HTTP component
+    /// (`docs/wasi-http.md`).
+    pub(crate) http: Option<HttpExport>,
     pub(crate) name: Arc<str>,
     version: String,
     digest: String,
@@ -137,20 +137,19 @@ impl Plugin {
         let alive = runtime.inner.plugins.enter();
         // An opbox plugin exports `handler`, and `raw` when it has
         // byte-stream operations; a standard HTTP component exports
-        // `wasi:http/incoming-handler` instead.
+        // `wasi:http/incoming-handler@0.2` or `wasi:http/handler@0.3`
+        // instead.
         let handler = bindings::PluginIndices::new(&pre);
         let raw = bindings::raw::GuestIndices::new(&pre).ok();
-        let http = handler
-            .is_err()
-            .then(|| ProxyIndices::new(&pre).ok())
-            .flatten();
+        let http = handler.is_err().then(|| HttpExport::find(&pre)).flatten();
         let handler = match (handler, &http) {
             (Ok(handler), _) => Some(handler),
             (Err(_), Some(_)) => None,
             (Err(e), None) => {
                 return Err(LoadError::Link(format!(
                     "the component exports neither `opbox:plugin/handler` (an opbox plugin) \
-                     nor `wasi:http/incoming-handler@0.2` (an HTTP component): {e:#}"
+                     nor `wasi:http/incoming-handler@0.2` or `wasi:http/handler@0.3` (an HTTP \
+                     component): {e:#}"
                 )));
             }
         };

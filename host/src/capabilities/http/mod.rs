@@ -1,6 +1,7 @@
-//! `wasi:http/outgoing-handler` and `opbox:plugin/outbound` (the same
-//! requests, as an async import with streamed bodies): requests a plugin
-//! makes, only to the hosts the operator granted (`allowed_outbound_hosts`).
+//! `wasi:http/outgoing-handler` (WASIp2), `wasi:http/client` (WASIp3) and
+//! `opbox:plugin/outbound` (the same requests, as an async import with
+//! streamed bodies): requests a plugin makes, only to the hosts the
+//! operator granted (`allowed_outbound_hosts`).
 //!
 //! A request to any other host gets the interface's `HTTP-request-denied`
 //! error, and the attempt is logged (scheme, host and port: never the path
@@ -88,6 +89,8 @@ pub(crate) fn view<'a>(
 
 pub(super) fn add_to_linker<T: super::View>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
+    // `wasi:http/client@0.3`: its requests go through the same hooks.
+    wasmtime_wasi_http::p3::add_to_linker(linker)?;
     outbound::add_to_linker(linker)
 }
 
@@ -106,6 +109,13 @@ struct OutboundHooks {
 type Sending = Box<dyn Future<Output = Result<send::Sent, Error>> + Send>;
 
 impl WasiHttpHooks for OutboundHooks {
+    /// A WASIp3 body moves at most this much at a time, whichever way:
+    /// what one request holds on the host between the guest and the
+    /// network.
+    fn p3_outgoing_body_chunk_size(&mut self) -> usize {
+        super::chunks::CHUNK_BYTES
+    }
+
     fn send_request(
         &mut self,
         request: http::Request<WasiBody>,

@@ -1,0 +1,123 @@
+//! `wasi:http/handler@0.3.x`: an async `handle(request) -> response`, the
+//! body a `stream<u8>` the guest goes on writing after it returns.
+//!
+//! The store runs (`run_concurrent`) for as long as the response body is
+//! wanted: until the guest's side of it ends, the caller drops it, or the
+//! deadline passes. Only then is the guest's run over, and a body cut short
+//! by a trap or a limit ends with that error rather than as if whole.
+
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+use tokio_util::task::AbortOnDropHandle;
+use wasmtime::Store;
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::p3::Request;
+use wasmtime_wasi_http::p3::bindings::ServiceIndices;
+
+use super::{HttpRequestBody, HttpResponse, HttpResponseBody, guest_refused};
+use crate::runtime::busy::Busy;
+use crate::runtime::invoke::{Invocation, InvokeError, meter_fuel};
+use crate::runtime::limits::LimitHit;
+use crate::runtime::plugin::Plugin;
+use crate::runtime::state::StoreState;
+use crate::runtime::trap::classify;
+
+type WasiResponse = http::Response<wasmtime_wasi_http::WasiBody>;
+
+impl Plugin {
+    pub(super) async fn serve_p3(
+        self: &Arc<Self>,
+        indices: ServiceIndices,
+        invocation: &Invocation,
+        request: http::Request<HttpRequestBody>,
+    ) -> Result<HttpResponse, InvokeError> {
+        let budget = self.request_budget(invocation);
+        let mut store = self.new_store(invocation, budget)?;
+        let (request, request_io) = incoming(&mut store, request);
+        let (head_tx, head_rx) = oneshot::channel::<Result<WasiResponse, InvokeError>>();
+        let (done_tx, done_rx) = oneshot::channel::<()>();
+        let (ended_tx, ended_rx) = oneshot::channel();
+        let plugin = self.clone();
+        let meter = invocation.meter.clone();
+        let deadline = invocation.deadline;
+        let run = async move {
+            let served = async {
+                let instance = plugin.instantiate_instance(&mut store).await?;
+                let service = indices
+                    .load(&mut store, &instance)
+                    .map_err(|e| classify(&mut store, e))?;
+                let ran = store
+                    .run_concurrent(async move |accessor| -> wasmtime::Result<()> {
+                        let response = match service.handle(accessor, request).await? {
+                            Ok(response) => response,
+                            Err(code) => {
+                                let _ = head_tx.send(Err(guest_refused(code)));
+                                return Ok(());
+                            }
+                        };
+                        let response = accessor
+                            .with(|mut access| response.into_http(&mut access, request_io))?;
+                        let _ = head_tx.send(Ok(response));
+                        // The body streams from the guest while the store
+                        // runs: until it ends, or nobody wants it.
+                        let _ = done_rx.await;
+                        Ok(())
+                    })
+                    .await;
+                ran.and_then(|handled| handled)
+                    .map_err(|e| classify(&mut store, e))
+            };
+            let outcome = match tokio::time::timeout(deadline, served).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(InvokeError::Limit(LimitHit::time("deadline_ms", deadline))),
+            };
+            meter_fuel(&store, &meter);
+            // Said before the store goes, and with it the body's sender.
+            let _ = ended_tx.send(outcome);
+            drop(store);
+        };
+        let task = AbortOnDropHandle::new(tokio::spawn(Busy::new(run, invocation.meter.clone())));
+        // The head is sent, or its sender dropped when the run stops: the
+        // run's outcome says why.
+        let response = match head_rx.await {
+            Ok(Ok(response)) => response,
+            Ok(Err(refused)) => return Err(refused),
+            Err(_) => {
+                return Err(match ended_rx.await {
+                    Ok(Err(e)) => e,
+                    _ => InvokeError::Host("the component set no response".into()),
+                });
+            }
+        };
+        let output_bytes = self.limits.output_bytes;
+        Ok(response
+            .map(|body| HttpResponseBody::new(body, output_bytes, task).told_by(done_tx, ended_rx)))
+    }
+}
+
+/// `request` as the guest sees it, and the future through which its body's
+/// transfer reports an error. The scheme and authority an origin-form
+/// request lacks are taken from the connection and its `Host`, as
+/// `wasi:http/incoming-handler@0.2` gives them.
+fn incoming(
+    store: &mut Store<StoreState>,
+    request: http::Request<HttpRequestBody>,
+) -> (
+    Request,
+    impl Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send + 'static,
+) {
+    let host = request
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|host| host.to_str().ok())
+        .and_then(|host| host.parse::<http::uri::Authority>().ok());
+    let (mut request, io) = Request::from_http(store.data_mut().http().hooks, request);
+    if request.scheme.is_none() {
+        request.scheme = Some(http::uri::Scheme::HTTP);
+    }
+    if request.authority.is_none() {
+        request.authority = host;
+    }
+    (request, io)
+}

@@ -1,0 +1,315 @@
+//! WASIp3 `wasi:http` components (`wasi:http/handler@0.3`) as plugins
+//! (`docs/wasi-http.md`): `plugins/wasi-http-stream`, built with the
+//! `wasip3` crate alone, unmodified, mounted at `/http/{name}/` like a
+//! WASIp2 one.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use opbox::config::PluginConfig;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::util::{TestHost, two_tenants};
+
+/// The WASIp3 example, as `[[plugins]]` declares it.
+fn stream(name: &str, tenant: Option<&str>) -> PluginConfig {
+    PluginConfig {
+        path: PathBuf::from(env!("OPBOX_PLUGINS_DIR")).join("wasi_http_stream.wasm"),
+        reuse: None,
+        name: Some(name.into()),
+        tenant: tenant.map(Into::into),
+        grants: Default::default(),
+        limits: Default::default(),
+    }
+}
+
+/// A host serving the WASIp3 example as `stream`.
+async fn host_with(configure: impl FnOnce(&mut opbox::HostConfig)) -> TestHost {
+    TestHost::with_config(|config| {
+        config.plugins.push(stream("stream", None));
+        configure(config);
+    })
+    .await
+}
+
+/// `GET path` on `host`: the status and the body as text.
+async fn get(host: &TestHost, path: &str) -> (StatusCode, String) {
+    let response = host
+        .client
+        .get(host.url(path))
+        .send()
+        .await
+        .expect("answered");
+    (response.status(), response.text().await.expect("a body"))
+}
+
+/// Reads `body` until what it has carried ends with `wanted`.
+async fn read_until(body: &mut hyper::body::Incoming, got: &mut String, wanted: &str) {
+    while !got.ends_with(wanted) {
+        let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .unwrap_or_else(|_| panic!("`{wanted}` never came back; got {got:?}"))
+            .expect("the body goes on")
+            .expect("a frame");
+        if let Ok(data) = frame.into_data() {
+            got.push_str(std::str::from_utf8(&data).expect("text"));
+        }
+    }
+}
+
+/// The body streams both ways: each chunk sent comes back before the next
+/// is sent, through a real HTTP/1.1 connection. The component gets the
+/// request below its mount, with its `Host`; the request is counted by
+/// plugin and outcome.
+#[tokio::test]
+async fn a_wasip3_component_streams_its_body_both_ways() {
+    let host = host_with(|_| {}).await;
+    let socket = tokio::net::TcpStream::connect(host.addr)
+        .await
+        .expect("connects");
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(socket))
+            .await
+            .expect("an HTTP/1.1 connection");
+    tokio::spawn(connection);
+    let (chunks, sent) =
+        futures::channel::mpsc::channel::<Result<hyper::body::Frame<Bytes>, std::io::Error>>(1);
+    let request = hyper::Request::post("/http/stream/notes?x=1")
+        .header("host", "opbox.test")
+        .header("x-mine", "kept")
+        .body(http_body_util::StreamBody::new(sent))
+        .expect("a request");
+    let mut chunks = chunks;
+    let response = sender.send_request(request).await.expect("answered");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.headers().contains_key("opbox-request-id"));
+    let mut body = response.into_body();
+    let mut got = String::new();
+    read_until(&mut body, &mut got, "\n\n").await;
+    let mut head = got.lines();
+    // Its scheme and authority come from the connection and `Host`.
+    assert_eq!(head.next(), Some("POST http://opbox.test/notes?x=1"));
+    let headers: Vec<_> = head.collect();
+    assert!(headers.contains(&"x-mine: kept"), "{headers:?}");
+    use futures::SinkExt;
+    for chunk in ["one\n", "two\n", "three\n"] {
+        chunks
+            .send(Ok(hyper::body::Frame::data(Bytes::from(chunk))))
+            .await
+            .expect("sent");
+        read_until(&mut body, &mut got, chunk).await;
+    }
+    drop(chunks);
+    while let Some(frame) = body.frame().await {
+        frame.expect("the body ends whole");
+    }
+    assert!(got.ends_with("\n\none\ntwo\nthree\n"), "{got}");
+
+    let (_, samples) = crate::metrics::scrape(&host, None).await;
+    let labels = [
+        ("operation", "stream/http"),
+        ("plugin", "stream"),
+        ("transport", "http"),
+        ("code", "ok"),
+    ];
+    assert_eq!(
+        crate::metrics::value(&samples, "opbox_calls_total", &labels),
+        1.0
+    );
+}
+
+/// The plugin's limits hold, each failing only its own request: a
+/// component that computes forever before it answers is stopped at the
+/// deadline, one that does while it writes its body at `cpu_ms` (its body
+/// then ends in an error, not as if it were whole); one that takes more
+/// memory than
+/// `memory_bytes` fails; a body past `output_bytes` is cut off. The host
+/// serves the next request, and no instance is left running.
+#[tokio::test]
+async fn a_wasip3_component_is_held_to_its_limits_and_fails_alone() {
+    let host = host_with(|config| {
+        config.plugin_limits.output_bytes = Some(64 << 10);
+        config.plugin_limits.memory_bytes = Some(16 << 20);
+        config.plugin_limits.cpu_ms = Some(300);
+    })
+    .await;
+    let spin = host
+        .client
+        .get(host.url("/http/stream/spin"))
+        .header("opbox-deadline-ms", "200")
+        .send()
+        .await
+        .expect("answered");
+    let status = spin.status();
+    let error: Value = spin.json().await.expect("JSON");
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{error}");
+    assert_eq!(error["error"]["code"], "TIMEOUT", "{error}");
+
+    let spin_body = host
+        .client
+        .get(host.url("/http/stream/spin-body"))
+        .send()
+        .await
+        .expect("the head arrives");
+    assert_eq!(spin_body.status(), StatusCode::OK);
+    assert!(
+        spin_body.bytes().await.is_err(),
+        "a body whose writer was stopped ends in an error, not as if whole"
+    );
+
+    let grow = host
+        .client
+        .get(host.url("/http/stream/grow?bytes=33554432"))
+        .send()
+        .await
+        .expect("answered");
+    let error: Value = grow.json().await.expect("JSON");
+    assert_eq!(
+        error["error"]["details"]["limit"], "memory_bytes",
+        "{error}"
+    );
+    assert_eq!(
+        get(&host, "/http/stream/grow?bytes=1048576").await,
+        (StatusCode::OK, "grown".to_owned())
+    );
+
+    let (status, within) = get(&host, "/http/stream/big?bytes=65536").await;
+    assert_eq!((status, within.len()), (StatusCode::OK, 65536));
+    let past = host
+        .client
+        .get(host.url("/http/stream/big?bytes=65537"))
+        .send()
+        .await
+        .expect("the head arrives");
+    assert!(
+        past.bytes().await.is_err(),
+        "a body past output_bytes is cut off"
+    );
+
+    let (status, text) = get(&host, "/http/stream/still").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(text.starts_with("GET http://"), "{text}");
+    assert_eq!(host.wait_for_live(0, Duration::from_secs(10)).await, 0);
+}
+
+/// A tenant's WASIp3 component answers that tenant only, and reaches only
+/// the hosts it is granted through `wasi:http/client`.
+#[tokio::test]
+async fn a_wasip3_component_answers_its_tenant_and_reaches_only_granted_hosts() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a port");
+    let addr = listener.local_addr().expect("its address");
+    let app = axum::Router::new().route(
+        "/hello",
+        axum::routing::get(|| async { "hello from upstream" }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let host = TestHost::with_config(|config| {
+        two_tenants(config);
+        let mut mine = stream("mine", Some("acme"));
+        mine.grants.allowed_outbound_hosts = vec![format!("http://127.0.0.1:{}", addr.port())];
+        config.plugins.push(mine);
+    })
+    .await;
+    let get = |path: String, token: &'static str| {
+        let request = host.client.get(host.url(&path)).bearer_auth(token).send();
+        async move {
+            let response = request.await.expect("answered");
+            (response.status(), response.text().await.expect("a body"))
+        }
+    };
+    let granted = format!(
+        "/http/mine/fetch?url=http://127.0.0.1:{}/hello",
+        addr.port()
+    );
+    assert_eq!(
+        get(granted.clone(), "acme").await,
+        (StatusCode::OK, "hello from upstream".to_owned())
+    );
+    let (status, text) = get(
+        format!(
+            "/http/mine/fetch?url=http://localhost:{}/hello",
+            addr.port()
+        ),
+        "acme",
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{text}");
+    assert!(text.contains("HttpRequestDenied"), "{text}");
+
+    let (other, other_text) = get(granted, "globex").await;
+    let (nobody, nobody_text) = get("/http/nobody/x".into(), "globex").await;
+    assert_eq!(
+        (other, nobody),
+        (StatusCode::NOT_FOUND, StatusCode::NOT_FOUND)
+    );
+    let error = |text: String, name: &str| {
+        let body: Value = serde_json::from_str(&text.replace(name, "NAME")).expect("JSON");
+        body["error"].clone()
+    };
+    assert_eq!(error(other_text, "mine"), error(nobody_text, "nobody"));
+}
+
+/// Installed and replaced through the admin API while requests flow: none
+/// is dropped, and the event feed tells both changes.
+#[tokio::test]
+async fn a_wasip3_component_is_replaced_under_load_dropping_no_request() {
+    use crate::admin::{OPERATOR, fixture, install, replace, with_operator};
+    let data = tempfile::tempdir().expect("a directory");
+    let host = TestHost::with_config(|config| with_operator(config, data.path())).await;
+    let (status, body) = install(
+        &host,
+        Some(OPERATOR),
+        Some(json!({"name": "web"})),
+        fixture("wasi_http_stream"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let client = host.client.clone();
+    let url = host.url("/http/web/x");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = stop.clone();
+    let requests = tokio::spawn(async move {
+        let (mut before, mut after) = (0, 0);
+        while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+            let response = client.get(&url).send().await.expect("answered");
+            assert_eq!(response.status(), StatusCode::OK, "a request was dropped");
+            let text = response.text().await.expect("a whole body");
+            if text.starts_with("GET http://") {
+                before += 1;
+            } else {
+                assert_eq!(text, r#"{"result":"ok","output":{"x":1}}"#);
+                after += 1;
+            }
+        }
+        (before, after)
+    });
+    let (status, body) = replace(&host, "web", fixture("wasi_http_hello_p3")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    loop {
+        let (status, text) = get(&host, "/http/web/x").await;
+        assert_eq!(status, StatusCode::OK);
+        if text.contains(r#""result":"ok""#) {
+            break;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (before, after) = requests.await.expect("no request failed");
+    assert!(before + after > 0);
+
+    let events = crate::events::read_all(&host, OPERATOR, 2).await;
+    let of_web: Vec<_> = events
+        .iter()
+        .filter(|e| e["plugin"] == "web")
+        .map(|e| e["kind"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        of_web,
+        ["plugin.installed", "plugin.replaced"],
+        "{events:?}"
+    );
+}
