@@ -313,3 +313,95 @@ async fn a_wasip3_component_is_replaced_under_load_dropping_no_request() {
         "{events:?}"
     );
 }
+
+/// `GET path` as `token`: the status and the body as text.
+async fn get_as(host: &TestHost, path: &str, token: &str) -> (StatusCode, String) {
+    let response = host
+        .client
+        .get(host.url(path))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("answered");
+    (response.status(), response.text().await.expect("a body"))
+}
+
+/// Without `[plugins.reuse]` every request gets a fresh instance; with it,
+/// one instance serves many requests of one tenant, several at once (a
+/// `/release` reaches the instance a `/hold` is waiting in), another
+/// tenant's requests get instances of their own, and an instance on which
+/// a request ran past its deadline serves no more.
+#[tokio::test]
+async fn with_reuse_an_instance_serves_a_tenants_requests_several_at_once() {
+    let fresh = host_with(|_| {}).await;
+    for _ in 0..2 {
+        assert_eq!(
+            get(&fresh, "/http/stream/count").await,
+            (StatusCode::OK, "1".to_owned())
+        );
+    }
+    drop(fresh);
+
+    let host = TestHost::with_config(|config| {
+        two_tenants(config);
+        let mut shared = stream("shared", None);
+        shared.reuse = Some(Default::default());
+        config.plugins.push(shared);
+    })
+    .await;
+    for expected in ["1", "2", "3"] {
+        assert_eq!(
+            get_as(&host, "/http/shared/count", "acme").await,
+            (StatusCode::OK, expected.to_owned())
+        );
+    }
+    assert_eq!(
+        get_as(&host, "/http/shared/count", "globex").await,
+        (StatusCode::OK, "1".to_owned()),
+        "another tenant's requests share no instance"
+    );
+
+    // The hold is in its instance once its first line is back; the
+    // release, sent while it waits, goes to the same instance.
+    let held = host
+        .client
+        .get(host.url("/http/shared/hold"))
+        .bearer_auth("acme")
+        .send()
+        .await
+        .expect("answered");
+    let mut body = held.bytes_stream();
+    use futures::StreamExt;
+    let first = body.next().await.expect("a line").expect("bytes");
+    assert_eq!(&first[..], b"holding\n");
+    assert_eq!(
+        get_as(&host, "/http/shared/release", "acme").await,
+        (StatusCode::OK, "released".to_owned())
+    );
+    let mut rest = Vec::new();
+    while let Some(chunk) = body.next().await {
+        rest.extend_from_slice(&chunk.expect("bytes"));
+    }
+    assert_eq!(String::from_utf8_lossy(&rest), "released");
+    assert_eq!(
+        get_as(&host, "/http/shared/count", "acme").await,
+        (StatusCode::OK, "6".to_owned()),
+        "the hold and the release were this instance's fourth and fifth"
+    );
+
+    // A request past its deadline ends its instance's service: the next
+    // request gets a fresh one.
+    let spin = host
+        .client
+        .get(host.url("/http/shared/spin"))
+        .bearer_auth("acme")
+        .header("opbox-deadline-ms", "300")
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(spin.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(
+        get_as(&host, "/http/shared/count", "acme").await,
+        (StatusCode::OK, "1".to_owned())
+    );
+}

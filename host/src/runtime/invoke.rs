@@ -84,7 +84,7 @@ pub(super) fn guest_failure(e: bindings::CallError, output_bytes: usize) -> Invo
 }
 
 /// Why a call of a plugin failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum InvokeError {
     /// The guest returned a domain error.

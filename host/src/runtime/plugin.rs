@@ -141,7 +141,10 @@ impl Plugin {
         // instead.
         let handler = bindings::PluginIndices::new(&pre);
         let raw = bindings::raw::GuestIndices::new(&pre).ok();
-        let http = handler.is_err().then(|| HttpExport::find(&pre)).flatten();
+        let http = handler
+            .is_err()
+            .then(|| HttpExport::find(&pre, options.reuse.as_ref()))
+            .flatten();
         let handler = match (handler, &http) {
             (Ok(handler), _) => Some(handler),
             (Err(_), Some(_)) => None,

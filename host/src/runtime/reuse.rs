@@ -15,6 +15,9 @@
 //! is retired after `max_calls` calls, `max_age_ms` after it was made, or
 //! once its linear memory (which only grows) passes `max_memory_bytes`.
 //! Subscriptions always get a fresh instance.
+//!
+//! A WASIp3 `wasi:http` component's instance may also serve several
+//! requests at once, up to `max_concurrent` (`runtime/http/shared.rs`).
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -35,6 +38,7 @@ use super::state::StoreState;
 /// | `max_age_ms` | 60,000 ms after the instance was made |
 /// | `max_memory_bytes` | 16 MiB of linear memory: an instance past it is dropped after its call |
 /// | `max_idle` | 4 idle instances kept for each calling tenant |
+/// | `max_concurrent` | 16 requests at once in one instance of a WASIp3 `wasi:http` component (as `wasmtime serve`); every other kind serves one call at a time |
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct ReuseConfig {
@@ -48,6 +52,9 @@ pub struct ReuseConfig {
     pub max_memory_bytes: usize,
     /// Idle instances kept for each calling tenant; more are dropped.
     pub max_idle: usize,
+    /// Requests one instance of a WASIp3 `wasi:http` component serves at
+    /// once; opbox plugins and WASIp2 components serve one at a time.
+    pub max_concurrent: u32,
 }
 
 impl Default for ReuseConfig {
@@ -57,6 +64,7 @@ impl Default for ReuseConfig {
             max_age_ms: 60_000,
             max_memory_bytes: 16 << 20,
             max_idle: 4,
+            max_concurrent: 16,
         }
     }
 }

@@ -14,9 +14,9 @@
 //! - `/log` writes a line to stderr, then answers `logged`.
 //! - `/count` answers how many requests this instance has taken, itself
 //!   included: 1 when every request gets a fresh instance.
-//! - `/hold` answers `released` once a `/release` has come to the same
-//!   instance while it waited, or `alone` after 10 s; `/release` answers
-//!   `released`.
+//! - `/hold` answers `holding`, then, in the same body, `released` once a
+//!   `/release` has come to the same instance, or `alone` after 3 s;
+//!   `/release` answers `released`.
 //! - anything else answers, as text: the method and the URL it was given
 //!   (scheme, authority, path and query), one line per header
 //!   (`name: value`), an empty line, then the request body, chunk by
@@ -57,7 +57,7 @@ impl wasip3::exports::http::handler::Guest for Stream {
                 RELEASED.store(true, Ordering::Relaxed);
                 (200, b"released".to_vec())
             }
-            "/hold" => (200, hold().await.into_bytes()),
+            "/hold" => return Ok(answer(200, Body::Hold)),
             _ => {
                 if let Some(bytes) = path.strip_prefix("/big?bytes=") {
                     return Ok(answer(200, Body::Big(bytes.parse().unwrap_or(0))));
@@ -82,6 +82,7 @@ enum Body {
     Bytes(Vec<u8>),
     Big(usize),
     Spin,
+    Hold,
     /// What the request was, then its body as it comes.
     Echo(Request, String),
 }
@@ -113,6 +114,11 @@ fn answer(status: u16, body: Body) -> Response {
                 writer.write_all(b"started\n".to_vec()).await;
                 spin();
             }
+            Body::Hold => {
+                if writer.write_all(b"holding\n".to_vec()).await.is_empty() {
+                    writer.write_all(hold().await.into_bytes()).await;
+                }
+            }
             Body::Echo(request, path) => {
                 let head = told(&request, &path);
                 if !writer.write_all(head).await.is_empty() {
@@ -143,13 +149,14 @@ fn spin() -> ! {
     }
 }
 
-/// Waits for a `/release` to this instance, 10 s at most.
+/// Waits for a `/release` to this instance, 3 s at most, looking every
+/// 10 ms.
 async fn hold() -> String {
-    for _ in 0..10_000 {
+    for _ in 0..300 {
         if RELEASED.load(Ordering::Relaxed) {
             return "released".into();
         }
-        monotonic_clock::wait_for(1_000_000).await;
+        monotonic_clock::wait_for(10_000_000).await;
     }
     "alone".into()
 }

@@ -13,6 +13,9 @@
 
 mod p2;
 mod p3;
+mod shared;
+
+pub(crate) use shared::Shared;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -28,6 +31,7 @@ use wasmtime_wasi_http::p3::bindings::ServiceIndices;
 
 use super::invoke::{Invocation, InvokeError};
 use super::plugin::Plugin;
+use super::reuse::ReuseConfig;
 use super::state::CpuBudget;
 use crate::capabilities::invoke::GuestError;
 
@@ -56,15 +60,21 @@ pub(crate) enum HttpExport {
     /// `wasi:http/incoming-handler@0.2.x`: one request per instance.
     P2(ProxyIndices),
     /// `wasi:http/handler@0.3.x`: an async `handle`, which may serve
-    /// several requests in one instance.
-    P3(ServiceIndices),
+    /// several requests in one instance, as `Shared` ones do when the
+    /// operator allows reuse.
+    P3(ServiceIndices, Option<Arc<Shared>>),
 }
 
 impl HttpExport {
-    /// The handler `pre` exports, if it is a standard HTTP component.
-    pub(crate) fn find(pre: &wasmtime::component::InstancePre<super::StoreState>) -> Option<Self> {
+    /// The handler `pre` exports, if it is a standard HTTP component; a
+    /// WASIp3 one shares its instances when the operator allows `reuse`.
+    pub(crate) fn find(
+        pre: &wasmtime::component::InstancePre<super::StoreState>,
+        reuse: Option<&ReuseConfig>,
+    ) -> Option<Self> {
         if let Ok(p3) = ServiceIndices::new(pre) {
-            return Some(Self::P3(p3));
+            let shared = reuse.map(|config| Arc::new(Shared::new(config.clone())));
+            return Some(Self::P3(p3, shared));
         }
         ProxyIndices::new(pre).ok().map(Self::P2)
     }
@@ -81,7 +91,9 @@ impl Plugin {
     ) -> Result<HttpResponse, InvokeError> {
         match self.http.clone() {
             Some(HttpExport::P2(indices)) => self.serve_p2(indices, invocation, request).await,
-            Some(HttpExport::P3(indices)) => self.serve_p3(indices, invocation, request).await,
+            Some(HttpExport::P3(indices, shared)) => {
+                self.serve_p3(indices, shared, invocation, request).await
+            }
             None => Err(InvokeError::Host(
                 "the plugin is not an HTTP component".into(),
             )),
@@ -90,7 +102,7 @@ impl Plugin {
 
     /// A request's CPU budget: `cpu_ms`, or its deadline when that is
     /// sooner.
-    fn request_budget(&self, invocation: &Invocation) -> CpuBudget {
+    pub(super) fn request_budget(&self, invocation: &Invocation) -> CpuBudget {
         let cpu_limit = Duration::from_millis(self.limits.cpu_ms);
         if invocation.deadline <= cpu_limit {
             self.budget("deadline_ms", invocation.deadline)
@@ -122,12 +134,17 @@ pub struct HttpResponseBody {
     /// Dropped when the body ends or is dropped: the guest's run need not
     /// wait for it any longer.
     done: Option<oneshot::Sender<()>>,
-    /// The guest's task: dropped with the body, which stops the guest.
-    _guest: AbortOnDropHandle<()>,
+    /// The guest's task, when the request has one of its own: dropped
+    /// with the body, which stops the guest.
+    _guest: Option<AbortOnDropHandle<()>>,
 }
 
 impl HttpResponseBody {
-    fn new(body: wasmtime_wasi_http::WasiBody, limit: usize, guest: AbortOnDropHandle<()>) -> Self {
+    fn new(
+        body: wasmtime_wasi_http::WasiBody,
+        limit: usize,
+        guest: Option<AbortOnDropHandle<()>>,
+    ) -> Self {
         Self {
             body,
             left: limit,

@@ -89,6 +89,6 @@ impl Plugin {
             }
         };
         let output_bytes = self.limits.output_bytes;
-        Ok(response.map(|body| HttpResponseBody::new(body, output_bytes, task)))
+        Ok(response.map(|body| HttpResponseBody::new(body, output_bytes, Some(task))))
     }
 }

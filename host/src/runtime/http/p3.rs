@@ -6,35 +6,42 @@
 //! deadline passes. Only then is the guest's run over, and a body cut short
 //! by a trap or a limit ends with that error rather than as if whole.
 
+use std::pin::Pin;
 use std::sync::Arc;
 
 use tokio::sync::oneshot;
 use tokio_util::task::AbortOnDropHandle;
-use wasmtime::Store;
-use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p3::Request;
 use wasmtime_wasi_http::p3::bindings::ServiceIndices;
+use wasmtime_wasi_http::{WasiHttpHooks, WasiHttpView};
 
+use super::shared::Shared;
 use super::{HttpRequestBody, HttpResponse, HttpResponseBody, guest_refused};
 use crate::runtime::busy::Busy;
 use crate::runtime::invoke::{Invocation, InvokeError, meter_fuel};
 use crate::runtime::limits::LimitHit;
 use crate::runtime::plugin::Plugin;
-use crate::runtime::state::StoreState;
 use crate::runtime::trap::classify;
 
-type WasiResponse = http::Response<wasmtime_wasi_http::WasiBody>;
+/// The response as the host sends it on.
+pub(super) type WasiResponse = http::Response<wasmtime_wasi_http::WasiBody>;
 
 impl Plugin {
+    /// Serves `request` on a fresh instance, or on a shared one when the
+    /// operator allows reuse (`shared`).
     pub(super) async fn serve_p3(
         self: &Arc<Self>,
         indices: ServiceIndices,
+        shared: Option<Arc<Shared>>,
         invocation: &Invocation,
         request: http::Request<HttpRequestBody>,
     ) -> Result<HttpResponse, InvokeError> {
+        if let Some(shared) = shared {
+            return shared.serve(self, &indices, invocation, request).await;
+        }
         let budget = self.request_budget(invocation);
         let mut store = self.new_store(invocation, budget)?;
-        let (request, request_io) = incoming(&mut store, request);
+        let (request, request_io) = incoming(store.data_mut().http().hooks, request);
         let (head_tx, head_rx) = oneshot::channel::<Result<WasiResponse, InvokeError>>();
         let (done_tx, done_rx) = oneshot::channel::<()>();
         let (ended_tx, ended_rx) = oneshot::channel();
@@ -91,8 +98,9 @@ impl Plugin {
             }
         };
         let output_bytes = self.limits.output_bytes;
-        Ok(response
-            .map(|body| HttpResponseBody::new(body, output_bytes, task).told_by(done_tx, ended_rx)))
+        Ok(response.map(|body| {
+            HttpResponseBody::new(body, output_bytes, Some(task)).told_by(done_tx, ended_rx)
+        }))
     }
 }
 
@@ -100,24 +108,25 @@ impl Plugin {
 /// transfer reports an error. The scheme and authority an origin-form
 /// request lacks are taken from the connection and its `Host`, as
 /// `wasi:http/incoming-handler@0.2` gives them.
-fn incoming(
-    store: &mut Store<StoreState>,
+pub(super) fn incoming(
+    hooks: &mut dyn WasiHttpHooks,
     request: http::Request<HttpRequestBody>,
-) -> (
-    Request,
-    impl Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send + 'static,
-) {
+) -> (Request, RequestIo) {
     let host = request
         .headers()
         .get(http::header::HOST)
         .and_then(|host| host.to_str().ok())
         .and_then(|host| host.parse::<http::uri::Authority>().ok());
-    let (mut request, io) = Request::from_http(store.data_mut().http().hooks, request);
+    let (mut request, io) = Request::from_http(hooks, request);
     if request.scheme.is_none() {
         request.scheme = Some(http::uri::Scheme::HTTP);
     }
     if request.authority.is_none() {
         request.authority = host;
     }
-    (request, io)
+    (request, Box::pin(io))
 }
+
+/// Through which the transfer of a request's body reports an error.
+pub(super) type RequestIo =
+    Pin<Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send + 'static>>;
