@@ -404,4 +404,43 @@ async fn with_reuse_an_instance_serves_a_tenants_requests_several_at_once() {
         get_as(&host, "/http/shared/count", "acme").await,
         (StatusCode::OK, "1".to_owned())
     );
+    // The same for a request that waits past its deadline without
+    // computing: its instance is retired, and ends.
+    let held = host
+        .client
+        .get(host.url("/http/shared/hold"))
+        .bearer_auth("acme")
+        .header("opbox-deadline-ms", "300")
+        .send()
+        .await
+        .expect("the head arrives");
+    assert!(held.bytes().await.is_err(), "cut off at its deadline");
+    assert_eq!(
+        get_as(&host, "/http/shared/count", "acme").await,
+        (StatusCode::OK, "1".to_owned())
+    );
+    // The retired instances are gone: acme's newest and globex's remain.
+    assert_eq!(host.wait_for_live(2, Duration::from_secs(10)).await, 2);
+}
+
+/// A shared instance that has taken `max_calls` requests takes no more,
+/// and ends once they are answered: its store and instance place go.
+#[tokio::test]
+async fn a_shared_instance_ends_once_it_has_served_max_calls() {
+    let host = TestHost::with_config(|config| {
+        let mut shared = stream("shared", None);
+        shared.reuse = Some(opbox::runtime::ReuseConfig {
+            max_calls: 2,
+            ..Default::default()
+        });
+        config.plugins.push(shared);
+    })
+    .await;
+    for expected in ["1", "2", "1"] {
+        assert_eq!(
+            get(&host, "/http/shared/count").await,
+            (StatusCode::OK, expected.to_owned())
+        );
+    }
+    assert_eq!(host.wait_for_live(1, Duration::from_secs(10)).await, 1);
 }

@@ -30,13 +30,20 @@ pub(crate) async fn start_host() -> Host {
         data_dir: data_dir(),
         // `hostile-loop` for the noisy neighbour, `fixture-hog` for an
         // iterator subscription, `echo` again with its instances reused,
-        // and the component `wasmtime serve` runs in the HTTP ladder,
-        // mounted at `/http/hello-http`.
+        // and the components `wasmtime serve` runs in the HTTP ladder,
+        // mounted at `/http/hello-http` and (WASIp3, fresh and reused)
+        // `/http/hello-p3` and `/http/hello-p3-reused`.
         plugins: [
             ("hostile-loop", None, None),
             ("fixture-hog", None, None),
             ("echo", Some("echo-reused"), Some(ReuseConfig::default())),
             ("wasi-http-hello", Some("hello-http"), None),
+            ("wasi-http-hello-p3", Some("hello-p3"), None),
+            (
+                "wasi-http-hello-p3",
+                Some("hello-p3-reused"),
+                Some(ReuseConfig::default()),
+            ),
         ]
         .into_iter()
         .map(|(file, name, reuse)| PluginConfig {

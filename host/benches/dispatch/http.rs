@@ -1,9 +1,9 @@
 //! `http`: the HTTP path's cost, layer by layer: `POST /call` under `wrk`
 //! against a bare axum handler, opbox's routes answering a native operation
 //! (on axum's listener, then on opbox's own), a reused guest, a fresh guest,
-//! the WASIp2 component served at its mount (`/http/hello-http/call`), and
-//! `wasmtime serve` running that component and a WASIp3 one; then over
-//! HTTP/2 with `h2load`.
+//! the WASIp2 component served at its mount (`/http/hello-http/call`), the
+//! WASIp3 one at its (fresh and reused instances), and `wasmtime serve`
+//! running both; then over HTTP/2 with `h2load`.
 //!
 //! Each rung reports requests per second, latency, and the serving
 //! process's own CPU time per request (from `/proc`, user and system, all
@@ -106,6 +106,23 @@ pub(crate) async fn bench_http(host: &Host, bare: bool, opbox: bool) {
             script: mount_script("opbox-bench-post-mount.lua", "/http/hello-http/call"),
             pid: here,
         });
+        rungs.push(Rung {
+            key: "mount-p3",
+            name: "opbox, WASIp3 hello at its mount (fresh instance)",
+            addr: opbox_addr,
+            script: mount_script("opbox-bench-post-mount-p3.lua", "/http/hello-p3/call"),
+            pid: here,
+        });
+        rungs.push(Rung {
+            key: "mount-p3-reused",
+            name: "opbox, WASIp3 hello at its mount (`[plugins.reuse]`, 16 at once)",
+            addr: opbox_addr,
+            script: mount_script(
+                "opbox-bench-post-mount-p3-reused.lua",
+                "/http/hello-p3-reused/call",
+            ),
+            pid: here,
+        });
     }
     for (serving, key, name) in [
         (
@@ -191,7 +208,9 @@ pub(crate) async fn bench_http(host: &Host, bare: bool, opbox: bool) {
         ("reused", "bare", "requests/s ≥ 60%"),
         ("reused", "p3", "requests/s ≥ 1.5×"),
         ("fresh", "p2", "—"),
-        ("mount", "p2", "—"),
+        ("mount", "p2", "requests/s ≥ 100%"),
+        ("mount-p3", "p3", "—"),
+        ("mount-p3-reused", "p3", "requests/s ≥ 100%"),
     ] {
         if let Some((rps, cpu)) = ratio(of, against) {
             println!(

@@ -15,7 +15,7 @@
 //! - `/count` answers how many requests this instance has taken, itself
 //!   included: 1 when every request gets a fresh instance.
 //! - `/hold` answers `holding`, then, in the same body, `released` once a
-//!   `/release` has come to the same instance, or `alone` after 3 s;
+//!   `/release` has come to the same instance, or `alone` after 30 s;
 //!   `/release` answers `released`.
 //! - anything else answers, as text: the method and the URL it was given
 //!   (scheme, authority, path and query), one line per header
@@ -149,14 +149,14 @@ fn spin() -> ! {
     }
 }
 
-/// Waits for a `/release` to this instance, 3 s at most, looking every
-/// 10 ms.
+/// Waits for a `/release` to this instance, 30 s at most, looking every
+/// 100 ms.
 async fn hold() -> String {
     for _ in 0..300 {
         if RELEASED.load(Ordering::Relaxed) {
             return "released".into();
         }
-        monotonic_clock::wait_for(10_000_000).await;
+        monotonic_clock::wait_for(100_000_000).await;
     }
     "alone".into()
 }

@@ -9,19 +9,21 @@
 //! memory has passed `max_memory_bytes`, once a request on it ran past its
 //! deadline or lost its caller (the guest's task for it may still run:
 //! WASIp3 has no way yet to cancel one), or once the plugin is replaced or
-//! removed. It ends when the requests it holds are done. Idle instances
-//! past `max_idle` for the tenant end at once.
+//! removed. It ends when the requests it holds are done. An instance that
+//! falls idle while its tenant has more than `max_idle` ends at once.
 //!
 //! The requests on one instance share its fate and its limits: a trap,
 //! or `memory_bytes` or the CPU budget running out, fails every request in
 //! flight on it, all of one tenant. The CPU budget is refilled each time a
 //! request starts, and the instance's guest CPU and fuel are split evenly
 //! among the requests in flight ([`Sharing`]); its log lines and host
-//! calls are counted to the request that started last.
+//! calls are counted to the request that started last. Since a host import
+//! cannot tell which request's task called it, no import acts for a
+//! request's caller: `opbox:plugin/invoke` answers `UNAVAILABLE`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -107,10 +109,11 @@ impl Shared {
     }
 
     /// Takes `instance` off `tenant`'s list: it gets no more requests, and
-    /// its run ends once those it holds are done.
-    fn leave(&self, tenant: &str, instance: &Arc<Instance>) {
+    /// its run, whose jobs end once the list's handle is gone, ends once
+    /// those it holds are done.
+    fn leave(&self, tenant: &str, instance: &Weak<Instance>) {
         if let Some(instances) = self.tenants().get_mut(tenant) {
-            instances.retain(|one| !Arc::ptr_eq(one, instance));
+            instances.retain(|one| !std::ptr::eq(Arc::as_ptr(one), instance.as_ptr()));
         }
     }
 
@@ -169,7 +172,8 @@ impl Shared {
             shared: self.clone(),
             plugin: plugin.clone(),
             tenant: invocation.tenant.clone(),
-            instance,
+            born: instance.born,
+            instance: Arc::downgrade(&instance),
             sharing: sharing.clone(),
             pending: Mutex::new(HashMap::new()),
             next: AtomicU64::new(0),
@@ -222,7 +226,10 @@ struct Run {
     shared: Arc<Shared>,
     plugin: Arc<Plugin>,
     tenant: String,
-    instance: Arc<Instance>,
+    born: Instant,
+    /// Not held here: once off its tenant's list, the instance's handle,
+    /// and with it the sender of its jobs, is gone.
+    instance: Weak<Instance>,
     sharing: Arc<Sharing>,
     /// The `ended` senders of the jobs in flight, by job: told when the
     /// instance fails.
@@ -254,7 +261,7 @@ impl Run {
                     let ending = self.plugin.ending();
                     tokio::pin!(ending);
                     let max_age = Duration::from_millis(self.shared.config.max_age_ms);
-                    let age = tokio::time::sleep_until(self.instance.born + max_age);
+                    let age = tokio::time::sleep_until(self.born + max_age);
                     tokio::pin!(age);
                     loop {
                         tokio::select! {
@@ -339,9 +346,19 @@ impl Run {
         let _share = self.sharing.join(invocation.meter.clone());
         let deadline = Instant::now() + invocation.deadline;
         let budget = self.plugin.request_budget(&invocation);
+        // Host imports cannot tell which request's task calls them, and
+        // the requests on one instance may come from callers of different
+        // scopes: none of them may act for its caller (a nested call
+        // answers `UNAVAILABLE`).
+        let bound = Invocation {
+            caller_id: None,
+            scopes: Vec::new(),
+            nested: None,
+            ..invocation.clone()
+        };
         let (request, io) = accessor.with(|mut access| {
             let state = access.get();
-            state.rebind(&self.plugin, &invocation, budget);
+            state.rebind(&self.plugin, &bound, budget);
             incoming(state.http().hooks, request)
         });
         let timed_out = || {
