@@ -188,14 +188,28 @@ async fn another_tenants_component_is_not_found_as_a_name_nobody_uses() {
 }
 
 /// The plugin's limits hold: a component that computes forever is stopped
-/// at the call's deadline, and a body past `output_bytes` is cut off; the
-/// host serves the next request.
+/// at the call's deadline, one that takes more than `memory_bytes` fails,
+/// and a body past `output_bytes` is cut off; the host serves the next
+/// request.
 #[tokio::test]
 async fn a_component_is_held_to_its_deadline_and_output_bytes() {
     let host = host_with(|config| {
         config.plugin_limits.output_bytes = Some(64 << 10);
+        config.plugin_limits.memory_bytes = Some(16 << 20);
     })
     .await;
+    let grow = host
+        .client
+        .get(host.url("/http/echo-http/grow?bytes=33554432"))
+        .send()
+        .await
+        .expect("answered");
+    let error: Value = grow.json().await.expect("JSON");
+    assert_eq!(
+        error["error"]["details"]["limit"], "memory_bytes",
+        "{error}"
+    );
+
     let spin = host
         .client
         .get(host.url("/http/echo-http/spin"))

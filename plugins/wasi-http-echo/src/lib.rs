@@ -5,6 +5,7 @@
 //! - `/big?bytes=N` answers `N` bytes of `x`, written 4 KiB at a time.
 //! - `/fetch?url=URL` sends `GET URL` with `wasi:http/outgoing-handler`
 //!   and answers its status and body, or `502` and the error code.
+//! - `/grow?bytes=N` takes `N` bytes of memory, then answers `grown`.
 //! - `/log` writes a line to stderr, then answers `logged`.
 //! - anything else answers, as text: the method and the path with its
 //!   query, one line per header (`name: value`), an empty line, then the
@@ -36,6 +37,10 @@ impl wasip2::exports::http::incoming_handler::Guest for Echo {
             (200, vec![b'x'; bytes.parse().unwrap_or(0)])
         } else if let Some(url) = path.strip_prefix("/fetch?url=") {
             fetch(url)
+        } else if let Some(bytes) = path.strip_prefix("/grow?bytes=") {
+            let taken = vec![1u8; bytes.parse().unwrap_or(0)];
+            std::hint::black_box(&taken);
+            (200, b"grown".to_vec())
         } else if path == "/log" {
             eprintln!("a line from the component");
             (200, b"logged".to_vec())
