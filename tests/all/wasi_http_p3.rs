@@ -470,3 +470,20 @@ async fn a_caller_that_goes_away_stops_the_wasip3_component() {
         "the component still runs after its caller left"
     );
 }
+
+/// A component built with the Spin Rust SDK 7, which exports WASIp3 only,
+/// runs unmodified: it gets the path below its mount, as `spin up` would
+/// give it the path below its route.
+#[tokio::test]
+async fn a_wasip3_component_built_with_the_spin_sdk_runs_unmodified() {
+    let host = TestHost::with_config(|config| {
+        let mut spin = stream("spin-p3", None);
+        spin.path = PathBuf::from(env!("OPBOX_PLUGINS_DIR")).join("spin_hello_p3.wasm");
+        config.plugins.push(spin);
+    })
+    .await;
+    assert_eq!(
+        get(&host, "/http/spin-p3/greet?who=opbox").await,
+        (StatusCode::OK, "Hello from Spin 7: GET /greet\n".to_owned())
+    );
+}
