@@ -363,16 +363,22 @@ async fn the_cost_of_a_request_is_a_trailer_after_the_body() {
 /// the spinning component's instance is gone once the connection is.
 #[tokio::test]
 async fn a_caller_that_goes_away_stops_the_component() {
-    use tokio::io::AsyncWriteExt;
     // A CPU budget past the deadline (30 s): only the caller leaving can
     // stop it within the wait below.
     let host = host_with(|config| config.plugin_limits.cpu_ms = Some(60_000)).await;
+    leaving_stops_the_guest(&host, "/http/echo-http/spin").await;
+}
+
+/// Sends `GET path` (a component that spins) on a socket of its own, then
+/// closes it: the guest's instance is gone well within the deadline.
+pub(crate) async fn leaving_stops_the_guest(host: &TestHost, path: &str) {
+    use tokio::io::AsyncWriteExt;
     assert_eq!(host.wait_for_live(0, Duration::from_secs(10)).await, 0);
     let mut socket = tokio::net::TcpStream::connect(host.addr)
         .await
         .expect("connects");
     socket
-        .write_all(b"GET /http/echo-http/spin HTTP/1.1\r\nhost: opbox\r\n\r\n")
+        .write_all(format!("GET {path} HTTP/1.1\r\nhost: opbox\r\n\r\n").as_bytes())
         .await
         .expect("sent");
     assert_eq!(host.wait_for_live(1, Duration::from_secs(10)).await, 1);

@@ -446,29 +446,11 @@ async fn a_shared_instance_ends_once_it_has_served_max_calls() {
 }
 
 /// A caller that goes away stops a WASIp3 guest at once, not at its
-/// deadline: the spinning component's instance is gone once the
-/// connection is.
+/// deadline.
 #[tokio::test]
 async fn a_caller_that_goes_away_stops_the_wasip3_component() {
-    use tokio::io::AsyncWriteExt;
-    // A CPU budget past the deadline (30 s): only the caller leaving can
-    // stop it within the wait below.
     let host = host_with(|config| config.plugin_limits.cpu_ms = Some(60_000)).await;
-    assert_eq!(host.wait_for_live(0, Duration::from_secs(10)).await, 0);
-    let mut socket = tokio::net::TcpStream::connect(host.addr)
-        .await
-        .expect("connects");
-    socket
-        .write_all(b"GET /http/stream/spin HTTP/1.1\r\nhost: opbox\r\n\r\n")
-        .await
-        .expect("sent");
-    assert_eq!(host.wait_for_live(1, Duration::from_secs(10)).await, 1);
-    drop(socket);
-    assert_eq!(
-        host.wait_for_live(0, Duration::from_secs(10)).await,
-        0,
-        "the component still runs after its caller left"
-    );
+    crate::wasi_http::leaving_stops_the_guest(&host, "/http/stream/spin").await;
 }
 
 /// A component built with the Spin Rust SDK 7, which exports WASIp3 only,

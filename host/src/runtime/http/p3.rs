@@ -85,22 +85,44 @@ impl Plugin {
             drop(store);
         };
         let task = AbortOnDropHandle::new(tokio::spawn(Busy::new(run, invocation.meter.clone())));
-        // The head is sent, or its sender dropped when the run stops: the
-        // run's outcome says why.
-        let response = match head_rx.await {
+        let run = Handover {
+            head: head_rx,
+            ended: ended_rx,
+            done: done_tx,
+        };
+        run.response(self.limits.output_bytes, Some(task)).await
+    }
+}
+
+/// What a WASIp3 guest's run hands back: the response head, then how the
+/// run ended; `done` tells the run that the body is over.
+pub(super) struct Handover {
+    pub(super) head: oneshot::Receiver<Result<WasiResponse, InvokeError>>,
+    pub(super) ended: oneshot::Receiver<Result<(), InvokeError>>,
+    pub(super) done: oneshot::Sender<()>,
+}
+
+impl Handover {
+    /// The response, its body ended by the run's outcome; or, when the run
+    /// stopped before the head (its sender dropped), why.
+    pub(super) async fn response(
+        self,
+        output_bytes: usize,
+        guest: Option<AbortOnDropHandle<()>>,
+    ) -> Result<HttpResponse, InvokeError> {
+        let response = match self.head.await {
             Ok(Ok(response)) => response,
             Ok(Err(refused)) => return Err(refused),
             Err(_) => {
-                return Err(match ended_rx.await {
+                return Err(match self.ended.await {
                     Ok(Err(e)) => e,
                     _ => InvokeError::Host("the component set no response".into()),
                 });
             }
         };
-        let output_bytes = self.limits.output_bytes;
-        Ok(response.map(|body| {
-            HttpResponseBody::new(body, output_bytes, Some(task)).told_by(done_tx, ended_rx)
-        }))
+        let (done, ended) = (self.done, self.ended);
+        Ok(response
+            .map(|body| HttpResponseBody::new(body, output_bytes, guest).told_by(done, ended)))
     }
 }
 

@@ -37,8 +37,8 @@ use wasmtime_wasi_http::p3::Response;
 use wasmtime_wasi_http::p3::bindings::http::types::ErrorCode;
 use wasmtime_wasi_http::p3::bindings::{Service, ServiceIndices};
 
-use super::p3::{WasiResponse, incoming};
-use super::{HttpRequestBody, HttpResponse, HttpResponseBody, guest_refused};
+use super::p3::{Handover, WasiResponse, incoming};
+use super::{HttpRequestBody, HttpResponse, guest_refused};
 use crate::runtime::busy::{Busy, Sharing};
 use crate::runtime::invoke::{Invocation, InvokeError};
 use crate::runtime::limits::LimitHit;
@@ -204,19 +204,12 @@ impl Shared {
             _room: room,
         };
         self.place(plugin, indices, invocation, job)?;
-        let response = match head_rx.await {
-            Ok(Ok(response)) => response,
-            Ok(Err(refused)) => return Err(refused),
-            Err(_) => {
-                return Err(match ended_rx.await {
-                    Ok(Err(e)) => e,
-                    _ => InvokeError::Host("the component set no response".into()),
-                });
-            }
+        let run = Handover {
+            head: head_rx,
+            ended: ended_rx,
+            done: done_tx,
         };
-        let output_bytes = plugin.limits.output_bytes;
-        Ok(response
-            .map(|body| HttpResponseBody::new(body, output_bytes, None).told_by(done_tx, ended_rx)))
+        run.response(plugin.limits.output_bytes, None).await
     }
 }
 
