@@ -77,17 +77,34 @@ async fn a_wasi_http_component_gets_the_request_below_its_mount() {
     assert!(text.starts_with("GET /\n"), "{text}");
 
     // Counted like any call, by plugin and outcome.
-    let (_, samples) = crate::metrics::scrape(&host, None).await;
+    assert_eq!(answered(&host, "echo-http").await, 2.0);
+}
+
+/// Requests to the component mounted as `name` counted answered.
+pub(crate) async fn answered(host: &TestHost, name: &str) -> f64 {
+    let (_, samples) = crate::metrics::scrape(host, None).await;
+    let operation = format!("{name}/http");
     let labels = [
-        ("operation", "echo-http/http"),
-        ("plugin", "echo-http"),
+        ("operation", operation.as_str()),
+        ("plugin", name),
         ("transport", "http"),
         ("code", "ok"),
     ];
-    assert_eq!(
-        crate::metrics::value(&samples, "opbox_calls_total", &labels),
-        2.0
+    crate::metrics::value(&samples, "opbox_calls_total", &labels)
+}
+
+/// An upstream server on a loopback port answering `GET /hello`.
+pub(crate) async fn upstream() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a port");
+    let addr = listener.local_addr().expect("its address");
+    let app = axum::Router::new().route(
+        "/hello",
+        axum::routing::get(|| async { "hello from upstream" }),
     );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
 }
 
 /// A component built with the Spin Rust SDK, as its template writes one,
@@ -395,15 +412,7 @@ pub(crate) async fn leaving_stops_the_guest(host: &TestHost, path: &str) {
 /// reaches the hosts of its `allowed_outbound_hosts` and no other.
 #[tokio::test]
 async fn a_component_reaches_only_the_hosts_it_is_granted() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("a port");
-    let addr = listener.local_addr().expect("its address");
-    let app = axum::Router::new().route(
-        "/hello",
-        axum::routing::get(|| async { "hello from upstream" }),
-    );
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let addr = upstream().await;
     let host = TestHost::with_config(|config| {
         let mut echo = component("wasi_http_echo", "echo-http", None);
         echo.grants.allowed_outbound_hosts = vec![format!("http://127.0.0.1:{}", addr.port())];

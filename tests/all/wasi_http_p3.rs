@@ -108,26 +108,15 @@ async fn a_wasip3_component_streams_its_body_both_ways() {
     }
     assert!(got.ends_with("\n\none\ntwo\nthree\n"), "{got}");
 
-    let (_, samples) = crate::metrics::scrape(&host, None).await;
-    let labels = [
-        ("operation", "stream/http"),
-        ("plugin", "stream"),
-        ("transport", "http"),
-        ("code", "ok"),
-    ];
-    assert_eq!(
-        crate::metrics::value(&samples, "opbox_calls_total", &labels),
-        1.0
-    );
+    assert_eq!(crate::wasi_http::answered(&host, "stream").await, 1.0);
 }
 
 /// The plugin's limits hold, each failing only its own request: a
 /// component that computes forever before it answers is stopped at the
 /// deadline, one that does while it writes its body at `cpu_ms` (its body
 /// then ends in an error, not as if it were whole); one that takes more
-/// memory than
-/// `memory_bytes` fails; a body past `output_bytes` is cut off. The host
-/// serves the next request, and no instance is left running.
+/// memory than `memory_bytes` fails; a body past `output_bytes` is cut
+/// off. The host serves the next request, and no instance is left running.
 #[tokio::test]
 async fn a_wasip3_component_is_held_to_its_limits_and_fails_alone() {
     let host = host_with(|config| {
@@ -199,15 +188,7 @@ async fn a_wasip3_component_is_held_to_its_limits_and_fails_alone() {
 /// the hosts it is granted through `wasi:http/client`.
 #[tokio::test]
 async fn a_wasip3_component_answers_its_tenant_and_reaches_only_granted_hosts() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("a port");
-    let addr = listener.local_addr().expect("its address");
-    let app = axum::Router::new().route(
-        "/hello",
-        axum::routing::get(|| async { "hello from upstream" }),
-    );
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let addr = crate::wasi_http::upstream().await;
     let host = TestHost::with_config(|config| {
         two_tenants(config);
         let mut mine = stream("mine", Some("acme"));
