@@ -77,7 +77,8 @@ struct Job {
     /// Resolves when the response body has ended or been dropped.
     done: oneshot::Receiver<()>,
     ended: oneshot::Sender<Result<(), InvokeError>>,
-    _room: OwnedSemaphorePermit,
+    /// Its place among the instance's `max_concurrent`, once placed.
+    room: Option<OwnedSemaphorePermit>,
 }
 
 /// Whether an instance may take more requests after one is done.
@@ -129,33 +130,48 @@ impl Shared {
         plugin: &Arc<Plugin>,
         indices: &ServiceIndices,
         invocation: &Invocation,
-        job: impl FnOnce(OwnedSemaphorePermit) -> Job,
+        mut job: Job,
     ) -> Result<(), InvokeError> {
         let max_age = Duration::from_millis(self.config.max_age_ms);
-        let mut tenants = self.tenants();
-        let instances = tenants.entry(invocation.tenant.clone()).or_default();
-        instances.retain(|one| one.born.elapsed() < max_age);
-        let found = instances.iter().find_map(|one| {
-            let room = one.room.clone().try_acquire_owned().ok()?;
-            Some((one.clone(), room))
-        });
-        if let Some((instance, room)) = found {
+        loop {
+            let mut tenants = self.tenants();
+            let instances = tenants.entry(invocation.tenant.clone()).or_default();
+            instances.retain(|one| one.born.elapsed() < max_age);
+            let found = instances.iter().find_map(|one| {
+                let room = one.room.clone().try_acquire_owned().ok()?;
+                Some((one.clone(), room))
+            });
+            let Some((instance, room)) = found else {
+                return self.start(tenants, plugin, indices, invocation, job);
+            };
             let taken = instance.taken.fetch_add(1, Ordering::Relaxed) + 1;
             if taken >= self.config.max_calls {
                 instances.retain(|one| !Arc::ptr_eq(one, &instance));
             }
             drop(tenants);
-            // Its run holds the receiver until it has taken every job sent
-            // before it left the list.
-            let _ = instance.jobs.send(job(room));
-            return Ok(());
+            job.room = Some(room);
+            // Its run takes every job sent before it left the list and
+            // closed its receiver; one that ended in between hands it back.
+            match instance.jobs.send(job) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::error::SendError(back)) => job = back,
+            }
         }
+    }
+
+    /// Starts a new instance of the tenant's with `job`, listed (under
+    /// the `tenants` lock still held) unless it may take only one.
+    fn start(
+        self: &Arc<Self>,
+        mut tenants: MutexGuard<'_, HashMap<String, Vec<Arc<Instance>>>>,
+        plugin: &Arc<Plugin>,
+        indices: &ServiceIndices,
+        invocation: &Invocation,
+        mut job: Job,
+    ) -> Result<(), InvokeError> {
         let store = plugin.new_store(invocation, plugin.request_budget(invocation))?;
         let room = Arc::new(Semaphore::new(self.config.max_concurrent.max(1) as usize));
-        let first = room
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| InvokeError::Host("a new instance had no room".into()))?;
+        job.room = room.clone().try_acquire_owned().ok();
         let (jobs, received) = mpsc::unbounded_channel();
         let instance = Arc::new(Instance {
             jobs,
@@ -164,7 +180,10 @@ impl Shared {
             taken: AtomicU32::new(1),
         });
         if self.config.max_calls > 1 {
-            instances.push(instance.clone());
+            tenants
+                .entry(invocation.tenant.clone())
+                .or_default()
+                .push(instance.clone());
         }
         drop(tenants);
         let sharing = Arc::new(Sharing::default());
@@ -178,7 +197,7 @@ impl Shared {
             pending: Mutex::new(HashMap::new()),
             next: AtomicU64::new(0),
         };
-        let run = run.run(store, indices.clone(), job(first), received);
+        let run = run.run(store, indices.clone(), job, received);
         tokio::spawn(Busy::shared(run, sharing));
         Ok(())
     }
@@ -195,13 +214,13 @@ impl Shared {
         let (head_tx, head_rx) = oneshot::channel();
         let (done_tx, done_rx) = oneshot::channel();
         let (ended_tx, ended_rx) = oneshot::channel();
-        let job = |room| Job {
+        let job = Job {
             request,
             invocation: invocation.clone(),
             head: head_tx,
             done: done_rx,
             ended: ended_tx,
-            _room: room,
+            room: None,
         };
         self.place(plugin, indices, invocation, job)?;
         let run = Handover {
@@ -332,7 +351,7 @@ impl Run {
             mut head,
             done,
             ended,
-            _room,
+            room: _room,
         } = job;
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         lock(&self.pending).insert(id, ended);
