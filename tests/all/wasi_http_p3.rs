@@ -62,8 +62,8 @@ async fn read_until(body: &mut hyper::body::Incoming, got: &mut String, wanted: 
 
 /// The body streams both ways: each chunk sent comes back before the next
 /// is sent, through a real HTTP/1.1 connection. The component gets the
-/// request below its mount, with its `Host`; the request is counted by
-/// plugin and outcome.
+/// request below its mount, its authority from `Host`; the request is
+/// counted by plugin and outcome.
 #[tokio::test]
 async fn a_wasip3_component_streams_its_body_both_ways() {
     let host = host_with(|_| {}).await;
@@ -75,14 +75,13 @@ async fn a_wasip3_component_streams_its_body_both_ways() {
             .await
             .expect("an HTTP/1.1 connection");
     tokio::spawn(connection);
-    let (chunks, sent) =
+    let (mut chunks, sent) =
         futures::channel::mpsc::channel::<Result<hyper::body::Frame<Bytes>, std::io::Error>>(1);
     let request = hyper::Request::post("/http/stream/notes?x=1")
         .header("host", "opbox.test")
         .header("x-mine", "kept")
         .body(http_body_util::StreamBody::new(sent))
         .expect("a request");
-    let mut chunks = chunks;
     let response = sender.send_request(request).await.expect("answered");
     assert_eq!(response.status(), StatusCode::OK);
     assert!(response.headers().contains_key("opbox-request-id"));
