@@ -5,7 +5,8 @@
 //!
 //! Each request gets the plugin's limits as for any call: its memory, an
 //! instance slot, CPU time (`cpu_ms`, refilled by nothing: a request is one
-//! call), and the call's deadline, which bounds the whole exchange, the
+//! call; [`shared`] says how an instance shared by several requests
+//! budgets), and the call's deadline, which bounds the whole exchange, the
 //! response body included. The response head is handed back as soon as
 //! the guest sets it; its body streams from the guest as it writes, at most
 //! `output_bytes` of it. A caller that goes away, before the head or during
