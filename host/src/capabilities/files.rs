@@ -2,8 +2,8 @@
 //! stdout/stderr: WASI preview 2 (`wasi:cli`, `wasi:clocks`,
 //! `wasi:filesystem`, `wasi:io`, `wasi:random`, `wasi:sockets` with no
 //! network granted), and the same interfaces of WASI 0.3 over the same
-//! context, for WASIp3 components. No arguments and no environment; a filesystem only
-//! where the operator granted a directory.
+//! context, for WASIp3 components. No arguments and no environment; a
+//! filesystem only where the operator granted a directory.
 
 use std::path::PathBuf;
 
