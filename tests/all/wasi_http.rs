@@ -215,17 +215,7 @@ async fn a_component_is_held_to_its_deadline_and_output_bytes() {
         config.plugin_limits.memory_bytes = Some(16 << 20);
     })
     .await;
-    let grow = host
-        .client
-        .get(host.url("/http/echo-http/grow?bytes=33554432"))
-        .send()
-        .await
-        .expect("answered");
-    let error: Value = grow.json().await.expect("JSON");
-    assert_eq!(
-        error["error"]["details"]["limit"], "memory_bytes",
-        "{error}"
-    );
+    refused_past_memory_bytes(&host, "/http/echo-http").await;
 
     let spin = host
         .client
@@ -240,24 +230,7 @@ async fn a_component_is_held_to_its_deadline_and_output_bytes() {
     assert_eq!(error["error"]["code"], "TIMEOUT", "{error}");
     assert_eq!(host.wait_for_live(0, Duration::from_secs(10)).await, 0);
 
-    let within = host
-        .client
-        .get(host.url("/http/echo-http/big?bytes=65536"))
-        .send()
-        .await
-        .expect("answered");
-    assert_eq!(within.bytes().await.expect("the whole body").len(), 65536);
-    let past = host
-        .client
-        .get(host.url("/http/echo-http/big?bytes=65537"))
-        .send()
-        .await
-        .expect("the head arrives");
-    assert_eq!(past.status(), StatusCode::OK);
-    assert!(
-        past.bytes().await.is_err(),
-        "a body past output_bytes is cut off"
-    );
+    cut_off_past_output_bytes(&host, "/http/echo-http").await;
 
     let after = host
         .client
@@ -266,6 +239,44 @@ async fn a_component_is_held_to_its_deadline_and_output_bytes() {
         .await
         .expect("answered");
     assert_eq!(after.status(), StatusCode::OK);
+}
+
+/// `{mount}/grow` past `memory_bytes` (16 MiB) fails with that limit.
+pub(crate) async fn refused_past_memory_bytes(host: &TestHost, mount: &str) {
+    let grow = host
+        .client
+        .get(host.url(&format!("{mount}/grow?bytes=33554432")))
+        .send()
+        .await
+        .expect("answered");
+    let error: Value = grow.json().await.expect("JSON");
+    assert_eq!(
+        error["error"]["details"]["limit"], "memory_bytes",
+        "{error}"
+    );
+}
+
+/// `{mount}/big` within `output_bytes` (64 KiB) arrives whole; one byte
+/// past it, the head arrives and the body is cut off.
+pub(crate) async fn cut_off_past_output_bytes(host: &TestHost, mount: &str) {
+    let within = host
+        .client
+        .get(host.url(&format!("{mount}/big?bytes=65536")))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(within.bytes().await.expect("the whole body").len(), 65536);
+    let past = host
+        .client
+        .get(host.url(&format!("{mount}/big?bytes=65537")))
+        .send()
+        .await
+        .expect("the head arrives");
+    assert_eq!(past.status(), StatusCode::OK);
+    assert!(
+        past.bytes().await.is_err(),
+        "a body past output_bytes is cut off"
+    );
 }
 
 /// Installed, replaced and removed through the admin API like any plugin:

@@ -148,34 +148,13 @@ async fn a_wasip3_component_is_held_to_its_limits_and_fails_alone() {
         "a body whose writer was stopped ends in an error, not as if whole"
     );
 
-    let grow = host
-        .client
-        .get(host.url("/http/stream/grow?bytes=33554432"))
-        .send()
-        .await
-        .expect("answered");
-    let error: Value = grow.json().await.expect("JSON");
-    assert_eq!(
-        error["error"]["details"]["limit"], "memory_bytes",
-        "{error}"
-    );
+    crate::wasi_http::refused_past_memory_bytes(&host, "/http/stream").await;
     assert_eq!(
         get(&host, "/http/stream/grow?bytes=1048576").await,
         (StatusCode::OK, "grown".to_owned())
     );
 
-    let (status, within) = get(&host, "/http/stream/big?bytes=65536").await;
-    assert_eq!((status, within.len()), (StatusCode::OK, 65536));
-    let past = host
-        .client
-        .get(host.url("/http/stream/big?bytes=65537"))
-        .send()
-        .await
-        .expect("the head arrives");
-    assert!(
-        past.bytes().await.is_err(),
-        "a body past output_bytes is cut off"
-    );
+    crate::wasi_http::cut_off_past_output_bytes(&host, "/http/stream").await;
 
     let (status, text) = get(&host, "/http/stream/still").await;
     assert_eq!(status, StatusCode::OK);
