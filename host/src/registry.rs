@@ -121,7 +121,7 @@ fn free<H>(
 }
 
 /// Whose a plugin (and so its namespace) is.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Owner {
     /// Seen by every tenant: the host's own services, the bundled examples,
     /// plugins loaded without a tenant.
@@ -273,6 +273,25 @@ impl<H> Registry<H> {
             .flatten()
             .flat_map(|held| held.ops.values().cloned())
             .collect()
+    }
+
+    /// Every operation with its owner, sorted by owner (shared first),
+    /// then by name.
+    pub fn by_owner(&self) -> Vec<(Owner, Arc<Operation<H>>)> {
+        let namespaces = self.namespaces.read().unwrap_or_else(|e| e.into_inner());
+        let mut ops: Vec<_> = namespaces
+            .values()
+            .flatten()
+            .flat_map(|held| held.ops.values().map(|op| (held.owner.clone(), op.clone())))
+            .collect();
+        ops.sort_by(|(a, x), (b, y)| a.cmp(b).then_with(|| x.spec.name.cmp(&y.spec.name)));
+        ops
+    }
+
+    /// Wakes the registry's watchers as a change does, when what is listed
+    /// beside its operations changed (those other hosts of a cluster hold).
+    pub fn touch(&self) {
+        self.generation.send_modify(|generation| *generation += 1);
     }
 
     /// Every operation in `tenant`'s view, sorted by name.

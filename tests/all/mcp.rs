@@ -46,7 +46,7 @@ fn config(config: &mut HostConfig, data: &std::path::Path) {
 
 /// An MCP client script run as a child: its reports, one JSON line each,
 /// and what it wrote to stderr, for the failure message.
-struct Client {
+pub(crate) struct Client {
     child: tokio::process::Child,
     stdin: tokio::process::ChildStdin,
     lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
@@ -54,7 +54,7 @@ struct Client {
 }
 
 impl Client {
-    fn spawn(mut command: tokio::process::Command) -> Self {
+    pub(crate) fn spawn(mut command: tokio::process::Command) -> Self {
         let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -83,7 +83,7 @@ impl Client {
     }
 
     /// Waits for the script to end, which it must without an error.
-    async fn ends_well(mut self) {
+    pub(crate) async fn ends_well(mut self) {
         let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
             .await
             .unwrap()
@@ -93,7 +93,7 @@ impl Client {
     }
 
     /// The script's next report, which must be `step`.
-    async fn next(&mut self, step: &str) -> Value {
+    pub(crate) async fn next(&mut self, step: &str) -> Value {
         let line = tokio::time::timeout(Duration::from_secs(120), self.lines.next_line())
             .await
             .unwrap_or_else(|_| panic!("no `{step}` from the MCP client in 2 minutes"))

@@ -16,7 +16,7 @@ use super::inbox::{Inbox, Replies};
 use super::seal::Seal;
 use super::wire::{Ask, Credit, Forward, Reply};
 use crate::call::{CallError, CallRequest, ErrorCode, Meter, OpType};
-use crate::dispatch::{OutputStream, Remote};
+use crate::dispatch::{Operation, OutputStream, Remote};
 
 /// Items a forwarded subscription's running host may send ahead of what
 /// the caller has taken. More are granted as the caller takes them, half a
@@ -74,6 +74,10 @@ impl Remote for Shared {
             }
         })
     }
+
+    fn listed(&self, tenant: &str) -> Vec<Arc<Operation>> {
+        self.catalog.listed(tenant)
+    }
 }
 
 impl Shared {
@@ -94,7 +98,9 @@ impl Shared {
             .ok_or_else(|| CallError::not_found(request.op_name()));
         let abort = self.subjects.abort();
         let silence = self.silence;
-        let operation = request.operation.clone();
+        let unanswered = self
+            .catalog
+            .unanswered(&request.identity.tenant, request.op_name());
         let forward = Forward::new(ask, request, deadline);
         Box::pin(async move {
             let subject = subject?;
@@ -138,7 +144,7 @@ impl Shared {
                 replies,
                 guard,
                 silence,
-                operation,
+                unanswered,
             })
         })
     }
@@ -153,7 +159,9 @@ struct Pending {
     /// its last reply.
     guard: AbortOnDrop,
     silence: Duration,
-    operation: String,
+    /// What the caller gets when no host takes the request: `NOT_FOUND`,
+    /// or `UNAVAILABLE` for an operation hosts now gone held.
+    unanswered: CallError,
 }
 
 impl Pending {
@@ -172,7 +180,7 @@ impl Pending {
             };
             if message.status == Some(StatusCode::NO_RESPONDERS) {
                 self.guard.disarm();
-                return Err(CallError::not_found(&self.operation));
+                return Err(self.unanswered.clone());
             }
             let reply = serde_json::from_slice::<Reply>(&message.payload).map_err(|e| {
                 tracing::warn!(error = %e, "a host of the cluster sent a reply this host cannot read");

@@ -32,6 +32,7 @@
 //! call gets several replies (accepted, heartbeats, a subscription's items,
 //! the end), where a service endpoint answers once.
 
+mod catalog;
 mod distribute;
 mod events;
 mod forward;
@@ -53,6 +54,7 @@ use tokio::sync::{Semaphore, watch};
 use crate::capabilities::keyvalue::Keyspace;
 use crate::dispatch::Dispatcher;
 use crate::plugins::Plugins;
+use catalog::{Catalog, Publisher};
 use distribute::Distribution;
 use keyvalue::SharedKeyspace;
 use serve::Running;
@@ -71,6 +73,7 @@ use wire::Subjects;
 /// | `creds_file` | none: a NATS `.creds` file (JWT and NKey seed), relative to the config file |
 /// | `heartbeat_ms` | 250: how often a host running a forwarded call says it still is |
 /// | `max_forwarded` | 1024: calls other hosts forwarded that run here at once |
+/// | `catalog_refresh_ms` | 5000: how often a host writes its share of the cluster's catalog; one silent for three is no longer listed |
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
@@ -115,6 +118,10 @@ pub struct ClusterConfig {
     /// `RESOURCE_EXHAUSTED`.
     #[serde(default = "default_max_forwarded")]
     pub max_forwarded: usize,
+    /// How often a host writes its share of the cluster's catalog, in
+    /// milliseconds; the others stop listing a host silent for three.
+    #[serde(default = "default_catalog_refresh_ms")]
+    pub catalog_refresh_ms: u64,
 }
 
 fn default_name() -> String {
@@ -127,6 +134,10 @@ fn default_heartbeat_ms() -> u64 {
 
 fn default_max_forwarded() -> usize {
     1024
+}
+
+fn default_catalog_refresh_ms() -> u64 {
+    5000
 }
 
 impl ClusterConfig {
@@ -146,6 +157,7 @@ impl ClusterConfig {
             key_file: None,
             heartbeat_ms: default_heartbeat_ms(),
             max_forwarded: default_max_forwarded(),
+            catalog_refresh_ms: default_catalog_refresh_ms(),
         }
     }
 
@@ -195,6 +207,7 @@ impl std::fmt::Debug for ClusterConfig {
             .field("key_file", &self.key_file)
             .field("heartbeat_ms", &self.heartbeat_ms)
             .field("max_forwarded", &self.max_forwarded)
+            .field("catalog_refresh_ms", &self.catalog_refresh_ms)
             .finish()
     }
 }
@@ -260,6 +273,8 @@ struct Shared {
     /// Where replies to the calls this host forwards arrive, once one is
     /// forwarded.
     inbox: Arc<tokio::sync::OnceCell<Arc<inbox::Inbox>>>,
+    /// What the other hosts list.
+    catalog: Arc<Catalog>,
 }
 
 /// This host's membership of a cluster. Dropping it does not leave: the
@@ -370,6 +385,8 @@ impl Connection {
             );
         }
         let heartbeat = Duration::from_millis(config.heartbeat_ms.max(10));
+        let refresh = Duration::from_millis(config.catalog_refresh_ms.max(10));
+        let catalog = Arc::new(Catalog::new(refresh));
         let shared = Arc::new(Shared {
             client,
             subjects: Subjects::new(&config.name),
@@ -380,6 +397,7 @@ impl Connection {
             running: Arc::default(),
             seal: seal.clone(),
             inbox: Arc::default(),
+            catalog: catalog.clone(),
         });
         dispatcher.set_remote(shared.clone());
         // Plugins pass between hosts once NATS is reached; changes made
@@ -388,9 +406,17 @@ impl Connection {
         tokio::spawn({
             let (shared, name) = (shared.clone(), config.name.clone());
             let plugins = plugins.downgrade();
+            let dispatcher = dispatcher.clone();
             async move {
                 if connection.wait_for(|up| *up).await.is_err() {
                     return;
+                }
+                let bucket = bucket_name(&name, "catalog");
+                let (client, own) = (&shared.client, host.clone());
+                let publisher =
+                    Publisher::open(client, bucket, own, seal.clone(), catalog, refresh).await;
+                if let Some(publisher) = publisher {
+                    publisher.start(dispatcher).await;
                 }
                 let stream = bucket_name(&name, "events");
                 events::start(&shared, stream, host.clone(), log, from, max_events).await;

@@ -226,7 +226,7 @@ fn parse(value: &str) -> Option<(u64, u64, [u8; 32])> {
     Some((at, nonce, tag))
 }
 
-fn now_ms() -> u64 {
+pub(super) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))

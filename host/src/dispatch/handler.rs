@@ -61,6 +61,9 @@ pub enum Handler {
         /// The operation's name inside the plugin.
         op: String,
     },
+    /// An operation another host of the cluster holds: listed here, its
+    /// calls forwarded there. Never in this host's registry.
+    Elsewhere,
 }
 
 impl fmt::Debug for Handler {
@@ -69,6 +72,7 @@ impl fmt::Debug for Handler {
             Self::NativeOnce(_) => f.write_str("NativeOnce"),
             Self::NativeStream(_) => f.write_str("NativeStream"),
             Self::Plugin { plugin, op } => write!(f, "Plugin({}/{op})", plugin.name()),
+            Self::Elsewhere => f.write_str("Elsewhere"),
         }
     }
 }

@@ -461,21 +461,75 @@ impl Dispatcher {
             .filter(|op| pipeline::authorize(&op.spec, identity).is_ok())
     }
 
-    /// The operation `name`, if `identity` can see it from the wire.
+    /// The operation `name`, if `identity` can see it from the wire: here,
+    /// or listed by another host of the cluster.
     fn visible_named(&self, identity: &Identity, name: &str) -> Option<Arc<Operation>> {
-        self.inner
-            .registry
-            .get(&identity.tenant, name)
-            .filter(|op| visible(op, Origin::Wire(Transport::Embedded)))
+        if let Some(op) = self.inner.registry.get(&identity.tenant, name) {
+            return visible(&op, Origin::Wire(Transport::Embedded)).then_some(op);
+        }
+        self.listed_elsewhere(&identity.tenant)
+            .into_iter()
+            .find(|op| op.spec.name == name)
     }
 
-    /// The operations `identity` can see from the wire, sorted by name.
+    /// The operations `identity` can see from the wire, sorted by name:
+    /// this host's, and those other hosts of its cluster list that it does
+    /// not hold, each once.
     fn visible(&self, identity: &Identity) -> impl Iterator<Item = Arc<Operation>> {
-        self.inner
-            .registry
-            .all(&identity.tenant)
+        let wire = |op: &Arc<Operation>| visible(op, Origin::Wire(Transport::Embedded));
+        let here = self.inner.registry.all(&identity.tenant);
+        let elsewhere = self.listed_elsewhere(&identity.tenant);
+        if elsewhere.is_empty() {
+            return here
+                .into_iter()
+                .filter(wire)
+                .collect::<Vec<_>>()
+                .into_iter();
+        }
+        // A name this host holds is its own, even where it hides it.
+        let held: std::collections::HashSet<&str> =
+            here.iter().map(|op| op.spec.name.as_str()).collect();
+        let elsewhere: Vec<_> = elsewhere
             .into_iter()
-            .filter(|op| visible(op, Origin::Wire(Transport::Embedded)))
+            .filter(|op| !held.contains(op.spec.name.as_str()))
+            .collect();
+        let mut all: Vec<_> = here.iter().filter(|op| wire(op)).cloned().collect();
+        all.extend(elsewhere);
+        all.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
+        all.into_iter()
+    }
+
+    /// What other hosts of the cluster list for `tenant`.
+    fn listed_elsewhere(&self, tenant: &str) -> Vec<Arc<Operation>> {
+        self.inner
+            .remote
+            .get()
+            .map(|remote| remote.listed(tenant))
+            .unwrap_or_default()
+    }
+
+    /// What this host lists for the rest of its cluster: the queries,
+    /// mutations and subscriptions callers may reach from the wire, by
+    /// owner (`None`: every tenant's), sorted. Byte-stream operations and
+    /// HTTP components are not forwarded, so not listed elsewhere.
+    pub fn catalog_share(&self) -> Vec<(Option<String>, Vec<OperationSpec>)> {
+        let mut share: Vec<(Option<String>, Vec<OperationSpec>)> = Vec::new();
+        for (owner, op) in self.inner.registry.by_owner() {
+            if !visible(&op, Origin::Wire(Transport::Embedded))
+                || matches!(op.spec.op_type, OpType::Raw | OpType::Http)
+            {
+                continue;
+            }
+            let owner = match owner {
+                crate::registry::Owner::Shared => None,
+                crate::registry::Owner::Tenant(tenant) => Some(tenant),
+            };
+            match share.last_mut() {
+                Some((last, specs)) if *last == owner => specs.push(op.spec.clone()),
+                _ => share.push((owner, vec![op.spec.clone()])),
+            }
+        }
+        share
     }
 
     /// The full spec of one operation `identity` can see from the wire.

@@ -157,7 +157,7 @@ impl Dispatcher {
                     counted.succeeded();
                     failure::parse_output(&output, plugin, name)
                 }
-                Handler::NativeStream(_) => Err(CallError::internal()),
+                Handler::NativeStream(_) | Handler::Elsewhere => Err(CallError::internal()),
             }
         };
         match tokio::time::timeout(deadline, run).await {
@@ -233,7 +233,7 @@ impl Dispatcher {
                     .boxed();
                 until_retired(outputs, ending)
             }
-            Handler::NativeOnce(_) => return Err(CallError::internal()),
+            Handler::NativeOnce(_) | Handler::Elsewhere => return Err(CallError::internal()),
         };
         let stream = match limit {
             Some(limit) => with_time_limit(stream, limit),

@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use super::drain::InFlight;
 use super::pipeline::{Target, holding, with_time_limit};
-use super::{Dispatcher, Metered, OutputStream, failure};
+use super::{Dispatcher, Metered, Operation, OutputStream, failure};
 use crate::call::{CallError, CallRequest, Meter, OpType};
 use crate::telemetry::trace::CallSpan;
 use crate::tenants::Admission;
@@ -52,6 +52,14 @@ pub trait Remote: Send + Sync + 'static {
     /// What kind `request`'s operation is, as its caller sees it on a host
     /// holding it; errors as [`Remote::call`]'s.
     fn op_type(&self, request: CallRequest) -> BoxFuture<'static, Result<OpType, CallError>>;
+
+    /// The operations other hosts hold that `tenant`'s callers see listed
+    /// with this host's own, sorted by name, each once: those of hosts
+    /// heard from lately. None by default.
+    fn listed(&self, tenant: &str) -> Vec<Arc<Operation>> {
+        let _ = tenant;
+        Vec::new()
+    }
 }
 
 /// Whether a call may leave this host.

