@@ -12,16 +12,12 @@ use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
 use super::Shared;
+use super::flow::{Taken, WINDOW_BYTES, WINDOW_ITEMS};
 use super::inbox::{Inbox, Replies};
 use super::seal::Seal;
-use super::wire::{Ask, Credit, Forward, Reply};
+use super::wire::{Ask, Forward, Reply};
 use crate::call::{CallError, CallRequest, ErrorCode, Meter, OpType};
 use crate::dispatch::{Operation, OutputStream, Remote};
-
-/// Items a forwarded subscription's running host may send ahead of what
-/// the caller has taken. More are granted as the caller takes them, half a
-/// window at a time.
-const WINDOW: u32 = 16;
 
 impl Remote for Shared {
     fn call(
@@ -49,7 +45,11 @@ impl Remote for Shared {
         limit: Option<Duration>,
         meter: Arc<Meter>,
     ) -> BoxFuture<'static, Result<OutputStream, CallError>> {
-        let sent = self.send(Ask::Subscribe { credit: WINDOW }, request, limit);
+        let ask = Ask::Subscribe {
+            credit: WINDOW_ITEMS,
+            credit_bytes: Some(WINDOW_BYTES),
+        };
+        let sent = self.send(ask, request, limit);
         Box::pin(async move {
             let mut pending = sent.await?;
             let control = match pending.answer().await? {
@@ -168,6 +168,11 @@ impl Pending {
     /// The next reply that is not a heartbeat. A last one (an output, an
     /// error, a subscription's end) disarms the abort.
     async fn answer(&mut self) -> Result<Reply, CallError> {
+        self.answer_sized().await.map(|(reply, _)| reply)
+    }
+
+    /// [`Pending::answer`], with the size of the message it came in.
+    async fn answer_sized(&mut self) -> Result<(Reply, usize), CallError> {
         loop {
             let message = match tokio::time::timeout(self.silence, self.replies.next()).await {
                 Ok(Some(message)) => message,
@@ -186,6 +191,7 @@ impl Pending {
                 tracing::warn!(error = %e, "a host of the cluster sent a reply this host cannot read");
                 CallError::internal()
             })?;
+            let size = message.payload.len();
             match reply {
                 Reply::Accepted | Reply::Alive => {}
                 Reply::Output { .. }
@@ -193,68 +199,77 @@ impl Pending {
                 | Reply::Completed { .. }
                 | Reply::Kind { .. } => {
                     self.guard.disarm();
-                    return Ok(reply);
+                    return Ok((reply, size));
                 }
-                Reply::Started { .. } | Reply::Items { .. } => return Ok(reply),
+                Reply::Started { .. } | Reply::Items { .. } => return Ok((reply, size)),
             }
         }
     }
 }
 
 /// A forwarded subscription's outputs, granting the running host more
-/// credit as they are taken. Its cost is added to `meter` at its end.
+/// credit as they are taken (`flow.rs`). Its cost is added to `meter` at
+/// its end.
 fn items(pending: Pending, control: String, meter: Arc<Meter>) -> OutputStream {
     struct Flow {
         pending: Pending,
         control: String,
         meter: Arc<Meter>,
-        /// Items received and not yet taken.
-        ready: VecDeque<Value>,
-        /// Items taken since credit was last granted.
-        taken: u32,
+        /// Items received and not yet taken, each with the size of the
+        /// message it came in when it is that message's last (else 0).
+        ready: VecDeque<(Value, u64)>,
+        taken: Taken,
         done: bool,
+    }
+    impl Flow {
+        fn next_ready(&mut self) -> Option<Value> {
+            let (output, bytes) = self.ready.pop_front()?;
+            self.taken.take(bytes);
+            Some(output)
+        }
     }
     let flow = Flow {
         pending,
         control,
         meter,
         ready: VecDeque::new(),
-        taken: 0,
+        taken: Taken::default(),
         done: false,
     };
     futures::stream::unfold(flow, |mut flow| async move {
-        if let Some(output) = flow.ready.pop_front() {
-            flow.taken += 1;
+        if let Some(output) = flow.next_ready() {
             return Some((Ok(output), flow));
         }
         if flow.done {
             return None;
         }
         // Everything received is taken: grant what was, once it is half
-        // the window.
-        if flow.taken >= WINDOW / 2 {
-            let credit = Credit { items: flow.taken };
-            flow.taken = 0;
-            if let Ok(payload) = serde_json::to_vec(&credit) {
-                let pending = &flow.pending;
-                let _ = pending
-                    .seal
-                    .publish(&pending.client, flow.control.clone(), None, payload.into())
-                    .await;
-            }
+        // a window.
+        if let Some(credit) = flow.taken.due()
+            && let Ok(payload) = serde_json::to_vec(&credit)
+        {
+            let pending = &flow.pending;
+            let _ = pending
+                .seal
+                .publish(&pending.client, flow.control.clone(), None, payload.into())
+                .await;
         }
-        let end = match flow.pending.answer().await {
-            Ok(Reply::Items { outputs }) => {
-                flow.ready.extend(outputs);
-                let output = flow.ready.pop_front()?;
-                flow.taken += 1;
+        let end = match flow.pending.answer_sized().await {
+            Ok((Reply::Items { outputs }, size)) => {
+                let last = outputs.len().saturating_sub(1);
+                let size = u64::try_from(size).unwrap_or(u64::MAX);
+                flow.ready.extend(
+                    (outputs.into_iter().enumerate())
+                        .map(|(i, output)| (output, if i == last { size } else { 0 })),
+                );
+                let output = flow.next_ready()?;
                 return Some((Ok(output), flow));
             }
-            Ok(Reply::Completed { cost }) => {
+            Ok((Reply::Completed { cost }, _)) => {
                 flow.meter.absorb(&cost);
                 return None;
             }
-            Ok(Reply::Error { error, cost }) => {
+            Ok((Reply::Error { error, cost }, _)) => {
                 flow.meter.absorb(&cost);
                 error
             }

@@ -29,12 +29,13 @@
 //!
 //! The subjects and messages are in `wire.rs`. They are plain request
 //! subjects with queue groups, not async-nats's service API: a forwarded
-//! call gets several replies (accepted, heartbeats, a subscription's items,
+//! call gets several replies (heartbeats, a subscription's items,
 //! the end), where a service endpoint answers once.
 
 mod catalog;
 mod distribute;
 mod events;
+mod flow;
 mod forward;
 mod inbox;
 mod keyvalue;

@@ -13,15 +13,16 @@ use std::time::Duration;
 use async_nats::connection::State;
 use async_nats::{Client, Message, Subject, Subscriber};
 use bytes::Bytes;
-use futures::{FutureExt, StreamExt};
-use serde_json::{Value, json};
+use futures::StreamExt;
+use serde_json::json;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
-use super::wire::{Ask, Credit, Forward, Reply};
+use super::flow::{self, Allowance};
+use super::wire::{Ask, Forward, Reply};
 use crate::call::{CallError, ErrorCode, Receipt};
-use crate::dispatch::{Dispatcher, OutputStream};
+use crate::dispatch::Dispatcher;
 
 /// Calls other hosts forwarded that are running here, by reply inbox: what
 /// an abort names.
@@ -232,8 +233,8 @@ async fn serve_calls(mut calls: Subscriber, shared: Arc<Shared>, dispatcher: Dis
     }
 }
 
-/// Runs one forwarded request: accepted at once, a heartbeat while it runs,
-/// then its answer; stopped if the forwarding host aborts it.
+/// Runs one forwarded request: a heartbeat while it runs, then its
+/// answer; stopped if the forwarding host aborts it.
 async fn serve_one(
     message: Message,
     reply: Subject,
@@ -257,7 +258,6 @@ async fn serve_one(
             Err(error) => failed(error),
         },
         Ask::Call => {
-            send(shared, &reply, &Reply::Accepted).await;
             let run = dispatcher.call_here_metered(request);
             let Some(metered) = beating(run, &call.token, shared, &reply).await else {
                 return;
@@ -268,8 +268,10 @@ async fn serve_one(
                 Err(error) => Reply::Error { error, cost },
             }
         }
-        Ask::Subscribe { credit } => {
-            send(shared, &reply, &Reply::Accepted).await;
+        Ask::Subscribe {
+            credit,
+            credit_bytes,
+        } => {
             let start = dispatcher.subscribe_here_metered(request);
             let Some(started) = beating(start, &call.token, shared, &reply).await else {
                 return;
@@ -277,7 +279,15 @@ async fn serve_one(
             let meter = started.meter;
             match started.result {
                 // The stream's meter is final once `stream` has dropped it.
-                Ok(items) => match stream(items, credit, &call.token, shared, &reply).await {
+                Ok(items) => match flow::stream(
+                    items,
+                    Allowance::new(credit, credit_bytes),
+                    &call.token,
+                    shared,
+                    &reply,
+                )
+                .await
+                {
                     Some(Ok(())) => Reply::Completed {
                         cost: meter.receipt(),
                     },
@@ -321,119 +331,10 @@ async fn beating<T>(
 /// A tick every heartbeat, the first a heartbeat from now. (Not
 /// `interval`'s first tick "at once": the timer driver may take up to a
 /// millisecond to say so, which every forwarded call would wait.)
-fn heartbeats(shared: &Shared) -> tokio::time::Interval {
+pub(super) fn heartbeats(shared: &Shared) -> tokio::time::Interval {
     let period = shared.heartbeat;
     tokio::time::interval_at(tokio::time::Instant::now() + period, period)
 }
-
-/// Sends a subscription's items to `reply` while the forwarding host has
-/// granted credit for them, saying `alive` every heartbeat. `Some(Ok)` at
-/// its end, `Some(Err)` for the error that ended it, `None` if the
-/// forwarding host aborted it.
-async fn stream(
-    mut items: OutputStream,
-    mut credit: u32,
-    aborted: &CancellationToken,
-    shared: &Shared,
-    reply: &Subject,
-) -> Option<Result<(), CallError>> {
-    let inbox = shared.client.new_inbox();
-    let mut control = match shared.client.subscribe(inbox.clone()).await {
-        Ok(control) => control,
-        Err(_) => return Some(Err(CallError::internal())),
-    };
-    let started = Reply::Started { control: inbox };
-    send(shared, reply, &started).await;
-    let mut heartbeat = heartbeats(shared);
-    loop {
-        tokio::select! {
-            item = items.next(), if credit > 0 => {
-                let (batch, end) = match item {
-                    Some(Ok(output)) => ready(output, &mut items, &mut credit),
-                    Some(Err(error)) => return Some(Err(error)),
-                    None => return Some(Ok(())),
-                };
-                if !send_items(shared, reply, batch).await {
-                    // Too large for the cluster: it went as the error
-                    // that ends the subscription.
-                    return None;
-                }
-                if let Some(end) = end {
-                    return Some(end);
-                }
-            }
-            granted = control.next() => match granted {
-                Some(message) => {
-                    if let Err(why) = shared.seal.open(&message) {
-                        super::seal::refused("a subscription's credit", why);
-                    } else if let Ok(granted) = serde_json::from_slice::<Credit>(&message.payload) {
-                        credit = credit.saturating_add(granted.items).min(MAX_CREDIT);
-                    }
-                }
-                None => return None,
-            },
-            () = aborted.cancelled() => return None,
-            _ = heartbeat.tick() => {
-                send(shared, reply, &Reply::Alive).await;
-            }
-        }
-    }
-}
-
-/// `first` and the items after it that are ready at once, within
-/// `credit` (which they use up); and how the stream ended, if it did.
-fn ready(
-    first: Value,
-    items: &mut OutputStream,
-    credit: &mut u32,
-) -> (Vec<Value>, Option<Result<(), CallError>>) {
-    let mut batch = vec![first];
-    *credit -= 1;
-    while *credit > 0 {
-        match items.next().now_or_never() {
-            Some(Some(Ok(output))) => {
-                batch.push(output);
-                *credit -= 1;
-            }
-            Some(Some(Err(error))) => return (batch, Some(Err(error))),
-            Some(None) => return (batch, Some(Ok(()))),
-            None => break,
-        }
-    }
-    (batch, None)
-}
-
-/// Sends `batch` as one message, or one message per item when together
-/// they are too large for the cluster; `false` if an item alone is.
-async fn send_items(shared: &Shared, reply: &Subject, outputs: Vec<Value>) -> bool {
-    if outputs.len() > 1 {
-        let together = serde_json::to_vec(&ItemsRef { outputs: &outputs }).ok();
-        if let Some(payload) = together.filter(|p| p.len() <= super::seal::room(&shared.client)) {
-            publish(shared, reply, payload).await;
-            return true;
-        }
-    }
-    for output in outputs {
-        let one = Reply::Items {
-            outputs: vec![output],
-        };
-        if !send(shared, reply, &one).await {
-            return false;
-        }
-    }
-    true
-}
-
-/// [`Reply::Items`] as sent, borrowing its outputs.
-#[derive(serde::Serialize)]
-#[serde(tag = "type", rename = "items")]
-struct ItemsRef<'a> {
-    outputs: &'a [Value],
-}
-
-/// The most items a forwarding host may have granted at once: more credit
-/// than this is not taken.
-const MAX_CREDIT: u32 = 1024;
 
 /// An error before the call ran: it cost nothing here.
 fn failed(error: CallError) -> Reply {
@@ -445,7 +346,7 @@ fn failed(error: CallError) -> Reply {
 
 /// Sends `reply` to a forwarded call's inbox; an answer too large for the
 /// cluster goes as `RESOURCE_EXHAUSTED` instead, and then this is `false`.
-async fn send(shared: &Shared, inbox: &Subject, reply: &Reply) -> bool {
+pub(super) async fn send(shared: &Shared, inbox: &Subject, reply: &Reply) -> bool {
     let Ok(mut payload) = serde_json::to_vec(reply) else {
         return false;
     };
@@ -476,27 +377,12 @@ async fn send(shared: &Shared, inbox: &Subject, reply: &Reply) -> bool {
     as_is
 }
 
-async fn publish(shared: &Shared, inbox: &Subject, payload: Vec<u8>) {
+pub(super) async fn publish(shared: &Shared, inbox: &Subject, payload: Vec<u8>) {
     let sent = shared
         .seal
         .publish(&shared.client, inbox.to_string(), None, payload.into())
         .await;
     if let Err(e) = sent {
         tracing::debug!(error = %e, "cannot answer a forwarded call");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn items_sent_borrowed_read_back_as_items() {
-        let outputs = vec![json!({"n": 1}), json!("two")];
-        let sent = serde_json::to_vec(&ItemsRef { outputs: &outputs }).unwrap();
-        match serde_json::from_slice::<Reply>(&sent).unwrap() {
-            Reply::Items { outputs: got } => assert_eq!(got, outputs),
-            other => panic!("{other:?}"),
-        }
     }
 }

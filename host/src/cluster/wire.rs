@@ -4,8 +4,8 @@
 //! | subject | sent by | payload |
 //! |---|---|---|
 //! | `opbox.<cluster>.call.<tenant>.<operation>` | a host forwarding a call, with a reply inbox | [`Forward`] |
-//! | the reply inbox | the host running it | [`Reply`]s: `accepted`, `alive` every heartbeat, then `output` or `error`; a subscription's `started`, `items`, then `completed` or `error`; a question's `kind` |
-//! | a subscription's control inbox | the forwarding host, as its caller takes items | [`Credit`]: how many more items may come |
+//! | the reply inbox | the host running it | [`Reply`]s: `alive` every heartbeat, then `output` or `error`; a subscription's `started`, `items`, then `completed` or `error`; a question's `kind` |
+//! | a subscription's control inbox | the forwarding host, as its caller takes items | [`Credit`]: how many more items, and bytes of them, may come (`flow.rs`) |
 //! | `opbox.<cluster>.abort` | the forwarding host, when its caller leaves | the reply inbox, naming the call |
 //!
 //! Every host holding an operation subscribes to its call subject in a
@@ -123,11 +123,15 @@ impl Subjects {
 pub(super) enum Ask {
     /// Run a query or mutation.
     Call,
-    /// Start a subscription, sending up to `credit` items before more are
-    /// granted.
+    /// Start a subscription, sending up to `credit` items (and
+    /// `credit_bytes` of their JSON) before more are granted.
     Subscribe {
         /// Items the forwarding host will take before it grants more.
         credit: u32,
+        /// Bytes of items it will take; none from a host that counts
+        /// items only.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        credit_bytes: Option<u64>,
     },
     /// Say what kind the operation is, as its caller sees it.
     Kind,
@@ -215,7 +219,8 @@ impl Forward {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub(super) enum Reply {
-    /// The call is running.
+    /// The call is running: sent by hosts of earlier versions, and
+    /// ignored (a heartbeat says as much).
     Accepted,
     /// Still running: sent every heartbeat, so the forwarding host can
     /// tell a slow call from a host that is gone.
@@ -262,6 +267,10 @@ pub(super) enum Reply {
 pub(super) struct Credit {
     /// How many.
     pub(super) items: u32,
+    /// How many bytes of their JSON; none from a host that counts items
+    /// only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) bytes: Option<u64>,
 }
 
 #[cfg(test)]
@@ -318,10 +327,14 @@ mod tests {
         assert_eq!(&*got.request_id, &*request.request_id);
 
         request.origin = Origin::Wire(Transport::Http);
-        let forward = Forward::new(Ask::Subscribe { credit: 8 }, request, None);
+        let ask = Ask::Subscribe {
+            credit: 8,
+            credit_bytes: Some(1024),
+        };
+        let forward = Forward::new(ask, request, None);
         let sent = serde_json::to_vec(&forward).unwrap();
         let got = serde_json::from_slice::<Forward>(&sent).unwrap();
-        assert_eq!(got.ask, Ask::Subscribe { credit: 8 });
+        assert_eq!(got.ask, ask);
         let got = got.into_request();
         assert_eq!(got.origin, Origin::Wire(Transport::Cluster));
         assert_eq!(got.deadline, None);

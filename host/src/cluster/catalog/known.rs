@@ -140,15 +140,14 @@ fn digest(ops: &[(Option<String>, Arc<Operation>)]) -> u64 {
     hasher.finish()
 }
 
-
 #[cfg(test)]
 mod tests {
     use serde_json::json;
 
     use super::*;
     use crate::call::OperationSpec;
-    use crate::dispatch::Handler;
     use crate::call::{AccessControl, OpType, Visibility};
+    use crate::dispatch::Handler;
 
     fn spec(name: &str) -> OperationSpec {
         OperationSpec {
@@ -260,4 +259,3 @@ mod tests {
         );
     }
 }
-

@@ -20,7 +20,6 @@
 //! rather than `NOT_FOUND`, which stays for names no host has held within
 //! that time.
 
-
 mod known;
 
 use std::hash::{Hash, Hasher};
@@ -66,7 +65,6 @@ struct Owned {
     tenant: Option<String>,
     operations: Vec<OperationSpec>,
 }
-
 
 /// This host's part in the catalog: the bucket, and who it is.
 pub(super) struct Publisher {
