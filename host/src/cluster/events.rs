@@ -1,14 +1,17 @@
-//! Events from every host in every host's feed: each host publishes the
-//! events it records to the JetStream stream `opbox-<cluster>-events`
-//! (subject `opbox.<cluster>.events.<host>`), and mirrors the other hosts'
-//! into its own event log, where `opbox events` and the admin feed read
-//! them with the host's own, each naming its `host`.
+//! One event feed for the whole cluster: each host publishes the events
+//! it records to the JetStream stream `opbox-<cluster>-events` (subject
+//! `opbox.<cluster>.events.<host>`), and every host's feed is that stream,
+//! read in order, its own events included, each at its stream sequence as
+//! its cursor. So a cursor means the same on every host: a reader may
+//! resume on any host where it left off on another, and miss nothing nor
+//! get anything twice.
 //!
-//! A host publishes what it records from the moment it joins, in order,
-//! retrying while NATS is out of reach; it mirrors from where it left off
-//! (the stream sequence it last mirrored is kept with the event, in one
-//! transaction), so a host that was away catches up with what the stream
-//! still keeps: the newest `[admin] max_events`.
+//! A host's events wait in its outbox until the stream has them (retrying
+//! while NATS is out of reach, each sent with a message id, so one sent
+//! again after a crash is taken once within the stream's duplicate
+//! window); they show in the feed once read back. A host that restarts
+//! reads on from the sequence it took last; the stream keeps the newest
+//! `[admin] max_events`.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -19,11 +22,10 @@ use async_nats::jetstream::stream::{self, DiscardPolicy, StorageType};
 use async_nats::jetstream::{self, Context};
 use futures::StreamExt;
 use serde_json::Value;
-use tokio::sync::broadcast::error::RecvError;
 
 use super::Shared;
 use super::seal::Seal;
-use crate::store::{EventLog, ReadError};
+use crate::store::EventLog;
 
 /// Events read from the log at a time while publishing.
 const PAGE: usize = 256;
@@ -31,15 +33,14 @@ const PAGE: usize = 256;
 /// How long a host waits before it publishes again after a failure.
 const RETRY: Duration = Duration::from_secs(1);
 
-/// Publishes the events this host records after cursor `from` and mirrors
-/// the others', from tasks that end with the log; `None`, with a warning,
-/// when the NATS server has no JetStream.
+/// Makes this host's feed the cluster's, publishes the events it records
+/// and reads the stream into its feed, from tasks that end with the log;
+/// `None`, with a warning, when the NATS server has no JetStream.
 pub(super) async fn start(
     shared: &Shared,
     stream_name: String,
     host: String,
     log: Arc<EventLog>,
-    from: u64,
     max_events: u64,
 ) -> Option<()> {
     let Shared {
@@ -69,71 +70,67 @@ pub(super) async fn start(
         subjects.events(Some(&host)),
         host.clone(),
         Arc::downgrade(&log),
-        from,
         seal.clone(),
     ));
     let (inbox, log, seal) = (client.new_inbox(), Arc::downgrade(&log), seal.clone());
     tokio::spawn(async move {
-        if let Err(e) = mirror(js, inbox, &stream_name, &host, log, &seal).await {
+        if let Err(e) = mirror(js, inbox, &stream_name, log, &seal).await {
             tracing::warn!(error = %e, "cannot mirror the events of other hosts");
         }
     });
     Some(())
 }
 
-/// Publishes, in order, every event this host records after `after`.
-async fn publish(
-    js: Context,
-    subject: String,
-    host: String,
-    log: Weak<EventLog>,
-    mut after: u64,
-    seal: Arc<Seal>,
-) {
-    let Some(mut live) = log.upgrade().map(|log| log.follow()) else {
+/// Publishes, in order, the events waiting in this host's outbox, as
+/// they come; each leaves the outbox once the stream has it.
+async fn publish(js: Context, subject: String, host: String, log: Weak<EventLog>, seal: Arc<Seal>) {
+    let Some(mut waiting) = log.upgrade().map(|log| log.outbox_changes()) else {
         return;
     };
+    let mut after = 0;
     loop {
-        // Everything recorded after `after`, this host's own.
-        loop {
-            let Some(strong) = log.upgrade() else { return };
-            let page =
-                tokio::task::spawn_blocking(move || strong.page(Some(after), PAGE, None)).await;
-            let (events, next) = match page {
-                Ok(Ok(page)) => page,
-                Ok(Err(ReadError::Expired { oldest, .. })) => {
-                    after = oldest.saturating_sub(1);
-                    continue;
-                }
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "cannot read events to publish");
-                    tokio::time::sleep(RETRY).await;
-                    continue;
-                }
-                Err(_) => return,
-            };
-            for event in events.iter().filter(|e| e.json["host"] == *host) {
-                let payload = serde_json::to_vec(&event.json).unwrap_or_default();
-                while let Err(e) = publish_one(&js, &subject, payload.clone(), &seal).await {
-                    tracing::debug!(error = %e, "cannot publish an event yet; retrying");
-                    tokio::time::sleep(RETRY).await;
-                }
+        // Seen before the outbox is read: one entering after wakes the wait.
+        waiting.borrow_and_update();
+        let Some(strong) = log.upgrade() else { return };
+        let page = tokio::task::spawn_blocking(move || strong.outbox_page(after, PAGE)).await;
+        let page = match page {
+            Ok(Ok(page)) => page,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot read events to publish");
+                tokio::time::sleep(RETRY).await;
+                continue;
             }
-            if next == after {
-                break;
+            Err(_) => return,
+        };
+        if page.is_empty() {
+            if waiting.changed().await.is_err() {
+                return;
             }
-            after = next;
+            continue;
         }
-        match live.recv().await {
-            Ok(_) | Err(RecvError::Lagged(_)) => {}
-            Err(RecvError::Closed) => return,
+        for (number, mut json) in page {
+            if !json["host"].is_string() {
+                json["host"] = Value::String(host.clone());
+            }
+            let payload = serde_json::to_vec(&json).unwrap_or_default();
+            let id = format!("{host}-{number}");
+            while let Err(e) = publish_one(&js, &subject, &id, payload.clone(), &seal).await {
+                tracing::debug!(error = %e, "cannot publish an event yet; retrying");
+                tokio::time::sleep(RETRY).await;
+            }
+            after = number;
         }
+        let Some(strong) = log.upgrade() else { return };
+        let _ = tokio::task::spawn_blocking(move || strong.published(after)).await;
     }
 }
 
+/// Publishes one event, with message id `id`: the stream takes an event
+/// sent twice (after a crash, before it left the outbox) once.
 async fn publish_one(
     js: &Context,
     subject: &str,
+    id: &str,
     payload: Vec<u8>,
     seal: &Seal,
 ) -> Result<(), String> {
@@ -142,6 +139,7 @@ async fn publish_one(
         super::seal::HEADER,
         seal.seal_kept(subject, &payload).as_str(),
     );
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
     js.publish_with_headers(subject.to_owned(), headers, payload.into())
         .await
         .map_err(|e| e.to_string())?
@@ -150,13 +148,12 @@ async fn publish_one(
         .map_err(|e| e.to_string())
 }
 
-/// Mirrors the other hosts' events into `log`, from after the last one
-/// it mirrored.
+/// Reads the stream into `log`'s feed, every host's events, from after
+/// the last one it took.
 async fn mirror(
     js: Context,
     inbox: String,
     stream_name: &str,
-    host: &str,
     log: Weak<EventLog>,
     seal: &Seal,
 ) -> Result<(), String> {
@@ -177,8 +174,16 @@ async fn mirror(
             .map_err(|e| e.to_string())?,
         None => return Ok(()),
     };
-    // A stream made anew (its sequences start again) is read whole.
-    let deliver_policy = if mirrored > 0 && mirrored <= last {
+    // A stream made anew (its sequences start again) is read whole, and
+    // the feed starts again with it.
+    let fresh = mirrored > last;
+    let Some(strong) = log.upgrade() else {
+        return Ok(());
+    };
+    tokio::task::spawn_blocking(move || strong.join_cluster(fresh))
+        .await
+        .map_err(|e| e.to_string())?;
+    let deliver_policy = if mirrored > 0 && !fresh {
         DeliverPolicy::ByStartSequence {
             start_sequence: mirrored + 1,
         }
@@ -218,7 +223,7 @@ async fn mirror(
         let Ok(json) = serde_json::from_slice::<Value>(&message.payload) else {
             continue;
         };
-        if !json.is_object() || json["host"] == *host || !json["host"].is_string() {
+        if !json.is_object() || !json["host"].is_string() {
             continue;
         }
         let Some(log) = log.upgrade() else {

@@ -371,8 +371,6 @@ impl Connection {
         } = self;
         let log = plugins.events();
         log.set_host(&host);
-        // What this host records from now on goes to the cluster.
-        let from = log.last();
         // A host reachable at once joins before it serves; one that is not
         // serves what it holds meanwhile.
         let joined = matches!(
@@ -420,7 +418,7 @@ impl Connection {
                     publisher.start(dispatcher).await;
                 }
                 let stream = bucket_name(&name, "events");
-                events::start(&shared, stream, host.clone(), log, from, max_events).await;
+                events::start(&shared, stream, host.clone(), log, max_events).await;
                 let client = &shared.client;
                 if let Some(distribution) = Distribution::open(client, &name, host, seal).await {
                     distribution.start(plugins, told, max_plugin_bytes).await;

@@ -90,3 +90,89 @@ async fn every_hosts_events_reach_every_hosts_feed_once() {
     assert_eq!(traps_on(&events, &name_b).len(), 1);
     drop(a);
 }
+
+/// The events after `cursor` in `server`'s feed, as the operator reads
+/// them.
+async fn feed_after(server: &Server, cursor: u64) -> Vec<Value> {
+    let page: Value = reqwest::Client::new()
+        .get(format!(
+            "{}/admin/v1/events?cursor={cursor}&limit=1000",
+            server.url
+        ))
+        .bearer_auth(OPERATOR)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    page["events"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{page}"))
+        .clone()
+}
+
+/// `server`'s feed after `cursor` once `check` holds of it (within 10 s).
+async fn feed_once(server: &Server, cursor: u64, check: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let start = std::time::Instant::now();
+    loop {
+        let events = feed_after(server, cursor).await;
+        if check(&events) {
+            return events;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the feed after {cursor} never held: {events:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_reader_moves_to_another_host_at_the_same_cursor_and_misses_nothing() {
+    let nats = Nats::start();
+    let (dir_a, data_a) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (dir_b, data_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = trapper(&nats, dir_a.path(), data_a.path());
+    let b = trapper(&nats, dir_b.path(), data_b.path());
+    let (name_a, name_b) = (name_of(data_a.path()), name_of(data_b.path()));
+    let one_each = |events: &[Value]| {
+        traps_on(events, &name_a).len() == 1 && traps_on(events, &name_b).len() == 1
+    };
+
+    // A reader follows B's feed, up to a trap on each host.
+    trap(&a, "1 on A").await;
+    trap(&b, "2 on B").await;
+    let read = feed_once(&b, 0, one_each).await;
+    let cursor = read.last().unwrap()["cursor"].as_u64().unwrap();
+
+    // More happens on both; the reader moves to A with B's cursor.
+    trap(&b, "3 on B").await;
+    trap(&a, "4 on A").await;
+    let on_a = feed_once(&a, cursor, one_each).await;
+    // What A gives after the cursor is what B gives after it: the same
+    // events at the same cursors, nothing from before it, nothing twice.
+    let on_b = feed_once(&b, cursor, |events| events.len() >= on_a.len()).await;
+    let same = |events: &[Value]| -> Vec<(u64, Value, Value)> {
+        events
+            .iter()
+            .map(|e| {
+                (
+                    e["cursor"].as_u64().unwrap(),
+                    e["host"].clone(),
+                    e["at_ms"].clone(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(same(&on_a), same(&on_b[..on_a.len()]));
+    let cursors: Vec<u64> = on_a.iter().map(|e| e["cursor"].as_u64().unwrap()).collect();
+    assert!(cursors.iter().all(|&c| c > cursor), "{cursors:?}");
+    assert!(cursors.windows(2).all(|w| w[0] < w[1]), "{cursors:?}");
+    let traps = read
+        .iter()
+        .chain(&on_a)
+        .filter(|e| e["kind"] == "call.trapped")
+        .count();
+    assert_eq!(traps, 4, "every trap once");
+}

@@ -13,22 +13,27 @@
 //! what comes next ([`EventLog::follow`]): an event is sent to followers
 //! once it is committed, in cursor order.
 //!
-//! In a cluster, each event names its host (`"host"`), and the events of
-//! the other hosts are mirrored in ([`EventLog::mirror`]), each with the
-//! place it had in the cluster's stream, kept in the same transaction: a
-//! host that restarts asks the stream for what comes after.
+//! In a cluster, the feed is the cluster's: every host's events, this
+//! host's own included, in the order of the cluster's stream, each at the
+//! cursor it has there (its stream sequence), so a cursor means the same on
+//! every host and a reader may resume on any. An event this host reports
+//! waits in an outbox ([`EventLog::outbox_page`]) until it is published to
+//! the stream; it enters the feed as it comes back
+//! ([`EventLog::mirror`]), with the stream's sequence of the last one kept
+//! in the same transaction: a host that restarts asks the stream for what
+//! comes after. A host that joins a cluster for the first time moves the
+//! events it kept alone into its outbox: they join the cluster's feed.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
-use std::time::SystemTime;
+use std::sync::mpsc::{SyncSender, TrySendError};
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::broadcast;
 
 use super::{StoreError, failed};
-use crate::call::{Event, Happening, Observer, StoredEvent};
+use crate::call::{Event, Observer};
 
 /// The database file, in the data directory.
 pub const DATABASE: &str = "events.redb";
@@ -39,26 +44,28 @@ pub const QUEUE: usize = 4096;
 /// Events a follower may fall behind the newest before it is cut off.
 pub const FOLLOW_BUFFER: usize = 1024;
 
-/// Events the writer takes in one transaction, at most.
-const BATCH: usize = 512;
-
 /// Stored entries a page reads through, at most, looking for the reader's
 /// own events among other tenants'.
 const SCAN: usize = 10_000;
 
-/// cursor → the event as JSON.
+/// cursor → the event as JSON: the feed.
 const EVENTS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("events");
-/// `"stream"` → the cluster stream's sequence of the last event mirrored.
+/// In a cluster: outbox number → an event of this host's, not published
+/// yet.
+const OUTBOX: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("outbox");
+/// [`STREAM`], [`CLUSTERED`], [`NUMBERED`] → their values.
 const MIRRORED: TableDefinition<'_, &str, u64> = TableDefinition::new("mirrored");
 
-/// What the writer takes.
-enum Queued {
-    /// An event of this host.
-    Local(Event),
-    /// Another host's event, as it stored it, at `seq` in the cluster's
-    /// stream.
-    Mirrored { json: Value, seq: u64 },
-}
+/// The cluster stream's sequence of the last event taken into the feed.
+const STREAM: &str = "stream";
+/// 1 once the feed is the cluster's.
+const CLUSTERED: &str = "clustered";
+/// The outbox number last given out.
+const NUMBERED: &str = "outbox";
+
+mod writer;
+
+use writer::{Queued, write_events};
 
 /// An event as stored and sent: `{"cursor", "at_ms", "kind", "tenant",
 /// "plugin", "detail"}`.
@@ -109,6 +116,11 @@ struct Shared {
     live: broadcast::Sender<Arc<Stored>>,
     /// This host's name in its cluster, once it has joined one.
     host: std::sync::OnceLock<String>,
+    /// Whether the feed is the cluster's: this host's events go to the
+    /// outbox.
+    clustered: std::sync::atomic::AtomicBool,
+    /// The newest outbox number, bumped as events enter the outbox.
+    outbox: tokio::sync::watch::Sender<u64>,
 }
 
 /// The event feed of a host. Dropping it stops the writer once the queue
@@ -145,6 +157,15 @@ impl EventLog {
             let last = table.last().map_err(failed)?.map(|(k, _)| k.value());
             (first, last)
         };
+        let (clustered, numbered) = {
+            txn.open_table(OUTBOX).map_err(failed)?;
+            let meta = txn.open_table(MIRRORED).map_err(failed)?;
+            let get = |key| meta.get(key).map(|v| v.map_or(0, |v| v.value()));
+            (
+                get(CLUSTERED).map_err(failed)? == 1,
+                get(NUMBERED).map_err(failed)?,
+            )
+        };
         txn.commit().map_err(failed)?;
         let last = last.unwrap_or(0);
         let (live, _) = broadcast::channel(FOLLOW_BUFFER);
@@ -155,6 +176,8 @@ impl EventLog {
             dropped: AtomicU64::new(0),
             live,
             host: std::sync::OnceLock::new(),
+            clustered: clustered.into(),
+            outbox: tokio::sync::watch::Sender::new(numbered),
         });
         let (queue, taken) = std::sync::mpsc::sync_channel(QUEUE);
         let writer = std::thread::Builder::new()
@@ -232,28 +255,79 @@ impl EventLog {
         let _ = self.shared.host.set(host.to_owned());
     }
 
-    /// Records another host's event, `json` as that host stored it, found
-    /// at `seq` in the cluster's stream. Waits while the writer's queue is
-    /// full: call it from a blocking thread. `false` once the log is closed.
+    /// Takes an event of the cluster's stream into the feed, `json` as its
+    /// host stored it, at cursor `seq` (its stream sequence). Waits while
+    /// the writer's queue is full: call it from a blocking thread. `false`
+    /// once the log is closed.
     pub fn mirror(&self, json: Value, seq: u64) -> bool {
-        self.queue
-            .as_ref()
-            .is_some_and(|queue| queue.send(Queued::Mirrored { json, seq }).is_ok())
+        self.send(Queued::Mirrored { json, seq })
     }
 
-    /// The cluster stream's sequence of the last event mirrored; 0 when
-    /// none was.
+    /// Makes the feed the cluster's, from now on and after a restart: this
+    /// host's events go to the outbox, and the events it kept alone move
+    /// there too. When the cluster's stream was made anew (`fresh`: its
+    /// sequences start again), the feed starts again with it. Waits as
+    /// [`EventLog::mirror`] does.
+    pub fn join_cluster(&self, fresh: bool) -> bool {
+        self.send(Queued::Join { fresh })
+    }
+
+    /// The cluster stream's sequence of the last event taken into the
+    /// feed; 0 when none was.
     pub fn mirrored(&self) -> Result<u64, StoreError> {
+        self.meta(STREAM)
+    }
+
+    /// Up to `limit` events of this host's waiting in the outbox after
+    /// number `after`, each with its number.
+    pub fn outbox_page(&self, after: u64, limit: usize) -> Result<Vec<(u64, Value)>, StoreError> {
+        let txn = self.shared.db.begin_read().map_err(failed)?;
+        let table = match txn.open_table(OUTBOX) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(failed(e)),
+        };
+        let mut page = Vec::new();
+        for entry in table
+            .range(after.saturating_add(1)..)
+            .map_err(failed)?
+            .take(limit)
+        {
+            let (number, bytes) = entry.map_err(failed)?;
+            page.push((
+                number.value(),
+                serde_json::from_slice(bytes.value()).map_err(failed)?,
+            ));
+        }
+        Ok(page)
+    }
+
+    /// Wakes when events enter the outbox (the value: the newest number).
+    pub fn outbox_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.outbox.subscribe()
+    }
+
+    /// The events of the outbox up to number `upto` are published: they
+    /// leave it. Waits as [`EventLog::mirror`] does.
+    pub fn published(&self, upto: u64) -> bool {
+        self.send(Queued::Published { upto })
+    }
+
+    fn send(&self, queued: Queued) -> bool {
+        self.queue
+            .as_ref()
+            .is_some_and(|queue| queue.send(queued).is_ok())
+    }
+
+    /// A value of the [`MIRRORED`] table; 0 when there is none.
+    fn meta(&self, key: &str) -> Result<u64, StoreError> {
         let txn = self.shared.db.begin_read().map_err(failed)?;
         let table = match txn.open_table(MIRRORED) {
             Ok(table) => table,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
             Err(e) => return Err(failed(e)),
         };
-        Ok(table
-            .get("stream")
-            .map_err(failed)?
-            .map_or(0, |v| v.value()))
+        Ok(table.get(key).map_err(failed)?.map_or(0, |v| v.value()))
     }
 
     /// How many events are stored now.
@@ -288,103 +362,12 @@ fn decode(cursor: u64, bytes: &[u8]) -> Result<Stored, StoreError> {
     })
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// The writer: takes events in batches until every sender is gone.
-fn write_events(shared: &Shared, taken: &Receiver<Queued>, max_events: u64) {
-    while let Ok(first) = taken.recv() {
-        let mut batch = vec![first];
-        while batch.len() < BATCH {
-            match taken.try_recv() {
-                Ok(event) => batch.push(event),
-                Err(_) => break,
-            }
-        }
-        let dropped = shared.dropped.swap(0, Ordering::Relaxed);
-        if dropped > 0 {
-            batch.push(Queued::Local(Event {
-                what: Happening::EventsDropped { count: dropped },
-                tenant: None,
-                plugin: None,
-            }));
-        }
-        match commit(shared, batch, max_events) {
-            Ok(stored) => {
-                for event in stored {
-                    // No follower is not an error.
-                    let _ = shared.live.send(Arc::new(event));
-                }
-            }
-            Err(e) => tracing::error!("cannot record events: {e}"),
-        }
-    }
-}
-
-/// Stores `batch` after the newest event, deletes what is past
-/// retention, and returns the batch as stored.
-fn commit(shared: &Shared, batch: Vec<Queued>, max_events: u64) -> Result<Vec<Stored>, StoreError> {
-    let at_ms = now_ms();
-    let mut cursor = shared.last.load(Ordering::Acquire);
-    let mut stored = Vec::with_capacity(batch.len());
-    let mut mirrored = None;
-    let txn = shared.db.begin_write().map_err(failed)?;
-    let oldest = {
-        let mut table = txn.open_table(EVENTS).map_err(failed)?;
-        for queued in batch {
-            cursor += 1;
-            let (json, tenant) = match queued {
-                Queued::Local(event) => {
-                    let tenant = event.tenant.clone();
-                    let stored = StoredEvent {
-                        cursor,
-                        at_ms,
-                        tenant: event.tenant,
-                        plugin: event.plugin,
-                        host: shared.host.get().cloned(),
-                        what: event.what,
-                    };
-                    (serde_json::to_value(stored).map_err(failed)?, tenant)
-                }
-                Queued::Mirrored { mut json, seq } => {
-                    json["cursor"] = json!(cursor);
-                    mirrored = Some(seq);
-                    let tenant = json["tenant"].as_str().map(str::to_owned);
-                    (json, tenant)
-                }
-            };
-            let bytes = serde_json::to_vec(&json).map_err(failed)?;
-            table.insert(cursor, &*bytes).map_err(failed)?;
-            stored.push(Stored {
-                cursor,
-                tenant,
-                json,
-            });
-        }
-        let keep_from = cursor.saturating_sub(max_events) + 1;
-        let mut oldest = shared.oldest.load(Ordering::Acquire).min(cursor);
-        if oldest < keep_from {
-            table.retain_in(..keep_from, |_, _| false).map_err(failed)?;
-            oldest = keep_from;
-        }
-        oldest
-    };
-    if let Some(seq) = mirrored {
-        let mut table = txn.open_table(MIRRORED).map_err(failed)?;
-        table.insert("stream", seq).map_err(failed)?;
-    }
-    txn.commit().map_err(failed)?;
-    shared.oldest.store(oldest, Ordering::Release);
-    shared.last.store(cursor, Ordering::Release);
-    Ok(stored)
-}
-
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
+    use crate::call::Happening;
 
     fn event(tenant: Option<&str>, n: u64) -> Event {
         Event {
@@ -428,5 +411,74 @@ mod tests {
         let log = EventLog::open(dir.path(), 5).unwrap();
         assert_eq!((log.oldest(), log.last()), (4, 8));
         assert_eq!(log.len().unwrap(), 5);
+    }
+
+    #[tokio::test]
+    async fn in_a_cluster_the_feed_is_the_streams_and_own_events_wait_in_the_outbox() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EventLog::open(dir.path(), 100).unwrap();
+        log.observe(event(Some("acme"), 1));
+        let mut live = log.follow();
+        assert_eq!(live.recv().await.unwrap().cursor, 1);
+        log.set_host("a");
+
+        // Joining moves what the host kept alone to its outbox, named as
+        // its own; the feed starts empty.
+        assert!(log.join_cluster(false));
+        log.observe(event(None, 2));
+        let mut outbox = log.outbox_changes();
+        outbox.wait_for(|newest| *newest == 2).await.unwrap();
+        assert_eq!(log.last(), 0);
+        let waiting = log.outbox_page(0, 10).unwrap();
+        let numbers: Vec<_> = waiting
+            .iter()
+            .map(|(n, json)| (*n, json["host"].clone()))
+            .collect();
+        assert_eq!(numbers, [(1, json!("a")), (2, json!("a"))]);
+
+        // Events enter the feed at their stream sequence, whoever's.
+        let (mut first, mut second) = (waiting[0].1.clone(), waiting[1].1.clone());
+        first["cursor"] = json!(0);
+        assert!(log.mirror(first, 7));
+        second["host"] = json!("b");
+        assert!(log.mirror(second, 9));
+        let got: Vec<_> = [live.recv().await.unwrap(), live.recv().await.unwrap()]
+            .iter()
+            .map(|e| (e.cursor, e.json["cursor"].clone(), e.json["host"].clone()))
+            .collect();
+        assert_eq!(got, [(7, json!(7), json!("a")), (9, json!(9), json!("b"))]);
+        // Read again from the stream: taken once.
+        assert!(log.mirror(json!({"host": "b"}), 9));
+        assert!(log.published(2));
+        outbox.borrow_and_update();
+        log.observe(event(None, 3));
+        outbox.changed().await.unwrap();
+        assert_eq!(
+            log.outbox_page(0, 10).unwrap().len(),
+            1,
+            "published ones left"
+        );
+        let (page, next) = log.page(Some(7), 10, None).unwrap();
+        assert_eq!((page.len(), next), (1, 9));
+        assert_eq!(log.oldest(), 7);
+        assert_eq!(log.mirrored().unwrap(), 9);
+
+        // Reopened, it is still the cluster's feed.
+        drop(live);
+        drop(log);
+        let log = EventLog::open(dir.path(), 100).unwrap();
+        assert_eq!((log.oldest(), log.last()), (7, 9));
+        let mut live = log.follow();
+        assert!(log.mirror(json!({"host": "b", "n": 10}), 10));
+        assert_eq!(live.recv().await.unwrap().cursor, 10);
+        let mut outbox = log.outbox_changes();
+        log.observe(event(None, 4));
+        outbox.wait_for(|newest| *newest == 4).await.unwrap();
+        assert_eq!(log.outbox_page(0, 10).unwrap().len(), 2, "numbered on");
+        // A stream made anew: the feed starts again.
+        assert!(log.join_cluster(true));
+        assert!(log.mirror(json!({"host": "b"}), 1));
+        assert_eq!(live.recv().await.unwrap().cursor, 1);
+        assert_eq!((log.oldest(), log.last()), (1, 1));
     }
 }
