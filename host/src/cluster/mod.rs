@@ -276,6 +276,10 @@ struct Shared {
     inbox: Arc<tokio::sync::OnceCell<Arc<inbox::Inbox>>>,
     /// What the other hosts list.
     catalog: Arc<Catalog>,
+    /// `true` while this host has nothing to tell the others before it
+    /// stops: before its share of the catalog is written, and once its
+    /// last one is.
+    said: watch::Sender<bool>,
 }
 
 /// This host's membership of a cluster. Dropping it does not leave: the
@@ -397,6 +401,7 @@ impl Connection {
             seal: seal.clone(),
             inbox: Arc::default(),
             catalog: catalog.clone(),
+            said: watch::Sender::new(true),
         });
         dispatcher.set_remote(shared.clone());
         // Plugins pass between hosts once NATS is reached; changes made
@@ -415,7 +420,7 @@ impl Connection {
                 let publisher =
                     Publisher::open(client, bucket, own, seal.clone(), catalog, refresh).await;
                 if let Some(publisher) = publisher {
-                    publisher.start(dispatcher).await;
+                    publisher.start(dispatcher, shared.said.clone()).await;
                 }
                 let stream = bucket_name(&name, "events");
                 events::start(&shared, stream, host.clone(), log, max_events).await;
@@ -432,6 +437,18 @@ impl Connection {
             "serving this host's operations to the cluster"
         );
         Cluster { shared }
+    }
+}
+
+impl Cluster {
+    /// Resolves once this host, draining, has told the cluster it leaves:
+    /// its operations leave the other hosts' listings. At once when it has
+    /// nothing to tell (no JetStream, or not joined yet).
+    pub fn left(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut said = self.shared.said.subscribe();
+        async move {
+            let _ = said.wait_for(|said| *said).await;
+        }
     }
 }
 

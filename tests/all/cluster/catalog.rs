@@ -7,7 +7,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use super::{CATALOG_REFRESH_MS, Nats, call, eventually, host};
+use super::{CATALOG_REFRESH_MS, Nats, call, eventually, host, plugins};
 use crate::admin::{OPERATOR, fixture, upload};
 use crate::mcp::Client;
 use crate::util::Server;
@@ -168,5 +168,35 @@ async fn what_one_host_holds_is_listed_and_called_through_another_until_it_is_go
     );
     // Still unavailable rather than unknown once it is no longer listed.
     let (status, error, _) = call(&b, None, operation, json!(null)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{error}");
+
+    // A host that stops (drains) leaves the listings at once, and its
+    // operations are unavailable too.
+    let dir_c = tempfile::tempdir().unwrap();
+    let c = host(
+        &nats,
+        dir_c.path(),
+        "examples = false",
+        &plugins(&["fixture-slow"]),
+    );
+    let sleep = "fixture-slow/sleep";
+    assert!(
+        eventually(within, || async {
+            searched(&b).await.iter().any(|n| n == sleep)
+        })
+        .await,
+        "B does not list C's operation"
+    );
+    c.stop();
+    // Its last share says so: sooner than three missed refreshes would.
+    let told = Duration::from_millis(CATALOG_REFRESH_MS * 2);
+    assert!(
+        eventually(told, || async {
+            !searched(&b).await.iter().any(|n| n == sleep)
+        })
+        .await,
+        "B still lists the operation of a host that left {told:?} ago"
+    );
+    let (status, error, _) = call(&b, None, sleep, json!({"ms": 1})).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{error}");
 }

@@ -121,6 +121,10 @@ pub(crate) async fn serve(
     let _ = stop_tx.send(true);
     let finished = async {
         host.dispatcher().idle().await;
+        // The other hosts of a cluster stop listing this one's operations.
+        if let Some(cluster) = host.cluster() {
+            cluster.left().await;
+        }
         if let Some(tcp_server) = tcp_server {
             let _ = tcp_server.await;
         }

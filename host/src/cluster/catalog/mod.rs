@@ -8,8 +8,8 @@
 //! It writes the share again when its registry changes and every
 //! `catalog_refresh_ms`; a share not written again for three of those is
 //! no longer listed, so a host that dies drops out of every listing within
-//! that time. A host that drains says so in a last share, which lists
-//! nothing.
+//! that time. A host that drains says so in a last share, which the
+//! others keep but do not list.
 //!
 //! A share is bounded: at most [`MAX_SHARE_BYTES`] of specs (the rest are
 //! left out, with a warning; their calls are still forwarded by name).
@@ -29,6 +29,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
 use super::seal::{self, Seal};
 use crate::call::OperationSpec;
@@ -53,7 +54,7 @@ struct Published {
     host: String,
     /// When its host wrote it, by its clock (ms since the Unix epoch).
     at_ms: u64,
-    /// Written by a host leaving the cluster: nothing is listed.
+    /// Written by a host leaving the cluster: kept, not listed.
     leaving: bool,
     owners: Vec<Owned>,
 }
@@ -112,8 +113,9 @@ impl Publisher {
     }
 
     /// Reads the other hosts' shares from now on, and writes this host's
-    /// until it drains.
-    pub(super) async fn start(self, dispatcher: Dispatcher) {
+    /// until it drains; `said` is `false` from now until its last share
+    /// is written.
+    pub(super) async fn start(self, dispatcher: Dispatcher, said: watch::Sender<bool>) {
         let registry = Arc::downgrade(dispatcher.registry());
         match self.bucket.watch_with_history(">").await {
             Ok(watch) => {
@@ -127,11 +129,15 @@ impl Publisher {
             }
             Err(e) => tracing::warn!(error = %e, "cannot follow the cluster's catalog"),
         }
-        tokio::spawn(self.write(dispatcher));
+        said.send_replace(false);
+        tokio::spawn(async move {
+            self.write(dispatcher).await;
+            said.send_replace(true);
+        });
     }
 
     /// Writes this host's share at once, when its registry changes, and
-    /// every `refresh`; a last one, listing nothing, once it drains.
+    /// every `refresh`; a last one, kept and not listed, once it drains.
     async fn write(self, dispatcher: Dispatcher) {
         let mut changes = dispatcher.registry().changes();
         let draining = dispatcher.draining();
@@ -171,7 +177,8 @@ impl Publisher {
                 written = digest;
             }
         }
-        self.put(Vec::new(), true).await;
+        // Not listed any more, but known: its calls are `UNAVAILABLE`.
+        self.put(share(&dispatcher, &self.host), true).await;
     }
 
     /// Writes `owners` as this host's share; whether it was written.
