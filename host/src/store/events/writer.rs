@@ -83,7 +83,7 @@ struct Batch<'txn> {
 
 impl Batch<'_> {
     /// Adds `json` to the feed at `cursor`, written into it.
-    fn to_feed(&mut self, cursor: u64, mut json: Value) -> Result<(), StoreError> {
+    fn add_to_feed(&mut self, cursor: u64, mut json: Value) -> Result<(), StoreError> {
         json["cursor"] = json!(cursor);
         let bytes = serde_json::to_vec(&json).map_err(failed)?;
         self.feed.insert(cursor, &*bytes).map_err(failed)?;
@@ -98,7 +98,7 @@ impl Batch<'_> {
     }
 
     /// Adds `json` to the outbox, to be published.
-    fn to_outbox(&mut self, json: &Value) -> Result<(), StoreError> {
+    fn add_to_outbox(&mut self, json: &Value) -> Result<(), StoreError> {
         self.numbered += 1;
         let bytes = serde_json::to_vec(json).map_err(failed)?;
         self.outbox.insert(self.numbered, &*bytes).map_err(failed)?;
@@ -119,7 +119,7 @@ impl Batch<'_> {
             {
                 json["host"] = json!(host);
             }
-            self.to_outbox(&json)?;
+            self.add_to_outbox(&json)?;
         }
         self.clear()?;
         self.clustered = true;
@@ -202,15 +202,15 @@ fn commit(shared: &Shared, batch: Vec<Queued>, max_events: u64) -> Result<Vec<St
                 };
                 let json = serde_json::to_value(stored).map_err(failed)?;
                 if written.clustered {
-                    written.to_outbox(&json)?;
+                    written.add_to_outbox(&json)?;
                 } else {
-                    written.to_feed(written.last + 1, json)?;
+                    written.add_to_feed(written.last + 1, json)?;
                 }
             }
             Queued::Mirrored { json, seq } => {
                 // Already in the feed: the stream was read again.
                 if seq > written.last {
-                    written.to_feed(seq, json)?;
+                    written.add_to_feed(seq, json)?;
                     written.stream = Some(seq);
                 }
             }
