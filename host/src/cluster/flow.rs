@@ -34,11 +34,6 @@ pub(super) const WINDOW_BYTES: u64 = 256 * 1024;
 /// NATS's `max_payload`).
 const BATCH_BYTES: usize = 64 * 1024;
 
-/// Times a batch not yet half full lets the stream's producer run before
-/// it goes: a fast stream fills its messages, a slow one waits a few task
-/// switches at most.
-const YIELDS: u32 = 4;
-
 /// What the running host may still send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Allowance {
@@ -207,7 +202,6 @@ async fn sent_ready(
     let mut batch = Batch::new();
     let mut next = Some(first);
     let mut end = None;
-    let mut yields = 0;
     while let Some(output) = next.take() {
         let Ok(item) = serde_json::to_vec(&output) else {
             end = Some(Err(CallError::internal()));
@@ -230,13 +224,7 @@ async fn sent_ready(
         if !allowance.open() {
             break;
         }
-        let mut polled = items.next().now_or_never();
-        while polled.is_none() && yields < YIELDS && batch.payload.len() < BATCH_BYTES / 2 {
-            yields += 1;
-            tokio::task::yield_now().await;
-            polled = items.next().now_or_never();
-        }
-        match polled {
+        match items.next().now_or_never() {
             Some(Some(Ok(output))) => next = Some(output),
             Some(Some(Err(error))) => end = Some(Err(error)),
             Some(None) => end = Some(Ok(())),
