@@ -109,6 +109,23 @@ struct Batch {
 
 const BATCH_HEAD: &[u8] = br#"{"type":"items","outputs":["#;
 
+/// The outputs of an `items` reply as [`Batch`] writes it, read straight
+/// into their values: `Reply`'s derived reading (an internally tagged
+/// enum) would first copy the whole message into a tree of its own.
+/// `None` for any other message.
+pub(super) fn read_batch(payload: &[u8]) -> Option<Vec<Value>> {
+    #[derive(serde::Deserialize)]
+    struct Outputs {
+        outputs: Vec<Value>,
+    }
+    if !payload.starts_with(BATCH_HEAD) {
+        return None;
+    }
+    serde_json::from_slice::<Outputs>(payload)
+        .ok()
+        .map(|batch| batch.outputs)
+}
+
 impl Batch {
     fn new() -> Self {
         Self {
@@ -270,10 +287,14 @@ mod tests {
         for output in &outputs {
             batch.push(&serde_json::to_vec(output).unwrap());
         }
-        match serde_json::from_slice::<Reply>(&batch.close()).unwrap() {
+        let payload = batch.close();
+        match serde_json::from_slice::<Reply>(&payload).unwrap() {
             Reply::Items { outputs: got } => assert_eq!(got, outputs),
             other => panic!("{other:?}"),
         }
+        assert_eq!(read_batch(&payload).unwrap(), outputs);
+        let alive = serde_json::to_vec(&Reply::Alive).unwrap();
+        assert!(read_batch(&alive).is_none());
     }
 
     #[test]

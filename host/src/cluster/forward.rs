@@ -12,7 +12,7 @@ use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
 use super::Shared;
-use super::flow::{Taken, WINDOW_BYTES, WINDOW_ITEMS};
+use super::flow::{Taken, WINDOW_BYTES, WINDOW_ITEMS, read_batch};
 use super::inbox::{Inbox, Replies};
 use super::seal::Seal;
 use super::wire::{Ask, Forward, Reply};
@@ -187,10 +187,13 @@ impl Pending {
                 self.guard.disarm();
                 return Err(self.unanswered.clone());
             }
-            let reply = serde_json::from_slice::<Reply>(&message.payload).map_err(|e| {
-                tracing::warn!(error = %e, "a host of the cluster sent a reply this host cannot read");
-                CallError::internal()
-            })?;
+            let reply = match read_batch(&message.payload) {
+                Some(outputs) => Reply::Items { outputs },
+                None => serde_json::from_slice::<Reply>(&message.payload).map_err(|e| {
+                    tracing::warn!(error = %e, "a host of the cluster sent a reply this host cannot read");
+                    CallError::internal()
+                })?,
+            };
             let size = message.payload.len();
             match reply {
                 Reply::Accepted | Reply::Alive => {}
