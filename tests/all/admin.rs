@@ -445,8 +445,14 @@ async fn installed_plugins_come_back_after_a_restart_even_after_sigkill() {
 
 /// The event feed of the host at `url`, as the operator reads it.
 pub async fn events_of(client: &reqwest::Client, url: &str) -> Vec<Value> {
+    events_after(client, url, None).await
+}
+
+/// [`events_of`], after `cursor` (all kept for `None`), up to 1,000.
+pub async fn events_after(client: &reqwest::Client, url: &str, cursor: Option<u64>) -> Vec<Value> {
+    let after = cursor.map_or(String::new(), |cursor| format!("&cursor={cursor}"));
     let page: Value = client
-        .get(format!("{url}/admin/v1/events"))
+        .get(format!("{url}/admin/v1/events?limit=1000{after}"))
         .bearer_auth(OPERATOR)
         .send()
         .await
@@ -454,7 +460,10 @@ pub async fn events_of(client: &reqwest::Client, url: &str) -> Vec<Value> {
         .json()
         .await
         .unwrap();
-    page["events"].as_array().unwrap().clone()
+    page["events"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{page}"))
+        .clone()
 }
 
 #[tokio::test]

@@ -27,6 +27,41 @@ fn name_of(data: &Path) -> String {
     std::fs::read_to_string(data.join("cluster-host")).unwrap()
 }
 
+/// A [`trapper`] with directories of its own.
+struct Trapper {
+    server: Server,
+    dir: tempfile::TempDir,
+    data: tempfile::TempDir,
+}
+
+impl Trapper {
+    fn start(nats: &Nats) -> Self {
+        Self::on(
+            nats,
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+        )
+    }
+
+    /// One with these directories: another's again, after it stopped.
+    fn on(nats: &Nats, dir: tempfile::TempDir, data: tempfile::TempDir) -> Self {
+        let server = trapper(nats, dir.path(), data.path());
+        Self { server, dir, data }
+    }
+
+    fn name(&self) -> String {
+        name_of(self.data.path())
+    }
+}
+
+impl std::ops::Deref for Trapper {
+    type Target = Server;
+
+    fn deref(&self) -> &Server {
+        &self.server
+    }
+}
+
 /// The events in `server`'s feed (the first 100 kept), as the operator
 /// reads them.
 async fn feed(server: &Server) -> Vec<Value> {
@@ -52,11 +87,8 @@ async fn trap(server: &Server, why: &str) {
 #[tokio::test]
 async fn every_hosts_events_reach_every_hosts_feed_once() {
     let nats = Nats::start();
-    let (dir_a, data_a) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (dir_b, data_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = trapper(&nats, dir_a.path(), data_a.path());
-    let b = trapper(&nats, dir_b.path(), data_b.path());
-    let (name_a, name_b) = (name_of(data_a.path()), name_of(data_b.path()));
+    let (a, b) = (Trapper::start(&nats), Trapper::start(&nats));
+    let (name_a, name_b) = (a.name(), b.name());
     assert_ne!(name_a, name_b);
 
     // A trap on each host: both feeds show both, each naming its host.
@@ -74,10 +106,11 @@ async fn every_hosts_events_reach_every_hosts_feed_once() {
 
     // B goes away; A traps again; B comes back on the same data and
     // catches up, with nothing it had twice.
-    b.stop();
+    let Trapper { server, dir, data } = b;
+    server.stop();
     trap(&a, "second on A").await;
-    let b = trapper(&nats, dir_b.path(), data_b.path());
-    assert_eq!(name_of(data_b.path()), name_b, "B keeps its name");
+    let b = Trapper::on(&nats, dir, data);
+    assert_eq!(b.name(), name_b, "B keeps its name");
     let caught_up = eventually(within, || async {
         traps_on(&feed(&b).await, &name_a).len() >= 2
     })
@@ -94,22 +127,7 @@ async fn every_hosts_events_reach_every_hosts_feed_once() {
 /// The events after `cursor` in `server`'s feed, as the operator reads
 /// them.
 async fn feed_after(server: &Server, cursor: u64) -> Vec<Value> {
-    let page: Value = reqwest::Client::new()
-        .get(format!(
-            "{}/admin/v1/events?cursor={cursor}&limit=1000",
-            server.url
-        ))
-        .bearer_auth(OPERATOR)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    page["events"]
-        .as_array()
-        .unwrap_or_else(|| panic!("{page}"))
-        .clone()
+    crate::admin::events_after(&reqwest::Client::new(), &server.url, Some(cursor)).await
 }
 
 /// `server`'s feed after `cursor` once `check` holds of it (within 10 s).
@@ -131,11 +149,8 @@ async fn feed_once(server: &Server, cursor: u64, check: impl Fn(&[Value]) -> boo
 #[tokio::test]
 async fn a_reader_moves_to_another_host_at_the_same_cursor_and_misses_nothing() {
     let nats = Nats::start();
-    let (dir_a, data_a) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (dir_b, data_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = trapper(&nats, dir_a.path(), data_a.path());
-    let b = trapper(&nats, dir_b.path(), data_b.path());
-    let (name_a, name_b) = (name_of(data_a.path()), name_of(data_b.path()));
+    let (a, b) = (Trapper::start(&nats), Trapper::start(&nats));
+    let (name_a, name_b) = (a.name(), b.name());
     let one_each = |events: &[Value]| {
         traps_on(events, &name_a).len() == 1 && traps_on(events, &name_b).len() == 1
     };

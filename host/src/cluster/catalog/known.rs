@@ -234,23 +234,19 @@ mod tests {
             "a share not written again in time is dropped"
         );
         assert!(catalog.listed("acme").is_empty());
-        assert_eq!(
-            catalog.unanswered("acme", "notes/add").code,
-            ErrorCode::Unavailable
-        );
-        assert_eq!(
-            catalog.unanswered("acme", "gone/op").code,
-            ErrorCode::Unavailable
-        );
         // Another tenant's operation is as unknown as a name nobody held.
-        assert_eq!(
-            catalog.unanswered("other", "notes/add").code,
-            ErrorCode::NotFound
-        );
-        assert_eq!(
-            catalog.unanswered("acme", "nosuch/op").code,
-            ErrorCode::NotFound
-        );
+        for (tenant, name, code) in [
+            ("acme", "notes/add", ErrorCode::Unavailable),
+            ("acme", "gone/op", ErrorCode::Unavailable),
+            ("other", "notes/add", ErrorCode::NotFound),
+            ("acme", "nosuch/op", ErrorCode::NotFound),
+        ] {
+            assert_eq!(
+                catalog.unanswered(tenant, name).code,
+                code,
+                "{tenant}: {name}"
+            );
+        }
         // A share deleted from the bucket is forgotten.
         assert!(!catalog.forget("a"), "it was no longer listed");
         assert_eq!(
