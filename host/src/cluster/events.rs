@@ -75,7 +75,7 @@ pub(super) async fn start(
     let (inbox, log, seal) = (client.new_inbox(), Arc::downgrade(&log), seal.clone());
     tokio::spawn(async move {
         if let Err(e) = mirror(js, inbox, &stream_name, log, &seal).await {
-            tracing::warn!(error = %e, "cannot mirror the events of other hosts");
+            tracing::warn!(error = %e, "cannot read the cluster's events into this host's feed");
         }
     });
     Some(())

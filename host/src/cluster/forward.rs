@@ -12,6 +12,7 @@ use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
 use super::Shared;
+use super::catalog::Catalog;
 use super::flow::{Taken, WINDOW_BYTES, WINDOW_ITEMS, read_batch};
 use super::inbox::{Inbox, Replies};
 use super::seal::Seal;
@@ -98,9 +99,11 @@ impl Shared {
             .ok_or_else(|| CallError::not_found(request.op_name()));
         let abort = self.subjects.abort();
         let silence = self.silence;
-        let unanswered = self
-            .catalog
-            .unanswered(&request.identity.tenant, request.op_name());
+        let asked = Asked {
+            catalog: self.catalog.clone(),
+            tenant: request.identity.tenant.clone(),
+            operation: request.operation.clone(),
+        };
         let forward = Forward::new(ask, request, deadline);
         Box::pin(async move {
             let subject = subject?;
@@ -144,7 +147,7 @@ impl Shared {
                 replies,
                 guard,
                 silence,
-                unanswered,
+                asked,
             })
         })
     }
@@ -159,9 +162,15 @@ struct Pending {
     /// its last reply.
     guard: AbortOnDrop,
     silence: Duration,
-    /// What the caller gets when no host takes the request: `NOT_FOUND`,
-    /// or `UNAVAILABLE` for an operation hosts now gone held.
-    unanswered: CallError,
+    asked: Asked,
+}
+
+/// Whose request, for what: what the caller is told when no host takes
+/// it.
+struct Asked {
+    catalog: Arc<Catalog>,
+    tenant: String,
+    operation: String,
 }
 
 impl Pending {
@@ -185,7 +194,14 @@ impl Pending {
             };
             if message.status == Some(StatusCode::NO_RESPONDERS) {
                 self.guard.disarm();
-                return Err(self.unanswered.clone());
+                // `NOT_FOUND`, or `UNAVAILABLE` for an operation hosts
+                // now gone held.
+                let Asked {
+                    catalog,
+                    tenant,
+                    operation,
+                } = &self.asked;
+                return Err(catalog.unanswered(tenant, operation));
             }
             let reply = match read_batch(&message.payload) {
                 Some(outputs) => Reply::Items { outputs },
