@@ -1,7 +1,6 @@
 //! What this host knows of the other hosts' shares of the catalog.
 
 use std::collections::{BTreeMap, HashSet};
-use std::hash::{Hash, Hasher};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -77,22 +76,22 @@ impl Catalog {
         }
     }
 
-    /// Takes in `host`'s share; whether what is listed changed. A share
-    /// written longer ago than a host's clock may be off plus three missed
-    /// refreshes (one read from the bucket's history) is kept, not listed.
+    /// Takes in `host`'s share, whose operations hash to `digest`; whether
+    /// what is listed changed. A share written longer ago than a host's
+    /// clock may be off plus three missed refreshes (one read from the
+    /// bucket's history) is kept, not listed.
     pub(super) fn take(
         &self,
         host: String,
         published: &Published,
+        digest: u64,
         ops: Vec<(Option<String>, Arc<Operation>)>,
     ) -> bool {
-        let digest = digest(&ops);
-        let age = Duration::from_millis(seal::now_ms().saturating_sub(published.at_ms));
-        let listed = !published.leaving && age < self.stale + SKEW;
+        let listed = self.listable(published);
         let mut shares = self.shares.write().unwrap_or_else(|e| e.into_inner());
-        let changed = shares.get(&host).map_or(listed, |old| {
-            old.digest != digest || old.listed != listed || old.read.elapsed() >= self.stale
-        });
+        let changed = shares
+            .get(&host)
+            .map_or(listed, |old| self.changes(old, digest, listed));
         shares.insert(
             host,
             Share {
@@ -103,6 +102,33 @@ impl Catalog {
             },
         );
         changed
+    }
+
+    /// Takes in `host`'s share written again with the operations it had
+    /// (hashing to `digest`), with no need to compile them again: whether
+    /// what is listed changed; `None` when they are not the ones known.
+    pub(super) fn renew(&self, host: &str, published: &Published, digest: u64) -> Option<bool> {
+        let listed = self.listable(published);
+        let mut shares = self.shares.write().unwrap_or_else(|e| e.into_inner());
+        let share = shares
+            .get_mut(host)
+            .filter(|share| share.digest == digest)?;
+        let changed = self.changes(share, digest, listed);
+        share.read = Instant::now();
+        share.listed = listed;
+        Some(changed)
+    }
+
+    /// Whether `published` is to be listed: not leaving, and written lately.
+    fn listable(&self, published: &Published) -> bool {
+        let age = Duration::from_millis(seal::now_ms().saturating_sub(published.at_ms));
+        !published.leaving && age < self.stale + SKEW
+    }
+
+    /// Whether `old`, read again as `digest` and `listed`, changes what is
+    /// listed.
+    fn changes(&self, old: &Share, digest: u64, listed: bool) -> bool {
+        old.digest != digest || old.listed != listed || old.read.elapsed() >= self.stale
     }
 
     /// Forgets `host`'s share; whether it was listed.
@@ -125,19 +151,6 @@ impl Catalog {
         }
         changed
     }
-}
-
-/// A hash of what `ops` list, to tell a share that changed from one
-/// written again.
-fn digest(ops: &[(Option<String>, Arc<Operation>)]) -> u64 {
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    for (owner, op) in ops {
-        owner.hash(&mut hasher);
-        serde_json::to_string(&op.spec)
-            .unwrap_or_default()
-            .hash(&mut hasher);
-    }
-    hasher.finish()
 }
 
 #[cfg(test)]
@@ -176,7 +189,15 @@ mod tests {
                 (owner.map(str::to_owned), Arc::new(op))
             })
             .collect();
-        catalog.take(host.into(), &published, ops)
+        let digest = {
+            use std::hash::{Hash, Hasher};
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            names.hash(&mut hasher);
+            hasher.finish()
+        };
+        catalog
+            .renew(host, &published, digest)
+            .unwrap_or_else(|| catalog.take(host.into(), &published, digest, ops))
     }
 
     fn names(ops: &[Arc<Operation>]) -> Vec<&str> {

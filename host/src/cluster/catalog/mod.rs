@@ -163,11 +163,7 @@ impl Publisher {
             };
             changes.borrow_and_update();
             let owners = share(&dispatcher, &self.host);
-            let digest = serde_json::to_string(&owners).ok().map(|json| {
-                let mut hasher = std::collections::hash_map::DefaultHasher::new();
-                json.hash(&mut hasher);
-                hasher.finish()
-            });
+            let digest = Some(digest(&owners));
             // A change of another host's share wakes this loop too; this
             // host's own is written again only when it changed, or is due.
             if !due && digest == written {
@@ -204,6 +200,16 @@ impl Publisher {
             }
         }
     }
+}
+
+/// A hash of what `owners` list: a share written again unchanged is told
+/// apart from one that changed.
+fn digest(owners: &[Owned]) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_string(owners)
+        .unwrap_or_default()
+        .hash(&mut hasher);
+    hasher.finish()
 }
 
 /// The key of `host`'s share.
@@ -285,10 +291,17 @@ impl Reader {
                 kv::Operation::Put => match self.opened(&entry) {
                     Some(published) => {
                         let host = entry.key.strip_prefix("host.").unwrap_or(&entry.key);
-                        let host = host.to_owned();
-                        match compiled(published).await {
-                            Some((published, ops)) => self.catalog.take(host, &published, ops),
-                            None => false,
+                        let digest = digest(&published.owners);
+                        // Written again unchanged (every refresh): nothing
+                        // to compile again.
+                        match self.catalog.renew(host, &published, digest) {
+                            Some(changed) => changed,
+                            None => match compiled(published).await {
+                                Some((published, ops)) => {
+                                    self.catalog.take(host.to_owned(), &published, digest, ops)
+                                }
+                                None => false,
+                            },
                         }
                     }
                     None => {
